@@ -1,0 +1,186 @@
+"""`ExchangeEgressPool`: the platform team's public egress addresses and how gateways reach them."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import Field
+
+from connquota.api.base import ApiModel
+from connquota.api.common import (
+    Condition,
+    DnsLabel,
+    DomainName,
+    Fraction,
+    NamespaceName,
+    ObjectMeta,
+    UnitFraction,
+)
+
+MAX_POOL_ADDRESSES = 256
+MAX_ALLOWED_NAMESPACES = 256
+MAX_RESERVATIONS = 32
+
+
+class EgressMode(StrEnum):
+    """How a gateway pod makes its traffic leave from a given public address."""
+
+    BIND = "bind"
+    """Bind the socket to a local source address held by a node (`bindAddress` on `node`)."""
+    PROXY = "proxy"
+    """Connect through an HTTP CONNECT or SOCKS5 proxy (`proxyUrl`)."""
+    POD_LABEL = "podLabel"
+    """Label the pod (`podLabel`) so a CNI egress-gateway policy NATs it to the address."""
+
+
+class ProxySecretRef(ApiModel):
+    """Proxy credentials in a Secret of the operator's namespace."""
+
+    name: DnsLabel = Field(description="Secret name.")
+    usernameKey: Annotated[str, Field(min_length=1, max_length=253)] = Field(
+        default="username", description="Key of the username in the Secret."
+    )
+    passwordKey: Annotated[str, Field(min_length=1, max_length=253)] = Field(
+        default="password", description="Key of the password in the Secret."
+    )
+
+
+class EgressAddress(ApiModel):
+    """One public egress address (or IPv6 prefix) as the exchanges see it."""
+
+    name: DnsLabel = Field(description="Short name quotas and status use for this address.")
+    publicAddress: Annotated[str, Field(min_length=2, max_length=64)] = Field(
+        description="The address the exchange sees after NAT: an IPv4/IPv6 address, or an "
+        "IPv6 prefix in CIDR form (exchanges that count per prefix). Budgets are keyed by it."
+    )
+    mode: EgressMode = Field(description="How gateways reach this address: bind, proxy, podLabel.")
+    bindAddress: Annotated[str, Field(min_length=2, max_length=45)] | None = Field(
+        default=None, description="bind mode: the local source address to bind sockets to."
+    )
+    node: Annotated[str, Field(min_length=1, max_length=253)] | None = Field(
+        default=None,
+        description="bind mode: the node holding `bindAddress`; gateway pods using this "
+        "address are scheduled there.",
+    )
+    proxyUrl: Annotated[str, Field(min_length=8, max_length=2048)] | None = Field(
+        default=None,
+        description="proxy mode: http://host:port (HTTP CONNECT) or socks5://host:port.",
+    )
+    proxySecretRef: ProxySecretRef | None = Field(
+        default=None, description="proxy mode: optional proxy credentials."
+    )
+    podLabel: Annotated[str, Field(min_length=1, max_length=63)] | None = Field(
+        default=None,
+        description="podLabel mode: value of the connquota.io/egress label that the CNI "
+        "egress policy maps to this address.",
+    )
+
+
+class DomainReservation(ApiModel):
+    """A fraction of an exchange domain's budget kept back for traffic connquota does not manage."""
+
+    domain: DomainName = Field(description="The limit domain (e.g. stream.binance.com).")
+    fraction: UnitFraction = Field(
+        description="Fraction of every budget of the domain on every address kept back (0..1)."
+    )
+
+
+class NamespaceAllowance(ApiModel):
+    """A namespace that may use the pool, with an optional cap on its total share."""
+
+    namespace: NamespaceName | Annotated[str, Field(pattern=r"^\*$")] = Field(
+        description="Namespace name, or * for every namespace."
+    )
+    maxShare: UnitFraction | None = Field(
+        default=None,
+        description="Largest fraction (0..1) of each budget of the pool that all quotas of "
+        "this namespace together may hold. Unset: no cap.",
+    )
+
+
+class ExchangeEgressPoolSpec(ApiModel):
+    """The desired state of an egress pool."""
+
+    addresses: Annotated[
+        list[EgressAddress], Field(min_length=1, max_length=MAX_POOL_ADDRESSES)
+    ] = Field(description="Public egress addresses of the pool (names and addresses unique).")
+    reserved: Annotated[list[DomainReservation], Field(max_length=MAX_RESERVATIONS)] = Field(
+        default_factory=list,
+        description="Per-domain fraction of every budget kept back for unmanaged traffic.",
+    )
+    allowedNamespaces: Annotated[
+        list[NamespaceAllowance], Field(max_length=MAX_ALLOWED_NAMESPACES)
+    ] = Field(
+        default_factory=lambda: [NamespaceAllowance(namespace="*")],
+        description="Namespaces whose quotas may use the pool (default: every namespace).",
+    )
+
+    def address(self, name: str) -> EgressAddress | None:
+        """The address called `name`, or None."""
+        return next((a for a in self.addresses if a.name == name), None)
+
+    def reserved_fraction(self, domain: str) -> float:
+        """The fraction of `domain`'s budgets kept back (0 when none is declared)."""
+        return next((r.fraction for r in self.reserved if r.domain == domain), 0.0)
+
+
+class ShareHolder(ApiModel):
+    """One quota's share of one budget."""
+
+    quota: Annotated[str, Field(max_length=317)] = Field(description="namespace/name of the quota.")
+    share: Annotated[float, Field(ge=0)] = Field(description="The amount of the budget it holds.")
+    used: Annotated[float, Field(ge=0)] = Field(default=0, description="What it reports using.")
+
+
+class PoolBudgetStatus(ApiModel):
+    """One budget of the pool: a limit of a domain on an address, and who holds it."""
+
+    address: DnsLabel = Field(description="Address name.")
+    publicAddress: Annotated[str, Field(max_length=64)] = Field(description="Public address.")
+    domain: DomainName = Field(description="Limit domain.")
+    limit: Annotated[str, Field(max_length=64)] = Field(description="Limit name.")
+    budget: Annotated[float, Field(ge=0)] = Field(description="Headroom x limit minus reserve.")
+    holders: Annotated[list[ShareHolder], Field(max_length=1000)] = Field(
+        default_factory=list, description="Quotas holding a share."
+    )
+
+
+class ExchangeEgressPoolStatus(ApiModel):
+    """What the operator observed of a pool."""
+
+    observedGeneration: Annotated[int, Field(ge=0)] | None = Field(
+        default=None, description="The spec generation this status describes."
+    )
+    conditions: Annotated[list[Condition], Field(max_length=16)] = Field(
+        default_factory=list, description="Standard conditions (Ready, Degraded)."
+    )
+    quotas: Annotated[int, Field(ge=0)] = Field(default=0, description="Quotas using the pool.")
+    budgets: Annotated[list[PoolBudgetStatus], Field(max_length=4096)] = Field(
+        default_factory=list, description="Per address and domain: budget, shares and use."
+    )
+
+
+class ExchangeEgressPool(ApiModel):
+    """Cluster-scoped: a platform team's egress addresses, shared by quotas in many namespaces."""
+
+    apiVersion: Annotated[str, Field(pattern=r"^connquota\.io/v1alpha1$")] = "connquota.io/v1alpha1"
+    kind: Annotated[str, Field(pattern=r"^ExchangeEgressPool$")] = "ExchangeEgressPool"
+    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
+    spec: ExchangeEgressPoolSpec
+    status: ExchangeEgressPoolStatus | None = None
+
+
+__all__ = [
+    "DomainReservation",
+    "EgressAddress",
+    "EgressMode",
+    "ExchangeEgressPool",
+    "ExchangeEgressPoolSpec",
+    "ExchangeEgressPoolStatus",
+    "Fraction",
+    "NamespaceAllowance",
+    "PoolBudgetStatus",
+    "ProxySecretRef",
+    "ShareHolder",
+]

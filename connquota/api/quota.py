@@ -1,0 +1,383 @@
+"""`ExchangeConnectionQuota`: an application team's streams on one exchange, within a pool."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from pydantic import Field
+
+from connquota.api.base import ApiModel
+from connquota.api.common import Condition, DnsLabel, Fraction, LocalObjectRef, ObjectMeta
+from connquota.api.limits import Dialect, Heartbeat, Limit
+
+# Supported maximums. Kubernetes stores objects up to about 1.5 MiB; explicit stream names are
+# capped so a quota at every maximum still fits (see tests/unit/test_api_limits.py). Larger sets
+# come from `streamSets` (symbols x channels) and `streamsFrom` (ConfigMaps, up to 1 MiB each).
+MAX_EXPLICIT_STREAMS = 5_000
+MAX_STREAM_NAME_LENGTH = 128
+MAX_STREAM_SETS = 64
+MAX_SYMBOLS_PER_SET = 2_000
+MAX_CHANNELS_PER_SET = 32
+MAX_STREAMS_FROM = 16
+MAX_STREAMS_PER_QUOTA = 100_000
+MAX_CREDENTIALS = 64
+MAX_LIMIT_OVERRIDES = 32
+MAX_SHARE_REQUESTS = 256
+MAX_REPLICAS = 1_000
+MAX_PRIORITY = 1_000_000
+
+BUILTIN_PROFILES = (
+    "binance-spot",
+    "binance-usdm",
+    "okx",
+    "bybit",
+    "coinbase",
+    "kraken",
+    "deribit",
+)
+"""Profiles connquota ships (connquota/exchanges); `custom` declares its own."""
+
+CUSTOM_PROFILE = "custom"
+
+StreamName = Annotated[
+    str,
+    Field(min_length=1, max_length=MAX_STREAM_NAME_LENGTH, pattern=r"^[!-~]+$"),
+]
+"""A stream name in the exchange's own spelling (printable ASCII, no spaces)."""
+
+Priority = Annotated[int, Field(ge=0, le=MAX_PRIORITY)]
+
+
+class CustomProfile(ApiModel):
+    """An exchange connquota has no built-in profile for: every limit must be given."""
+
+    endpoint: Annotated[str, Field(min_length=6, max_length=2048, pattern=r"^wss?://")] = Field(
+        description="WebSocket base URL (ws:// or wss://)."
+    )
+    dialect: Dialect = Field(description="Wire protocol the endpoint speaks.")
+    domain: Annotated[
+        str, Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    ] = Field(description="Limit domain: quotas with the same domain on a pool share budgets.")
+    limits: Annotated[list[Limit], Field(min_length=1, max_length=MAX_LIMIT_OVERRIDES)] = Field(
+        description="Every limit of the exchange. Unknown limits need a conservative value."
+    )
+    heartbeat: Heartbeat | None = Field(
+        default=None, description="Keep-alive rules; default: the dialect's."
+    )
+    deadConnectionTimeoutSeconds: Annotated[float, Field(gt=0, le=3600)] = Field(
+        default=60.0,
+        description="Seconds the exchange keeps counting a connection that ended uncleanly.",
+    )
+
+
+class ShareRequest(ApiModel):
+    """A request for a fraction of the pool's budgets on one address (or all: `*`)."""
+
+    address: Annotated[
+        str, Field(min_length=1, max_length=63, pattern=r"^(\*|[a-z0-9]([-a-z0-9]*[a-z0-9])?)$")
+    ] = Field(description="Pool address name, or * for every address of the pool.")
+    fraction: Fraction = Field(
+        description="Fraction (0..1] of each budget on the address this quota asks for. The "
+        "pool's namespace caps and other quotas' requests may reduce it; status says why."
+    )
+
+
+class SecretKeyRef(ApiModel):
+    """Where a credential's parts live in a Secret of the quota's namespace."""
+
+    name: DnsLabel = Field(description="Secret name (same namespace as the quota).")
+    apiKeyKey: Annotated[str, Field(min_length=1, max_length=253)] = Field(
+        default="apiKey", description="Key of the API key in the Secret."
+    )
+    apiSecretKey: Annotated[str, Field(min_length=1, max_length=253)] = Field(
+        default="apiSecret", description="Key of the API secret (signing key) in the Secret."
+    )
+    passphraseKey: Annotated[str, Field(min_length=1, max_length=253)] | None = Field(
+        default=None, description="Key of the passphrase, for exchanges that need one (OKX)."
+    )
+
+
+class Credential(ApiModel):
+    """An API key the gateways may use, and the account the exchange counts it by."""
+
+    name: DnsLabel = Field(description="Name streams and plans use for this credential.")
+    secretRef: SecretKeyRef = Field(
+        description="The Secret holding the key; mounted as files into this quota's gateway "
+        "pods only, never into environment variables, plans, status or logs."
+    )
+    accountId: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[!-~]+$")] = Field(
+        description="The account, sub-account or key id the exchange counts per-account limits "
+        "by. Two credentials with the same accountId share one budget."
+    )
+
+
+class StreamSpec(ApiModel):
+    """One stream by name."""
+
+    name: StreamName = Field(description="Stream name in the exchange's spelling.")
+    priority: Priority = Field(
+        default=0, description="Higher is served first when capacity runs out."
+    )
+    credential: DnsLabel | None = Field(
+        default=None, description="Private stream: the credential it must be opened with."
+    )
+
+
+class StreamSet(ApiModel):
+    """Streams as the cross product of symbols and channels (e.g. btcusdt x depth@100ms)."""
+
+    symbols: Annotated[
+        list[Annotated[str, Field(min_length=1, max_length=48, pattern=r"^[!-~]+$")]],
+        Field(min_length=1, max_length=MAX_SYMBOLS_PER_SET),
+    ] = Field(description="Symbols, in the exchange's spelling.")
+    channels: Annotated[
+        list[Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[!-~]+$")]],
+        Field(min_length=1, max_length=MAX_CHANNELS_PER_SET),
+    ] = Field(description="Channels; the dialect composes symbol and channel into a stream name.")
+    priority: Priority = Field(default=0, description="Priority of every stream of the set.")
+    credential: DnsLabel | None = Field(
+        default=None, description="Private streams: the credential they must be opened with."
+    )
+
+
+class StreamsFromRef(ApiModel):
+    """Stream names listed in a ConfigMap key, one per line (for sets too large to inline)."""
+
+    configMapRef: LocalObjectRef = Field(description="ConfigMap in the quota's namespace.")
+    key: Annotated[str, Field(min_length=1, max_length=253)] = Field(
+        default="streams", description="Key whose value lists stream names, one per line."
+    )
+    priority: Priority = Field(default=0, description="Priority of every stream listed.")
+    credential: DnsLabel | None = Field(
+        default=None, description="Private streams: the credential they must be opened with."
+    )
+    optional: bool = Field(
+        default=False,
+        description="When true, a missing ConfigMap adds no streams instead of stalling the quota.",
+    )
+
+
+class ResourceList(ApiModel):
+    """CPU and memory quantities (Kubernetes quantity strings)."""
+
+    cpu: Annotated[str, Field(max_length=32, pattern=r"^[0-9.]+m?$")] | None = None
+    memory: Annotated[str, Field(max_length=32, pattern=r"^[0-9.]+([KMGT]i?|[kMGTE])?$")] | None = (
+        None
+    )
+
+
+class Resources(ApiModel):
+    """Gateway container resources."""
+
+    requests: ResourceList | None = Field(default=None, description="Requested resources.")
+    limits: ResourceList | None = Field(default=None, description="Resource limits.")
+
+
+class PodOverrides(ApiModel):
+    """Extra pod settings merged into every gateway pod."""
+
+    labels: Annotated[dict[str, Annotated[str, Field(max_length=63)]], Field(max_length=64)] = (
+        Field(default_factory=dict, description="Extra pod labels.")
+    )
+    annotations: Annotated[
+        dict[str, Annotated[str, Field(max_length=4096)]], Field(max_length=64)
+    ] = Field(default_factory=dict, description="Extra pod annotations.")
+    nodeSelector: Annotated[
+        dict[str, Annotated[str, Field(max_length=63)]], Field(max_length=32)
+    ] = Field(
+        default_factory=dict,
+        description="Node selector (bind-mode pods are also pinned to their address's node).",
+    )
+    tolerations: Annotated[list[dict[str, Any]], Field(max_length=32)] = Field(
+        default_factory=list, description="Pod tolerations, in the Kubernetes shape."
+    )
+    priorityClassName: Annotated[str, Field(max_length=253)] | None = Field(
+        default=None, description="Pod priority class."
+    )
+
+
+class GatewaySpec(ApiModel):
+    """How the gateway pods of this quota run."""
+
+    image: Annotated[str, Field(min_length=1, max_length=1024)] = Field(
+        default="connquota/gateway:0.1.0", description="Gateway container image."
+    )
+    imagePullPolicy: Annotated[str, Field(pattern=r"^(Always|IfNotPresent|Never)$")] = Field(
+        default="IfNotPresent", description="Always, IfNotPresent or Never."
+    )
+    resources: Resources | None = Field(default=None, description="Container resources.")
+    connectionsPerPod: Annotated[int, Field(ge=1, le=10_000)] = Field(
+        default=50, description="Upstream connections one gateway pod holds at most."
+    )
+    minReplicas: Annotated[int, Field(ge=0, le=MAX_REPLICAS)] = Field(
+        default=1, description="Fewest gateway pods, even when fewer would do."
+    )
+    maxReplicas: Annotated[int, Field(ge=1, le=MAX_REPLICAS)] = Field(
+        default=10, description="Most gateway pods; streams beyond their capacity are unserved."
+    )
+    consumerAuthSecretRef: LocalObjectRef | None = Field(
+        default=None,
+        description="Secret with key `token`: consumers must send it as a bearer token.",
+    )
+    podOverrides: PodOverrides | None = Field(default=None, description="Extra pod settings.")
+
+
+class ExchangeConnectionQuotaSpec(ApiModel):
+    """The desired state of a quota."""
+
+    exchange: Annotated[
+        str, Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    ] = Field(
+        description="Built-in profile (binance-spot, binance-usdm, okx, bybit, coinbase, kraken, "
+        "deribit) or `custom` (then `custom` gives endpoint, dialect and limits)."
+    )
+    endpoint: Annotated[str, Field(min_length=6, max_length=2048, pattern=r"^wss?://")] | None = (
+        Field(
+            default=None,
+            description="Override of the profile's endpoint (tests, the demo, "
+            "a regional host). Limits still come from the profile.",
+        )
+    )
+    custom: CustomProfile | None = Field(
+        default=None, description="The profile of an exchange with no built-in profile."
+    )
+    limits: Annotated[list[Limit], Field(max_length=MAX_LIMIT_OVERRIDES)] = Field(
+        default_factory=list,
+        description="Overrides of the profile's limits (same name and scope replaces).",
+    )
+    headroom: Fraction = Field(
+        default=0.8, description="Fraction (0, 1] of every limit the fleet may use."
+    )
+    egressPoolRef: LocalObjectRef = Field(description="The ExchangeEgressPool this quota uses.")
+    shares: Annotated[list[ShareRequest], Field(max_length=MAX_SHARE_REQUESTS)] = Field(
+        default_factory=list,
+        description="Requested fractions of the pool's budgets; unset addresses get an even split.",
+    )
+    credentials: Annotated[list[Credential], Field(max_length=MAX_CREDENTIALS)] = Field(
+        default_factory=list, description="API keys (names unique)."
+    )
+    streams: Annotated[list[StreamSpec], Field(max_length=MAX_EXPLICIT_STREAMS)] = Field(
+        default_factory=list, description=f"Streams by name (at most {MAX_EXPLICIT_STREAMS})."
+    )
+    streamSets: Annotated[list[StreamSet], Field(max_length=MAX_STREAM_SETS)] = Field(
+        default_factory=list, description="Streams as symbols x channels."
+    )
+    streamsFrom: Annotated[list[StreamsFromRef], Field(max_length=MAX_STREAMS_FROM)] = Field(
+        default_factory=list, description="Streams listed in ConfigMaps."
+    )
+    gateway: GatewaySpec = Field(default_factory=GatewaySpec, description="Gateway pods.")
+    paused: bool = Field(
+        default=False, description="Stop changing the fleet; keep what runs running."
+    )
+
+    def credential(self, name: str) -> Credential | None:
+        """The credential called `name`, or None."""
+        return next((c for c in self.credentials if c.name == name), None)
+
+
+class StreamCounts(ApiModel):
+    """How many streams are where."""
+
+    desired: Annotated[int, Field(ge=0)] = Field(default=0, description="Declared.")
+    planned: Annotated[int, Field(ge=0)] = Field(default=0, description="In the current plan.")
+    live: Annotated[int, Field(ge=0)] = Field(default=0, description="Subscribed upstream.")
+    unserved: Annotated[int, Field(ge=0)] = Field(default=0, description="Not in any plan.")
+
+
+class ConnectionCounts(ApiModel):
+    """How many upstream connections are planned and live."""
+
+    planned: Annotated[int, Field(ge=0)] = Field(default=0, description="In the current plan.")
+    live: Annotated[int, Field(ge=0)] = Field(default=0, description="Open, as gateways report.")
+
+
+class LimitUse(ApiModel):
+    """One limit's share and use on an address or account."""
+
+    limit: Annotated[str, Field(max_length=64)] = Field(description="Limit name.")
+    share: Annotated[float, Field(ge=0)] = Field(description="This quota's part of the budget.")
+    used: Annotated[float, Field(ge=0)] = Field(default=0, description="Use gateways report.")
+    budget: Annotated[float, Field(ge=0)] = Field(description="The whole budget of the pool.")
+
+
+class ScopeUse(ApiModel):
+    """Share and use on one public address or one account."""
+
+    key: Annotated[str, Field(max_length=128)] = Field(description="Address name or account id.")
+    limits: Annotated[list[LimitUse], Field(max_length=32)] = Field(default_factory=list)
+    reason: Annotated[str, Field(max_length=1024)] | None = Field(
+        default=None, description="Why the share is smaller than asked, if it is."
+    )
+
+
+class PodGeneration(ApiModel):
+    """The plan generation a gateway pod enforces."""
+
+    pod: Annotated[str, Field(max_length=253)] = Field(description="Pod name.")
+    generation: Annotated[int, Field(ge=0)] = Field(description="Plan generation it enforces.")
+    connections: Annotated[int, Field(ge=0)] = Field(default=0, description="Live connections.")
+    streams: Annotated[int, Field(ge=0)] = Field(default=0, description="Live streams.")
+
+
+class RecoveryBoundStatus(ApiModel):
+    """How long reopening every connection on an address takes at its rate budget."""
+
+    address: Annotated[str, Field(max_length=63)] = Field(description="Address name.")
+    connections: Annotated[int, Field(ge=0)] = Field(description="Connections on the address.")
+    seconds: Annotated[float, Field(ge=0)] = Field(description="Worst-case full reconnect time.")
+
+
+class UnservedSample(ApiModel):
+    """A stream that is not served, and the limit that ran out."""
+
+    stream: StreamName
+    reason: Annotated[str, Field(max_length=256)]
+
+
+class ExchangeConnectionQuotaStatus(ApiModel):
+    """What the operator observed of a quota."""
+
+    observedGeneration: Annotated[int, Field(ge=0)] | None = Field(
+        default=None, description="The spec generation this status describes."
+    )
+    conditions: Annotated[list[Condition], Field(max_length=16)] = Field(
+        default_factory=list,
+        description="Ready, Reconciling, Stalled, Degraded, CapacityExceeded, RateLimited.",
+    )
+    replicas: Annotated[int, Field(ge=0)] = Field(default=0, description="Gateway pods planned.")
+    readyReplicas: Annotated[int, Field(ge=0)] = Field(default=0, description="Gateway pods ready.")
+    streams: StreamCounts = Field(default_factory=StreamCounts, description="Stream counts.")
+    connections: ConnectionCounts = Field(
+        default_factory=ConnectionCounts, description="Connection counts."
+    )
+    planGeneration: Annotated[int, Field(ge=0)] = Field(
+        default=0, description="The newest plan generation published."
+    )
+    pods: Annotated[list[PodGeneration], Field(max_length=MAX_REPLICAS)] = Field(
+        default_factory=list, description="The plan generation every pod enforces."
+    )
+    addresses: Annotated[list[ScopeUse], Field(max_length=256)] = Field(
+        default_factory=list, description="Per public address: share and use of every limit."
+    )
+    accounts: Annotated[list[ScopeUse], Field(max_length=64)] = Field(
+        default_factory=list, description="Per account: share and use of every limit."
+    )
+    recoveryBounds: Annotated[list[RecoveryBoundStatus], Field(max_length=256)] = Field(
+        default_factory=list, description="Per address: full-reconnect time at its budget."
+    )
+    unserved: Annotated[list[UnservedSample], Field(max_length=100)] = Field(
+        default_factory=list, description="Up to 100 unserved streams with reasons."
+    )
+    assumedLimits: Annotated[list[Annotated[str, Field(max_length=64)]], Field(max_length=32)] = (
+        Field(default_factory=list, description="Limits whose value is assumed, not published.")
+    )
+
+
+class ExchangeConnectionQuota(ApiModel):
+    """Namespaced: an application team's streams on one exchange, served by gateway pods."""
+
+    apiVersion: Annotated[str, Field(pattern=r"^connquota\.io/v1alpha1$")] = "connquota.io/v1alpha1"
+    kind: Annotated[str, Field(pattern=r"^ExchangeConnectionQuota$")] = "ExchangeConnectionQuota"
+    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
+    spec: ExchangeConnectionQuotaSpec
+    status: ExchangeConnectionQuotaStatus | None = None
