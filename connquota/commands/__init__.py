@@ -1,0 +1,1 @@
+"""Subcommands of the `connquota` command, one module each."""
