@@ -165,3 +165,42 @@ def test_effective_profile_of_a_custom_exchange_uses_its_own_limits() -> None:
     assert profile.domain == "ex.example"
     assert profile.heartbeat == get_profile("okx").heartbeat
     assert profile.limit(LimitName.MAX_CONNECTION_AGE).value == 3600
+
+
+def test_profiles_command_prints_a_row_per_limit(capsys: pytest.CaptureFixture[str]) -> None:
+    from connquota.cli import main
+
+    assert main(["profiles"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == [
+        "PROFILE",
+        "LIMIT",
+        "VALUE",
+        "WINDOW",
+        "SCOPE",
+        "SHAPE",
+        "CONFIDENCE",
+    ]
+    assert len(lines) == 1 + len(ALL_LIMITS)
+    assert any(line.split()[:3] == ["okx", "connectionAttempts", "3"] for line in lines)
+
+
+@pytest.mark.parametrize("fmt", ["json", "yaml"])
+def test_profiles_command_machine_formats_round_trip_to_profiles(
+    fmt: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import yaml
+
+    from connquota.api.limits import ExchangeProfile
+    from connquota.cli import main
+
+    assert main(["profiles", "-o", fmt, "--profile", "deribit"]) == 0
+    data = yaml.safe_load(capsys.readouterr().out)
+    assert [ExchangeProfile.model_validate(p) for p in data] == [get_profile("deribit")]
+
+
+def test_profiles_command_rejects_an_unknown_profile(capsys: pytest.CaptureFixture[str]) -> None:
+    from connquota.cli import main
+
+    assert main(["profiles", "--profile", "nope"]) == 2
+    assert "binance-spot" in capsys.readouterr().err
