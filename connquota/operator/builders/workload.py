@@ -1,0 +1,269 @@
+"""The gateway StatefulSet and its PodDisruptionBudget.
+
+Choices (see docs/operator.md):
+
+- `podManagementPolicy: Parallel` and `updateStrategy: OnDelete`: the operator, not the
+  StatefulSet controller, decides when a pod is replaced, draining it through the plan first.
+- Credentials are Secret volumes mounted read-only as files (one directory per credential);
+  no secret is ever an environment variable.
+- An emptyDir holds the gateway's attempt log (it survives a container restart and is wiped
+  when the pod is replaced, which is exactly when the gateway must start conservatively).
+- The restricted Pod Security profile: non-root, RuntimeDefault seccomp, no capabilities, no
+  privilege escalation, read-only root filesystem (a small emptyDir backs /tmp).
+- Egress: all pods share one template, so per-ordinal egress cannot live in it. `bind` pods are
+  pinned (required node affinity) to the nodes holding the bind addresses the quota uses;
+  `podLabel` puts the `connquota.io/egress` label on the template when the quota uses a single
+  podLabel address, and otherwise the operator labels each pod with its ordinal's address
+  (`pod_egress_label`). Either way the gateway checks the address the exchange sees before
+  its first attempt and refuses on a mismatch, so a pod that is not (yet) labelled or placed
+  right makes no attempt from a wrong address.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from connquota.api.plan import PodPlan
+from connquota.api.pool import EgressAddress, EgressMode
+from connquota.api.quota import ExchangeConnectionQuota
+from connquota.operator import names
+from connquota.operator.builders.common import object_meta, quota_ids, with_hash
+from connquota.operator.builders.plans import credential_mount_path
+from connquota.operator.builders.services import GATEWAY_PORT, GATEWAY_PORT_NAME
+
+CONTAINER_NAME = "gateway"
+STATE_DIR = "/var/lib/connquota/state"
+"""The gateway's attempt log lives here (an emptyDir)."""
+CONSUMER_AUTH_DIR = "/var/run/connquota/consumer-auth"
+"""The consumer bearer-token Secret (key `token`) is mounted here when configured."""
+TERMINATION_GRACE_S = 60
+"""Seconds a gateway gets after SIGTERM: readiness drops, consumers are told to move, upstream
+connections are closed one by one without a burst of messages."""
+RUN_AS_USER = 65532
+SECRET_FILE_MODE = 0o440
+HOSTNAME_LABEL = "kubernetes.io/hostname"
+
+
+def gateway_command() -> list[str]:
+    """The gateway container's command: the gateway reads everything else from its env."""
+    return ["connquota", "gateway", "--in-cluster"]
+
+
+def gateway_env(quota_name: str, consumer_auth: bool) -> list[dict[str, Any]]:
+    """Environment of the gateway container: identity from the downward API, paths. No secrets."""
+    env: list[dict[str, Any]] = [
+        {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        {"name": "CONNQUOTA_QUOTA", "value": quota_name},
+        {"name": "CONNQUOTA_STATE_DIR", "value": STATE_DIR},
+        {"name": "CONNQUOTA_PORT", "value": str(GATEWAY_PORT)},
+    ]
+    if consumer_auth:
+        env.append({"name": "CONNQUOTA_CONSUMER_TOKEN_FILE", "value": f"{CONSUMER_AUTH_DIR}/token"})
+    return env
+
+
+def _credential_volumes(
+    quota: ExchangeConnectionQuota,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    volumes: list[dict[str, Any]] = []
+    mounts: list[dict[str, Any]] = []
+    for index, cred in enumerate(quota.spec.credentials):
+        keys = [cred.secretRef.apiKeyKey, cred.secretRef.apiSecretKey]
+        if cred.secretRef.passphraseKey:
+            keys.append(cred.secretRef.passphraseKey)
+        volume = f"credential-{index}"
+        volumes.append(
+            {
+                "name": volume,
+                "secret": {
+                    "secretName": cred.secretRef.name,
+                    "items": [{"key": k, "path": k} for k in keys],
+                    "defaultMode": SECRET_FILE_MODE,
+                },
+            }
+        )
+        mounts.append(
+            {"name": volume, "mountPath": credential_mount_path(cred.name), "readOnly": True}
+        )
+    return volumes, mounts
+
+
+def egress_node_affinity(addresses: list[EgressAddress]) -> dict[str, Any] | None:
+    """Required node affinity to the nodes holding the `bind` addresses, or None."""
+    nodes = sorted({a.node for a in addresses if a.mode == EgressMode.BIND and a.node})
+    if not nodes:
+        return None
+    return {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [
+                    {
+                        "matchExpressions": [
+                            {"key": HOSTNAME_LABEL, "operator": "In", "values": nodes}
+                        ]
+                    }
+                ]
+            }
+        }
+    }
+
+
+def template_egress_label(addresses: list[EgressAddress]) -> str | None:
+    """The single podLabel value all pods share, or None (none, or one per ordinal)."""
+    values = sorted(
+        {a.podLabel for a in addresses if a.mode == EgressMode.POD_LABEL and a.podLabel}
+    )
+    return values[0] if len(values) == 1 else None
+
+
+def pod_egress_label(pod_plan: PodPlan) -> str | None:
+    """The `connquota.io/egress` value a pod needs for its plan (podLabel mode), or None."""
+    used = {c.address for c in pod_plan.connections}
+    values = sorted(
+        {
+            a.podLabel
+            for a in pod_plan.addresses
+            if a.mode == EgressMode.POD_LABEL and a.podLabel and (not used or a.name in used)
+        }
+    )
+    return values[0] if values else None
+
+
+def _container(quota: ExchangeConnectionQuota, mounts: list[dict[str, Any]]) -> dict[str, Any]:
+    _, quota_name, _ = quota_ids(quota)
+    gw = quota.spec.gateway
+    container: dict[str, Any] = {
+        "name": CONTAINER_NAME,
+        "image": gw.image,
+        "imagePullPolicy": gw.imagePullPolicy,
+        "command": gateway_command(),
+        "env": gateway_env(quota_name, gw.consumerAuthSecretRef is not None),
+        "ports": [{"name": GATEWAY_PORT_NAME, "containerPort": GATEWAY_PORT, "protocol": "TCP"}],
+        "readinessProbe": {
+            "httpGet": {"path": "/readyz", "port": GATEWAY_PORT_NAME},
+            "periodSeconds": 5,
+            "timeoutSeconds": 2,
+            "failureThreshold": 2,
+        },
+        "livenessProbe": {
+            "httpGet": {"path": "/healthz", "port": GATEWAY_PORT_NAME},
+            "initialDelaySeconds": 10,
+            "periodSeconds": 10,
+            "timeoutSeconds": 3,
+            "failureThreshold": 6,
+        },
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "volumeMounts": mounts,
+    }
+    if gw.resources is not None:
+        container["resources"] = gw.resources.to_wire()
+    else:
+        container["resources"] = {"requests": {"cpu": "100m", "memory": "128Mi"}}
+    return container
+
+
+def build_statefulset(
+    quota: ExchangeConnectionQuota, replicas: int, addresses: list[EgressAddress]
+) -> dict[str, Any]:
+    """The gateway StatefulSet of `quota` with `replicas` pods.
+
+    `addresses` are the pool addresses the quota's plan uses (for egress placement).
+    """
+    _, quota_name, _ = quota_ids(quota)
+    gw = quota.spec.gateway
+    overrides = gw.podOverrides
+    cred_volumes, cred_mounts = _credential_volumes(quota)
+    volumes: list[dict[str, Any]] = [
+        {"name": "state", "emptyDir": {}},
+        {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
+        *cred_volumes,
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": "state", "mountPath": STATE_DIR},
+        {"name": "tmp", "mountPath": "/tmp"},
+        *cred_mounts,
+    ]
+    if gw.consumerAuthSecretRef is not None:
+        volumes.append(
+            {
+                "name": "consumer-auth",
+                "secret": {
+                    "secretName": gw.consumerAuthSecretRef.name,
+                    "items": [{"key": "token", "path": "token"}],
+                    "defaultMode": SECRET_FILE_MODE,
+                },
+            }
+        )
+        mounts.append({"name": "consumer-auth", "mountPath": CONSUMER_AUTH_DIR, "readOnly": True})
+
+    pod_labels: dict[str, str] = dict(overrides.labels) if overrides else {}
+    pod_labels.update(names.common_labels(quota_name))
+    egress_label = template_egress_label(addresses)
+    if egress_label:
+        pod_labels[names.LABEL_EGRESS] = egress_label
+    pod_spec: dict[str, Any] = {
+        "serviceAccountName": names.service_account_name(quota_name),
+        "automountServiceAccountToken": True,
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": TERMINATION_GRACE_S,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS_USER,
+            "runAsGroup": RUN_AS_USER,
+            "fsGroup": RUN_AS_USER,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [_container(quota, mounts)],
+        "volumes": volumes,
+    }
+    affinity = egress_node_affinity(addresses)
+    if affinity:
+        pod_spec["affinity"] = affinity
+    if overrides:
+        if overrides.nodeSelector:
+            pod_spec["nodeSelector"] = dict(overrides.nodeSelector)
+        if overrides.tolerations:
+            pod_spec["tolerations"] = list(overrides.tolerations)
+        if overrides.priorityClassName:
+            pod_spec["priorityClassName"] = overrides.priorityClassName
+    template_meta: dict[str, Any] = {"labels": pod_labels}
+    if overrides and overrides.annotations:
+        template_meta["annotations"] = dict(overrides.annotations)
+    body = {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": object_meta(quota, names.statefulset_name(quota_name)),
+        "spec": {
+            "replicas": replicas,
+            "serviceName": names.headless_service_name(quota_name),
+            "podManagementPolicy": "Parallel",
+            "updateStrategy": {"type": "OnDelete"},
+            "revisionHistoryLimit": 5,
+            "selector": {"matchLabels": names.selector_labels(quota_name)},
+            "template": {"metadata": template_meta, "spec": pod_spec},
+        },
+    }
+    return with_hash(body)
+
+
+def build_pod_disruption_budget(quota: ExchangeConnectionQuota) -> dict[str, Any]:
+    """At most one gateway pod of `quota` voluntarily evicted at a time."""
+    _, quota_name, _ = quota_ids(quota)
+    body = {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": object_meta(quota, names.statefulset_name(quota_name)),
+        "spec": {
+            "maxUnavailable": 1,
+            "selector": {"matchLabels": names.selector_labels(quota_name)},
+            "unhealthyPodEvictionPolicy": "AlwaysAllow",
+        },
+    }
+    return with_hash(body)
