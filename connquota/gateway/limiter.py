@@ -1,0 +1,639 @@
+"""The limiter: the one door every connection attempt and every upstream message goes through.
+
+It holds the pod's slices of every limit (from the plan) and makes callers wait, never
+exceed:
+
+- connection attempts per address (ip) and account: a sliding log; an attempt counts from
+  its first SYN and stays in the log until `t_syn + connect_timeout + W + margin`;
+- connections at once per address and account: a slot per live connection; a connection that
+  ended uncleanly keeps its slot for the profile's dead-connection timeout;
+- messages per connection (with a heartbeat reserve subscribes may not eat), control messages
+  per connection, messages per address and per account: sliding logs;
+- quarantines after a 429/418, and the Lease: no attempt while either forbids it.
+
+The attempt log is written to the state file before each attempt returns (see
+`attempt_log`). With no valid record at start, every attempt slice is treated as just used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import logging
+import math
+from collections import Counter
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from connquota.api.limits import LimitName, LimitScope, LimitShape
+from connquota.api.plan import CONNECTION_SCOPE_KEY, PodPlan, Slice
+from connquota.api.report import AttemptWindow, Quarantine
+from connquota.gateway.attempt_log import AttemptLogFile, AttemptRecord, LoadedAttempts
+from connquota.gateway.clock import Clock
+
+log = logging.getLogger(__name__)
+
+INF = math.inf
+SYN_GRACE_S = 0.25
+"""Added to every attempt's hold: covers the time between the record and the SYN itself."""
+MAX_WAIT_STEP_S = 5.0
+"""Waiters re-check at least this often even when nothing notifies them."""
+
+
+SHARED_MESSAGE_LIMITS = {
+    LimitScope.IP: LimitName.MESSAGES_PER_IP,
+    LimitScope.ACCOUNT: LimitName.MESSAGES_PER_ACCOUNT,
+}
+
+
+class MessageKind(StrEnum):
+    """What a message sent upstream is, for the slices it counts against."""
+
+    CONTROL = "control"
+    """Subscribe, unsubscribe, login: may not use the heartbeat reserve."""
+    HEARTBEAT = "heartbeat"
+    """Ping or pong: may use the heartbeat reserve."""
+
+
+class SlidingLog:
+    """Events that each stay counted until their own expiry; at most `capacity` at once."""
+
+    def __init__(self, capacity: int, hold_s: float) -> None:
+        self.capacity = capacity
+        self.hold_s = hold_s
+        self._expiries: list[float] = []
+
+    def _prune(self, now: float) -> None:
+        cut = bisect.bisect_right(self._expiries, now)
+        if cut:
+            del self._expiries[:cut]
+
+    def live(self, now: float) -> int:
+        """Events still counted at `now`."""
+        self._prune(now)
+        return len(self._expiries)
+
+    def wait_s(self, now: float, capacity: int | None = None) -> float:
+        """Seconds until one more event fits under `capacity` (default: the log's own)."""
+        cap = self.capacity if capacity is None else capacity
+        if cap <= 0:
+            return INF
+        self._prune(now)
+        excess = len(self._expiries) - cap
+        if excess < 0:
+            return 0.0
+        return self._expiries[excess] - now
+
+    def record(self, now: float, hold_s: float | None = None) -> float:
+        """Count one event at `now`; returns its expiry."""
+        expiry = now + (self.hold_s if hold_s is None else hold_s)
+        bisect.insort(self._expiries, expiry)
+        return expiry
+
+    def seed(self, expiry: float) -> None:
+        """Count an event recorded earlier (e.g. reloaded from the state file)."""
+        bisect.insort(self._expiries, expiry)
+
+    def expiries(self) -> list[float]:
+        """The expiries of the counted events, oldest first."""
+        return list(self._expiries)
+
+
+class ConcurrentSlots:
+    """Things at once: live connections plus dead ones the exchange still counts."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.active: set[str] = set()
+        self._dead: list[float] = []
+
+    def used(self, now: float) -> int:
+        """Slots in use at `now`."""
+        cut = bisect.bisect_right(self._dead, now)
+        if cut:
+            del self._dead[:cut]
+        return len(self.active) + len(self._dead)
+
+    def wait_s(self, now: float) -> float:
+        """Seconds until a slot frees by itself (INF: only a release frees one)."""
+        if self.capacity <= 0:
+            return INF
+        excess = self.used(now) - self.capacity
+        if excess < 0:
+            return 0.0
+        if excess < len(self._dead) and len(self.active) < self.capacity:
+            return self._dead[excess] - now
+        return INF
+
+    def release(self, conn_id: str, now: float, hold_s: float) -> None:
+        """Free `conn_id`'s slot, after `hold_s` seconds if it ended uncleanly."""
+        if conn_id in self.active:
+            self.active.discard(conn_id)
+            if hold_s > 0:
+                bisect.insort(self._dead, now + hold_s)
+
+
+@dataclass(frozen=True)
+class RateRule:
+    """A rate slice turned into a sliding log: `capacity` events each held `hold_s`."""
+
+    capacity: int
+    hold_s: float
+    window_s: float
+    reserve: int = 0
+
+
+def rate_rule(s: Slice, margin_s: float, extra_hold_s: float = 0.0) -> RateRule:
+    """The sliding log that keeps within slice `s` (any rate shape), conservatively.
+
+    A token bucket (refill `value` per W, at most `burst`) is kept with min(value, burst)
+    events per W; minimum spacing with one event per W/value.
+    """
+    window_s = float(s.windowSeconds or 0.0)
+    value = int(s.value)
+    if s.shape == LimitShape.MIN_SPACING:
+        spacing = window_s / value if value > 0 else INF
+        return RateRule(1 if value > 0 else 0, extra_hold_s + spacing + margin_s, spacing)
+    if s.shape == LimitShape.TOKEN_BUCKET and s.burst is not None:
+        value = min(value, int(s.burst))
+    return RateRule(value, extra_hold_s + window_s + margin_s, window_s, min(s.reserve, value))
+
+
+def message_margin_s(plan_margin_s: float, window_s: float) -> float:
+    """The margin added to message windows: the plan's, but at most a quarter of the window."""
+    return min(plan_margin_s, 0.25 * window_s) if window_s > 0 else plan_margin_s
+
+
+@dataclass
+class QuarantineEntry:
+    """An address or account the limiter refuses attempts on until `until_mono_s`."""
+
+    scope: LimitScope
+    key: str
+    status_code: int
+    reason: str
+    until_mono_s: float
+    until_wall_s: float
+
+
+@dataclass
+class ConnectionSlot:
+    """A granted attempt: the caller owns its concurrent slots until `release()`."""
+
+    conn_id: str
+    address: str
+    account: str | None
+    limiter: Limiter
+    released: bool = False
+
+    def release(self, clean: bool) -> None:
+        """Give the slots back; an unclean end keeps them for the dead-connection timeout."""
+        if not self.released:
+            self.released = True
+            self.limiter._release(self, clean)
+
+
+@dataclass
+class LimiterStats:
+    """Counters the metrics and the report read."""
+
+    attempts: Counter = field(default_factory=Counter)  # (scope, key) -> attempts granted
+    messages: Counter = field(default_factory=Counter)  # kind -> messages granted
+    waits: Counter = field(default_factory=Counter)  # reason -> times a caller had to wait
+    quarantines: Counter = field(default_factory=Counter)  # status code -> quarantines
+
+
+class Limiter:
+    """The pod's slices of every limit, and the only way to spend them."""
+
+    def __init__(self, clock: Clock, log_file: AttemptLogFile | None = None) -> None:
+        self.clock = clock
+        self.log_file = log_file
+        self.plan: PodPlan | None = None
+        self.stats = LimiterStats()
+        self.start_reason = "not loaded"
+        self._fresh_start_mono: float | None = clock.monotonic()
+        self._attempt_logs: dict[tuple[LimitScope, str], SlidingLog] = {}
+        self._records: dict[tuple[LimitScope, str], list[AttemptRecord]] = {}
+        self._slots: dict[tuple[LimitScope, str], ConcurrentSlots] = {}
+        self._shared_msgs: dict[tuple[LimitScope, str], SlidingLog] = {}
+        self._quarantines: dict[tuple[LimitScope, str], QuarantineEntry] = {}
+        self._attempts_allowed = False
+        self._attempts_block_reason = "no lease yet"
+        self._changed = asyncio.Event()
+        self._write_lock = asyncio.Lock()
+        self.waiting: dict[str, str] = {}
+        """conn id -> why its attempt is waiting (for /status)."""
+
+    # -- state file -------------------------------------------------------------------------
+
+    def load_state(self) -> LoadedAttempts:
+        """Reload recent attempts; with no valid record, treat every attempt slice as used."""
+        now, wall = self.clock.monotonic(), self.clock.wall()
+        if self.log_file is None:
+            loaded = LoadedAttempts([], False, "no state dir")
+        else:
+            loaded = self.log_file.load(now, wall)
+        if loaded.valid:
+            self._fresh_start_mono = None
+            for r in loaded.records:
+                scope = LimitScope(r.scope)
+                self._records.setdefault((scope, r.key), []).append(r)
+                self._log_for(scope, r.key).seed(r.expires_mono_s)
+        else:
+            self._fresh_start_mono = now
+        self.start_reason = loaded.reason
+        log.info(
+            "attempt log %s: %s",
+            "reloaded" if loaded.valid else "not valid, waiting one full window",
+            loaded.reason,
+        )
+        return loaded
+
+    async def _persist(self) -> None:
+        if self.log_file is None:
+            return
+        async with self._write_lock:
+            now, wall = self.clock.monotonic(), self.clock.wall()
+            records = [r for rs in self._records.values() for r in rs if r.expires_mono_s > now]
+            try:
+                await asyncio.to_thread(self.log_file.write, records, now, wall)
+            except OSError as exc:
+                # A restart must not trust an incomplete log: remove it so it starts "fresh".
+                log.error("cannot write the attempt log (%s); removing it", exc.strerror)
+                try:
+                    await asyncio.to_thread(self.log_file.path.unlink, True)
+                except OSError:
+                    log.error("cannot remove the stale attempt log %s", self.log_file.path)
+
+    # -- configuration ------------------------------------------------------------------------
+
+    def configure(self, plan: PodPlan) -> None:
+        """Enforce `plan`'s slices from now on (logs and live slots are kept)."""
+        self.plan = plan
+        for scope_key, slots in self._slots.items():
+            slots.capacity = self._concurrent_capacity(*scope_key)
+        for (scope, key), sliding in self._attempt_logs.items():
+            rule = self._attempt_rule(scope, key)
+            sliding.capacity, sliding.hold_s = (rule.capacity, rule.hold_s) if rule else (0, 0)
+        for (scope, key), sliding in self._shared_msgs.items():
+            name = SHARED_MESSAGE_LIMITS[scope]
+            sliding.capacity, sliding.hold_s = self._shared_rule(name, scope, key)
+        self._notify()
+
+    def set_attempts_allowed(self, allowed: bool, reason: str = "") -> None:
+        """Open or close the door for new attempts (the Lease); live connections stay."""
+        self._attempts_allowed = allowed
+        self._attempts_block_reason = reason
+        self._notify()
+
+    @property
+    def attempts_allowed(self) -> bool:
+        """Whether the Lease currently allows new attempts."""
+        return self._attempts_allowed
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def _profile_has(self, name: LimitName, scope: LimitScope) -> bool:
+        assert self.plan is not None
+        return self.plan.profile.limit(name, scope) is not None
+
+    def _slice(self, name: LimitName, scope: LimitScope, key: str) -> Slice | None:
+        assert self.plan is not None
+        return self.plan.slice(name, scope, key)
+
+    def _attempt_rule(self, scope: LimitScope, key: str) -> RateRule | None:
+        """None: the exchange does not count attempts by this scope."""
+        if self.plan is None or not self._profile_has(LimitName.CONNECTION_ATTEMPTS, scope):
+            return None
+        s = self._slice(LimitName.CONNECTION_ATTEMPTS, scope, key)
+        if s is None or s.windowSeconds is None:
+            return RateRule(0, 0.0, 0.0)
+        extra = self.plan.profile.connectTimeoutSeconds + SYN_GRACE_S
+        return rate_rule(s, self.plan.windowMarginSeconds, extra)
+
+    def _concurrent_capacity(self, scope: LimitScope, key: str) -> int:
+        if self.plan is None:
+            return 0
+        if not self._profile_has(LimitName.CONCURRENT_CONNECTIONS, scope):
+            return 1 << 30
+        s = self._slice(LimitName.CONCURRENT_CONNECTIONS, scope, key)
+        return int(s.value) if s else 0
+
+    def _log_for(self, scope: LimitScope, key: str) -> SlidingLog:
+        sliding = self._attempt_logs.get((scope, key))
+        if sliding is None:
+            rule = self._attempt_rule(scope, key) if self.plan else None
+            sliding = SlidingLog(rule.capacity, rule.hold_s) if rule else SlidingLog(0, 0.0)
+            self._attempt_logs[(scope, key)] = sliding
+        return sliding
+
+    def _slots_for(self, scope: LimitScope, key: str) -> ConcurrentSlots:
+        slots = self._slots.get((scope, key))
+        if slots is None:
+            slots = ConcurrentSlots(self._concurrent_capacity(scope, key))
+            self._slots[(scope, key)] = slots
+        return slots
+
+    # -- connection attempts ------------------------------------------------------------------
+
+    def _scopes(self, address: str, account: str | None) -> list[tuple[LimitScope, str]]:
+        scopes = [(LimitScope.IP, address)]
+        if account is not None:
+            scopes.append((LimitScope.ACCOUNT, account))
+        return scopes
+
+    def attempt_wait(self, address: str, account: str | None) -> tuple[float, str]:
+        """Seconds until an attempt on (address, account) may start, and why it must wait."""
+        if self.plan is None:
+            return INF, "no plan"
+        if not self._attempts_allowed:
+            return INF, self._attempts_block_reason or "attempts stopped"
+        now = self.clock.monotonic()
+        worst, why = 0.0, ""
+        for scope, key in self._scopes(address, account):
+            q = self._quarantines.get((scope, key))
+            if q is not None:
+                if q.until_mono_s > now:
+                    if q.until_mono_s - now > worst:
+                        worst, why = q.until_mono_s - now, f"{scope} {key} quarantined"
+                else:
+                    del self._quarantines[(scope, key)]
+            rule = self._attempt_rule(scope, key)
+            if rule is not None:
+                if self._fresh_start_mono is not None:
+                    wait = self._fresh_start_mono + rule.hold_s - now
+                    if wait > worst:
+                        worst, why = wait, "no valid attempt record: waiting one window"
+                wait = self._log_for(scope, key).wait_s(now)
+                if wait > worst:
+                    worst, why = wait, f"attempt slice on {scope} {key} used up"
+            wait = self._slots_for(scope, key).wait_s(now)
+            if wait > worst:
+                worst, why = wait, f"concurrent slice on {scope} {key} used up"
+        return worst, why
+
+    def _take_attempt(self, conn_id: str, address: str, account: str | None) -> ConnectionSlot:
+        now, wall = self.clock.monotonic(), self.clock.wall()
+        for scope, key in self._scopes(address, account):
+            rule = self._attempt_rule(scope, key)
+            if rule is not None:
+                expiry = self._log_for(scope, key).record(now, rule.hold_s)
+                self._records.setdefault((scope, key), []).append(
+                    AttemptRecord(str(scope), key, now, wall, expiry)
+                )
+                self._records[(scope, key)] = [
+                    r for r in self._records[(scope, key)] if r.expires_mono_s > now
+                ]
+            self._slots_for(scope, key).active.add(conn_id)
+            self.stats.attempts[(str(scope), key)] += 1
+        return ConnectionSlot(conn_id, address, account, self)
+
+    async def acquire_attempt(
+        self, conn_id: str, address: str, account: str | None = None
+    ) -> ConnectionSlot:
+        """Wait until an attempt fits every slice, count it, persist the log, grant it.
+
+        The caller must start the SYN right after this returns and `release()` the slot when
+        the connection (or the failed attempt) ends. Cancellable while waiting.
+        """
+        try:
+            while True:
+                wait, why = self.attempt_wait(address, account)
+                if wait <= 0:
+                    slot = self._take_attempt(conn_id, address, account)
+                    break
+                if self.waiting.get(conn_id) != why:
+                    self.stats.waits[why.split(" on ")[0]] += 1
+                self.waiting[conn_id] = why
+                await self.clock.wait(self._changed, min(wait, MAX_WAIT_STEP_S))
+        finally:
+            self.waiting.pop(conn_id, None)
+        await self._persist()
+        return slot
+
+    def _release(self, slot: ConnectionSlot, clean: bool) -> None:
+        now = self.clock.monotonic()
+        dead_s = 0.0
+        if not clean and self.plan is not None:
+            dead_s = self.plan.profile.deadConnectionTimeoutSeconds
+        for scope, key in self._scopes(slot.address, slot.account):
+            self._slots_for(scope, key).release(slot.conn_id, now, dead_s)
+        self._notify()
+
+    def quarantine(
+        self, scope: LimitScope, key: str, status_code: int, retry_after_s: float, reason: str
+    ) -> None:
+        """Refuse attempts on `key` for `retry_after_s` seconds (after a 429/418)."""
+        now = self.clock.monotonic()
+        until = now + retry_after_s
+        current = self._quarantines.get((scope, key))
+        if current is not None and current.until_mono_s >= until:
+            return
+        self._quarantines[(scope, key)] = QuarantineEntry(
+            scope, key, status_code, reason, until, self.clock.wall() + retry_after_s
+        )
+        self.stats.quarantines[status_code] += 1
+        log.warning(
+            "quarantined %s %s for %.1fs after %s",
+            scope,
+            key,
+            retry_after_s,
+            status_code,
+            extra={"scope": str(scope), "key": key, "status_code": status_code},
+        )
+        self._notify()
+
+    def quarantines(self) -> list[Quarantine]:
+        """The quarantines still in force, for the report."""
+        now = self.clock.monotonic()
+        return [
+            Quarantine(
+                scope=q.scope,
+                key=q.key,
+                statusCode=q.status_code,
+                reason=q.reason,
+                until=round(q.until_wall_s, 3),
+            )
+            for q in self._quarantines.values()
+            if q.until_mono_s > now
+        ]
+
+    def attempt_windows(self) -> list[AttemptWindow]:
+        """Attempts still counted in each attempt log, for the report."""
+        now = self.clock.monotonic()
+        out = []
+        for (scope, key), sliding in sorted(self._attempt_logs.items()):
+            records = [r for r in self._records.get((scope, key), []) if r.expires_mono_s > now]
+            out.append(
+                AttemptWindow(
+                    scope=scope,
+                    key=key,
+                    windowSeconds=round(sliding.hold_s, 3),
+                    count=sliding.live(now),
+                    lastAttemptAt=round(records[-1].syn_wall_s, 3) if records else None,
+                )
+            )
+        return out
+
+    def usage(self) -> list[dict]:
+        """Per address and account: attempts in the window and connections, against slices."""
+        now = self.clock.monotonic()
+        rows = []
+        keys = sorted(set(self._attempt_logs) | set(self._slots))
+        for scope, key in keys:
+            sliding = self._attempt_logs.get((scope, key))
+            slots = self._slots.get((scope, key))
+            rows.append(
+                {
+                    "scope": str(scope),
+                    "key": key,
+                    "attemptsInWindow": sliding.live(now) if sliding else 0,
+                    "attemptSlice": sliding.capacity if sliding else None,
+                    "connections": slots.used(now) if slots else 0,
+                    "connectionSlice": slots.capacity
+                    if slots and slots.capacity < 1 << 30
+                    else None,
+                }
+            )
+        return rows
+
+    # -- messages -----------------------------------------------------------------------------
+
+    def message_gate(self, conn_id: str, address: str, account: str | None) -> MessageGate:
+        """The door for every message one connection sends upstream."""
+        return MessageGate(self, conn_id, address, account)
+
+    def _shared_log(self, name: LimitName, scope: LimitScope, key: str) -> SlidingLog | None:
+        if self.plan is None or not self._profile_has(name, scope):
+            return None
+        sliding = self._shared_msgs.get((scope, key))
+        if sliding is None:
+            sliding = SlidingLog(*self._shared_rule(name, scope, key))
+            self._shared_msgs[(scope, key)] = sliding
+        return sliding
+
+    def _shared_rule(self, name: LimitName, scope: LimitScope, key: str) -> tuple[int, float]:
+        assert self.plan is not None
+        s = self._slice(name, scope, key)
+        if s is None or s.windowSeconds is None:
+            return 0, 0.0
+        rule = rate_rule(s, message_margin_s(self.plan.windowMarginSeconds, s.windowSeconds))
+        return rule.capacity, rule.hold_s
+
+    def size_limit(self, name: LimitName) -> int | None:
+        """A per-message size limit (args per subscribe, payload bytes), or None."""
+        if self.plan is None:
+            return None
+        s = self._slice(name, LimitScope.MESSAGE, CONNECTION_SCOPE_KEY)
+        if s is not None:
+            return int(s.value)
+        limit = self.plan.profile.limit(name)
+        return int(limit.value) if limit else None
+
+    def streams_per_connection(self) -> int | None:
+        """The most streams one connection may carry, or None."""
+        if self.plan is None:
+            return None
+        s = self._slice(
+            LimitName.STREAMS_PER_CONNECTION, LimitScope.CONNECTION, CONNECTION_SCOPE_KEY
+        )
+        if s is not None:
+            return int(s.value)
+        limit = self.plan.profile.limit(LimitName.STREAMS_PER_CONNECTION)
+        return int(limit.value) if limit else None
+
+
+class MessageGate:
+    """Per-connection message slices (with the heartbeat reserve) plus the shared ones."""
+
+    def __init__(self, limiter: Limiter, conn_id: str, address: str, account: str | None) -> None:
+        self.limiter = limiter
+        self.conn_id = conn_id
+        self.address = address
+        self.account = account
+        self.sent: Counter = Counter()
+        self._own: dict[LimitName, tuple[SlidingLog, int]] = {}
+        self._plan_generation: int | None = None
+
+    def _own_logs(self) -> dict[LimitName, tuple[SlidingLog, int]]:
+        plan = self.limiter.plan
+        if plan is None:
+            return {}
+        if self._plan_generation != plan.generation:
+            fresh: dict[LimitName, tuple[SlidingLog, int]] = {}
+            for name in (
+                LimitName.MESSAGES_PER_CONNECTION,
+                LimitName.CONTROL_MESSAGES_PER_CONNECTION,
+            ):
+                if plan.profile.limit(name, LimitScope.CONNECTION) is None:
+                    continue
+                s = plan.slice(name, LimitScope.CONNECTION, CONNECTION_SCOPE_KEY)
+                old = self._own.get(name)
+                if s is None or s.windowSeconds is None:
+                    rule = RateRule(0, 0.0, 0.0)
+                else:
+                    rule = rate_rule(s, message_margin_s(plan.windowMarginSeconds, s.windowSeconds))
+                reserve = rule.reserve
+                counts_hb = plan.profile.heartbeat.countsAsMessage
+                if name == LimitName.MESSAGES_PER_CONNECTION and counts_hb and rule.capacity >= 2:
+                    reserve = max(reserve, 1)
+                sliding = old[0] if old else SlidingLog(rule.capacity, rule.hold_s)
+                sliding.capacity, sliding.hold_s = rule.capacity, rule.hold_s
+                fresh[name] = (sliding, reserve)
+            self._own = fresh
+            self._plan_generation = plan.generation
+        return self._own
+
+    def _logs(self, kind: MessageKind) -> list[tuple[SlidingLog, int]]:
+        """(log, capacity this kind may fill) for every slice a message of `kind` counts in."""
+        plan = self.limiter.plan
+        if plan is None:
+            return [(SlidingLog(0, 0.0), 0)]
+        out: list[tuple[SlidingLog, int]] = []
+        counts_hb = plan.profile.heartbeat.countsAsMessage
+        own = self._own_logs()
+        per_conn = own.get(LimitName.MESSAGES_PER_CONNECTION)
+        if per_conn is not None:
+            sliding, reserve = per_conn
+            if kind == MessageKind.CONTROL:
+                out.append((sliding, sliding.capacity - reserve))
+            elif counts_hb:
+                out.append((sliding, sliding.capacity))
+        control = own.get(LimitName.CONTROL_MESSAGES_PER_CONNECTION)
+        if control is not None and kind == MessageKind.CONTROL:
+            out.append((control[0], control[0].capacity))
+        if kind == MessageKind.CONTROL or counts_hb:
+            per_ip = self.limiter._shared_log(
+                LimitName.MESSAGES_PER_IP, LimitScope.IP, self.address
+            )
+            if per_ip is not None:
+                out.append((per_ip, per_ip.capacity))
+        if self.account is not None and kind == MessageKind.CONTROL:
+            per_acct = self.limiter._shared_log(
+                LimitName.MESSAGES_PER_ACCOUNT, LimitScope.ACCOUNT, self.account
+            )
+            if per_acct is not None:
+                out.append((per_acct, per_acct.capacity))
+        return out
+
+    def wait_s(self, kind: MessageKind) -> float:
+        """Seconds until one message of `kind` may be sent."""
+        now = self.limiter.clock.monotonic()
+        return max([0.0] + [sliding.wait_s(now, cap) for sliding, cap in self._logs(kind)])
+
+    async def acquire(self, kind: MessageKind) -> None:
+        """Wait until one message of `kind` fits every slice, then count it (cancellable)."""
+        while True:
+            wait = self.wait_s(kind)
+            if wait <= 0:
+                now = self.limiter.clock.monotonic()
+                for sliding, _cap in self._logs(kind):
+                    sliding.record(now)
+                self.sent[kind] += 1
+                self.limiter.stats.messages[str(kind)] += 1
+                return
+            self.limiter.stats.waits[f"message slice ({kind})"] += 1
+            await self.limiter.clock.wait(self.limiter._changed, min(wait, MAX_WAIT_STEP_S))
