@@ -8,11 +8,12 @@ what a client needs to reach the exchange (endpoint, dialect, heartbeats, timeou
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 from pydantic import Field, model_validator
 
 from connquota.api.base import ApiModel
+from connquota.api.rules import Rule
 
 
 class LimitName(StrEnum):
@@ -118,13 +119,24 @@ class Limit(ApiModel):
         default=None, description="Anything a reader should know: conflicting sources, caveats."
     )
 
-    @model_validator(mode="after")
-    def _shape_fields(self) -> Limit:
-        if self.shape in RATE_SHAPES and self.windowSeconds is None:
-            raise ValueError(f"limit {self.name}: shape {self.shape} needs windowSeconds")
-        if self.shape == LimitShape.TOKEN_BUCKET and self.burst is None:
-            raise ValueError(f"limit {self.name}: shape tokenBucket needs burst")
-        return self
+    RULES: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="!(self.shape in ['slidingWindow', 'tokenBucket', 'minSpacing']) "
+            "|| has(self.windowSeconds)",
+            message="windowSeconds is required when shape is slidingWindow, tokenBucket or "
+            "minSpacing",
+            check=lambda limit: limit.shape not in RATE_SHAPES or limit.windowSeconds is not None,
+            field_path=".windowSeconds",
+            reason="FieldValueRequired",
+        ),
+        Rule(
+            cel="self.shape != 'tokenBucket' || has(self.burst)",
+            message="burst is required when shape is tokenBucket",
+            check=lambda limit: limit.shape != LimitShape.TOKEN_BUCKET or limit.burst is not None,
+            field_path=".burst",
+            reason="FieldValueRequired",
+        ),
+    )
 
     @property
     def is_rate(self) -> bool:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, ClassVar
 
 from pydantic import Field
 
@@ -17,6 +18,7 @@ from connquota.api.common import (
     ObjectMeta,
     UnitFraction,
 )
+from connquota.api.rules import Rule, is_ip, is_ipv6_prefix, list_map
 
 MAX_POOL_ADDRESSES = 256
 MAX_ALLOWED_NAMESPACES = 256
@@ -49,6 +51,8 @@ class ProxySecretRef(ApiModel):
 class EgressAddress(ApiModel):
     """One public egress address (or IPv6 prefix) as the exchanges see it."""
 
+    RULES: ClassVar[tuple[Rule, ...]]  # set below the class: the rules refer to EgressMode
+
     name: DnsLabel = Field(description="Short name quotas and status use for this address.")
     publicAddress: Annotated[str, Field(min_length=2, max_length=64)] = Field(
         description="The address the exchange sees after NAT: an IPv4/IPv6 address, or an "
@@ -75,6 +79,77 @@ class EgressAddress(ApiModel):
         description="podLabel mode: value of the connquota.io/egress label that the CNI "
         "egress policy maps to this address.",
     )
+
+
+def _canonical_address(text: str) -> bool:
+    """True when `text` is an address or prefix written the way ipaddress (and Go) print it."""
+    if is_ip(text):
+        return str(ipaddress.ip_address(text)) == text
+    if is_ipv6_prefix(text):
+        return str(ipaddress.ip_network(text)) == text
+    return True  # not an address at all: the validity rule reports it
+
+
+EgressAddress.RULES = (
+    Rule(
+        cel="isIP(self.publicAddress) || (isCIDR(self.publicAddress) "
+        "&& cidr(self.publicAddress).ip().family() == 6 "
+        "&& cidr(self.publicAddress).masked() == cidr(self.publicAddress))",
+        message="publicAddress must be an IPv4 or IPv6 address, or an IPv6 prefix in CIDR form "
+        "with no host bits set (e.g. 2001:db8:1::/48)",
+        check=lambda a: is_ip(a.publicAddress) or is_ipv6_prefix(a.publicAddress),
+        field_path=".publicAddress",
+    ),
+    Rule(
+        cel="isIP(self.publicAddress) ? string(ip(self.publicAddress)) == self.publicAddress "
+        ": (!isCIDR(self.publicAddress) || string(cidr(self.publicAddress)) == self.publicAddress)",
+        message="publicAddress must be written in canonical form (lower case, shortest IPv6 "
+        "form, e.g. 2001:db8::1) so that one address is one budget",
+        check=lambda a: _canonical_address(a.publicAddress),
+        field_path=".publicAddress",
+    ),
+    Rule(
+        cel="self.mode != 'bind' || has(self.bindAddress)",
+        message="bindAddress is required when mode is bind",
+        check=lambda a: a.mode != EgressMode.BIND or a.bindAddress is not None,
+        field_path=".bindAddress",
+        reason="FieldValueRequired",
+    ),
+    Rule(
+        cel="self.mode != 'bind' || has(self.node)",
+        message="node is required when mode is bind (the node that holds bindAddress)",
+        check=lambda a: a.mode != EgressMode.BIND or a.node is not None,
+        field_path=".node",
+        reason="FieldValueRequired",
+    ),
+    Rule(
+        cel="!has(self.bindAddress) || isIP(self.bindAddress)",
+        message="bindAddress must be an IPv4 or IPv6 address",
+        check=lambda a: a.bindAddress is None or is_ip(a.bindAddress),
+        field_path=".bindAddress",
+    ),
+    Rule(
+        cel="self.mode != 'proxy' || has(self.proxyUrl)",
+        message="proxyUrl is required when mode is proxy",
+        check=lambda a: a.mode != EgressMode.PROXY or a.proxyUrl is not None,
+        field_path=".proxyUrl",
+        reason="FieldValueRequired",
+    ),
+    Rule(
+        cel="!has(self.proxyUrl) || self.proxyUrl.startsWith('http://') "
+        "|| self.proxyUrl.startsWith('socks5://')",
+        message="proxyUrl must start with http:// (HTTP CONNECT) or socks5://",
+        check=lambda a: a.proxyUrl is None or a.proxyUrl.startswith(("http://", "socks5://")),
+        field_path=".proxyUrl",
+    ),
+    Rule(
+        cel="self.mode != 'podLabel' || has(self.podLabel)",
+        message="podLabel is required when mode is podLabel",
+        check=lambda a: a.mode != EgressMode.POD_LABEL or a.podLabel is not None,
+        field_path=".podLabel",
+        reason="FieldValueRequired",
+    ),
+)
 
 
 class DomainReservation(ApiModel):
@@ -104,16 +179,34 @@ class ExchangeEgressPoolSpec(ApiModel):
 
     addresses: Annotated[
         list[EgressAddress], Field(min_length=1, max_length=MAX_POOL_ADDRESSES)
-    ] = Field(description="Public egress addresses of the pool (names and addresses unique).")
+    ] = Field(
+        description="Public egress addresses of the pool (names and addresses unique).",
+        json_schema_extra=list_map("name"),
+    )
     reserved: Annotated[list[DomainReservation], Field(max_length=MAX_RESERVATIONS)] = Field(
         default_factory=list,
         description="Per-domain fraction of every budget kept back for unmanaged traffic.",
+        json_schema_extra=list_map("domain"),
     )
     allowedNamespaces: Annotated[
         list[NamespaceAllowance], Field(max_length=MAX_ALLOWED_NAMESPACES)
     ] = Field(
         default_factory=lambda: [NamespaceAllowance(namespace="*")],
         description="Namespaces whose quotas may use the pool (default: every namespace).",
+        json_schema_extra=list_map("namespace"),
+    )
+
+    RULES: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="self.addresses.all(a, self.addresses.exists_one(b, "
+            "b.publicAddress == a.publicAddress))",
+            message="addresses: every publicAddress must be unique (one budget per address)",
+            check=lambda spec: (
+                len({a.publicAddress for a in spec.addresses}) == len(spec.addresses)
+            ),
+            field_path=".addresses",
+            reason="FieldValueDuplicate",
+        ),
     )
 
     def address(self, name: str) -> EgressAddress | None:

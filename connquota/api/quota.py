@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 from pydantic import Field
 
 from connquota.api.base import ApiModel
 from connquota.api.common import Condition, DnsLabel, Fraction, LocalObjectRef, ObjectMeta
-from connquota.api.limits import Dialect, Heartbeat, Limit
+from connquota.api.limits import Dialect, Heartbeat, Limit, LimitName, LimitScope
+from connquota.api.rules import Rule, list_map, list_set
 
 # Supported maximums. Kubernetes stores objects up to about 1.5 MiB; explicit stream names are
 # capped so a quota at every maximum still fits (see tests/unit/test_api_limits.py). Larger sets
@@ -48,8 +49,38 @@ StreamName = Annotated[
 Priority = Annotated[int, Field(ge=0, le=MAX_PRIORITY)]
 
 
+REQUIRED_LIMITS: tuple[tuple[LimitName, LimitScope], ...] = (
+    (LimitName.CONNECTION_ATTEMPTS, LimitScope.IP),
+    (LimitName.CONCURRENT_CONNECTIONS, LimitScope.IP),
+    (LimitName.STREAMS_PER_CONNECTION, LimitScope.CONNECTION),
+    (LimitName.MESSAGES_PER_CONNECTION, LimitScope.CONNECTION),
+    (LimitName.MAX_CONNECTION_AGE, LimitScope.CONNECTION),
+)
+"""Limits every profile (built-in or custom) declares: unknown is never unlimited."""
+
+
+def _has_limits(limits: list[Limit], required: tuple[tuple[LimitName, LimitScope], ...]) -> bool:
+    present = {limit.key() for limit in limits}
+    return all(key in present for key in required)
+
+
 class CustomProfile(ApiModel):
     """An exchange connquota has no built-in profile for: every limit must be given."""
+
+    RULES: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel=" && ".join(
+                f"self.limits.exists(l, l.name == '{name}' && l.scope == '{scope}')"
+                for name, scope in REQUIRED_LIMITS
+            ),
+            message="limits must declare at least "
+            + ", ".join(f"{name} ({scope})" for name, scope in REQUIRED_LIMITS)
+            + "; give unknown limits a conservative value",
+            check=lambda custom: _has_limits(custom.limits, REQUIRED_LIMITS),
+            field_path=".limits",
+            reason="FieldValueRequired",
+        ),
+    )
 
     endpoint: Annotated[str, Field(min_length=6, max_length=2048, pattern=r"^wss?://")] = Field(
         description="WebSocket base URL (ws:// or wss://)."
@@ -59,7 +90,9 @@ class CustomProfile(ApiModel):
         str, Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
     ] = Field(description="Limit domain: quotas with the same domain on a pool share budgets.")
     limits: Annotated[list[Limit], Field(min_length=1, max_length=MAX_LIMIT_OVERRIDES)] = Field(
-        description="Every limit of the exchange. Unknown limits need a conservative value."
+        description="Every limit of the exchange (name and scope unique). Unknown limits need a "
+        "conservative value.",
+        json_schema_extra=list_map("name", "scope"),
     )
     heartbeat: Heartbeat | None = Field(
         default=None, description="Keep-alive rules; default: the dialect's."
@@ -129,11 +162,16 @@ class StreamSet(ApiModel):
     symbols: Annotated[
         list[Annotated[str, Field(min_length=1, max_length=48, pattern=r"^[!-~]+$")]],
         Field(min_length=1, max_length=MAX_SYMBOLS_PER_SET),
-    ] = Field(description="Symbols, in the exchange's spelling.")
+    ] = Field(
+        description="Symbols, in the exchange's spelling (unique).", json_schema_extra=list_set()
+    )
     channels: Annotated[
         list[Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[!-~]+$")]],
         Field(min_length=1, max_length=MAX_CHANNELS_PER_SET),
-    ] = Field(description="Channels; the dialect composes symbol and channel into a stream name.")
+    ] = Field(
+        description="Channels (unique); the dialect composes symbol and channel into a stream name.",
+        json_schema_extra=list_set(),
+    )
     priority: Priority = Field(default=0, description="Priority of every stream of the set.")
     credential: DnsLabel | None = Field(
         default=None, description="Private streams: the credential they must be opened with."
@@ -199,6 +237,15 @@ class PodOverrides(ApiModel):
 class GatewaySpec(ApiModel):
     """How the gateway pods of this quota run."""
 
+    RULES: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="self.minReplicas <= self.maxReplicas",
+            message="minReplicas must be less than or equal to maxReplicas",
+            check=lambda gateway: gateway.minReplicas <= gateway.maxReplicas,
+            field_path=".minReplicas",
+        ),
+    )
+
     image: Annotated[str, Field(min_length=1, max_length=1024)] = Field(
         default="connquota/gateway:0.1.0", description="Gateway container image."
     )
@@ -243,7 +290,9 @@ class ExchangeConnectionQuotaSpec(ApiModel):
     )
     limits: Annotated[list[Limit], Field(max_length=MAX_LIMIT_OVERRIDES)] = Field(
         default_factory=list,
-        description="Overrides of the profile's limits (same name and scope replaces).",
+        description="Overrides of the profile's limits (same name and scope replaces; name and "
+        "scope unique).",
+        json_schema_extra=list_map("name", "scope"),
     )
     headroom: Fraction = Field(
         default=0.8, description="Fraction (0, 1] of every limit the fleet may use."
@@ -251,13 +300,19 @@ class ExchangeConnectionQuotaSpec(ApiModel):
     egressPoolRef: LocalObjectRef = Field(description="The ExchangeEgressPool this quota uses.")
     shares: Annotated[list[ShareRequest], Field(max_length=MAX_SHARE_REQUESTS)] = Field(
         default_factory=list,
-        description="Requested fractions of the pool's budgets; unset addresses get an even split.",
+        description="Requested fractions of the pool's budgets (addresses unique); unset "
+        "addresses get an even split.",
+        json_schema_extra=list_map("address"),
     )
     credentials: Annotated[list[Credential], Field(max_length=MAX_CREDENTIALS)] = Field(
-        default_factory=list, description="API keys (names unique)."
+        default_factory=list,
+        description="API keys (names unique).",
+        json_schema_extra=list_map("name"),
     )
     streams: Annotated[list[StreamSpec], Field(max_length=MAX_EXPLICIT_STREAMS)] = Field(
-        default_factory=list, description=f"Streams by name (at most {MAX_EXPLICIT_STREAMS})."
+        default_factory=list,
+        description=f"Streams by name (unique, at most {MAX_EXPLICIT_STREAMS}).",
+        json_schema_extra=list_map("name"),
     )
     streamSets: Annotated[list[StreamSet], Field(max_length=MAX_STREAM_SETS)] = Field(
         default_factory=list, description="Streams as symbols x channels."
@@ -270,9 +325,66 @@ class ExchangeConnectionQuotaSpec(ApiModel):
         default=False, description="Stop changing the fleet; keep what runs running."
     )
 
+    RULES: ClassVar[tuple[Rule, ...]]  # set below: they use helpers defined after the class
+
     def credential(self, name: str) -> Credential | None:
         """The credential called `name`, or None."""
         return next((c for c in self.credentials if c.name == name), None)
+
+
+def _credential_names(spec: ExchangeConnectionQuotaSpec) -> set[str]:
+    return {c.name for c in spec.credentials}
+
+
+def _credentials_declared(spec: ExchangeConnectionQuotaSpec, items: list[Any]) -> bool:
+    names = _credential_names(spec)
+    return all(item.credential is None or item.credential in names for item in items)
+
+
+def declared_stream_count(spec: ExchangeConnectionQuotaSpec) -> int:
+    """Streams the spec names itself: explicit streams plus symbols x channels of every set."""
+    return len(spec.streams) + sum(len(s.symbols) * len(s.channels) for s in spec.streamSets)
+
+
+def _credential_rule(field: str, what: str) -> Rule:
+    return Rule(
+        cel=f"!has(self.{field}) || self.{field}.all(s, !has(s.credential) || "
+        f"(has(self.credentials) && self.credentials.exists(c, c.name == s.credential)))",
+        message=f"{field}: every credential {what} names must be declared in credentials",
+        check=lambda spec: _credentials_declared(spec, getattr(spec, field)),
+        field_path=f".{field}",
+    )
+
+
+ExchangeConnectionQuotaSpec.RULES = (
+    Rule(
+        cel="self.exchange in " + str([*BUILTIN_PROFILES, CUSTOM_PROFILE]),
+        message="exchange must be a built-in profile ("
+        + ", ".join(BUILTIN_PROFILES)
+        + f") or {CUSTOM_PROFILE}",
+        check=lambda spec: spec.exchange in (*BUILTIN_PROFILES, CUSTOM_PROFILE),
+        field_path=".exchange",
+        reason="FieldValueNotSupported",
+    ),
+    Rule(
+        cel=f"(self.exchange == '{CUSTOM_PROFILE}') == has(self.custom)",
+        message=f"custom must be set when exchange is '{CUSTOM_PROFILE}', and only then",
+        check=lambda spec: (spec.exchange == CUSTOM_PROFILE) == (spec.custom is not None),
+        field_path=".custom",
+    ),
+    _credential_rule("streams", "a stream"),
+    _credential_rule("streamSets", "a streamSet"),
+    _credential_rule("streamsFrom", "a streamsFrom entry"),
+    Rule(
+        cel="(has(self.streams) ? self.streams.size() : 0) + (has(self.streamSets) ? "
+        "self.streamSets.map(s, s.symbols.size() * s.channels.size()).sum() : 0) "
+        f"<= {MAX_STREAMS_PER_QUOTA}",
+        message=f"streams + streamSets (symbols x channels) must declare at most "
+        f"{MAX_STREAMS_PER_QUOTA} streams; list larger sets in streamsFrom ConfigMaps",
+        check=lambda spec: declared_stream_count(spec) <= MAX_STREAMS_PER_QUOTA,
+        field_path=".streamSets",
+    ),
+)
 
 
 class StreamCounts(ApiModel):
