@@ -1,0 +1,465 @@
+"""Binance spot wire format: market streams (stream.binance.com) and the WebSocket API.
+
+Stream strings are Binance's own names (``btcusdt@trade``, ``btcusdt@depth@100ms``,
+``!miniTicker@arr``). URL forms: ``/ws/<stream>`` (raw), ``/ws`` + SUBSCRIBE (raw),
+``/stream?streams=a/b`` and ``/stream`` (combined, wrapped as ``{"stream":..,"data":..}``),
+``/ws-api/v3`` (the WebSocket API, used for user data). Heartbeats are protocol ping frames from
+the server every 20 s; the client answers with a pong that echoes the payload; both pings and
+pongs count against the 5 messages/s per connection.
+
+Source: exchange-dialects.md section 1 (binance/binance-spot-api-docs, web-socket-streams.md,
+web-socket-api.md).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+from urllib.parse import parse_qs
+
+from connquota.exchanges.dialects.base import (
+    Ack,
+    ApiCredentials,
+    ClientRequest,
+    Data,
+    Endpoint,
+    Error,
+    InvalidRequest,
+    LoginRequest,
+    LoginResult,
+    Notice,
+    OtherRequest,
+    PingRequest,
+    RequestId,
+    ServerEvent,
+    StreamName,
+    SubscribeRequest,
+    Unknown,
+    WireFormatError,
+    dumps,
+    hmac_sha256,
+    loads_object,
+    valid_request_id,
+)
+
+name = "binance"
+
+MAX_REQUEST_ID_CHARS = 36
+STREAM_METHODS = ("SUBSCRIBE", "UNSUBSCRIBE", "LIST_SUBSCRIPTIONS", "SET_PROPERTY", "GET_PROPERTY")
+SERVER_PING_INTERVAL_S = 20.0
+PONG_TIMEOUT_S = 60.0
+
+_SYMBOL = r"[a-z0-9]{2,20}"
+_INTERVAL = r"(1s|1m|3m|5m|15m|30m|1h|2h|4h|6h|8h|12h|1d|3d|1w|1M)"
+_CHANNEL_PATTERNS = (
+    r"trade",
+    r"aggTrade",
+    r"depth(@100ms)?",
+    r"depth(5|10|20)(@100ms)?",
+    rf"kline_{_INTERVAL}(@\+08:00)?",
+    r"bookTicker",
+    r"miniTicker",
+    r"ticker",
+    r"ticker_(1h|4h|1d)",
+    r"avgPrice",
+    r"referencePrice",
+    r"blockTrade",
+)
+_STREAM_RE = re.compile(rf"^{_SYMBOL}@({'|'.join(_CHANNEL_PATTERNS)})$")
+_MARKET_WIDE_RE = re.compile(r"^!(miniTicker|ticker_(1h|4h|1d))@arr$")
+
+
+# --- streams and URLs -------------------------------------------------------------------------
+
+
+def stream_name(symbol: str, channel: str) -> str:
+    """``BTCUSDT`` x ``depth@100ms`` -> ``btcusdt@depth@100ms`` (symbols are lower case)."""
+    if not symbol:
+        return channel
+    return f"{symbol.lower()}@{channel}"
+
+
+def parse_stream(stream: str) -> StreamName:
+    """Split ``btcusdt@depth@100ms`` into symbol ``btcusdt`` and channel ``depth@100ms``."""
+    if not is_valid_stream(stream):
+        raise WireFormatError(f"not a Binance spot stream name: {stream!r}")
+    if stream.startswith("!"):
+        return StreamName(symbol="", channel=stream)
+    symbol, channel = stream.split("@", 1)
+    return StreamName(symbol=symbol, channel=channel)
+
+
+def is_valid_stream(stream: str) -> bool:
+    """Whether ``stream`` is a documented Binance spot stream name."""
+    return bool(_STREAM_RE.match(stream) or _MARKET_WIDE_RE.match(stream))
+
+
+def raw_stream_path(stream: str) -> str:
+    """``/ws/<stream>``: one raw stream named in the URL."""
+    return f"/ws/{stream}"
+
+
+def combined_stream_path(streams: list[str]) -> str:
+    """``/stream?streams=a/b/c`` (or ``/stream`` with no streams): combined payloads."""
+    return "/stream?streams=" + "/".join(streams) if streams else "/stream"
+
+
+WS_PATH = "/ws"
+"""Raw endpoint with no stream in the URL: subscribe with SUBSCRIBE."""
+WS_API_PATH = "/ws-api/v3"
+"""The WebSocket API (session.logon, userDataStream.subscribe)."""
+
+
+def parse_endpoint(path: str, query: str = "") -> Endpoint:
+    """What a connection path selects; WireFormatError for a path Binance does not serve."""
+    if path == WS_API_PATH:
+        return Endpoint(kind="api", private=True)
+    if path in ("/ws", "/ws/"):
+        return Endpoint(kind="raw")
+    if path.startswith("/ws/"):
+        streams = tuple(s for s in path[len("/ws/") :].split("/") if s)
+        return Endpoint(kind="raw", initial_streams=streams)
+    if path in ("/stream", "/stream/"):
+        values = parse_qs(query).get("streams", [])
+        streams = tuple(s for v in values for s in v.split("/") if s)
+        return Endpoint(kind="combined", initial_streams=streams, combined=True)
+    raise WireFormatError(f"Binance serves no WebSocket at {path!r}")
+
+
+# --- client side: requests ----------------------------------------------------------------
+
+
+def build_subscribe(streams: list[str], request_id: RequestId) -> str:
+    """``{"method":"SUBSCRIBE","params":[...],"id":N}``."""
+    return dumps({"method": "SUBSCRIBE", "params": list(streams), "id": request_id})
+
+
+def build_unsubscribe(streams: list[str], request_id: RequestId) -> str:
+    """``{"method":"UNSUBSCRIBE","params":[...],"id":N}``."""
+    return dumps({"method": "UNSUBSCRIBE", "params": list(streams), "id": request_id})
+
+
+def build_list_subscriptions(request_id: RequestId) -> str:
+    """``{"method":"LIST_SUBSCRIPTIONS","id":N}``."""
+    return dumps({"method": "LIST_SUBSCRIPTIONS", "id": request_id})
+
+
+def build_ping(request_id: RequestId = None) -> str | None:
+    """None: Binance heartbeats are protocol ping/pong frames, not text."""
+    return None
+
+
+def signature_payload(params: dict[str, Any]) -> str:
+    """All params except ``signature``, sorted by name, ``k=v`` joined by ``&`` (no encoding)."""
+    items = sorted((k, v) for k, v in params.items() if k != "signature")
+    return "&".join(f"{k}={_param_text(v)}" for k, v in items)
+
+
+def _param_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def hmac_signature(secret: str, params: dict[str, Any]) -> str:
+    """The documented HMAC-SHA-256 signature: lower-case hex over ``signature_payload``."""
+    return hmac_sha256(secret, signature_payload(params)).hex()
+
+
+def build_login(credentials: ApiCredentials, now_ms: int, request_id: RequestId) -> str:
+    """``session.logon`` on the WebSocket API, signed with HMAC-SHA-256.
+
+    Binance accepts only Ed25519 keys for session.logon; the mock exchange accepts HMAC test
+    keys (documented in docs/mock-exchange.md)."""
+    params: dict[str, Any] = {"apiKey": credentials.api_key, "timestamp": now_ms}
+    params["signature"] = hmac_signature(credentials.secret, params)
+    return dumps({"id": request_id, "method": "session.logon", "params": params})
+
+
+def build_user_data_subscribe(request_id: RequestId) -> str:
+    """``userDataStream.subscribe`` on a logged-on WebSocket API session."""
+    return dumps({"id": request_id, "method": "userDataStream.subscribe"})
+
+
+def build_user_data_subscribe_signature(
+    credentials: ApiCredentials, now_ms: int, request_id: RequestId
+) -> str:
+    """``userDataStream.subscribe.signature``: subscribe without logon, any key type."""
+    params: dict[str, Any] = {"apiKey": credentials.api_key, "timestamp": now_ms}
+    params["signature"] = hmac_signature(credentials.secret, params)
+    return dumps(
+        {"id": request_id, "method": "userDataStream.subscribe.signature", "params": params}
+    )
+
+
+# --- client side: parsing server messages -------------------------------------------------------
+
+
+def _seq_of(payload: dict[str, Any]) -> int | None:
+    event = payload.get("e")
+    if event == "trade":
+        return _int(payload.get("t"))
+    if event == "aggTrade":
+        return _int(payload.get("a"))
+    if event == "depthUpdate":
+        return _int(payload.get("u"))
+    if event == "kline" and isinstance(payload.get("k"), dict):
+        return _int(payload["k"].get("L"))
+    for key in ("u", "lastUpdateId", "L"):
+        if key in payload:
+            return _int(payload[key])
+    return None
+
+
+def _int(value: Any) -> int | None:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _infer_stream(payload: dict[str, Any]) -> str:
+    symbol = str(payload.get("s", "")).lower()
+    event = payload.get("e")
+    if event == "depthUpdate":
+        return f"{symbol}@depth"
+    if event == "24hrTicker":
+        return f"{symbol}@ticker"
+    if event == "24hrMiniTicker":
+        return f"{symbol}@miniTicker"
+    if event == "kline" and isinstance(payload.get("k"), dict):
+        return f"{symbol}@kline_{payload['k'].get('i', '')}"
+    if isinstance(event, str) and symbol:
+        return f"{symbol}@{event}"
+    if "b" in payload and "a" in payload and "u" in payload and symbol:
+        return f"{symbol}@bookTicker"
+    return ""
+
+
+def parse_server_message(text: str, default_stream: str | None = None) -> ServerEvent:
+    """Classify a frame from the stream host or the WebSocket API.
+
+    Raw payloads carry no stream name: pass ``default_stream`` for ``/ws/<stream>``; otherwise
+    the stream is inferred from the symbol and event type (use combined streams to be exact)."""
+    obj = loads_object(text)
+    if obj is None:
+        return Unknown(text)
+    if "stream" in obj and isinstance(obj.get("data"), dict):
+        data = obj["data"]
+        if data.get("e") == "serverShutdown":
+            return Notice(kind="serverShutdown", event_time_ms=_int(data.get("E")), raw=obj)
+        return Data(str(obj["stream"]), _seq_of(data), _int(data.get("E")), data)
+    if "status" in obj and "id" in obj:
+        return _parse_api_response(obj)
+    if "error" in obj and isinstance(obj["error"], dict):
+        err = obj["error"]
+        return Error(obj.get("id"), str(err.get("code")), str(err.get("msg", "")), obj)
+    if "code" in obj and "msg" in obj:
+        return Error(obj.get("id"), str(obj["code"]), str(obj["msg"]), obj)
+    if "result" in obj and "id" in obj:
+        return Ack(obj["id"], "response", result=obj["result"])
+    if isinstance(obj.get("event"), dict):
+        event = obj["event"]
+        if "subscriptionId" in obj:
+            stream = f"userData:{obj['subscriptionId']}"
+            return Data(stream, _int(event.get("u")), _int(event.get("E")), event)
+        if event.get("e") == "serverShutdown":
+            return Notice(kind="serverShutdown", event_time_ms=_int(event.get("E")), raw=obj)
+    if obj.get("e") == "serverShutdown":
+        return Notice(kind="serverShutdown", event_time_ms=_int(obj.get("E")), raw=obj)
+    stream = default_stream or _infer_stream(obj)
+    if stream:
+        return Data(stream, _seq_of(obj), _int(obj.get("E")), obj)
+    return Unknown(text)
+
+
+def _parse_api_response(obj: dict[str, Any]) -> ServerEvent:
+    status = obj.get("status")
+    result = obj.get("result")
+    if status == 200:
+        if isinstance(result, dict) and "authorizedSince" in result:
+            return LoginResult(ok=True, request_id=obj.get("id"))
+        return Ack(obj.get("id"), "response", result=result)
+    err = obj.get("error") if isinstance(obj.get("error"), dict) else {}
+    return Error(obj.get("id"), str(err.get("code", status)), str(err.get("msg", "")), obj)
+
+
+# --- server side: parsing client requests --------------------------------------------------
+
+
+def _error_reply(code: int, msg: str, request_id: RequestId) -> InvalidRequest:
+    return InvalidRequest(request_id, str(code), msg, build_error(code, msg, request_id))
+
+
+def parse_client_message(text: str) -> ClientRequest:
+    """Classify a client frame on the stream host (SUBSCRIBE, UNSUBSCRIBE, ...)."""
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError):
+        return _error_reply(3, "Invalid JSON: expected value at line 1 column 1", None)
+    if not isinstance(obj, dict):
+        return _error_reply(3, "Invalid JSON: expected value at line 1 column 1", None)
+    request_id = obj.get("id")
+    if not valid_request_id(request_id, MAX_REQUEST_ID_CHARS):
+        return _error_reply(2, "Invalid request: request ID must be an unsigned integer", None)
+    method = obj.get("method")
+    if method is None:
+        msg = f"Invalid request: missing field `method` at line 1 column {len(text)}"
+        return _error_reply(2, msg, request_id)
+    if method not in STREAM_METHODS:
+        column = text.find(json.dumps(method)) + len(json.dumps(method))
+        msg = (
+            f"Invalid request: unknown variant `{method}`, expected one of `SUBSCRIBE`, "
+            f"`UNSUBSCRIBE`, `LIST_SUBSCRIPTIONS`, `SET_PROPERTY`, `GET_PROPERTY` at line 1 "
+            f"column {column}"
+        )
+        return _error_reply(2, msg, request_id)
+    params = obj.get("params")
+    if method in ("SUBSCRIBE", "UNSUBSCRIBE"):
+        if not isinstance(params, list) or not all(isinstance(p, str) for p in params):
+            return _error_reply(2, "Invalid request: invalid stream", request_id)
+        if not all(is_valid_stream(p) for p in params):
+            return _error_reply(2, "Invalid request: invalid stream", request_id)
+        return SubscribeRequest(request_id, tuple(params), unsubscribe=method == "UNSUBSCRIBE")
+    if method in ("SET_PROPERTY", "GET_PROPERTY"):
+        if not isinstance(params, list) or not params or not isinstance(params[0], str):
+            return _error_reply(2, "Invalid request: property name must be a string", request_id)
+        if params[0] != "combined":
+            return _error_reply(0, "Unknown property", request_id)
+        if method == "SET_PROPERTY" and (len(params) != 2 or not isinstance(params[1], bool)):
+            return _error_reply(1, "Invalid value type: expected Boolean", request_id)
+    return OtherRequest(request_id, method, params)
+
+
+def parse_api_message(text: str) -> ClientRequest:
+    """Classify a client frame on the WebSocket API (session.logon, userDataStream.*)."""
+    obj = loads_object(text)
+    if obj is None:
+        reply = build_api_error(None, 400, -1000, "Malformed request.")
+        return InvalidRequest(None, "-1000", "Malformed request.", reply)
+    request_id = obj.get("id")
+    method = obj.get("method")
+    params = obj.get("params") if isinstance(obj.get("params"), dict) else {}
+    if method in ("session.logon", "userDataStream.subscribe.signature"):
+        api_key = params.get("apiKey")
+        if not isinstance(api_key, str) or "signature" not in params or "timestamp" not in params:
+            msg = "Mandatory parameter 'signature' was not sent, was empty/null, or malformed."
+            reply = build_api_error(request_id, 400, -1102, msg)
+            return InvalidRequest(request_id, "-1102", msg, reply)
+        fields = dict(params)
+        fields["method"] = method
+        return LoginRequest(request_id, api_key, fields)
+    if method == "ping":
+        return PingRequest(request_id)
+    if method in ("userDataStream.subscribe", "userDataStream.unsubscribe", "session.status"):
+        return OtherRequest(request_id, method, params)
+    msg = "Unknown method."
+    return InvalidRequest(request_id, "-1020", msg, build_api_error(request_id, 400, -1020, msg))
+
+
+# --- server side: building server messages ---------------------------------------------------
+
+
+def build_ack(request_id: RequestId, result: Any = None) -> str:
+    """``{"result":null,"id":N}`` (or the LIST_SUBSCRIPTIONS/GET_PROPERTY result)."""
+    return dumps({"result": result, "id": request_id})
+
+
+def build_error(code: int, msg: str, request_id: RequestId) -> str:
+    """The error as the stream host sends it: ``{"error":{"code":2,"msg":".."},"id":N}``."""
+    return dumps({"error": {"code": code, "msg": msg}, "id": request_id})
+
+
+def build_api_response(request_id: RequestId, result: Any) -> str:
+    """A WebSocket API success: ``{"id":..,"status":200,"result":..}``."""
+    return dumps({"id": request_id, "status": 200, "result": result})
+
+
+def build_api_error(
+    request_id: RequestId, status: int, code: int, msg: str, data: Any = None
+) -> str:
+    """A WebSocket API error: ``{"id":..,"status":4xx,"error":{"code":..,"msg":..}}``."""
+    error: dict[str, Any] = {"code": code, "msg": msg}
+    if data is not None:
+        error["data"] = data
+    return dumps({"id": request_id, "status": status, "error": error})
+
+
+def build_logon_result(
+    request_id: RequestId, api_key: str, authorized_ms: int, connected_ms: int, now_ms: int
+) -> str:
+    """The session.logon success response."""
+    result = {
+        "apiKey": api_key,
+        "authorizedSince": authorized_ms,
+        "connectedSince": connected_ms,
+        "returnRateLimits": False,
+        "serverTime": now_ms,
+        "userDataStream": False,
+    }
+    return build_api_response(request_id, result)
+
+
+def build_user_data_event(subscription_id: int, seq: int, event_time_ms: int) -> str:
+    """A user-data event in its envelope (``outboundAccountPosition``; ``u`` carries seq)."""
+    event = {
+        "e": "outboundAccountPosition",
+        "E": event_time_ms,
+        "u": seq,
+        "B": [{"a": "USDT", "f": "10580.00000000", "l": "70.00000000"}],
+    }
+    return dumps({"subscriptionId": subscription_id, "event": event})
+
+
+def build_shutdown_notice(event_time_ms: int, combined: bool, api: bool = False) -> str:
+    """``serverShutdown`` in the raw, combined or WebSocket API shape."""
+    event = {"e": "serverShutdown", "E": event_time_ms}
+    if api:
+        return dumps({"event": event})
+    if combined:
+        return dumps({"stream": "!serverShutdown", "data": event})
+    return dumps(event)
+
+
+def build_payload(stream: str, seq: int, event_time_ms: int) -> dict[str, Any]:
+    """The raw payload of one market-data event on ``stream`` with sequence number ``seq``.
+
+    Where the documented payload has an update id, ``seq`` is it (``t`` for trade, ``a``/``f``/
+    ``l`` for aggTrade, ``U``=``u`` for depthUpdate, ``u`` for bookTicker, ``lastUpdateId`` for
+    partial depth, ``k.L`` for kline, ``L`` for tickers)."""
+    parsed = parse_stream(stream)
+    symbol = parsed.symbol.upper()
+    channel = parsed.channel
+    if channel == "trade":
+        return {"e": "trade", "E": event_time_ms, "s": symbol, "t": seq, "p": "0.001",
+                "q": "100", "T": event_time_ms, "m": True, "M": True}  # fmt: skip
+    if channel == "aggTrade":
+        return {"e": "aggTrade", "E": event_time_ms, "s": symbol, "a": seq, "p": "0.001",
+                "q": "100", "f": seq, "l": seq, "T": event_time_ms, "m": True, "M": True}  # fmt: skip
+    if channel.startswith("depth") and channel[5:6] in ("", "@"):
+        return {"e": "depthUpdate", "E": event_time_ms, "s": symbol, "U": seq, "u": seq,
+                "b": [["0.0024", "10"]], "a": [["0.0026", "100"]]}  # fmt: skip
+    if channel.startswith("depth"):
+        return {"lastUpdateId": seq, "bids": [["0.0024", "10"]], "asks": [["0.0026", "100"]]}
+    if channel == "bookTicker":
+        return {"u": seq, "s": symbol, "b": "25.35190000", "B": "31.21000000",
+                "a": "25.36520000", "A": "40.66000000"}  # fmt: skip
+    if channel.startswith("kline_"):
+        interval = channel[len("kline_") :].split("@")[0]
+        kline = {"t": event_time_ms, "T": event_time_ms, "s": symbol, "i": interval,
+                 "f": seq, "L": seq, "o": "0.0010", "c": "0.0020", "h": "0.0025",
+                 "l": "0.0015", "v": "1000", "n": 1, "x": False}  # fmt: skip
+        return {"e": "kline", "E": event_time_ms, "s": symbol, "k": kline}
+    event = "24hrMiniTicker" if channel == "miniTicker" else "24hrTicker"
+    if channel not in ("ticker", "miniTicker"):
+        event = channel.lstrip("!").split("@")[0]
+    return {"e": event, "E": event_time_ms, "s": symbol, "c": "0.0025", "L": seq}
+
+
+def build_data(stream: str, seq: int, event_time_ms: int, combined: bool) -> str:
+    """One data frame: the raw payload, or ``{"stream":..,"data":..}`` on combined endpoints."""
+    payload = build_payload(stream, seq, event_time_ms)
+    if combined:
+        return dumps({"stream": stream, "data": payload})
+    return dumps(payload)
