@@ -1,0 +1,140 @@
+"""The operator's settings: one typed object, each field documented, applied to kopf on start.
+
+Why these values (see docs/operator.md for the long form):
+
+- Watches: the API server ends a watch after `watchServerTimeoutSeconds` and the client
+  gives up after `watchClientTimeoutSeconds` of silence, so a watch that silently stopped
+  (kopf users' most common complaint: a dropped TCP connection behind a load balancer) is
+  re-established within minutes instead of never; `watchInactivityTimeoutSeconds` restarts a
+  watch that delivered nothing at all.
+- Every API request has a timeout; errors back off up to 30 s.
+- kopf's finalizer is `connquota.io/budget`: it holds a quota until its budget share can be
+  released safely (gateways gone, one rate window passed).
+- kopf keeps its state small and under `connquota.io`: handler progress in annotations (only
+  the delete handler ever has progress), and instead of a copy of the whole spec (a quota may
+  be ~1.5 MiB; annotations are capped at 256 KiB in total) the diff base is a digest of the
+  spec, labels and annotations. The operator reconciles the whole quota on any change, so it
+  never needs field-level diffs.
+- One active operator: standalone (no peering objects to install) and the Deployment runs one
+  replica with the `Recreate` strategy, so two operators never overlap. `peering` mode is
+  available for clusters that install kopf's peering CRDs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from typing import Any, Literal
+
+import kopf
+from pydantic import BaseModel, ConfigDict, Field
+
+from connquota.operator import names
+
+
+class DigestDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
+    """kopf's diff base as a digest of the essence instead of a copy of it.
+
+    kopf compares the stored essence with the current one to tell a real change from a status
+    write; a digest tells that just as well, in 64 bytes instead of up to the whole spec.
+    """
+
+    def build(self, *, body: Any, extra_fields: Iterable[Any] | None = None) -> Any:
+        essence = super().build(body=body, extra_fields=extra_fields)
+        canonical = json.dumps(essence, sort_keys=True, separators=(",", ":"), default=str)
+        return {"digest": hashlib.sha256(canonical.encode()).hexdigest()}
+
+
+class OperatorConfig(BaseModel):
+    """Everything an administrator may tune about the operator process."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    namespaces: list[str] = Field(
+        default_factory=list,
+        description="Namespaces (glob patterns allowed) to watch for quotas; empty: cluster-wide.",
+    )
+    peering: Literal["standalone", "peering"] = Field(
+        default="standalone",
+        description="standalone: one replica with the Recreate strategy guarantees one active "
+        "operator; peering: kopf's peering objects elect one (needs its CRDs).",
+    )
+    peeringName: str = Field(default="connquota", description="kopf peering object name.")
+    watchServerTimeoutSeconds: float = Field(
+        default=300, gt=0, description="The API server closes each watch after this long."
+    )
+    watchClientTimeoutSeconds: float = Field(
+        default=330, gt=0, description="The client abandons a watch silent for this long."
+    )
+    watchConnectTimeoutSeconds: float = Field(
+        default=10, gt=0, description="Connect timeout of watch requests."
+    )
+    watchInactivityTimeoutSeconds: float = Field(
+        default=300, gt=0, description="Restart a watch that delivered nothing for this long."
+    )
+    requestTimeoutSeconds: float = Field(
+        default=30, gt=0, description="Timeout of every non-watch API request."
+    )
+    connectTimeoutSeconds: float = Field(
+        default=10, gt=0, description="Connect timeout of every API request."
+    )
+    errorBackoffsSeconds: list[float] = Field(
+        default_factory=lambda: [1, 2, 5, 10, 30],
+        description="Delays between retries of failed API requests and failed reconciles.",
+    )
+    resyncIntervalSeconds: float = Field(
+        default=60, gt=0, description="Every pool is reconciled at least this often (drift)."
+    )
+    reconcileDebounceSeconds: float = Field(
+        default=0.2, ge=0, description="Events within this delay are handled by one reconcile."
+    )
+    windowMarginSeconds: float = Field(
+        default=2.0, ge=0, description="Added to every rate window before a slice moves."
+    )
+    livenessHost: str = Field(default="0.0.0.0", description="Liveness endpoint address.")
+    livenessPort: int = Field(default=8081, ge=0, le=65535, description="0: no endpoint.")
+    livenessMaxAgeSeconds: float = Field(
+        default=300,
+        gt=0,
+        description="Liveness fails when no reconcile succeeded and no watch event arrived "
+        "for this long (progress, not just a running process).",
+    )
+    metricsHost: str = Field(default="0.0.0.0", description="Prometheus endpoint address.")
+    metricsPort: int = Field(default=9090, ge=0, le=65535, description="0: no endpoint.")
+
+    @property
+    def clusterwide(self) -> bool:
+        """True when no namespace list restricts what the operator watches."""
+        return not self.namespaces
+
+    def liveness_endpoint(self) -> str | None:
+        """The URL kopf serves liveness on, or None."""
+        if not self.livenessPort:
+            return None
+        return f"http://{self.livenessHost}:{self.livenessPort}/healthz"
+
+    def apply(self, settings: kopf.OperatorSettings) -> None:
+        """Write these choices into kopf's settings (called from the startup handler)."""
+        settings.watching.server_timeout = self.watchServerTimeoutSeconds
+        settings.watching.client_timeout = self.watchClientTimeoutSeconds
+        settings.watching.connect_timeout = self.watchConnectTimeoutSeconds
+        settings.watching.inactivity_timeout = self.watchInactivityTimeoutSeconds
+        settings.networking.request_timeout = self.requestTimeoutSeconds
+        settings.networking.connect_timeout = self.connectTimeoutSeconds
+        settings.networking.error_backoffs = tuple(self.errorBackoffsSeconds)
+        settings.persistence.finalizer = names.FINALIZER
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(
+            prefix=names.ANNOTATION_PREFIX, v1=False
+        )
+        settings.persistence.diffbase_storage = DigestDiffBaseStorage(
+            prefix=names.ANNOTATION_PREFIX, key="last-handled-digest", v1=False
+        )
+        settings.posting.reporting_component = names.FIELD_MANAGER
+        settings.posting.event_name_prefix = "connquota-"
+        settings.posting.level = 30  # only warnings and errors of kopf itself become Events
+        settings.peering.standalone = self.peering == "standalone"
+        settings.peering.name = self.peeringName
+        settings.peering.clusterwide = self.clusterwide
+        settings.queueing.error_delays = tuple(self.errorBackoffsSeconds)
+        settings.execution.default_backoff = self.errorBackoffsSeconds[-1]

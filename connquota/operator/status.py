@@ -1,0 +1,265 @@
+"""Status and conditions of quotas and pools, computed purely from what the operator observed.
+
+Conditions use the standard Kubernetes shape (metav1.Condition): `lastTransitionTime` changes
+only when a condition's status changes, so an unchanged quota gets a byte-identical status and
+no write (`status_differs`). `Ready` is what `kubectl wait --for=condition=Ready`, Argo CD and
+Flux look at; `Stalled` means "a human must fix the spec", `Reconciling` means "converging".
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from connquota.api.common import ConditionType
+from connquota.api.plan import QuotaPlan
+from connquota.api.report import GatewayReport, Quarantine
+
+MAX_UNSERVED_SAMPLES = 100
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Why a quota cannot be (re)planned: a bad edit, a missing object. Shown as Stalled."""
+
+    reason: str
+    """CamelCase, e.g. SecretMissing, UnknownProfile, PoolNotFound, NamespaceNotAdmitted."""
+    message: str
+
+
+@dataclass
+class QuotaObservation:
+    """Everything the status of one quota is computed from."""
+
+    generation: int
+    problem: Problem | None = None
+    plan: QuotaPlan | None = None
+    """The newest published plan (the last good one when `problem` is set)."""
+    target_generation_reached: bool = True
+    """False while the published plan is a step towards a target not yet reached."""
+    waiting: str | None = None
+    """What the next transition waits for (acknowledgements, a rate window)."""
+    replicas: int = 0
+    ready_replicas: int = 0
+    desired_streams: int = 0
+    reports: Mapping[int, GatewayReport] = field(default_factory=dict)
+    quarantines: list[Quarantine] = field(default_factory=list)
+    addresses: list[dict[str, Any]] = field(default_factory=list)
+    accounts: list[dict[str, Any]] = field(default_factory=list)
+    assumed_limits: list[str] = field(default_factory=list)
+
+
+def timestamp(now: dt.datetime) -> str:
+    """RFC 3339 seconds, as Kubernetes writes Time."""
+    return now.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def set_condition(
+    conditions: Iterable[Mapping[str, Any]],
+    type_: str,
+    status: bool,
+    reason: str,
+    message: str,
+    generation: int,
+    now: dt.datetime,
+) -> list[dict[str, Any]]:
+    """`conditions` with `type_` set; lastTransitionTime kept unless the status changed."""
+    wanted = "True" if status else "False"
+    out: list[dict[str, Any]] = []
+    found = False
+    for cond in conditions:
+        if cond.get("type") != type_:
+            out.append(dict(cond))
+            continue
+        found = True
+        ltt = cond.get("lastTransitionTime") if cond.get("status") == wanted else None
+        out.append(_condition(type_, wanted, reason, message, generation, ltt or timestamp(now)))
+    if not found:
+        out.append(_condition(type_, wanted, reason, message, generation, timestamp(now)))
+    return out
+
+
+def _condition(
+    type_: str, status: str, reason: str, message: str, generation: int, ltt: str
+) -> dict[str, Any]:
+    return {
+        "type": type_,
+        "status": status,
+        "reason": reason,
+        "message": message[:32768],
+        "lastTransitionTime": ltt,
+        "observedGeneration": generation,
+    }
+
+
+def _acked(plan: QuotaPlan | None, reports: Mapping[int, GatewayReport]) -> bool:
+    if plan is None:
+        return False
+    for pod in plan.pods:
+        report = reports.get(pod.ordinal)
+        if report is None or report.planGeneration < plan.generation:
+            return False
+    return True
+
+
+def quota_status(
+    previous: Mapping[str, Any] | None, obs: QuotaObservation, now: dt.datetime
+) -> dict[str, Any]:
+    """The status of a quota from `obs`, carrying over unchanged lastTransitionTimes."""
+    prev = dict(previous or {})
+    conditions: list[dict[str, Any]] = [dict(c) for c in prev.get("conditions") or []]
+    gen = obs.generation
+    plan = obs.plan
+    acked = _acked(plan, obs.reports)
+    unserved = len(plan.unserved) if plan else 0
+    planned_streams = sum(
+        len(c.streams) for p in (plan.pods if plan else []) for c in p.connections
+    )
+    planned_connections = sum(len(p.connections) for p in (plan.pods if plan else []))
+    live_streams = sum(r.streams for r in obs.reports.values())
+    live_connections = sum(r.connections for r in obs.reports.values())
+    converging = not (
+        acked and obs.target_generation_reached and obs.ready_replicas >= obs.replicas
+    )
+
+    def put(type_: ConditionType, status: bool, reason: str, message: str) -> None:
+        nonlocal conditions
+        conditions = set_condition(conditions, type_.value, status, reason, message, gen, now)
+
+    if obs.problem is not None:
+        put(ConditionType.STALLED, True, obs.problem.reason, obs.problem.message)
+    else:
+        put(ConditionType.STALLED, False, "SpecValid", "the spec can be planned")
+
+    if converging:
+        why = obs.waiting or (
+            "gateways have not acknowledged the plan yet"
+            if not acked
+            else f"{obs.ready_replicas}/{obs.replicas} gateway pods ready"
+        )
+        put(ConditionType.RECONCILING, True, "Progressing", why)
+    else:
+        put(ConditionType.RECONCILING, False, "Converged", "every pod enforces the newest plan")
+
+    degraded = plan is not None and obs.ready_replicas < obs.replicas and acked
+    put(
+        ConditionType.DEGRADED,
+        degraded,
+        "PodsNotReady" if degraded else "AllPodsReady",
+        f"{obs.ready_replicas}/{obs.replicas} gateway pods ready",
+    )
+    put(
+        ConditionType.CAPACITY_EXCEEDED,
+        unserved > 0,
+        "StreamsUnserved" if unserved else "AllStreamsPlanned",
+        f"{unserved} of {obs.desired_streams} streams cannot be served within the limits"
+        if unserved
+        else f"all {obs.desired_streams} streams are planned",
+    )
+    if obs.quarantines:
+        keys = ", ".join(
+            sorted({f"{q.scope.value} {q.key} ({q.statusCode})" for q in obs.quarantines})
+        )
+        put(ConditionType.RATE_LIMITED, True, "Quarantined", f"the exchange rate-limited {keys}")
+    else:
+        put(
+            ConditionType.RATE_LIMITED, False, "NotRateLimited", "no address or account quarantined"
+        )
+
+    ready = obs.problem is None and not converging and plan is not None
+    if ready:
+        put(ConditionType.READY, True, "FleetReady", "every pod enforces the newest plan")
+    else:
+        reason = obs.problem.reason if obs.problem else "Progressing"
+        message = obs.problem.message if obs.problem else (obs.waiting or "the fleet is converging")
+        put(ConditionType.READY, False, reason, message)
+
+    order = [t.value for t in ConditionType]
+    conditions.sort(key=lambda c: order.index(c["type"]) if c["type"] in order else len(order))
+    status: dict[str, Any] = {
+        "observedGeneration": gen,
+        "conditions": conditions,
+        "replicas": obs.replicas,
+        "readyReplicas": obs.ready_replicas,
+        "streams": {
+            "desired": obs.desired_streams,
+            "planned": planned_streams,
+            "live": live_streams,
+            "unserved": unserved,
+        },
+        "connections": {"planned": planned_connections, "live": live_connections},
+        "planGeneration": plan.generation if plan else int(prev.get("planGeneration") or 0),
+        "pods": [
+            {
+                "pod": r.pod,
+                "generation": r.planGeneration,
+                "connections": r.connections,
+                "streams": r.streams,
+            }
+            for _, r in sorted(obs.reports.items())
+        ],
+        "addresses": obs.addresses,
+        "accounts": obs.accounts,
+        "recoveryBounds": [
+            {"address": b.address, "connections": b.connections, "seconds": b.seconds}
+            for b in (plan.recoveryBounds if plan else [])
+        ],
+        "unserved": [
+            {"stream": u.stream, "reason": u.reason[:256]}
+            for u in (plan.unserved[:MAX_UNSERVED_SAMPLES] if plan else [])
+        ],
+        "assumedLimits": sorted(obs.assumed_limits),
+    }
+    return status
+
+
+def status_hash(status: Mapping[str, Any] | None) -> str:
+    """A stable digest of a status (equal digests: no write)."""
+    canonical = json.dumps(status or {}, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def status_differs(live: Mapping[str, Any] | None, desired: Mapping[str, Any]) -> bool:
+    """Whether writing `desired` would change the live status (compares digests)."""
+    return status_hash(_normalized(live)) != status_hash(_normalized(desired))
+
+
+def _normalized(status: Mapping[str, Any] | None) -> dict[str, Any]:
+    # The API server may drop empty lists or defaults; compare what both sides mean.
+    out: dict[str, Any] = {}
+    for key, value in (status or {}).items():
+        if value in ([], {}, None):
+            continue
+        out[key] = value
+    return out
+
+
+def pool_status(
+    previous: Mapping[str, Any] | None,
+    *,
+    generation: int,
+    quotas: int,
+    budgets: list[dict[str, Any]],
+    problem: Problem | None,
+    now: dt.datetime,
+) -> dict[str, Any]:
+    """The status of a pool: its budgets and who holds which share."""
+    conditions = [dict(c) for c in (previous or {}).get("conditions") or []]
+    if problem:
+        conditions = set_condition(
+            conditions, "Ready", False, problem.reason, problem.message, generation, now
+        )
+    else:
+        conditions = set_condition(
+            conditions, "Ready", True, "BudgetsDivided", f"{quotas} quotas", generation, now
+        )
+    return {
+        "observedGeneration": generation,
+        "conditions": conditions,
+        "quotas": quotas,
+        "budgets": budgets,
+    }

@@ -1,0 +1,126 @@
+"""Quota status and conditions: the standard shape, transitions only on real change."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from operator_factories import make_pod_plan
+
+from connquota.api.plan import QuotaPlan, QuotaRef, UnservedStream
+from connquota.api.report import GatewayReport, Quarantine
+from connquota.operator.status import (
+    Problem,
+    QuotaObservation,
+    quota_status,
+    set_condition,
+    status_differs,
+)
+
+T0 = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
+T1 = T0 + dt.timedelta(minutes=5)
+
+
+def _plan(unserved: int = 0) -> QuotaPlan:
+    return QuotaPlan(
+        generation=3,
+        quota=QuotaRef(namespace="trading", name="md"),
+        replicas=2,
+        pods=[make_pod_plan(0), make_pod_plan(1)],
+        unserved=[UnservedStream(stream=f"s{i}", reason="streams") for i in range(unserved)],
+    )
+
+
+def _report(ordinal: int, generation: int = 3) -> GatewayReport:
+    return GatewayReport(
+        quota=QuotaRef(namespace="trading", name="md"),
+        pod=f"md-gw-{ordinal}",
+        ordinal=ordinal,
+        bootId="b",
+        planGeneration=generation,
+        connections=1,
+        streams=1,
+    )
+
+
+def _cond(status: dict, type_: str) -> dict:
+    return next(c for c in status["conditions"] if c["type"] == type_)
+
+
+def test_a_fleet_enforcing_the_newest_plan_is_ready() -> None:
+    obs = QuotaObservation(
+        generation=4,
+        plan=_plan(),
+        replicas=2,
+        ready_replicas=2,
+        desired_streams=2,
+        reports={0: _report(0), 1: _report(1)},
+    )
+    status = quota_status(None, obs, T0)
+    assert _cond(status, "Ready")["status"] == "True"
+    assert _cond(status, "Reconciling")["status"] == "False"
+    assert _cond(status, "Stalled")["status"] == "False"
+    assert status["observedGeneration"] == 4
+    assert status["streams"] == {"desired": 2, "planned": 2, "live": 2, "unserved": 0}
+    assert status["connections"] == {"planned": 2, "live": 2}
+    assert [p["generation"] for p in status["pods"]] == [3, 3]
+    assert all(c["observedGeneration"] == 4 for c in status["conditions"])
+
+
+def test_unacknowledged_plan_is_reconciling_not_ready() -> None:
+    obs = QuotaObservation(
+        generation=1, plan=_plan(), replicas=2, ready_replicas=2, reports={0: _report(0, 2)}
+    )
+    status = quota_status(None, obs, T0)
+    assert _cond(status, "Ready")["status"] == "False"
+    assert _cond(status, "Reconciling")["status"] == "True"
+
+
+def test_a_bad_edit_is_stalled_and_keeps_the_last_good_plan_counts() -> None:
+    obs = QuotaObservation(
+        generation=5,
+        problem=Problem("SecretMissing", "secret binance-main not found in trading"),
+        plan=_plan(),
+        replicas=2,
+        ready_replicas=2,
+        reports={0: _report(0), 1: _report(1)},
+    )
+    status = quota_status(None, obs, T0)
+    assert _cond(status, "Stalled")["status"] == "True"
+    assert _cond(status, "Stalled")["reason"] == "SecretMissing"
+    assert _cond(status, "Ready")["status"] == "False"
+    assert status["planGeneration"] == 3
+
+
+def test_unserved_streams_set_capacity_exceeded_and_quarantine_sets_rate_limited() -> None:
+    obs = QuotaObservation(
+        generation=1,
+        plan=_plan(unserved=3),
+        desired_streams=5,
+        quarantines=[Quarantine(scope="ip", key="a1", statusCode=429, until=0)],
+    )
+    status = quota_status(None, obs, T0)
+    assert _cond(status, "CapacityExceeded")["status"] == "True"
+    assert "3 of 5" in _cond(status, "CapacityExceeded")["message"]
+    assert _cond(status, "RateLimited")["status"] == "True"
+    assert status["unserved"][0] == {"stream": "s0", "reason": "streams"}
+
+
+def test_last_transition_time_moves_only_when_the_status_changes() -> None:
+    first = set_condition([], "Ready", False, "Progressing", "a", 1, T0)
+    same = set_condition(first, "Ready", False, "Progressing", "b", 2, T1)
+    assert same[0]["lastTransitionTime"] == first[0]["lastTransitionTime"]
+    flipped = set_condition(same, "Ready", True, "FleetReady", "c", 2, T1)
+    assert flipped[0]["lastTransitionTime"] != first[0]["lastTransitionTime"]
+
+
+def test_recomputing_an_unchanged_status_later_changes_nothing() -> None:
+    obs = QuotaObservation(
+        generation=1,
+        plan=_plan(),
+        replicas=2,
+        ready_replicas=2,
+        reports={0: _report(0), 1: _report(1)},
+    )
+    first = quota_status(None, obs, T0)
+    again = quota_status(first, obs, T1)
+    assert not status_differs(first, again)
