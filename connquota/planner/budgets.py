@@ -1,0 +1,148 @@
+"""Budgets: what every (limit domain, public address) and (domain, account) may use in total.
+
+Rule (documented in docs/planner.md):
+
+    budget = floor(limit x (1 - reserved fraction of the domain in the pool))
+
+Headroom is NOT applied to the pooled budget: each quota applies its own headroom to its own
+share (`usable = floor(headroom x share)`), so quotas with different headrooms on one address
+never affect each other, and the sum of what all quotas use is at most the budget, which is at
+most the exchange's limit minus what the pool keeps back. With one quota the result is the
+familiar floor(headroom x limit x (1 - reserved)) (up to one unit of rounding).
+
+When quotas of one domain disagree on a limit (a limit override), the strictest view wins: the
+smallest value and the longest window (at most N events per longest window implies at most N
+per every shorter window), the smallest burst; when the shapes differ the budget is a sliding
+window. Quotas of different domains on one address have separate budgets.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from connquota.api.limits import Limit, LimitName, LimitScope, LimitShape
+from connquota.api.pool import ExchangeEgressPoolSpec
+from connquota.planner.arithmetic import exact
+from connquota.planner.errors import PoolError
+from connquota.planner.inputs import QuotaInput
+
+BUDGET_SCOPES = (LimitScope.IP, LimitScope.ACCOUNT)
+BUDGET_SHAPES = frozenset(
+    {
+        LimitShape.CONCURRENT,
+        LimitShape.SLIDING_WINDOW,
+        LimitShape.TOKEN_BUCKET,
+        LimitShape.MIN_SPACING,
+    }
+)
+
+
+@dataclass(frozen=True, order=True, slots=True)
+class BudgetKey:
+    """One budget: a limit of a domain on one public address (ip) or one account id."""
+
+    domain: str
+    scope: LimitScope
+    key: str
+    """The public address (ip scope) or the account id (account scope)."""
+    limit: LimitName
+
+    def __str__(self) -> str:
+        return f"{self.domain} {self.scope.value} {self.key} {self.limit.value}"
+
+
+@dataclass(frozen=True, slots=True)
+class PooledLimit:
+    """The strictest view of one limit among the quotas of a domain on a pool."""
+
+    name: LimitName
+    scope: LimitScope
+    shape: LimitShape
+    value: float
+    window_s: float | None
+    burst: int | None
+
+    @property
+    def is_rate(self) -> bool:
+        """True when the limit counts events over a window."""
+        return self.shape != LimitShape.CONCURRENT
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    """A budget's integer value and the limit it comes from."""
+
+    key: BudgetKey
+    value: int
+    limit: PooledLimit
+    burst: int | None = None
+
+
+def pooled_limits(quotas: Sequence[QuotaInput], domain: str) -> dict[tuple, PooledLimit]:
+    """Every ip/account-scoped limit of `domain`, combined over the quotas (strictest view)."""
+    by_key: dict[tuple, list[Limit]] = {}
+    for q in sorted(quotas, key=lambda q: q.key):
+        if q.domain != domain:
+            continue
+        for limit in q.profile.limits:
+            if limit.scope in BUDGET_SCOPES and limit.shape in BUDGET_SHAPES:
+                by_key.setdefault((limit.name, limit.scope), []).append(limit)
+    out: dict[tuple, PooledLimit] = {}
+    for key in sorted(by_key):
+        limits = by_key[key]
+        shapes = {lim.shape for lim in limits}
+        shape = limits[0].shape if len(shapes) == 1 else LimitShape.SLIDING_WINDOW
+        windows = [lim.windowSeconds for lim in limits if lim.windowSeconds is not None]
+        bursts = [lim.burst for lim in limits if lim.burst is not None]
+        value = min(lim.value for lim in limits)
+        if shape == LimitShape.SLIDING_WINDOW and len(shapes) > 1 and bursts:
+            value = min(value, *bursts)
+        out[key] = PooledLimit(
+            name=key[0],
+            scope=key[1],
+            shape=shape,
+            value=value,
+            window_s=max(windows) if windows else None,
+            burst=min(bursts) if bursts and shape == LimitShape.TOKEN_BUCKET else None,
+        )
+    return out
+
+
+def check_pool(pool: ExchangeEgressPoolSpec) -> None:
+    """Raise PoolError when the pool cannot be planned on (no addresses, duplicates)."""
+    if not pool.addresses:
+        raise PoolError("the egress pool has no addresses; add at least one to spec.addresses")
+    names: set[str] = set()
+    publics: set[str] = set()
+    for a in pool.addresses:
+        if a.name in names:
+            raise PoolError(f"the egress pool names address {a.name!r} twice; names are unique")
+        if a.publicAddress in publics:
+            raise PoolError(
+                f"the egress pool lists public address {a.publicAddress} twice; the exchange "
+                "counts one budget per public address, so list it once"
+            )
+        names.add(a.name)
+        publics.add(a.publicAddress)
+
+
+def pool_budgets(
+    pool: ExchangeEgressPoolSpec, quotas: Sequence[QuotaInput]
+) -> dict[BudgetKey, Budget]:
+    """Every budget of the pool for the domains its quotas use (sorted by key)."""
+    check_pool(pool)
+    out: dict[BudgetKey, Budget] = {}
+    domains = sorted({q.domain for q in quotas})
+    for domain in domains:
+        keep = 1 - exact(pool.reserved_fraction(domain))
+        accounts = sorted({a for q in quotas if q.domain == domain for a in q.account_ids()})
+        for (name, scope), limit in pooled_limits(quotas, domain).items():
+            value = math.floor(exact(limit.value) * keep)
+            burst = math.floor(limit.burst * keep) if limit.burst is not None else None
+            keys = [a.publicAddress for a in pool.addresses] if scope == LimitScope.IP else accounts
+            for key in keys:
+                bk = BudgetKey(domain, scope, key, name)
+                out[bk] = Budget(bk, value, limit, burst)
+    return dict(sorted(out.items()))

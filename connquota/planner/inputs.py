@@ -1,0 +1,47 @@
+"""The planner's inputs: a quota as the planner sees it, and one desired stream."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from connquota.api.limits import ExchangeProfile
+from connquota.api.plan import QuotaRef
+from connquota.api.quota import ExchangeConnectionQuotaSpec
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredStream:
+    """A stream the quota wants served: its name, priority and (private streams) credential."""
+
+    name: str
+    priority: int = 0
+    credential: str | None = None
+
+
+@dataclass(frozen=True)
+class QuotaInput:
+    """A quota with its effective profile (built-in + endpoint + limit overrides applied)."""
+
+    namespace: str
+    name: str
+    spec: ExchangeConnectionQuotaSpec
+    profile: ExchangeProfile
+
+    @property
+    def key(self) -> str:
+        """`namespace/name`: the quota's identity in shares, ledgers and reasons."""
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def ref(self) -> QuotaRef:
+        """The quota reference plans carry."""
+        return QuotaRef(namespace=self.namespace, name=self.name)
+
+    @property
+    def domain(self) -> str:
+        """The limit domain whose budgets this quota draws from."""
+        return self.profile.domain
+
+    def account_ids(self) -> list[str]:
+        """The accounts the quota's credentials are counted by (sorted, unique)."""
+        return sorted({c.accountId for c in self.spec.credentials})

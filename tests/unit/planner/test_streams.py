@@ -1,0 +1,83 @@
+"""Expanding a quota's declared streams into the ordered list the planner serves."""
+
+from __future__ import annotations
+
+import pytest
+from planner_factories import credential, spec
+
+from connquota.api.quota import StreamSet, StreamsFromRef, StreamSpec
+from connquota.planner.errors import (
+    DuplicateStreamError,
+    MissingStreamSourceError,
+    TooManyStreamsError,
+    UnknownCredentialError,
+)
+from connquota.planner.inputs import DesiredStream
+from connquota.planner.streams import expand_streams, source_key
+
+
+def test_explicit_then_sets_then_configmaps_in_declaration_order():
+    s = spec(streams=["x@trade"]).model_copy(
+        update={
+            "streamSets": [
+                StreamSet(symbols=["btc", "eth"], channels=["trade", "depth"], priority=5)
+            ],
+            "streamsFrom": [StreamsFromRef(configMapRef={"name": "cm"}, key="list")],
+        }
+    )
+    got = expand_streams(s, {source_key("cm", "list"): "# comment\nzzz@kline\n\n"})
+    assert [x.name for x in got] == [
+        "x@trade",
+        "btc@trade",
+        "btc@depth",
+        "eth@trade",
+        "eth@depth",
+        "zzz@kline",
+    ]
+    assert got[1] == DesiredStream("btc@trade", 5, None)
+
+
+def test_compose_function_spells_stream_names_the_exchanges_way():
+    s = spec().model_copy(
+        update={"streamSets": [StreamSet(symbols=["BTC-USDT"], channels=["books"])]}
+    )
+    got = expand_streams(s, compose=lambda sym, ch: f"{ch}:{sym}")
+    assert [x.name for x in got] == ["books:BTC-USDT"]
+
+
+def test_same_stream_declared_twice_identically_counts_once():
+    s = spec(streams=["btc@trade", "b"]).model_copy(
+        update={"streamSets": [StreamSet(symbols=["btc"], channels=["trade"])]}
+    )
+    assert [x.name for x in expand_streams(s)] == ["btc@trade", "b"]
+
+
+def test_same_stream_with_a_different_priority_is_an_error_naming_both_places():
+    s = spec().model_copy(
+        update={"streams": [StreamSpec(name="a"), StreamSpec(name="a", priority=3)]}
+    )
+    with pytest.raises(DuplicateStreamError, match=r"spec.streams\[0\].*spec.streams\[1\]"):
+        expand_streams(s)
+
+
+def test_private_stream_with_an_undeclared_credential_is_an_error():
+    s = spec().model_copy(update={"streams": [StreamSpec(name="a", credential="k9")]})
+    with pytest.raises(UnknownCredentialError, match="k9"):
+        expand_streams(s)
+    ok = spec(credentials=[credential("k9")]).model_copy(
+        update={"streams": [StreamSpec(name="a", credential="k9")]}
+    )
+    assert expand_streams(ok) == [DesiredStream("a", 0, "k9")]
+
+
+def test_missing_configmap_stalls_unless_optional():
+    ref = StreamsFromRef(configMapRef={"name": "cm"})
+    with pytest.raises(MissingStreamSourceError, match="create the ConfigMap"):
+        expand_streams(spec().model_copy(update={"streamsFrom": [ref]}))
+    optional = ref.model_copy(update={"optional": True})
+    assert expand_streams(spec().model_copy(update={"streamsFrom": [optional]})) == []
+
+
+def test_more_streams_than_supported_is_an_error_saying_to_split_the_quota():
+    with pytest.raises(TooManyStreamsError, match="split it"):
+        expand_streams(spec(streams=11), max_streams=10)
