@@ -80,6 +80,7 @@ export CGO_ENABLED=0 GOFLAGS="-trimpath -mod=readonly"
 jobs="${CONNQUOTA_BUILD_JOBS:-$(nproc 2>/dev/null || echo 2)}"
 mkdir -p "$cache/bin"
 tmp="$(mktemp -d "$cache/bin/.build-XXXXXX")"
+chmod 755 "$tmp"
 trap 'rm -rf "$tmp"' EXIT
 
 module_time() {  # build date of a module version, for reproducible version strings
