@@ -246,7 +246,9 @@ class ExchangeEgressPoolStatus(ApiModel):
         default=None, description="The spec generation this status describes."
     )
     conditions: Annotated[list[Condition], Field(max_length=16)] = Field(
-        default_factory=list, description="Standard conditions (Ready, Degraded)."
+        default_factory=list,
+        description="Standard conditions (Ready, Degraded), one per type.",
+        json_schema_extra=list_map("type"),
     )
     quotas: Annotated[int, Field(ge=0)] = Field(default=0, description="Quotas using the pool.")
     budgets: Annotated[list[PoolBudgetStatus], Field(max_length=4096)] = Field(
