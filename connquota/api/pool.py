@@ -205,7 +205,6 @@ class ExchangeEgressPoolSpec(ApiModel):
                 len({a.publicAddress for a in spec.addresses}) == len(spec.addresses)
             ),
             field_path=".addresses",
-            reason="FieldValueDuplicate",
         ),
     )
 
