@@ -1,0 +1,203 @@
+"""Thin kopf handlers: they feed indexes and ask the reconciler to run; they return nothing.
+
+Registered on import (kopf's default registry). The reconciler lives in kopf's `memo`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import kopf
+
+from connquota.operator import metrics, names
+from connquota.operator.kube import KubeApi, make_api_client
+from connquota.operator.reconcile import Reconciler, Sources, quota_key
+from connquota.operator.settings import OperatorConfig
+
+log = logging.getLogger(__name__)
+
+QUOTAS = (names.GROUP, names.VERSION, names.QUOTA_PLURAL)
+POOLS = (names.GROUP, names.VERSION, names.POOL_PLURAL)
+GATEWAY_LABELS = {names.LABEL_NAME: names.GATEWAY_APP}
+
+
+def _pool_of(body: Any) -> str:
+    return ((body.get("spec") or {}).get("egressPoolRef") or {}).get("name", "")
+
+
+def _quota_of(body: Any) -> str | None:
+    meta = body.get("metadata") or {}
+    quota = (meta.get("labels") or {}).get(names.LABEL_QUOTA)
+    return f"{meta.get('namespace')}/{quota}" if quota else None
+
+
+# --- indexes (kopf fills them before any resource handler runs) ------------------------------
+
+
+@kopf.index(*QUOTAS)
+def quotas_by_pool(body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
+    """Quota bodies by the pool they use."""
+    return {_pool_of(body): dict(body)}
+
+
+@kopf.index(*POOLS)
+def pools_by_name(body: kopf.Body, name: str, **_: Any) -> dict[str, dict[str, Any]]:
+    """Pool bodies by name."""
+    return {name: dict(body)}
+
+
+@kopf.index("coordination.k8s.io", "v1", "leases", labels=GATEWAY_LABELS)
+def gateway_leases(body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]] | None:
+    """Gateway Leases (their reports) by quota."""
+    key = _quota_of(body)
+    return {key: dict(body)} if key else None
+
+
+@kopf.index("", "v1", "pods", labels=GATEWAY_LABELS)
+def gateway_pods(body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]] | None:
+    """Gateway pods by quota."""
+    key = _quota_of(body)
+    return {key: dict(body)} if key else None
+
+
+@kopf.index("apps", "v1", "statefulsets", labels=GATEWAY_LABELS)
+def gateway_statefulsets(body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]] | None:
+    """Gateway StatefulSets by quota."""
+    key = _quota_of(body)
+    return {key: dict(body)} if key else None
+
+
+def _values(index: kopf.Index, key: str) -> list[dict[str, Any]]:
+    try:
+        return list(index[key])
+    except KeyError:
+        return []
+
+
+# --- lifecycle -------------------------------------------------------------------------------
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: Any) -> None:
+    """Apply the settings, build the API client and the reconciler, start metrics."""
+    config: OperatorConfig = memo.get("config") or OperatorConfig()
+    config.apply(settings)
+    api = KubeApi(
+        await asyncio.to_thread(make_api_client, memo.get("kubeconfig")),
+        request_timeout_s=config.requestTimeoutSeconds,
+    )
+    quotas, pools = kwargs["quotas_by_pool"], kwargs["pools_by_name"]
+    leases, pods, sets = (
+        kwargs["gateway_leases"],
+        kwargs["gateway_pods"],
+        kwargs["gateway_statefulsets"],
+    )
+    sources = Sources(
+        pools=lambda name: next(iter(_values(pools, name)), None),
+        quotas_of_pool=lambda pool: _values(quotas, pool),
+        leases_of_quota=lambda key: _values(leases, key),
+        pods_of_quota=lambda key: _values(pods, key),
+        statefulset_of_quota=lambda key: next(iter(_values(sets, key)), None),
+    )
+    memo["reconciler"] = Reconciler(api, config, sources)
+    if config.metricsPort and not memo.get("metrics_started"):
+        from prometheus_client import start_http_server
+
+        start_http_server(config.metricsPort, addr=config.metricsHost)
+        memo["metrics_started"] = True
+
+
+@kopf.on.cleanup()
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    """Stop the reconciler's workers."""
+    reconciler: Reconciler | None = memo.get("reconciler")
+    if reconciler is not None:
+        await reconciler.stop()
+
+
+@kopf.on.probe(id="progress")
+def progress(memo: kopf.Memo, **_: Any) -> float:
+    """Liveness on progress: fails when nothing happened for `livenessMaxAgeSeconds`."""
+    reconciler: Reconciler = memo["reconciler"]
+    age_s = reconciler.monotonic() - reconciler.last_progress
+    if age_s > reconciler.config.livenessMaxAgeSeconds:
+        raise kopf.PermanentError(f"no reconcile or watch event for {age_s:.0f}s")
+    return round(age_s, 1)
+
+
+# --- quotas and pools ------------------------------------------------------------------------
+
+
+@kopf.on.resume(*QUOTAS)
+@kopf.on.create(*QUOTAS)
+@kopf.on.update(*QUOTAS)
+def quota_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Any real change of a quota (or the operator starting): reconcile its pool (and its old one)."""
+    reconciler: Reconciler = memo["reconciler"]
+    pool = _pool_of(body)
+    state = reconciler.quotas.get(quota_key(body))
+    if state is not None and state.pool and state.pool != pool:
+        reconciler.request(state.pool)
+    reconciler.request(pool)
+    metrics.QUOTAS.set(len(reconciler.quotas))
+
+
+@kopf.on.delete(*QUOTAS)
+async def quota_deleted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Hold the `connquota.io/budget` finalizer until the quota's share can be released."""
+    reconciler: Reconciler = memo["reconciler"]
+    wait_s = await reconciler.finalize(dict(body))
+    if wait_s is not None:
+        raise kopf.TemporaryError(
+            "waiting for the gateways to stop and one rate window to pass", delay=wait_s
+        )
+    reconciler.request(_pool_of(body))
+
+
+@kopf.on.resume(*POOLS)
+@kopf.on.create(*POOLS)
+@kopf.on.update(*POOLS)
+@kopf.on.delete(*POOLS, optional=True)
+def pool_changed(name: str, memo: kopf.Memo, **_: Any) -> None:
+    """A pool changed: reconcile every quota using it."""
+    memo["reconciler"].request(name)
+
+
+@kopf.timer(*POOLS, interval=60.0, initial_delay=60.0, idle=None)
+def pool_resync(name: str, memo: kopf.Memo, **_: Any) -> None:
+    """Repair drift: reconcile every pool periodically even without events."""
+    memo["reconciler"].request(name)
+
+
+# --- gateway objects -------------------------------------------------------------------------
+
+
+def _gateway_event(body: kopf.Body, memo: kopf.Memo) -> None:
+    reconciler: Reconciler | None = memo.get("reconciler")
+    if reconciler is None:
+        return
+    reconciler.note_progress()
+    key = _quota_of(body)
+    state = reconciler.quotas.get(key) if key else None
+    if state is not None and state.pool:
+        reconciler.request(state.pool)
+
+
+@kopf.on.event("coordination.k8s.io", "v1", "leases", labels=GATEWAY_LABELS)
+def lease_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """A gateway report changed: acknowledgements may unblock the next step."""
+    _gateway_event(body, memo)
+
+
+@kopf.on.event("", "v1", "pods", labels=GATEWAY_LABELS)
+def pod_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """A gateway pod changed (started, ready, gone)."""
+    _gateway_event(body, memo)
+
+
+@kopf.on.event("apps", "v1", "statefulsets", labels=GATEWAY_LABELS)
+def statefulset_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """A gateway StatefulSet changed (ready replicas, or drift)."""
+    _gateway_event(body, memo)
