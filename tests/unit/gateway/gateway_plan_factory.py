@@ -96,7 +96,9 @@ def small_profile(
 def bind_address(index: int) -> EgressAddress:
     """Pool address `a<index>` bound to 127.0.0.<index+2>."""
     ip = f"127.0.0.{index + 2}"
-    return EgressAddress(name=f"a{index}", publicAddress=ip, mode=EgressMode.BIND, bindAddress=ip)
+    return EgressAddress(
+        name=f"a{index}", publicAddress=ip, mode=EgressMode.BIND, bindAddress=ip, node="local"
+    )
 
 
 def pod_plan(

@@ -1,0 +1,293 @@
+"""The gateway process: wires limiter, lease, plan source, fleet, hub and HTTP together.
+
+Start-up order: HTTP server (probes answer at once), attempt log reloaded, plan applied as it
+arrives (connections wait in the limiter), Lease (or lock) taken, then the limiter opens the
+door. Shutdown (SIGTERM): readiness goes false, consumers get close code 1012, upstream
+connections are closed one after another, the final report is written, the Lease released.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from aiohttp import web
+
+from connquota.api.plan import QuotaRef
+from connquota.api.report import GatewayReport
+from connquota.gateway.attempt_log import AttemptLogFile, read_boot_id
+from connquota.gateway.clock import SystemClock
+from connquota.gateway.consumers import close_all
+from connquota.gateway.egress import EgressPool
+from connquota.gateway.fleet import Fleet
+from connquota.gateway.http import build_app
+from connquota.gateway.hub import StreamHub
+from connquota.gateway.limiter import Limiter
+from connquota.gateway.metrics import make_registry
+from connquota.gateway.upstream import UpstreamContext, UpstreamSettings
+
+log = logging.getLogger(__name__)
+
+
+class OrdinalLease(Protocol):
+    """FileLease or KubeLease."""
+
+    held: bool
+
+    async def acquire(self, on_wait: Any = None) -> None: ...
+    async def keep(self, on_lost: Any, on_close: Any) -> None: ...
+    async def publish(self, report_json: str) -> None: ...
+    async def release(self) -> None: ...
+
+
+@dataclass
+class GatewaySettings:
+    """Everything `connquota gateway` is configured with."""
+
+    ordinal: int
+    state_dir: Path
+    pod: str = ""
+    quota: str = ""
+    namespace: str = ""
+    host: str = "0.0.0.0"
+    port: int = 8080
+    consumer_token_file: Path | None = None
+    report_interval_s: float = 2.0
+    max_loop_lag_s: float = 5.0
+    consumer_queue_frames: int = 10_000
+    slow_consumer_policy: str = "close"
+    upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
+
+
+class Gateway:
+    """One gateway pod (or standalone process) for one ordinal of one quota."""
+
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        plans: AsyncIterator,
+        lease: OrdinalLease,
+    ) -> None:
+        self.settings = settings
+        self.plans = plans
+        self.lease = lease
+        self.clock = SystemClock()
+        self.boot_id = read_boot_id()
+        self.process_id = str(uuid.uuid4())
+        log_file = AttemptLogFile(
+            settings.state_dir / f"gateway-{settings.ordinal}.attempts.json", self.boot_id
+        )
+        self.limiter = Limiter(self.clock, log_file)
+        self.hub = StreamHub(settings.consumer_queue_frames, settings.slow_consumer_policy)
+        self.egress = EgressPool(self.limiter)
+        self.ctx = UpstreamContext(
+            limiter=self.limiter,
+            hub=self.hub,
+            egress=self.egress,
+            settings=settings.upstream,
+            log_extra={"quota": settings.quota, "pod": settings.pod},
+        )
+        self.fleet = Fleet(self.ctx)
+        self.registry = make_registry(self)
+        self.consumer_token: str | None = None
+        self.consumer_sockets: set[web.WebSocketResponse] = set()
+        self.slow_consumers = 0
+        self.loop_lag_s = 0.0
+        self.draining = False
+        self.message = "starting"
+        self.http_port: int | None = None
+        self._stop = asyncio.Event()
+        self._last_report: str | None = None
+
+    # -- state for probes, status and report -----------------------------------------------
+
+    def ready(self) -> bool:
+        """Can serve consumers: a plan is applied and the gateway is not shutting down."""
+        return self.fleet.enforced_generation is not None and not self.draining
+
+    def last_upstream_data_age_s(self) -> float | None:
+        """Seconds since the last upstream data message, or None before the first."""
+        if self.hub.last_data_mono is None:
+            return None
+        return time.monotonic() - self.hub.last_data_mono
+
+    def report(self) -> GatewayReport:
+        """The report for the Lease (or the report file)."""
+        plan = self.fleet.plan
+        quota = (
+            plan.quota
+            if plan
+            else QuotaRef(namespace=self.settings.namespace or "-", name=self.settings.quota or "-")
+        )
+        return GatewayReport(
+            quota=quota,
+            pod=self.settings.pod,
+            ordinal=self.settings.ordinal,
+            bootId=self.boot_id,
+            planGeneration=self.fleet.enforced_generation or 0,
+            ready=self.ready(),
+            connections=self.fleet.live_connections(),
+            streams=self.fleet.live_streams(),
+            attempts=self.limiter.attempt_windows(),
+            quarantines=self.limiter.quarantines(),
+            egressChecked={n: c.seen for n, c in self.egress.checks.items() if c.ok},
+            message=self.message,
+        )
+
+    def status(self) -> dict[str, Any]:
+        """The /status document."""
+        conns = []
+        for conn in self.fleet.connections.values():
+            conns.append(
+                {
+                    "id": conn.id,
+                    "address": conn.address,
+                    "credential": conn.credential,
+                    "state": conn.state,
+                    "status": conn.status,
+                    "streams": len(conn.streams),
+                    "liveStreams": conn.live_streams(),
+                    "sessionsOpened": conn.sessions_opened,
+                }
+            )
+        return {
+            "pod": self.settings.pod,
+            "ordinal": self.settings.ordinal,
+            "bootId": self.boot_id,
+            "ready": self.ready(),
+            "leaseHeld": self.lease.held,
+            "message": self.message,
+            "attemptLog": self.limiter.start_reason,
+            "planGeneration": self.fleet.enforced_generation,
+            "streams": {
+                "desired": self.fleet.desired_streams(),
+                "live": self.fleet.live_streams(),
+            },
+            "usage": self.limiter.usage(),
+            "limiterCounts": {
+                "attempts": {f"{s}/{k}": n for (s, k), n in self.limiter.stats.attempts.items()},
+                "messages": dict(self.limiter.stats.messages),
+                "whoamiAttempts": self.egress.whoami_attempts,
+            },
+            "quarantines": [q.to_wire() for q in self.limiter.quarantines()],
+            "waiting": dict(self.limiter.waiting),
+            "connections": conns,
+            "consumers": len(self.hub.consumers),
+            "messagesIn": self.hub.messages_in,
+            "framesOut": self.hub.frames_out,
+            "egress": {
+                n: {"ok": c.ok, "seen": c.seen, "message": c.message}
+                for n, c in self.egress.checks.items()
+            },
+        }
+
+    # -- tasks --------------------------------------------------------------------------------
+
+    async def _apply_plans(self) -> None:
+        async for plan in self.plans:
+            await self.fleet.apply(plan)
+            self.message = f"enforcing plan generation {plan.generation}"
+
+    async def _take_lease(self) -> None:
+        def waiting(why: str) -> None:
+            self.message = why
+            self.limiter.set_attempts_allowed(False, why)
+
+        self.limiter.set_attempts_allowed(False, "waiting for the lease")
+        await self.lease.acquire(on_wait=waiting)
+        self.limiter.set_attempts_allowed(True)
+        self.message = "lease held"
+
+        def lost() -> None:
+            self.message = "lease not renewed: new attempts stopped"
+            self.limiter.set_attempts_allowed(False, "lease not renewed")
+
+        async def close() -> None:
+            self.message = "lease lost: connections closed"
+            await self.fleet.stop()
+
+        await self.lease.keep(lost, close)
+
+    async def _report_loop(self) -> None:
+        while True:
+            await self._publish_report()
+            await asyncio.sleep(self.settings.report_interval_s)
+
+    async def _publish_report(self) -> None:
+        text = json.dumps(self.report().to_wire(), sort_keys=True, separators=(",", ":"))
+        if text != self._last_report:
+            with contextlib.suppress(Exception):
+                await self.lease.publish(text)
+                self._last_report = text
+
+    async def _lag_monitor(self) -> None:
+        interval = 0.5
+        while True:
+            t0 = time.monotonic()
+            await asyncio.sleep(interval)
+            self.loop_lag_s = max(0.0, time.monotonic() - t0 - interval)
+
+    def stop(self) -> None:
+        """Ask the gateway to shut down gracefully."""
+        self._stop.set()
+
+    async def run(self) -> int:
+        """Run until stopped; returns the exit code."""
+        if self.settings.consumer_token_file is not None:
+            self.consumer_token = (
+                await asyncio.to_thread(self.settings.consumer_token_file.read_text)
+            ).strip()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.stop)
+        runner = web.AppRunner(build_app(self), access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, self.settings.host, self.settings.port)
+        await site.start()
+        server = getattr(site, "_server", None)
+        if server is not None and server.sockets:
+            self.http_port = server.sockets[0].getsockname()[1]
+        log.info("serving on %s:%s", self.settings.host, self.http_port)
+        self.limiter.load_state()
+        tasks = [
+            asyncio.create_task(self._lag_monitor(), name="lag"),
+            asyncio.create_task(self._take_lease(), name="lease"),
+            asyncio.create_task(self._apply_plans(), name="plans"),
+            asyncio.create_task(self._report_loop(), name="report"),
+        ]
+        stopper = asyncio.create_task(self._stop.wait())
+        await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
+        code = 0
+        for task in tasks:
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                log.error("gateway task %s failed: %r", task.get_name(), task.exception())
+                code = 1
+        await self.shutdown(tasks, runner)
+        return code
+
+    async def shutdown(self, tasks: list[asyncio.Task], runner: web.AppRunner) -> None:
+        """Readiness false, consumers moved away, upstream closed one by one, report, lease."""
+        self.draining = True
+        self.message = "shutting down"
+        log.info("shutting down: consumers told to reconnect elsewhere")
+        await close_all(self)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await self.fleet.stop()
+        await self._publish_report()
+        await self.egress.close()
+        await self.lease.release()
+        await runner.cleanup()

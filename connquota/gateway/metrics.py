@@ -1,0 +1,146 @@
+"""Prometheus metrics of one gateway, read from its live state at scrape time (own registry).
+
+Metric names (all prefixed `connquota_gateway_`):
+
+- `connections{scope,key}` and `connection_slice{scope,key}`: connections at once per address
+  (ip) and account, against the pod's slice; `limit{name,scope}`: the profile's limit values;
+- `attempts_in_window{scope,key}` and `attempt_slice{scope,key}`: attempts still counted in
+  the sliding log, against the slice; `attempts_total{scope,key}`: attempts granted;
+- `messages_in_total`, `messages_out_total{kind}` (control, heartbeat);
+- `reconnects_total{reason}`, `rate_limited_total{status}`, `quarantines{scope,key}`;
+- `limiter_waits_total{reason}`: times a caller had to wait for a slice;
+- `streams{state}` (desired, live), `connections_planned`, `plan_generation`;
+- `consumers`, `consumer_frames_out_total`, `slow_consumers_total`;
+- `event_loop_lag_seconds`, `last_upstream_data_age_seconds`.
+
+No label carries a secret: keys are address names and account ids from the plan.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from connquota.gateway.app import Gateway
+
+P = "connquota_gateway_"
+
+
+class GatewayCollector(Collector):
+    """Reads the gateway's limiter, fleet and hub when Prometheus scrapes."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gw = gateway
+
+    def collect(self) -> Iterator[Metric]:
+        """Every metric of the module docstring."""
+        gw = self.gw
+        limiter, hub, stats = gw.limiter, gw.hub, gw.ctx.stats
+        conns = GaugeMetricFamily(P + "connections", "Connections at once", labels=["scope", "key"])
+        conn_slice = GaugeMetricFamily(
+            P + "connection_slice", "Slice of connections at once", labels=["scope", "key"]
+        )
+        in_window = GaugeMetricFamily(
+            P + "attempts_in_window", "Attempts in the sliding log", labels=["scope", "key"]
+        )
+        att_slice = GaugeMetricFamily(
+            P + "attempt_slice", "Slice of attempts per window", labels=["scope", "key"]
+        )
+        for row in limiter.usage():
+            labels = [row["scope"], row["key"]]
+            conns.add_metric(labels, row["connections"])
+            in_window.add_metric(labels, row["attemptsInWindow"])
+            if row["connectionSlice"] is not None:
+                conn_slice.add_metric(labels, row["connectionSlice"])
+            if row["attemptSlice"] is not None:
+                att_slice.add_metric(labels, row["attemptSlice"])
+        yield from (conns, conn_slice, in_window, att_slice)
+        limit = GaugeMetricFamily(
+            P + "limit", "The profile's limit value", labels=["name", "scope"]
+        )
+        if limiter.plan is not None:
+            for lim in limiter.plan.profile.limits:
+                limit.add_metric([str(lim.name), str(lim.scope)], lim.value)
+        yield limit
+        attempts = CounterMetricFamily(
+            P + "attempts", "Attempts granted by the limiter", labels=["scope", "key"]
+        )
+        for (scope, key), n in limiter.stats.attempts.items():
+            attempts.add_metric([scope, key], n)
+        yield attempts
+        waits = CounterMetricFamily(P + "limiter_waits", "Waits for a slice", labels=["reason"])
+        for reason, n in limiter.stats.waits.items():
+            waits.add_metric([reason], n)
+        yield waits
+        m_in = CounterMetricFamily(P + "messages_in", "Text messages from the exchange")
+        m_in.add_metric([], stats[("messages_in",)])
+        yield m_in
+        m_out = CounterMetricFamily(P + "messages_out", "Messages sent upstream", labels=["kind"])
+        for kind, n in limiter.stats.messages.items():
+            m_out.add_metric([kind], n)
+        yield m_out
+        reconnects = CounterMetricFamily(
+            P + "reconnects", "Sessions ended or failed, by reason", labels=["reason"]
+        )
+        limited = CounterMetricFamily(
+            P + "rate_limited", "429/418 answers from the exchange", labels=["status"]
+        )
+        for key, n in stats.items():
+            if key[0] == "reconnect":
+                reconnects.add_metric([key[1]], n)
+            elif key[0] == "rate_limited":
+                limited.add_metric([key[1]], n)
+        yield reconnects
+        yield limited
+        quarantines = GaugeMetricFamily(
+            P + "quarantines", "Quarantines in force (1)", labels=["scope", "key"]
+        )
+        for q in limiter.quarantines():
+            quarantines.add_metric([str(q.scope), q.key], 1)
+        yield quarantines
+        streams = GaugeMetricFamily(P + "streams", "Streams by state", labels=["state"])
+        streams.add_metric(["desired"], gw.fleet.desired_streams())
+        streams.add_metric(["live"], gw.fleet.live_streams())
+        yield streams
+        planned = GaugeMetricFamily(P + "connections_planned", "Connections in the plan")
+        planned.add_metric([], len(gw.fleet.connections))
+        yield planned
+        generation = GaugeMetricFamily(P + "plan_generation", "Plan generation enforced")
+        generation.add_metric([], gw.fleet.enforced_generation or 0)
+        yield generation
+        consumers = GaugeMetricFamily(P + "consumers", "Local consumers connected")
+        consumers.add_metric([], len(hub.consumers))
+        yield consumers
+        frames = CounterMetricFamily(P + "consumer_frames_out", "Frames queued to consumers")
+        frames.add_metric([], hub.frames_out)
+        yield frames
+        slow = CounterMetricFamily(P + "slow_consumers", "Consumers closed for being too slow")
+        slow.add_metric([], gw.slow_consumers)
+        yield slow
+        lag = GaugeMetricFamily(P + "event_loop_lag_seconds", "Event-loop lag, last sample")
+        lag.add_metric([], gw.loop_lag_s)
+        yield lag
+        age = GaugeMetricFamily(
+            P + "last_upstream_data_age_seconds", "Seconds since the last upstream data"
+        )
+        if hub.last_data_mono is not None:
+            age.add_metric([], time.monotonic() - hub.last_data_mono)
+        yield age
+
+
+def make_registry(gateway: Gateway) -> CollectorRegistry:
+    """A registry of its own holding the gateway collector."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(GatewayCollector(gateway))
+    return registry
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    """The text exposition format."""
+    return generate_latest(registry)

@@ -1,0 +1,150 @@
+"""Where the pod's plan comes from: a file (standalone) or its plan ConfigMap (in cluster).
+
+Both sources yield every new PodPlan with a newer generation. A plan whose `formatVersion`
+this gateway does not understand (or that does not parse) is logged and skipped: the gateway
+keeps enforcing its last good plan.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from connquota.api.plan import FORMAT_VERSION, PodPlan, QuotaPlan
+
+log = logging.getLogger(__name__)
+
+PLAN_KEY = "plan.json"
+
+
+class PlanError(ValueError):
+    """A plan this gateway cannot enforce (the last good plan stays in force)."""
+
+
+def parse_plan(text: str, ordinal: int) -> PodPlan:
+    """The PodPlan of `ordinal` in `text` (a PodPlan or a QuotaPlan, JSON)."""
+    try:
+        doc = json.loads(text)
+    except ValueError as exc:
+        raise PlanError(f"plan is not JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise PlanError("plan is not a JSON object")
+    version = doc.get("formatVersion")
+    if version != FORMAT_VERSION:
+        raise PlanError(f"unknown plan formatVersion {version!r} (this gateway: {FORMAT_VERSION})")
+    try:
+        if "pods" in doc:
+            quota_plan = QuotaPlan.model_validate(doc)
+            for pod in quota_plan.pods:
+                if pod.ordinal == ordinal:
+                    return pod
+            raise PlanError(f"the quota plan has no pod with ordinal {ordinal}")
+        plan = PodPlan.model_validate(doc)
+    except ValidationError as exc:
+        raise PlanError(f"plan does not validate: {exc.error_count()} errors") from None
+    if plan.ordinal != ordinal:
+        raise PlanError(f"plan is for ordinal {plan.ordinal}, this gateway is {ordinal}")
+    return plan
+
+
+class NewerPlans:
+    """Keeps only plans newer than the last good one."""
+
+    def __init__(self) -> None:
+        self.generation: int | None = None
+        self.last_error = ""
+
+    def accept(self, text: str, ordinal: int) -> PodPlan | None:
+        """The plan in `text` if it is valid and newer; None (and `last_error`) otherwise."""
+        try:
+            plan = parse_plan(text, ordinal)
+        except PlanError as exc:
+            if str(exc) != self.last_error:
+                log.error("ignoring plan: %s; keeping the last good plan", exc)
+            self.last_error = str(exc)
+            return None
+        self.last_error = ""
+        if self.generation is not None and plan.generation <= self.generation:
+            return None
+        self.generation = plan.generation
+        return plan
+
+
+async def watch_plan_file(path: Path, ordinal: int, poll_s: float = 0.2) -> AsyncIterator[PodPlan]:
+    """Yield the file's plan now and every newer generation written to it later."""
+    newer = NewerPlans()
+    last_sig: tuple[int, int] | None = None
+    while True:
+        try:
+            st = await asyncio.to_thread(path.stat)
+            sig = (st.st_mtime_ns, st.st_size)
+            if sig != last_sig:
+                last_sig = sig
+                text = await asyncio.to_thread(path.read_text)
+                plan = newer.accept(text, ordinal)
+                if plan is not None:
+                    yield plan
+        except FileNotFoundError:
+            if last_sig is not None:
+                log.warning("plan file %s disappeared; keeping the last good plan", path)
+            last_sig = None
+        await asyncio.sleep(poll_s)
+
+
+async def watch_plan_configmap(namespace: str, name: str, ordinal: int) -> AsyncIterator[PodPlan]:
+    """Yield the ConfigMap's plan and every newer generation (a watch in a thread)."""
+    from kubernetes import client, config, watch
+
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[str] = asyncio.Queue()
+    stop = threading.Event()
+
+    def run() -> None:
+        api = client.CoreV1Api()
+        while not stop.is_set():
+            try:
+                cm = api.read_namespaced_config_map(name, namespace)
+                loop.call_soon_threadsafe(queue.put_nowait, (cm.data or {}).get(PLAN_KEY, ""))
+                w = watch.Watch()
+                for event in w.stream(
+                    api.list_namespaced_config_map,
+                    namespace,
+                    field_selector=f"metadata.name={name}",
+                    resource_version=cm.metadata.resource_version,
+                    timeout_seconds=60,
+                ):
+                    if stop.is_set():
+                        w.stop()
+                        break
+                    obj = event["object"]
+                    if event["type"] in ("ADDED", "MODIFIED"):
+                        loop.call_soon_threadsafe(
+                            queue.put_nowait, (obj.data or {}).get(PLAN_KEY, "")
+                        )
+            except Exception as exc:  # the API may be away; keep the last good plan
+                log.warning("plan ConfigMap %s/%s: %s", namespace, name, type(exc).__name__)
+                stop.wait(1.0)
+
+    thread = threading.Thread(target=run, name="plan-watch", daemon=True)
+    thread.start()
+    newer = NewerPlans()
+    try:
+        while True:
+            text = await queue.get()
+            if not text:
+                continue
+            plan = newer.accept(text, ordinal)
+            if plan is not None:
+                yield plan
+    finally:
+        stop.set()
