@@ -1,1 +1,33 @@
+"""The planner: pure functions from specs, shares, previous plans and time to safe plans.
 
+No I/O, no clock reads, no Kubernetes: the operator (and the `connquota plan` command) read
+the inputs and persist the outputs. Modules, one job each:
+
+- `streams`: a quota's declared streams, expanded, ordered and de-duplicated.
+- `budgets`: every budget per (domain, public address) and (domain, account).
+- `shares`: budgets divided among the quotas of a pool, with reasons.
+- `capacity`, `packing`, `plan`: streams -> connections -> (address, credential) -> pods,
+  with each pod's slices, spare room and the recovery bounds; sticky to the previous plan.
+- `transitions`, `ledger`: which generation is safe to publish now, and what it waits for.
+- `checker`: an independent check of invariant I1 over every generation pods may enforce.
+"""
+
+from connquota.planner.errors import PlanningError
+from connquota.planner.inputs import DesiredStream, QuotaInput
+from connquota.planner.plan import PlanRequest, plan_quota
+from connquota.planner.pool_plan import PoolPlan, plan_json, plan_pool
+from connquota.planner.shares import divide_budgets
+from connquota.planner.streams import expand_streams
+
+__all__ = [
+    "DesiredStream",
+    "PlanRequest",
+    "PlanningError",
+    "PoolPlan",
+    "QuotaInput",
+    "divide_budgets",
+    "expand_streams",
+    "plan_json",
+    "plan_pool",
+    "plan_quota",
+]

@@ -160,3 +160,58 @@ def quota(
 def streams(n: int, prefix: str = "s", priority: int = 0, credential: str | None = None):
     """n desired streams named <prefix>0000..."""
     return [DesiredStream(f"{prefix}{i:04d}", priority, credential) for i in range(n)]
+
+
+def plan_one(q: QuotaInput, p, desired=None, previous=None, generation: int = 1, others=()):
+    """Plan quota `q` on pool `p` (with `others` sharing the pool)."""
+    from connquota.planner.plan import PlanRequest, plan_quota
+    from connquota.planner.shares import divide_budgets
+    from connquota.planner.streams import expand_streams
+
+    shares = divide_budgets(p, [q, *others])
+    desired = expand_streams(q.spec) if desired is None else desired
+    req = PlanRequest(
+        q.ref, q.spec, q.profile, p, shares.quotas[q.key], desired, generation, previous
+    )
+    return plan_quota(req)
+
+
+def connections(plan) -> dict[str, tuple]:
+    """id -> (ordinal, address, credential, streams) of every connection."""
+    return {
+        c.id: (pod.ordinal, c.address, c.credential, tuple(c.streams))
+        for pod in plan.pods
+        for c in pod.connections
+    }
+
+
+def placement(plan) -> dict[str, str]:
+    """stream -> connection id."""
+    return {s: c.id for pod in plan.pods for c in pod.connections for s in c.streams}
+
+
+def opened(before, after) -> set[str]:
+    """Connection ids in `after` that `before` did not have (each one is a new attempt)."""
+    return set(connections(after)) - set(connections(before))
+
+
+def independent_budgets(p, quotas) -> dict[tuple, int]:
+    """Budgets computed by hand from the rule (min value x (1 - reserved)), for the checker."""
+    import math
+    from fractions import Fraction
+
+    out: dict[tuple, int] = {}
+    for q in quotas:
+        keep = 1 - Fraction(repr(p.reserved_fraction(q.profile.domain)))
+        for lim in q.profile.limits:
+            if lim.scope.value not in ("ip", "account") or lim.shape.value in ("size", "duration"):
+                continue
+            if lim.scope.value == "ip":
+                keys = [a.publicAddress for a in p.addresses]
+            else:
+                keys = [c.accountId for c in q.spec.credentials]
+            for k in keys:
+                key = (q.profile.domain, lim.scope.value, k, lim.name.value)
+                value = math.floor(Fraction(repr(lim.value)) * keep)
+                out[key] = min(out.get(key, value), value)
+    return out

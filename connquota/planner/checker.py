@@ -1,0 +1,186 @@
+"""An independent checker of invariant I1 (fleet limit safety) over a pool.
+
+Deliberately separate from the planner and the transition code: it recomputes everything
+from the raw published plans and acknowledgements. For every pod of every quota it takes the
+largest slice the pod may be enforcing:
+
+- every published generation at or after the newest one the pod acknowledged (a pod may
+  pick up any published generation at any moment), and the acknowledged one itself;
+- for rate limits, also every older generation whose slice was released less than one window
+  plus the margin ago (released = the first acknowledgement of a newer generation).
+
+Then, for each budget, the sum over pods must not exceed it. A pod that a generation does not
+list holds nothing in that generation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from connquota.api.limits import LimitScope, LimitShape
+from connquota.api.plan import QuotaPlan
+from connquota.api.pool import ExchangeEgressPoolSpec
+
+CheckKey = tuple[str, str, str, str]
+"""(domain, scope, public address or account id, limit name)."""
+
+
+@dataclass(frozen=True)
+class Ack:
+    """A pod acknowledged (reported it enforces) `generation` at operator-monotonic time `at`."""
+
+    ordinal: int
+    generation: int
+    at: float
+
+
+@dataclass
+class QuotaHistory:
+    """Everything published for one quota, and every acknowledgement seen (any order)."""
+
+    quota: str
+    published: list[QuotaPlan] = field(default_factory=list)
+    acks: list[Ack] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Holder:
+    """One pod's part of a budget, and which generation gives it."""
+
+    quota: str
+    ordinal: int
+    value: int
+    generation: int
+    released: bool
+
+
+@dataclass(frozen=True)
+class Violation:
+    """A budget whose holders may together use more than it allows."""
+
+    key: CheckKey
+    budget: int
+    total: int
+    holders: tuple[Holder, ...]
+
+    def __str__(self) -> str:
+        parts = ", ".join(
+            f"{h.quota}#{h.ordinal}={h.value}@g{h.generation}{' (released)' if h.released else ''}"
+            for h in self.holders
+        )
+        return f"{' '.join(self.key)}: {self.total} > budget {self.budget} ({parts})"
+
+
+def _key_of(k) -> CheckKey:
+    if isinstance(k, tuple):
+        return tuple(str(x) for x in k)  # type: ignore[return-value]
+    return (k.domain, str(k.scope.value), k.key, str(k.limit.value))
+
+
+def _pod_holds(
+    history: QuotaHistory,
+    public: Mapping[str, str],
+    now: float,
+    margin_s: float,
+) -> tuple[dict[CheckKey, list[Holder]], list[str]]:
+    problems: list[str] = []
+    ordinals = sorted({p.ordinal for plan in history.published for p in plan.pods})
+    out: dict[CheckKey, list[Holder]] = {}
+    for ordinal in ordinals:
+        acks = [a for a in history.acks if a.ordinal == ordinal]
+        acked = max((a.generation for a in acks), default=None)
+        best: dict[CheckKey, Holder] = {}
+        for plan in history.published:
+            g = plan.generation
+            released_at = None
+            if acked is not None and g < acked:
+                later = [a.at for a in acks if a.generation > g]
+                released_at = min(later)
+            pod = next((p for p in plan.pods if p.ordinal == ordinal), None)
+            if pod is None:
+                continue
+            for s in pod.slices:
+                if s.scope not in (LimitScope.IP, LimitScope.ACCOUNT):
+                    continue
+                if released_at is not None:
+                    if s.shape == LimitShape.CONCURRENT or s.windowSeconds is None:
+                        continue
+                    if now >= released_at + s.windowSeconds + margin_s:
+                        continue
+                if s.scope == LimitScope.IP:
+                    key_value = public.get(s.key)
+                    if key_value is None:
+                        problems.append(
+                            f"{history.quota}#{ordinal} g{g}: slice on unknown address {s.key}"
+                        )
+                        continue
+                else:
+                    key_value = s.key
+                key = (pod.profile.domain, s.scope.value, key_value, s.limit.value)
+                h = Holder(history.quota, ordinal, s.value, g, released_at is not None)
+                if key not in best or h.value > best[key].value:
+                    best[key] = h
+        for key, h in best.items():
+            out.setdefault(key, []).append(h)
+    return out, problems
+
+
+def check_budgets(
+    pool: ExchangeEgressPoolSpec,
+    budgets: Mapping,
+    histories: Iterable[QuotaHistory],
+    now: float,
+    margin_s: float = 1.0,
+) -> list[Violation | str]:
+    """Every way the pool may exceed a budget now; empty when I1 holds.
+
+    `budgets` maps (domain, scope, public address or account id, limit) - tuples or
+    `BudgetKey`s - to integer budgets. A slice on a key without a budget counts against 0.
+    """
+    public = {a.name: a.publicAddress for a in pool.addresses}
+    totals: dict[CheckKey, list[Holder]] = {}
+    problems: list[Violation | str] = []
+    for history in histories:
+        holds, issues = _pod_holds(history, public, now, margin_s)
+        problems.extend(issues)
+        for key, hs in holds.items():
+            totals.setdefault(key, []).extend(hs)
+    limits = {_key_of(k): int(v) for k, v in budgets.items()}
+    for key in sorted(totals):
+        holders = totals[key]
+        total = sum(h.value for h in holders)
+        budget = limits.get(key, 0)
+        if total > budget:
+            problems.append(Violation(key, budget, total, tuple(holders)))
+    return problems
+
+
+def check_plan_consistency(plan: QuotaPlan) -> list[str]:
+    """Each pod's connections fit its own slices (a gateway never goes beyond them)."""
+    problems = []
+    for pod in plan.pods:
+        per_address: dict[str, int] = {}
+        for c in pod.connections:
+            per_address[c.address] = per_address.get(c.address, 0) + 1
+            cap = next(
+                (s.value for s in pod.slices if s.limit.value == "streamsPerConnection"), None
+            )
+            if cap is not None and len(c.streams) > cap:
+                problems.append(f"pod {pod.ordinal} connection {c.id}: {len(c.streams)} > {cap}")
+        for address, n in per_address.items():
+            concurrent = next(
+                (
+                    s.value
+                    for s in pod.slices
+                    if s.scope == LimitScope.IP
+                    and s.key == address
+                    and s.limit.value == "concurrentConnections"
+                ),
+                None,
+            )
+            if concurrent is not None and n > concurrent:
+                problems.append(
+                    f"pod {pod.ordinal}: {n} connections on {address} > slice {concurrent}"
+                )
+    return problems

@@ -1,0 +1,435 @@
+"""Sticky packing: streams -> connections -> (address, credential) -> pods.
+
+Order of work (each step deterministic; no set or dict is iterated in hash order):
+
+1. Selection: which streams are served. When everything fits (counted as a fresh packing
+   would need it) all are; otherwise streams are taken by priority (highest first, ties by
+   name) while the connection count their group needs stays within every cap.
+2. Keep: every connection of the previous plan that is still valid (address and account still
+   usable, same account id, pod ordinal below maxReplicas, placement rule kept) stays with its
+   id, pod and address, minus streams no longer served, within every cap (caps are applied in
+   pod-ordinal order, so when a cap shrinks the highest ordinals lose connections first).
+3. Fill: unplaced streams (new, or from closed connections) fill holes of kept connections of
+   their group before any new connection opens.
+4. Open: the rest opens new connections, each on the address with the fewest connections that
+   an existing pod with room can use (then any address on the lowest free ordinal).
+5. Compact: when a group still has unplaced streams it should serve (holes left after
+   removals), its least-filled connections are closed one at a time and their streams
+   refilled, until everything selected fits or nothing more helps.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from connquota.api.plan import QuotaPlan
+from connquota.planner.arithmetic import INFINITE
+from connquota.planner.capacity import Room
+from connquota.planner.inputs import DesiredStream
+
+
+@dataclass(slots=True)
+class Conn:
+    """A connection being planned."""
+
+    id: str
+    address: str
+    credential: str | None
+    ordinal: int
+    streams: list[str]
+    kept: bool = False
+
+
+@dataclass(slots=True)
+class Pod:
+    """A pod being planned: its placement group and what it holds."""
+
+    ordinal: int
+    group: str | None = None
+    conns: int = 0
+    addresses: Counter = field(default_factory=Counter)
+    accounts: Counter = field(default_factory=Counter)
+
+
+@dataclass
+class Packing:
+    """The result: connections by pod, the unserved streams and why."""
+
+    conns: list[Conn]
+    pods: dict[int, Pod]
+    unserved: list[tuple[DesiredStream, str]]
+
+
+@dataclass
+class PackingInput:
+    """Everything packing needs, already reduced to numbers."""
+
+    streams: Sequence[DesiredStream]
+    cap: int
+    cap_reason: str
+    addresses: list[Room]
+    accounts: dict[str, Room]
+    credential_account: dict[str, str]
+    connections_per_pod: int
+    max_replicas: int
+    generation: int
+    previous: QuotaPlan | None = None
+
+
+def _order(s: DesiredStream) -> tuple[int, str]:
+    return (-s.priority, s.name)
+
+
+class _Packer:
+    def __init__(self, inp: PackingInput) -> None:
+        self.inp = inp
+        self.cap = inp.cap
+        self.rooms = {r.key: r for r in inp.addresses}
+        self.usable = [r for r in inp.addresses if r.usable]
+        self.conns: list[Conn] = []
+        self.pods: dict[int, Pod] = {}
+        self.addr_conns: Counter = Counter()
+        self.addr_pods: Counter = Counter()
+        self.acct_conns: Counter = Counter()
+        self.acct_pods: Counter = Counter()
+        self.seq = 0
+        self.unserved: list[tuple[DesiredStream, str]] = []
+
+    # -- capacity checks -------------------------------------------------------------------
+
+    def _account(self, credential: str | None) -> str | None:
+        return None if credential is None else self.inp.credential_account.get(credential)
+
+    def _fits(self, address: str, credential: str | None, pod: Pod) -> bool:
+        room = self.rooms[address]
+        if not room.usable or self.addr_conns[address] >= room.max_connections:
+            return False
+        if pod.conns >= self.inp.connections_per_pod:
+            return False
+        if pod.group is not None and pod.group != room.group:
+            return False
+        if pod.addresses[address] == 0 and self.addr_pods[address] >= room.max_pods:
+            return False
+        account = self._account(credential)
+        if credential is not None:
+            aroom = self.inp.accounts.get(account) if account else None
+            if aroom is None or not aroom.usable:
+                return False
+            if self.acct_conns[account] >= aroom.max_connections:
+                return False
+            if pod.accounts[account] == 0 and self.acct_pods[account] >= aroom.max_pods:
+                return False
+        return True
+
+    def _add(self, conn: Conn) -> None:
+        pod = self.pods.setdefault(conn.ordinal, Pod(conn.ordinal))
+        pod.group = self.rooms[conn.address].group
+        if pod.addresses[conn.address] == 0:
+            self.addr_pods[conn.address] += 1
+        pod.addresses[conn.address] += 1
+        pod.conns += 1
+        self.addr_conns[conn.address] += 1
+        account = self._account(conn.credential)
+        if account is not None:
+            if pod.accounts[account] == 0:
+                self.acct_pods[account] += 1
+            pod.accounts[account] += 1
+            self.acct_conns[account] += 1
+        self.conns.append(conn)
+
+    def _remove(self, conn: Conn) -> None:
+        pod = self.pods[conn.ordinal]
+        pod.addresses[conn.address] -= 1
+        if pod.addresses[conn.address] == 0:
+            self.addr_pods[conn.address] -= 1
+            del pod.addresses[conn.address]
+        pod.conns -= 1
+        if pod.conns == 0:
+            pod.group = None
+        self.addr_conns[conn.address] -= 1
+        account = self._account(conn.credential)
+        if account is not None:
+            pod.accounts[account] -= 1
+            if pod.accounts[account] == 0:
+                self.acct_pods[account] -= 1
+                del pod.accounts[account]
+            self.acct_conns[account] -= 1
+        self.conns.remove(conn)
+
+    # -- selection -------------------------------------------------------------------------
+
+    def _group_capacity(self) -> int:
+        """Connections the quota could hold in a fresh plan (pods spread over groups)."""
+        by_group: dict[str, int] = {}
+        for r in self.usable:
+            by_group[r.group] = min(INFINITE, by_group.get(r.group, 0) + r.max_connections)
+        per_pod = self.inp.connections_per_pod
+        pods_left = self.inp.max_replicas
+        pods = dict.fromkeys(by_group, 0)
+        want = {
+            g: math.ceil(c / per_pod) if c < INFINITE else INFINITE for g, c in by_group.items()
+        }
+        progress = True
+        while pods_left > 0 and progress:
+            progress = False
+            for g in sorted(by_group):
+                if pods_left > 0 and pods[g] < want[g]:
+                    pods[g] += 1
+                    pods_left -= 1
+                    progress = True
+        return sum(min(by_group[g], pods[g] * per_pod) for g in by_group)
+
+    def select(self) -> tuple[list[DesiredStream], set[str]]:
+        """The served streams (in order of priority) and their names."""
+        streams = self.inp.streams
+        if self.cap <= 0:
+            for s in sorted(streams, key=_order):
+                self.unserved.append((s, f"no stream fits a connection: {self.inp.cap_reason}"))
+            return [], set()
+        if not self.usable:
+            why = "; ".join(r.reason for r in self.inp.addresses if r.reason)
+            for s in sorted(streams, key=_order):
+                self.unserved.append((s, f"no usable egress address ({why})"))
+            return [], set()
+        total = self._group_capacity()
+        counts = Counter(s.credential for s in streams)
+        need = 0
+        per_account: Counter = Counter()
+        fits = True
+        for cred, n in counts.items():
+            c = math.ceil(n / self.cap)
+            need += c
+            if cred is not None:
+                account = self._account(cred)
+                room = self.inp.accounts.get(account) if account else None
+                if room is None or not room.usable:
+                    fits = False
+                    break
+                per_account[account] += c
+                if per_account[account] > room.max_connections:
+                    fits = False
+        if fits and need <= total:
+            return list(streams), {s.name for s in streams}
+        served: list[DesiredStream] = []
+        in_group: Counter = Counter()
+        used = 0
+        used_account: Counter = Counter()
+        gateway_bound = sum(min(r.max_connections, INFINITE) for r in self.usable) > total
+        for s in sorted(streams, key=_order):
+            cred = s.credential
+            account = self._account(cred)
+            opens = in_group[cred] % self.cap == 0
+            reason = None
+            if cred is not None:
+                room = self.inp.accounts.get(account) if account else None
+                if room is None or not room.usable:
+                    reason = room.reason if room else f"credential {cred}: unknown account"
+                elif opens and used_account[account] >= room.max_connections:
+                    reason = (
+                        f"account {account}: the quota's concurrentConnections share x "
+                        f"headroom ({room.max_connections}) is used up"
+                    )
+            if reason is None and opens and used >= total:
+                if gateway_bound:
+                    reason = (
+                        f"gateway capacity used up: {total} connections "
+                        f"(maxReplicas {self.inp.max_replicas} x connectionsPerPod "
+                        f"{self.inp.connections_per_pod}, by placement rule)"
+                    )
+                else:
+                    reason = (
+                        f"the quota's concurrentConnections share x headroom on every usable "
+                        f"address is used up ({total} connections)"
+                    )
+            if reason is not None:
+                self.unserved.append((s, reason))
+                continue
+            if opens:
+                used += 1
+                if account is not None:
+                    used_account[account] += 1
+            in_group[cred] += 1
+            served.append(s)
+        return served, {s.name for s in served}
+
+    # -- keep ------------------------------------------------------------------------------
+
+    def keep(self, by_name: dict[str, DesiredStream], served: set[str]) -> set[str]:
+        """Keep the previous plan's valid connections; returns the streams they carry."""
+        previous = self.inp.previous
+        placed: set[str] = set()
+        if previous is None:
+            return placed
+        for pod in sorted(previous.pods, key=lambda p: p.ordinal):
+            if pod.ordinal >= self.inp.max_replicas:
+                continue
+            account_of = {c.name: c.accountId for c in pod.credentials}
+            target = self.pods.get(pod.ordinal) or Pod(pod.ordinal)
+            for c in pod.connections:
+                room = self.rooms.get(c.address)
+                if room is None or not room.usable:
+                    continue
+                cred = c.credential
+                if cred is not None and (
+                    self.inp.credential_account.get(cred) != account_of.get(cred)
+                ):
+                    continue
+                if not self._fits(c.address, cred, target):
+                    continue
+                if cred is None:
+                    keep = [
+                        s
+                        for s in c.streams
+                        if s in served and s not in placed and by_name[s].credential is None
+                    ]
+                else:
+                    keep = [
+                        s
+                        for s in c.streams
+                        if s in served and s not in placed and by_name[s].credential in (None, cred)
+                    ]
+                if len(keep) > self.cap:
+                    keep = keep[: self.cap]
+                if not keep:
+                    continue
+                placed.update(keep)
+                self._add(Conn(c.id, c.address, cred, pod.ordinal, keep, kept=True))
+                target = self.pods[pod.ordinal]
+                seq = _seq_of(c.id, self.inp.generation)
+                if seq is not None:
+                    self.seq = max(self.seq, seq + 1)
+        return placed
+
+    # -- fill and open ---------------------------------------------------------------------
+
+    def fill(self, pending: list[DesiredStream]) -> list[DesiredStream]:
+        """Put streams into holes of existing connections of their group; returns the rest."""
+        if not pending:
+            return pending
+        holes: dict[str | None, list[Conn]] = {}
+        for c in self.conns:
+            if len(c.streams) < self.cap:
+                holes.setdefault(c.credential, []).append(c)
+        rest = []
+        cursor: dict[str | None, int] = {}
+        for s in pending:
+            group = holes.get(s.credential)
+            i = cursor.get(s.credential, 0)
+            while group is not None and i < len(group) and len(group[i].streams) >= self.cap:
+                i += 1
+            cursor[s.credential] = i
+            if group is None or i >= len(group):
+                rest.append(s)
+                continue
+            group[i].streams.append(s.name)
+        return rest
+
+    def _choose(self, credential: str | None) -> tuple[str, int] | None:
+        best = None
+        best_key = None
+        pods = sorted((p for p in self.pods.values() if p.conns), key=lambda p: p.ordinal)
+        for r in self.usable:
+            if self.addr_conns[r.key] >= r.max_connections:
+                continue
+            pod = None
+            for p in pods:
+                if p.conns and p.group == r.group and self._fits(r.key, credential, p):
+                    pod = p
+                    break
+            key = (pod is None, self.addr_conns[r.key], r.index)
+            if best_key is None or key < best_key:
+                if pod is None:
+                    free = self._free_ordinal(r.key, credential)
+                    if free is None:
+                        continue
+                    best, best_key = (r.key, free), key
+                else:
+                    best, best_key = (r.key, pod.ordinal), key
+        return best
+
+    def _free_ordinal(self, address: str, credential: str | None) -> int | None:
+        for ordinal in range(self.inp.max_replicas):
+            pod = self.pods.get(ordinal)
+            if pod is None or pod.conns == 0:
+                if self._fits(address, credential, pod or Pod(ordinal)):
+                    return ordinal
+                return None
+        return None
+
+    def open(self, pending: list[DesiredStream]) -> list[DesiredStream]:
+        """Open new connections for `pending` (grouped by credential); returns what is left."""
+        by_group: dict[str | None, list[DesiredStream]] = {}
+        for s in pending:
+            by_group.setdefault(s.credential, []).append(s)
+        rest: list[DesiredStream] = []
+        for cred in sorted(by_group, key=lambda c: (c is not None, c or "")):
+            group = by_group[cred]
+            for start in range(0, len(group), self.cap):
+                chunk = group[start : start + self.cap]
+                slot = self._choose(cred)
+                if slot is None:
+                    rest.extend(group[start:])
+                    break
+                address, ordinal = slot
+                conn_id = f"g{self.inp.generation}-{self.seq}"
+                self.seq += 1
+                self._add(Conn(conn_id, address, cred, ordinal, [s.name for s in chunk]))
+        return rest
+
+    def compact(self, rest: list[DesiredStream]) -> list[DesiredStream]:
+        """Close least-filled connections of groups with leftovers while that helps."""
+        for _ in range(len(self.conns) + 1):
+            if not rest:
+                break
+            groups = {s.credential for s in rest}
+            partial = [
+                c for c in self.conns if c.credential in groups and len(c.streams) < self.cap
+            ]
+            if len(partial) < 2:
+                break
+            victim = min(partial, key=lambda c: (len(c.streams), -c.ordinal, c.id))
+            self._remove(victim)
+            before = len(rest)
+            moved = [self._stream[n] for n in victim.streams]
+            rest = self.open(self.fill(sorted(rest + moved, key=_order)))
+            if len(rest) >= before:
+                break
+        return rest
+
+    def run(self) -> Packing:
+        by_name = {s.name: s for s in self.inp.streams}
+        self._stream = by_name
+        _served_list, served = self.select()
+        placed = self.keep(by_name, served)
+        if len(placed) == len(served):
+            pending: list[DesiredStream] = []
+        else:
+            pending = sorted((by_name[n] for n in served - placed), key=_order)
+        rest = self.open(self.fill(pending))
+        rest = self.compact(rest)
+        for s in rest:
+            self.unserved.append((s, self._why_not_placed(s)))
+        self.unserved.sort(key=lambda u: _order(u[0]))
+        return Packing(self.conns, self.pods, self.unserved)
+
+    def _why_not_placed(self, s: DesiredStream) -> str:
+        return (
+            f"no pod can take another connection for it (connectionsPerPod "
+            f"{self.inp.connections_per_pod}, maxReplicas {self.inp.max_replicas}, placement "
+            "rule and per-address attempt shares)"
+        )
+
+
+def _seq_of(conn_id: str, generation: int) -> int | None:
+    prefix = f"g{generation}-"
+    if conn_id.startswith(prefix) and conn_id[len(prefix) :].isdigit():
+        return int(conn_id[len(prefix) :])
+    return None
+
+
+def pack(inp: PackingInput) -> Packing:
+    """Pack the quota's streams into connections and pods, sticking to the previous plan."""
+    return _Packer(inp).run()

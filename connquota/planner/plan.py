@@ -1,0 +1,318 @@
+"""The plan of one quota: its pods, their connections, slices, spare room and recovery bounds.
+
+`plan_quota` is a pure function of its inputs (the quota, its effective profile, the pool, the
+quota's shares, the desired streams, the previous plan and the generation number): the same
+input gives a byte-identical plan. How streams are packed is in `packing`; this module turns a
+packing into `PodPlan`s:
+
+- ip-scoped slices: the quota's usable units on an address (floor(headroom x share)) split
+  among the pods using that address: each pod first gets what it needs (its connections for
+  concurrentConnections, one attempt for connectionAttempts, its heartbeats for
+  messagesPerIp), the rest in proportion to its connections there. Account-scoped likewise.
+  A pod that does not use an address gets no slice of it (nothing allowed).
+- connection- and message-scoped slices: floor(headroom x value); message slices keep a
+  heartbeat reserve (`reserve`).
+- spare room (make-before-break): on each address a pod uses, the connections its concurrent
+  slice allows beyond those it holds, and one attempt when there is such room.
+- recovery bound per address: ceil(connections / usable attempts per window) x window.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+
+from connquota.api.limits import ExchangeProfile, LimitName, LimitScope
+from connquota.api.plan import (
+    ConnectionPlan,
+    PlanCredential,
+    PodPlan,
+    QuotaPlan,
+    QuotaRef,
+    RecoveryBound,
+    Route,
+    Slice,
+    SpareRoom,
+    UnservedStream,
+)
+from connquota.api.pool import ExchangeEgressPoolSpec
+from connquota.api.quota import ExchangeConnectionQuotaSpec
+from connquota.planner.arithmetic import INFINITE, exact, split_units
+from connquota.planner.budgets import PooledLimit, check_pool
+from connquota.planner.capacity import (
+    connection_caps,
+    heartbeat_reserve,
+    placement_group,
+    rooms,
+)
+from connquota.planner.inputs import DesiredStream
+from connquota.planner.packing import Conn, PackingInput, pack
+from connquota.planner.shares import QuotaShares
+
+CREDENTIALS_MOUNT_DIR = "/var/run/connquota/credentials"
+"""Where a pod finds credential files: <dir>/<credential name>/<key>."""
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    """Everything `plan_quota` needs for one quota."""
+
+    quota: QuotaRef
+    spec: ExchangeConnectionQuotaSpec
+    profile: ExchangeProfile
+    pool: ExchangeEgressPoolSpec
+    shares: QuotaShares
+    streams: Sequence[DesiredStream]
+    generation: int
+    previous: QuotaPlan | None = None
+
+
+def _need(name: LimitName, pooled: PooledLimit, profile: ExchangeProfile, conns: int) -> int:
+    if name == LimitName.CONCURRENT_CONNECTIONS:
+        return conns
+    if name == LimitName.CONNECTION_ATTEMPTS:
+        return 1
+    if name == LimitName.MESSAGES_PER_IP:
+        return heartbeat_reserve(profile, pooled.window_s) * conns
+    return 0
+
+
+def _shared_slices(
+    req: PlanRequest,
+    headroom: Fraction,
+    scope: LimitScope,
+    users: dict[str, list[tuple[int, int]]],
+) -> dict[int, list[Slice]]:
+    """Per pod ordinal: its slices of every shared limit on the keys it uses."""
+    out: dict[int, list[Slice]] = {}
+    limits = sorted(
+        ((name, pooled) for (name, s), pooled in req.shares.limits.items() if s == scope),
+        key=lambda x: x[0].value,
+    )
+    for key in sorted(users):
+        pods = users[key]  # (ordinal, connections) sorted by ordinal
+        weights = [c for _, c in pods]
+        for name, pooled in limits:
+            share = req.shares.get(scope, key, name) or 0
+            units = math.floor(headroom * share)
+            mins = [_need(name, pooled, req.profile, c) for c in weights]
+            parts = split_units(units, mins, weights)
+            burst_share = req.shares.bursts.get((scope, key, name))
+            bursts = (
+                split_units(math.floor(headroom * burst_share), [0] * len(pods), weights)
+                if burst_share is not None
+                else None
+            )
+            for i, (ordinal, _) in enumerate(pods):
+                out.setdefault(ordinal, []).append(
+                    Slice.model_construct(
+                        limit=name,
+                        scope=scope,
+                        key=key,
+                        value=parts[i],
+                        shape=pooled.shape,
+                        windowSeconds=pooled.window_s,
+                        burst=bursts[i] if bursts is not None else None,
+                        reserve=0,
+                    )
+                )
+    return out
+
+
+def plan_quota(req: PlanRequest) -> QuotaPlan:
+    """The quota's plan at `req.generation`, sticking to `req.previous` where it can."""
+    check_pool(req.pool)
+    spec = req.spec
+    headroom = exact(spec.headroom)
+    caps = connection_caps(req.profile, headroom)
+    addresses = req.pool.addresses
+    address_rooms = rooms(
+        req.shares,
+        req.profile,
+        headroom,
+        LimitScope.IP,
+        [a.name for a in addresses],
+        [placement_group(a) for a in addresses],
+    )
+    credential_account = {c.name: c.accountId for c in spec.credentials}
+    account_ids = sorted(set(credential_account.values()))
+    account_rooms = {
+        r.key: r for r in rooms(req.shares, req.profile, headroom, LimitScope.ACCOUNT, account_ids)
+    }
+    gw = spec.gateway
+    max_replicas = max(gw.maxReplicas, 0)
+    packing = pack(
+        PackingInput(
+            streams=req.streams,
+            cap=caps.streams,
+            cap_reason=caps.reason,
+            addresses=address_rooms,
+            accounts=account_rooms,
+            credential_account=credential_account,
+            connections_per_pod=gw.connectionsPerPod,
+            max_replicas=max_replicas,
+            generation=req.generation,
+            previous=req.previous,
+        )
+    )
+    by_pod: dict[int, list[Conn]] = {}
+    for c in packing.conns:
+        by_pod.setdefault(c.ordinal, []).append(c)
+    used = max(by_pod, default=-1) + 1
+    replicas = min(max(gw.minReplicas, used), max(max_replicas, used))
+
+    ip_users: dict[str, list[tuple[int, int]]] = {}
+    account_users: dict[str, list[tuple[int, int]]] = {}
+    for ordinal in sorted(by_pod):
+        per_address: dict[str, int] = {}
+        per_account: dict[str, int] = {}
+        for c in by_pod[ordinal]:
+            per_address[c.address] = per_address.get(c.address, 0) + 1
+            if c.credential is not None:
+                acct = credential_account[c.credential]
+                per_account[acct] = per_account.get(acct, 0) + 1
+        for a, n in per_address.items():
+            ip_users.setdefault(a, []).append((ordinal, n))
+        for a, n in per_account.items():
+            account_users.setdefault(a, []).append((ordinal, n))
+    ip_slices = _shared_slices(req, headroom, LimitScope.IP, ip_users)
+    account_slices = _shared_slices(req, headroom, LimitScope.ACCOUNT, account_users)
+
+    address_by_name = {a.name: a for a in addresses}
+    credential_by_name = {c.name: c for c in spec.credentials}
+    pods: list[PodPlan] = []
+    for ordinal in range(replicas):
+        conns = by_pod.get(ordinal, [])
+        names = sorted({c.address for c in conns}, key=lambda n: address_rooms_index(n, addresses))
+        creds = sorted({c.credential for c in conns if c.credential is not None})
+        slices = ip_slices.get(ordinal, []) + account_slices.get(ordinal, []) + caps.slices
+        spare = _spare(slices, names, conns)
+        pods.append(
+            PodPlan.model_construct(
+                formatVersion=1,
+                generation=req.generation,
+                quota=req.quota,
+                ordinal=ordinal,
+                profile=req.profile,
+                windowMarginSeconds=1.0,
+                addresses=[address_by_name[n] for n in names],
+                credentials=[_plan_credential(credential_by_name[n]) for n in creds],
+                connections=[
+                    ConnectionPlan.model_construct(
+                        id=c.id, address=c.address, credential=c.credential, streams=c.streams
+                    )
+                    for c in conns
+                ],
+                slices=slices,
+                spare=spare,
+                routes=[],
+            )
+        )
+    unserved = [
+        UnservedStream.model_construct(stream=s.name, priority=s.priority, reason=reason)
+        for s, reason in packing.unserved
+    ]
+    return QuotaPlan.model_construct(
+        formatVersion=1,
+        generation=req.generation,
+        quota=req.quota,
+        replicas=replicas,
+        pods=pods,
+        unserved=unserved,
+        recoveryBounds=_recovery_bounds(req, headroom, ip_users),
+    )
+
+
+def address_rooms_index(name: str, addresses: list) -> int:
+    """The position of address `name` in the pool (pool order is the planner's order)."""
+    for i, a in enumerate(addresses):
+        if a.name == name:
+            return i
+    return len(addresses)
+
+
+def _plan_credential(c) -> PlanCredential:
+    ref = c.secretRef
+    return PlanCredential.model_construct(
+        name=c.name,
+        accountId=c.accountId,
+        secretName=ref.name,
+        mountPath=f"{CREDENTIALS_MOUNT_DIR}/{c.name}",
+        apiKeyKey=ref.apiKeyKey,
+        apiSecretKey=ref.apiSecretKey,
+        passphraseKey=ref.passphraseKey,
+    )
+
+
+def _spare(slices: list[Slice], addresses: list[str], conns: list[Conn]) -> list[SpareRoom]:
+    out = []
+    for a in addresses:
+        held = sum(1 for c in conns if c.address == a)
+        concurrent = next(
+            (
+                s.value
+                for s in slices
+                if s.scope == LimitScope.IP
+                and s.key == a
+                and s.limit == LimitName.CONCURRENT_CONNECTIONS
+            ),
+            None,
+        )
+        attempts = next(
+            (
+                s.value
+                for s in slices
+                if s.scope == LimitScope.IP
+                and s.key == a
+                and s.limit == LimitName.CONNECTION_ATTEMPTS
+            ),
+            None,
+        )
+        room = 1 if concurrent is None else max(0, concurrent - held)
+        tries = 0 if room == 0 else (1 if attempts is None else min(1, attempts))
+        out.append(SpareRoom.model_construct(address=a, connections=room, attempts=tries))
+    return out
+
+
+def _recovery_bounds(
+    req: PlanRequest, headroom: Fraction, ip_users: dict[str, list[tuple[int, int]]]
+) -> list[RecoveryBound]:
+    pooled = req.shares.limits.get((LimitName.CONNECTION_ATTEMPTS, LimitScope.IP))
+    out = []
+    for a in req.pool.addresses:
+        users = ip_users.get(a.name)
+        if not users:
+            continue
+        n = sum(c for _, c in users)
+        seconds = 0.0
+        if pooled is not None and pooled.window_s is not None:
+            share = req.shares.get(LimitScope.IP, a.name, LimitName.CONNECTION_ATTEMPTS) or 0
+            rate = math.floor(headroom * share)
+            seconds = math.ceil(n / rate) * pooled.window_s if rate else float(INFINITE)
+        out.append(RecoveryBound.model_construct(address=a.name, connections=n, seconds=seconds))
+    return out
+
+
+def route_table(plan: QuotaPlan) -> dict[str, int]:
+    """stream -> ordinal of the pod holding its upstream subscription."""
+    return {s: pod.ordinal for pod in plan.pods for c in pod.connections for s in c.streams}
+
+
+def with_routes(plan: QuotaPlan) -> QuotaPlan:
+    """The plan with every pod's routes filled in (streams held by other pods).
+
+    Kept apart from `plan_quota` because the table is pods x streams entries: the operator
+    fills it per pod while writing that pod's ConfigMap.
+    """
+    table = route_table(plan)
+    pods = []
+    for pod in plan.pods:
+        routes = [
+            Route.model_construct(stream=s, ordinal=o)
+            for s, o in sorted(table.items())
+            if o != pod.ordinal
+        ]
+        pods.append(pod.model_copy(update={"routes": routes}))
+    return plan.model_copy(update={"pods": pods})
