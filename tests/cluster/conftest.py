@@ -1,0 +1,137 @@
+"""Fixtures for tests that need the real control plane (etcd, kube-apiserver, controllers).
+
+Build the binaries with ``bash hack/build-control-plane.sh``. Without them these tests skip,
+except with ``CI=true``, where a missing or failing control plane fails the run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from connquota.testing.controlplane import (
+    BUILD_HINT,
+    ControlPlane,
+    ControlPlaneError,
+    expected_bin_dir,
+    find_binaries,
+    start_control_plane,
+)
+from connquota.testing.podharness import PodHarness
+
+REPO = Path(__file__).resolve().parents[2]
+
+# Short node-monitor periods so the node-lease test can watch several of them quickly.
+NODE_MONITOR_GRACE_S = 8
+CONTROLLER_MANAGER_ARGS = (
+    f"--node-monitor-grace-period={NODE_MONITOR_GRACE_S}s",
+    "--node-monitor-period=1s",
+    "--node-startup-grace-period=10s",
+)
+
+
+def _unavailable(message: str) -> None:
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"control plane unavailable (CI=true): {message}", pytrace=False)
+    pytest.skip(f"control plane unavailable: {message}")
+
+
+@pytest.fixture(scope="session")
+def control_plane() -> Iterator[ControlPlane]:
+    """A control plane on 127.0.0.1 for the whole session, stopped (data deleted) at its end."""
+    try:
+        expected = None if os.environ.get("CONNQUOTA_CONTROLPLANE_BIN") else expected_bin_dir(REPO)
+        bin_dir = find_binaries(expected)
+    except ControlPlaneError as err:
+        _unavailable(str(err))
+        raise AssertionError("unreachable") from err
+    try:
+        plane = start_control_plane(bin_dir, controller_manager_args=CONTROLLER_MANAGER_ARGS)
+    except ControlPlaneError as err:
+        _unavailable(f"{err}\n(binaries in {bin_dir}; {BUILD_HINT})")
+        raise AssertionError("unreachable") from err
+    try:
+        yield plane
+    finally:
+        plane.stop()
+
+
+HARNESS_LABEL = "connquota.io/test-harness"
+
+
+@pytest.fixture(scope="session")
+def api_client(control_plane: ControlPlane) -> Iterator[Any]:
+    """An admin ``kubernetes.client.ApiClient`` for the session's control plane."""
+    api = control_plane.api_client()
+    try:
+        yield api
+    finally:
+        api.close()
+
+
+@pytest.fixture(scope="session")
+def pod_harness(control_plane: ControlPlane, api_client: Any) -> Iterator[PodHarness]:
+    """One harness node for the session; it runs Pods labelled ``connquota.io/test-harness``."""
+    harness = PodHarness(
+        api_client,
+        f"{HARNESS_LABEL}=true",
+        api_port=control_plane.apiserver_port,
+        lease_renew_interval_s=2.0,
+        node_status_interval_s=20.0,
+    )
+    harness.start()
+    try:
+        yield harness
+    finally:
+        harness.stop()
+
+
+@pytest.fixture
+def namespace(api_client: Any) -> Iterator[str]:
+    """A fresh namespace whose default ServiceAccount exists; deleted afterwards."""
+    from kubernetes import client
+
+    core = client.CoreV1Api(api_client)
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    core.create_namespace({"metadata": {"name": name}})
+    wait_for(
+        lambda: any(
+            sa.metadata.name == "default" for sa in core.list_namespaced_service_account(name).items
+        ),
+        30,
+        f"the default ServiceAccount in {name}",
+    )
+    try:
+        yield name
+    finally:
+        with contextlib.suppress(Exception):
+            core.delete_namespace(name)
+
+
+def wait_for(
+    predicate: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.1
+) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    last_error: BaseException | None = None
+    while True:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except AssertionError:
+            raise
+        except Exception as err:  # the object may not exist yet
+            last_error = err
+        if time.monotonic() > deadline:
+            pytest.fail(
+                f"timed out after {timeout_s}s waiting for {what} (last error: {last_error})"
+            )
+        time.sleep(interval_s)
