@@ -1,0 +1,125 @@
+"""Plan parsing keeps the last good plan; the hub numbers frames and switches owners cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+
+from gateway_plan_factory import connections, pod_plan, small_profile
+
+from connquota.api.plan import QuotaPlan
+from connquota.gateway.egress import address_matches, parse_whoami
+from connquota.gateway.hub import SLOW_CONSUMER_DROP, StreamHub
+from connquota.gateway.lease import FileLease
+from connquota.gateway.plan_source import NewerPlans, parse_plan
+from connquota.gateway.upstream import backoff_delay_s, retry_after_s
+
+
+def plan_text(generation: int, ordinal: int = 0) -> str:
+    plan = pod_plan(small_profile(), connections(2, 2), generation=generation, ordinal=ordinal)
+    return plan.model_dump_json()
+
+
+def test_a_quota_plan_file_gives_each_ordinal_its_own_pod_plan():
+    pods = [
+        pod_plan(small_profile(), connections(1, 1, prefix=f"p{i}-"), ordinal=i) for i in range(3)
+    ]
+    qp = QuotaPlan(generation=1, quota=pods[0].quota, replicas=3, pods=pods)
+    assert parse_plan(qp.model_dump_json(), 2).connections[0].id == "p2-0"
+
+
+def test_unknown_format_version_or_garbage_keeps_the_last_good_plan():
+    newer = NewerPlans()
+    assert newer.accept(plan_text(3), 0).generation == 3
+    future = json.loads(plan_text(4))
+    future["formatVersion"] = 99
+    future["somethingNew"] = True
+    assert newer.accept(json.dumps(future), 0) is None
+    assert "formatVersion 99" in newer.last_error
+    assert newer.accept("{oops", 0) is None
+    assert newer.accept(plan_text(2), 0) is None  # generations only grow
+    assert newer.generation == 3
+    assert newer.accept(plan_text(5), 0).generation == 5
+
+
+def test_plan_for_another_ordinal_is_refused():
+    newer = NewerPlans()
+    assert newer.accept(plan_text(1, ordinal=1), 0) is None
+    assert "ordinal" in newer.last_error
+
+
+async def test_consumers_see_consecutive_seq_across_a_switch_of_upstream_session():
+    hub = StreamHub()
+    hub.set_known(["s"])
+    consumer = hub.add_consumer()
+    hub.subscribe(consumer, ["s"])
+    old, new = object(), object()
+    hub.claim("s", old)
+    hub.publish("s", {"n": 1}, old)
+    hub.publish("s", {"n": 1}, new)  # the replacement's duplicate is not delivered
+    hub.claim("s", new)
+    hub.publish("s", {"n": 2}, old)  # the original is no longer delivered
+    hub.publish("s", {"n": 2}, new)
+    frames = [json.loads(consumer.queue.get_nowait()) for _ in range(consumer.queue.qsize())]
+    assert [(f["seq"], f["data"]["n"]) for f in frames] == [(1, 1), (2, 2)]
+
+
+async def test_a_slow_consumer_is_closed_or_drops_without_slowing_the_others():
+    hub = StreamHub(queue_frames=3)
+    hub.set_known(["s"])
+    slow, fast = hub.add_consumer(), hub.add_consumer()
+    hub.subscribe(slow, ["s"])
+    hub.subscribe(fast, ["s"])
+    for i in range(5):
+        hub.claim("s", hub)
+        hub.publish("s", i, hub)
+        fast.queue.get_nowait()
+    assert slow.too_slow and not fast.too_slow
+    dropper = StreamHub(queue_frames=2, policy=SLOW_CONSUMER_DROP)
+    dropper.set_known(["s"])
+    c = dropper.add_consumer()
+    dropper.subscribe(c, ["s"])
+    dropper.claim("s", dropper)
+    for i in range(5):
+        dropper.publish("s", i, dropper)
+    assert c.dropped == 3
+    assert [json.loads(c.queue.get_nowait())["seq"] for _ in range(2)] == [4, 5]
+
+
+def test_retry_after_reads_seconds_and_http_dates():
+    assert retry_after_s({"Retry-After": "17"}, 0) == 17
+    assert retry_after_s({"Retry-After": "Thu, 01 Jan 1970 00:01:40 GMT"}, 40) == 60
+    assert retry_after_s({}, 0) is None
+
+
+def test_backoff_has_full_jitter_under_a_cap():
+    rng = random.Random(1)
+    delays = [backoff_delay_s(n, 0.5, 30, rng) for n in range(20) for _ in range(20)]
+    assert max(delays) <= 30
+    assert min(delays) >= 0
+    assert len({round(d, 3) for d in delays}) > 300  # jittered, not a fixed ladder
+
+
+def test_whoami_answers_are_compared_with_the_public_address():
+    assert parse_whoami('{"address":"127.0.0.3"}') == "127.0.0.3"
+    assert parse_whoami("127.0.0.3\n") == "127.0.0.3"
+    assert address_matches("127.0.0.3", "127.0.0.3")
+    assert not address_matches("127.0.0.4", "127.0.0.3")
+    assert address_matches("2001:db8::5", "2001:db8::/64")
+
+
+async def test_a_second_process_for_the_same_ordinal_waits_for_the_lock(tmp_path):
+    first, second = FileLease(tmp_path, 0, poll_s=0.01), FileLease(tmp_path, 0, poll_s=0.01)
+    await first.acquire()
+    waits: list[str] = []
+    task = asyncio.create_task(second.acquire(on_wait=waits.append))
+    for _ in range(100):
+        if waits:
+            break
+        await asyncio.sleep(0.01)
+    assert waits and not task.done()
+    await first.release()
+    await asyncio.wait_for(task, 2)
+    assert second.held
+    await second.release()
