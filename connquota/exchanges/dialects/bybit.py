@@ -331,3 +331,10 @@ def build_data(stream: str, seq: int, event_time_ms: int) -> str:
 def new_conn_id() -> str:
     """A connection id in Bybit's style."""
     return str(uuid.uuid4())
+
+
+def build_private_data(topic: str, seq: int, event_time_ms: int) -> str:
+    """A private push (order, execution, position, wallet): ``id``, ``creationTime``, ``data``;
+    the mock puts ``seq`` in each item."""
+    item = {"category": "spot", "symbol": "BTCUSDT", "seq": seq, "updatedTime": str(event_time_ms)}
+    return dumps({"id": f"{seq}", "topic": topic, "creationTime": event_time_ms, "data": [item]})

@@ -1,0 +1,18 @@
+"""Dialect sessions: how the mock exchange speaks each exchange's language on a connection."""
+
+from __future__ import annotations
+
+from connquota.api.limits import Dialect
+from connquota.mockexchange.sessions.base import DialectSession
+from connquota.mockexchange.sessions.binance import BinanceSession
+from connquota.mockexchange.sessions.bybit import BybitSession
+from connquota.mockexchange.sessions.okx import OkxSession
+
+SESSIONS: dict[Dialect, type[DialectSession]] = {
+    Dialect.BINANCE: BinanceSession,
+    Dialect.OKX: OkxSession,
+    Dialect.BYBIT: BybitSession,
+}
+"""The session class of every dialect the mock exchange speaks."""
+
+__all__ = ["SESSIONS", "DialectSession"]

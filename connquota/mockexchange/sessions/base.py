@@ -1,0 +1,75 @@
+"""What a dialect session does on top of the common connection loop of the mock exchange.
+
+The server owns the connection (counting, heartbeats, max age, faults); a session speaks one
+exchange's language: it answers requests, builds data frames and notices, and applies the
+exchange's penalty when a limit is exceeded.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from connquota.api.limits import LimitName
+from connquota.exchanges.dialects.base import Endpoint
+
+if TYPE_CHECKING:
+    from connquota.mockexchange.connection import Conn
+    from connquota.mockexchange.server import MockExchange
+
+
+def wall_ms() -> int:
+    """Wall-clock epoch milliseconds (event timestamps)."""
+    return int(time.time() * 1000)
+
+
+class DialectSession:
+    """The exchange-specific half of one WebSocket connection."""
+
+    heartbeat_close: tuple[int, str] = (1000, "heartbeat timeout")
+    overflow_close: tuple[int, str] = (1008, "send buffer full")
+    age_close: tuple[int, str] = (1001, "connection reached its maximum age")
+    shutdown_close: tuple[int, str] = (1001, "server shutdown")
+
+    def __init__(self, mx: MockExchange, conn: Conn, endpoint: Endpoint) -> None:
+        self.mx = mx
+        self.conn = conn
+        self.endpoint = endpoint
+
+    @property
+    def variant(self) -> str:
+        """Which frame shape this connection gets (connections with equal variants share frames)."""
+        return "default"
+
+    def handshake_error(self) -> web.Response | None:
+        """An HTTP answer refusing the upgrade (e.g. too many streams in the URL), or None."""
+        return None
+
+    async def on_open(self) -> None:
+        """Called once the WebSocket is open (subscribe streams named in the URL...)."""
+
+    async def on_text(self, text: str) -> None:
+        """Answer one text frame from the client."""
+
+    async def on_binary(self, data: bytes) -> None:
+        """Answer one binary frame from the client (exchanges expect text)."""
+        await self.on_text(data.decode("utf-8", errors="replace"))
+
+    def frame(self, stream: str, seq: int, event_time_ms: int) -> str:
+        """The data frame of one event."""
+        raise NotImplementedError
+
+    def notice(self) -> str | None:
+        """The notice sent before a planned disconnect (max age, shutdown), or None."""
+        return None
+
+    async def on_rate_exceeded(self, limit: LimitName) -> bool:
+        """Apply the exchange's penalty; True when the offending frame must be ignored."""
+        await self.mx.close_conn(self.conn, 1008, "too many messages")
+        return True
+
+    def send(self, text: str) -> None:
+        """Queue a frame to the client."""
+        self.conn.send_later(text)

@@ -1,0 +1,134 @@
+"""Bybit v5 on the mock: ``/v5/public/<category>`` and ``/v5/private``."""
+
+from __future__ import annotations
+
+import hmac
+import time
+
+from connquota.api.limits import LimitName
+from connquota.exchanges.dialects import bybit
+from connquota.exchanges.dialects.base import (
+    InvalidRequest,
+    LoginRequest,
+    OtherRequest,
+    PingRequest,
+    RequestId,
+    SubscribeRequest,
+)
+from connquota.mockexchange.sessions.base import DialectSession, wall_ms
+
+NOT_AUTHORIZED = "Request not authorized"
+
+
+class BybitSession(DialectSession):
+    """Bybit: replies ``success``/``ret_msg`` in the category's shape; client pings."""
+
+    heartbeat_close = (1000, "no ping-pong and no data: connection cut")
+
+    @property
+    def category(self) -> str:
+        return self.endpoint.kind
+
+    def _reply(self, op: str, rid: RequestId, success: bool, ret_msg: str | None = None,
+               topics: tuple[str, ...] = ()) -> None:  # fmt: skip
+        self.send(
+            bybit.build_op_result(
+                self.category, op, self.conn.conn_id, rid, success, ret_msg, topics
+            )
+        )
+
+    async def on_text(self, text: str) -> None:
+        request = bybit.parse_client_message(text)
+        if isinstance(request, PingRequest):
+            self.send(
+                bybit.build_pong(self.category, self.conn.conn_id, request.request_id, wall_ms())
+            )
+        elif isinstance(request, InvalidRequest):
+            self.mx.note_malformed(self.conn)
+            self.send(request.reply.replace("{conn_id}", self.conn.conn_id))
+        elif isinstance(request, SubscribeRequest):
+            if self.mx.count_control(self.conn, "success=false reply"):
+                self._reply("subscribe", request.request_id, False, "error:too many requests")
+                return
+            await self._on_subscribe(request)
+        elif isinstance(request, LoginRequest):
+            self._on_auth(request)
+        elif isinstance(request, OtherRequest):
+            pass
+
+    async def _on_subscribe(self, request: SubscribeRequest) -> None:
+        rid = request.request_id
+        op = "unsubscribe" if request.unsubscribe else "subscribe"
+        streams = list(dict.fromkeys(request.streams))
+        if request.unsubscribe:
+            missing = [s for s in streams if s not in self.conn.streams]
+            if missing:
+                self._reply(
+                    op, rid, False, f"error:not subscribed,topic:{missing[0]}", tuple(missing)
+                )
+                return
+            self.mx.unsubscribe(self.conn, streams)
+            self._reply(op, rid, True, topics=tuple(streams))
+            return
+        private = self.endpoint.private
+        if private and self.conn.account is None:
+            self._reply(op, rid, False, NOT_AUTHORIZED, tuple(streams))
+            return
+        for stream in streams:
+            if not bybit.is_valid_topic(stream, private):
+                self._reply(op, rid, False, bybit.handler_not_found(stream), (stream,))
+                return
+            if stream in self.conn.streams:
+                self._reply(op, rid, False, f"error:already subscribed,topic:{stream}", (stream,))
+                return
+        if self.mx.over_args_limit(self.conn, len(streams), "success=false reply"):
+            limit = self.mx.limit_value(LimitName.ARGS_PER_SUBSCRIBE)
+            self._reply(op, rid, False, f"args size >{int(limit or 0)}", tuple(streams))
+            return
+        args_chars = sum(len(s) for s in self.conn.streams | set(streams))
+        if self.mx.over_payload_limit(self.conn, args_chars, "success=false reply"):
+            self._reply(op, rid, False, "error:args length exceeded", tuple(streams))
+            return
+        new = len(self.conn.streams | set(streams))
+        if self.mx.over_stream_limit(self.conn, new, "success=false reply"):
+            self._reply(op, rid, False, "error:topics exceed limit", tuple(streams))
+            return
+        self.mx.subscribe(self.conn, streams)
+        self._reply(op, rid, True, topics=tuple(streams))
+
+    def _on_auth(self, request: LoginRequest) -> None:
+        rid = request.request_id
+        if not self.endpoint.private:
+            self._reply("auth", rid, False, "error:invalid op")
+            return
+        if self.conn.account is not None:
+            self._reply("auth", rid, False, "error:repeat auth")
+            return
+        account = self.mx.settings.account_for_key(request.api_key)
+        expires = int(request.fields["expires"])
+        if account is None:
+            self._reply("auth", rid, False, "error:API key is invalid")
+            return
+        if expires <= int(time.time() * 1000):
+            self._reply("auth", rid, False, "Params Error")
+            return
+        expected = bybit.auth_signature(account.secret, expires)
+        if not hmac.compare_digest(expected, str(request.fields["signature"]).lower()):
+            self._reply("auth", rid, False, "error:signature verification failed")
+            return
+        refused = self.mx.login(self.conn, account.account, "success=false auth reply")
+        if refused is not None:
+            self._reply("auth", rid, False, "error:too many sessions")
+            return
+        self._reply("auth", rid, True, "")
+
+    def frame(self, stream: str, seq: int, event_time_ms: int) -> str:
+        if stream in bybit.PRIVATE_TOPICS:
+            return bybit.build_private_data(stream, seq, event_time_ms)
+        return bybit.build_data(stream, seq, event_time_ms)
+
+    async def on_rate_exceeded(self, limit: LimitName) -> bool:
+        self.send(
+            f'{{"success":false,"ret_msg":"error:too many requests","conn_id":"{self.conn.conn_id}"}}'
+        )
+        return True
