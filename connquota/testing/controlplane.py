@@ -439,16 +439,19 @@ def start_control_plane(
     controller_manager_args: Sequence[str] = (),
     apiserver_args: Sequence[str] = (),
     extra_env: Mapping[str, str] | None = None,
+    parent_dir: Path | None = None,
 ) -> ControlPlane:
     """Start etcd, kube-apiserver and kube-controller-manager on 127.0.0.1 and wait until ready.
 
     ``controller_manager_args`` and ``apiserver_args`` are appended to the defaults (a later
-    flag wins), e.g. ``["--node-monitor-grace-period=8s"]``. Everything is started within
+    flag wins), e.g. ``["--node-monitor-grace-period=8s"]``. The data dir (etcd data, PKI,
+    kubeconfigs, logs) is a new directory in ``parent_dir`` (default: the system temp dir).
+    Everything is started within
     ``timeout_s``; on any failure the processes already started are stopped and the data dir
     deleted before :class:`ControlPlaneError` is raised.
     """
     bin_dir = bin_dir or find_binaries()
-    data_dir = Path(tempfile.mkdtemp(prefix="connquota-cp-"))
+    data_dir = Path(tempfile.mkdtemp(prefix="connquota-cp-", dir=parent_dir))
     procs: list[_Proc] = []
     deadline = time.monotonic() + timeout_s
     try:

@@ -1,0 +1,247 @@
+"""A quota's life on the real API server: objects, plans, status, bad edits, deletion.
+
+The gateway pods are run by the pod harness; these tests assert what a user sees through the
+API: owned objects and their content, the published plans, the status conditions, the
+finalizer's wait and the garbage collection after it.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from cluster.conftest import HARNESS_LABEL, wait_for
+from cluster.operator.conftest import OperatorProcess, custom_object
+from connquota.api.plan import PodPlan
+
+pytestmark = pytest.mark.cluster
+
+GROUP, VERSION = "connquota.io", "v1alpha1"
+WINDOW_S = 3.0
+DEAD_CONNECTION_S = 2.0
+
+
+def _pool(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "ExchangeEgressPool",
+        "metadata": {"name": name},
+        "spec": {
+            "addresses": [
+                {
+                    "name": "lo-2",
+                    "publicAddress": "127.0.0.2",
+                    "mode": "bind",
+                    "bindAddress": "127.0.0.2",
+                    "node": "connquota-harness",
+                }
+            ]
+        },
+    }
+
+
+def _quota(namespace: str, pool: str, streams: list[str]) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "ExchangeConnectionQuota",
+        "metadata": {"name": "md", "namespace": namespace},
+        "spec": {
+            "exchange": "custom",
+            "custom": {
+                "endpoint": "ws://127.0.0.1:9",
+                "dialect": "binance",
+                "domain": f"{pool}.test",
+                "deadConnectionTimeoutSeconds": DEAD_CONNECTION_S,
+                "limits": [
+                    {
+                        "name": "connectionAttempts",
+                        "value": 10,
+                        "windowSeconds": WINDOW_S,
+                        "scope": "ip",
+                        "shape": "slidingWindow",
+                    },
+                    {
+                        "name": "concurrentConnections",
+                        "value": 10,
+                        "scope": "ip",
+                        "shape": "concurrent",
+                    },
+                    {
+                        "name": "streamsPerConnection",
+                        "value": 4,
+                        "scope": "connection",
+                        "shape": "concurrent",
+                    },
+                    {
+                        "name": "messagesPerConnection",
+                        "value": 10,
+                        "windowSeconds": 1,
+                        "burst": 10,
+                        "scope": "connection",
+                        "shape": "tokenBucket",
+                    },
+                    {
+                        "name": "maxConnectionAge",
+                        "value": 3600,
+                        "scope": "connection",
+                        "shape": "duration",
+                    },
+                ],
+            },
+            "egressPoolRef": {"name": pool},
+            "credentials": [{"name": "main", "secretRef": {"name": "keys"}, "accountId": "acct-1"}],
+            "streams": [{"name": s} for s in streams],
+            "gateway": {
+                "maxReplicas": 3,
+                "minReplicas": 1,
+                "podOverrides": {"labels": {HARNESS_LABEL: "true"}},
+            },
+        },
+    }
+
+
+def _get_quota(api_client: Any, namespace: str) -> dict[str, Any] | None:
+    try:
+        return custom_object(api_client).get_namespaced_custom_object(
+            GROUP, VERSION, namespace, "exchangeconnectionquotas", "md"
+        )
+    except client.ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def _plan(core: client.CoreV1Api, namespace: str, ordinal: int) -> PodPlan:
+    cm = core.read_namespaced_config_map(f"md-plan-{ordinal}", namespace)
+    return PodPlan.model_validate_json(cm.data["plan.json"])
+
+
+def _condition(quota: dict[str, Any], type_: str) -> dict[str, Any] | None:
+    for cond in (quota.get("status") or {}).get("conditions") or []:
+        if cond["type"] == type_:
+            return cond
+    return None
+
+
+@pytest.fixture
+def pool_name() -> Any:
+    return f"p-{uuid.uuid4().hex[:8]}"
+
+
+def test_quota_lifecycle_objects_plans_status_bad_edit_and_finalized_deletion(
+    api_client: Any,
+    namespace: str,
+    pool_name: str,
+    operator_process: OperatorProcess,
+) -> None:
+    core = client.CoreV1Api(api_client)
+    apps = client.AppsV1Api(api_client)
+    objects = custom_object(api_client)
+    core.create_namespaced_secret(
+        namespace,
+        {"metadata": {"name": "keys"}, "stringData": {"apiKey": "k", "apiSecret": "s"}},
+    )
+    objects.create_cluster_custom_object(GROUP, VERSION, "exchangeegresspools", _pool(pool_name))
+    streams = [f"s{i}@trade" for i in range(6)]
+    objects.create_namespaced_custom_object(
+        GROUP, VERSION, namespace, "exchangeconnectionquotas", _quota(namespace, pool_name, streams)
+    )
+    try:
+        quota = wait_for(lambda: _get_quota(api_client, namespace), 10, "the quota")
+        uid = quota["metadata"]["uid"]
+
+        # Plans are published: every declared stream is in exactly one connection.
+        plan0 = wait_for(
+            lambda: _plan(core, namespace, 0),
+            60,
+            f"plan ConfigMap md-plan-0\n{operator_process.log()}",
+        )
+        sts = wait_for(lambda: apps.read_namespaced_stateful_set("md-gw", namespace), 30, "sts")
+        plans = [_plan(core, namespace, o) for o in range(sts.spec.replicas)]
+        planned = [s for p in plans for c in p.connections for s in c.streams]
+        assert sorted(planned) == sorted(streams)
+        assert plan0.generation >= 1
+        assert all(len(c.streams) <= 4 for p in plans for c in p.connections)
+
+        # Every owned object exists, is controlled by the quota, and has the decided shape.
+        assert sts.spec.pod_management_policy == "Parallel"
+        assert sts.spec.update_strategy.type == "OnDelete"
+        for read, name in [
+            (core.read_namespaced_service_account, "md-gw"),
+            (client.RbacAuthorizationV1Api(api_client).read_namespaced_role, "md-gw"),
+            (client.RbacAuthorizationV1Api(api_client).read_namespaced_role_binding, "md-gw"),
+            (core.read_namespaced_service, "md-gw"),
+            (core.read_namespaced_service, "md-gw-peers"),
+            (client.PolicyV1Api(api_client).read_namespaced_pod_disruption_budget, "md-gw"),
+            (client.CoordinationV1Api(api_client).read_namespaced_lease, "md-gw-0"),
+            (core.read_namespaced_config_map, "md-plan-0"),
+        ]:
+            obj = read(name, namespace)
+            (ref,) = obj.metadata.owner_references
+            assert (ref.uid, ref.controller, ref.block_owner_deletion) == (uid, True, True), name
+        plan_cm = core.read_namespaced_config_map("md-plan-0", namespace)
+        assert "apiSecret" not in json.dumps(plan_cm.data) or '"s"' not in plan_cm.data["plan.json"]
+
+        # Status: observed generation and the standard conditions.
+        def status_written() -> dict[str, Any] | None:
+            q = _get_quota(api_client, namespace)
+            ok = (
+                q
+                and (q.get("status") or {}).get("observedGeneration") == q["metadata"]["generation"]
+            )
+            return q if ok and _condition(q, "Ready") else None
+
+        quota = wait_for(status_written, 30, "status with observedGeneration")
+        assert _condition(quota, "Stalled")["status"] == "False"
+        assert quota["status"]["streams"]["desired"] == 6
+        assert quota["status"]["streams"]["planned"] == 6
+        assert "finalizers" in quota["metadata"]
+        assert "connquota.io/budget" in quota["metadata"]["finalizers"]
+
+        # A bad edit (a missing Secret) stalls the quota and keeps the last good plan.
+        rv_before = core.read_namespaced_config_map(
+            "md-plan-0", namespace
+        ).metadata.resource_version
+        objects.patch_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            namespace,
+            "exchangeconnectionquotas",
+            "md",
+            {
+                "spec": {
+                    "credentials": [
+                        {"name": "main", "secretRef": {"name": "nope"}, "accountId": "acct-1"}
+                    ]
+                }
+            },
+        )
+
+        def stalled() -> bool:
+            q = _get_quota(api_client, namespace)
+            cond = q and _condition(q, "Stalled")
+            return bool(cond and cond["status"] == "True" and cond["reason"] == "SecretMissing")
+
+        wait_for(stalled, 30, "Stalled=SecretMissing")
+        cm = core.read_namespaced_config_map("md-plan-0", namespace)
+        assert cm.metadata.resource_version == rv_before
+        assert (
+            apps.read_namespaced_stateful_set("md-gw", namespace).spec.replicas == sts.spec.replicas
+        )
+    finally:
+        objects.delete_namespaced_custom_object(
+            GROUP, VERSION, namespace, "exchangeconnectionquotas", "md"
+        )
+
+    # Deletion: the finalizer holds the quota until its gateways are gone and a window passed.
+    wait_for(
+        lambda: apps.read_namespaced_stateful_set("md-gw", namespace).spec.replicas == 0,
+        30,
+        "StatefulSet scaled to zero",
+    )
+    wait_for(lambda: _get_quota(api_client, namespace) is None, 90, "the quota to be released")
+    objects.delete_cluster_custom_object(GROUP, VERSION, "exchangeegresspools", pool_name)
