@@ -1,0 +1,170 @@
+"""I1 at every step of a fleet's life: spec edits, quotas joining and leaving a shared pool,
+scale changes, acknowledgements arriving late and out of order, and time passing.
+
+The checker (independent code) recomputes, from every published plan and every
+acknowledgement, what each pod may enforce and asserts it fits every budget.
+"""
+
+from __future__ import annotations
+
+import os
+
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from planner_factories import independent_budgets, plan_one, pool, profile, quota, streams
+
+from connquota.planner.checker import Ack, QuotaHistory, check_budgets, check_plan_consistency
+from connquota.planner.ledger import QuotaLedger, forgettable, record_ack, record_publication
+from connquota.planner.shares import divide_budgets
+from connquota.planner.transitions import budget_table, next_publication
+
+PROF = profile(attempts=12, attempts_window_s=30, concurrent_ip=9, streams_per_connection=10)
+POOL = pool(2)
+NAMES = ["alpha", "beta", "gamma"]
+
+
+class Fleet(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = 0.0
+        self.params: dict[str, dict] = {}
+        self.deleted: set[str] = set()
+        self.ledgers: dict[str, QuotaLedger] = {}
+        self.histories: dict[str, QuotaHistory] = {}
+        self.published: dict = {}
+
+    # -- spec changes ------------------------------------------------------------------------
+
+    @rule(name=st.sampled_from(NAMES), n=st.integers(0, 60))
+    def create_quota(self, name, n):
+        key = f"team/{name}"
+        if key in self.params or key in self.ledgers:
+            return
+        self.params[key] = {"streams": n, "headroom": 0.8, "cpp": 3, "max": 4}
+
+    @precondition(lambda self: self.params)
+    @rule(data=st.data(), n=st.integers(0, 80))
+    def edit_streams(self, data, n):
+        key = data.draw(st.sampled_from(sorted(self.params)))
+        self.params[key]["streams"] = n
+
+    @precondition(lambda self: self.params)
+    @rule(data=st.data(), headroom=st.sampled_from([0.3, 0.5, 0.8, 1.0]))
+    def edit_headroom(self, data, headroom):
+        key = data.draw(st.sampled_from(sorted(self.params)))
+        self.params[key]["headroom"] = headroom
+
+    @precondition(lambda self: self.params)
+    @rule(data=st.data(), cpp=st.integers(1, 4), mx=st.integers(1, 5))
+    def scale(self, data, cpp, mx):
+        key = data.draw(st.sampled_from(sorted(self.params)))
+        self.params[key].update(cpp=cpp, max=mx)
+
+    @precondition(lambda self: self.params)
+    @rule(data=st.data())
+    def delete_quota(self, data):
+        key = data.draw(st.sampled_from(sorted(self.params)))
+        del self.params[key]
+        self.deleted.add(key)
+        prev = self.published.get(key)
+        if prev is not None:  # the operator publishes an empty generation for the quota
+            empty = prev.model_copy(
+                update={
+                    "generation": self.ledgers[key].last_generation + 1,
+                    "pods": [],
+                    "replicas": 0,
+                }
+            )
+            self._publish(key, empty)
+
+    # -- the operator ------------------------------------------------------------------------
+
+    def _quota(self, key):
+        p = self.params[key]
+        return quota(
+            key.split("/")[1],
+            prof=PROF,
+            headroom=p["headroom"],
+            connections_per_pod=p["cpp"],
+            max_replicas=p["max"],
+        )
+
+    def _publish(self, key, plan):
+        ledger = self.ledgers.get(key) or QuotaLedger(quota=key)
+        self.ledgers[key] = record_publication(ledger, plan, POOL)
+        self.histories.setdefault(key, QuotaHistory(key)).published.append(plan)
+        self.published[key] = plan
+        assert check_plan_consistency(plan) == []
+
+    @precondition(lambda self: self.params)
+    @rule(data=st.data())
+    def reconcile(self, data):
+        key = data.draw(st.sampled_from(sorted(self.params)))
+        quotas = [self._quota(k) for k in sorted(self.params)]
+        q = next(x for x in quotas if x.key == key)
+        shares = divide_budgets(POOL, quotas)
+        prev = self.published.get(key)
+        generation = self.ledgers[key].last_generation + 1 if key in self.ledgers else 1
+        target = plan_one(
+            q,
+            POOL,
+            streams(self.params[key]["streams"]),
+            previous=prev,
+            generation=generation,
+            others=[x for x in quotas if x.key != key],
+        )
+        t = next_publication(
+            POOL, budget_table(shares.budgets), self.ledgers, key, prev, target, self.now
+        )
+        if t.plan is not None:
+            self._publish(key, t.plan)
+
+    @precondition(lambda self: self.ledgers)
+    @rule(data=st.data())
+    def acknowledge(self, data):
+        """A pod reports a generation: any published one, possibly stale or skipping ahead."""
+        key = data.draw(st.sampled_from(sorted(self.ledgers)))
+        history = self.histories[key]
+        ordinals = sorted({p.ordinal for plan in history.published for p in plan.pods})
+        if not ordinals:
+            return
+        ordinal = data.draw(st.sampled_from(ordinals))
+        generation = data.draw(st.sampled_from([p.generation for p in history.published]))
+        self.ledgers[key] = record_ack(self.ledgers[key], ordinal, generation, self.now)
+        history.acks.append(Ack(ordinal, generation, self.now))
+
+    @rule(dt=st.sampled_from([0.5, 5.0, 31.0]))
+    def time_passes(self, dt):
+        self.now += dt
+
+    @precondition(lambda self: self.deleted)
+    @rule()
+    def release_deleted(self):
+        """A deleted quota's finalizer goes once nothing of it counts any more."""
+        for key in sorted(self.deleted):
+            ledger = self.ledgers.get(key)
+            if ledger is None or forgettable(ledger, self.now):
+                self.deleted.discard(key)
+                self.ledgers.pop(key, None)
+                self.histories.pop(key, None)
+                self.published.pop(key, None)
+
+    @invariant()
+    def fleet_stays_within_every_budget(self):
+        all_quotas = [quota(k.split("/")[1], prof=PROF) for k in sorted(self.histories)]
+        if not all_quotas:
+            return
+        budgets = independent_budgets(POOL, all_quotas)
+        problems = check_budgets(POOL, budgets, self.histories.values(), self.now)
+        assert problems == [], "\n".join(map(str, problems))
+
+
+Fleet.TestCase.settings = settings(
+    max_examples=int(os.environ.get("PLANNER_FLEET_EXAMPLES", "150")),
+    stateful_step_count=40,
+    derandomize=True,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+test_fleet_never_exceeds_a_budget = Fleet.TestCase
