@@ -7,7 +7,14 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
-from connquota.api.rules import LIST_MAP_KEYS, LIST_TYPE, VALIDATIONS, Rule, has_duplicates
+from connquota.api.rules import (
+    LIST_MAP_KEYS,
+    LIST_TYPE,
+    UNIQUE_KEYS,
+    VALIDATIONS,
+    Rule,
+    has_duplicates,
+)
 
 
 def _add_rules_to_schema(schema: dict[str, Any], cls: type[BaseModel]) -> None:
@@ -25,7 +32,9 @@ def _unique_fields(cls: type[BaseModel]) -> tuple[tuple[str, tuple[str, ...] | N
         extra = info.json_schema_extra
         if not isinstance(extra, dict):
             continue
-        if extra.get(LIST_TYPE) == "map":
+        if UNIQUE_KEYS in extra:
+            out.append((name, tuple(extra[UNIQUE_KEYS])))
+        elif extra.get(LIST_TYPE) == "map":
             out.append((name, tuple(extra[LIST_MAP_KEYS])))
         elif extra.get(LIST_TYPE) == "set":
             out.append((name, None))

@@ -18,11 +18,12 @@ from pydantic import BaseModel
 from connquota.api import GROUP, VERSION
 from connquota.api.pool import ExchangeEgressPool
 from connquota.api.quota import ExchangeConnectionQuota
+from connquota.api.rules import UNIQUE_KEYS
 
 CATEGORIES = ["connquota"]
 PRESERVE = "x-kubernetes-preserve-unknown-fields"
 
-_DROP_KEYS = frozenset({"title", "$defs", "examples"})
+_DROP_KEYS = frozenset({"title", "$defs", "examples", UNIQUE_KEYS})
 
 
 @dataclass(frozen=True)

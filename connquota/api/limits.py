@@ -112,10 +112,10 @@ class Limit(ApiModel):
         default=Confidence.PUBLISHED,
         description="How sure the value is: published, secondary, assumed.",
     )
-    source: Annotated[str, Field(max_length=512)] | None = Field(
+    source: Annotated[str, Field(max_length=256)] | None = Field(
         default=None, description="Where the value comes from (a documentation URL)."
     )
-    note: Annotated[str, Field(max_length=1024)] | None = Field(
+    note: Annotated[str, Field(max_length=512)] | None = Field(
         default=None, description="Anything a reader should know: conflicting sources, caveats."
     )
 

@@ -9,7 +9,7 @@ from pydantic import Field
 from connquota.api.base import ApiModel
 from connquota.api.common import Condition, DnsLabel, Fraction, LocalObjectRef, ObjectMeta
 from connquota.api.limits import Dialect, Heartbeat, Limit, LimitName, LimitScope
-from connquota.api.rules import Rule, list_map, list_set
+from connquota.api.rules import Rule, atomic_unique, list_map, list_set
 
 # Supported maximums. Kubernetes stores objects up to about 1.5 MiB; explicit stream names are
 # capped so a quota at every maximum still fits (see tests/unit/test_api_limits.py). Larger sets
@@ -19,6 +19,11 @@ MAX_STREAM_NAME_LENGTH = 128
 MAX_STREAM_SETS = 64
 MAX_SYMBOLS_PER_SET = 2_000
 MAX_CHANNELS_PER_SET = 32
+MAX_SYMBOLS_IN_SETS = 1_000
+"""Symbols across all streamSets together (so a quota at every maximum fits in etcd)."""
+MAX_CHANNELS_IN_SETS = 256
+"""Channels across all streamSets together."""
+MAX_ANNOTATION_VALUE_LENGTH = 1_024
 MAX_STREAMS_FROM = 16
 MAX_STREAMS_PER_QUOTA = 100_000
 MAX_CREDENTIALS = 64
@@ -218,7 +223,8 @@ class PodOverrides(ApiModel):
         Field(default_factory=dict, description="Extra pod labels.")
     )
     annotations: Annotated[
-        dict[str, Annotated[str, Field(max_length=4096)]], Field(max_length=64)
+        dict[str, Annotated[str, Field(max_length=MAX_ANNOTATION_VALUE_LENGTH)]],
+        Field(max_length=64),
     ] = Field(default_factory=dict, description="Extra pod annotations.")
     nodeSelector: Annotated[
         dict[str, Annotated[str, Field(max_length=63)]], Field(max_length=32)
@@ -312,7 +318,7 @@ class ExchangeConnectionQuotaSpec(ApiModel):
     streams: Annotated[list[StreamSpec], Field(max_length=MAX_EXPLICIT_STREAMS)] = Field(
         default_factory=list,
         description=f"Streams by name (unique, at most {MAX_EXPLICIT_STREAMS}).",
-        json_schema_extra=list_map("name"),
+        json_schema_extra=atomic_unique("name"),
     )
     streamSets: Annotated[list[StreamSet], Field(max_length=MAX_STREAM_SETS)] = Field(
         default_factory=list, description="Streams as symbols x channels."
@@ -377,6 +383,21 @@ ExchangeConnectionQuotaSpec.RULES = (
     _credential_rule("streams", "a stream"),
     _credential_rule("streamSets", "a streamSet"),
     _credential_rule("streamsFrom", "a streamsFrom entry"),
+    Rule(
+        cel="!has(self.streamSets) || "
+        f"self.streamSets.map(s, s.symbols.size()).sum() <= {MAX_SYMBOLS_IN_SETS}",
+        message=f"streamSets: at most {MAX_SYMBOLS_IN_SETS} symbols in all sets together; list "
+        "larger sets in streamsFrom ConfigMaps",
+        check=lambda spec: sum(len(s.symbols) for s in spec.streamSets) <= MAX_SYMBOLS_IN_SETS,
+        field_path=".streamSets",
+    ),
+    Rule(
+        cel="!has(self.streamSets) || "
+        f"self.streamSets.map(s, s.channels.size()).sum() <= {MAX_CHANNELS_IN_SETS}",
+        message=f"streamSets: at most {MAX_CHANNELS_IN_SETS} channels in all sets together",
+        check=lambda spec: sum(len(s.channels) for s in spec.streamSets) <= MAX_CHANNELS_IN_SETS,
+        field_path=".streamSets",
+    ),
     Rule(
         cel="(has(self.streams) ? self.streams.size() : 0) + (has(self.streamSets) ? "
         "self.streamSets.map(s, s.symbols.size() * s.channels.size()).sum() : 0) "

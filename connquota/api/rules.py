@@ -18,6 +18,8 @@ from typing import Any
 LIST_TYPE = "x-kubernetes-list-type"
 LIST_MAP_KEYS = "x-kubernetes-list-map-keys"
 VALIDATIONS = "x-kubernetes-validations"
+UNIQUE_KEYS = "x-connquota-unique-keys"
+"""Model-only uniqueness of an atomic list (the renderer drops it from the CRD)."""
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,17 @@ class Rule:
 def list_map(*keys: str) -> dict[str, Any]:
     """Field schema extra: a list of objects unique by `keys` (merged by key on apply)."""
     return {LIST_TYPE: "map", LIST_MAP_KEYS: list(keys)}
+
+
+def atomic_unique(*keys: str) -> dict[str, Any]:
+    """Field schema extra: an atomic list whose entries the models require unique by `keys`.
+
+    For long lists (5,000 explicit streams): as a list map, server-side field management would
+    record every entry's key in managedFields, doubling the object; and a CEL uniqueness check
+    over 5,000 entries is far beyond the API server's cost budget. The operator reports
+    duplicates the API server lets through.
+    """
+    return {LIST_TYPE: "atomic", UNIQUE_KEYS: list(keys)}
 
 
 def list_set() -> dict[str, Any]:
