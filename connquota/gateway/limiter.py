@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 INF = math.inf
 SYN_GRACE_S = 0.25
 """Added to every attempt's hold: covers the time between the record and the SYN itself."""
+MIN_MESSAGE_MARGIN_S = 0.05
 MAX_WAIT_STEP_S = 5.0
 """Waiters re-check at least this often even when nothing notifies them."""
 
@@ -160,8 +161,11 @@ def rate_rule(s: Slice, margin_s: float, extra_hold_s: float = 0.0) -> RateRule:
 
 
 def message_margin_s(plan_margin_s: float, window_s: float) -> float:
-    """The margin added to message windows: the plan's, but at most a quarter of the window."""
-    return min(plan_margin_s, 0.25 * window_s) if window_s > 0 else plan_margin_s
+    """The margin added to message windows: the plan's, but at most a quarter of the window
+    (and never less than 50 ms when the plan's margin allows it: delivery jitter on the way)."""
+    if window_s <= 0:
+        return plan_margin_s
+    return min(plan_margin_s, max(0.25 * window_s, MIN_MESSAGE_MARGIN_S))
 
 
 @dataclass

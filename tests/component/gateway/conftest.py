@@ -1,0 +1,224 @@
+"""Component-test parts: the mock exchange (in this process), gateway processes, consumers.
+
+Every scenario shrinks the limit it tests and scales time (the mock divides every profile
+duration by `TIME_SCALE`), so it drives that limit to >= 90% within seconds; the gateways get
+the same scaled profile in their plan.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from connquota.api.limits import ExchangeProfile, Limit, LimitName, LimitScope
+from connquota.demo.processes import GatewayProcess
+from connquota.demo.scaling import scaled_profile
+from connquota.exchanges import get_profile
+from connquota.mockexchange.server import MockExchange
+
+sys.path.insert(0, str(Path(__file__).parents[2] / "unit" / "gateway"))
+
+TIME_SCALE = 20.0
+DIALECT_PROFILES = ["binance-spot", "okx", "bybit"]
+
+
+def stream_names(profile: str, count: int, tag: str = "s") -> list[str]:
+    """`count` valid public stream names for `profile`'s dialect."""
+    if profile.startswith("binance"):
+        return [f"{tag}{i}usdt@trade" for i in range(count)]
+    if profile == "okx":
+        return [f"tickers:{tag.upper()}{i}-USDT" for i in range(count)]
+    return [f"publicTrade.{tag.upper()}{i}USDT" for i in range(count)]
+
+
+async def wait_for(
+    probe: Callable[[], Awaitable[Any]], timeout_s: float, what: str, step_s: float = 0.1
+) -> Any:
+    """Poll `probe` until it returns something truthy; fail with `what` after the deadline."""
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while time.monotonic() < deadline:
+        last = await probe()
+        if last:
+            return last
+        await asyncio.sleep(step_s)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what} (last: {last!r})")
+
+
+def shrunk(profile_name: str, **values: tuple[float, float | None]) -> list[Limit]:
+    """Overrides of `profile_name`'s ip/connection limits: name=(value, windowSeconds)."""
+    base = get_profile(profile_name)
+    out = []
+    for name, (value, window) in values.items():
+        lname = LimitName(name)
+        limit = base.limit(lname)
+        assert limit is not None, f"{profile_name} has no {name}"
+        update: dict[str, Any] = {"value": value}
+        if window is not None:
+            update["windowSeconds"] = window
+        out.append(limit.model_copy(update=update))
+    return out
+
+
+class Harness:
+    """A mock exchange plus gateway processes for one test."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.mock: MockExchange | None = None
+        self.gateways: list[GatewayProcess] = []
+        self.http = aiohttp.ClientSession()
+
+    async def start_mock(self, profile_name: str, limits: list[Limit], **kw: Any) -> MockExchange:
+        """The mock exchange for `profile_name` with `limits` overriding the published ones."""
+        self.mock = MockExchange(
+            get_profile(profile_name), "127.0.0.1", 0, time_scale=TIME_SCALE, limits=limits, **kw
+        )
+        await self.mock.start()
+        return self.mock
+
+    def gateway_profile(self) -> ExchangeProfile:
+        """The mock's effective profile, durations scaled, endpoint pointing at the mock."""
+        assert self.mock is not None
+        endpoint = self.mock.url + _path_of(self.mock.profile.endpoint)
+        return scaled_profile(self.mock.profile, TIME_SCALE, endpoint)
+
+    def write_plan(self, plan: Any, name: str = "plan.json") -> Path:
+        """Write a PodPlan/QuotaPlan atomically (the gateway watches the file)."""
+        path = self.tmp_path / name
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(plan.model_dump_json())
+        tmp.replace(path)
+        return path
+
+    def gateway(
+        self, plan_path: Path, ordinal: int = 0, state: str = "state", **kw: Any
+    ) -> GatewayProcess:
+        """A gateway process (not started)."""
+        gw = GatewayProcess(
+            plan_path,
+            ordinal,
+            self.tmp_path / state,
+            log_path=self.tmp_path / f"gw-{ordinal}-{len(self.gateways)}.log",
+            extra_args=[
+                "--backoff-base",
+                "0.1",
+                "--backoff-cap",
+                "1",
+                "--linger",
+                "0.3",
+                *kw.pop("args", []),
+            ],
+        )
+        self.gateways.append(gw)
+        return gw
+
+    async def status(self, gw: GatewayProcess) -> dict[str, Any] | None:
+        """The gateway's /status."""
+        return await gw.status(self.http)
+
+    async def wait_live(self, gw: GatewayProcess, streams: int, timeout_s: float = 30) -> dict:
+        """Wait until the gateway has `streams` live streams."""
+
+        async def probe() -> dict | None:
+            st = await self.status(gw)
+            return st if st and st["streams"]["live"] >= streams else None
+
+        return await wait_for(probe, timeout_s, f"{streams} live streams on gateway {gw.ordinal}")
+
+    def assert_no_violation(self) -> None:
+        """The referee recorded no violation."""
+        assert self.mock is not None
+        violations = [v.to_json() for v in self.mock.violations()]
+        assert violations == [], json.dumps(violations, indent=1)[:3000]
+
+    def assert_peak_at_least(
+        self, name: LimitName, scope: LimitScope, fraction: float = 0.9
+    ) -> float:
+        """The scenario drove the limit it tests to at least `fraction` of its value."""
+        assert self.mock is not None
+        got = self.mock.peak_fraction(name, scope)
+        assert got >= fraction, (
+            f"{name} peaked at {got:.0%} of its value; the scenario must reach {fraction:.0%}"
+        )
+        return got
+
+    def logs(self) -> str:
+        """Every gateway log, for failure messages."""
+        return "\n".join(p.read_text()[-4000:] for p in self.tmp_path.glob("gw-*.log"))
+
+    async def close(self) -> None:
+        """Stop every gateway (SIGKILL if needed) and the mock."""
+        for gw in self.gateways:
+            if gw.alive():
+                await gw.kill()
+        await self.http.close()
+        if self.mock is not None:
+            await self.mock.stop()
+
+
+def _path_of(endpoint: str) -> str:
+    rest = endpoint.split("://", 1)[1]
+    return "/" + rest.split("/", 1)[1] if "/" in rest else ""
+
+
+@pytest.fixture
+async def harness(tmp_path: Path):
+    h = Harness(tmp_path)
+    try:
+        yield h
+    finally:
+        await h.close()
+
+
+class Consumer:
+    """A consumer of a gateway's /v1/ws that records every frame per stream."""
+
+    def __init__(self, http: aiohttp.ClientSession, url: str) -> None:
+        self.http = http
+        self.url = url
+        self.frames: dict[str, list[int]] = {}
+        self.errors: list[dict] = []
+        self.replies: list[dict] = []
+        self.close_code: int | None = None
+        self.ws: aiohttp.ClientWebSocketResponse | None = None
+        self._task: asyncio.Task | None = None
+
+    async def connect(self, streams: list[str]) -> None:
+        """Connect and subscribe `streams`."""
+        self.ws = await self.http.ws_connect(self.url)
+        await self.ws.send_str(json.dumps({"op": "subscribe", "streams": streams}))
+        self._task = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        assert self.ws is not None
+        async for msg in self.ws:
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                break
+            doc = json.loads(msg.data)
+            if "stream" in doc:
+                self.frames.setdefault(doc["stream"], []).append(doc["seq"])
+            elif "error" in doc:
+                self.errors.append(doc)
+            else:
+                self.replies.append(doc)
+        self.close_code = self.ws.close_code
+
+    def streams_seen(self) -> set[str]:
+        """Streams with at least one frame."""
+        return {s for s, seqs in self.frames.items() if seqs}
+
+    async def close(self) -> None:
+        """Close the consumer."""
+        if self.ws is not None:
+            await self.ws.close()
+        if self._task is not None:
+            self._task.cancel()
