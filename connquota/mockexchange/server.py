@@ -140,7 +140,6 @@ class MockExchange:
         from connquota.mockexchange.admin import add_admin_routes
 
         app = web.Application(middlewares=[self._classify_middleware])
-        app["mx"] = self
         app.router.add_get("/whoami", self._whoami)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/metrics", self._metrics)
