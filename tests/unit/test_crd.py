@@ -138,3 +138,12 @@ def test_crd_command_prints_both_crds_and_writes_them(tmp_path: Path, capsys: An
     assert main(["crd", "--out", str(tmp_path)]) == 0
     for crd in CRDS:
         assert (tmp_path / crd_file_name(crd)).read_text() == to_yaml(render_crd(crd))
+
+
+def test_api_docs_embed_the_current_field_reference() -> None:
+    from connquota.api.reference import render_reference
+
+    docs = (REPO / "docs" / "api.md").read_text()
+    assert render_reference() in docs, (
+        "docs/api.md is stale: replace its generated part with `python -m connquota.api.reference`"
+    )
