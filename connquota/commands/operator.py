@@ -33,6 +33,9 @@ def run(args: argparse.Namespace) -> int:
     import logging
     import os
 
+    if args.kubeconfig:
+        # Before kubernetes is imported: it reads KUBECONFIG once, at import time.
+        os.environ["KUBECONFIG"] = args.kubeconfig
     import kopf
 
     from connquota.operator import handlers  # noqa: F401  (registers the handlers)
@@ -42,8 +45,6 @@ def run(args: argparse.Namespace) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
-    if args.kubeconfig:
-        os.environ["KUBECONFIG"] = args.kubeconfig
     config = OperatorConfig(
         namespaces=list(args.namespace),
         peering="peering" if args.peering else "standalone",
