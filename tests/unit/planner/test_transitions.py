@@ -8,9 +8,9 @@ from connquota.planner.checker import Ack, QuotaHistory, check_budgets
 from connquota.planner.ledger import (
     QuotaLedger,
     forgettable,
+    rebase_clock,
     record_ack,
     record_publication,
-    rebase_clock,
 )
 from connquota.planner.shares import divide_budgets
 from connquota.planner.transitions import budget_table, next_publication
