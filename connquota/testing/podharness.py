@@ -62,8 +62,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kubernetes import client, watch
+from kubernetes import client
 from kubernetes.client.rest import ApiException
+from kubernetes.watch.watch import iter_resp_lines
 
 log = logging.getLogger(__name__)
 
@@ -830,6 +831,7 @@ class PodHarness:
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self.errors: list[str] = []
+        self._watch_resp: Any = None
 
     # --- lifecycle
     def start(self) -> PodHarness:
@@ -845,6 +847,10 @@ class PodHarness:
     def stop(self, delete_node: bool = True, timeout_s: float = 60.0) -> None:
         """Stop every process (SIGTERM, then SIGKILL after ``stop_grace_s``) and the threads."""
         self._stopping.set()
+        resp = self._watch_resp
+        if resp is not None:  # unblock the watch thread at once
+            with contextlib.suppress(Exception):
+                resp.shutdown()
         deadline = time.monotonic() + timeout_s
         with self._lock:
             runners = list(self._all_runners)
@@ -1067,12 +1073,10 @@ class PodHarness:
         return self.core.list_pod_for_all_namespaces(**kwargs)
 
     def _pod_loop(self) -> None:
-        """List (resync) then watch, forever until stopped; every watch is bounded in time."""
+        """List (resync) then watch, until stopped; every watch is bounded in time."""
         while not self._stopping.is_set():
             try:
-                listing = self.api.sanitize_for_serialization(
-                    self._list_pods(label_selector=self.label_selector, _request_timeout=30)
-                )
+                listing = self._raw_pods(label_selector=self.label_selector, _request_timeout=30)
                 seen = set()
                 for pod in listing.get("items") or []:
                     seen.add(pod["metadata"]["uid"])
@@ -1088,39 +1092,58 @@ class PodHarness:
                 self.errors.append(f"pod watch: {err}")
                 self._stopping.wait(0.5)
 
-    def _watch(self, resource_version: str) -> None:
+    def _raw_pods(self, **kwargs: Any) -> Any:
+        """List or watch Pods without the client's models: the raw JSON (or the response)."""
         func = (
             self.core.list_namespaced_pod
             if self.namespace
             else self.core.list_pod_for_all_namespaces
         )
         args: Iterable[Any] = (self.namespace,) if self.namespace else ()
-        stream = watch.Watch()
-        for event in stream.stream(
-            func,
-            *args,
+        resp = func(*args, _preload_content=False, **kwargs)
+        if kwargs.get("watch"):
+            return resp
+        try:
+            return json.loads(resp.data)
+        finally:
+            resp.release_conn()
+
+    def _watch(self, resource_version: str) -> None:
+        resp = self._raw_pods(
             label_selector=self.label_selector,
             resource_version=resource_version,
             timeout_seconds=self.watch_timeout_s,
-            _request_timeout=self.watch_timeout_s + 10,
             allow_watch_bookmarks=False,
-        ):
+            watch=True,
+            _request_timeout=self.watch_timeout_s + 10,
+        )
+        self._watch_resp = resp
+        try:
             if self._stopping.is_set():
-                stream.stop()
                 return
-            kind = event["type"]
-            if kind == "ERROR":
-                return  # resync with a fresh list
-            pod = self.api.sanitize_for_serialization(event["object"])
-            if kind == "DELETED":
-                with self._lock:
-                    runner = self._runners.get(pod["metadata"]["uid"])
-                if runner:
-                    runner.update(None)
-            else:
-                self._handle(pod)
+            for line in iter_resp_lines(resp):
+                if self._stopping.is_set():
+                    return
+                event = json.loads(line)
+                kind, pod = event.get("type"), event.get("object") or {}
+                if kind == "ERROR":
+                    return  # e.g. 410 Gone: resync with a fresh list
+                if kind == "DELETED":
+                    with self._lock:
+                        runner = self._runners.get(pod["metadata"]["uid"])
+                    if runner:
+                        runner.update(None)
+                elif kind in ("ADDED", "MODIFIED"):
+                    self._handle(pod)
+        finally:
+            self._watch_resp = None
+            with contextlib.suppress(Exception):
+                resp.close()
+                resp.release_conn()
 
     def _handle(self, pod: dict[str, Any]) -> None:
+        if self._stopping.is_set():
+            return
         meta, spec = pod["metadata"], pod["spec"]
         uid = meta["uid"]
         node = spec.get("nodeName")
