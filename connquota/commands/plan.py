@@ -1,0 +1,232 @@
+"""Plan a quota against a pool and print the plan (nothing is applied anywhere).
+
+QUOTA.yaml holds an ExchangeConnectionQuota, and the ConfigMaps its `streamsFrom` names (any
+other documents are ignored). Without --pool, a default pool of one proxy address is used
+(the output says so). With --previous PLAN.json (a plan this command printed with -o json),
+the plan sticks to it and the churn is shown: connections kept, opened and closed.
+
+The table shows, per pod, its connections, streams and slices; per address, the
+connections and slices used against the quota's share and the pool's budget, and the
+recovery bound (how long reopening every connection there takes at its attempt rate); then
+the unserved streams with the limit that ran out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+DEFAULT_POOL = {
+    "addresses": [
+        {
+            "name": "default",
+            "publicAddress": "192.0.2.1",
+            "mode": "proxy",
+            "proxyUrl": "http://127.0.0.1:3128",
+        }
+    ]
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare `connquota plan` options."""
+    parser.add_argument("quota", metavar="QUOTA.yaml", help="the quota (and its ConfigMaps)")
+    parser.add_argument("--pool", metavar="POOL.yaml", help="the ExchangeEgressPool to plan on")
+    parser.add_argument(
+        "--previous", metavar="PLAN.json", help="a previous plan (-o json) to stick to"
+    )
+    parser.add_argument(
+        "-o", "--output", choices=("table", "json", "yaml"), default="table", help="format"
+    )
+
+
+def _documents(path: str) -> list[dict[str, Any]]:
+    import yaml
+
+    with open(path, encoding="utf-8") as f:
+        return [d for d in yaml.safe_load_all(f) if isinstance(d, dict)]
+
+
+def _compose(dialect: str):
+    try:
+        from connquota.exchanges.dialects import wire_format
+
+        return wire_format(dialect).stream_name
+    except (ImportError, KeyError, AttributeError):
+        from connquota.planner.streams import binance_compose
+
+        return binance_compose
+
+
+def run(args: argparse.Namespace) -> int:
+    """Plan and print; exit 1 with a message (no traceback) when the input cannot be planned."""
+    import pydantic
+
+    from connquota.api import ExchangeConnectionQuota, ExchangeEgressPool, QuotaPlan
+    from connquota.exchanges import ProfileError, effective_profile
+    from connquota.planner.errors import PlanningError
+
+    try:
+        docs = _documents(args.quota)
+        quota_doc = next((d for d in docs if d.get("kind") == "ExchangeConnectionQuota"), None)
+        if quota_doc is None:
+            print(f"error: {args.quota} holds no ExchangeConnectionQuota", file=sys.stderr)
+            return 1
+        quota = ExchangeConnectionQuota.model_validate(quota_doc)
+        sources = {}
+        for d in docs:
+            if d.get("kind") == "ConfigMap":
+                for key, text in (d.get("data") or {}).items():
+                    sources[f"{d['metadata']['name']}/{key}"] = text
+        default_pool = args.pool is None
+        if default_pool:
+            pool_spec = ExchangeEgressPool.model_validate({"spec": DEFAULT_POOL}).spec
+        else:
+            pool_doc = next(
+                (d for d in _documents(args.pool) if d.get("kind") == "ExchangeEgressPool"), None
+            )
+            if pool_doc is None:
+                print(f"error: {args.pool} holds no ExchangeEgressPool", file=sys.stderr)
+                return 1
+            pool_spec = ExchangeEgressPool.model_validate(pool_doc).spec
+        previous = None
+        if args.previous:
+            with open(args.previous, encoding="utf-8") as f:
+                previous = QuotaPlan.model_validate_json(f.read())
+        profile = effective_profile(quota.spec)
+        plan, shares, budgets = _plan(quota, profile, pool_spec, sources, previous)
+    except (OSError, pydantic.ValidationError, PlanningError, ProfileError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # YAML errors and the like: still no traceback for the user
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    if args.output == "json":
+        print(plan.model_dump_json(indent=2, exclude_none=True))
+    elif args.output == "yaml":
+        import yaml
+
+        print(yaml.safe_dump(plan.model_dump(mode="json", exclude_none=True), sort_keys=False))
+    else:
+        print(_table(plan, pool_spec, shares, budgets, previous, default_pool))
+    return 0
+
+
+def _plan(quota, profile, pool_spec, sources, previous):
+    from connquota.planner.inputs import QuotaInput
+    from connquota.planner.plan import PlanRequest, plan_quota
+    from connquota.planner.shares import divide_budgets
+    from connquota.planner.streams import expand_streams
+
+    meta = quota.metadata
+    q = QuotaInput(meta.namespace or "default", meta.name or "quota", quota.spec, profile)
+    desired = expand_streams(quota.spec, sources, _compose(profile.dialect.value))
+    shares = divide_budgets(pool_spec, [q])
+    generation = previous.generation + 1 if previous else 1
+    plan = plan_quota(
+        PlanRequest(
+            q.ref, q.spec, profile, pool_spec, shares.quotas[q.key], desired, generation, previous
+        )
+    )
+    return plan, shares.quotas[q.key], shares.budgets
+
+
+def _rows(headers: list[str], rows: list[list[Any]]) -> str:
+    cells = [headers] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in cells
+    )
+
+
+def _table(plan, pool_spec, shares, budgets, previous, default_pool: bool) -> str:
+    from connquota.api.limits import LimitScope
+
+    out = []
+    if default_pool:
+        out.append("(no --pool given: planned on a default pool of one proxy address)")
+    streams = sum(len(c.streams) for p in plan.pods for c in p.connections)
+    conns = sum(len(p.connections) for p in plan.pods)
+    out.append(
+        f"quota {plan.quota}  generation {plan.generation}  replicas {plan.replicas}  "
+        f"connections {conns}  streams {streams} served, {len(plan.unserved)} unserved"
+    )
+    out.append("")
+    rows = []
+    for pod in plan.pods:
+        ip = {(s.key, s.limit.value): s.value for s in pod.slices if s.scope == LimitScope.IP}
+        addresses = ", ".join(
+            f"{a.name}(conn {ip.get((a.name, 'concurrentConnections'), '-')}, "
+            f"attempts {ip.get((a.name, 'connectionAttempts'), '-')})"
+            for a in pod.addresses
+        )
+        rows.append(
+            [
+                pod.ordinal,
+                len(pod.connections),
+                sum(len(c.streams) for c in pod.connections),
+                ", ".join(c.name for c in pod.credentials) or "-",
+                addresses or "-",
+            ]
+        )
+    out.append(_rows(["POD", "CONNS", "STREAMS", "CREDENTIALS", "ADDRESS SLICES"], rows))
+    out.append("")
+    bounds = {b.address: b for b in plan.recoveryBounds}
+    public = {a.name: a.publicAddress for a in pool_spec.addresses}
+    rows = []
+    for a in pool_spec.addresses:
+        held = [c for p in plan.pods for c in p.connections if c.address == a.name]
+        uses = []
+        for (key, limit), share in sorted(shares.ip.items()):
+            if key != a.name:
+                continue
+            used = sum(
+                s.value
+                for p in plan.pods
+                for s in p.slices
+                if s.scope == LimitScope.IP and s.key == a.name and s.limit == limit
+            )
+            budget = next(
+                (
+                    b.value
+                    for k, b in budgets.items()
+                    if k.key == public[a.name] and k.limit == limit
+                ),
+                "-",
+            )
+            uses.append(f"{limit.value} {used}/{share}/{budget}")
+        bound = bounds.get(a.name)
+        rows.append(
+            [
+                a.name,
+                a.publicAddress,
+                a.mode.value,
+                len(held),
+                "; ".join(uses) or "-",
+                f"{bound.seconds:g}s" if bound else "-",
+            ]
+        )
+    out.append(
+        _rows(["ADDRESS", "PUBLIC", "MODE", "CONNS", "SLICES/SHARE/BUDGET", "RECOVERY"], rows)
+    )
+    if shares.reasons:
+        out.append("")
+        out.append("shares smaller than asked:")
+        out.extend(f"  {r}" for r in shares.reasons)
+    if plan.unserved:
+        out.append("")
+        out.append(f"unserved streams ({len(plan.unserved)}, highest priority first):")
+        for u in plan.unserved[:20]:
+            out.append(f"  {u.stream} (priority {u.priority}): {u.reason}")
+        if len(plan.unserved) > 20:
+            out.append(f"  ... and {len(plan.unserved) - 20} more")
+    if previous is not None:
+        before = {c.id for p in previous.pods for c in p.connections}
+        after = {c.id for p in plan.pods for c in p.connections}
+        out.append("")
+        out.append(
+            f"churn against generation {previous.generation}: {len(before & after)} kept, "
+            f"{len(after - before)} opened, {len(before - after)} closed"
+        )
+    return "\n".join(out)
