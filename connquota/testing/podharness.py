@@ -25,15 +25,23 @@ selector to that Node, and runs the Pod's single container as a local subprocess
 * status: ``Running``, ``podIP`` (one loopback address per Pod, ``127.0.10.x``, or one fixed
   address), container state and restart count, and ``Ready`` from the readiness probe
   (``httpGet``, ``tcpSocket`` or ``exec``; ready as soon as it runs when there is none).
-  A container that exits is restarted per ``restartPolicy`` after a short, capped backoff.
+  A container that exits, or fails its liveness probe, is restarted per ``restartPolicy``
+  after a short, capped backoff (``restart_backoff_s`` doubling up to
+  ``max_restart_backoff_s``, not the kubelet's 10 s .. 5 min).
+* Secret, ConfigMap and downward API files are refreshed every ``volume_refresh_s`` (changed
+  keys are rewritten atomically; removed keys are left in place).
 * deletion: when the Pod gets a ``deletionTimestamp``: SIGTERM, wait the deletion grace
   period, SIGKILL the process group, then the final delete (grace 0, UID precondition). A Pod
   deleted with grace 0 is killed the same way, with its ``terminationGracePeriodSeconds``.
   A successor Pod with the same namespace and name starts only after the old process exited.
 
-Hooks (``lifecycle``), init containers, liveness/startup probes, resource limits and more than
-one container are not supported; such Pods get an Event and are left alone (multi-container)
-or the unsupported part is ignored (hooks, liveness). :attr:`PodHarness.history` records every
+Each Pod gets its own loopback address, and all share the host's network namespace: a server
+in a Pod must listen on its Pod IP (``status.podIP`` through the downward API), not 0.0.0.0,
+or the second Pod of a StatefulSet cannot bind the same port.
+
+Not supported: more than one container or init containers (the Pod is left alone and an error
+recorded in :attr:`PodHarness.errors`), lifecycle hooks, startup probes, ``subPath`` mounts,
+resource limits and security contexts (ignored). :attr:`PodHarness.history` records every
 process the harness ran, for tests to assert on.
 """
 
@@ -72,6 +80,9 @@ POD_ROOT_ENV = "CONNQUOTA_POD_ROOT"
 DEFAULT_NODE_NAME = "connquota-harness"
 LEASE_NAMESPACE = "kube-node-lease"
 MERGE_PATCH = "application/merge-patch+json"
+TOKEN_KINDS = frozenset({"serviceAccountToken"})
+DATA_KINDS = frozenset({"secret", "configMap", "downwardAPI"})
+ALL_KINDS = TOKEN_KINDS | DATA_KINDS
 
 
 def _now() -> dt.datetime:
@@ -184,13 +195,15 @@ def _probe_once(
     return True
 
 
-@dataclass
 class _ProbeState:
-    spec: Mapping[str, Any]
-    next_at: float
-    successes: int = 0
-    failures: int = 0
-    result: bool = False
+    """Thresholds and period of one probe, and its current result."""
+
+    def __init__(self, spec: Mapping[str, Any], next_at: float, result: bool = False) -> None:
+        self.spec = spec
+        self.next_at = next_at
+        self.successes = 0
+        self.failures = 0
+        self.result = result
 
     def run(self, now: float, probe: Callable[[Mapping[str, Any]], bool]) -> bool:
         """Run the probe when due; return whether the result changed."""
@@ -247,6 +260,8 @@ class _PodRunner:
         self.state: dict[str, Any] = {"waiting": {"reason": "ContainerCreating"}}
         self.started_at: dt.datetime | None = None
         self.readiness: _ProbeState | None = None
+        self.liveness: _ProbeState | None = None
+        self.volumes_refresh_at = 0.0
         self.token_refresh_at: float | None = None
         self.next_start_at = 0.0
         self.config_error = ""
@@ -327,9 +342,36 @@ class _PodRunner:
         if self.popen is not None:
             if self.token_refresh_at is not None and now >= self.token_refresh_at:
                 with contextlib.suppress(PodConfigError, ApiException, OSError):
-                    self._write_volumes(pod, tokens_only=True)
+                    self._write_volumes(pod, TOKEN_KINDS)
+            if now >= self.volumes_refresh_at:
+                self.volumes_refresh_at = now + self.harness.volume_refresh_s
+                with contextlib.suppress(PodConfigError, ApiException, OSError):
+                    self._write_volumes(pod, DATA_KINDS)
             if self.readiness is not None:
                 self.readiness.run(now, self._probe)
+            if (
+                self.liveness is not None
+                and self.liveness.run(now, self._probe)
+                and not self.liveness.result
+            ):
+                self._restart_unhealthy(pod)
+
+    def _restart_unhealthy(self, pod: dict[str, Any]) -> None:
+        """Liveness failed: stop the container (SIGTERM, grace, SIGKILL) and restart it."""
+        popen = self.popen
+        assert popen is not None and self.liveness is not None
+        grace = self.liveness.spec.get("terminationGracePeriodSeconds")
+        if grace is None:
+            grace = pod["spec"].get("terminationGracePeriodSeconds", 30)
+        log.info("harness: %s/%s failed its liveness probe", self.namespace, self.name)
+        self._signal(signal.SIGTERM, group=False)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            popen.wait(timeout=float(grace))
+        if popen.poll() is None:
+            self._signal(signal.SIGKILL, group=True)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            popen.wait(timeout=30)
+        self._on_exit(popen.returncode if popen.returncode is not None else -9)
 
     def _may_start(self) -> bool:
         if self.record is None:
@@ -352,7 +394,8 @@ class _PodRunner:
         h = self.harness
         container = self.container
         env = self._build_env(pod, container)
-        self._write_volumes(pod, tokens_only=False)
+        self._write_volumes(pod, ALL_KINDS)
+        self.volumes_refresh_at = time.monotonic() + h.volume_refresh_s
         command = list(container.get("command") or [])
         if not command:
             image = container.get("image", "")
@@ -388,9 +431,16 @@ class _PodRunner:
             restart_count=self.restart_count,
         )
         h._record(self.record)
+        start = time.monotonic()
         probe = container.get("readinessProbe")
         self.readiness = (
-            _ProbeState(probe, time.monotonic() + float(probe.get("initialDelaySeconds") or 0))
+            _ProbeState(probe, start + float(probe.get("initialDelaySeconds") or 0))
+            if probe
+            else None
+        )
+        probe = container.get("livenessProbe")
+        self.liveness = (
+            _ProbeState(probe, start + float(probe.get("initialDelaySeconds") or 0), result=True)
             if probe
             else None
         )
@@ -426,6 +476,7 @@ class _PodRunner:
         self.next_start_at = time.monotonic() + backoff
         self.state = {"waiting": {"reason": "CrashLoopBackOff"}}
         self.readiness = None
+        self.liveness = None
 
     # --- env and volumes
     def _field(self, pod: dict[str, Any], path: str) -> str:
@@ -584,12 +635,15 @@ class _PodRunner:
         return files
 
     def _volume_files(
-        self, pod: dict[str, Any], volume: Mapping[str, Any], tokens_only: bool
+        self, pod: dict[str, Any], volume: Mapping[str, Any], kinds: frozenset[str]
     ) -> tuple[dict[str, tuple[bytes, int | None]], int] | None:
-        """Files of one volume and its default mode; None for a directory volume (emptyDir)."""
+        """Files of one volume (of the sources in ``kinds``) and its default mode.
+
+        None for a directory volume (emptyDir).
+        """
         for kind in ("secret", "configMap", "downwardAPI"):
             if volume.get(kind):
-                if tokens_only:
+                if kind not in kinds:
                     return {}, 0o644
                 src = volume[kind]
                 return self._source_files(pod, src, kind), int(src.get("defaultMode") or 0o644)
@@ -598,14 +652,15 @@ class _PodRunner:
             files: dict[str, tuple[bytes, int | None]] = {}
             for source in projected.get("sources") or []:
                 for kind in ("secret", "configMap", "downwardAPI", "serviceAccountToken"):
-                    if source.get(kind) and (not tokens_only or kind == "serviceAccountToken"):
+                    if source.get(kind) and kind in kinds:
                         files.update(self._source_files(pod, source[kind], kind))
             return files, int(projected.get("defaultMode") or 0o644)
         return None
 
-    def _write_volumes(self, pod: dict[str, Any], tokens_only: bool) -> None:
+    def _write_volumes(self, pod: dict[str, Any], kinds: frozenset[str]) -> None:
+        """Write the files of the volume sources in ``kinds``; unchanged files are not touched."""
         volumes = {v["name"]: v for v in pod["spec"].get("volumes") or []}
-        if tokens_only:
+        if "serviceAccountToken" in kinds:
             self.token_refresh_at = None
         for mount in self.container.get("volumeMounts") or []:
             volume = volumes.get(mount["name"])
@@ -614,18 +669,21 @@ class _PodRunner:
             target = self.root / mount["mountPath"].lstrip("/")
             if mount.get("subPath"):
                 target = target.parent / f".{target.name}.subpath"  # not supported: keep apart
-            content = self._volume_files(pod, volume, tokens_only)
+            content = self._volume_files(pod, volume, kinds)
             if content is None:
                 if volume.get("emptyDir") is not None or "emptyDir" in volume:
                     target.mkdir(parents=True, exist_ok=True)
                     continue
-                if tokens_only:
+                if kinds != ALL_KINDS:
                     continue
                 raise PodConfigError(f"volume {mount['name']!r}: unsupported volume type")
             files, default_mode = content
             target.mkdir(parents=True, exist_ok=True)
             for rel, (data, mode) in files.items():
                 path = target / rel
+                with contextlib.suppress(OSError):
+                    if path.read_bytes() == data:
+                        continue
                 path.parent.mkdir(parents=True, exist_ok=True)
                 tmp = path.with_name(f".{path.name}.tmp")
                 tmp.write_bytes(data)
@@ -795,6 +853,7 @@ class PodHarness:
         restart_backoff_s: float = 0.5,
         max_restart_backoff_s: float = 5.0,
         stop_grace_s: float = 5.0,
+        volume_refresh_s: float = 2.0,
         tick_s: float = 0.2,
         watch_timeout_s: int = 20,
     ) -> None:
@@ -818,6 +877,7 @@ class PodHarness:
         self.restart_backoff_s = restart_backoff_s
         self.max_restart_backoff_s = max_restart_backoff_s
         self.stop_grace_s = stop_grace_s
+        self.volume_refresh_s = volume_refresh_s
         self.tick_s = tick_s
         self.watch_timeout_s = watch_timeout_s
         interpreter_dir = str(Path(sys.executable).parent)
@@ -1162,8 +1222,10 @@ class PodHarness:
         with self._lock:
             runner = self._runners.get(uid)
             if runner is None:
-                if len(spec.get("containers") or []) != 1:
-                    self.errors.append(f"{meta['namespace']}/{meta['name']}: not one container")
+                if len(spec.get("containers") or []) != 1 or spec.get("initContainers"):
+                    message = f"{meta['namespace']}/{meta['name']}: not exactly one container"
+                    if message not in self.errors:
+                        self.errors.append(message)
                     return
                 if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
                     return

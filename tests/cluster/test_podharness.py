@@ -464,3 +464,57 @@ def test_a_node_without_lease_renewals_is_marked_unhealthy(
         )
     finally:
         harness.stop()
+
+
+def test_a_failing_liveness_probe_restarts_the_container(
+    core: client.CoreV1Api, pod_harness: PodHarness, namespace: str
+) -> None:
+    manifest = pod_manifest("liveness", grace_s=5)
+    manifest["spec"]["containers"][0]["livenessProbe"] = {
+        "httpGet": {"path": "/ready", "port": "http"},
+        "periodSeconds": 1,
+        "failureThreshold": 2,
+    }
+    core.create_namespaced_pod(namespace, manifest)
+    pod = wait_ready(core, namespace, "liveness")
+    http("POST", f"http://{pod.status.pod_ip}:{PORT}/ready/0")
+    wait_for(
+        lambda: (
+            (p := core.read_namespaced_pod("liveness", namespace))
+            and p.status.container_statuses[0].restart_count == 1
+            and is_ready(p)
+        ),
+        30,
+        "the container restarted after failing liveness, and ready again",
+    )
+    first, second = pod_harness.processes(namespace, "liveness")
+    assert [name for name, _ in first.signals] == ["SIGTERM"]
+    assert second.started_at >= (first.exited_at or 0)
+
+
+def test_configmap_volume_files_follow_configmap_updates(
+    core: client.CoreV1Api, pod_harness: PodHarness, namespace: str
+) -> None:
+    core.create_namespaced_config_map(
+        namespace, {"metadata": {"name": "plan"}, "data": {"plan.json": '{"generation": 1}'}}
+    )
+    manifest = pod_manifest(
+        "planreader",
+        volumes=[{"name": "plan", "configMap": {"name": "plan"}}],
+        mounts=[{"name": "plan", "mountPath": "/etc/connquota/plan", "readOnly": True}],
+    )
+    core.create_namespaced_pod(namespace, manifest)
+    pod = wait_ready(core, namespace, "planreader")
+    url = f"http://{pod.status.pod_ip}:{PORT}/file?path=/etc/connquota/plan/plan.json"
+    assert http("GET", url)[1]["content"] == '{"generation": 1}'
+    core.patch_namespaced_config_map(
+        "plan",
+        namespace,
+        {"data": {"plan.json": '{"generation": 2}'}},
+        _content_type="application/merge-patch+json",
+    )
+    wait_for(
+        lambda: http("GET", url)[1]["content"] == '{"generation": 2}',
+        15,
+        "the updated plan file",
+    )
