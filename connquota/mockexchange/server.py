@@ -315,7 +315,13 @@ class MockExchange:
     # --- violations and penalties -----------------------------------------------------------
 
     def violate(
-        self, conn: Conn, limit: Limit, value: float, action: str, penalised: bool = True
+        self,
+        conn: Conn,
+        limit: Limit,
+        value: float,
+        action: str,
+        penalised: bool = True,
+        account: str | None = None,
     ) -> Ban | None:
         """Record that ``conn`` exceeded ``limit``; may ban its IP."""
         violation = Violation(
@@ -325,7 +331,7 @@ class MockExchange:
             value=value,
             limit_value=limit.value,
             ip=conn.ip,
-            account=conn.account,
+            account=account or conn.account,
             conn_id=conn.conn_id,
             action=action,
         )
@@ -582,7 +588,7 @@ class MockExchange:
         count = len(self._account_conns(account)) + 1
         if limit is not None and action is not None:
             if count > limit.value:
-                self.violate(conn, limit, count, action, penalised=False)
+                self.violate(conn, limit, count, action, penalised=False, account=account)
                 return int(limit.value)
             self.ledger.observe(limit.name, limit.scope, account, count)
         conn.account = account
