@@ -104,6 +104,7 @@ class Gateway:
         self.loop_lag_s = 0.0
         self.draining = False
         self.message = "starting"
+        self.lease_message = "not yet taken"
         self.http_port: int | None = None
         self._stop = asyncio.Event()
         self._last_report: str | None = None
@@ -165,6 +166,7 @@ class Gateway:
             "bootId": self.boot_id,
             "ready": self.ready(),
             "leaseHeld": self.lease.held,
+            "lease": self.lease_message,
             "message": self.message,
             "attemptLog": self.limiter.start_reason,
             "planGeneration": self.fleet.enforced_generation,
@@ -199,20 +201,22 @@ class Gateway:
 
     async def _take_lease(self) -> None:
         def waiting(why: str) -> None:
-            self.message = why
+            self.lease_message = why
             self.limiter.set_attempts_allowed(False, why)
 
         self.limiter.set_attempts_allowed(False, "waiting for the lease")
         await self.lease.acquire(on_wait=waiting)
+        # Only the holder reads the attempt log: a predecessor may have written to it until now.
+        self.limiter.load_state()
         self.limiter.set_attempts_allowed(True)
-        self.message = "lease held"
+        self.lease_message = "held"
 
         def lost() -> None:
-            self.message = "lease not renewed: new attempts stopped"
+            self.lease_message = "not renewed: new attempts stopped"
             self.limiter.set_attempts_allowed(False, "lease not renewed")
 
         async def close() -> None:
-            self.message = "lease lost: connections closed"
+            self.lease_message = "lost: connections closed"
             await self.fleet.stop()
 
         await self.lease.keep(lost, close)
@@ -258,7 +262,6 @@ class Gateway:
         if server is not None and server.sockets:
             self.http_port = server.sockets[0].getsockname()[1]
         log.info("serving on %s:%s", self.settings.host, self.http_port)
-        self.limiter.load_state()
         tasks = [
             asyncio.create_task(self._lag_monitor(), name="lag"),
             asyncio.create_task(self._take_lease(), name="lease"),

@@ -222,3 +222,41 @@ class Consumer:
             await self.ws.close()
         if self._task is not None:
             self._task.cancel()
+
+
+def base_plan(harness: Harness, profile: str, conns: int = 12, per_conn: int = 2, **kw: Any):
+    """`conns` connections on a0 (127.0.0.2) with `per_conn` streams each, full slices."""
+    from gateway_plan_factory import bind_address, pod_plan
+
+    from connquota.api.plan import ConnectionPlan
+
+    names = stream_names(profile, conns * per_conn, kw.pop("tag", "s"))
+    connections = [
+        ConnectionPlan(id=f"c{i}", address="a0", streams=names[i * per_conn : (i + 1) * per_conn])
+        for i in range(conns)
+    ]
+    plan = pod_plan(
+        harness.gateway_profile(), connections, addresses=[bind_address(0)], margin_s=0.2, **kw
+    )
+    return plan, names
+
+
+GW_IP = "127.0.0.2"
+
+
+def mock_attempts(mock: MockExchange, ip: str = GW_IP) -> float:
+    """Attempts the referee counted from `ip`."""
+    value = mock.metrics.registry.get_sample_value(
+        "mockexchange_connection_attempts_total", {"ip": ip}
+    )
+    return value or 0.0
+
+
+def mock_frames(mock: MockExchange) -> float:
+    """Frames the referee received from every client (pings and pongs included)."""
+    return mock.metrics.registry.get_sample_value("mockexchange_frames_received_total") or 0.0
+
+
+def attempts_in_window(mock: MockExchange, ip: str = GW_IP) -> int:
+    """Attempts from `ip` in the referee's current window."""
+    return int(mock.stats()["attemptsInWindowPerIp"].get(ip, 0))
