@@ -24,6 +24,8 @@ import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import compress
+from operator import attrgetter
 
 from connquota.api.plan import QuotaPlan
 from connquota.planner.arithmetic import INFINITE
@@ -77,6 +79,10 @@ class PackingInput:
     max_replicas: int
     generation: int
     previous: QuotaPlan | None = None
+
+
+_name_of = attrgetter("name")
+_credential_of = attrgetter("credential")
 
 
 def _order(s: DesiredStream) -> tuple[int, str]:
@@ -195,7 +201,7 @@ class _Packer:
                 self.unserved.append((s, f"no usable egress address ({why})"))
             return [], set()
         total = self._group_capacity()
-        counts = Counter(s.credential for s in streams)
+        counts = Counter(map(_credential_of, streams))
         need = 0
         per_account: Counter = Counter()
         fits = True
@@ -212,7 +218,7 @@ class _Packer:
                 if per_account[account] > room.max_connections:
                     fits = False
         if fits and need <= total:
-            return list(streams), {s.name for s in streams}
+            return list(streams), set(self._names)
         served: list[DesiredStream] = []
         in_group: Counter = Counter()
         used = 0
@@ -279,7 +285,10 @@ class _Packer:
                     continue
                 if not self._fits(c.address, cred, target):
                     continue
-                if cred is None:
+                keep = self._keep_fast(c.streams, cred, served, placed)
+                if keep is not None:
+                    pass
+                elif cred is None:
                     keep = [
                         s
                         for s in c.streams
@@ -302,6 +311,19 @@ class _Packer:
                 if seq is not None:
                     self.seq = max(self.seq, seq + 1)
         return placed
+
+    def _keep_fast(self, names: list[str], cred: str | None, served, placed: set[str]):
+        """The connection's streams as they are, when set algebra (C speed) shows every one
+        is still served, not placed elsewhere and allowed on this credential; else None."""
+        if len(names) > self.cap:
+            return None
+        as_set = set(names)
+        if len(as_set) != len(names) or not as_set <= served or not placed.isdisjoint(as_set):
+            return None
+        private = as_set & self._private
+        if private and (cred is None or not private <= self._by_credential.get(cred, set())):
+            return None
+        return list(names)
 
     # -- fill and open ---------------------------------------------------------------------
 
@@ -400,8 +422,16 @@ class _Packer:
         return rest
 
     def run(self) -> Packing:
-        by_name = {s.name: s for s in self.inp.streams}
+        streams = self.inp.streams
+        names = list(map(_name_of, streams))
+        self._names = names
+        by_name = dict(zip(names, streams, strict=True))
         self._stream = by_name
+        self._by_credential: dict[str, set[str]] = {}
+        private = list(compress(streams, map(_credential_of, streams)))
+        for st in private:
+            self._by_credential.setdefault(st.credential, set()).add(st.name)
+        self._private: set[str] = set(map(_name_of, private))
         _served_list, served = self.select()
         placed = self.keep(by_name, served)
         if len(placed) == len(served):
