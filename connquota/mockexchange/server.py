@@ -480,6 +480,9 @@ class MockExchange:
             msg = await ws.receive()
             if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED, WSMsgType.ERROR):
                 break
+            while conn.silent_until and time.monotonic() < conn.silent_until:
+                # playing dead: what the client sends is not read (nor answered) until the end
+                await asyncio.sleep(conn.silent_until - time.monotonic())
             now = time.monotonic()
             conn.last_inbound_at = now
             conn.frames_received += 1
@@ -729,9 +732,6 @@ class MockExchange:
         conn.silent_until = 0.0
         conn.last_inbound_at = now
         conn.pings.clear()
-        if conn.transport is not None:
-            with contextlib.suppress(Exception):
-                conn.transport.resume_reading()
 
     # --- observation ------------------------------------------------------------------------
 
@@ -830,8 +830,7 @@ class MockExchange:
                 conn.close_reason = "dropped by the admin API"
                 conn.abort()
             else:
-                assert conn.session is not None
-                await self.close_conn(conn, code, "disconnected by the admin API")
+                self.close_soon(conn, code, "disconnected by the admin API")
         return len(targets)
 
     def send_shutdown_notice(
@@ -872,8 +871,6 @@ class MockExchange:
         for conn in targets:
             conn.silent_until = until
             conn.outbox.clear()
-            if conn.transport is not None:
-                conn.transport.pause_reading()
         return len(targets)
 
     def send_malformed(
