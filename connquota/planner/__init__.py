@@ -12,22 +12,44 @@ the inputs and persist the outputs. Modules, one job each:
 - `checker`: an independent check of invariant I1 over every generation pods may enforce.
 """
 
+from connquota.planner.checker import Ack, QuotaHistory, check_budgets, check_plan_consistency
 from connquota.planner.errors import PlanningError
 from connquota.planner.inputs import DesiredStream, QuotaInput
+from connquota.planner.ledger import (
+    QuotaLedger,
+    forgettable,
+    rebase_clock,
+    record_ack,
+    record_publication,
+)
 from connquota.planner.plan import PlanRequest, plan_quota
 from connquota.planner.pool_plan import PoolPlan, plan_json, plan_pool
 from connquota.planner.shares import divide_budgets
 from connquota.planner.streams import expand_streams
+from connquota.planner.transitions import Transition, Waiting, budget_table, next_publication
 
 __all__ = [
+    "Ack",
     "DesiredStream",
     "PlanRequest",
     "PlanningError",
     "PoolPlan",
+    "QuotaHistory",
     "QuotaInput",
+    "QuotaLedger",
+    "Transition",
+    "Waiting",
+    "budget_table",
+    "check_budgets",
+    "check_plan_consistency",
     "divide_budgets",
     "expand_streams",
+    "forgettable",
+    "next_publication",
     "plan_json",
     "plan_pool",
     "plan_quota",
+    "rebase_clock",
+    "record_ack",
+    "record_publication",
 ]
