@@ -17,6 +17,8 @@ from connquota.api.limits import Limit, LimitName, LimitScope, LimitShape
 class TestAccount:
     """An API key the mock accepts, and the account it counts sessions by."""
 
+    __test__ = False  # not a pytest test class
+
     api_key: str
     secret: str = field(repr=False)
     passphrase: str = field(default="test-passphrase", repr=False)

@@ -35,6 +35,8 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
 class TestCA:
     """A self-signed CA (ECDSA P-256, valid one day) that issues server certificates."""
 
+    __test__ = False  # not a pytest test class
+
     key: ec.EllipticCurvePrivateKey
     cert: x509.Certificate
 
