@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
             clusterwide=config.clusterwide,
             namespaces=config.namespaces,
             standalone=config.peering == "standalone",
-            peering_name=config.peeringName,
+            peering_name=config.peeringName if config.peering == "peering" else None,
             liveness_endpoint=config.liveness_endpoint(),
             memo=memo,
         )

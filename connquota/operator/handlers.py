@@ -133,7 +133,7 @@ def progress(memo: kopf.Memo, **_: Any) -> float:
 @kopf.on.resume(*QUOTAS)
 @kopf.on.create(*QUOTAS)
 @kopf.on.update(*QUOTAS)
-def quota_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+async def quota_changed(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """Any real change of a quota (or the operator starting): reconcile its pool (and its old one)."""
     reconciler: Reconciler = memo["reconciler"]
     pool = _pool_of(body)
@@ -160,13 +160,13 @@ async def quota_deleted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
 @kopf.on.create(*POOLS)
 @kopf.on.update(*POOLS)
 @kopf.on.delete(*POOLS, optional=True)
-def pool_changed(name: str, memo: kopf.Memo, **_: Any) -> None:
+async def pool_changed(name: str, memo: kopf.Memo, **_: Any) -> None:
     """A pool changed: reconcile every quota using it."""
     memo["reconciler"].request(name)
 
 
 @kopf.timer(*POOLS, interval=60.0, initial_delay=60.0, idle=None)
-def pool_resync(name: str, memo: kopf.Memo, **_: Any) -> None:
+async def pool_resync(name: str, memo: kopf.Memo, **_: Any) -> None:
     """Repair drift: reconcile every pool periodically even without events."""
     memo["reconciler"].request(name)
 
@@ -186,18 +186,18 @@ def _gateway_event(body: kopf.Body, memo: kopf.Memo) -> None:
 
 
 @kopf.on.event("coordination.k8s.io", "v1", "leases", labels=GATEWAY_LABELS)
-def lease_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+async def lease_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """A gateway report changed: acknowledgements may unblock the next step."""
     _gateway_event(body, memo)
 
 
 @kopf.on.event("", "v1", "pods", labels=GATEWAY_LABELS)
-def pod_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+async def pod_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """A gateway pod changed (started, ready, gone)."""
     _gateway_event(body, memo)
 
 
 @kopf.on.event("apps", "v1", "statefulsets", labels=GATEWAY_LABELS)
-def statefulset_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+async def statefulset_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """A gateway StatefulSet changed (ready replicas, or drift)."""
     _gateway_event(body, memo)

@@ -128,7 +128,8 @@ class KubeApi:
                 method,
                 url,
                 header_params=headers,
-                body=None if body is None else json.dumps(body),
+                # JSON content types are serialized by the client; apply-patch goes as text.
+                body=json.dumps(body) if body is not None and "yaml" in content_type else body,
                 _request_timeout=self._timeout_s,
             )
             status = response.status

@@ -134,7 +134,9 @@ class OperatorConfig(BaseModel):
         settings.posting.event_name_prefix = "connquota-"
         settings.posting.level = 30  # only warnings and errors of kopf itself become Events
         settings.peering.standalone = self.peering == "standalone"
-        settings.peering.name = self.peeringName
+        if self.peering == "peering":
+            settings.peering.name = self.peeringName
+            settings.peering.mandatory = True
         settings.peering.clusterwide = self.clusterwide
         settings.queueing.error_delays = tuple(self.errorBackoffsSeconds)
         settings.execution.default_backoff = self.errorBackoffsSeconds[-1]
