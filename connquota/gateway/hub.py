@@ -1,9 +1,11 @@
 """The stream hub: one upstream subscription fanned out to every local consumer.
 
-Each stream has at most one *owner* (the upstream session whose data is delivered); during a
-make-before-break move the new session claims the stream once the exchange acknowledged its
-subscription, and the old one stops being delivered. The hub numbers every delivered message
-per stream, so consumers see consecutive sequence numbers across rotations and reconnects.
+Each stream has *holders*: the upstream sessions whose subscription the exchange acknowledged
+(or that already deliver its data). Normally one; two during a make-before-break move. While
+two hold a stream, a message is delivered once: by the exchange's own sequence number when the
+dialect gives one (so the switch has neither gap nor duplicate), else from the older holder
+only. The hub numbers every delivered message per stream, so consumers see consecutive
+sequence numbers across rotations and reconnects.
 
 Consumers hold bounded queues: a consumer that falls behind is closed (policy `close`) or
 loses its oldest frames (policy `drop`); the others and the upstream reader never wait on it.
@@ -19,6 +21,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+RESET_JUMP = 100_000
+"""A backward jump of the exchange's sequence larger than this is a reset, not a duplicate."""
 SLOW_CONSUMER_CLOSE = "close"
 SLOW_CONSUMER_DROP = "drop"
 
@@ -60,7 +64,8 @@ class StreamHub:
         self.known: set[str] = set()
         self.subscribers: dict[str, set[Consumer]] = {}
         self.seq: dict[str, int] = {}
-        self.owner: dict[str, object] = {}
+        self.holders: dict[str, dict[object, None]] = {}
+        self.last_upstream_seq: dict[str, int] = {}
         self.consumers: set[Consumer] = set()
         self.messages_in = 0
         self.frames_out = 0
@@ -74,31 +79,45 @@ class StreamHub:
         self.known = set(streams)
 
     def claim(self, stream: str, source: object) -> None:
-        """From now on deliver `stream` from `source` (a session with an acked subscription)."""
-        self.owner[stream] = source
+        """`source` (a session) holds an acknowledged subscription of `stream`."""
+        self.holders.setdefault(stream, {})[source] = None
 
     def release(self, stream: str, source: object) -> None:
         """`source` no longer delivers `stream` (unsubscribed or closed)."""
-        if self.owner.get(stream) is source:
-            del self.owner[stream]
+        holders = self.holders.get(stream)
+        if holders is not None and source in holders:
+            del holders[source]
+            if not holders:
+                del self.holders[stream]
 
     def release_all(self, source: object) -> None:
         """`source` closed: it delivers nothing any more."""
-        for stream in [s for s, o in self.owner.items() if o is source]:
-            del self.owner[stream]
+        for stream in [s for s, h in self.holders.items() if source in h]:
+            self.release(stream, source)
 
     def live_streams(self) -> int:
         """Streams with an acknowledged upstream subscription."""
-        return len(self.owner)
+        return len(self.holders)
 
-    def publish(self, stream: str, payload: Any, source: object) -> bool:
-        """Deliver one upstream message to the stream's consumers (if `source` owns it)."""
+    def publish(
+        self, stream: str, payload: Any, source: object, upstream_seq: int | None = None
+    ) -> bool:
+        """Deliver one upstream message to the stream's consumers, once; True if delivered."""
         self.messages_in += 1
         self.last_data_mono = time.monotonic()
-        if self.owner.get(stream) is not source:
-            if stream in self.owner or source is None:
+        holders = self.holders.get(stream)
+        if not holders:
+            holders = self.holders[stream] = {source: None}  # data before the ack: it holds
+        elif source not in holders:
+            return False  # subscribed, not yet acknowledged, while another session delivers
+        last = self.last_upstream_seq.get(stream)
+        if upstream_seq is None:
+            if len(holders) > 1 and next(iter(holders)) is not source:
                 return False
-            self.owner[stream] = source  # data before the ack: the first session claims it
+        elif last is not None and last - RESET_JUMP < upstream_seq <= last:
+            return False  # already delivered (by the other session of a switch)
+        if upstream_seq is not None:
+            self.last_upstream_seq[stream] = upstream_seq
         seq = self.seq.get(stream, 0) + 1
         self.seq[stream] = seq
         subscribers = self.subscribers.get(stream)

@@ -342,7 +342,7 @@ class Session:
                     self.ctx.stats[("messages_in",)] += 1
                     ev = self.fmt.parse_server_message(msg.data)
                     if isinstance(ev, Data):
-                        hub.publish(ev.stream, ev.payload, self)
+                        hub.publish(ev.stream, ev.payload, self, ev.seq)
                     elif isinstance(ev, Ack):
                         self._on_ack(ev)
                     elif isinstance(ev, LoginResult):

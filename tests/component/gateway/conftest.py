@@ -186,6 +186,7 @@ class Consumer:
         self.http = http
         self.url = url
         self.frames: dict[str, list[int]] = {}
+        self.trade_ids: dict[str, list[int]] = {}
         self.errors: list[dict] = []
         self.replies: list[dict] = []
         self.close_code: int | None = None
@@ -206,6 +207,9 @@ class Consumer:
             doc = json.loads(msg.data)
             if "stream" in doc:
                 self.frames.setdefault(doc["stream"], []).append(doc["seq"])
+                data = doc.get("data")
+                if isinstance(data, dict) and isinstance(data.get("t"), int):
+                    self.trade_ids.setdefault(doc["stream"], []).append(data["t"])
             elif "error" in doc:
                 self.errors.append(doc)
             else:

@@ -49,20 +49,25 @@ def test_plan_for_another_ordinal_is_refused():
     assert "ordinal" in newer.last_error
 
 
-async def test_consumers_see_consecutive_seq_across_a_switch_of_upstream_session():
+async def test_a_make_before_break_switch_delivers_each_upstream_message_once_in_order():
     hub = StreamHub()
     hub.set_known(["s"])
     consumer = hub.add_consumer()
     hub.subscribe(consumer, ["s"])
     old, new = object(), object()
     hub.claim("s", old)
-    hub.publish("s", {"n": 1}, old)
-    hub.publish("s", {"n": 1}, new)  # the replacement's duplicate is not delivered
-    hub.claim("s", new)
-    hub.publish("s", {"n": 2}, old)  # the original is no longer delivered
-    hub.publish("s", {"n": 2}, new)
+    hub.publish("s", {"n": 1}, old, 1)
+    hub.publish("s", {"n": 2}, new, 2)  # the replacement is not acknowledged yet
+    hub.publish("s", {"n": 2}, old, 2)
+    hub.claim("s", new)  # both hold the stream now
+    hub.publish("s", {"n": 3}, new, 3)  # the replacement is ahead
+    hub.publish("s", {"n": 3}, old, 3)  # a duplicate
+    hub.publish("s", {"n": 4}, old, 4)  # the original is ahead
+    hub.release_all(old)
+    hub.publish("s", {"n": 4}, new, 4)  # a duplicate
+    hub.publish("s", {"n": 5}, new, 5)
     frames = [json.loads(consumer.queue.get_nowait()) for _ in range(consumer.queue.qsize())]
-    assert [(f["seq"], f["data"]["n"]) for f in frames] == [(1, 1), (2, 2)]
+    assert [(f["seq"], f["data"]["n"]) for f in frames] == [(i, i) for i in range(1, 6)]
 
 
 async def test_a_slow_consumer_is_closed_or_drops_without_slowing_the_others():

@@ -1,0 +1,162 @@
+"""Plan changes touch only what changed; rotations have no gap; consumers get clear answers."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import aiohttp
+from conftest import GW_IP, Consumer, base_plan, shrunk, stream_names, wait_for
+from gateway_plan_factory import bind_address, pod_plan
+
+from connquota.api.limits import LimitName, LimitScope
+from connquota.api.plan import ConnectionPlan
+
+
+async def test_a_plan_change_reopens_nothing_it_keeps_and_paces_new_subscribes(harness):
+    limits = shrunk(
+        "binance-spot",
+        connectionAttempts=(10, 40.0),
+        messagesPerConnection=(10, 20.0),  # 10 per second at the test's time scale
+        argsPerSubscribe=(1, None),
+    )
+    await harness.start_mock("binance-spot", limits)
+    plan, names = base_plan(harness, "binance-spot", conns=6)
+    path = harness.write_plan(plan)
+    gw = harness.gateway(path)
+    gw.start()
+    await harness.wait_live(gw, len(names), timeout_s=30)
+    extra = stream_names("binance-spot", 12, tag="new")
+    conns = list(plan.connections)
+    c0 = conns[0]
+    leaving = c0.streams[0]
+    conns[0] = c0.model_copy(update={"streams": c0.streams[1:] + extra})
+    conns[5] = ConnectionPlan(id="c6", address="a0", streams=stream_names("binance-spot", 2, "six"))
+    plan2 = pod_plan(
+        harness.gateway_profile(), conns, addresses=[bind_address(0)], margin_s=0.2, generation=2
+    )
+    consumer = Consumer(harness.http, gw.ws_url)
+    harness.write_plan(plan2)
+
+    async def applied():
+        st = await harness.status(gw)
+        return st if st["planGeneration"] == 2 and st["streams"]["live"] == 23 else None
+
+    st = await wait_for(applied, 30, "generation 2 live")
+    opened = {c["id"]: c["sessionsOpened"] for c in st["connections"]}
+    assert set(opened) == {"c0", "c1", "c2", "c3", "c4", "c6"}
+    assert all(opened[c] == 1 for c in ("c0", "c1", "c2", "c3", "c4")), opened
+    await consumer.connect(extra)
+
+    async def delivered():
+        return consumer.streams_seen() >= set(extra)
+
+    await wait_for(delivered, 20, "the new streams at the consumer")
+    mock = harness.mock
+
+    async def unsubscribed():
+        return not any(leaving in c.streams for c in mock.websockets(GW_IP))
+
+    await wait_for(unsubscribed, 10, "the leaving stream unsubscribed after its linger")
+    harness.assert_no_violation()
+    harness.assert_peak_at_least(LimitName.MESSAGES_PER_CONNECTION, LimitScope.CONNECTION)
+    await consumer.close()
+
+
+async def test_max_age_rotation_is_make_before_break_without_a_gap(harness):
+    max_age_profile_s = 100.0  # 5 s at the test's time scale
+    limits = shrunk(
+        "binance-spot",
+        connectionAttempts=(10, 40.0),
+        maxConnectionAge=(max_age_profile_s, None),
+    )
+    await harness.start_mock("binance-spot", limits, rate_per_stream_hz=20.0)
+    profile = harness.gateway_profile().model_copy(update={"connectTimeoutSeconds": 0.1})
+    names = stream_names("binance-spot", 8)
+    conns = [
+        ConnectionPlan(id=f"c{i}", address="a0", streams=names[i * 2 : i * 2 + 2]) for i in range(4)
+    ]
+    plan = pod_plan(profile, conns, addresses=[bind_address(0)], margin_s=0.2)
+    gw = harness.gateway(harness.write_plan(plan))
+    gw.start()
+    await harness.wait_live(gw, len(names), timeout_s=30)
+    consumer = Consumer(harness.http, gw.ws_url)
+    await consumer.connect(names)
+    mock = harness.mock
+    oldest_age = 0.0
+
+    async def rotated():
+        nonlocal oldest_age
+        now = time.monotonic()
+        for c in mock.websockets(GW_IP):
+            oldest_age = max(oldest_age, now - c.opened_at)
+        st = await harness.status(gw)
+        return all(c["sessionsOpened"] >= 2 for c in st["connections"])
+
+    await wait_for(rotated, 30, "every connection rotated", step_s=0.02)
+    for stream, seqs in consumer.frames.items():
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), stream
+    # The exchange's own trade ids: no gap and no duplicate across the switch.
+    assert set(consumer.trade_ids) == set(names)
+    for stream, ids in consumer.trade_ids.items():
+        assert ids == list(range(ids[0], ids[0] + len(ids))), stream
+    closes = mock.metrics.registry.get_sample_value
+    assert not any(
+        (closes("mockexchange_server_closes_total", {"code": str(code)}) or 0)
+        for code in (1000, 1001, 1006, 1008)
+    ), "the exchange had to close a connection for its age"
+    assert oldest_age >= 0.9 * max_age_profile_s / 20.0
+    harness.assert_no_violation()
+    await consumer.close()
+
+
+async def test_consumers_get_error_frames_auth_and_a_1012_on_shutdown(harness, tmp_path):
+    await harness.start_mock("binance-spot", shrunk("binance-spot", connectionAttempts=(10, 40.0)))
+    plan, names = base_plan(harness, "binance-spot", conns=2)
+    token = tmp_path / "token"
+    token.write_text("s3cret-token\n")
+    gw = harness.gateway(harness.write_plan(plan), args=["--consumer-token-file", str(token)])
+    gw.start()
+    await harness.wait_live(gw, len(names), timeout_s=30)
+    http = harness.http
+    try:
+        await http.ws_connect(gw.ws_url)
+        raise AssertionError("connected without the token")
+    except aiohttp.WSServerHandshakeError as exc:
+        assert exc.status == 401
+    ws = await http.ws_connect(gw.ws_url, headers={"Authorization": "Bearer s3cret-token"})
+
+    async def ask(text: str) -> dict:
+        await ws.send_str(text)
+        while True:
+            doc = json.loads((await ws.receive(timeout=5)).data)
+            if "stream" not in doc:
+                return doc
+
+    assert (await ask("{not json"))["error"]["code"] == "bad_json"
+    assert (await ask('{"op":"dance"}'))["error"]["code"] == "unknown_op"
+    assert (await ask(json.dumps({"op": "subscribe", "streams": "x"})))["error"][
+        "code"
+    ] == "bad_request"
+    assert (await ask("x" * 70_000))["error"]["code"] == "too_large"
+    reply = await ask(json.dumps({"op": "subscribe", "streams": [names[0], "nope@trade"], "id": 7}))
+    assert reply == {"op": "subscribed", "streams": [names[0]], "id": 7}
+    assert (await ws.receive(timeout=5)).json()["error"]["code"] == "unknown_stream"
+    frame = None
+    while frame is None or "stream" not in frame:
+        frame = json.loads((await ws.receive(timeout=5)).data)
+    assert frame["stream"] == names[0] and frame["seq"] >= 1
+    async with http.get(gw.base_url + "/metrics") as resp:
+        metrics = await resp.text()
+    assert "s3cret" not in metrics and "connquota_gateway_consumers 1.0" in metrics
+    async with http.get(gw.base_url + "/status") as resp:
+        assert "s3cret" not in await resp.text()
+    gw.signal(15)
+    while True:
+        msg = await ws.receive(timeout=10)
+        if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED):
+            break
+    assert ws.close_code == 1012
+    assert await gw.wait_exit(15) == 0
+    harness.assert_no_violation()
+    assert "s3cret" not in harness.logs()
