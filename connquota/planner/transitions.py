@@ -176,9 +176,7 @@ def _hold_back(
     concurrent = {
         (s.scope, s.key): s.value for s in slices if s.limit.value == "concurrentConnections"
     }
-    no_attempts = {
-        s.key for s in slices if s.limit.value == "connectionAttempts" and s.value == 0
-    }
+    no_attempts = {s.key for s in slices if s.limit.value == "connectionAttempts" and s.value == 0}
     accounts = {c.name: c.accountId for c in pod.credentials}
     counts: dict[tuple, int] = {}
     keep = []
