@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from cluster.conftest import REPO, wait_for
-from connquota.testing.controlplane import ControlPlane
+from connquota.testing.controlplane import ControlPlane, free_port
 
 
 @pytest.fixture(scope="session")
@@ -36,9 +36,10 @@ class OperatorProcess:
         self.control_plane = control_plane
         self.log_path = Path(tempfile.mkstemp(prefix="connquota-operator-", suffix=".log")[1])
         self.popen: subprocess.Popen[bytes] | None = None
+        self.metrics_port = free_port()
 
     def start(self) -> None:
-        """Start the operator process (no liveness or metrics ports: tests run in parallel)."""
+        """Start the operator process (no liveness port; metrics on a free loopback port)."""
         with self.log_path.open("ab") as out:
             self.popen = subprocess.Popen(
                 [
@@ -51,7 +52,7 @@ class OperatorProcess:
                     "--liveness-port",
                     "0",
                     "--metrics-port",
-                    "0",
+                    str(self.metrics_port),
                     "--verbose",
                 ],
                 stdout=out,
@@ -70,6 +71,19 @@ class OperatorProcess:
         except subprocess.TimeoutExpired:
             self.popen.kill()
             self.popen.wait(timeout=10)
+
+    def metric(self, name: str) -> float:
+        """Sum of one of the operator's own Prometheus metrics (all label sets)."""
+        import urllib.request
+
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith(name + "{") or line.startswith(name + " "):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
 
     def log(self, lines: int = 80) -> str:
         """The last lines of the operator's log."""
@@ -100,3 +114,38 @@ def custom_object(api_client: Any) -> Any:
 __all__ = ["OperatorProcess", "custom_object", "wait_for"]
 
 _ = signal  # re-exported for tests that kill the operator
+
+
+WRITE_VERBS = frozenset({"POST", "PUT", "PATCH", "APPLY", "DELETE", "CREATE", "UPDATE"})
+OPERATOR_ONLY = frozenset(
+    {
+        ("", "configmaps", ""),
+        ("apps", "statefulsets", ""),
+        ("", "services", ""),
+        ("", "serviceaccounts", ""),
+        ("rbac.authorization.k8s.io", "roles", ""),
+        ("rbac.authorization.k8s.io", "rolebindings", ""),
+        ("policy", "poddisruptionbudgets", ""),
+        ("connquota.io", "exchangeconnectionquotas", "status"),
+    }
+)
+"""(group, resource, subresource) that only the operator writes in these tests: the harness
+writes pods, the gateways their Leases, kube-controller-manager StatefulSet status."""
+
+
+def apiserver_writes(control_plane: ControlPlane) -> int:
+    """Write requests the API server counted on operator-only resources (its own metrics)."""
+    import re
+
+    text = control_plane.kubectl("get", "--raw", "/metrics").stdout
+    total = 0
+    pattern = re.compile(r"^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<value>\S+)$")
+    for line in text.splitlines():
+        match = pattern.match(line)
+        if not match:
+            continue
+        labels = dict(re.findall(r'(\w+)="([^"]*)"', match["labels"]))
+        key = (labels.get("group", ""), labels.get("resource", ""), labels.get("subresource", ""))
+        if labels.get("verb") in WRITE_VERBS and key in OPERATOR_ONLY:
+            total += int(float(match["value"]))
+    return total

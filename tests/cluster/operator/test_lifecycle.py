@@ -15,7 +15,7 @@ import pytest
 from kubernetes import client
 
 from cluster.conftest import HARNESS_LABEL, wait_for
-from cluster.operator.conftest import OperatorProcess, custom_object
+from cluster.operator.conftest import OperatorProcess, apiserver_writes, custom_object
 from connquota.api.plan import PodPlan
 
 pytestmark = pytest.mark.cluster
@@ -242,6 +242,63 @@ def test_quota_lifecycle_objects_plans_status_bad_edit_and_finalized_deletion(
         lambda: apps.read_namespaced_stateful_set("md-gw", namespace).spec.replicas == 0,
         30,
         "StatefulSet scaled to zero",
+    )
+    wait_for(lambda: _get_quota(api_client, namespace) is None, 90, "the quota to be released")
+    objects.delete_cluster_custom_object(GROUP, VERSION, "exchangeegresspools", pool_name)
+
+
+def test_an_unchanged_quota_causes_zero_writes_across_reconciles(
+    api_client: Any,
+    control_plane: Any,
+    namespace: str,
+    pool_name: str,
+    operator_process: OperatorProcess,
+) -> None:
+    core = client.CoreV1Api(api_client)
+    objects = custom_object(api_client)
+    core.create_namespaced_secret(
+        namespace,
+        {"metadata": {"name": "keys"}, "stringData": {"apiKey": "k", "apiSecret": "s"}},
+    )
+    objects.create_cluster_custom_object(GROUP, VERSION, "exchangeegresspools", _pool(pool_name))
+    objects.create_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        namespace,
+        "exchangeconnectionquotas",
+        _quota(namespace, pool_name, ["a@trade", "b@trade"]),
+    )
+
+    def settled() -> bool:
+        q = _get_quota(api_client, namespace)
+        return bool(
+            q and (q.get("status") or {}).get("observedGeneration") == q["metadata"]["generation"]
+        )
+
+    wait_for(settled, 60, "the quota's first status")
+    # Let the first pods come and go through their first states, then measure.
+    before_writes = apiserver_writes(control_plane)
+    before_reconciles = operator_process.metric("connquota_operator_reconciles_total")
+    for i in range(3):  # touch the pool: every quota of it is reconciled again
+        objects.patch_cluster_custom_object(
+            GROUP,
+            VERSION,
+            "exchangeegresspools",
+            pool_name,
+            {"metadata": {"annotations": {"test/touch": str(i)}}},
+        )
+        wait_for(
+            lambda n=i: (
+                operator_process.metric("connquota_operator_reconciles_total")
+                >= before_reconciles + n + 1
+            ),
+            30,
+            f"reconcile {i + 1}",
+        )
+    writes = apiserver_writes(control_plane) - before_writes
+    assert writes == 0, f"{writes} writes for an unchanged quota\n{operator_process.log(40)}"
+    objects.delete_namespaced_custom_object(
+        GROUP, VERSION, namespace, "exchangeconnectionquotas", "md"
     )
     wait_for(lambda: _get_quota(api_client, namespace) is None, 90, "the quota to be released")
     objects.delete_cluster_custom_object(GROUP, VERSION, "exchangeegresspools", pool_name)
