@@ -1,0 +1,160 @@
+"""The demo's world: a loopback egress pool, a quota with thousands of streams, and its plan.
+
+The planner (`connquota.planner.plan_pool`) plans the quota exactly as the operator would. The
+plan is then put on the mock exchange's clock: every duration in the pods' profiles and slices
+is divided by the time scale (the mock exchange does the same to its own limits).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from connquota.api.limits import ExchangeProfile, LimitName
+from connquota.api.plan import QuotaPlan
+from connquota.api.pool import ExchangeEgressPoolSpec
+from connquota.api.quota import ExchangeConnectionQuotaSpec
+from connquota.demo.scaling import scaled_profile
+from connquota.exchanges import effective_profile, get_profile
+from connquota.exchanges.dialects import wire_format
+from connquota.planner import QuotaInput, expand_streams, plan_pool
+
+DEMO_NAMESPACE = "connquota-demo"
+DEMO_QUOTA = "market-data"
+DEMO_ACCOUNTS = ("acct-1", "acct-2")
+MIN_MARGIN_S = 0.1
+
+
+@dataclass
+class DemoWorld:
+    """Everything the demo planned: pool, quota, effective profile and the scaled plan."""
+
+    pool: ExchangeEgressPoolSpec
+    spec: ExchangeConnectionQuotaSpec
+    profile: ExchangeProfile
+    """The exchange's profile with the demo's overrides (real durations): what the mock enforces."""
+    plan: QuotaPlan
+    """The plan with durations on the mock's clock: what the gateways enforce."""
+    streams: list[str]
+    overrides: list[str]
+    """Human descriptions of the limits the demo shrank (shown in the view)."""
+
+
+SYMBOL_CHANNELS = {
+    "binance": ["trade", "aggTrade", "bookTicker"],
+    "okx": ["tickers", "trades", "bbo-tbt"],
+    "bybit": ["publicTrade", "tickers", "orderbook.1"],
+}
+
+
+def _symbols(dialect: str, count: int) -> list[str]:
+    if dialect == "binance":
+        return [f"c{i}usdt" for i in range(count)]
+    if dialect == "okx":
+        return [f"C{i}-USDT" for i in range(count)]
+    return [f"C{i}USDT" for i in range(count)]
+
+
+def build_world(
+    profile_name: str,
+    streams: int,
+    gateways: int,
+    addresses: int,
+    time_scale: float,
+    endpoint: str,
+    attempts_per_address: int,
+) -> DemoWorld:
+    """Plan a quota of `streams` streams over `addresses` loopback addresses and `gateways` pods.
+
+    The attempt limit is shrunk to `attempts_per_address` per window so that a mass disconnect
+    of the demo's connections drives it past 90%; the streams per connection are capped so
+    the streams spread over enough connections (published values are far larger).
+    """
+    base = get_profile(profile_name)
+    dialect = base.dialect.value
+    channels = SYMBOL_CHANNELS[dialect]
+    symbols = _symbols(dialect, math.ceil(streams / len(channels)))
+    attempts = base.limit(LimitName.CONNECTION_ATTEMPTS)
+    per_conn_limit = base.limit(LimitName.STREAMS_PER_CONNECTION)
+    assert attempts is not None and per_conn_limit is not None
+    attempts_per_address = int(min(attempts_per_address, attempts.value))
+    # Enough connections per address that a mass disconnect needs more attempts than a window
+    # has, and enough to carry every stream.
+    conns_per_address = max(
+        4,
+        math.ceil(attempts_per_address * 1.25),
+        math.ceil(streams / (addresses * per_conn_limit.value)),
+    )
+    total_conns = conns_per_address * addresses
+    per_conn = max(1, math.ceil(streams / total_conns))
+    overrides = [
+        attempts.model_copy(update={"value": attempts_per_address}),
+        per_conn_limit.model_copy(update={"value": min(per_conn, per_conn_limit.value)}),
+    ]
+    notes = [
+        f"connectionAttempts {attempts.value:g} -> {attempts_per_address} per "
+        f"{attempts.windowSeconds:g} s per IP",
+        f"streamsPerConnection {per_conn_limit.value:g} -> {overrides[1].value:g}",
+    ]
+    pool = ExchangeEgressPoolSpec.model_validate(
+        {
+            "addresses": [
+                {
+                    "name": f"lo-{i + 2}",
+                    "publicAddress": f"127.0.0.{i + 2}",
+                    "mode": "bind",
+                    "bindAddress": f"127.0.0.{i + 2}",
+                    "node": "demo-node",
+                }
+                for i in range(addresses)
+            ]
+        }
+    )
+    spec = ExchangeConnectionQuotaSpec.model_validate(
+        {
+            "exchange": profile_name,
+            "endpoint": endpoint,
+            "egressPoolRef": {"name": "loopback"},
+            "headroom": 1.0,
+            "limits": [o.model_dump(mode="json", exclude_none=True) for o in overrides],
+            "credentials": [
+                {"name": f"key-{n}", "secretRef": {"name": f"demo-key-{n}"}, "accountId": acct}
+                for n, acct in enumerate(DEMO_ACCOUNTS, start=1)
+            ],
+            "streamSets": [{"symbols": symbols, "channels": channels}],
+            "gateway": {
+                "connectionsPerPod": math.ceil(total_conns / gateways),
+                "minReplicas": gateways,
+                "maxReplicas": gateways,
+            },
+        }
+    )
+    profile = effective_profile(spec)
+    quota = QuotaInput(DEMO_NAMESPACE, DEMO_QUOTA, spec, profile)
+    wire = wire_format(base.dialect)
+    desired = expand_streams(spec, compose=wire.stream_name)[:streams]
+    pool_plan = plan_pool(pool, [quota], {quota.key: desired}, {quota.key: 1})
+    plan = scale_plan(pool_plan.plans[quota.key], time_scale, endpoint)
+    return DemoWorld(pool, spec, profile, plan, [d.name for d in desired], notes)
+
+
+def scale_plan(plan: QuotaPlan, time_scale: float, endpoint: str) -> QuotaPlan:
+    """`plan` on the mock's clock: profile durations, slice windows and margins divided."""
+    pods = []
+    for pod in plan.pods:
+        slices = [
+            s.model_copy(update={"windowSeconds": s.windowSeconds / time_scale})
+            if s.windowSeconds is not None
+            else s
+            for s in pod.slices
+        ]
+        pods.append(
+            pod.model_copy(
+                update={
+                    "profile": scaled_profile(pod.profile, time_scale, endpoint),
+                    "slices": slices,
+                    "windowMarginSeconds": max(MIN_MARGIN_S, pod.windowMarginSeconds / time_scale),
+                }
+            )
+        )
+    return plan.model_copy(update={"pods": pods})
