@@ -33,6 +33,7 @@ test: venv controlplane lint
 
 crds: venv
 	$(BIN)/connquota crd --out crds/
+	cp crds/*.yaml charts/connquota/crds/
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
