@@ -84,6 +84,10 @@ TOKEN_KINDS = frozenset({"serviceAccountToken"})
 DATA_KINDS = frozenset({"secret", "configMap", "downwardAPI"})
 ALL_KINDS = TOKEN_KINDS | DATA_KINDS
 
+# Pod IPs handed out by any harness in this process, so two harnesses never share one.
+_POD_IPS_IN_USE: set[str] = set()
+_POD_IPS_LOCK = threading.Lock()
+
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
@@ -974,17 +978,20 @@ class PodHarness:
     def _allocate_ip(self) -> str:
         if self.pod_ip_prefix is None:
             return self.fixed_pod_ip
-        with self._lock:
+        with _POD_IPS_LOCK:  # shared by every harness of this process
             for last in range(2, 255):
                 ip = f"{self.pod_ip_prefix}{last}"
-                if ip not in self._ips_in_use:
+                if ip not in _POD_IPS_IN_USE:
+                    _POD_IPS_IN_USE.add(ip)
                     self._ips_in_use.add(ip)
                     return ip
         raise RuntimeError("no free pod IP left")
 
     def _release_ip(self, ip: str) -> None:
-        with self._lock:
-            self._ips_in_use.discard(ip)
+        with _POD_IPS_LOCK:
+            if ip in self._ips_in_use:
+                self._ips_in_use.discard(ip)
+                _POD_IPS_IN_USE.discard(ip)
 
     # --- node and lease
     def _node_status(self) -> dict[str, Any]:

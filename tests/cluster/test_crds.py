@@ -8,7 +8,6 @@ tool would; every object in tests/data/invalid/ must be rejected by the API serv
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +39,11 @@ def squash(text: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def crds(control_plane: ControlPlane) -> Iterator[list[dict[str, Any]]]:
-    """The CRDs applied (server-side) and Established; deleted at the end of the module."""
+def crds(control_plane: ControlPlane) -> list[dict[str, Any]]:
+    """The CRDs applied (server-side) and Established.
+
+    They stay installed: other modules of the session (the operator's) use them too.
+    """
     control_plane.kubectl(
         "apply", "--server-side", f"--field-manager={FIELD_MANAGER}", "-f", str(REPO / "crds")
     )
@@ -50,8 +52,7 @@ def crds(control_plane: ControlPlane) -> Iterator[list[dict[str, Any]]]:
     control_plane.kubectl(
         "wait", "--for=condition=Established", "--timeout=60s", *names, timeout_s=90
     )
-    yield docs
-    control_plane.kubectl("delete", "--wait=false", "--ignore-not-found", *names, check=False)
+    return docs
 
 
 @pytest.fixture(scope="module")
