@@ -217,10 +217,12 @@ async def _view(state: DemoState, tty: bool) -> None:
 
 
 def default_time_scale(profile_name: str) -> float:
-    """Scale so the profile's attempt window lasts about 5 s (never slower than real time)."""
-    limit = get_profile(profile_name).limit(LimitName.CONNECTION_ATTEMPTS)
+    """Scale so the attempt window lasts about 5 s and a connect timeout about 1 s (an attempt
+    stays counted for connect timeout + window + margin), never slower than real time."""
+    profile = get_profile(profile_name)
+    limit = profile.limit(LimitName.CONNECTION_ATTEMPTS)
     window = limit.windowSeconds if limit is not None and limit.windowSeconds else 5.0
-    return max(1.0, window / 5.0)
+    return max(1.0, window / 5.0, profile.connectTimeoutSeconds)
 
 
 async def run_demo(options: DemoOptions) -> int:
