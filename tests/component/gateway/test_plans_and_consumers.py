@@ -160,3 +160,32 @@ async def test_consumers_get_error_frames_auth_and_a_1012_on_shutdown(harness, t
     assert await gw.wait_exit(15) == 0
     harness.assert_no_violation()
     assert "s3cret" not in harness.logs()
+
+
+async def test_an_egress_mismatch_refuses_to_connect_with_a_clear_status(harness):
+    await harness.start_mock("binance-spot", shrunk("binance-spot", connectionAttempts=(10, 40.0)))
+    plan, _ = base_plan(harness, "binance-spot", conns=2)
+    wrong = plan.addresses[0].model_copy(update={"publicAddress": "127.0.0.9"})
+    plan = plan.model_copy(update={"addresses": [wrong]})
+    gw = harness.gateway(harness.write_plan(plan))
+    gw.start()
+
+    async def refused():
+        st = await harness.status(gw)
+        return st if st and st["egress"].get("a0", {}).get("ok") is False else None
+
+    st = await wait_for(refused, 20, "the egress check to fail")
+    assert (
+        "127.0.0.2" in st["egress"]["a0"]["message"]
+        and "127.0.0.9" in st["egress"]["a0"]["message"]
+    )
+
+    async def all_refused():
+        st = await harness.status(gw)
+        return all(c["state"] == "refused" for c in st["connections"])
+
+    await wait_for(all_refused, 10, "every connection refused")
+    assert harness.mock.websockets() == []
+    assert (
+        harness.mock.metrics.registry.get_sample_value("mockexchange_websockets_opened_total") or 0
+    ) == 0
