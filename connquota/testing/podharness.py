@@ -1,9 +1,10 @@
 """A harness that plays kubelet and scheduler for selected Pods, running them as local processes.
 
 No kubelet and no scheduler run in the test control plane. :class:`PodHarness` registers a
-fake Node (Ready, with a Lease in ``kube-node-lease`` that it keeps renewing so the node
-lifecycle controller never taints or evicts it), binds every pending Pod matching its label
-selector to that Node, and runs the Pod's single container as a local subprocess:
+fake Node, or several (Ready, each with a Lease in ``kube-node-lease`` that it keeps renewing
+so the node lifecycle controller never taints or evicts it), binds every pending Pod matching
+its label selector to the first of its Nodes that the Pod's ``nodeSelector`` and required node
+affinity admit, and runs the Pod's single container as a local subprocess:
 
 * argv: the container's ``command`` + ``args`` (``$(VAR)`` references expanded as the kubelet
   does). A container without ``command`` uses ``image_commands[image]``; there is no image.
@@ -231,6 +232,37 @@ class _ProbeState:
 def _full_state(state: Mapping[str, Any]) -> dict[str, Any]:
     """A container state with explicit nulls, so a merge patch replaces the previous one."""
     return {key: state.get(key) for key in ("waiting", "running", "terminated")}
+
+
+def _term_matches(term: Mapping[str, Any], labels: Mapping[str, str], node_name: str) -> bool:
+    """One nodeSelectorTerm: all its matchExpressions and matchFields hold."""
+    for expr in term.get("matchExpressions") or []:
+        if not _expression_holds(expr, labels.get(expr["key"]), expr["key"] in labels):
+            return False
+    for expr in term.get("matchFields") or []:
+        value = node_name if expr["key"] == "metadata.name" else None
+        if not _expression_holds(expr, value, value is not None):
+            return False
+    return True
+
+
+def _expression_holds(expr: Mapping[str, Any], value: str | None, present: bool) -> bool:
+    operator, values = expr["operator"], list(expr.get("values") or [])
+    if operator == "In":
+        return present and value in values
+    if operator == "NotIn":
+        return not present or value not in values
+    if operator == "Exists":
+        return present
+    if operator == "DoesNotExist":
+        return not present
+    if operator in ("Gt", "Lt") and present and value is not None:
+        try:
+            number, bound = int(value), int(values[0])
+        except (ValueError, IndexError):
+            return False
+        return number > bound if operator == "Gt" else number < bound
+    return False
 
 
 # --- the per-Pod runner --------------------------------------------------------------------
@@ -489,7 +521,7 @@ class _PodRunner:
             "metadata.name": meta["name"],
             "metadata.namespace": meta["namespace"],
             "metadata.uid": meta["uid"],
-            "spec.nodeName": self.harness.node_name,
+            "spec.nodeName": pod["spec"].get("nodeName") or self.harness.node_name,
             "spec.serviceAccountName": pod["spec"].get("serviceAccountName") or "default",
             "status.podIP": self.pod_ip,
             "status.podIPs": self.pod_ip,
@@ -844,6 +876,8 @@ class PodHarness:
         *,
         namespace: str | None = None,
         node_name: str = DEFAULT_NODE_NAME,
+        extra_node_names: Sequence[str] = (),
+        node_labels: Mapping[str, str] | None = None,
         work_dir: Path | None = None,
         api_host: str = "127.0.0.1",
         api_port: int = 443,
@@ -867,6 +901,9 @@ class PodHarness:
         self.label_selector = label_selector
         self.namespace = namespace
         self.node_name = node_name
+        self.node_names = [node_name, *[n for n in extra_node_names if n != node_name]]
+        self.node_labels = dict(node_labels or {})
+        self._node_labels: dict[str, dict[str, str]] = {}
         self._own_work_dir = work_dir is None
         self.work_dir = work_dir or Path(tempfile.mkdtemp(prefix="connquota-pods-"))
         self.api_host = api_host
@@ -901,7 +938,7 @@ class PodHarness:
     def start(self) -> PodHarness:
         """Register the Node and its Lease, then start binding and running Pods."""
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        self._register_node()
+        self._register_nodes()
         for target, name in ((self._lease_loop, "lease"), (self._pod_loop, "pods")):
             thread = threading.Thread(target=target, name=f"harness-{name}", daemon=True)
             thread.start()
@@ -925,10 +962,11 @@ class PodHarness:
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
         if delete_node:
-            with contextlib.suppress(ApiException):
-                self.coordination.delete_namespaced_lease(self.node_name, LEASE_NAMESPACE)
-            with contextlib.suppress(ApiException):
-                self.core.delete_node(self.node_name)
+            for node_name in self.node_names:
+                with contextlib.suppress(ApiException):
+                    self.coordination.delete_namespaced_lease(node_name, LEASE_NAMESPACE)
+                with contextlib.suppress(ApiException):
+                    self.core.delete_node(node_name)
         if self._own_work_dir:
             shutil.rmtree(self.work_dir, ignore_errors=True)
 
@@ -994,7 +1032,7 @@ class PodHarness:
                 _POD_IPS_IN_USE.discard(ip)
 
     # --- node and lease
-    def _node_status(self) -> dict[str, Any]:
+    def _node_status(self, node_name: str) -> dict[str, Any]:
         now = _ts()
         return {
             "conditions": [
@@ -1024,7 +1062,7 @@ class PodHarness:
             ],
             "addresses": [
                 {"type": "InternalIP", "address": self.host_ip},
-                {"type": "Hostname", "address": self.node_name},
+                {"type": "Hostname", "address": node_name},
             ],
             "capacity": {"cpu": "64", "memory": "256Gi", "pods": "250"},
             "allocatable": {"cpu": "64", "memory": "256Gi", "pods": "250"},
@@ -1042,15 +1080,20 @@ class PodHarness:
             },
         }
 
-    def _register_node(self) -> None:
-        self._ready_since = _ts()
+    def _register_nodes(self) -> None:
+        for node_name in self.node_names:
+            self._register_node(node_name)
+
+    def _register_node(self, node_name: str) -> None:
+        self._ready_since = getattr(self, "_ready_since", _ts())
         body = {
             "apiVersion": "v1",
             "kind": "Node",
             "metadata": {
-                "name": self.node_name,
+                "name": node_name,
                 "labels": {
-                    "kubernetes.io/hostname": self.node_name,
+                    **self.node_labels,
+                    "kubernetes.io/hostname": node_name,
                     "kubernetes.io/os": "linux",
                     "kubernetes.io/arch": "amd64",
                     "connquota.io/pod-harness": "true",
@@ -1063,28 +1106,29 @@ class PodHarness:
         except ApiException as err:
             if err.status != 409:
                 raise
-            node = self.core.read_node(self.node_name)
+            node = self.core.read_node(node_name)
+        self._node_labels[node_name] = dict(node.metadata.labels or {})
         self.core.patch_node_status(
-            self.node_name, {"status": self._node_status()}, _content_type=MERGE_PATCH
+            node_name, {"status": self._node_status(node_name)}, _content_type=MERGE_PATCH
         )
         self._node_status_at = time.monotonic()
         lease = {
             "apiVersion": "coordination.k8s.io/v1",
             "kind": "Lease",
             "metadata": {
-                "name": self.node_name,
+                "name": node_name,
                 "namespace": LEASE_NAMESPACE,
                 "ownerReferences": [
                     {
                         "apiVersion": "v1",
                         "kind": "Node",
-                        "name": self.node_name,
+                        "name": node_name,
                         "uid": node.metadata.uid,
                     }
                 ],
             },
             "spec": {
-                "holderIdentity": self.node_name,
+                "holderIdentity": node_name,
                 "leaseDurationSeconds": self.lease_duration_s,
                 "renewTime": _micro_ts(),
             },
@@ -1094,16 +1138,16 @@ class PodHarness:
         except ApiException as err:
             if err.status != 409:
                 raise
-            self._renew_lease()
+            self._renew_lease(node_name)
         self.lease_renewals += 1
 
-    def _renew_lease(self) -> None:
+    def _renew_lease(self, node_name: str) -> None:
         self.coordination.patch_namespaced_lease(
-            self.node_name,
+            node_name,
             LEASE_NAMESPACE,
             {
                 "spec": {
-                    "holderIdentity": self.node_name,
+                    "holderIdentity": node_name,
                     "renewTime": _micro_ts(),
                     "leaseDurationSeconds": self.lease_duration_s,
                 }
@@ -1114,24 +1158,51 @@ class PodHarness:
     def _lease_loop(self) -> None:
         next_renew = time.monotonic() + self.lease_renew_interval_s
         while not self._stopping.wait(max(0.0, next_renew - time.monotonic())):
-            try:
-                self._renew_lease()
-                self.lease_renewals += 1
-                if time.monotonic() - self._node_status_at >= self.node_status_interval_s:
-                    self.core.patch_node_status(
-                        self.node_name, {"status": self._node_status()}, _content_type=MERGE_PATCH
-                    )
-                    self._node_status_at = time.monotonic()
-                next_renew = time.monotonic() + self.lease_renew_interval_s
-            except ApiException as err:
-                if err.status == 404:
-                    with contextlib.suppress(ApiException):
-                        self._register_node()
-                self.errors.append(f"lease renewal: {err.status} {err.reason}")
-                next_renew = time.monotonic() + min(1.0, self.lease_renew_interval_s)
-            except Exception as err:  # connection refused while the API server restarts
-                self.errors.append(f"lease renewal: {err}")
-                next_renew = time.monotonic() + min(1.0, self.lease_renew_interval_s)
+            next_renew = time.monotonic() + self.lease_renew_interval_s
+            status_due = time.monotonic() - self._node_status_at >= self.node_status_interval_s
+            for node_name in self.node_names:
+                try:
+                    self._renew_lease(node_name)
+                    self.lease_renewals += 1
+                    if status_due:
+                        self.core.patch_node_status(
+                            node_name,
+                            {"status": self._node_status(node_name)},
+                            _content_type=MERGE_PATCH,
+                        )
+                except ApiException as err:
+                    if err.status == 404:
+                        with contextlib.suppress(ApiException):
+                            self._register_node(node_name)
+                    self.errors.append(f"lease renewal of {node_name}: {err.status} {err.reason}")
+                    next_renew = time.monotonic() + min(1.0, self.lease_renew_interval_s)
+                except Exception as err:  # connection refused while the API server restarts
+                    self.errors.append(f"lease renewal of {node_name}: {err}")
+                    next_renew = time.monotonic() + min(1.0, self.lease_renew_interval_s)
+            if status_due:
+                self._node_status_at = time.monotonic()
+
+    # --- scheduling
+    def _fits(self, pod: Mapping[str, Any], node_name: str) -> bool:
+        """Whether the Pod's nodeSelector and required node affinity admit the node."""
+        labels = self._node_labels.get(node_name, {})
+        spec = pod["spec"]
+        for key, value in (spec.get("nodeSelector") or {}).items():
+            if labels.get(key) != value:
+                return False
+        required = ((spec.get("affinity") or {}).get("nodeAffinity") or {}).get(
+            "requiredDuringSchedulingIgnoredDuringExecution"
+        ) or {}
+        terms = required.get("nodeSelectorTerms") or []
+        if not terms:
+            return True
+        return any(_term_matches(term, labels, node_name) for term in terms)
+
+    def _choose_node(self, pod: Mapping[str, Any]) -> str | None:
+        for node_name in self.node_names:
+            if self._fits(pod, node_name):
+                return node_name
+        return None
 
     # --- pods
     def _list_pods(self, **kwargs: Any) -> Any:
@@ -1222,9 +1293,15 @@ class PodHarness:
                 "",
             ):
                 return
-            self._bind(pod)
+            target = self._choose_node(pod)
+            if target is None:
+                message = f"{meta['namespace']}/{meta['name']}: no harness node fits"
+                if message not in self.errors:
+                    self.errors.append(message)
+                return
+            self._bind(pod, target)
             return
-        if node != self.node_name:
+        if node not in self.node_names:
             return
         with self._lock:
             runner = self._runners.get(uid)
@@ -1243,13 +1320,13 @@ class PodHarness:
                 return
         runner.update(pod)
 
-    def _bind(self, pod: dict[str, Any]) -> None:
+    def _bind(self, pod: dict[str, Any], node_name: str) -> None:
         meta = pod["metadata"]
         body = {
             "apiVersion": "v1",
             "kind": "Binding",
             "metadata": {"name": meta["name"], "namespace": meta["namespace"], "uid": meta["uid"]},
-            "target": {"apiVersion": "v1", "kind": "Node", "name": self.node_name},
+            "target": {"apiVersion": "v1", "kind": "Node", "name": node_name},
         }
         try:
             # _preload_content=False: the client cannot deserialize the Status it gets back.

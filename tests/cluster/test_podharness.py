@@ -34,6 +34,7 @@ def pod_manifest(
     volumes: list[dict[str, Any]] | None = None,
     mounts: list[dict[str, Any]] | None = None,
     labels: dict[str, str] | None = None,
+    harness_label: str = HARNESS_LABEL,
 ) -> dict[str, Any]:
     """A Pod running tests/cluster/podserver.py under the harness."""
     base_env = [
@@ -53,7 +54,7 @@ def pod_manifest(
     return {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": name, "labels": {HARNESS_LABEL: "true", **(labels or {})}},
+        "metadata": {"name": name, "labels": {harness_label: "true", **(labels or {})}},
         "spec": {
             "containers": [container],
             "terminationGracePeriodSeconds": grace_s,
@@ -518,3 +519,57 @@ def test_configmap_volume_files_follow_configmap_updates(
         15,
         "the updated plan file",
     )
+
+
+def test_pods_are_bound_to_the_harness_node_their_selector_and_affinity_admit(
+    api_client: Any, core: client.CoreV1Api, control_plane: Any, namespace: str
+) -> None:
+    label = "connquota.io/test-scheduling"
+    harness = PodHarness(
+        api_client,
+        f"{label}=true",
+        node_name="sched-a",
+        extra_node_names=["sched-b"],
+        api_port=control_plane.apiserver_port,
+    )
+    with harness:
+        by_selector = pod_manifest("by-selector", harness_label=label)
+        by_selector["spec"]["nodeSelector"] = {"kubernetes.io/hostname": "sched-b"}
+        by_affinity = pod_manifest("by-affinity", harness_label=label)
+        by_affinity["spec"]["affinity"] = {
+            "nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {
+                    "nodeSelectorTerms": [
+                        {
+                            "matchExpressions": [
+                                {
+                                    "key": "kubernetes.io/hostname",
+                                    "operator": "In",
+                                    "values": ["elsewhere", "sched-b"],
+                                }
+                            ]
+                        }
+                    ]
+                }
+            }
+        }
+        nowhere = pod_manifest("nowhere", harness_label=label)
+        nowhere["spec"]["nodeSelector"] = {"kubernetes.io/hostname": "node-9"}
+        free = pod_manifest("free", harness_label=label)
+        for manifest in (by_selector, by_affinity, nowhere, free):
+            core.create_namespaced_pod(namespace, manifest)
+        assert wait_ready(core, namespace, "by-selector").spec.node_name == "sched-b"
+        assert wait_ready(core, namespace, "by-affinity").spec.node_name == "sched-b"
+        assert wait_ready(core, namespace, "free").spec.node_name == "sched-a"
+        wait_for(
+            lambda: any("nowhere: no harness node fits" in e for e in harness.errors),
+            10,
+            "the unschedulable pod to be reported",
+        )
+        pending = core.read_namespaced_pod("nowhere", namespace)
+        assert pending.spec.node_name is None
+        assert pending.status.phase == "Pending"
+        env = http(
+            "GET", f"http://{core.read_namespaced_pod('free', namespace).status.pod_ip}:{PORT}/env"
+        )
+        assert env[0] == 200
