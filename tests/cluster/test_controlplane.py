@@ -165,3 +165,22 @@ def test_missing_binaries_skip_locally_and_fail_in_ci(
     result = _run_fixture_check(env, tmp_path)
     assert outcome in result.stdout, result.stdout + result.stderr
     assert "hack/build-control-plane.sh" in result.stdout
+
+
+def test_helm_installs_a_chart_into_the_control_plane(
+    control_plane: ControlPlane, tmp_path: Path
+) -> None:
+    chart = tmp_path / "hello"
+    control_plane.helm("create", str(chart))
+    rendered = control_plane.helm(
+        "template", "hello", str(chart), "--kube-version", pins()["KUBERNETES_VERSION"]
+    ).stdout
+    assert "kind: Deployment" in rendered
+    control_plane.helm("install", "hello", str(chart), "-n", "helm-check", "--create-namespace")
+    try:
+        releases = json.loads(control_plane.helm("list", "-n", "helm-check", "-o", "json").stdout)
+        assert [(r["name"], r["status"]) for r in releases] == [("hello", "deployed")]
+        control_plane.kubectl("-n", "helm-check", "get", "deployment", "hello")
+    finally:
+        control_plane.helm("uninstall", "hello", "-n", "helm-check", check=False)
+        control_plane.kubectl("delete", "namespace", "helm-check", "--wait=false", check=False)
