@@ -101,6 +101,8 @@ class KubeApi:
         self._timeout_s = request_timeout_s
         self._applied: dict[tuple[str, str, str], str] = {}
         """(kind, namespace, name) -> content hash the live object is known to carry."""
+        self._versions: dict[tuple[str, str, str], str] = {}
+        """(kind, namespace, name) -> resourceVersion last seen by `apply`."""
 
     # --- raw ---------------------------------------------------------------------------------
 
@@ -206,11 +208,12 @@ class KubeApi:
             if live is not None:
                 known = (live["metadata"].get("annotations") or {}).get(names.ANNOTATION_HASH, "")
                 self._applied[key] = known
+                self._versions[key] = live["metadata"].get("resourceVersion", "")
         if known == digest:
             return False
         if resource_version is not None:
             body = {**body, "metadata": {**meta, "resourceVersion": resource_version}}
-        await self._request(
+        out = await self._request(
             "PATCH",
             object_path(body["kind"], meta.get("namespace"), meta["name"]),
             query={"fieldManager": names.FIELD_MANAGER, "force": "true"},
@@ -218,16 +221,24 @@ class KubeApi:
             content_type="application/apply-patch+yaml",
         )
         self._applied[key] = digest
+        if isinstance(out, dict):
+            self._versions[key] = (out.get("metadata") or {}).get("resourceVersion", "")
         metrics.OBJECT_WRITES.labels(kind=body["kind"]).inc()
         return True
+
+    def resource_version(self, kind: str, namespace: str, name: str) -> str | None:
+        """The resourceVersion `apply` last saw for the object (None: unknown)."""
+        return self._versions.get((kind, namespace, name)) or None
 
     def forget(self, kind: str, namespace: str, name: str) -> None:
         """Drop what is known of an object's live hash (re-read before the next write)."""
         self._applied.pop((kind, namespace, name), None)
+        self._versions.pop((kind, namespace, name), None)
 
     def forget_all(self) -> None:
         """Re-read every object before writing it again (drift repair)."""
         self._applied.clear()
+        self._versions.clear()
 
     async def create(self, body: dict[str, Any]) -> bool:
         """Create `body`; False when it already exists."""

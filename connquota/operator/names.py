@@ -29,6 +29,8 @@ FINALIZER = "connquota.io/budget"
 
 PLAN_KEY = "plan.json"
 """The key of the PodPlan JSON in a plan ConfigMap."""
+LEDGER_KEY = "ledger.json"
+"""The key of the QuotaLedger JSON in the ledger ConfigMap."""
 
 # Labels
 LABEL_NAME = "app.kubernetes.io/name"
@@ -75,6 +77,11 @@ def lease_name(quota: str, ordinal: int) -> str:
 def plan_configmap_name(quota: str, ordinal: int) -> str:
     """The plan ConfigMap of one ordinal."""
     return f"{quota}-plan-{ordinal}"
+
+
+def ledger_configmap_name(quota: str) -> str:
+    """The ConfigMap holding the quota's transition ledger (operator-only)."""
+    return f"{quota}-ledger"
 
 
 def service_account_name(quota: str) -> str:

@@ -1,29 +1,31 @@
 """The operator's only door to the planner: turns Kubernetes bodies into planner inputs and calls
 the planner's public functions. No planning logic lives here.
 
-Planner functions used: `expand_streams`, `divide_budgets`, `plan_quota`, and the planner's
-transition function once it ships one (`_planner_transition`). Until then the operator
-publishes only what cannot break I1 (a first plan on an otherwise empty pool, or a plan in
-which no slice grows) and otherwise keeps the published plan and says what it waits for.
+Planner functions used: `expand_streams`, `divide_budgets`, `plan_quota` (the target) and
+`next_publication` (the next generation safe to publish now, from every quota's ledger).
+Quarantines are applied here as zero shares on the quarantined address or account.
 """
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import Any
+import dataclasses
+import datetime as dt
+from collections.abc import Iterable, Mapping
 
+from connquota.api.limits import LimitScope
 from connquota.api.plan import PodPlan, QuotaPlan
 from connquota.api.pool import ExchangeEgressPoolSpec
 from connquota.api.quota import ExchangeConnectionQuota
+from connquota.api.report import Quarantine
 from connquota.exchanges import ProfileError, effective_profile
 from connquota.operator.status import Problem
 from connquota.planner.errors import PlanningError
 from connquota.planner.inputs import DesiredStream, QuotaInput
+from connquota.planner.ledger import HoldKey, QuotaLedger
 from connquota.planner.plan import PlanRequest, plan_quota
-from connquota.planner.shares import PoolShares, divide_budgets
+from connquota.planner.shares import PoolShares, QuotaShares, divide_budgets
 from connquota.planner.streams import expand_streams, source_key
+from connquota.planner.transitions import Transition, Waiting, next_publication
 
 
 class QuotaProblem(Exception):
@@ -32,16 +34,6 @@ class QuotaProblem(Exception):
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
         self.problem = Problem(reason, message)
-
-
-@dataclass(frozen=True)
-class Step:
-    """The next plan generation safe to publish now, and what it waits for."""
-
-    plan: QuotaPlan
-    reached_target: bool
-    waiting_for: str | None = None
-    retry_after_s: float | None = None
 
 
 def quota_input(quota: ExchangeConnectionQuota) -> QuotaInput:
@@ -90,101 +82,108 @@ def divide(pool: ExchangeEgressPoolSpec, inputs: list[QuotaInput]) -> PoolShares
         raise QuotaProblem("ImpossibleQuota", str(exc)) from None
 
 
-def _planner_transition() -> Callable[..., Any] | None:
-    """The planner's transition function, or None while the planner does not ship one."""
-    module = importlib.import_module("connquota.planner")
-    for name in ("next_safe_plan", "next_generation", "transition"):
-        fn = getattr(module, name, None)
-        if callable(fn):
-            return fn
-    return None
-
-
-def _slices_by_pod(plan: QuotaPlan | None) -> dict[int, dict[tuple[str, str, str], int]]:
-    out: dict[int, dict[tuple[str, str, str], int]] = {}
-    for pod in plan.pods if plan else []:
-        out[pod.ordinal] = {(s.limit.value, s.scope.value, s.key): s.value for s in pod.slices}
-    return out
-
-
-def only_shrinks(published: QuotaPlan | None, target: QuotaPlan) -> bool:
-    """True when no pod's slice in `target` is larger than what it holds in `published`.
-
-    Publishing such a plan at once is always safe (nothing grows). Used only while the
-    planner ships no transition function: anything that grows then waits.
-    """
-    old = _slices_by_pod(published)
-    for ordinal, slices in _slices_by_pod(target).items():
-        held = old.get(ordinal, {})
-        for key, value in slices.items():
-            if value > held.get(key, 0):
-                return False
-    return True
-
-
-def target_and_step(
+def plan_target(
     quota: QuotaInput,
     streams: list[DesiredStream],
     pool: ExchangeEgressPoolSpec,
-    shares: PoolShares,
+    shares: QuotaShares,
     published: QuotaPlan | None,
-    acks: Mapping[int, int],
-    ack_ages_s: Mapping[int, float],
-    pool_has_other_plans: bool,
-) -> tuple[QuotaPlan, Step]:
-    """The quota's target plan and the next generation safe to publish now.
-
-    `acks`: ordinal -> plan generation its gateway enforces; `ack_ages_s`: ordinal -> seconds
-    since the operator first saw that acknowledgement (its monotonic clock).
-    """
+) -> QuotaPlan:
+    """The quota's target plan: its share of the pool, sticky to the published plan."""
     generation = (published.generation + 1) if published else 1
-    shares_of_quota = shares.quotas.get(quota.key)
-    if shares_of_quota is None:
-        raise QuotaProblem("ImpossibleQuota", f"no share computed for {quota.key}")
     request = PlanRequest(
         quota=quota.ref,
         spec=quota.spec,
         profile=quota.profile,
         pool=pool,
-        shares=shares_of_quota,
+        shares=shares,
         streams=streams,
         generation=generation,
         previous=published,
     )
     try:
-        target = plan_quota(request)
+        return plan_quota(request)
     except PlanningError as exc:
         raise QuotaProblem("ImpossibleQuota", str(exc)) from None
-    transition = _planner_transition()
-    if transition is not None:
-        try:
-            step = transition(published, target, acks, ack_ages_s)
-        except PlanningError as exc:
-            raise QuotaProblem("ImpossibleQuota", str(exc)) from None
-        if isinstance(step, Step):
-            return target, step
-        return target, Step(
-            plan=step.plan,
-            reached_target=bool(getattr(step, "reached_target", step.plan == target)),
-            waiting_for=getattr(step, "waiting_for", None),
-            retry_after_s=getattr(step, "retry_after_s", None),
-        )
-    # No planner transition yet: publish only what cannot break I1 -- a first plan on a pool
-    # where no other quota holds anything, or a plan in which nothing grows.
-    if (published is None and not pool_has_other_plans) or only_shrinks(published, target):
-        return target, Step(plan=target, reached_target=True)
-    if published is None:
-        raise QuotaProblem(
-            "WaitingForPlanner",
-            "another quota of the pool holds published plans and this build's planner has no "
-            "transition function to move budget safely; nothing is published",
-        )
-    return target, Step(
-        plan=published,
-        reached_target=False,
-        waiting_for="a slice must grow and this build's planner has no transition function",
-        retry_after_s=30.0,
+
+
+def quarantined(shares: QuotaShares, quarantines: Iterable[Quarantine]) -> QuotaShares:
+    """`shares` with nothing on a quarantined address or account.
+
+    The planner then uses neither (its room is 0, with a reason), so the plan gives no pod a
+    slice there and the gateways make no attempt on it until the quarantine ends.
+    """
+    ips = {q.key for q in quarantines if q.scope == LimitScope.IP}
+    accounts = {q.key for q in quarantines if q.scope == LimitScope.ACCOUNT}
+    if not ips and not accounts:
+        return shares
+    return dataclasses.replace(
+        shares,
+        ip={k: (0 if k[0] in ips else v) for k, v in shares.ip.items()},
+        account={k: (0 if k[0] in accounts else v) for k, v in shares.account.items()},
+        bursts={
+            k: (0 if (k[1] in ips if k[0] == LimitScope.IP else k[1] in accounts) else v)
+            for k, v in shares.bursts.items()
+        },
+        reasons=[
+            *shares.reasons,
+            *(f"address {k} is quarantined by the exchange" for k in sorted(ips)),
+            *(f"account {k} is quarantined by the exchange" for k in sorted(accounts)),
+        ],
     )
+
+
+def transition(
+    pool: ExchangeEgressPoolSpec,
+    budgets: Mapping[HoldKey, int],
+    ledgers: Mapping[str, QuotaLedger],
+    quota: str,
+    published: QuotaPlan | None,
+    target: QuotaPlan,
+    now: float,
+) -> Transition:
+    """The next generation safe to publish now (the planner's `next_publication`)."""
+    try:
+        return next_publication(pool, budgets, ledgers, quota, published, target, now)
+    except PlanningError as exc:
+        raise QuotaProblem("ImpossibleQuota", str(exc)) from None
+
+
+def complete(plan: QuotaPlan, published: Mapping[int, PodPlan], quota: QuotaInput) -> QuotaPlan:
+    """`plan` with an empty pod plan for every published ordinal it no longer lists."""
+    listed = {p.ordinal for p in plan.pods}
+    extra = [
+        empty_pod_plan(quota, ordinal, plan.generation)
+        for ordinal in sorted(published)
+        if ordinal not in listed
+    ]
+    if not extra:
+        return plan
+    pods = sorted([*plan.pods, *extra], key=lambda p: p.ordinal)
+    return plan.model_copy(update={"pods": pods})
+
+
+def _hold(key: HoldKey) -> str:
+    domain, scope, what, limit = key
+    return f"{limit} on {scope} {what} ({domain})"
+
+
+def waiting_message(waiting: list[Waiting], mono_now: float, wall_now: float) -> str:
+    """What the held-back grows wait for, for whom, until when (for status and Events)."""
+    parts = []
+    for w in waiting[:3]:
+        if w.until is not None:
+            at = dt.datetime.fromtimestamp(wall_now + (w.until - mono_now), dt.UTC)
+            when = f"until {at.strftime('%H:%M:%SZ')} (rate window)"
+        else:
+            when = "until they acknowledge their smaller slice"
+        holders = ", ".join(w.holders[:4]) or "pods of this pool"
+        parts.append(
+            f"pod {w.ordinal}: {_hold(w.budget)} {w.granted}/{w.wanted}, waiting on {holders} "
+            f"{when}"
+        )
+    more = f"; and {len(waiting) - 3} more" if len(waiting) > 3 else ""
+    return "transition held back: " + "; ".join(parts) + more
 
 
 def empty_pod_plan(quota: QuotaInput, ordinal: int, generation: int) -> PodPlan:

@@ -13,9 +13,10 @@ Order of writes for a quota (each skipped when nothing changed):
 4. pod egress labels (podLabel addresses differing per ordinal);
 5. status (only when its content changes) and Events (deduplicated).
 
-What the operator keeps only in memory: when it first saw each acknowledgement (monotonic
-clock). After a restart every acknowledgement counts as just seen, which can only make a
-transition wait longer, never shorter.
+Transitions use the planner's `next_publication` with every quota's ledger (what every pod
+may still enforce), persisted in a ConfigMap per quota and written before the plans of a new
+generation (see `connquota.operator.ledgers`). After a restart the ledgers' clocks are rebased
+(every acknowledgement counts as just seen), which only makes transitions wait longer.
 """
 
 from __future__ import annotations
@@ -31,15 +32,18 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from connquota.api.plan import PodPlan, QuotaPlan
+from connquota.api.plan import PodPlan, QuotaPlan, QuotaRef
 from connquota.api.pool import ExchangeEgressPool
 from connquota.api.quota import ExchangeConnectionQuota
 from connquota.api.report import REPORT_ANNOTATION, GatewayReport, Quarantine
-from connquota.operator import builders, metrics, names, planning
+from connquota.operator import builders, ledgers, metrics, names, planning
+from connquota.operator.crash import crash_point
 from connquota.operator.kube import KubeApi, KubeError
 from connquota.operator.settings import OperatorConfig
 from connquota.operator.status import Problem, QuotaObservation, quota_status, status_hash
 from connquota.planner.inputs import DesiredStream, QuotaInput
+from connquota.planner.ledger import QuotaLedger, forgettable, rebase_clock, record_publication
+from connquota.planner.transitions import budget_table
 
 log = logging.getLogger(__name__)
 
@@ -77,10 +81,16 @@ class QuotaState:
     """ordinal -> the pod plan in its ConfigMap."""
     plan_rv: dict[int, str] = field(default_factory=dict)
     loaded: bool = False
-    ack_first_seen: dict[tuple[int, int], float] = field(default_factory=dict)
+    ledger: QuotaLedger | None = None
+    """What every pod may still enforce (persisted in the `<quota>-ledger` ConfigMap)."""
+    ledger_loaded: bool = False
+    ledger_rv: str | None = None
+    ledger_dirty: bool = False
+    gone_seen: dict[int, float] = field(default_factory=dict)
+    """ordinal -> monotonic time the operator first saw the pod gone."""
+    dead_connection_s: float = 0.0
     last_good: tuple[QuotaInput, list[DesiredStream]] | None = None
     target: QuotaPlan | None = None
-    gone_since: float | None = None
     status_digest: str | None = None
     events: dict[tuple[str, str], float] = field(default_factory=dict)
 
@@ -130,6 +140,7 @@ class Reconciler:
         self._dirty: dict[str, asyncio.Event] = {}
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._timers: dict[str, asyncio.TimerHandle] = {}
         self.last_progress = monotonic()
 
     # --- scheduling --------------------------------------------------------------------------
@@ -149,6 +160,8 @@ class Reconciler:
 
     async def stop(self) -> None:
         """Cancel every worker (operator shutdown)."""
+        for timer in self._timers.values():
+            timer.cancel()
         for task in self._workers.values():
             task.cancel()
         await asyncio.gather(*self._workers.values(), return_exceptions=True)
@@ -192,8 +205,19 @@ class Reconciler:
                 self._later(pool, retry_after)
 
     def _later(self, pool: str, delay_s: float) -> None:
+        """One pending timer per pool: a later request never delays an earlier one."""
         loop = asyncio.get_running_loop()
-        loop.call_later(max(0.05, delay_s), self.request, pool)
+        due = loop.time() + max(0.05, delay_s)
+        timer = self._timers.get(pool)
+        if timer is not None and not timer.cancelled() and timer.when() <= due:
+            return
+        if timer is not None:
+            timer.cancel()
+        self._timers[pool] = loop.call_at(due, self._fire, pool)
+
+    def _fire(self, pool: str) -> None:
+        self._timers.pop(pool, None)
+        self.request(pool)
 
     # --- the reconcile -----------------------------------------------------------------------
 
@@ -217,19 +241,31 @@ class Reconciler:
             return None
         pool = ExchangeEgressPool.model_validate(_strip(pool_body))
 
-        # 1. Planner inputs. A quota with a problem keeps its last good input so its share
-        # stays counted; without one the whole pool is frozen this round (safe for I1).
-        inputs: dict[str, tuple[QuotaInput, list[DesiredStream]]] = {}
-        problems: dict[str, Problem] = {}
-        frozen = False
-        for body, _ in quotas:
-            state = self.quotas.setdefault(quota_key(body), QuotaState(quota_key(body)))
-            state.pool = pool_name
-            await self._load_published(body, state)
+        # 0. Every quota's published plans and ledger, with the acknowledgements seen now:
+        # all ledgers of the pool must be current before any transition is computed.
+        reports_of: dict[str, dict[int, GatewayReport]] = {}
         for body, quota in quotas:
             key = quota_key(body)
             state = self.quotas.setdefault(key, QuotaState(key))
             state.pool = pool_name
+            await self._load_published(body, state)
+            reports_of[key] = self._reports(key, body)
+            self._sync_ledger(state, pool, reports_of[key], deleting=_deleting(body))
+            if quota is not None:
+                await self._persist_ledger(quota, state)
+
+        # 1. Planner inputs. A quota with a problem keeps its last good input so its share
+        # stays counted; without one the whole pool is frozen this round (nothing published,
+        # so nobody grows into a share its owner may want back). Deleted quotas get no share:
+        # their ledgers keep counting what their pods may still enforce.
+        inputs: dict[str, tuple[QuotaInput, list[DesiredStream]]] = {}
+        problems: dict[str, Problem] = {}
+        frozen = False
+        for body, quota in quotas:
+            key = quota_key(body)
+            state = self.quotas[key]
+            if _deleting(body):
+                continue
             try:
                 if quota is None:
                     raise planning.QuotaProblem("InvalidSpec", "the spec does not validate")
@@ -240,9 +276,7 @@ class Reconciler:
                 problems[key] = exc.problem
                 if state.last_good is not None:
                     inputs[key] = state.last_good
-                elif not await self._has_published(body, state):
-                    pass  # never planned: it holds nothing, and gets nothing
-                else:
+                elif any(p.connections for p in state.published.values()):
                     frozen = True
 
         retry: list[float] = []
@@ -255,13 +289,33 @@ class Reconciler:
                 for key in inputs:
                     problems.setdefault(key, exc.problem)
 
+        # Quarantines reported by any gateway of the pool, per limit domain.
+        wall = self.wall()
+        quarantines: dict[str, list[Quarantine]] = {}
+        for key, reports in reports_of.items():
+            domain = self._domain(key, inputs)
+            for report in reports.values():
+                for q in report.quarantines:
+                    if q.until > wall and domain is not None:
+                        quarantines.setdefault(domain, []).append(q)
+
         # 2. Per quota: target, next safe step, publish, scale, status.
         for body, quota in quotas:
             key = quota_key(body)
             state = self.quotas[key]
+            domain = self._domain(key, inputs)
             try:
                 wait = await self._reconcile_quota(
-                    body, quota, pool, state, inputs.get(key), shares, problems.get(key), frozen
+                    body,
+                    quota,
+                    pool,
+                    state,
+                    inputs.get(key),
+                    shares,
+                    problems.get(key),
+                    frozen,
+                    reports_of[key],
+                    quarantines.get(domain or "", []),
                 )
             except KubeError as exc:
                 log.warning("quota %s: API error: %s", key, exc, extra={"quota": key})
@@ -270,6 +324,79 @@ class Reconciler:
             if wait is not None:
                 retry.append(wait)
         return min(retry) if retry else None
+
+    def _domain(
+        self, key: str, inputs: Mapping[str, tuple[QuotaInput, list[DesiredStream]]]
+    ) -> str | None:
+        """The limit domain of a quota (from its input, else from its published plans)."""
+        if key in inputs:
+            return inputs[key][0].profile.domain
+        state = self.quotas.get(key)
+        for pod in state.published.values() if state else []:
+            return pod.profile.domain
+        return None
+
+    def _pool_ledgers(self, pool: str) -> dict[str, QuotaLedger]:
+        """The ledgers of every quota of `pool` the operator knows of."""
+        return {
+            k: s.ledger for k, s in self.quotas.items() if s.pool == pool and s.ledger is not None
+        }
+
+    def _sync_ledger(
+        self,
+        state: QuotaState,
+        pool: ExchangeEgressPool,
+        reports: Mapping[int, GatewayReport],
+        *,
+        deleting: bool = False,
+    ) -> None:
+        """Bring the in-memory ledger up to date: published plans, acks, pods gone."""
+        now = round(self.monotonic(), 3)
+        margin = self.config.windowMarginSeconds
+        before = state.ledger
+        ledger = before or QuotaLedger(quota=state.key)
+        ledger = ledgers.reconcile_with_published(ledger, state.published_plan(), pool.spec)
+        ledger = ledgers.record_reports(ledger, reports, state.published, pool.spec, now, margin)
+        sts = self.sources.statefulset_of_quota(state.key)
+        replicas = 0 if deleting else int(((sts or {}).get("spec") or {}).get("replicas") or 0)
+        live = set()
+        for pod in self.sources.pods_of_quota(state.key):
+            ordinal_text = pod["metadata"]["name"].rsplit("-", 1)[-1]
+            if ordinal_text.isdigit():
+                live.add(int(ordinal_text))
+        gone_now = ledgers.gone_ordinals(ledger, live, replicas)
+        for ordinal in list(state.gone_seen):
+            if ordinal not in gone_now:
+                del state.gone_seen[ordinal]
+        settled = []
+        for ordinal in gone_now:
+            seen = state.gone_seen.setdefault(ordinal, now)
+            if now - seen >= state.dead_connection_s:
+                settled.append(ordinal)
+        ledger = ledgers.record_gone(ledger, settled, now, margin)
+        if ledger is not before:
+            state.ledger = ledger
+            if before is None or ledgers.ledger_json(ledger) != ledgers.ledger_json(before):
+                state.ledger_dirty = True
+
+    async def _persist_ledger(self, quota: ExchangeConnectionQuota, state: QuotaState) -> None:
+        """Write the ledger ConfigMap when the ledger changed (resourceVersion precondition)."""
+        if not state.ledger_dirty or state.ledger is None:
+            return
+        ledger = ledgers.prune(state.ledger, self.monotonic())
+        body = builders.build_ledger_configmap(quota, ledgers.ledger_json(ledger))
+        ns, name = state.key.split("/", 1)
+        cm_name = names.ledger_configmap_name(name)
+        try:
+            wrote = await self.api.apply(body, resource_version=state.ledger_rv)
+        except KubeError:
+            state.ledger_rv = None
+            self.api.forget("ConfigMap", ns, cm_name)
+            raise
+        state.ledger_rv = self.api.resource_version("ConfigMap", ns, cm_name)
+        state.ledger_dirty = False
+        if wrote:
+            crash_point("ledger")
 
     async def _prepare(
         self, quota: ExchangeConnectionQuota, pool: ExchangeEgressPool
@@ -313,22 +440,46 @@ class Reconciler:
         return any(p.connections for p in state.published.values())
 
     async def _load_published(self, body: dict[str, Any], state: QuotaState) -> None:
+        """Read the quota's plan ConfigMaps (and, once per operator start, its ledger)."""
         uid = body["metadata"].get("uid", "")
         if state.loaded and state.uid == uid:
             return
+        if state.uid != uid:
+            state.ledger = None
+            state.ledger_loaded = False
+            state.ledger_rv = None
+            state.gone_seen.clear()
         ns, name = state.key.split("/", 1)
         state.published.clear()
         state.plan_rv.clear()
-        selector = f"{names.LABEL_QUOTA}={name},{names.LABEL_COMPONENT}=plan"
+        selector = f"{names.LABEL_QUOTA}={name},{names.LABEL_COMPONENT} in (plan,ledger)"
+        ledger_cm: dict[str, Any] | None = None
         for cm in await self.api.list("ConfigMap", ns, selector):
             if not _owned_by(cm, uid):
                 continue
+            data = cm.get("data") or {}
+            if names.LEDGER_KEY in data:
+                ledger_cm = cm
+                continue
             try:
-                pod = PodPlan.model_validate_json((cm.get("data") or {}).get(names.PLAN_KEY, ""))
+                pod = PodPlan.model_validate_json(data.get(names.PLAN_KEY, ""))
             except ValidationError:
                 continue
             state.published[pod.ordinal] = pod
             state.plan_rv[pod.ordinal] = cm["metadata"]["resourceVersion"]
+        if ledger_cm is not None:
+            state.ledger_rv = ledger_cm["metadata"]["resourceVersion"]
+        if not state.ledger_loaded:
+            text = (ledger_cm.get("data") or {}).get(names.LEDGER_KEY) if ledger_cm else None
+            ledger = ledgers.parse_ledger(text, state.key)
+            if ledger is not None:
+                # Monotonic times of a previous operator process mean nothing now: every
+                # acknowledgement counts as just seen, every release a full window from now.
+                ledger = rebase_clock(
+                    ledger, round(self.monotonic(), 3), self.config.windowMarginSeconds
+                )
+            state.ledger = ledger
+            state.ledger_loaded = True
         state.loaded = True
         state.uid = uid
 
@@ -342,80 +493,80 @@ class Reconciler:
         shares: Any,
         problem: Problem | None,
         frozen: bool,
+        reports: dict[int, GatewayReport],
+        quarantines: list[Quarantine],
     ) -> float | None:
         key = state.key
-        await self._load_published(body, state)
-        reports = self._reports(key, body)
-        self._note_acks(state, reports)
-        deleting = bool(body["metadata"].get("deletionTimestamp"))
+        deleting = _deleting(body)
         sts = self.sources.statefulset_of_quota(key)
         current_replicas = int(((sts or {}).get("spec") or {}).get("replicas") or 0)
         ready = int(((sts or {}).get("status") or {}).get("readyReplicas") or 0)
-        step: planning.Step | None = None
         waiting: str | None = None
+        reached = True
         retry: float | None = None
 
         if quota is not None and prepared is not None and not frozen and not deleting:
             qin, streams = prepared
+            state.dead_connection_s = qin.profile.deadConnectionTimeoutSeconds
             published = state.published_plan()
-            acks = {o: r.planGeneration for o, r in reports.items()}
-            ages = {
-                o: self.monotonic() - state.ack_first_seen.get((o, g), self.monotonic())
-                for o, g in acks.items()
-            }
+            plan: QuotaPlan | None = None
             try:
-                target, step = planning.target_and_step(
-                    qin,
-                    streams,
-                    pool.spec,
-                    shares,
-                    published,
-                    acks,
-                    ages,
-                    pool_has_other_plans=any(
-                        o.key != key and o.published
-                        for o in self.quotas.values()
-                        if o.pool == pool.metadata.name
-                    ),
-                )
+                own = shares.quotas.get(key) if shares is not None else None
+                if own is None:
+                    raise planning.QuotaProblem("ImpossibleQuota", f"no share computed for {key}")
+                own = planning.quarantined(own, quarantines)
+                target = planning.plan_target(qin, streams, pool.spec, own, published)
                 state.target = target
+                now = round(self.monotonic(), 3)
+                step = planning.transition(
+                    pool.spec,
+                    budget_table(shares.budgets),
+                    self._pool_ledgers(pool.metadata.name),
+                    key,
+                    published,
+                    target,
+                    now,
+                )
+                reached = step.reached_target
+                if step.plan is not None:
+                    plan = planning.complete(step.plan, state.published, qin)
+                    if not _changes(state.published, plan):
+                        plan = None
+                if step.waiting:
+                    metrics.TRANSITION_WAITS.inc()
+                    waiting = planning.waiting_message(step.waiting, now, self.wall())
+                    log.info(
+                        "quota %s: %s",
+                        key,
+                        waiting,
+                        extra={"quota": key, "pool": pool.metadata.name},
+                    )
+                    retry = (step.retry_at - now) if step.retry_at is not None else 5.0
+                elif not reached:
+                    retry = 1.0
             except planning.QuotaProblem as exc:
                 problem = problem or exc.problem
-            if step is not None and problem is None:
-                await self._ensure_objects(quota, step.plan, pool, current_replicas)
-                changed = await self._publish(quota, qin, state, step.plan)
-                if changed:
-                    metrics.PLAN_GENERATIONS.inc()
-                    await self._event(
-                        body,
-                        state,
-                        "PlanPublished",
-                        f"plan generation {step.plan.generation}: "
-                        f"{sum(len(p.connections) for p in step.plan.pods)} connections on "
-                        f"{step.plan.replicas} pods ({changed} pod plans changed)",
-                    )
+            if problem is None:
+                if plan is not None:
+                    await self._publish_generation(quota, qin, state, pool, plan, body)
                 current_replicas = await self._scale(
-                    quota, step.plan, pool, state, reports, current_replicas, body
+                    quota, qin, pool, state, reports, current_replicas, body
                 )
                 await self._label_pods(key, state)
-                if not step.reached_target:
-                    metrics.TRANSITION_WAITS.inc()
-                    waiting = step.waiting_for or "waiting for acknowledgements"
-                    retry = step.retry_after_s or 1.0
         if deleting and quota is not None:
             await self._scale_to_zero(quota, pool, state, current_replicas, body)
             current_replicas = 0
         if problem is not None:
             await self._event(body, state, problem.reason, problem.message, warning=True)
 
-        quarantines = [q for r in reports.values() for q in r.quarantines if q.until > self.wall()]
         for q in quarantines:
             await self._event(
                 body,
                 state,
                 "RateLimited",
                 f"{q.scope.value} {q.key} quarantined after {q.statusCode} until "
-                f"{dt.datetime.fromtimestamp(q.until, dt.UTC).isoformat()}",
+                f"{dt.datetime.fromtimestamp(q.until, dt.UTC).isoformat()} for every quota of "
+                "the limit domain on this pool",
                 warning=True,
             )
         plan_for_status = state.published_plan()
@@ -430,7 +581,7 @@ class Reconciler:
             generation=int(body["metadata"].get("generation") or 0),
             problem=problem,
             plan=plan_for_status,
-            target_generation_reached=step.reached_target if step else True,
+            target_generation_reached=reached,
             waiting=waiting,
             replicas=current_replicas,
             ready_replicas=ready,
@@ -445,9 +596,38 @@ class Reconciler:
         )
         await self._write_status(body, state, obs)
         if quarantines:
-            until = min(q.until for q in quarantines) - self.wall()
+            until = min(q.until for q in quarantines) - self.wall() + 0.5
             retry = min(retry or until, until)
         return retry
+
+    async def _publish_generation(
+        self,
+        quota: ExchangeConnectionQuota,
+        qin: QuotaInput,
+        state: QuotaState,
+        pool: ExchangeEgressPool,
+        plan: QuotaPlan,
+        body: dict[str, Any],
+    ) -> None:
+        """Record `plan` in the ledger (written first), then write its plan ConfigMaps."""
+        ledger = state.ledger or QuotaLedger(quota=state.key)
+        state.ledger = record_publication(ledger, plan, pool.spec)
+        state.ledger_dirty = True
+        await self._persist_ledger(quota, state)
+        sts = self.sources.statefulset_of_quota(state.key)
+        current = int(((sts or {}).get("spec") or {}).get("replicas") or 0)
+        await self._ensure_objects(quota, plan, current)
+        changed = await self._publish(quota, state, plan)
+        if changed:
+            metrics.PLAN_GENERATIONS.inc()
+            await self._event(
+                body,
+                state,
+                "PlanPublished",
+                f"plan generation {plan.generation}: "
+                f"{sum(len(p.connections) for p in plan.pods)} connections on "
+                f"{sum(1 for p in plan.pods if p.connections)} pods ({changed} pod plans changed)",
+            )
 
     # --- pieces ------------------------------------------------------------------------------
 
@@ -462,16 +642,10 @@ class Reconciler:
                 out[report.ordinal] = report
         return out
 
-    def _note_acks(self, state: QuotaState, reports: Mapping[int, GatewayReport]) -> None:
-        now = self.monotonic()
-        for ordinal, report in reports.items():
-            state.ack_first_seen.setdefault((ordinal, report.planGeneration), now)
-
     async def _ensure_objects(
         self,
         quota: ExchangeConnectionQuota,
         plan: QuotaPlan,
-        pool: ExchangeEgressPool,
         current_replicas: int,
     ) -> None:
         ordinals = max(quota.spec.gateway.maxReplicas, len(plan.pods), current_replicas)
@@ -485,7 +659,8 @@ class Reconciler:
         ):
             await self.api.apply(obj)
         known = set(self._lease_ordinals(f"{quota.metadata.namespace}/{quota.metadata.name}"))
-        for ordinal in range(max(len(plan.pods), current_replicas)):
+        wanted = {p.ordinal for p in plan.pods if p.connections} | set(range(current_replicas))
+        for ordinal in sorted(wanted):
             if ordinal not in known:
                 await self.api.create(builders.build_lease(quota, ordinal))
 
@@ -498,57 +673,58 @@ class Reconciler:
         return out
 
     async def _publish(
-        self, quota: ExchangeConnectionQuota, qin: QuotaInput, state: QuotaState, plan: QuotaPlan
+        self, quota: ExchangeConnectionQuota, state: QuotaState, plan: QuotaPlan
     ) -> int:
         """Write the ConfigMaps of pods whose plan content changed; returns how many."""
         changed = 0
-        wanted = {p.ordinal: p for p in plan.pods}
-        # Ordinals published before but absent from the step get an empty plan (scale-down).
-        for ordinal in state.published:
-            if ordinal not in wanted:
-                wanted[ordinal] = planning.empty_pod_plan(qin, ordinal, plan.generation)
-        for ordinal, pod in sorted(wanted.items()):
-            old = state.published.get(ordinal)
-            if old is not None and _same_content(old, pod):
-                continue
+        todo = [
+            pod
+            for pod in plan.pods
+            if state.published.get(pod.ordinal) is None
+            or not _same_content(state.published[pod.ordinal], pod)
+        ]
+        for pod in todo:
             body = builders.build_plan_configmap(quota, pod)
             try:
-                wrote = await self.api.apply(body, resource_version=state.plan_rv.get(ordinal))
+                wrote = await self.api.apply(body, resource_version=state.plan_rv.get(pod.ordinal))
             except KubeError:
                 state.loaded = False  # re-read the published plans before trying again
                 raise
-            state.published[ordinal] = pod
-            state.plan_rv.pop(ordinal, None)
+            state.published[pod.ordinal] = pod
+            state.plan_rv.pop(pod.ordinal, None)
             if wrote:
                 changed += 1
+                if len(todo) > 1 and changed == 1:
+                    crash_point("plan")
         if changed:
+            crash_point("plans")
             state.loaded = False  # pick up the new resourceVersions on the next reconcile
         return changed
 
     async def _scale(
         self,
         quota: ExchangeConnectionQuota,
-        plan: QuotaPlan,
+        qin: QuotaInput,
         pool: ExchangeEgressPool,
         state: QuotaState,
         reports: Mapping[int, GatewayReport],
         current: int,
         body: dict[str, Any],
     ) -> int:
-        needed = max(
-            plan.replicas, 1 + max((p.ordinal for p in plan.pods if p.connections), default=-1)
-        )
+        """Raise replicas to cover every published pod with connections; lower them only past
+        pods that acknowledged their empty plan (highest ordinals first)."""
+        used = [o for o, p in state.published.items() if p.connections]
+        needed = max(qin.spec.gateway.minReplicas, 1 + max(used, default=-1))
         replicas = needed
         if needed < current:
-            # Lower only past pods that acknowledged their empty plan (or run no gateway).
             replicas = current
             for ordinal in range(current - 1, needed - 1, -1):
                 empty = state.published.get(ordinal)
                 report = reports.get(ordinal)
-                acked = (
-                    empty is not None
-                    and not empty.connections
-                    and (report is not None and report.planGeneration >= empty.generation)
+                acked = empty is None or (
+                    not empty.connections
+                    and report is not None
+                    and report.planGeneration >= empty.generation
                 )
                 if not acked:
                     break
@@ -556,6 +732,7 @@ class Reconciler:
         addresses = _addresses_used(state, pool)
         sts = builders.build_statefulset(quota, replicas, addresses)
         if await self.api.apply(sts) and replicas != current:
+            crash_point("scale")
             verb = "ScaledUp" if replicas > current else "ScaledDown"
             await self._event(body, state, verb, f"gateway replicas {current} -> {replicas}")
         return replicas
@@ -637,48 +814,63 @@ class Reconciler:
     async def finalize(self, body: dict[str, Any]) -> float | None:
         """Seconds to wait before the quota's share may be released; None: release now.
 
-        The StatefulSet is scaled to zero; the share is released only after no gateway pod of
-        the quota exists and one rate window (plus the dead-connection timeout) has passed
-        since the operator saw the last one go.
+        The quota's ledger gets an empty generation (written, then published to the pods that
+        still run), the StatefulSet is scaled to zero, and the finalizer goes only when the
+        planner's `forgettable` says nothing of the quota counts any more: every pod
+        acknowledged holding nothing (a pod that is gone counts once the dead-connection
+        timeout passed since it went) and every released rate slice's window has passed.
         """
         key = quota_key(body)
-        pool = ((body.get("spec") or {}).get("egressPoolRef") or {}).get("name", "")
+        pool_name = ((body.get("spec") or {}).get("egressPoolRef") or {}).get("name", "")
         state = self.quotas.setdefault(key, QuotaState(key))
-        async with self.lock(pool):
+        state.pool = pool_name or state.pool
+        async with self.lock(pool_name):
             try:
                 quota = ExchangeConnectionQuota.model_validate(_strip(body))
             except ValidationError:
                 quota = None
+            pool_body = self.sources.pools(pool_name)
+            pool = ExchangeEgressPool.model_validate(_strip(pool_body)) if pool_body else None
+            await self._load_published(body, state)
             if quota is not None:
+                if state.published:
+                    state.dead_connection_s = next(
+                        iter(state.published.values())
+                    ).profile.deadConnectionTimeoutSeconds
+                if pool is not None:
+                    self._sync_ledger(state, pool, self._reports(key, body), deleting=True)
+                    ledger = state.ledger
+                    if ledger is not None and ledgers.holds_anything(ledger):
+                        empty = ledgers.empty_plan(
+                            QuotaRef(
+                                namespace=body["metadata"]["namespace"],
+                                name=quota.metadata.name or "",
+                            ),
+                            ledger,
+                            state.published,
+                            ledger.last_generation + 1,
+                        )
+                        state.ledger = record_publication(ledger, empty, pool.spec)
+                        state.ledger_dirty = True
+                        await self._persist_ledger(quota, state)
+                        await self._publish(quota, state, empty)
+                    await self._persist_ledger(quota, state)
                 sts = self.sources.statefulset_of_quota(key)
                 current = int(((sts or {}).get("spec") or {}).get("replicas") or 0)
-                pool_body = self.sources.pools(pool)
-                addresses: list[Any] = []
-                if pool_body is not None:
-                    pool_model = ExchangeEgressPool.model_validate(_strip(pool_body))
-                    addresses = _addresses_used(state, pool_model)
                 if sts is not None:
+                    addresses = _addresses_used(state, pool) if pool is not None else []
                     sts_body = builders.build_statefulset(quota, 0, addresses)
                     if await self.api.apply(sts_body) and current:
                         await self._event(body, state, "ScaledDown", "quota deleted: replicas -> 0")
             if self.sources.pods_of_quota(key):
-                state.gone_since = None
                 return 2.0
             now = self.monotonic()
-            if state.gone_since is None:
-                state.gone_since = now
-            hold_s = self.config.windowMarginSeconds
-            if quota is not None:
-                try:
-                    qin = planning.quota_input(quota)
-                    hold_s += max(
-                        planning.max_rate_window_s(qin), qin.profile.deadConnectionTimeoutSeconds
-                    )
-                except planning.QuotaProblem:
-                    hold_s += 300.0
-            left = state.gone_since + hold_s - now
-            if left > 0:
-                return left
+            ledger = state.ledger
+            if ledger is not None and not forgettable(ledger, now):
+                untils = [r.until for r in ledger.releases if r.until > now]
+                pending = [now + state.dead_connection_s - s for s in state.gone_seen.values()]
+                left = max([*(u - now for u in untils), *pending, 0.0])
+                return max(0.5, min(left + 0.1, 30.0))
             self.quotas.pop(key, None)
             return None
 
@@ -687,6 +879,19 @@ def _strip(body: Mapping[str, Any]) -> dict[str, Any]:
     """A custom-resource body as the API models read it (status and unknown metadata kept out)."""
     out = {k: v for k, v in dict(body).items() if k in ("apiVersion", "kind", "metadata", "spec")}
     return json.loads(json.dumps(out, default=str))
+
+
+def _deleting(body: Mapping[str, Any]) -> bool:
+    return bool((body.get("metadata") or {}).get("deletionTimestamp"))
+
+
+def _changes(published: Mapping[int, PodPlan], plan: QuotaPlan) -> bool:
+    """Whether publishing `plan` would change any pod's plan content."""
+    for pod in plan.pods:
+        old = published.get(pod.ordinal)
+        if old is None or not _same_content(old, pod):
+            return True
+    return False
 
 
 def _owned_by(obj: Mapping[str, Any], uid: str) -> bool:

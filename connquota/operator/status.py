@@ -96,12 +96,16 @@ def _condition(
     }
 
 
-def _acked(plan: QuotaPlan | None, reports: Mapping[int, GatewayReport]) -> bool:
+def _acked(plan: QuotaPlan | None, reports: Mapping[int, GatewayReport], replicas: int) -> bool:
+    """Every pod that runs or should run enforces its own newest plan (a pod whose plan did not
+    change keeps its older generation; an empty pod above the replicas is gone)."""
     if plan is None:
         return False
     for pod in plan.pods:
+        if pod.ordinal >= replicas and not pod.connections:
+            continue
         report = reports.get(pod.ordinal)
-        if report is None or report.planGeneration < plan.generation:
+        if report is None or report.planGeneration < pod.generation:
             return False
     return True
 
@@ -114,7 +118,7 @@ def quota_status(
     conditions: list[dict[str, Any]] = [dict(c) for c in prev.get("conditions") or []]
     gen = obs.generation
     plan = obs.plan
-    acked = _acked(plan, obs.reports)
+    acked = _acked(plan, obs.reports, obs.replicas)
     unserved = len(plan.unserved) if plan else 0
     planned_streams = sum(
         len(c.streams) for p in (plan.pods if plan else []) for c in p.connections

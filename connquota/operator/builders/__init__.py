@@ -8,6 +8,7 @@ so an unchanged object is never written again.
 from connquota.operator.builders.common import content_hash, owner_reference, with_hash
 from connquota.operator.builders.plans import (
     build_lease,
+    build_ledger_configmap,
     build_plan_configmap,
     credential_mount_path,
     plan_credentials,
@@ -25,6 +26,7 @@ __all__ = [
     "build_client_service",
     "build_headless_service",
     "build_lease",
+    "build_ledger_configmap",
     "build_plan_configmap",
     "build_pod_disruption_budget",
     "build_role",

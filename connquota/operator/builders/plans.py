@@ -92,3 +92,23 @@ def build_lease(quota: ExchangeConnectionQuota, ordinal: int) -> dict[str, Any]:
         ),
         "spec": {},
     }
+
+
+def build_ledger_configmap(quota: ExchangeConnectionQuota, ledger_text: str) -> dict[str, Any]:
+    """The ConfigMap `<quota>-ledger` holding the quota's transition ledger (`ledger.json`).
+
+    Only the operator reads it: what every pod of the quota may still enforce, so transitions
+    stay safe across operator restarts (see `connquota.operator.ledgers`).
+    """
+    _, quota_name, _ = quota_ids(quota)
+    body = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": object_meta(
+            quota,
+            names.ledger_configmap_name(quota_name),
+            labels={names.LABEL_COMPONENT: "ledger"},
+        ),
+        "data": {names.LEDGER_KEY: ledger_text},
+    }
+    return with_hash(body)
