@@ -1,0 +1,26 @@
+"""`connquota demo` runs from the installed package, recovers within the limits, exits 0."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.slow
+def test_demo_recovers_from_a_mass_disconnect_and_a_crash_without_a_violation(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "connquota.cli", "demo", "--duration", "50", "--streams", "600",
+         "--workdir", str(tmp_path)],
+        capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    out = result.stdout
+    assert result.returncode == 0, out[-3000:] + result.stderr[-3000:]
+    assert "violations recorded by the exchange: 0" in out
+    assert re.search(r"mass disconnect .* all streams live after", out), out[-2000:]
+    assert re.search(r"SIGKILLed, restarted with its state\s+all streams live after", out)
+    peaks = [int(p) for p in re.findall(r"= (\d+)% of the limit", out)]
+    assert len(peaks) == 3 and min(peaks) >= 90, peaks
+    assert "streams delivered to consumers: 600/600" in out
