@@ -300,6 +300,10 @@ class Reconciler:
                         quarantines.setdefault(domain, []).append(q)
 
         # 2. Per quota: target, next safe step, publish, scale, status.
+        generations = {
+            k: s.ledger.last_generation if s.ledger else 0 for k, s in self.quotas.items()
+        }
+        published_any = False
         for body, quota in quotas:
             key = quota_key(body)
             state = self.quotas[key]
@@ -323,6 +327,12 @@ class Reconciler:
                 raise
             if wait is not None:
                 retry.append(wait)
+            if state.ledger is not None and state.ledger.last_generation != generations.get(key, 0):
+                published_any = True
+        if published_any and retry:
+            # A quota planned before another published its shrink in this same pass waits
+            # on stale holds: look again at once rather than at its retry time.
+            retry.append(self.config.reconcileDebounceSeconds)
         return min(retry) if retry else None
 
     def _domain(
