@@ -64,6 +64,16 @@ class SortedLog:
         pending = sum(1 for t in extra or () if t > horizon)
         return len(self._times) - bisect.bisect_right(self._times, horizon) + pending
 
+    def wait_s(self, now: float, limit: float) -> float:
+        """Seconds until one more event fits under ``limit`` (0 when it fits now)."""
+        self._prune(now)
+        horizon = now - self.window_s
+        in_window = self._times[bisect.bisect_right(self._times, horizon) :]
+        excess = len(in_window) - int(limit) + 1
+        if excess <= 0:
+            return 0.0
+        return in_window[min(excess, len(in_window)) - 1] + self.window_s - now
+
     def _prune(self, now: float) -> None:
         # keep two windows: late inserts compare against the window before them
         horizon = now - 2 * self.window_s

@@ -368,7 +368,7 @@ class MockExchange:
         if limit is not None and conn.attempt_over:
             count = self._attempts_in_window(conn.ip, now)
             self.violate(conn, limit, max(count, limit.value + 1), "HTTP 429 on the handshake")
-            retry_s = self._window_s(limit)
+            retry_s = self._attempts[conn.ip].wait_s(now, limit.value)
             return self._http_refusal(429, retry_s, "Too many connection attempts")
         limit = self.limit(LimitName.CONCURRENT_CONNECTIONS, LimitScope.IP)
         if limit is not None:

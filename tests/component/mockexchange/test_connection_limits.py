@@ -196,3 +196,15 @@ async def test_aiohttp_handshake_error_shape_for_refusals(start_mock) -> None:
             await client.ws_connect(mx.url + PUBLIC_PATH["okx"])
     assert refused.value.status == 429
     assert refused.value.headers["Retry-After"] == "3"
+
+
+async def test_retry_after_tells_when_the_oldest_attempt_leaves_the_window(start_mock) -> None:
+    mx = await start_mock("okx", limits=["connectionAttempts:ip=2/4"])
+    url = mx.url + PUBLIC_PATH["okx"]
+    async with client_from("127.0.0.14") as client:
+        assert (await handshake(client, url))[0] == 101
+        assert (await handshake(client, url))[0] == 101
+        status, headers = await handshake(client, url)
+        assert status == 429 and headers["Retry-After"] == "4"
+        await asyncio.sleep(int(headers["Retry-After"]))  # honouring Retry-After is the behaviour
+        assert (await handshake(client, url))[0] == 101
