@@ -214,3 +214,25 @@ async def test_malformed_requests_get_the_documented_error_and_the_connection_su
         await ws.close()
     assert mx.violations() == []
     assert mx.malformed_received >= 1
+
+
+async def test_okx_subscribe_payload_at_the_byte_limit_passes_and_one_byte_more_gets_60012(
+    start_mock,
+) -> None:
+    streams = sample_streams("okx", 3)
+    size = len(json.dumps([okx.stream_to_arg(s) for s in streams], separators=(",", ":")).encode())
+    mx = await start_mock(
+        "okx", limits=[f"subscribePayloadBytes={size}", "messagesPerConnection=50/1"]
+    )
+    longer = [*streams[:2], streams[2].replace("SYM2", "SYM20")]  # one byte more
+    async with client_from("127.0.0.28") as client:
+        ws = await client.ws_connect(mx.url + "/ws/v5/public")
+        await ws.send_str(okx.build_subscribe(streams, "ok"))
+        acks = [json.loads(await receive_text(ws)) for _ in range(3)]
+        assert [a["event"] for a in acks] == ["subscribe"] * 3
+        await ws.send_str(okx.build_subscribe(longer, "big"))
+        error = json.loads(await receive_text(ws))
+        assert (error["event"], error["code"], error["id"]) == ("error", "60012", "big")
+        await ws.close()
+    assert [v.limit for v in mx.violations()] == ["subscribePayloadBytes"]
+    assert mx.peak(LimitName.SUBSCRIBE_PAYLOAD_BYTES, LimitScope.MESSAGE) == size + 1
