@@ -8,12 +8,15 @@ the inputs and persist the outputs. Modules, one job each:
 - `shares`: budgets divided among the quotas of a pool, with reasons.
 - `capacity`, `packing`, `plan`: streams -> connections -> (address, credential) -> pods,
   with each pod's slices, spare room and the recovery bounds; sticky to the previous plan.
+- `incremental`, `stream_changes`: the same plan from the previous one's `PlanIndex`, in time
+  proportional to the changed streams (the operator keeps the index in memory per quota).
 - `transitions`, `ledger`: which generation is safe to publish now, and what it waits for.
 - `checker`: an independent check of invariant I1 over every generation pods may enforce.
 """
 
 from connquota.planner.checker import Ack, QuotaHistory, check_budgets, check_plan_consistency
 from connquota.planner.errors import PlanningError
+from connquota.planner.incremental import IndexedPlan, PlanIndex, plan_quota_indexed
 from connquota.planner.inputs import DesiredStream, QuotaInput
 from connquota.planner.ledger import (
     QuotaLedger,
@@ -31,6 +34,8 @@ from connquota.planner.transitions import Transition, Waiting, budget_table, nex
 __all__ = [
     "Ack",
     "DesiredStream",
+    "IndexedPlan",
+    "PlanIndex",
     "PlanRequest",
     "PlanningError",
     "PoolPlan",
@@ -49,6 +54,7 @@ __all__ = [
     "plan_json",
     "plan_pool",
     "plan_quota",
+    "plan_quota_indexed",
     "rebase_clock",
     "record_ack",
     "record_publication",

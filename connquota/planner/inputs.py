@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from connquota.api.limits import ExchangeProfile
 from connquota.api.plan import QuotaRef
 from connquota.api.quota import ExchangeConnectionQuotaSpec
 
 
-@dataclass(frozen=True, slots=True)
-class DesiredStream:
-    """A stream the quota wants served: its name, priority and (private streams) credential."""
+class DesiredStream(NamedTuple):
+    """A stream the quota wants served: its name, priority and (private streams) credential.
+
+    A named tuple (immutable, like the frozen dataclass it was): equality and hashing run at C
+    speed, so an incremental replan can compare 10^5 streams with the previous list in a few
+    milliseconds (see `incremental.py`).
+    """
 
     name: str
     priority: int = 0

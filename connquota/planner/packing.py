@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import compress
 from operator import attrgetter
 
-from connquota.api.plan import QuotaPlan
+from connquota.api.plan import ConnectionPlan, QuotaPlan
 from connquota.planner.arithmetic import INFINITE
 from connquota.planner.capacity import Room
 from connquota.planner.inputs import DesiredStream
@@ -43,6 +43,8 @@ class Conn:
     ordinal: int
     streams: list[str]
     kept: bool = False
+    source: ConnectionPlan | None = None
+    """The previous plan's connection, when this one is it unchanged (same streams list)."""
 
 
 @dataclass(slots=True)
@@ -63,6 +65,8 @@ class Packing:
     conns: list[Conn]
     pods: dict[int, Pod]
     unserved: list[tuple[DesiredStream, str]]
+    counts: Mapping[str | None, int] | None = None
+    """Streams per credential (None: public), when every stream was served."""
 
 
 @dataclass
@@ -103,6 +107,7 @@ class _Packer:
         self.acct_pods: Counter = Counter()
         self.seq = 0
         self.unserved: list[tuple[DesiredStream, str]] = []
+        self.counts: Mapping[str | None, int] | None = None
 
     # -- capacity checks -------------------------------------------------------------------
 
@@ -188,20 +193,9 @@ class _Packer:
                     progress = True
         return sum(min(by_group[g], pods[g] * per_pod) for g in by_group)
 
-    def select(self) -> tuple[list[DesiredStream], set[str]]:
-        """The served streams (in order of priority) and their names."""
-        streams = self.inp.streams
-        if self.cap <= 0:
-            for s in sorted(streams, key=_order):
-                self.unserved.append((s, f"no stream fits a connection: {self.inp.cap_reason}"))
-            return [], set()
-        if not self.usable:
-            why = "; ".join(r.reason for r in self.inp.addresses if r.reason)
-            for s in sorted(streams, key=_order):
-                self.unserved.append((s, f"no usable egress address ({why})"))
-            return [], set()
-        total = self._group_capacity()
-        counts = Counter(map(_credential_of, streams))
+    def _all_fit(self, counts: Mapping[str | None, int], total: int) -> bool:
+        """Whether every stream fits, counted as a fresh packing would need it: per credential
+        group ceil(streams / cap) connections, within the accounts' and the gateway's room."""
         need = 0
         per_account: Counter = Counter()
         fits = True
@@ -217,7 +211,24 @@ class _Packer:
                 per_account[account] += c
                 if per_account[account] > room.max_connections:
                     fits = False
-        if fits and need <= total:
+        return fits and need <= total
+
+    def select(self) -> tuple[list[DesiredStream], set[str]]:
+        """The served streams (in order of priority) and their names."""
+        streams = self.inp.streams
+        if self.cap <= 0:
+            for s in sorted(streams, key=_order):
+                self.unserved.append((s, f"no stream fits a connection: {self.inp.cap_reason}"))
+            return [], set()
+        if not self.usable:
+            why = "; ".join(r.reason for r in self.inp.addresses if r.reason)
+            for s in sorted(streams, key=_order):
+                self.unserved.append((s, f"no usable egress address ({why})"))
+            return [], set()
+        total = self._group_capacity()
+        counts = Counter(map(_credential_of, streams))
+        if self._all_fit(counts, total):
+            self.counts = counts
             return list(streams), set(self._names)
         served: list[DesiredStream] = []
         in_group: Counter = Counter()
@@ -443,7 +454,66 @@ class _Packer:
         for s in rest:
             self.unserved.append((s, self._why_not_placed(s)))
         self.unserved.sort(key=lambda u: _order(u[0]))
-        return Packing(self.conns, self.pods, self.unserved)
+        return Packing(self.conns, self.pods, self.unserved, self.counts)
+
+    # -- the same packing, from the previous plan and the streams added and removed ---------
+
+    def keep_all(self, removed: Mapping[str, set[str]]) -> bool:
+        """`keep` for a previous plan all of whose streams stay served but `removed` (connection
+        id -> names gone): True when every connection stays (minus those `removed` empties), as
+        `keep` would decide; False when `keep` would close one (its streams would move)."""
+        previous = self.inp.previous
+        assert previous is not None
+        for pod in sorted(previous.pods, key=lambda p: p.ordinal):
+            account_of = {c.name: c.accountId for c in pod.credentials}
+            target = self.pods.get(pod.ordinal) or Pod(pod.ordinal)
+            for c in pod.connections:
+                gone = removed.get(c.id)
+                names = c.streams if gone is None else [s for s in c.streams if s not in gone]
+                if not names:
+                    continue  # `keep` drops it too: nothing of it is served any more
+                if pod.ordinal >= self.inp.max_replicas or len(names) > self.cap:
+                    return False
+                room = self.rooms.get(c.address)
+                if room is None or not room.usable:
+                    return False
+                cred = c.credential
+                if cred is not None and (
+                    self.inp.credential_account.get(cred) != account_of.get(cred)
+                ):
+                    return False
+                if not self._fits(c.address, cred, target):
+                    return False
+                source = None
+                if gone is None and len(names) >= self.cap:
+                    source = c  # full: `fill` cannot touch it, so the list is shared as is
+                elif gone is None:
+                    names = list(names)  # `fill` may append to it
+                self._add(Conn(c.id, c.address, cred, pod.ordinal, names, True, source))
+                target = self.pods[pod.ordinal]
+                seq = _seq_of(c.id, self.inp.generation)
+                if seq is not None:
+                    self.seq = max(self.seq, seq + 1)
+        return True
+
+    def run_changes(
+        self,
+        counts: Mapping[str | None, int],
+        added: Sequence[DesiredStream],
+        removed: Mapping[str, set[str]],
+    ) -> Packing | None:
+        """`run` when the previous plan served every stream it was made for and the streams
+        changed only by `added` and `removed`; None when `run` would do more than keep every
+        connection, fill and open (streams not all served, a connection closing, compaction),
+        so the caller must take the full path."""
+        if self.cap <= 0 or not self.usable or not self._all_fit(counts, self._group_capacity()):
+            return None
+        if not self.keep_all(removed):
+            return None
+        rest = self.open(self.fill(sorted(added, key=_order)))
+        if rest:
+            return None
+        return Packing(self.conns, self.pods, [], counts)
 
     def _why_not_placed(self, s: DesiredStream) -> str:
         return (
@@ -463,3 +533,17 @@ def _seq_of(conn_id: str, generation: int) -> int | None:
 def pack(inp: PackingInput) -> Packing:
     """Pack the quota's streams into connections and pods, sticking to the previous plan."""
     return _Packer(inp).run()
+
+
+def repack(
+    inp: PackingInput,
+    counts: Mapping[str | None, int],
+    added: Sequence[DesiredStream],
+    removed: Mapping[str, set[str]],
+) -> Packing | None:
+    """What `pack(inp)` returns, in time proportional to the connections and the changed
+    streams, when `inp.previous` served every stream it was made for, the streams changed only
+    by `added` (names new to the plan) and `removed` (connection id -> names it loses), and
+    `counts` are the new streams per credential; None when `pack` would do more than keep,
+    fill and open (then call `pack`). `inp.streams` is not read."""
+    return _Packer(inp).run_changes(counts, added, removed)

@@ -42,13 +42,15 @@ from connquota.api.quota import ExchangeConnectionQuotaSpec
 from connquota.planner.arithmetic import INFINITE, exact, split_units
 from connquota.planner.budgets import PooledLimit, check_pool
 from connquota.planner.capacity import (
+    ConnectionCaps,
+    Room,
     connection_caps,
     heartbeat_reserve,
     placement_group,
     rooms,
 )
 from connquota.planner.inputs import DesiredStream
-from connquota.planner.packing import Conn, PackingInput, pack
+from connquota.planner.packing import Conn, Packing, PackingInput, pack
 from connquota.planner.shares import QuotaShares
 
 CREDENTIALS_MOUNT_DIR = "/var/run/connquota/credentials"
@@ -121,8 +123,21 @@ def _shared_slices(
     return out
 
 
-def plan_quota(req: PlanRequest) -> QuotaPlan:
-    """The quota's plan at `req.generation`, sticking to `req.previous` where it can."""
+@dataclass(frozen=True)
+class Frame:
+    """What a plan is made within, derived from the request alone (no streams, no previous
+    plan): the per-connection caps and the quota's room on every address and account."""
+
+    headroom: Fraction
+    caps: ConnectionCaps
+    address_rooms: list[Room]
+    account_rooms: dict[str, Room]
+    credential_account: dict[str, str]
+    max_replicas: int
+
+
+def plan_frame(req: PlanRequest) -> Frame:
+    """The caps and rooms `plan_quota` packs within (raises PoolError for a broken pool)."""
     check_pool(req.pool)
     spec = req.spec
     headroom = exact(spec.headroom)
@@ -141,87 +156,194 @@ def plan_quota(req: PlanRequest) -> QuotaPlan:
     account_rooms = {
         r.key: r for r in rooms(req.shares, req.profile, headroom, LimitScope.ACCOUNT, account_ids)
     }
-    gw = spec.gateway
-    max_replicas = max(gw.maxReplicas, 0)
-    packing = pack(
-        PackingInput(
-            streams=req.streams,
-            cap=caps.streams,
-            cap_reason=caps.reason,
-            addresses=address_rooms,
-            accounts=account_rooms,
-            credential_account=credential_account,
-            connections_per_pod=gw.connectionsPerPod,
-            max_replicas=max_replicas,
-            generation=req.generation,
-            previous=req.previous,
-        )
+    return Frame(
+        headroom=headroom,
+        caps=caps,
+        address_rooms=address_rooms,
+        account_rooms=account_rooms,
+        credential_account=credential_account,
+        max_replicas=max(spec.gateway.maxReplicas, 0),
     )
+
+
+def packing_input(req: PlanRequest, frame: Frame) -> PackingInput:
+    """The packing problem of `req` within `frame`."""
+    return PackingInput(
+        streams=req.streams,
+        cap=frame.caps.streams,
+        cap_reason=frame.caps.reason,
+        addresses=frame.address_rooms,
+        accounts=frame.account_rooms,
+        credential_account=frame.credential_account,
+        connections_per_pod=req.spec.gateway.connectionsPerPod,
+        max_replicas=frame.max_replicas,
+        generation=req.generation,
+        previous=req.previous,
+    )
+
+
+def plan_quota(req: PlanRequest) -> QuotaPlan:
+    """The quota's plan at `req.generation`, sticking to `req.previous` where it can."""
+    frame = plan_frame(req)
+    packing = pack(packing_input(req, frame))
+    return assemble(req, frame, packing).plan
+
+
+PodLayout = tuple[tuple[tuple[str, int], ...], tuple[tuple[str, int], ...], tuple[str, ...]]
+"""One pod's connections per address and per account, and its credentials (each sorted)."""
+
+
+@dataclass(frozen=True)
+class Assembled:
+    """A plan and the layout of its pods: replicas and every pod's `PodLayout`, which is all
+    a pod's addresses, credentials, slices and spare room depend on, given the request's pool,
+    shares, profile, headroom and credentials."""
+
+    plan: QuotaPlan
+    layout: tuple[int, tuple[PodLayout, ...]]
+
+
+def assemble(
+    req: PlanRequest,
+    frame: Frame,
+    packing: Packing,
+    reuse: Assembled | None = None,
+) -> Assembled:
+    """Turn a packing into the quota's plan. `reuse`: a plan assembled from a request equal to
+    `req` in all but streams, previous plan and generation; when the layout is the same, its
+    pods' addresses, credentials, slices and spare room (and its recovery bounds) are reused,
+    since they would be computed equal."""
+    spec = req.spec
+    gw = spec.gateway
+    credential_account = frame.credential_account
     by_pod: dict[int, list[Conn]] = {}
     for c in packing.conns:
         by_pod.setdefault(c.ordinal, []).append(c)
     used = max(by_pod, default=-1) + 1
+    max_replicas = frame.max_replicas
     replicas = min(max(gw.minReplicas, used), max(max_replicas, used))
 
-    ip_users: dict[str, list[tuple[int, int]]] = {}
-    account_users: dict[str, list[tuple[int, int]]] = {}
-    for ordinal in sorted(by_pod):
+    per_pod: list[PodLayout] = []
+    for ordinal in range(replicas):
         per_address: dict[str, int] = {}
         per_account: dict[str, int] = {}
-        for c in by_pod[ordinal]:
+        creds: set[str] = set()
+        for c in by_pod.get(ordinal, ()):
             per_address[c.address] = per_address.get(c.address, 0) + 1
             if c.credential is not None:
+                creds.add(c.credential)
                 acct = credential_account[c.credential]
                 per_account[acct] = per_account.get(acct, 0) + 1
-        for a, n in per_address.items():
-            ip_users.setdefault(a, []).append((ordinal, n))
-        for a, n in per_account.items():
-            account_users.setdefault(a, []).append((ordinal, n))
-    ip_slices = _shared_slices(req, headroom, LimitScope.IP, ip_users)
-    account_slices = _shared_slices(req, headroom, LimitScope.ACCOUNT, account_users)
-
-    address_by_name = {a.name: a for a in addresses}
-    credential_by_name = {c.name: c for c in spec.credentials}
-    pods: list[PodPlan] = []
-    for ordinal in range(replicas):
-        conns = by_pod.get(ordinal, [])
-        names = sorted({c.address for c in conns}, key=lambda n: address_rooms_index(n, addresses))
-        creds = sorted({c.credential for c in conns if c.credential is not None})
-        slices = ip_slices.get(ordinal, []) + account_slices.get(ordinal, []) + caps.slices
-        spare = _spare(slices, names, conns)
-        pods.append(
-            PodPlan.model_construct(
-                formatVersion=1,
-                generation=req.generation,
-                quota=req.quota,
-                ordinal=ordinal,
-                profile=req.profile,
-                windowMarginSeconds=1.0,
-                addresses=[address_by_name[n] for n in names],
-                credentials=[_plan_credential(credential_by_name[n]) for n in creds],
-                connections=[
-                    ConnectionPlan.model_construct(
-                        id=c.id, address=c.address, credential=c.credential, streams=c.streams
-                    )
-                    for c in conns
-                ],
-                slices=slices,
-                spare=spare,
-                routes=[],
+        per_pod.append(
+            (
+                tuple(sorted(per_address.items())),
+                tuple(sorted(per_account.items())),
+                tuple(sorted(creds)),
             )
         )
+    layout = (replicas, tuple(per_pod))
+
+    if reuse is not None and reuse.layout == layout:
+        previous = reuse.plan
+        pods = [
+            _pod(
+                req,
+                ordinal,
+                by_pod.get(ordinal, []),
+                old.addresses,
+                old.credentials,
+                old.slices,
+                old.spare,
+            )
+            for ordinal, old in enumerate(previous.pods)
+        ]
+        bounds = previous.recoveryBounds
+    else:
+        pods, bounds = _assemble_pods(req, frame, by_pod, per_pod)
     unserved = [
         UnservedStream.model_construct(stream=s.name, priority=s.priority, reason=reason)
         for s, reason in packing.unserved
     ]
-    return QuotaPlan.model_construct(
+    plan = QuotaPlan.model_construct(
         formatVersion=1,
         generation=req.generation,
         quota=req.quota,
         replicas=replicas,
         pods=pods,
         unserved=unserved,
-        recoveryBounds=_recovery_bounds(req, headroom, ip_users),
+        recoveryBounds=bounds,
+    )
+    return Assembled(plan, layout)
+
+
+def _assemble_pods(
+    req: PlanRequest, frame: Frame, by_pod: dict[int, list[Conn]], per_pod: list[PodLayout]
+) -> tuple[list[PodPlan], list[RecoveryBound]]:
+    headroom = frame.headroom
+    ip_users: dict[str, list[tuple[int, int]]] = {}
+    account_users: dict[str, list[tuple[int, int]]] = {}
+    for ordinal, (per_address, per_account, _) in enumerate(per_pod):
+        for a, n in per_address:
+            ip_users.setdefault(a, []).append((ordinal, n))
+        for a, n in per_account:
+            account_users.setdefault(a, []).append((ordinal, n))
+    ip_slices = _shared_slices(req, headroom, LimitScope.IP, ip_users)
+    account_slices = _shared_slices(req, headroom, LimitScope.ACCOUNT, account_users)
+
+    addresses = req.pool.addresses
+    position: dict[str, int] = {}
+    for i, a in enumerate(addresses):
+        position.setdefault(a.name, i)
+    address_by_name = {a.name: a for a in addresses}
+    credential_by_name = {c.name: c for c in req.spec.credentials}
+    pods: list[PodPlan] = []
+    for ordinal, (per_address, _, creds) in enumerate(per_pod):
+        names = sorted((n for n, _ in per_address), key=lambda n: position.get(n, len(addresses)))
+        slices = ip_slices.get(ordinal, []) + account_slices.get(ordinal, []) + frame.caps.slices
+        spare = _spare(slices, names, dict(per_address))
+        pods.append(
+            _pod(
+                req,
+                ordinal,
+                by_pod.get(ordinal, []),
+                [address_by_name[n] for n in names],
+                [_plan_credential(credential_by_name[n]) for n in creds],
+                slices,
+                spare,
+            )
+        )
+    return pods, _recovery_bounds(req, headroom, ip_users)
+
+
+def _pod(
+    req: PlanRequest,
+    ordinal: int,
+    conns: list[Conn],
+    addresses: list,
+    credentials: list[PlanCredential],
+    slices: list[Slice],
+    spare: list[SpareRoom],
+) -> PodPlan:
+    return PodPlan.model_construct(
+        formatVersion=1,
+        generation=req.generation,
+        quota=req.quota,
+        ordinal=ordinal,
+        profile=req.profile,
+        windowMarginSeconds=1.0,
+        addresses=addresses,
+        credentials=credentials,
+        connections=[
+            c.source
+            if c.source is not None
+            else ConnectionPlan.model_construct(
+                id=c.id, address=c.address, credential=c.credential, streams=c.streams
+            )
+            for c in conns
+        ],
+        slices=slices,
+        spare=spare,
+        routes=[],
     )
 
 
@@ -246,31 +368,16 @@ def _plan_credential(c) -> PlanCredential:
     )
 
 
-def _spare(slices: list[Slice], addresses: list[str], conns: list[Conn]) -> list[SpareRoom]:
+def _spare(slices: list[Slice], addresses: list[str], held: dict[str, int]) -> list[SpareRoom]:
+    ip: dict[tuple[str, LimitName], int] = {}
+    for s in slices:
+        if s.scope == LimitScope.IP:
+            ip.setdefault((s.key, s.limit), s.value)  # the first one, as a pod's `slice()` finds
     out = []
     for a in addresses:
-        held = sum(1 for c in conns if c.address == a)
-        concurrent = next(
-            (
-                s.value
-                for s in slices
-                if s.scope == LimitScope.IP
-                and s.key == a
-                and s.limit == LimitName.CONCURRENT_CONNECTIONS
-            ),
-            None,
-        )
-        attempts = next(
-            (
-                s.value
-                for s in slices
-                if s.scope == LimitScope.IP
-                and s.key == a
-                and s.limit == LimitName.CONNECTION_ATTEMPTS
-            ),
-            None,
-        )
-        room = 1 if concurrent is None else max(0, concurrent - held)
+        concurrent = ip.get((a, LimitName.CONCURRENT_CONNECTIONS))
+        attempts = ip.get((a, LimitName.CONNECTION_ATTEMPTS))
+        room = 1 if concurrent is None else max(0, concurrent - held.get(a, 0))
         tries = 0 if room == 0 else (1 if attempts is None else min(1, attempts))
         out.append(SpareRoom.model_construct(address=a, connections=room, attempts=tries))
     return out
