@@ -560,8 +560,11 @@ class UpstreamConnection:
             deadline = self._rotation_deadline(session)
             timeout = 1.0 if deadline is None else max(0.0, min(1.0, deadline - time.monotonic()))
             waiters = [session.ended, asyncio.ensure_future(self.rotation_requested.wait())]
+            if self.state == "subscribing":
+                waiters.append(asyncio.ensure_future(session.subscribed.wait()))
             await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-            waiters[1].cancel()
+            for waiter in waiters[1:]:
+                waiter.cancel()
             if session.ended.done():
                 ended = session.ended.result()
                 await session.close(clean=ended.clean)

@@ -189,3 +189,72 @@ async def test_an_egress_mismatch_refuses_to_connect_with_a_clear_status(harness
     assert (
         harness.mock.metrics.registry.get_sample_value("mockexchange_websockets_opened_total") or 0
     ) == 0
+
+
+async def test_private_connections_log_in_from_secret_files_within_the_account_slice(
+    harness, tmp_path
+):
+    from connquota.api.limits import Limit, LimitShape
+    from connquota.api.plan import PlanCredential, Slice
+
+    per_account = Limit(
+        name=LimitName.CONCURRENT_CONNECTIONS,
+        value=3,
+        scope=LimitScope.ACCOUNT,
+        shape=LimitShape.CONCURRENT,
+    )
+    await harness.start_mock("okx", [*shrunk("okx", connectionAttempts=(10, 20.0)), per_account])
+    secret_dir = tmp_path / "credentials" / "key-1"
+    secret_dir.mkdir(parents=True)
+    (secret_dir / "apiKey").write_text("test-key-1\n")
+    (secret_dir / "apiSecret").write_text("test-secret-1\n")
+    (secret_dir / "passphrase").write_text("test-passphrase\n")
+    cred = PlanCredential(
+        name="key-1",
+        accountId="acct-1",
+        secretName="okx-key-1",
+        mountPath=str(secret_dir),
+        passphraseKey="passphrase",
+    )
+    conns = [
+        ConnectionPlan(
+            id=f"p{i}", address="a0", credential="key-1", streams=["orders:instType=SPOT"]
+        )
+        for i in range(4)
+    ]
+    account_slice = Slice(
+        limit=LimitName.CONCURRENT_CONNECTIONS,
+        scope=LimitScope.ACCOUNT,
+        key="acct-1",
+        value=3,
+        shape=LimitShape.CONCURRENT,
+    )
+    plan = pod_plan(
+        harness.gateway_profile(),
+        conns,
+        addresses=[bind_address(0)],
+        margin_s=0.2,
+        credentials=[cred],
+        account_slices=[account_slice],
+    )
+    gw = harness.gateway(harness.write_plan(plan))
+    gw.start()
+
+    async def three_logged_in():
+        ws = harness.mock.websockets(GW_IP)
+        return len([c for c in ws if c.account == "acct-1" and c.streams]) == 3
+
+    await wait_for(three_logged_in, 30, "three private connections subscribed")
+
+    async def three_live_one_waiting():
+        st = await harness.status(gw)
+        live = [c for c in st["connections"] if c["state"] == "live"]
+        return st if len(live) == 3 else None
+
+    st = await wait_for(three_live_one_waiting, 10, "the gateway to see three live")
+    waiting = [c for c in st["connections"] if c["state"] != "live"]
+    assert len(waiting) == 1 and "concurrent slice on account acct-1" in waiting[0]["status"]
+    assert len(harness.mock.websockets(GW_IP)) == 3  # the fourth waits: it never exceeds
+    harness.assert_no_violation()
+    harness.assert_peak_at_least(LimitName.CONCURRENT_CONNECTIONS, LimitScope.ACCOUNT)
+    assert "test-secret-1" not in harness.logs() and "test-secret-1" not in str(st)
