@@ -44,7 +44,7 @@ class OrdinalLease(Protocol):
     held: bool
 
     async def acquire(self, on_wait: Any = None) -> None: ...
-    async def keep(self, on_lost: Any, on_close: Any) -> None: ...
+    async def keep(self, on_lost: Any, on_close: Any, on_regained: Any = None) -> None: ...
     async def publish(self, report_json: str) -> None: ...
     async def release(self) -> None: ...
 
@@ -200,26 +200,34 @@ class Gateway:
             self.message = f"enforcing plan generation {plan.generation}"
 
     async def _take_lease(self) -> None:
+        """Hold the fence: no attempt before it is held; after losing it, take it anew."""
+
         def waiting(why: str) -> None:
             self.lease_message = why
             self.limiter.set_attempts_allowed(False, why)
-
-        self.limiter.set_attempts_allowed(False, "waiting for the lease")
-        await self.lease.acquire(on_wait=waiting)
-        # Only the holder reads the attempt log: a predecessor may have written to it until now.
-        self.limiter.load_state()
-        self.limiter.set_attempts_allowed(True)
-        self.lease_message = "held"
 
         def lost() -> None:
             self.lease_message = "not renewed: new attempts stopped"
             self.limiter.set_attempts_allowed(False, "lease not renewed")
 
+        def regained() -> None:
+            self.lease_message = "held"
+            self.limiter.set_attempts_allowed(True)
+
         async def close() -> None:
             self.lease_message = "lost: connections closed"
             await self.fleet.stop()
 
-        await self.lease.keep(lost, close)
+        while True:
+            self.limiter.set_attempts_allowed(False, "waiting for the lease")
+            await self.lease.acquire(on_wait=waiting)
+            # Only the holder reads the attempt log: a predecessor may have written it until now.
+            self.limiter.load_state()
+            self.limiter.set_attempts_allowed(True)
+            self.lease_message = "held"
+            if self.fleet.plan is not None and not self.fleet.connections:
+                await self.fleet.apply(self.fleet.plan)  # reopen after a lost lease
+            await self.lease.keep(lost, close, regained)
 
     async def _report_loop(self) -> None:
         while True:

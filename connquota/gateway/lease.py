@@ -65,7 +65,10 @@ class FileLease:
         log.info("holding %s", self.lock_path)
 
     async def keep(
-        self, on_lost: Callable[[], None], on_close: Callable[[], Awaitable[None]]
+        self,
+        on_lost: Callable[[], None],
+        on_close: Callable[[], Awaitable[None]],
+        on_regained: Callable[[], None] | None = None,
     ) -> None:
         """A flock cannot be lost while the process lives: nothing to renew."""
         await asyncio.Event().wait()
@@ -168,22 +171,32 @@ class KubeLease:
             await asyncio.sleep(1.0)
 
     async def keep(
-        self, on_lost: Callable[[], None], on_close: Callable[[], Awaitable[None]]
+        self,
+        on_lost: Callable[[], None],
+        on_close: Callable[[], Awaitable[None]],
+        on_regained: Callable[[], None] | None = None,
     ) -> None:
-        """Renew every duration/3; stop attempts after a duration, close after close_after_s."""
-        closed = False
+        """Renew every duration/3. After a duration without a renewal: `on_lost` (stop new
+        attempts); renewed again in time: `on_regained`; after `close_after_s`: `on_close`
+        (close connections) and return, so the caller takes the Lease anew. Also returns when
+        another holder has taken the Lease."""
         while True:
             await asyncio.sleep(self.duration_s / 3)
             try:
                 lease = await asyncio.to_thread(self._read)
                 if lease.spec.holder_identity != self.holder:
-                    raise RuntimeError("Lease taken by another holder")
+                    log.error("Lease %s taken by %s", self.name, lease.spec.holder_identity)
+                    self.held = False
+                    on_lost()
+                    await on_close()
+                    return
                 await asyncio.to_thread(self._take, lease)
                 self.last_renew_mono = time.monotonic()
                 if not self.held:
                     log.info("Lease renewed again")
-                self.held = True
-                closed = False
+                    self.held = True
+                    if on_regained is not None:
+                        on_regained()
             except Exception as exc:
                 silent_s = time.monotonic() - self.last_renew_mono
                 log.warning(
@@ -192,9 +205,9 @@ class KubeLease:
                 if silent_s > self.duration_s and self.held:
                     self.held = False
                     on_lost()
-                if silent_s > self.close_after_s and not closed:
-                    closed = True
+                if silent_s > self.close_after_s:
                     await on_close()
+                    return
 
     async def publish(self, report_json: str) -> None:
         """Carry the report on the Lease (written with the next renewal, or now)."""

@@ -240,6 +240,10 @@ class Limiter:
             loaded = self.log_file.load(now, wall)
         if loaded.valid:
             self._fresh_start_mono = None
+            # The file holds every attempt this process made (written before each one).
+            for sliding in self._attempt_logs.values():
+                sliding._expiries.clear()
+            self._records.clear()
             for r in loaded.records:
                 scope = LimitScope(r.scope)
                 self._records.setdefault((scope, r.key), []).append(r)
