@@ -58,6 +58,15 @@ async def test_a_plan_change_reopens_nothing_it_keeps_and_paces_new_subscribes(h
         return not any(leaving in c.streams for c in mock.websockets(GW_IP))
 
     await wait_for(unsubscribed, 10, "the leaving stream unsubscribed after its linger")
+    report_path = gw.state_dir / "gateway-0.report.json"
+
+    async def reported():
+        report = json.loads(report_path.read_text())
+        return report if report["planGeneration"] == 2 and report["streams"] == 23 else None
+
+    report = await wait_for(reported, 10, "the report to acknowledge generation 2")
+    assert report["bootId"] and report["connections"] == 6
+    assert {(a["scope"], a["key"]) for a in report["attempts"]} == {("ip", "a0")}
     harness.assert_no_violation()
     harness.assert_peak_at_least(LimitName.MESSAGES_PER_CONNECTION, LimitScope.CONNECTION)
     await consumer.close()
