@@ -31,6 +31,7 @@ after the call (build new ones, as a watch event gives).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 from connquota.api.plan import QuotaPlan
@@ -60,6 +61,8 @@ class PlanIndex:
     counts: Mapping[str | None, int] | None
     """Streams per credential (None: public); None when the plan did not serve every stream
     exactly once (then the next replan takes the full path)."""
+    names: NameSet | None
+    """The names of `streams` (None with `counts`)."""
     assembled: Assembled
     """The plan and its pod layout."""
     frame: Frame
@@ -129,28 +132,53 @@ def _same_connections(a: QuotaPlan, b: QuotaPlan) -> bool:
     return True
 
 
+@dataclass(frozen=True)
+class NameSet:
+    """The names of an index's streams: a set shared between indexes (never modified) plus
+    the names added and removed since, so a replan copies only what changed. Rebuilt when
+    the changes grow past an eighth of the shared set."""
+
+    base: AbstractSet[str]
+    added: frozenset[str] = frozenset()
+    """Names not in `base`."""
+    removed: frozenset[str] = frozenset()
+    """Names of `base` no longer present."""
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.added or (name in self.base and name not in self.removed)
+
+    def changed(self, added: AbstractSet[str], removed: AbstractSet[str]) -> NameSet:
+        """This set plus `added` (names not in it) minus `removed` (names in it)."""
+        new_added = (self.added - removed) | (added - self.base)
+        new_removed = (self.removed - added) | (removed & self.base)
+        if len(new_added) + len(new_removed) > max(4096, len(self.base) // 8):
+            return NameSet(frozenset((self.base - new_removed) | new_added))
+        return NameSet(self.base, frozenset(new_added), frozenset(new_removed))
+
+
 def _removed_by_connection(
-    previous: QuotaPlan, added: list[DesiredStream], removed: list[DesiredStream]
+    previous: QuotaPlan, names: NameSet, added: list[DesiredStream], removed: list[DesiredStream]
 ) -> dict[str, set[str]] | None:
-    """Connection id -> names it loses; None when an added name is already planned (a moved
-    or changed stream), a name is added twice, or a removed name is not in the plan."""
+    """Connection id -> names it loses; None when an added name is already planned (a moved,
+    changed or duplicated stream), a name is added twice, or a removed name is not found."""
     added_names = {s.name for s in added}
     if len(added_names) != len(added):
         return None
     removed_names = {s.name for s in removed}
     if not added_names.isdisjoint(removed_names):
         return None  # a stream changed its priority or credential, or moved
-    if not added_names and not removed_names:
+    if any(name in names for name in added_names):
+        return None  # added next to the same name kept elsewhere in the list
+    if not removed_names:
         return {}
-    probe = added_names | removed_names
     out: dict[str, set[str]] = {}
     found = 0
     for pod in previous.pods:
         for c in pod.connections:
-            if probe.isdisjoint(c.streams):
+            if removed_names.isdisjoint(c.streams):
                 continue
-            hits = probe.intersection(c.streams)
-            if not hits.isdisjoint(added_names) or c.id in out:
+            hits = removed_names.intersection(c.streams)
+            if c.id in out:
                 return None
             out[c.id] = hits
             found += len(hits)
@@ -170,24 +198,28 @@ def _counts_after(
     return {cred: n for cred, n in out.items() if n > 0}
 
 
-def _served_counts(req: PlanRequest, packing: Packing, plan: QuotaPlan):
-    """The packing's streams per credential when the plan serves every stream exactly once."""
-    if packing.counts is None or packing.unserved:
-        return None
+def _served(
+    req: PlanRequest, packing: Packing, plan: QuotaPlan
+) -> tuple[dict[str | None, int] | None, NameSet | None]:
+    """The streams per credential and their names, when the plan serves every stream once."""
+    if packing.counts is None or packing.names is None or packing.unserved:
+        return None, None
     placed = sum(len(c.streams) for pod in plan.pods for c in pod.connections)
-    return dict(packing.counts) if placed == len(req.streams) else None
+    if placed != len(req.streams):
+        return None, None
+    return dict(packing.counts), NameSet(packing.names)
 
 
 def _fast(req: PlanRequest, index: PlanIndex, streams: tuple) -> IndexedPlan | None:
     previous = req.previous
-    if previous is None or index.counts is None:
+    if previous is None or index.counts is None or index.names is None:
         return None
     if not _same_connections(previous, index.plan):
         return None
     changes = stream_changes(index.streams, streams)
     if changes is None:
         return None
-    removed = _removed_by_connection(previous, changes.added, changes.removed)
+    removed = _removed_by_connection(previous, index.names, changes.added, changes.removed)
     if removed is None:
         return None
     counts = _counts_after(index.counts, changes.added, changes.removed)
@@ -199,7 +231,8 @@ def _fast(req: PlanRequest, index: PlanIndex, streams: tuple) -> IndexedPlan | N
     assembly_key = _assembly_key(req)
     reuse = index.assembled if assembly_key == index.assembly_key else None
     assembled = assemble(req, frame, packing, reuse)
-    new_index = PlanIndex(streams, counts, assembled, frame, frame_key, assembly_key)
+    names = index.names.changed({s.name for s in changes.added}, {s.name for s in changes.removed})
+    new_index = PlanIndex(streams, counts, names, assembled, frame, frame_key, assembly_key)
     return IndexedPlan(assembled.plan, new_index, incremental=True)
 
 
@@ -217,6 +250,8 @@ def plan_quota_indexed(req: PlanRequest, index: PlanIndex | None = None) -> Inde
     frame = plan_frame(req)
     packing = pack(packing_input(req, frame))
     assembled = assemble(req, frame, packing)
-    counts = _served_counts(req, packing, assembled.plan)
-    new_index = PlanIndex(streams, counts, assembled, frame, _frame_key(req), _assembly_key(req))
+    counts, names = _served(req, packing, assembled.plan)
+    new_index = PlanIndex(
+        streams, counts, names, assembled, frame, _frame_key(req), _assembly_key(req)
+    )
     return IndexedPlan(assembled.plan, new_index, incremental=False)

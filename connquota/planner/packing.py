@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from itertools import compress
 from operator import attrgetter
@@ -67,6 +68,8 @@ class Packing:
     unserved: list[tuple[DesiredStream, str]]
     counts: Mapping[str | None, int] | None = None
     """Streams per credential (None: public), when every stream was served."""
+    names: AbstractSet[str] | None = None
+    """The names of all streams, when every stream was served by `pack` (never modified)."""
 
 
 @dataclass
@@ -108,6 +111,7 @@ class _Packer:
         self.seq = 0
         self.unserved: list[tuple[DesiredStream, str]] = []
         self.counts: Mapping[str | None, int] | None = None
+        self.names: AbstractSet[str] | None = None
 
     # -- capacity checks -------------------------------------------------------------------
 
@@ -229,7 +233,8 @@ class _Packer:
         counts = Counter(map(_credential_of, streams))
         if self._all_fit(counts, total):
             self.counts = counts
-            return list(streams), set(self._names)
+            self.names = set(self._names)
+            return list(streams), self.names
         served: list[DesiredStream] = []
         in_group: Counter = Counter()
         used = 0
@@ -454,7 +459,7 @@ class _Packer:
         for s in rest:
             self.unserved.append((s, self._why_not_placed(s)))
         self.unserved.sort(key=lambda u: _order(u[0]))
-        return Packing(self.conns, self.pods, self.unserved, self.counts)
+        return Packing(self.conns, self.pods, self.unserved, self.counts, self.names)
 
     # -- the same packing, from the previous plan and the streams added and removed ---------
 
