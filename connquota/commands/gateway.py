@@ -60,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
     from connquota.gateway.lease import FileLease, KubeLease
     from connquota.gateway.logs import setup_logging
     from connquota.gateway.plan_source import watch_plan_configmap, watch_plan_file
+    from connquota.gateway.podroot import pod_path
     from connquota.gateway.upstream import UpstreamSettings
 
     pod = os.environ.get("POD_NAME", "")
@@ -75,6 +76,10 @@ def run(args: argparse.Namespace) -> int:
         print("connquota gateway: give --plan FILE (standalone) or --in-cluster")
         return 2
     pod = pod or f"gateway-{ordinal}"
+    # Under the test pod harness, mounted paths live below $CONNQUOTA_POD_ROOT.
+    args.state_dir = pod_path(args.state_dir)
+    if args.consumer_token_file is not None:
+        args.consumer_token_file = pod_path(args.consumer_token_file)
     setup_logging(args.log_level, args.log_format, {"quota": quota, "pod": pod})
     settings = GatewaySettings(
         ordinal=ordinal,

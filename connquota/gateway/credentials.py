@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 
 from connquota.api.plan import PlanCredential
 from connquota.exchanges.dialects.base import ApiCredentials
+from connquota.gateway.podroot import pod_path
 
 
 class CredentialError(RuntimeError):
@@ -15,7 +15,7 @@ class CredentialError(RuntimeError):
 
 def read_credentials(cred: PlanCredential) -> ApiCredentials:
     """The key, secret and passphrase in `cred.mountPath` (file names from the plan)."""
-    base = Path(cred.mountPath)
+    base = pod_path(cred.mountPath)
 
     def read(key: str) -> str:
         path = base / key

@@ -108,12 +108,11 @@ class KubeLease:
         duration_s: int = 15,
         close_after_s: float | None = None,
     ) -> None:
-        from kubernetes import client, config
+        from kubernetes import client
 
-        try:
-            config.load_incluster_config()
-        except config.ConfigException:
-            config.load_kube_config()
+        from connquota.gateway.podroot import load_cluster_config
+
+        load_cluster_config()
         self.api = client.CoordinationV1Api()
         self.namespace = namespace
         self.name = name

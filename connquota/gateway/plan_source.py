@@ -99,12 +99,11 @@ async def watch_plan_file(path: Path, ordinal: int, poll_s: float = 0.2) -> Asyn
 
 async def watch_plan_configmap(namespace: str, name: str, ordinal: int) -> AsyncIterator[PodPlan]:
     """Yield the ConfigMap's plan and every newer generation (a watch in a thread)."""
-    from kubernetes import client, config, watch
+    from kubernetes import client, watch
 
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        config.load_kube_config()
+    from connquota.gateway.podroot import load_cluster_config
+
+    load_cluster_config()
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[str] = asyncio.Queue()
     stop = threading.Event()
