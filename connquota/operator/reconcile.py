@@ -862,9 +862,19 @@ class Reconciler:
                         )
                         state.ledger = record_publication(ledger, empty, pool.spec)
                         state.ledger_dirty = True
+                    try:
                         await self._persist_ledger(quota, state)
-                        await self._publish(quota, state, empty)
-                    await self._persist_ledger(quota, state)
+                        if ledger is not state.ledger:
+                            await self._publish(quota, state, state_empty_plan(state))
+                    except KubeError as exc:
+                        # A terminating namespace refuses new content: the ledger in memory
+                        # still counts, and the pods are being deleted anyway.
+                        log.warning(
+                            "quota %s: could not write while deleting: %s",
+                            key,
+                            exc,
+                            extra={"quota": key},
+                        )
                 sts = self.sources.statefulset_of_quota(key)
                 current = int(((sts or {}).get("spec") or {}).get("replicas") or 0)
                 if sts is not None:
@@ -889,6 +899,20 @@ def _strip(body: Mapping[str, Any]) -> dict[str, Any]:
     """A custom-resource body as the API models read it (status and unknown metadata kept out)."""
     out = {k: v for k, v in dict(body).items() if k in ("apiVersion", "kind", "metadata", "spec")}
     return json.loads(json.dumps(out, default=str))
+
+
+def state_empty_plan(state: QuotaState) -> QuotaPlan:
+    """The empty generation just recorded in the state's ledger, as pod plans to publish."""
+    assert state.ledger is not None
+    generation = state.ledger.last_generation
+    pods = [
+        p.model_copy(
+            update={"generation": generation, "connections": [], "slices": [], "spare": []}
+        )
+        for p in state.published.values()
+    ]
+    quota = pods[0].quota if pods else QuotaRef(namespace="-", name="-")
+    return QuotaPlan(generation=generation, quota=quota, replicas=0, pods=pods)
 
 
 def _deleting(body: Mapping[str, Any]) -> bool:

@@ -54,6 +54,10 @@ def gateway_env(quota_name: str, consumer_auth: bool) -> list[dict[str, Any]]:
     env: list[dict[str, Any]] = [
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        # Listen on the Pod IP: probes, Services and peers reach it there (and the test pod
+        # harness, which runs every pod in one network namespace, needs one address per pod).
+        {"name": "CONNQUOTA_HOST", "value": "$(POD_IP)"},
         {"name": "CONNQUOTA_QUOTA", "value": quota_name},
         {"name": "CONNQUOTA_STATE_DIR", "value": STATE_DIR},
         {"name": "CONNQUOTA_PORT", "value": str(GATEWAY_PORT)},

@@ -149,3 +149,6 @@ def apiserver_writes(control_plane: ControlPlane) -> int:
         if labels.get("verb") in WRITE_VERBS and key in OPERATOR_ONLY:
             total += int(float(match["value"]))
     return total
+
+
+from cluster.operator.fleet import mock_exchange  # noqa: E402, F401  (a fixture for the fleet tests)

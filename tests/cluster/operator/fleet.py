@@ -1,0 +1,281 @@
+"""Parts of the fleet tests: the mock exchange in a background thread, quotas that point at it,
+and consumers of a gateway pod's /v1/ws.
+
+The mock exchange divides every duration of its profile by `TIME_SCALE`; the quota declares
+the same limits with wall-clock durations (a `custom` exchange built from the mock's scaled
+profile), so the operator, the gateways and the referee agree on every limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import threading
+import time
+from collections.abc import Callable, Coroutine, Iterator
+from typing import Any, TypeVar
+
+import pytest
+from kubernetes import client
+
+from cluster.conftest import HARNESS_LABEL
+from connquota.api.limits import Limit, LimitName, LimitScope
+from connquota.demo.scaling import scaled_profile
+from connquota.exchanges import get_profile
+from connquota.mockexchange.server import MockExchange
+from connquota.testing.podharness import DEFAULT_NODE_NAME
+
+GROUP, VERSION = "connquota.io", "v1alpha1"
+TIME_SCALE = 20.0
+T = TypeVar("T")
+
+
+class MockThread:
+    """A MockExchange served by its own event loop in a daemon thread."""
+
+    def __init__(self, limits: list[Limit]) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.mock = MockExchange(
+            get_profile("binance-spot"),
+            "127.0.0.1",
+            0,
+            time_scale=TIME_SCALE,
+            rate_per_stream_hz=5.0,
+            limits=limits,
+        )
+        self.call(self.mock.start())
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout_s: float = 10) -> T:
+        """Run `coro` on the mock's loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout_s)
+
+    def sync(self, fn: Callable[[], T]) -> T:
+        """Run `fn` on the mock's loop (its state is only touched there)."""
+
+        async def run() -> T:
+            return fn()
+
+        return self.call(run())
+
+    def violations(self) -> list[dict[str, Any]]:
+        """Every violation the referee recorded."""
+        return self.sync(lambda: [v.to_json() for v in self.mock.violations()])
+
+    def peak_fraction(self, name: LimitName, scope: LimitScope) -> float:
+        """The highest use of a limit as a fraction of its value."""
+        return self.sync(lambda: self.mock.peak_fraction(name, scope))
+
+    def open_connections(self) -> set[str]:
+        """Ids of the WebSocket connections open now (a reopened connection gets a new id)."""
+        return self.sync(lambda: {c.conn_id for c in self.mock.websockets()})
+
+    def disconnect_all(self) -> int:
+        """A mass disconnect: the exchange drops every connection at once."""
+        return self.call(self.mock.disconnect(abrupt=False, code=1001))
+
+    def assert_no_violation(self) -> None:
+        """The referee recorded no violation of any limit."""
+        found = self.violations()
+        assert found == [], json.dumps(found, indent=1)[:3000]
+
+    def stop(self) -> None:
+        """Stop the mock and its loop."""
+        with contextlib.suppress(Exception):
+            self.call(self.mock.stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+
+    def quota_exchange(self, domain: str) -> dict[str, Any]:
+        """`spec.custom` of a quota pointing at this mock, durations in wall-clock seconds."""
+        profile = scaled_profile(self.mock.profile, TIME_SCALE, self.mock.url)
+        return {
+            "endpoint": self.mock.url,
+            "dialect": profile.dialect.value,
+            "domain": domain,
+            "limits": [lim.to_wire() for lim in profile.limits],
+            "heartbeat": profile.heartbeat.to_wire(),
+            "deadConnectionTimeoutSeconds": profile.deadConnectionTimeoutSeconds,
+        }
+
+
+def shrunk_limits(**values: tuple[float, float | None]) -> list[Limit]:
+    """Overrides of binance-spot limits: name=(value, window in profile seconds)."""
+    base = get_profile("binance-spot")
+    out = []
+    for name, (value, window) in values.items():
+        limit = base.limit(LimitName(name))
+        assert limit is not None, name
+        update: dict[str, Any] = {"value": value}
+        if window is not None:
+            update["windowSeconds"] = window
+        out.append(limit.model_copy(update=update))
+    return out
+
+
+@pytest.fixture
+def mock_exchange() -> Iterator[MockThread]:
+    """concurrentConnections 4 per IP (the limit the fleet scenarios drive to 100%), six
+    attempts per 2 s, two streams per connection."""
+    mock = MockThread(
+        shrunk_limits(
+            concurrentConnections=(4, None),
+            connectionAttempts=(6, 2 * TIME_SCALE),
+            streamsPerConnection=(2, None),
+        )
+    )
+    try:
+        yield mock
+    finally:
+        mock.stop()
+
+
+def pool_body(name: str, addresses: int = 1) -> dict[str, Any]:
+    """A pool of loopback `bind` addresses 127.0.0.2.. on the harness's node."""
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "ExchangeEgressPool",
+        "metadata": {"name": name},
+        "spec": {
+            "addresses": [
+                {
+                    "name": f"lo-{i + 2}",
+                    "publicAddress": f"127.0.0.{i + 2}",
+                    "mode": "bind",
+                    "bindAddress": f"127.0.0.{i + 2}",
+                    "node": DEFAULT_NODE_NAME,
+                }
+                for i in range(addresses)
+            ]
+        },
+    }
+
+
+def quota_body(
+    namespace: str,
+    name: str,
+    pool: str,
+    exchange: dict[str, Any],
+    streams: list[str],
+    *,
+    max_replicas: int = 3,
+    connections_per_pod: int = 2,
+) -> dict[str, Any]:
+    """A quota on the mock exchange whose gateway pods the harness runs."""
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "ExchangeConnectionQuota",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "exchange": "custom",
+            "custom": exchange,
+            "headroom": 1.0,
+            "egressPoolRef": {"name": pool},
+            "streams": [{"name": s} for s in streams],
+            "gateway": {
+                "maxReplicas": max_replicas,
+                "minReplicas": 1,
+                "connectionsPerPod": connections_per_pod,
+                # No requests: the pod harness reports every pod as BestEffort (its QoS class),
+                # which the API server refuses to change for a pod with requests.
+                "resources": {},
+                "podOverrides": {"labels": {HARNESS_LABEL: "true"}},
+            },
+        },
+    }
+
+
+def get_quota(api_client: Any, namespace: str, name: str) -> dict[str, Any] | None:
+    """The quota, or None."""
+    try:
+        return client.CustomObjectsApi(api_client).get_namespaced_custom_object(
+            GROUP, VERSION, namespace, "exchangeconnectionquotas", name
+        )
+    except client.ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def condition(quota: dict[str, Any] | None, type_: str) -> dict[str, Any] | None:
+    """One status condition of a quota."""
+    for cond in ((quota or {}).get("status") or {}).get("conditions") or []:
+        if cond["type"] == type_:
+            return cond
+    return None
+
+
+def is_ready(api_client: Any, namespace: str, name: str) -> bool:
+    """Ready=True for the quota's current generation."""
+    q = get_quota(api_client, namespace, name)
+    cond = condition(q, "Ready")
+    return bool(
+        q
+        and cond
+        and cond["status"] == "True"
+        and q["status"].get("observedGeneration") == q["metadata"]["generation"]
+    )
+
+
+def pod_ips(api_client: Any, namespace: str, quota: str) -> dict[int, str]:
+    """ordinal -> Pod IP of the quota's running gateway pods."""
+    out = {}
+    for pod in (
+        client.CoreV1Api(api_client)
+        .list_namespaced_pod(namespace, label_selector=f"connquota.io/quota={quota}")
+        .items
+    ):
+        if pod.status.pod_ip and pod.metadata.deletion_timestamp is None:
+            out[int(pod.metadata.name.rsplit("-", 1)[-1])] = pod.status.pod_ip
+    return out
+
+
+def consume(ip: str, streams: list[str], frames: int = 2, timeout_s: float = 20) -> dict[str, list]:
+    """Subscribe `streams` on a gateway pod's /v1/ws; return the sequence numbers received
+    once every stream delivered `frames` frames."""
+    from websockets.sync.client import connect
+
+    seen: dict[str, list[int]] = {s: [] for s in streams}
+    deadline = time.monotonic() + timeout_s
+    with connect(f"ws://{ip}:8080/v1/ws", open_timeout=5) as ws:
+        ws.send(json.dumps({"op": "subscribe", "streams": streams, "id": 1}))
+        while any(len(v) < frames for v in seen.values()):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                pytest.fail(f"frames from {ip} within {timeout_s}s: {seen}")
+            doc = json.loads(ws.recv(timeout=left))
+            if "error" in doc:
+                pytest.fail(f"gateway {ip} refused {streams}: {doc}")
+            if doc.get("stream") in seen:
+                seen[doc["stream"]].append(doc["seq"])
+    return seen
+
+
+def streams_by_pod(core: client.CoreV1Api, namespace: str, quota: str) -> dict[int, list[str]]:
+    """ordinal -> streams its published plan gives it."""
+    out: dict[int, list[str]] = {}
+    for cm in core.list_namespaced_config_map(
+        namespace, label_selector=f"connquota.io/quota={quota},app.kubernetes.io/component=plan"
+    ).items:
+        plan = json.loads(cm.data["plan.json"])
+        streams = [s for c in plan.get("connections", []) for s in c.get("streams", [])]
+        if streams:
+            out[plan["ordinal"]] = streams
+    return out
+
+
+def wait_ready(
+    api_client: Any, namespace: str, name: str, timeout_s: float, log: Callable[[], str]
+) -> None:
+    """Wait until the quota is Ready; on timeout show its status and the operator's log."""
+    deadline = time.monotonic() + timeout_s
+    while not is_ready(api_client, namespace, name):
+        if time.monotonic() > deadline:
+            status = (get_quota(api_client, namespace, name) or {}).get("status")
+            pytest.fail(
+                f"{namespace}/{name} not Ready within {timeout_s}s; status "
+                f"{json.dumps(status)[:3000]}\n{log()}"
+            )
+        time.sleep(0.3)

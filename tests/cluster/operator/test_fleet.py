@@ -1,0 +1,148 @@
+"""The operator with real gateways (run by the pod harness) and the mock exchange as referee.
+
+Limits are shrunk (4 connections per IP, 2 streams per connection, 6 attempts per 2 s) and
+time is scaled, so a quota of 8 streams fills the address's concurrent limit to 100%, and every
+scenario either keeps the referee silent or fails.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from cluster.conftest import wait_for
+from cluster.operator.conftest import OperatorProcess, custom_object
+from cluster.operator.fleet import (
+    GROUP,
+    VERSION,
+    MockThread,
+    consume,
+    get_quota,
+    pod_ips,
+    pool_body,
+    quota_body,
+    streams_by_pod,
+    wait_ready,
+)
+from connquota.api.limits import LimitName, LimitScope
+from connquota.testing.podharness import PodHarness
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
+
+STREAMS = [f"s{i}usdt@trade" for i in range(8)]
+
+
+def _consumers_get_every_stream(api_client: Any, namespace: str, core: Any) -> None:
+    ips = pod_ips(api_client, namespace, "md")
+    for ordinal, streams in streams_by_pod(core, namespace, "md").items():
+        seen = consume(ips[ordinal], streams)
+        for stream, seqs in seen.items():
+            assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), (stream, seqs)
+
+
+def test_fleet_lifecycle_scale_replace_and_mass_disconnect_within_every_limit(
+    api_client: Any,
+    namespace: str,
+    pod_harness: PodHarness,
+    operator_process: OperatorProcess,
+    mock_exchange: MockThread,
+) -> None:
+    core = client.CoreV1Api(api_client)
+    apps = client.AppsV1Api(api_client)
+    objects = custom_object(api_client)
+    pool = f"p-{uuid.uuid4().hex[:8]}"
+    exchange = mock_exchange.quota_exchange(f"{pool}.test")
+    objects.create_cluster_custom_object(GROUP, VERSION, "exchangeegresspools", pool_body(pool))
+    objects.create_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        namespace,
+        "exchangeconnectionquotas",
+        quota_body(namespace, "md", pool, exchange, STREAMS),
+    )
+    log = operator_process.log
+    try:
+        # Up: 4 connections on 2 pods fill the address's 4 concurrent connections.
+        wait_ready(api_client, namespace, "md", 90, log)
+        assert apps.read_namespaced_stateful_set("md-gw", namespace).spec.replicas == 2
+        _consumers_get_every_stream(api_client, namespace, core)
+        mock_exchange.assert_no_violation()
+        assert mock_exchange.peak_fraction(LimitName.CONCURRENT_CONNECTIONS, LimitScope.IP) >= 0.9
+
+        # A restarted operator resumes without reopening anything.
+        before = mock_exchange.open_connections()
+        operator_process.stop()
+        operator_process.start()
+        reconciles = wait_for(
+            lambda: operator_process.metric("connquota_operator_reconciles_total"),
+            60,
+            "a reconcile after the restart",
+        )
+        wait_ready(api_client, namespace, "md", 60, log)
+        assert reconciles >= 1
+        assert mock_exchange.open_connections() == before
+
+        # Scale down: half the streams leave; pod 1 empties, then the StatefulSet shrinks.
+        objects.patch_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            namespace,
+            "exchangeconnectionquotas",
+            "md",
+            {"spec": {"streams": [{"name": s} for s in STREAMS[:4]]}},
+        )
+        wait_for(
+            lambda: apps.read_namespaced_stateful_set("md-gw", namespace).spec.replicas == 1,
+            60,
+            f"scale-down to 1 replica\n{log()}",
+        )
+        wait_ready(api_client, namespace, "md", 60, log)
+        # Scale up again.
+        objects.patch_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            namespace,
+            "exchangeconnectionquotas",
+            "md",
+            {"spec": {"streams": [{"name": s} for s in STREAMS]}},
+        )
+        wait_ready(api_client, namespace, "md", 90, log)
+        assert apps.read_namespaced_stateful_set("md-gw", namespace).spec.replicas == 2
+        mock_exchange.assert_no_violation()
+
+        # A gateway pod deleted and replaced (fresh emptyDir: it starts conservatively).
+        core.delete_namespaced_pod("md-gw-0", namespace)
+        wait_for(
+            lambda: (
+                len(mock_exchange.open_connections()) == 4
+                and 0 in pod_ips(api_client, namespace, "md")
+            ),
+            90,
+            f"pod md-gw-0 replaced and reconnected\n{log()}",
+            interval_s=0.3,
+        )
+        wait_ready(api_client, namespace, "md", 60, log)
+        _consumers_get_every_stream(api_client, namespace, core)
+        mock_exchange.assert_no_violation()
+
+        # A mass disconnect at the exchange: everything reconnects within the limits.
+        assert mock_exchange.disconnect_all() == 4
+        wait_for(
+            lambda: len(mock_exchange.open_connections()) == 4,
+            60,
+            "reconnection after the mass disconnect",
+            interval_s=0.3,
+        )
+        _consumers_get_every_stream(api_client, namespace, core)
+        mock_exchange.assert_no_violation()
+    finally:
+        objects.delete_namespaced_custom_object(
+            GROUP, VERSION, namespace, "exchangeconnectionquotas", "md"
+        )
+    wait_for(lambda: get_quota(api_client, namespace, "md") is None, 90, f"deletion\n{log()}")
+    assert mock_exchange.open_connections() == set()
+    mock_exchange.assert_no_violation()
+    objects.delete_cluster_custom_object(GROUP, VERSION, "exchangeegresspools", pool)
