@@ -171,20 +171,24 @@ def _removed_by_connection(
         return None  # added next to the same name kept elsewhere in the list
     if not removed_names:
         return {}
+    # Each name is on one connection, of its own credential unless it lost it since: look
+    # there first, and stop once all are found.
+    credentials = {s.credential for s in removed}
+    conns = [c for pod in previous.pods for c in pod.connections]
+    conns.sort(key=lambda c: c.credential not in credentials)  # stable: plan order within
     out: dict[str, set[str]] = {}
     found = 0
-    for pod in previous.pods:
-        for c in pod.connections:
-            if removed_names.isdisjoint(c.streams):
-                continue
-            hits = removed_names.intersection(c.streams)
-            if c.id in out:
-                return None
-            out[c.id] = hits
-            found += len(hits)
-    if found != len(removed_names):
-        return None
-    return out
+    for c in conns:
+        if removed_names.isdisjoint(c.streams):
+            continue
+        hits = removed_names.intersection(c.streams)
+        if c.id in out:
+            return None
+        out[c.id] = hits
+        found += len(hits)
+        if found == len(removed_names):
+            return out
+    return None
 
 
 def _counts_after(

@@ -1,8 +1,8 @@
 """Which streams were added and removed between two lists, at C speed.
 
 A replan of 10^5 streams must not spend Python-level work per stream. `stream_changes` walks
-the two lists in step: equal runs are compared a chunk at a time (tuple equality, in C), and
-at each mismatch the nearer of "these new streams were inserted" and "these old streams were
+the two lists in step: equal runs are compared in C (`operator.indexOf` over `map(ne, ...)` of
+two tuple iterators finds the first difference without copying), and at each mismatch the nearer of "these new streams were inserted" and "these old streams were
 removed" is found with `tuple.index` over growing windows. The result is one valid edit
 script (old minus `removed` plus `added`, in list order); when the lists were reordered, or a
 stream changed its priority or credential, the script shows it as a removal plus an addition
@@ -12,15 +12,9 @@ of the same name, which the caller treats as a change it cannot take incremental
 from __future__ import annotations
 
 from dataclasses import dataclass
-from itertools import compress, count
-from operator import ne
+from operator import indexOf, ne
 
 from connquota.planner.inputs import DesiredStream
-
-FIRST_CHUNK = 256
-"""Streams compared at once at the start of an equal run (the chunk grows 4x while equal)."""
-
-MAX_CHUNK = 1 << 16
 
 SEARCH_WINDOWS = (16, 1024, None)
 """How far ahead a mismatch looks for the stream it replaced, widening (None: to the end)."""
@@ -36,20 +30,15 @@ class StreamChanges:
 
 
 def _common_run(old: tuple, i: int, new: tuple, j: int) -> int:
-    """How many elements old[i:] and new[j:] have equal at their start."""
-    n = min(len(old) - i, len(new) - j)
-    k = 0
-    step = FIRST_CHUNK
-    while k < n:
-        size = min(step, n - k)
-        a = old[i + k : i + k + size]
-        b = new[j + k : j + k + size]
-        if a == b:
-            k += size
-            step = min(step * 4, MAX_CHUNK)
-            continue
-        return k + next(compress(count(), map(ne, a, b)))
-    return k
+    """How many elements old[i:] and new[j:] have equal at their start (one C-speed pass)."""
+    a = iter(old)
+    b = iter(new)
+    a.__setstate__(i)  # tuple iterators start where they are told: no slice is copied
+    b.__setstate__(j)
+    try:
+        return indexOf(map(ne, a, b), True)
+    except ValueError:
+        return min(len(old) - i, len(new) - j)
 
 
 def _find(seq: tuple, x: DesiredStream, start: int, stop: int) -> int | None:
