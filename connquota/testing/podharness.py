@@ -51,6 +51,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime as dt
+import fcntl
 import json
 import logging
 import os
@@ -59,6 +60,7 @@ import shutil
 import signal
 import socket
 import ssl
+import struct
 import subprocess
 import sys
 import tempfile
@@ -85,8 +87,8 @@ TOKEN_KINDS = frozenset({"serviceAccountToken"})
 DATA_KINDS = frozenset({"secret", "configMap", "downwardAPI"})
 ALL_KINDS = TOKEN_KINDS | DATA_KINDS
 
-# Pod IPs handed out by any harness in this process, so two harnesses never share one.
-_POD_IPS_IN_USE: set[str] = set()
+# Pod IPs in use are locked files here, so harnesses of concurrent test runs never share one.
+POD_IP_LOCK_DIR = Path(tempfile.gettempdir()) / "connquota-pod-ips"
 _POD_IPS_LOCK = threading.Lock()
 
 
@@ -136,6 +138,21 @@ class ProcessRecord:
 
 class PodConfigError(RuntimeError):
     """A Pod's spec refers to something that does not exist yet (a Secret, a key...)."""
+
+
+def _listening_ips() -> set[str]:
+    """IPv4 addresses some socket on this machine listens on (from /proc/net/tcp)."""
+    found: set[str] = set()
+    try:
+        lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    except OSError:
+        return found
+    for line in lines:
+        fields = line.split()
+        if len(fields) > 3 and fields[3] == "0A":  # TCP_LISTEN
+            address = fields[1].split(":")[0]
+            found.add(socket.inet_ntoa(struct.pack("<I", int(address, 16))))
+    return found
 
 
 # --- probes --------------------------------------------------------------------------------
@@ -928,7 +945,7 @@ class PodHarness:
         self._runners: dict[str, _PodRunner] = {}  # by UID
         self._all_runners: list[_PodRunner] = []
         self._lock = threading.Lock()
-        self._ips_in_use: set[str] = set()
+        self._ip_locks: dict[str, int] = {}
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self.errors: list[str] = []
@@ -1014,22 +1031,35 @@ class PodHarness:
                 self._all_runners.remove(runner)
 
     def _allocate_ip(self) -> str:
+        """A Pod IP no other harness holds, in this process or any other on the machine.
+
+        Each address in use is held by an exclusive ``flock`` on a file in the system temp
+        dir; the kernel releases it when the holder closes it or dies.
+        """
         if self.pod_ip_prefix is None:
             return self.fixed_pod_ip
-        with _POD_IPS_LOCK:  # shared by every harness of this process
+        POD_IP_LOCK_DIR.mkdir(parents=True, exist_ok=True)
+        busy = _listening_ips()  # e.g. processes of a run that did not lock (or crashed)
+        with _POD_IPS_LOCK:
             for last in range(2, 255):
                 ip = f"{self.pod_ip_prefix}{last}"
-                if ip not in _POD_IPS_IN_USE:
-                    _POD_IPS_IN_USE.add(ip)
-                    self._ips_in_use.add(ip)
-                    return ip
-        raise RuntimeError("no free pod IP left")
+                if ip in busy:
+                    continue
+                fd = os.open(POD_IP_LOCK_DIR / ip, os.O_RDWR | os.O_CREAT, 0o600)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    os.close(fd)
+                    continue
+                self._ip_locks[ip] = fd
+                return ip
+        raise RuntimeError(f"no free pod IP left in {self.pod_ip_prefix}2-254")
 
     def _release_ip(self, ip: str) -> None:
         with _POD_IPS_LOCK:
-            if ip in self._ips_in_use:
-                self._ips_in_use.discard(ip)
-                _POD_IPS_IN_USE.discard(ip)
+            fd = self._ip_locks.pop(ip, None)
+            if fd is not None:
+                os.close(fd)
 
     # --- node and lease
     def _node_status(self, node_name: str) -> dict[str, Any]:
