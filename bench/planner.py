@@ -13,7 +13,7 @@ the stream list by priority and name - the least a planner reading every stream 
 the connections reopened beside the lower bound of reopens. The indexed and full replans are
 checked to give the same bytes.
 
-`time` is the best of R runs (at least 7 for calls under 50 ms). Run:
+`time` is the best of R runs (at least 5 for calls under 1 s, 9 under 50 ms). Run:
 .venv/bin/python bench/planner.py [--max-streams N] [--repeat R]
 """
 
@@ -83,19 +83,17 @@ def baseline(n: int, accounts: int) -> float:
     return time.perf_counter() - t0
 
 
-FAST_CALL_S = 0.05
-"""Calls faster than this are repeated at least FAST_REPEAT times (the machine is shared: the
-best of a few more runs of a cheap call is a steadier figure)."""
-
-FAST_REPEAT = 7
+REPEAT_TIERS = ((0.05, 9), (1.0, 5))
+"""(seconds, runs): a call faster than `seconds` runs at least `runs` times. The machine is
+shared, so the best of a few more runs of a cheap call is the steadier figure."""
 
 
 def timed(fn, repeat: int):
-    """The best time of `repeat` calls (at least FAST_REPEAT for fast calls), and a result."""
+    """The best time of `repeat` calls (more for fast calls, see REPEAT_TIERS), and a result."""
     best = math.inf
     result = None
     runs = 0
-    while runs < repeat or (best < FAST_CALL_S and runs < FAST_REPEAT):
+    while runs < max([repeat, *(n for limit_s, n in REPEAT_TIERS if best < limit_s)]):
         gc.collect()
         t0 = time.perf_counter()
         result = fn()

@@ -199,22 +199,40 @@ def divide_budgets(pool: ExchangeEgressPoolSpec, quotas: Sequence[QuotaInput]) -
     for b in budgets.values():
         by_domain.setdefault(b.key.domain, {}).setdefault((b.key.scope, b.key.key), []).append(b)
     public_to_name = {a.publicAddress: a.name for a in pool.addresses}
+    # Budgets whose holders, requests and values are those of one already divided divide the
+    # same way: reuse that division unless it gave reasons (they name the address).
+    divided: dict[tuple, list[tuple[dict[str, int], dict[str, int]]]] = {}
     for domain, groups in sorted(by_domain.items()):
         members = [q for q in quotas if q.domain == domain]
+        account_ids = {q.key: q.account_ids() for q in members}
         for (scope, key), group in sorted(groups.items()):
             if scope == LimitScope.IP:
                 holders = members
                 name = public_to_name[key]
                 where = f"address {name}"
-                fr = _fractions(pool, holders, name, where, reasons)
+                address: str | None = name
             else:
-                holders = [q for q in members if key in q.account_ids()]
+                holders = [q for q in members if key in account_ids[q.key]]
                 name = key
                 where = f"account {key}"
-                fr = _fractions(pool, holders, None, where, reasons)
-            for b in group:
-                units = _units(b.value, fr, f"{where} {b.key.limit.value}", reasons)
-                bursts = _units(b.burst, fr, where, {k: [] for k in reasons}) if b.burst else {}
+                address = None
+            same = (
+                scope,
+                tuple((q.key, _requested(q, address)) for q in holders),
+                tuple((b.key.limit, b.value, b.burst) for b in group),
+            )
+            parts = divided.get(same)
+            if parts is None:
+                reasons_before = sum(map(len, reasons.values()))
+                fr = _fractions(pool, holders, address, where, reasons)
+                parts = []
+                for b in group:
+                    units = _units(b.value, fr, f"{where} {b.key.limit.value}", reasons)
+                    bursts = _units(b.burst, fr, where, {k: [] for k in reasons}) if b.burst else {}
+                    parts.append((units, bursts))
+                if sum(map(len, reasons.values())) == reasons_before:
+                    divided[same] = parts
+            for b, (units, bursts) in zip(group, parts, strict=True):
                 for q in holders:
                     shares = result[q.key]
                     table = shares.ip if scope == LimitScope.IP else shares.account
