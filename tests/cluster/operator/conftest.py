@@ -38,7 +38,7 @@ class OperatorProcess:
         self.popen: subprocess.Popen[bytes] | None = None
         self.metrics_port = free_port()
 
-    def start(self) -> None:
+    def start(self, extra_env: dict[str, str] | None = None) -> None:
         """Start the operator process (no liveness port; metrics on a free loopback port)."""
         with self.log_path.open("ab") as out:
             self.popen = subprocess.Popen(
@@ -57,7 +57,7 @@ class OperatorProcess:
                 ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})},
                 start_new_session=True,
             )
 
