@@ -1,23 +1,36 @@
 """Gateway throughput and added latency, as ratios against consumers connected straight to the
 mock exchange in the same run.
 
-    .venv/bin/python bench/gateway.py [--consumers 1,10,100] [--streams 50] [--rate 20] [--seconds 5]
+    .venv/bin/python bench/gateway.py [--consumers 1,10,100] [--streams 50] [--rate 20]
+                                      [--seconds 5] [--warmup 1] [--client-procs 1]
 
-For each consumer count: K consumers subscribe every stream (a) directly on the mock exchange
+For each consumer count K, K consumers subscribe every stream (a) directly on the mock exchange
 (one upstream connection each: the baseline) and (b) through one gateway process holding one
-upstream connection. Prints delivered messages/s and latency p50/p99 (exchange event time to
-consumer receipt) for both, and the ratios gateway/direct.
+upstream connection. The mock exchange runs in this process; the gateway in its own; the
+consumers in `--client-procs` separate processes, so the reading side competes with neither.
+
+Consumers are minimal WebSocket clients (handshake, then frames parsed straight from the socket
+buffer, the event time found by a byte search) so that reading 100k frames/s is not the
+bottleneck of either path. Latency is per frame: the consumer's wall clock at receipt minus the
+mock's event time `E` (the same machine clock in every process). Frames received during the
+warm-up are not counted. Prints delivered messages/s, latency p50/p99 (and the worst consumer's
+p50), the ratio gateway/direct, the added p50, and the load average (other work shares the
+cores: compare figures taken at a similar load).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
+import os
+import struct
 import sys
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -31,48 +44,151 @@ from connquota.mockexchange.server import MockExchange
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests" / "unit" / "gateway"))
 from gateway_plan_factory import bind_address, pod_plan
 
+EVENT_TIME = b'"E":'
 
-async def consume(
-    url: str, subscribe: str, seconds: float, lat: list[float], counts: list[int]
-) -> None:
-    async with aiohttp.ClientSession() as http, http.ws_connect(url, max_msg_size=0) as ws:
-        await ws.send_str(subscribe)
-        end = time.monotonic() + seconds
-        n = 0
-        while time.monotonic() < end:
+
+def masked_text_frame(text: str) -> bytes:
+    """A client->server text frame (clients must mask; a zero mask keeps the payload as is)."""
+    payload = text.encode()
+    n = len(payload)
+    if n < 126:
+        header = struct.pack("!BB", 0x81, 0x80 | n)
+    elif n < 65536:
+        header = struct.pack("!BBH", 0x81, 0x80 | 126, n)
+    else:
+        header = struct.pack("!BBQ", 0x81, 0x80 | 127, n)
+    return header + b"\0\0\0\0" + payload
+
+
+async def raw_consumer(
+    url: str, subscribe: str, start_at: float, end_at: float, lat: list[float]
+) -> int:
+    """Read frames until `end_at` (wall clock); latencies of frames after `start_at`."""
+    parts = urlsplit(url)
+    host, port = parts.hostname or "127.0.0.1", parts.port or 80
+    reader, writer = await asyncio.open_connection(host, port, limit=1 << 20)
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write(
+        f"GET {parts.path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        .encode()
+    )  # fmt: skip
+    head = await reader.readuntil(b"\r\n\r\n")
+    if b" 101 " not in head.split(b"\r\n", 1)[0]:
+        raise RuntimeError(f"handshake refused: {head[:80]!r}")
+    writer.write(masked_text_frame(subscribe))
+    count = 0
+    buf = b""
+    try:
+        while True:
+            left = end_at - time.time()
+            if left <= 0:
+                break
             try:
-                msg = await ws.receive(timeout=max(0.01, end - time.monotonic()))
+                chunk = await asyncio.wait_for(reader.read(1 << 18), left)
             except TimeoutError:
                 break
-            if msg.type != aiohttp.WSMsgType.TEXT:
+            if not chunk:
                 break
-            doc = json.loads(msg.data)
-            data = doc.get("data")
-            if isinstance(data, dict) and "E" in data:
-                n += 1
-                lat.append(time.time() * 1000 - data["E"])
-        counts.append(n)
+            now_ms = time.time() * 1000
+            counting = now_ms >= start_at * 1000
+            buf = buf + chunk if buf else chunk
+            pos, size = 0, len(buf)
+            while size - pos >= 2:
+                b1, n = buf[pos], buf[pos + 1] & 0x7F
+                hdr = 2
+                if n == 126:
+                    if size - pos < 4:
+                        break
+                    n, hdr = struct.unpack_from("!H", buf, pos + 2)[0], 4
+                elif n == 127:
+                    if size - pos < 10:
+                        break
+                    n, hdr = struct.unpack_from("!Q", buf, pos + 2)[0], 10
+                end = pos + hdr + n
+                if end > size:
+                    break
+                opcode = b1 & 0x0F
+                if opcode == 1 and counting:
+                    i = buf.find(EVENT_TIME, pos + hdr, end)
+                    if i >= 0:
+                        j = i + 4
+                        k = j
+                        while 48 <= buf[k] <= 57:
+                            k += 1
+                        lat.append(now_ms - int(buf[j:k]))
+                        count += 1
+                elif opcode == 8:
+                    return count
+                elif opcode == 9:  # ping: answer with a pong carrying the same payload
+                    payload = buf[pos + hdr : end]
+                    writer.write(struct.pack("!BB", 0x8A, 0x80 | len(payload)) + b"\0" * 4)
+                    writer.write(payload)
+                pos = end
+            buf = buf[pos:]
+    finally:
+        writer.close()
+    return count
 
 
 def pct(values: list[float], q: float) -> float:
+    """The q-quantile of `values` (nan when empty)."""
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
-async def measure(url: str, subscribe: str, k: int, seconds: float) -> tuple[float, float, float]:
-    lat: list[float] = []
-    counts: list[int] = []
-    await asyncio.gather(*(consume(url, subscribe, seconds, lat, counts) for _ in range(k)))
-    return sum(counts) / seconds, pct(lat, 0.5), pct(lat, 0.99)
+async def consume_main(args: argparse.Namespace) -> None:
+    """Child process: run `--k` consumers, print one JSON line of results."""
+    lats: list[list[float]] = [[] for _ in range(args.k)]
+    counts = await asyncio.gather(
+        *(raw_consumer(args.url, args.sub, args.start_at, args.end_at, lat) for lat in lats)
+    )
+    every = [x for lat in lats for x in lat]
+    print(
+        json.dumps(
+            {
+                "frames": sum(counts),
+                "p50": pct(every, 0.5),
+                "p99": pct(every, 0.99),
+                "worst_p50": max((pct(lat, 0.5) for lat in lats if lat), default=float("nan")),
+                "samples": every[:: max(1, len(every) // 20000)],
+            }
+        )
+    )
 
 
-async def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--consumers", default="1,10,100")
-    ap.add_argument("--streams", type=int, default=50)
-    ap.add_argument("--rate", type=float, default=20.0)
-    ap.add_argument("--seconds", type=float, default=5.0)
-    args = ap.parse_args()
+async def measure(url: str, subscribe: str, k: int, args: argparse.Namespace) -> dict:
+    """K consumers in `--client-procs` processes; delivered frames/s and latency quantiles."""
+    procs = max(1, min(args.client_procs, k))
+    start_at = time.time() + 1.0 + args.warmup  # 1 s for the processes to start and connect
+    end_at = start_at + args.seconds
+    shares = [k // procs + (1 if i < k % procs else 0) for i in range(procs)]
+    children = []
+    for n in shares:
+        argv = ["--consume", "--url", url, "--sub", subscribe, "--k", str(n),
+                "--start-at", str(start_at), "--end-at", str(end_at)]  # fmt: skip
+        children.append(
+            await asyncio.create_subprocess_exec(
+                sys.executable, __file__, *argv, stdout=asyncio.subprocess.PIPE
+            )
+        )
+    results = []
+    for child in children:
+        out, _ = await child.communicate()
+        if child.returncode != 0:
+            raise RuntimeError(f"consumer process failed ({child.returncode})")
+        results.append(json.loads(out))
+    frames = sum(r["frames"] for r in results)
+    if procs == 1:
+        p50, p99 = results[0]["p50"], results[0]["p99"]
+    else:
+        samples = [x for r in results for x in r["samples"]]
+        p50, p99 = pct(samples, 0.5), pct(samples, 0.99)
+    worst = max(r["worst_p50"] for r in results)
+    return {"rate": frames / args.seconds, "p50": p50, "p99": p99, "worst_p50": worst}
+
+
+async def main(args: argparse.Namespace) -> None:
     profile = get_profile("binance-spot")
     attempts = profile.limit(LimitName.CONNECTION_ATTEMPTS)
     assert attempts is not None
@@ -97,17 +213,45 @@ async def main() -> None:
             await asyncio.sleep(0.1)
     direct_sub = json.dumps({"method": "SUBSCRIBE", "params": streams, "id": 1})
     gw_sub = json.dumps({"op": "subscribe", "streams": streams})
+    print(
+        f"load average at start: {os.getloadavg()[0]:.2f}; {args.streams} streams x "
+        f"{args.rate:g} Hz per consumer, {args.seconds:g} s, {args.client_procs} client procs"
+    )
     print(f"{'consumers':>9} {'direct msg/s':>13} {'gw msg/s':>10} {'ratio':>6} "
-          f"{'direct p50/p99 ms':>18} {'gw p50/p99 ms':>15} {'added p50 ms':>12}")  # fmt: skip
-    for k in [int(x) for x in args.consumers.split(",")]:
-        d_rate, d50, d99 = await measure(mock.url + "/stream", direct_sub, k, args.seconds)
-        g_rate, g50, g99 = await measure(gw.ws_url, gw_sub, k, args.seconds)
-        ratio = g_rate / d_rate if d_rate else float("nan")
-        print(f"{k:>9} {d_rate:>13.0f} {g_rate:>10.0f} {ratio:>6.2f} "
-              f"{d50:>8.1f}/{d99:<9.1f} {g50:>6.1f}/{g99:<8.1f} {g50 - d50:>12.1f}")  # fmt: skip
-    await gw.stop()
-    await mock.stop()
+          f"{'direct p50/p99 ms':>18} {'gw p50/p99 ms':>15} {'gw worst p50':>12} "
+          f"{'added p50 ms':>12} {'load':>5}")  # fmt: skip
+    try:
+        for k in [int(x) for x in args.consumers.split(",")]:
+            d = await measure(mock.url + "/stream", direct_sub, k, args)
+            g = await measure(gw.ws_url, gw_sub, k, args)
+            ratio = g["rate"] / d["rate"] if d["rate"] else float("nan")
+            print(f"{k:>9} {d['rate']:>13.0f} {g['rate']:>10.0f} {ratio:>6.2f} "
+                  f"{d['p50']:>8.1f}/{d['p99']:<9.1f} {g['p50']:>6.1f}/{g['p99']:<8.1f} "
+                  f"{g['worst_p50']:>12.1f} {g['p50'] - d['p50']:>12.1f} "
+                  f"{os.getloadavg()[0]:>5.2f}", flush=True)  # fmt: skip
+    finally:
+        await gw.stop()
+        await mock.stop()
+
+
+def parse_args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--consumers", default="1,10,100")
+    ap.add_argument("--streams", type=int, default=50)
+    ap.add_argument("--rate", type=float, default=20.0)
+    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--warmup", type=float, default=1.0)
+    ap.add_argument("--client-procs", type=int, default=1)
+    # internal: the consumer child process
+    ap.add_argument("--consume", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--url", help=argparse.SUPPRESS)
+    ap.add_argument("--sub", help=argparse.SUPPRESS)
+    ap.add_argument("--k", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--start-at", type=float, help=argparse.SUPPRESS)
+    ap.add_argument("--end-at", type=float, help=argparse.SUPPRESS)
+    return ap.parse_args()
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    ns = parse_args()
+    asyncio.run(consume_main(ns) if ns.consume else main(ns))
