@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from itertools import compress
@@ -92,8 +92,19 @@ _name_of = attrgetter("name")
 _credential_of = attrgetter("credential")
 
 
+_priority_of = attrgetter("priority")
+
+
 def _order(s: DesiredStream) -> tuple[int, str]:
     return (-s.priority, s.name)
+
+
+def _in_order(streams: Iterable[DesiredStream]) -> list[DesiredStream]:
+    """`_in_order(streams)`: highest priority first, ties by name (equal keys keep
+    their order), as two stable sorts on C-speed keys (no tuple per stream)."""
+    out = sorted(streams, key=_name_of)
+    out.sort(key=_priority_of, reverse=True)  # stable, also with reverse
+    return out
 
 
 class _Packer:
@@ -221,12 +232,12 @@ class _Packer:
         """The served streams (in order of priority) and their names."""
         streams = self.inp.streams
         if self.cap <= 0:
-            for s in sorted(streams, key=_order):
+            for s in _in_order(streams):
                 self.unserved.append((s, f"no stream fits a connection: {self.inp.cap_reason}"))
             return [], set()
         if not self.usable:
             why = "; ".join(r.reason for r in self.inp.addresses if r.reason)
-            for s in sorted(streams, key=_order):
+            for s in _in_order(streams):
                 self.unserved.append((s, f"no usable egress address ({why})"))
             return [], set()
         total = self._group_capacity()
@@ -240,7 +251,7 @@ class _Packer:
         used = 0
         used_account: Counter = Counter()
         gateway_bound = sum(min(r.max_connections, INFINITE) for r in self.usable) > total
-        for s in sorted(streams, key=_order):
+        for s in _in_order(streams):
             cred = s.credential
             account = self._account(cred)
             opens = in_group[cred] % self.cap == 0
@@ -368,7 +379,11 @@ class _Packer:
     def _choose(self, credential: str | None) -> tuple[str, int] | None:
         best = None
         best_key = None
-        pods = sorted((p for p in self.pods.values() if p.conns), key=lambda p: p.ordinal)
+        per_pod = self.inp.connections_per_pod
+        # A full pod never fits (`_fits`): leave it out of the scan over every address.
+        pods = sorted(
+            (p for p in self.pods.values() if 0 < p.conns < per_pod), key=lambda p: p.ordinal
+        )
         for r in self.usable:
             if self.addr_conns[r.key] >= r.max_connections:
                 continue
@@ -432,7 +447,7 @@ class _Packer:
             self._remove(victim)
             before = len(rest)
             moved = [self._stream[n] for n in victim.streams]
-            rest = self.open(self.fill(sorted(rest + moved, key=_order)))
+            rest = self.open(self.fill(_in_order(rest + moved)))
             if len(rest) >= before:
                 break
         return rest
@@ -453,7 +468,7 @@ class _Packer:
         if len(placed) == len(served):
             pending: list[DesiredStream] = []
         else:
-            pending = sorted((by_name[n] for n in served - placed), key=_order)
+            pending = _in_order(by_name[n] for n in served - placed)
         rest = self.open(self.fill(pending))
         rest = self.compact(rest)
         for s in rest:
@@ -515,7 +530,7 @@ class _Packer:
             return None
         if not self.keep_all(removed):
             return None
-        rest = self.open(self.fill(sorted(added, key=_order)))
+        rest = self.open(self.fill(_in_order(added)))
         if rest:
             return None
         return Packing(self.conns, self.pods, [], counts)
