@@ -83,6 +83,7 @@ POD_ROOT_ENV = "CONNQUOTA_POD_ROOT"
 DEFAULT_NODE_NAME = "connquota-harness"
 LEASE_NAMESPACE = "kube-node-lease"
 MERGE_PATCH = "application/merge-patch+json"
+CONTAINER_LOG = "container.log"  # stdout+stderr of every run of the container, in the Pod root
 TOKEN_KINDS = frozenset({"serviceAccountToken"})
 DATA_KINDS = frozenset({"secret", "configMap", "downwardAPI"})
 ALL_KINDS = TOKEN_KINDS | DATA_KINDS
@@ -348,6 +349,10 @@ class _PodRunner:
             self._kill_now()
         finally:
             self.harness._release_ip(self.pod_ip)
+            with contextlib.suppress(OSError):  # keep the log of a Pod that is gone
+                kept = self.harness.work_dir / "logs" / f"{self.root.name}.log"
+                kept.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(self.root / CONTAINER_LOG, kept)
             shutil.rmtree(self.root, ignore_errors=True)
             self.finished.set()
             self.harness._runner_finished(self)
@@ -460,7 +465,7 @@ class _PodRunner:
             command = list(h.image_commands[image])
         argv = [expand_vars(a, env) for a in [*command, *(container.get("args") or [])]]
         self._env_cache = env
-        stdout = self.root / "container.log"
+        stdout = self.root / CONTAINER_LOG
         with stdout.open("ab") as out:
             popen = subprocess.Popen(
                 argv,
@@ -1006,6 +1011,24 @@ class PodHarness:
                 if (runner.namespace, runner.name) == (namespace, name):
                     return runner.root
         return None
+
+    def logs(self, namespace: str, name: str) -> str:
+        """The container output (all restarts) of Pod ``namespace/name``: live, or the last gone.
+
+        A live Pod's log is ``<pod root>/container.log``; when a Pod goes, its log is kept in
+        ``<work_dir>/logs/`` until the harness stops.
+        """
+        root = self.pod_root(namespace, name)
+        candidates = [root / CONTAINER_LOG] if root else []
+        kept = sorted(
+            (self.work_dir / "logs").glob(f"{namespace}_{name}_*.log"),
+            key=lambda path: path.stat().st_mtime,
+            reverse=True,
+        )
+        for path in [*candidates, *kept]:
+            with contextlib.suppress(OSError):
+                return path.read_text(errors="replace")
+        return ""
 
     # --- internals used by runners
     def _record(self, record: ProcessRecord) -> None:

@@ -103,6 +103,7 @@ def main() -> None:
     host = os.environ.get("POD_IP") or "127.0.0.1"
     server = ThreadingHTTPServer((host, int(os.environ.get("PORT", "8080"))), Handler)
     event("start", counter=counter, argv=sys.argv)
+    print(f"podserver listening on {host}:{server.server_port}", flush=True)
     server.serve_forever()
 
 

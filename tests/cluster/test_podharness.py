@@ -257,6 +257,8 @@ def test_deletion_sends_sigterm_then_sigkill_after_the_grace_period(
     assert record.returncode == -9
     assert record.exited_at is not None and record.exited_at <= gone_at
     assert [e["event"] for e in read_events(events)] == ["start", "sigterm"]
+    # The log of a Pod that is gone stays readable until the harness stops.
+    assert "podserver listening on 127." in pod_harness.logs(namespace, "stubborn")
 
 
 def test_a_process_that_honours_sigterm_is_not_killed(
