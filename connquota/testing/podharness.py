@@ -30,7 +30,8 @@ affinity admit, and runs the Pod's single container as a local subprocess:
   after a short, capped backoff (``restart_backoff_s`` doubling up to
   ``max_restart_backoff_s``, not the kubelet's 10 s .. 5 min).
 * Secret, ConfigMap and downward API files are refreshed every ``volume_refresh_s`` (changed
-  keys are rewritten atomically; removed keys are left in place).
+  keys are rewritten atomically; removed keys are left in place; None turns refreshing off,
+  e.g. for benchmarks that count API requests).
 * deletion: when the Pod gets a ``deletionTimestamp``: SIGTERM, wait the deletion grace
   period, SIGKILL the process group, then the final delete (grace 0, UID precondition). A Pod
   deleted with grace 0 is killed the same way, with its ``terminationGracePeriodSeconds``.
@@ -391,18 +392,23 @@ class _PodRunner:
             try:
                 self._start_process(pod)
                 self.config_error = ""
-            except PodConfigError as err:
+            except (PodConfigError, ApiException, OSError) as err:
+                # A missing Secret, a command that does not exist...: retry, as the kubelet does.
+                reason = (
+                    "CreateContainerConfigError"
+                    if isinstance(err, PodConfigError)
+                    else "RunContainerError"
+                )
                 self.config_error = str(err)
-                self.state = {
-                    "waiting": {"reason": "CreateContainerConfigError", "message": str(err)}
-                }
+                self.state = {"waiting": {"reason": reason, "message": str(err)[:500]}}
                 self.next_start_at = now + 1.0
         if self.popen is not None:
             if self.token_refresh_at is not None and now >= self.token_refresh_at:
                 with contextlib.suppress(PodConfigError, ApiException, OSError):
                     self._write_volumes(pod, TOKEN_KINDS)
-            if now >= self.volumes_refresh_at:
-                self.volumes_refresh_at = now + self.harness.volume_refresh_s
+            refresh_s = self.harness.volume_refresh_s
+            if refresh_s is not None and now >= self.volumes_refresh_at:
+                self.volumes_refresh_at = now + refresh_s
                 with contextlib.suppress(PodConfigError, ApiException, OSError):
                     self._write_volumes(pod, DATA_KINDS)
             if self.readiness is not None:
@@ -453,7 +459,7 @@ class _PodRunner:
         container = self.container
         env = self._build_env(pod, container)
         self._write_volumes(pod, ALL_KINDS)
-        self.volumes_refresh_at = time.monotonic() + h.volume_refresh_s
+        self.volumes_refresh_at = time.monotonic() + (h.volume_refresh_s or 0.0)
         command = list(container.get("command") or [])
         if not command:
             image = container.get("image", "")
@@ -913,7 +919,7 @@ class PodHarness:
         restart_backoff_s: float = 0.5,
         max_restart_backoff_s: float = 5.0,
         stop_grace_s: float = 5.0,
-        volume_refresh_s: float = 2.0,
+        volume_refresh_s: float | None = 2.0,
         tick_s: float = 0.2,
         watch_timeout_s: int = 20,
     ) -> None:

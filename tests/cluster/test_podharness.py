@@ -575,3 +575,40 @@ def test_pods_are_bound_to_the_harness_node_their_selector_and_affinity_admit(
             "GET", f"http://{core.read_namespaced_pod('free', namespace).status.pod_ip}:{PORT}/env"
         )
         assert env[0] == 200
+
+
+def test_a_missing_secret_holds_the_container_until_the_secret_exists(
+    core: client.CoreV1Api, pod_harness: PodHarness, namespace: str
+) -> None:
+    env = [{"name": "KEY", "valueFrom": {"secretKeyRef": {"name": "later", "key": "k"}}}]
+    core.create_namespaced_pod(namespace, pod_manifest("waits", env))
+
+    def waiting_reason() -> str | None:
+        statuses = core.read_namespaced_pod("waits", namespace).status.container_statuses
+        state = statuses[0].state if statuses else None
+        return state.waiting.reason if state and state.waiting else None
+
+    wait_for(lambda: waiting_reason() == "CreateContainerConfigError", 15, "config error")
+    assert pod_harness.processes(namespace, "waits") == []
+    core.create_namespaced_secret(
+        namespace, {"metadata": {"name": "later"}, "stringData": {"k": "v"}}
+    )
+    pod = wait_ready(core, namespace, "waits")
+    assert http("GET", f"http://{pod.status.pod_ip}:{PORT}/env")[1]["KEY"] == "v"
+
+
+def test_a_command_that_does_not_exist_is_reported_not_run(
+    core: client.CoreV1Api, pod_harness: PodHarness, namespace: str
+) -> None:
+    manifest = pod_manifest("nocommand")
+    manifest["spec"]["containers"][0]["command"] = ["connquota-no-such-command"]
+    core.create_namespaced_pod(namespace, manifest)
+
+    def reason() -> str | None:
+        pod = core.read_namespaced_pod("nocommand", namespace)
+        statuses = pod.status.container_statuses
+        waiting = statuses[0].state.waiting if statuses else None
+        return waiting.reason if waiting else None
+
+    wait_for(lambda: reason() == "RunContainerError", 15, "RunContainerError")
+    assert not is_ready(core.read_namespaced_pod("nocommand", namespace))
