@@ -346,3 +346,30 @@ def test_stream_changes_give_up_when_lists_differ_everywhere():
     old = tuple(streams(5000))
     new = tuple(streams(5000, "x"))
     assert stream_changes(old, new, max_work=20_000) is None
+
+
+@SETTINGS
+@given(
+    st.sets(st.integers(0, 60)),
+    st.lists(st.tuples(st.sets(st.integers(0, 90)), st.sets(st.integers(0, 90))), max_size=12),
+)
+def test_an_index_name_set_holds_exactly_the_names_after_every_change(base, changes):
+    from connquota.planner.incremental import NameSet
+
+    names = NameSet(frozenset(f"s{i}" for i in base))
+    reference = {f"s{i}" for i in base}
+    for add, remove in changes:
+        added = {f"s{i}" for i in add} - reference
+        removed = {f"s{i}" for i in remove} & reference - added
+        names = names.changed(added, removed)
+        reference = (reference - removed) | added
+        assert all((f"s{i}" in names) == (f"s{i}" in reference) for i in range(100))
+
+
+def test_an_index_name_set_is_rebuilt_once_its_changes_outgrow_the_shared_set():
+    from connquota.planner.incremental import NameSet
+
+    names = NameSet(frozenset({"a"}))
+    names = names.changed({f"n{i}" for i in range(5000)}, {"a"})
+    assert names.added == frozenset() and names.removed == frozenset()
+    assert "n4999" in names and "a" not in names
