@@ -46,8 +46,11 @@ class SystemClock:
         if timeout_s == float("inf"):
             await event.wait()
             return
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation that
+        # arrives in the same loop iteration as the event (the waiter would never stop).
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(event.wait(), max(0.0, timeout_s))
+            async with asyncio.timeout(max(0.0, timeout_s)):
+                await event.wait()
 
 
 class ManualClock:
