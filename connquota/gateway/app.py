@@ -33,6 +33,7 @@ from connquota.gateway.http import build_app
 from connquota.gateway.hub import StreamHub
 from connquota.gateway.limiter import Limiter
 from connquota.gateway.metrics import make_registry
+from connquota.gateway.plan_source import PlanError
 from connquota.gateway.upstream import UpstreamContext, UpstreamSettings
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,8 @@ class Gateway:
         self.draining = False
         self.message = "starting"
         self.lease_message = "not yet taken"
+        self.plan_error = ""
+        """Why the newest plan text was not applied ("" when the newest plan is in force)."""
         self.http_port: int | None = None
         self._stop = asyncio.Event()
         self._last_report: str | None = None
@@ -168,6 +171,7 @@ class Gateway:
             "leaseHeld": self.lease.held,
             "lease": self.lease_message,
             "message": self.message,
+            "planError": self.plan_error,
             "attemptLog": self.limiter.start_reason,
             "planGeneration": self.fleet.enforced_generation,
             "streams": {
@@ -196,7 +200,15 @@ class Gateway:
 
     async def _apply_plans(self) -> None:
         async for plan in self.plans:
+            if isinstance(plan, PlanError):
+                self.plan_error = str(plan)
+                kept = self.fleet.enforced_generation
+                self.message = f"plan ignored ({plan}); " + (
+                    f"keeping plan generation {kept}" if kept is not None else "no plan yet"
+                )
+                continue
             await self.fleet.apply(plan)
+            self.plan_error = ""
             self.message = f"enforcing plan generation {plan.generation}"
 
     async def _take_lease(self) -> None:
@@ -215,8 +227,16 @@ class Gateway:
             self.limiter.set_attempts_allowed(True)
 
         async def close() -> None:
-            self.lease_message = "lost: connections closed"
+            self.lease_message = "lost: closing connections"
+            count = len(self.fleet.connections)
+            started = time.monotonic()
             await self.fleet.stop()
+            self.lease_message = "lost: connections closed"
+            log.warning(
+                "lease lost: %d upstream connections closed in %.2fs",
+                count,
+                time.monotonic() - started,
+            )
 
         while True:
             self.limiter.set_attempts_allowed(False, "waiting for the lease")

@@ -1,8 +1,9 @@
 """Where the pod's plan comes from: a file (standalone) or its plan ConfigMap (in cluster).
 
 Both sources yield every new PodPlan with a newer generation. A plan whose `formatVersion`
-this gateway does not understand (or that does not parse) is logged and skipped: the gateway
-keeps enforcing its last good plan.
+this gateway does not understand (or that does not parse) is logged and yielded as a
+`PlanError` (so status and report can say why), never applied: the gateway keeps enforcing its
+last good plan.
 """
 
 from __future__ import annotations
@@ -76,8 +77,11 @@ class NewerPlans:
         return plan
 
 
-async def watch_plan_file(path: Path, ordinal: int, poll_s: float = 0.2) -> AsyncIterator[PodPlan]:
-    """Yield the file's plan now and every newer generation written to it later."""
+async def watch_plan_file(
+    path: Path, ordinal: int, poll_s: float = 0.2
+) -> AsyncIterator[PodPlan | PlanError]:
+    """Yield the file's plan now and every newer generation written to it later (and a
+    PlanError for each plan text that cannot be enforced)."""
     newer = NewerPlans()
     last_sig: tuple[int, int] | None = None
     while True:
@@ -90,6 +94,8 @@ async def watch_plan_file(path: Path, ordinal: int, poll_s: float = 0.2) -> Asyn
                 plan = newer.accept(text, ordinal)
                 if plan is not None:
                     yield plan
+                elif newer.last_error:
+                    yield PlanError(newer.last_error)
         except FileNotFoundError:
             if last_sig is not None:
                 log.warning("plan file %s disappeared; keeping the last good plan", path)
@@ -97,8 +103,11 @@ async def watch_plan_file(path: Path, ordinal: int, poll_s: float = 0.2) -> Asyn
         await asyncio.sleep(poll_s)
 
 
-async def watch_plan_configmap(namespace: str, name: str, ordinal: int) -> AsyncIterator[PodPlan]:
-    """Yield the ConfigMap's plan and every newer generation (a watch in a thread)."""
+async def watch_plan_configmap(
+    namespace: str, name: str, ordinal: int
+) -> AsyncIterator[PodPlan | PlanError]:
+    """Yield the ConfigMap's plan and every newer generation (a watch in a thread), and a
+    PlanError for each plan text that cannot be enforced."""
     from kubernetes import client, watch
 
     from connquota.gateway.podroot import load_cluster_config
@@ -145,5 +154,7 @@ async def watch_plan_configmap(namespace: str, name: str, ordinal: int) -> Async
             plan = newer.accept(text, ordinal)
             if plan is not None:
                 yield plan
+            elif newer.last_error:
+                yield PlanError(newer.last_error)
     finally:
         stop.set()
