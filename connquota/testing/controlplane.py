@@ -43,6 +43,16 @@ BUILD_HINT = "run `bash hack/build-control-plane.sh` (or `make controlplane`)"
 SERVICE_CLUSTER_IP_RANGE = "10.0.0.0/24"
 
 
+AUDIT_POLICY = """\
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: ["RequestReceived"]
+rules:
+  - level: Metadata
+"""
+"""Every request at level Metadata, once (when the response is complete)."""
+
+
 class ControlPlaneError(RuntimeError):
     """The control plane could not be found, started or stopped; the message says why."""
 
@@ -322,6 +332,8 @@ class ControlPlane:
     env: dict[str, str]
     pki: dict[str, Path]
     _procs: list[_Proc] = field(default_factory=list, repr=False)
+    audit_log: Path | None = None
+    """The API server's JSON-lines audit log (``start_control_plane(audit=True)``), else None."""
 
     @property
     def kubectl_path(self) -> Path:
@@ -382,6 +394,22 @@ class ControlPlane:
         configuration.connection_pool_maxsize = 32
         return client.ApiClient(configuration)
 
+    def audit_events(self, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
+        """Audit events logged from byte ``offset`` of the audit log on, and the offset after them.
+
+        Only complete lines are read (the server may be writing the next one). Raises
+        :class:`ControlPlaneError` when the control plane was started without ``audit=True``.
+        """
+        if self.audit_log is None:
+            raise ControlPlaneError("the control plane was started without audit=True")
+        with contextlib.suppress(FileNotFoundError), self.audit_log.open("rb") as f:
+            f.seek(offset)
+            data = f.read()
+            end = data.rfind(b"\n") + 1
+            events = [json.loads(line) for line in data[:end].splitlines() if line.strip()]
+            return events, offset + end
+        return [], offset
+
     def is_running(self) -> dict[str, bool]:
         """Whether each started process is still alive, by name."""
         return {p.name: p.popen.poll() is None for p in self._procs}
@@ -440,12 +468,16 @@ def start_control_plane(
     apiserver_args: Sequence[str] = (),
     extra_env: Mapping[str, str] | None = None,
     parent_dir: Path | None = None,
+    audit: bool = False,
 ) -> ControlPlane:
     """Start etcd, kube-apiserver and kube-controller-manager on 127.0.0.1 and wait until ready.
 
     ``controller_manager_args`` and ``apiserver_args`` are appended to the defaults (a later
     flag wins), e.g. ``["--node-monitor-grace-period=8s"]``. The data dir (etcd data, PKI,
     kubeconfigs, logs) is a new directory in ``parent_dir`` (default: the system temp dir).
+    With ``audit=True`` the API server writes every request (level Metadata: who, user agent,
+    verb, object; no bodies) as JSON lines to ``ControlPlane.audit_log``, e.g. to count one
+    client's requests by user agent (``apiserver_request_total`` has no such label).
     Everything is started within
     ``timeout_s``; on any failure the processes already started are stopped and the data dir
     deleted before :class:`ControlPlaneError` is raised.
@@ -463,6 +495,7 @@ def start_control_plane(
             controller_manager_args,
             apiserver_args,
             extra_env or {},
+            audit,
         )
     except BaseException:
         for proc in reversed(procs):
@@ -497,9 +530,21 @@ def _start(
     controller_manager_args: Sequence[str],
     apiserver_args: Sequence[str],
     extra_env: Mapping[str, str],
+    audit: bool = False,
 ) -> ControlPlane:
     pki = _write_pki(data_dir / "pki")
     host = "127.0.0.1"
+    audit_log = data_dir / "logs" / "audit.jsonl" if audit else None
+    audit_args: list[str] = []
+    if audit_log is not None:
+        policy = data_dir / "audit-policy.yaml"
+        policy.write_text(AUDIT_POLICY)
+        audit_args = [
+            f"--audit-policy-file={policy}",
+            f"--audit-log-path={audit_log}",
+            "--audit-log-format=json",
+            "--audit-log-mode=blocking",
+        ]
 
     # etcd
     etcd_port, peer_port = free_port(), free_port()
@@ -554,6 +599,7 @@ def _start(
             "--allow-privileged=true",
             "--profiling=false",
             "--v=1",
+            *audit_args,
             *apiserver_args,
         ],
         data_dir,
@@ -650,6 +696,7 @@ def _start(
         env=env,
         pki=pki,
         _procs=list(procs),
+        audit_log=audit_log,
     )
 
 

@@ -53,7 +53,11 @@ def control_plane() -> Iterator[ControlPlane]:
         _unavailable(str(err))
         raise AssertionError("unreachable") from err
     try:
-        plane = start_control_plane(bin_dir, controller_manager_args=CONTROLLER_MANAGER_ARGS)
+        # The audit log (about 1 KiB per request) lets tests count one client's requests by
+        # user agent.
+        plane = start_control_plane(
+            bin_dir, controller_manager_args=CONTROLLER_MANAGER_ARGS, audit=True
+        )
     except ControlPlaneError as err:
         _unavailable(f"{err}\n(binaries in {bin_dir}; {BUILD_HINT})")
         raise AssertionError("unreachable") from err
