@@ -19,6 +19,10 @@ FORMAT_VERSION = 1
 """The plan format this code writes and understands. A gateway keeps its last good plan when it
 gets any other version."""
 
+DEFAULT_WINDOW_MARGIN_S = 1.0
+"""Seconds a gateway adds to every rate window (clock skew, in-flight SYNs), unless a plan says
+otherwise."""
+
 CONNECTION_SCOPE_KEY = "*"
 """The `key` of a connection-scoped slice: it applies to each connection of the pod."""
 
@@ -103,7 +107,8 @@ class PodPlan(ApiModel):
         description="The effective profile: overrides and endpoint override applied."
     )
     windowMarginSeconds: Annotated[float, Field(ge=0)] = Field(
-        default=1.0, description="Added to every rate window (clock skew, in-flight SYNs)."
+        default=DEFAULT_WINDOW_MARGIN_S,
+        description="Added to every rate window (clock skew, in-flight SYNs).",
     )
     addresses: list[EgressAddress] = Field(
         default_factory=list, description="The pool addresses this pod may use, with egress mode."

@@ -92,11 +92,14 @@ def test_message_slice_keeps_a_heartbeat_reserve():
     assert (msg.value, msg.reserve) == (8, 1)
 
 
-def test_recovery_bound_is_connections_over_attempts_per_window():
+def test_recovery_bound_counts_batches_of_attempts_each_held_for_window_timeout_and_margin():
     prof = profile(attempts=5, attempts_window_s=10)  # usable 4 attempts per 10 s
     plan = plan_one(quota(prof=prof, connections_per_pod=20), pool(1), streams(800))
     bound = plan.recoveryBounds[0]
-    assert (bound.address, bound.connections, bound.seconds) == ("a0", 10, 30.0)
+    # 10 connections in ceil(10 / 4) = 3 batches; an attempt holds its place in a gateway's
+    # log for window 10 s + connect timeout + margin 1 s.
+    held_s = 10 + prof.connectTimeoutSeconds + 1.0
+    assert (bound.address, bound.connections, bound.seconds) == ("a0", 10, 3 * held_s)
 
 
 def test_same_input_gives_byte_identical_plans_and_an_unchanged_replan_reopens_nothing():
