@@ -7,6 +7,11 @@ Client -> gateway: `{"op":"subscribe","streams":[...]}`, `{"op":"unsubscribe","s
 messages (the connection stays open). A consumer too slow for its bounded queue is closed with
 1008; on shutdown every consumer is closed with 1012 (service restart: reconnect elsewhere).
 With a token file, consumers must send `Authorization: Bearer <token>`.
+
+Data frames reach the socket through one writer task per consumer: it takes every frame
+queued since its last write (the hub encoded each once, for all consumers) and writes them
+with one call, then waits only while the socket's send buffer is above its high-water mark.
+Consumers negotiate no compression (it would re-encode every frame per consumer).
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
 
+from connquota.gateway.hub import Consumer
+
 if TYPE_CHECKING:
     from connquota.gateway.app import Gateway
 
@@ -29,6 +36,12 @@ MAX_REQUEST_BYTES = 64 * 1024
 MAX_STREAMS_PER_REQUEST = 10_000
 CLOSE_SLOW_CONSUMER = 1008
 CLOSE_SERVICE_RESTART = 1012
+MAX_WRITE_BYTES = 256 * 1024
+"""A writer passes at most about this much to the socket per call."""
+SLOW_CLOSE_GRACE_S = 5.0
+"""A slow consumer that has not read its close frame after this long is disconnected."""
+SHUTDOWN_CLOSE_S = 2.0
+"""On shutdown, consumers that do not complete the close handshake in time are dropped."""
 
 
 def error_frame(code: str, msg: str, request_id: Any = None) -> str:
@@ -55,12 +68,12 @@ async def consumer_ws(request: web.Request) -> web.StreamResponse:
         return web.json_response({"error": "missing or wrong bearer token"}, status=401)
     if gw.draining:
         return web.json_response({"error": "gateway is shutting down"}, status=503)
-    ws = web.WebSocketResponse(max_msg_size=4 * MAX_REQUEST_BYTES, heartbeat=30.0)
+    ws = web.WebSocketResponse(max_msg_size=4 * MAX_REQUEST_BYTES, heartbeat=30.0, compress=False)
     await ws.prepare(request)
     hub = gw.hub
     consumer = hub.add_consumer()
     gw.consumer_sockets.add(ws)
-    sender = asyncio.create_task(_send_frames(gw, ws, consumer))
+    sender = asyncio.create_task(_send_frames(gw, request, ws, consumer))
     try:
         async for msg in ws:
             if msg.type == WSMsgType.TEXT:
@@ -70,15 +83,18 @@ async def consumer_ws(request: web.Request) -> web.StreamResponse:
             elif msg.type == WSMsgType.ERROR:
                 break
     finally:
-        sender.cancel()
+        if not consumer.too_slow:  # a slow consumer's writer is sending the close: let it
+            sender.cancel()
+        hub.remove_consumer(consumer)
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await sender
-        hub.remove_consumer(consumer)
         gw.consumer_sockets.discard(ws)
     return ws
 
 
-async def _handle_request(gw: Gateway, ws: web.WebSocketResponse, consumer: Any, text: str) -> None:
+async def _handle_request(
+    gw: Gateway, ws: web.WebSocketResponse, consumer: Consumer, text: str
+) -> None:
     if len(text) > MAX_REQUEST_BYTES:
         await ws.send_str(
             error_frame("too_large", f"requests are at most {MAX_REQUEST_BYTES} bytes")
@@ -128,25 +144,71 @@ async def _handle_request(gw: Gateway, ws: web.WebSocketResponse, consumer: Any,
         await ws.send_str(json.dumps(reply, separators=(",", ":")))
 
 
-async def _send_frames(gw: Gateway, ws: web.WebSocketResponse, consumer: Any) -> None:
-    queue = consumer.queue
-    while not ws.closed:
-        getter = asyncio.ensure_future(queue.get())
-        waker = asyncio.ensure_future(consumer.wakeup.wait())
-        await asyncio.wait([getter, waker], return_when=asyncio.FIRST_COMPLETED)
-        waker.cancel()
-        if consumer.too_slow:
-            getter.cancel()
-            gw.slow_consumers += 1
-            log.warning("closing a consumer that fell %d frames behind", queue.maxsize)
-            await ws.close(code=CLOSE_SLOW_CONSUMER, message=b"too slow")
-            return
-        frame = await getter
-        await ws.send_str(frame)
+async def _send_frames(
+    gw: Gateway, request: web.Request, ws: web.WebSocketResponse, consumer: Consumer
+) -> None:
+    """The consumer's writer: queued frames to the socket, a batch per write, flow-controlled."""
+    transport = request.transport
+    protocol = request.protocol
+    try:
+        while True:
+            await consumer.wait()
+            if consumer.too_slow:
+                await _close_slow(gw, ws, consumer, transport)
+                return
+            if consumer.stopped or ws.closed or transport is None or transport.is_closing():
+                return
+            batch = consumer.take(MAX_WRITE_BYTES)
+            transport.write(batch[0] if len(batch) == 1 else b"".join(batch))
+            if protocol.writing_paused:  # the send buffer is over its high-water mark
+                await _writable_or_alarm(request, consumer)
+    except (ConnectionError, RuntimeError):
+        return
+
+
+async def _writable_or_alarm(request: web.Request, consumer: Consumer) -> None:
+    """Wait until the socket takes data again, or the consumer overflowed or left.
+
+    The drain is never cancelled (it waits on a future the connection shares with aiohttp's
+    own writes); left pending, it ends when the socket drains or the connection is lost."""
+    drained = asyncio.ensure_future(request.writer.drain())
+    drained.add_done_callback(_consume_outcome)
+    await asyncio.wait([drained, consumer.alarm()], return_when=asyncio.FIRST_COMPLETED)
+
+
+def _consume_outcome(task: asyncio.Future[None]) -> None:
+    if not task.cancelled():
+        task.exception()  # a lost connection: the writer sees the closed transport next
+
+
+async def _close_slow(
+    gw: Gateway, ws: web.WebSocketResponse, consumer: Consumer, transport: Any
+) -> None:
+    gw.slow_consumers += 1
+    log.warning(
+        "closing consumer %d: its queue of %d frames overflowed",
+        consumer.id,
+        consumer.max_frames,
+        extra={**gw.ctx.log_extra, "consumer": str(consumer.id)},
+    )
+    if transport is not None:  # a consumer that stopped reading never takes its close frame
+        asyncio.get_running_loop().call_later(SLOW_CLOSE_GRACE_S, transport.abort)
+    reason = f"too slow: more than {consumer.max_frames} frames queued".encode()
+    await ws.close(code=CLOSE_SLOW_CONSUMER, message=reason[:120], drain=False)
 
 
 async def close_all(gw: Gateway) -> None:
-    """Tell every consumer to reconnect elsewhere (close code 1012)."""
-    for ws in list(gw.consumer_sockets):
+    """Tell every consumer to reconnect elsewhere (close code 1012), all at once, bounded."""
+
+    async def close_one(ws: web.WebSocketResponse) -> None:
         with contextlib.suppress(Exception):
             await ws.close(code=CLOSE_SERVICE_RESTART, message=b"gateway restarting")
+
+    tasks = [asyncio.create_task(close_one(ws)) for ws in list(gw.consumer_sockets)]
+    if not tasks:
+        return
+    _, late = await asyncio.wait(tasks, timeout=SHUTDOWN_CLOSE_S)
+    for task in late:
+        task.cancel()
+    if late:
+        await asyncio.wait(late, timeout=SHUTDOWN_CLOSE_S)

@@ -7,8 +7,10 @@ dialect gives one (so the switch has neither gap nor duplicate), else from the o
 only. The hub numbers every delivered message per stream, so consumers see consecutive
 sequence numbers across rotations and reconnects.
 
-Consumers hold bounded queues: a consumer that falls behind is closed (policy `close`) or
-loses its oldest frames (policy `drop`); the others and the upstream reader never wait on it.
+Each delivered message is encoded once (JSON, then one WebSocket frame) and the same bytes go
+to every subscriber. Consumers hold bounded queues drained by their own writer task: a
+consumer that falls behind is closed (policy `close`) or loses its oldest frames (policy
+`drop`); the others and the upstream reader never wait on it.
 """
 
 from __future__ import annotations
@@ -17,42 +19,125 @@ import asyncio
 import itertools
 import json
 import time
+from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Any
+
+from connquota.gateway.wsframe import frame_payload, text_frame
 
 RESET_JUMP = 100_000
 """A backward jump of the exchange's sequence larger than this is a reset, not a duplicate."""
 SLOW_CONSUMER_CLOSE = "close"
 SLOW_CONSUMER_DROP = "drop"
 
+_encode = json.JSONEncoder(separators=(",", ":")).encode
+"""`json.dumps(..., separators=(",", ":"))` without building an encoder per call."""
 
-@dataclass(eq=False)
+
 class Consumer:
-    """One local consumer: its streams and its bounded queue of frames (JSON text)."""
+    """One local consumer: its streams and its bounded queue of ready-to-send frames.
 
-    id: int
-    queue: asyncio.Queue[str]
-    policy: str = SLOW_CONSUMER_CLOSE
-    streams: set[str] = field(default_factory=set)
-    dropped: int = 0
-    too_slow: bool = False
-    wakeup: asyncio.Event = field(default_factory=asyncio.Event)
+    `offer` never waits: it appends (or applies the slow-consumer policy when the queue is
+    full) and wakes the consumer's writer, which takes whole batches with `take`.
+    """
 
-    def offer(self, frame: str) -> None:
+    __slots__ = (
+        "_alarm",
+        "_waiter",
+        "dropped",
+        "frames",
+        "id",
+        "max_frames",
+        "policy",
+        "stopped",
+        "streams",
+        "too_slow",
+    )
+
+    def __init__(
+        self, consumer_id: int, max_frames: int, policy: str = SLOW_CONSUMER_CLOSE
+    ) -> None:
+        self.id = consumer_id
+        self.max_frames = max_frames
+        self.policy = policy
+        self.streams: set[str] = set()
+        self.frames: deque[bytes] = deque()
+        self.dropped = 0
+        self.too_slow = False
+        self.stopped = False
+        self._waiter: asyncio.Future[None] | None = None
+        self._alarm: asyncio.Future[None] | None = None
+
+    def offer(self, frame: bytes) -> None:
         """Queue `frame` without waiting; apply the slow-consumer policy when full."""
-        if self.too_slow:
+        if self.too_slow or self.stopped:
             return
-        try:
-            self.queue.put_nowait(frame)
-        except asyncio.QueueFull:
+        frames = self.frames
+        if len(frames) >= self.max_frames:
             if self.policy == SLOW_CONSUMER_DROP:
-                self.queue.get_nowait()
-                self.queue.put_nowait(frame)
+                frames.popleft()
                 self.dropped += 1
             else:
                 self.too_slow = True
-                self.wakeup.set()
+                frames.clear()
+                self._wake()
+                self._sound_alarm()
+                return
+        frames.append(frame)
+        if self._waiter is not None:
+            self._wake()
+
+    def take(self, max_bytes: int) -> list[bytes]:
+        """Remove and return queued frames, oldest first, about `max_bytes` (at least one)."""
+        frames = self.frames
+        if len(frames) == 1:
+            return [frames.popleft()]
+        batch: list[bytes] = []
+        size = 0
+        while frames and size < max_bytes:
+            frame = frames.popleft()
+            batch.append(frame)
+            size += len(frame)
+        return batch
+
+    async def wait(self) -> None:
+        """Return once frames are queued, the consumer is too slow, or it was stopped."""
+        while not self.frames and not self.too_slow and not self.stopped:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+
+    def alarm(self) -> asyncio.Future[None]:
+        """A future done once the consumer is too slow or stopped (for a writer that waits on
+        its socket rather than on `wait`)."""
+        if self._alarm is None:
+            self._alarm = asyncio.get_running_loop().create_future()
+            if self.too_slow or self.stopped:
+                self._alarm.set_result(None)
+        return self._alarm
+
+    def stop(self) -> None:
+        """No more frames: the writer's `wait` returns and nothing is queued any more."""
+        self.stopped = True
+        self.frames.clear()
+        self._wake()
+        self._sound_alarm()
+
+    def _sound_alarm(self) -> None:
+        alarm = self._alarm
+        if alarm is not None and not alarm.done():
+            alarm.set_result(None)
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def queued_texts(self) -> list[str]:
+        """The queued frames' JSON texts, oldest first (for tests and diagnostics)."""
+        return [frame_payload(f).decode() for f in self.frames]
 
 
 class StreamHub:
@@ -69,8 +154,12 @@ class StreamHub:
         self.consumers: set[Consumer] = set()
         self.messages_in = 0
         self.frames_out = 0
+        self.frames_dropped_gone = 0
+        """Frames dropped (policy `drop`) by consumers that have left."""
         self.last_data_mono: float | None = None
         self._ids = itertools.count(1)
+        self._prefixes: dict[str, str] = {}
+        """stream -> the start of its frames' JSON, encoded once."""
 
     # -- upstream side ------------------------------------------------------------------------
 
@@ -94,6 +183,10 @@ class StreamHub:
         """`source` closed: it delivers nothing any more."""
         for stream in [s for s, h in self.holders.items() if source in h]:
             self.release(stream, source)
+
+    def frames_dropped(self) -> int:
+        """Frames dropped by the `drop` policy, over every consumer ever connected."""
+        return self.frames_dropped_gone + sum(c.dropped for c in self.consumers)
 
     def live_streams(self) -> int:
         """Streams with an acknowledged upstream subscription."""
@@ -123,10 +216,11 @@ class StreamHub:
         subscribers = self.subscribers.get(stream)
         if not subscribers:
             return True
-        frame = json.dumps(
-            {"stream": stream, "seq": seq, "rxMs": int(time.time() * 1000), "data": payload},
-            separators=(",", ":"),
-        )
+        prefix = self._prefixes.get(stream)
+        if prefix is None:
+            prefix = self._prefixes[stream] = '{"stream":' + _encode(stream) + ',"seq":'
+        text = f'{prefix}{seq},"rxMs":{int(time.time() * 1000)},"data":{_encode(payload)}}}'
+        frame = text_frame(text.encode())
         for consumer in subscribers:
             consumer.offer(frame)
         self.frames_out += len(subscribers)
@@ -136,7 +230,7 @@ class StreamHub:
 
     def add_consumer(self) -> Consumer:
         """A new consumer with an empty bounded queue."""
-        consumer = Consumer(next(self._ids), asyncio.Queue(self.queue_frames), self.policy)
+        consumer = Consumer(next(self._ids), self.queue_frames, self.policy)
         self.consumers.add(consumer)
         return consumer
 
@@ -149,7 +243,9 @@ class StreamHub:
                 if not subs:
                     del self.subscribers[stream]
         consumer.streams.clear()
+        consumer.stop()
         self.consumers.discard(consumer)
+        self.frames_dropped_gone += consumer.dropped
 
     def subscribe(self, consumer: Consumer, streams: list[str]) -> tuple[list[str], list[str]]:
         """Subscribe `consumer` to the known ones of `streams`; returns (accepted, unknown)."""

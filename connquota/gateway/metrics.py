@@ -10,7 +10,8 @@ Metric names (all prefixed `connquota_gateway_`):
 - `reconnects_total{reason}`, `rate_limited_total{status}`, `quarantines{scope,key}`;
 - `limiter_waits_total{reason}`: times a caller had to wait for a slice;
 - `streams{state}` (desired, live), `connections_planned`, `plan_generation`;
-- `consumers`, `consumer_frames_out_total`, `slow_consumers_total`;
+- `consumers`, `consumer_frames_out_total`, `consumer_frames_dropped_total`,
+  `slow_consumers_total`;
 - `event_loop_lag_seconds`, `last_upstream_data_age_seconds`.
 
 No label carries a secret: keys are address names and account ids from the plan.
@@ -120,6 +121,11 @@ class GatewayCollector(Collector):
         frames = CounterMetricFamily(P + "consumer_frames_out", "Frames queued to consumers")
         frames.add_metric([], hub.frames_out)
         yield frames
+        dropped = CounterMetricFamily(
+            P + "consumer_frames_dropped", "Oldest frames dropped for slow consumers (policy drop)"
+        )
+        dropped.add_metric([], hub.frames_dropped())
+        yield dropped
         slow = CounterMetricFamily(P + "slow_consumers", "Consumers closed for being too slow")
         slow.add_metric([], gw.slow_consumers)
         yield slow
