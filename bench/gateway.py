@@ -60,10 +60,8 @@ def masked_text_frame(text: str) -> bytes:
     return header + b"\0\0\0\0" + payload
 
 
-async def raw_consumer(
-    url: str, subscribe: str, start_at: float, end_at: float, lat: list[float]
-) -> int:
-    """Read frames until `end_at` (wall clock); latencies of frames after `start_at`."""
+async def raw_consumer(url: str, subscribe: str, window: Window, lat: list[float]) -> int:
+    """Connect, subscribe, then count frames and their latencies within `window`."""
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     reader, writer = await asyncio.open_connection(host, port, limit=1 << 20)
@@ -77,6 +75,8 @@ async def raw_consumer(
     if b" 101 " not in head.split(b"\r\n", 1)[0]:
         raise RuntimeError(f"handshake refused: {head[:80]!r}")
     writer.write(masked_text_frame(subscribe))
+    await window.connected()
+    start_at, end_at = window.start_at, window.end_at
     count = 0
     buf = b""
     try:
@@ -131,6 +131,27 @@ async def raw_consumer(
     return count
 
 
+class Window:
+    """The measuring window of one consumer process: from `warmup` seconds after its last
+    consumer subscribed, for `seconds` (so a process that starts late measures as long)."""
+
+    def __init__(self, consumers: int, warmup_s: float, seconds: float) -> None:
+        self.waiting = consumers
+        self.warmup_s = warmup_s
+        self.seconds = seconds
+        self.start_at = self.end_at = 0.0
+        self.ready = asyncio.Event()
+
+    async def connected(self) -> None:
+        """One consumer subscribed; returns once every consumer of the process has."""
+        self.waiting -= 1
+        if self.waiting == 0:
+            self.start_at = time.time() + self.warmup_s
+            self.end_at = self.start_at + self.seconds
+            self.ready.set()
+        await self.ready.wait()
+
+
 def pct(values: list[float], q: float) -> float:
     """The q-quantile of `values` (nan when empty)."""
     ordered = sorted(values)
@@ -140,14 +161,14 @@ def pct(values: list[float], q: float) -> float:
 async def consume_main(args: argparse.Namespace) -> None:
     """Child process: run `--k` consumers, print one JSON line of results."""
     lats: list[list[float]] = [[] for _ in range(args.k)]
-    counts = await asyncio.gather(
-        *(raw_consumer(args.url, args.sub, args.start_at, args.end_at, lat) for lat in lats)
-    )
+    window = Window(args.k, args.warmup, args.seconds)
+    counts = await asyncio.gather(*(raw_consumer(args.url, args.sub, window, lat) for lat in lats))
     every = [x for lat in lats for x in lat]
     print(
         json.dumps(
             {
                 "frames": sum(counts),
+                "per_consumer": counts,
                 "p50": pct(every, 0.5),
                 "p99": pct(every, 0.99),
                 "worst_p50": max((pct(lat, 0.5) for lat in lats if lat), default=float("nan")),
@@ -160,13 +181,11 @@ async def consume_main(args: argparse.Namespace) -> None:
 async def measure(url: str, subscribe: str, k: int, args: argparse.Namespace) -> dict:
     """K consumers in `--client-procs` processes; delivered frames/s and latency quantiles."""
     procs = max(1, min(args.client_procs, k))
-    start_at = time.time() + 1.0 + args.warmup  # 1 s for the processes to start and connect
-    end_at = start_at + args.seconds
     shares = [k // procs + (1 if i < k % procs else 0) for i in range(procs)]
     children = []
     for n in shares:
         argv = ["--consume", "--url", url, "--sub", subscribe, "--k", str(n),
-                "--start-at", str(start_at), "--end-at", str(end_at)]  # fmt: skip
+                "--warmup", str(args.warmup), "--seconds", str(args.seconds)]  # fmt: skip
         children.append(
             await asyncio.create_subprocess_exec(
                 sys.executable, __file__, *argv, stdout=asyncio.subprocess.PIPE
@@ -179,6 +198,8 @@ async def measure(url: str, subscribe: str, k: int, args: argparse.Namespace) ->
             raise RuntimeError(f"consumer process failed ({child.returncode})")
         results.append(json.loads(out))
     frames = sum(r["frames"] for r in results)
+    if os.environ.get("BENCH_DEBUG"):
+        print("per consumer:", [c for r in results for c in r["per_consumer"]], file=sys.stderr)
     if procs == 1:
         p50, p99 = results[0]["p50"], results[0]["p99"]
     else:
@@ -247,8 +268,6 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--url", help=argparse.SUPPRESS)
     ap.add_argument("--sub", help=argparse.SUPPRESS)
     ap.add_argument("--k", type=int, help=argparse.SUPPRESS)
-    ap.add_argument("--start-at", type=float, help=argparse.SUPPRESS)
-    ap.add_argument("--end-at", type=float, help=argparse.SUPPRESS)
     return ap.parse_args()
 
 
