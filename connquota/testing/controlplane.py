@@ -397,13 +397,20 @@ class ControlPlane:
     def audit_events(self, offset: int = 0) -> tuple[list[dict[str, Any]], int]:
         """Audit events logged from byte ``offset`` of the audit log on, and the offset after them.
 
-        Only complete lines are read (the server may be writing the next one). Raises
+        Only complete lines are read (the server may be writing the next one); an ``offset``
+        inside a line (e.g. the file's size a moment ago) starts at the next line. Raises
         :class:`ControlPlaneError` when the control plane was started without ``audit=True``.
         """
         if self.audit_log is None:
             raise ControlPlaneError("the control plane was started without audit=True")
         with contextlib.suppress(FileNotFoundError), self.audit_log.open("rb") as f:
-            f.seek(offset)
+            if offset > 0:
+                f.seek(offset - 1)
+                if f.read(1) != b"\n":
+                    rest = f.readline()
+                    if not rest.endswith(b"\n"):
+                        return [], offset
+                    offset += len(rest)
             data = f.read()
             end = data.rfind(b"\n") + 1
             events = [json.loads(line) for line in data[:end].splitlines() if line.strip()]
