@@ -98,11 +98,14 @@ def test_no_attempt_before_the_predecessors_lease_has_expired(gateway: InCluster
     )
     expires_wall = parse_micro(renew) + predecessor_s
     gw.start()
-    first_status = gw.status()
-    assert first_status is not None
+    waiting = wait_for(
+        lambda: (st := gw.status()) is not None and "predecessor" in st["lease"] and st,
+        predecessor_s,
+        "the gateway waiting for the predecessor's Lease",
+    )
     assert time.time() < expires_wall, "the pod took too long to start for this test to tell"
-    assert first_status["leaseHeld"] is False, first_status
-    assert "predecessor" in first_status["lease"], first_status["lease"]
+    assert waiting["leaseHeld"] is False, waiting
+    assert all(c["sessionsOpened"] == 0 for c in waiting["connections"]), waiting["connections"]
 
     gw.wait_live(3, 6, timeout_s=predecessor_s + 20)
     records = gw.mock.records()
