@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 from typing import Annotated, ClassVar
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import Field, model_validator
 
@@ -201,6 +202,15 @@ class ExchangeProfile(ApiModel):
     endpoint: Annotated[str, Field(min_length=1, max_length=2048, pattern=r"^wss?://")] = Field(
         description="WebSocket base URL (ws:// or wss://)."
     )
+    privateEndpoint: (
+        Annotated[str, Field(min_length=1, max_length=2048, pattern=r"^wss?://")] | None
+    ) = Field(
+        default=None,
+        description="WebSocket URL of private (logged-in) connections when they go elsewhere "
+        "than `endpoint` (Binance spot: the WebSocket API, wss://ws-api.binance.com:443/ws-api/v3)."
+        " An endpoint override keeps its path and replaces its scheme, host and port (see "
+        "`with_endpoint`). None: derived from `endpoint` by the dialect.",
+    )
     dialect: Dialect = Field(description="Wire protocol spoken at the endpoint.")
     limits: Annotated[list[Limit], Field(min_length=1, max_length=32)] = Field(
         description="Every limit of the profile, each with scope, shape and confidence."
@@ -237,6 +247,17 @@ class ExchangeProfile(ApiModel):
             if limit.name == name and (scope is None or limit.scope == scope):
                 return limit
         return None
+
+    def with_endpoint(self, endpoint: str) -> ExchangeProfile:
+        """A copy pointing at `endpoint`; `privateEndpoint` (when set) keeps its path and query
+        but takes the scheme, host and port of `endpoint` (the demo, tests, a regional host)."""
+        update: dict[str, str | None] = {"endpoint": endpoint}
+        if self.privateEndpoint:
+            new, old = urlsplit(endpoint), urlsplit(self.privateEndpoint)
+            update["privateEndpoint"] = urlunsplit(
+                (new.scheme, new.netloc, old.path, old.query, old.fragment)
+            )
+        return self.model_copy(update=update)
 
     def with_overrides(self, overrides: list[Limit]) -> ExchangeProfile:
         """A copy with `overrides` replacing limits of the same kind and scope (or added)."""

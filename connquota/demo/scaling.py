@@ -26,9 +26,8 @@ def scaled_profile(profile: ExchangeProfile, time_scale: float, endpoint: str) -
             "timeoutSeconds": profile.heartbeat.timeoutSeconds / time_scale,
         }
     )
-    return profile.model_copy(
+    return profile.with_endpoint(endpoint).model_copy(
         update={
-            "endpoint": endpoint,
             "limits": limits,
             "heartbeat": heartbeat,
             "connectTimeoutSeconds": profile.connectTimeoutSeconds / time_scale,

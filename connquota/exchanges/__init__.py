@@ -78,7 +78,7 @@ def effective_profile(spec: ExchangeConnectionQuotaSpec) -> ExchangeProfile:
     else:
         profile = get_profile(spec.exchange)
     if spec.endpoint:
-        profile = profile.model_copy(update={"endpoint": spec.endpoint})
+        profile = profile.with_endpoint(spec.endpoint)
     if spec.limits:
         profile = profile.with_overrides(spec.limits)
     return profile

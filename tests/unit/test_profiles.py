@@ -131,6 +131,13 @@ def test_effective_profile_applies_endpoint_and_limit_overrides() -> None:
     assert get_profile("binance-spot").endpoint.startswith("wss://stream.binance.com")
 
 
+def test_an_endpoint_override_moves_the_private_endpoint_to_the_same_host() -> None:
+    assert get_profile("binance-spot").privateEndpoint == "wss://ws-api.binance.com:443/ws-api/v3"
+    profile = effective_profile(_spec(exchange="binance-spot", endpoint="ws://127.0.0.1:9000"))
+    assert profile.privateEndpoint == "ws://127.0.0.1:9000/ws-api/v3"
+    assert effective_profile(_spec(exchange="okx")).privateEndpoint is None
+
+
 def test_effective_profile_of_a_custom_exchange_uses_its_own_limits() -> None:
     limits = [
         {"name": n, "value": 10, "scope": s, "shape": "concurrent"}

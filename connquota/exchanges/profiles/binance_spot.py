@@ -26,6 +26,9 @@ PROFILE = ExchangeProfile(
     # domain (stream.binance.com) and plan as if they do.
     domain="stream.binance.com",
     endpoint="wss://stream.binance.com:9443",
+    # User data goes over the WebSocket API (session.logon / userDataStream.subscribe); the
+    # listenKey streams on stream.binance.com were removed on 2026-02-20 -- WS_API_DOC, CHANGELOG.
+    privateEndpoint="wss://ws-api.binance.com:443/ws-api/v3",
     dialect=Dialect.BINANCE,
     limits=[
         # 300 connection attempts per 5 minutes per IP -- STREAMS_DOC "WebSocket Limits".
