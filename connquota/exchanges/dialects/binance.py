@@ -7,12 +7,20 @@ Stream strings are Binance's own names (``btcusdt@trade``, ``btcusdt@depth@100ms
 the server every 20 s; the client answers with a pong that echoes the payload; both pings and
 pongs count against the 5 messages/s per connection.
 
+User data (stream name ``userData``) rides the WebSocket API: ``session.logon`` (Ed25519 keys
+only) then ``userDataStream.subscribe``, or ``userDataStream.subscribe.signature`` on any session
+with any key type. Signatures cover the request params sorted by name, ``k=v`` joined by ``&``:
+HMAC-SHA-256 as hex, RSA (PKCS#1 v1.5, SHA-256) and Ed25519 as base64; a secret holding a PEM
+private key is signed as RSA or Ed25519, anything else as an HMAC secret key.
+
 Source: exchange-dialects.md section 1 (binance/binance-spot-api-docs, web-socket-streams.md,
 web-socket-api.md).
 """
 
 from __future__ import annotations
 
+import base64
+import hmac
 import json
 import re
 from typing import Any
@@ -167,13 +175,111 @@ def hmac_signature(secret: str, params: dict[str, Any]) -> str:
     return hmac_sha256(secret, signature_payload(params)).hex()
 
 
-def build_login(credentials: ApiCredentials, now_ms: int, request_id: RequestId) -> str:
-    """``session.logon`` on the WebSocket API, signed with HMAC-SHA-256.
+KEY_HMAC = "hmac"
+KEY_RSA = "rsa"
+KEY_ED25519 = "ed25519"
+RECV_WINDOW_DEFAULT_MS = 5000
+"""``recvWindow`` when a request sends none."""
+RECV_WINDOW_MAX_MS = 60000
+USER_DATA_STREAM = "userData"
+"""connquota's stream name for the user data of a connection's account (one subscription per
+account per connection)."""
 
-    Binance accepts only Ed25519 keys for session.logon; the mock exchange accepts HMAC test
-    keys (documented in docs/mock-exchange.md)."""
+
+def key_type(secret: str) -> str:
+    """``ed25519`` or ``rsa`` for a PEM private (or public) key, else ``hmac`` (a secret key)."""
+    if "-----BEGIN" not in secret:
+        return KEY_HMAC
+    from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+    from cryptography.hazmat.primitives.serialization import (
+        load_pem_private_key,
+        load_pem_public_key,
+    )
+
+    data = secret.strip().encode() + b"\n"
+    try:
+        key: Any = (
+            load_pem_private_key(data, password=None)
+            if "PRIVATE KEY" in secret
+            else load_pem_public_key(data)
+        )
+    except (ValueError, TypeError) as exc:
+        raise WireFormatError("the key is PEM but not a readable unencrypted key") from exc
+    if isinstance(key, ed25519.Ed25519PrivateKey | ed25519.Ed25519PublicKey):
+        return KEY_ED25519
+    if isinstance(key, rsa.RSAPrivateKey | rsa.RSAPublicKey):
+        return KEY_RSA
+    raise WireFormatError("Binance signs with HMAC, RSA or Ed25519 keys only")
+
+
+def sign(secret: str, params: dict[str, Any]) -> str:
+    """The signature of ``params`` with ``secret`` as Binance documents it for its key type:
+    HMAC-SHA-256 -> hex; RSA (RSASSA-PKCS1-v1_5, SHA-256) and Ed25519 (a PEM private key) ->
+    base64 over the UTF-8 payload."""
+    kind = key_type(secret)
+    if kind == KEY_HMAC:
+        return hmac_signature(secret, params)
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    key: Any = load_pem_private_key(secret.strip().encode() + b"\n", password=None)
+    payload = signature_payload(params).encode()
+    if kind == KEY_ED25519:
+        raw = key.sign(payload)
+    else:
+        raw = key.sign(payload, padding.PKCS1v15(), hashes.SHA256())
+    return base64.b64encode(raw).decode()
+
+
+def verify(kind: str, key: str, params: dict[str, Any], signature: str) -> bool:
+    """Whether ``signature`` signs ``params`` (the server's side): ``key`` is the HMAC secret,
+    or the PEM public key of an RSA / Ed25519 API key."""
+    if kind == KEY_HMAC:
+        return hmac.compare_digest(hmac_signature(key, params), signature.lower())
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    try:
+        raw = base64.b64decode(signature, validate=True)
+        public: Any = load_pem_public_key(key.strip().encode() + b"\n")
+        payload = signature_payload(params).encode()
+        if kind == KEY_ED25519:
+            public.verify(raw, payload)
+        else:
+            public.verify(raw, payload, padding.PKCS1v15(), hashes.SHA256())
+    except (InvalidSignature, ValueError, TypeError):
+        return False
+    return True
+
+
+def supports_session_logon(credentials: ApiCredentials) -> bool:
+    """Whether ``session.logon`` accepts this key ("Only Ed25519 keys are supported")."""
+    return key_type(credentials.secret) == KEY_ED25519
+
+
+def _signed_params(
+    credentials: ApiCredentials, now_ms: int, recv_window_ms: int | None
+) -> dict[str, Any]:
     params: dict[str, Any] = {"apiKey": credentials.api_key, "timestamp": now_ms}
-    params["signature"] = hmac_signature(credentials.secret, params)
+    if recv_window_ms is not None:
+        params["recvWindow"] = recv_window_ms
+    params["signature"] = sign(credentials.secret, params)
+    return params
+
+
+def build_login(
+    credentials: ApiCredentials,
+    now_ms: int,
+    request_id: RequestId,
+    recv_window_ms: int | None = None,
+) -> str:
+    """``session.logon`` on the WebSocket API, signed over the sorted ``apiKey``, ``timestamp``
+    (and ``recvWindow``). Binance accepts only Ed25519 keys here (``supports_session_logon``);
+    other keys subscribe with ``build_user_data_subscribe_signature``."""
+    params = _signed_params(credentials, now_ms, recv_window_ms)
     return dumps({"id": request_id, "method": "session.logon", "params": params})
 
 
@@ -183,14 +289,24 @@ def build_user_data_subscribe(request_id: RequestId) -> str:
 
 
 def build_user_data_subscribe_signature(
-    credentials: ApiCredentials, now_ms: int, request_id: RequestId
+    credentials: ApiCredentials,
+    now_ms: int,
+    request_id: RequestId,
+    recv_window_ms: int | None = None,
 ) -> str:
     """``userDataStream.subscribe.signature``: subscribe without logon, any key type."""
-    params: dict[str, Any] = {"apiKey": credentials.api_key, "timestamp": now_ms}
-    params["signature"] = hmac_signature(credentials.secret, params)
+    params = _signed_params(credentials, now_ms, recv_window_ms)
     return dumps(
         {"id": request_id, "method": "userDataStream.subscribe.signature", "params": params}
     )
+
+
+def build_user_data_unsubscribe(request_id: RequestId, subscription_id: int | None = None) -> str:
+    """``userDataStream.unsubscribe`` (every subscription of the session, or one)."""
+    body: dict[str, Any] = {"id": request_id, "method": "userDataStream.unsubscribe"}
+    if subscription_id is not None:
+        body["params"] = {"subscriptionId": subscription_id}
+    return dumps(body)
 
 
 # --- client side: parsing server messages -------------------------------------------------------
@@ -261,9 +377,10 @@ def parse_server_message(text: str, default_stream: str | None = None) -> Server
         return Ack(obj["id"], "response", result=obj["result"])
     if isinstance(obj.get("event"), dict):
         event = obj["event"]
+        if event.get("e") == "eventStreamTerminated":
+            return Notice(kind="eventStreamTerminated", event_time_ms=_int(event.get("E")), raw=obj)
         if "subscriptionId" in obj:
-            stream = f"userData:{obj['subscriptionId']}"
-            return Data(stream, _int(event.get("u")), _int(event.get("E")), event)
+            return Data(USER_DATA_STREAM, _int(event.get("u")), _int(event.get("E")), event)
         if event.get("e") == "serverShutdown":
             return Notice(kind="serverShutdown", event_time_ms=_int(event.get("E")), raw=obj)
     if obj.get("e") == "serverShutdown":
@@ -402,13 +519,28 @@ def build_logon_result(
 
 
 def build_user_data_event(subscription_id: int, seq: int, event_time_ms: int) -> str:
-    """A user-data event in its envelope (``outboundAccountPosition``; ``u`` carries seq)."""
-    event = {
-        "e": "outboundAccountPosition",
-        "E": event_time_ms,
-        "u": seq,
-        "B": [{"a": "USDT", "f": "10580.00000000", "l": "70.00000000"}],
-    }
+    """A user-data event in its envelope: ``outboundAccountPosition`` (even ``seq``) or
+    ``executionReport`` (odd). The mock puts the sequence number in ``u`` of both (Binance's
+    ``u`` is the account's last update time in outboundAccountPosition)."""
+    event: dict[str, Any]
+    if seq % 2 == 0:
+        event = {
+            "e": "outboundAccountPosition",
+            "E": event_time_ms,
+            "u": seq,
+            "B": [{"a": "USDT", "f": "10580.00000000", "l": "70.00000000"}],
+        }
+    else:
+        event = {"e": "executionReport", "E": event_time_ms, "s": "BTCUSDT", "c": f"mock{seq}",
+                 "S": "BUY", "o": "LIMIT", "f": "GTC", "q": "0.01000000", "p": "52000.00",
+                 "x": "NEW", "X": "NEW", "r": "NONE", "i": seq, "T": event_time_ms,
+                 "u": seq}  # fmt: skip
+    return dumps({"subscriptionId": subscription_id, "event": event})
+
+
+def build_stream_terminated(subscription_id: int, event_time_ms: int) -> str:
+    """``eventStreamTerminated`` in its envelope (the subscription ended)."""
+    event = {"e": "eventStreamTerminated", "E": event_time_ms}
     return dumps({"subscriptionId": subscription_id, "event": event})
 
 

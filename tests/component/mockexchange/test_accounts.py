@@ -156,5 +156,5 @@ async def test_binance_user_data_stream_after_logon(start_mock) -> None:
         }
         first = binance.parse_server_message(await receive_text(ws))
         second = binance.parse_server_message(await receive_text(ws))
-        assert first.stream == "userData:0" and second.seq == first.seq + 1
+        assert first.stream == "userData" and second.seq == first.seq + 1
         await ws.close()

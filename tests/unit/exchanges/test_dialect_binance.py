@@ -162,4 +162,4 @@ def test_session_logon_round_trips_through_the_api_parser() -> None:
 
 def test_user_data_event_envelope_parses_as_data() -> None:
     event = binance.parse_server_message(binance.build_user_data_event(0, 5, 1728972148778))
-    assert isinstance(event, Data) and event.stream == "userData:0" and event.seq == 5
+    assert isinstance(event, Data) and event.stream == "userData" and event.seq == 5
