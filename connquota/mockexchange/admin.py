@@ -12,7 +12,7 @@ POST /admin/faults/ban                 {"ip": str, "seconds": float (profile s)}
 POST /admin/faults/stall               {"stream": str, "seconds": float (wall-clock)}
 POST /admin/faults/silence             {"connId"?: str, "ip"?: str, "seconds"?: float (wall-clock)}
 POST /admin/faults/malformed           {"connId"?: str, "ip"?: str, "count"?: int}
-POST /admin/rate                       {"ratePerStreamHz": float}
+POST /admin/rate                       {"ratePerStreamHz"?: float, "privateRateHz"?: float}
 """
 
 from __future__ import annotations
@@ -110,8 +110,13 @@ def add_admin_routes(app: web.Application, mx: MockExchange) -> None:
 
     async def rate(request: web.Request) -> web.Response:
         body = await _body(request)
-        mx.set_rate(float(body["ratePerStreamHz"]))
-        return web.json_response({"ratePerStreamHz": mx.feeds.rate_hz})
+        if "ratePerStreamHz" in body:
+            mx.set_rate(float(body["ratePerStreamHz"]))
+        if "privateRateHz" in body:
+            mx.set_private_rate(float(body["privateRateHz"]))
+        return web.json_response(
+            {"ratePerStreamHz": mx.feeds.rate_hz, "privateRateHz": mx.feeds.private_rate_hz}
+        )
 
     app.router.add_get("/admin/stats", stats)
     app.router.add_get("/admin/violations", violations)

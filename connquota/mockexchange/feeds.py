@@ -6,6 +6,9 @@ sees the gap, as on a real exchange). Every subscriber of a stream gets the same
 numbers for the same events, so a make-before-break overlap shows identical messages on both
 connections. A stalled stream produces no events (and its sequence does not advance) until the
 stall ends.
+
+Private feeds (an account's user data, order or wallet updates) have their own rate
+(``private_rate_hz``) so a test can run quiet user data beside busy market data, or the reverse.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ class StreamFeed:
     stalled_until: float = 0.0
     last_sent: int = 0
     subscribers: dict[int, Subscriber] = field(default_factory=dict)
+    private: bool = False
+    """An account's feed (user data, private topics): runs at the book's private rate."""
 
     def current_seq(self, now: float) -> int:
         """The sequence number of the latest event that has happened by ``now``."""
@@ -58,25 +63,32 @@ class StreamFeed:
 class FeedBook:
     """Every stream ever subscribed on one mock exchange."""
 
-    def __init__(self, rate_hz: float, first_seq: int = 1000) -> None:
+    def __init__(
+        self, rate_hz: float, first_seq: int = 1000, private_rate_hz: float | None = None
+    ) -> None:
         self.rate_hz = rate_hz
+        self.private_rate_hz = rate_hz if private_rate_hz is None else private_rate_hz
         self.first_seq = first_seq
         self.feeds: dict[str, StreamFeed] = {}
         self.active: dict[str, StreamFeed] = {}
         self.events_sent = 0
 
-    def feed(self, stream: str, now: float) -> StreamFeed:
-        """The feed of ``stream``, started now if it never was."""
+    def feed(self, stream: str, now: float, private: bool = False) -> StreamFeed:
+        """The feed of ``stream``, started now if it never was (``private``: an account's feed
+        at the private rate)."""
         feed = self.feeds.get(stream)
         if feed is None:
-            feed = StreamFeed(stream, self.rate_hz, origin=now, base_seq=self.first_seq)
+            rate_hz = self.private_rate_hz if private else self.rate_hz
+            feed = StreamFeed(stream, rate_hz, origin=now, base_seq=self.first_seq, private=private)
             feed.last_sent = self.first_seq
             self.feeds[stream] = feed
         return feed
 
-    def subscribe(self, stream: str, subscriber: Subscriber, now: float) -> None:
+    def subscribe(
+        self, stream: str, subscriber: Subscriber, now: float, private: bool = False
+    ) -> None:
         """``subscriber`` gets every event of ``stream`` that happens after now."""
-        feed = self.feed(stream, now)
+        feed = self.feed(stream, now, private)
         if not feed.subscribers:
             feed.last_sent = feed.current_seq(now)
             self.active[stream] = feed
@@ -92,10 +104,18 @@ class FeedBook:
             self.active.pop(stream, None)
 
     def set_rate(self, rate_hz: float, now: float) -> None:
-        """Change the rate of every stream (and of streams started later)."""
+        """Change the rate of every public stream (and of streams started later)."""
         self.rate_hz = rate_hz
         for feed in self.feeds.values():
-            feed.set_rate(now, rate_hz)
+            if not feed.private:
+                feed.set_rate(now, rate_hz)
+
+    def set_private_rate(self, rate_hz: float, now: float) -> None:
+        """Change the rate of every private feed (and of private feeds started later)."""
+        self.private_rate_hz = rate_hz
+        for feed in self.feeds.values():
+            if feed.private:
+                feed.set_rate(now, rate_hz)
 
     def pump(self, now: float, wall_ms: int) -> int:
         """Deliver every event that happened since the last pump; returns how many events."""

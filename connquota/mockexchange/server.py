@@ -86,7 +86,7 @@ class MockExchange:
             ban_after_violations=s.ban_after_violations,
             ban_s=s.scaled_s(s.ban_s),
         )
-        self.feeds = FeedBook(s.rate_per_stream_hz)
+        self.feeds = FeedBook(s.rate_per_stream_hz, private_rate_hz=s.private_rate_hz)
         self.metrics = MockMetrics()
         self.conns: dict[tuple[str, int], Conn] = {}
         self._ids = itertools.count(1)
@@ -348,6 +348,37 @@ class MockExchange:
             )
             self.metrics.bans.inc()
         return ban
+
+    def violate_rule(
+        self,
+        conn: Conn,
+        rule: str,
+        scope: LimitScope,
+        value: float,
+        limit_value: float,
+        action: str,
+        account: str | None = None,
+    ) -> None:
+        """Record a violation of a documented rule that is no profile limit (Binance: one
+        user-data subscription per account per connection); never penalised with a ban."""
+        violation = Violation(
+            wall_time=time.time(),
+            limit=rule,
+            scope=scope.value,
+            value=value,
+            limit_value=limit_value,
+            ip=conn.ip,
+            account=account or conn.account,
+            conn_id=conn.conn_id,
+            action=action,
+        )
+        log.warning(
+            "rule %s/%s broken by %s: %s > %s; %s",
+            rule, scope.value, conn.ip, value, limit_value, action,
+            extra={"connection": conn.conn_id, "ip": conn.ip},
+        )  # fmt: skip
+        self.metrics.violations.labels(limit=rule, scope=scope.value).inc()
+        self.ledger.record(violation, time.monotonic(), False)
 
     def _http_refusal(self, status: int, retry_after_s: float, text: str) -> web.Response:
         retry = max(1, math.ceil(retry_after_s))
@@ -615,13 +646,14 @@ class MockExchange:
         self.ledger.observe(limit.name, limit.scope, conn.account, count)
         return None
 
-    def subscribe(self, conn: Conn, streams: list[str]) -> None:
-        """Start sending ``streams`` to ``conn``."""
+    def subscribe(self, conn: Conn, streams: list[str], private: bool = False) -> None:
+        """Start sending ``streams`` to ``conn`` (``private``: an account's feeds, at the private
+        rate)."""
         now = time.monotonic()
         for stream in streams:
             if stream not in conn.streams:
                 conn.streams.add(stream)
-                self.feeds.subscribe(stream, conn, now)
+                self.feeds.subscribe(stream, conn, now, private)
         conn.ever_subscribed = conn.ever_subscribed or bool(streams)
         limit = self.limit(LimitName.STREAMS_PER_CONNECTION)
         if limit is not None:
@@ -858,8 +890,12 @@ class MockExchange:
         self.feeds.feed(stream, time.monotonic()).stall(time.monotonic(), duration_s)
 
     def set_rate(self, rate_per_stream_hz: float) -> None:
-        """Change the data rate of every stream (messages per wall-clock second)."""
+        """Change the data rate of every public stream (messages per wall-clock second)."""
         self.feeds.set_rate(rate_per_stream_hz, time.monotonic())
+
+    def set_private_rate(self, rate_hz: float) -> None:
+        """Change the event rate of every account's private feed (per wall-clock second)."""
+        self.feeds.set_private_rate(rate_hz, time.monotonic())
 
     def go_silent(
         self, conn_id: str | None = None, ip: str | None = None, duration_s: float = 3600.0

@@ -23,6 +23,9 @@ class TestAccount:
     secret: str = field(repr=False)
     passphrase: str = field(default="test-passphrase", repr=False)
     account_id: str = ""
+    public_key: str | None = None
+    """PEM public key of an RSA or Ed25519 API key (Binance): signatures are verified with it
+    and ``secret`` is unused. None: an HMAC key whose secret is ``secret``."""
 
     @property
     def account(self) -> str:
@@ -46,6 +49,9 @@ class MockSettings:
     """Profile seconds per wall-clock second: 60 makes a 5-minute window last 5 s."""
     rate_per_stream_hz: float = 1.0
     """Market-data messages per wall-clock second on every subscribed stream (not scaled)."""
+    private_rate_hz: float | None = None
+    """Events per wall-clock second of every account's private feed (Binance user data, Bybit
+    and OKX private topics); None: ``rate_per_stream_hz``."""
     ban_after_violations: int = 3
     """Penalised violations by one IP within ``violation_memory_s`` that trigger an IP ban."""
     violation_memory_s: float = 300.0

@@ -1,23 +1,40 @@
-"""Binance spot on the mock: stream host (``/ws``, ``/stream``) and the WebSocket API."""
+"""Binance spot on the mock: stream host (``/ws``, ``/stream``) and the WebSocket API.
+
+The WebSocket API (``/ws-api/v3``) serves user data: ``session.logon`` verifies an Ed25519
+signature with the account's public key (other key types are refused, as on Binance), then
+``userDataStream.subscribe`` subscribes the logged-on account; ``userDataStream.subscribe.signature``
+subscribes any account whose HMAC, RSA or Ed25519 signature verifies, on any session. One active
+subscription per account per connection; events come from the account's private feed.
+"""
 
 from __future__ import annotations
 
-import hmac
-
 from aiohttp import web
 
-from connquota.api.limits import LimitName
+from connquota.api.limits import LimitName, LimitScope
 from connquota.exchanges.dialects import binance
 from connquota.exchanges.dialects.base import (
     InvalidRequest,
     LoginRequest,
     OtherRequest,
     PingRequest,
+    RequestId,
     SubscribeRequest,
 )
 from connquota.mockexchange.sessions.base import DialectSession, wall_ms
+from connquota.mockexchange.settings import TestAccount
 
 TOO_MANY_PARAMS = "Invalid request: too many parameters"
+INVALID_KEY = "Invalid API-key, IP, or permissions for action."
+INVALID_SIGNATURE = "Signature for this request is not valid."
+ALREADY_SUBSCRIBED = "A user data stream subscription for this account is already active."
+TOO_MANY_SUBSCRIPTIONS = "Too many user data stream subscriptions on this session."
+MAX_ACTIVE_SUBSCRIPTIONS = 1000
+"""Active user-data subscriptions per session (web-socket-api.md)."""
+MAX_LIFETIME_SUBSCRIPTIONS = 65535
+"""User-data subscriptions over a session's lifetime (web-socket-api.md)."""
+USER_DATA_PREFIX = "userData:"
+"""The mock's feed of an account's user data is ``userData:<account>``."""
 
 
 class BinanceSession(DialectSession):
@@ -27,13 +44,16 @@ class BinanceSession(DialectSession):
         super().__init__(*args, **kwargs)  # type: ignore[arg-type]
         self.combined = self.endpoint.combined
         self.api = self.endpoint.kind == "api"
-        self.subscription_id: int | None = None
+        self.logon: TestAccount | None = None
+        self.logon_ms: int | None = None
+        self.user_subs: dict[str, int] = {}
+        """Account -> its user-data subscription id on this session."""
         self.next_subscription_id = 0
 
     @property
     def variant(self) -> str:
         if self.api:
-            return f"api:{self.subscription_id}"
+            return f"api:{self.conn.conn_id}"  # subscription ids are per session
         return "combined" if self.combined else "raw"
 
     def handshake_error(self) -> web.Response | None:
@@ -98,43 +118,53 @@ class BinanceSession(DialectSession):
         elif isinstance(request, LoginRequest):
             self._on_signed(request)
         elif isinstance(request, OtherRequest):
+            rid = request.request_id
             if request.method == "userDataStream.subscribe":
-                if self.conn.account is None:
-                    msg = "Invalid API-key, IP, or permissions for action."
-                    self.send(binance.build_api_error(request.request_id, 401, -2015, msg))
+                if self.logon is None:
+                    self.send(binance.build_api_error(rid, 401, -2015, INVALID_KEY))
                     return
-                self._subscribe_user_data(request.request_id)
+                self._subscribe_user_data(self.logon.account, rid)
             elif request.method == "userDataStream.unsubscribe":
-                self.mx.unsubscribe(self.conn, list(self.conn.streams))
-                self.subscription_id = None
-                self.send(binance.build_api_response(request.request_id, {}))
-            else:
-                self.send(binance.build_api_response(request.request_id, {"apiKey": None}))
+                self._unsubscribe_user_data(request.params, rid)
+            else:  # session.status
+                result = {
+                    "apiKey": self.logon.api_key if self.logon else None,
+                    "authorizedSince": self.logon_ms,
+                    "connectedSince": self.mx.wall_ms_of(self.conn.opened_at),
+                    "returnRateLimits": False,
+                    "serverTime": wall_ms(),
+                    "userDataStream": bool(self.user_subs),
+                }
+                self.send(binance.build_api_response(rid, result))
 
     def _on_signed(self, request: LoginRequest) -> None:
+        """session.logon (Ed25519 keys only) or userDataStream.subscribe.signature (any key)."""
         rid = request.request_id
         fields = dict(request.fields)
         method = fields.pop("method")
         account = self.mx.settings.account_for_key(request.api_key)
         if account is None:
-            msg = "Invalid API-key, IP, or permissions for action."
-            self.send(binance.build_api_error(rid, 401, -2015, msg))
+            self.send(binance.build_api_error(rid, 401, -2015, INVALID_KEY))
             return
-        expected = binance.hmac_signature(account.secret, fields)
-        if not hmac.compare_digest(expected, str(fields.get("signature", "")).lower()):
-            self.send(
-                binance.build_api_error(rid, 400, -1022, "Signature for this request is not valid.")
-            )
+        kind = binance.key_type(account.public_key) if account.public_key else binance.KEY_HMAC
+        if method == "session.logon" and kind != binance.KEY_ED25519:
+            # "Only Ed25519 keys are supported for this feature." (the error is the mock's pick)
+            self.send(binance.build_api_error(rid, 401, -2015, INVALID_KEY))
+            return
+        key = account.public_key or account.secret
+        if not binance.verify(kind, key, fields, str(fields.get("signature", ""))):
+            self.send(binance.build_api_error(rid, 400, -1022, INVALID_SIGNATURE))
             return
         now = wall_ms()
         try:
             timestamp = int(fields["timestamp"])
-            recv_window = int(fields.get("recvWindow", 5000))
+            recv_window = int(fields.get("recvWindow", binance.RECV_WINDOW_DEFAULT_MS))
         except (TypeError, ValueError):
             timestamp, recv_window = -1, 0
         if timestamp > 10**14:  # microseconds
             timestamp //= 1000
-        if not (timestamp < now + 1000 and now - timestamp <= min(recv_window, 60000)):
+        window = min(recv_window, binance.RECV_WINDOW_MAX_MS)
+        if not (timestamp < now + 1000 and now - timestamp <= window):
             msg = "Timestamp for this request is outside of the recvWindow."
             self.send(binance.build_api_error(rid, 400, -1021, msg))
             return
@@ -145,22 +175,50 @@ class BinanceSession(DialectSession):
                 self.send(binance.build_api_error(rid, 429, -1034, msg))
                 return
         if method == "session.logon":
+            self.logon, self.logon_ms = account, now
             connected = int(self.mx.wall_ms_of(self.conn.opened_at))
             self.send(binance.build_logon_result(rid, request.api_key, now, connected, now))
         else:
-            self._subscribe_user_data(rid)
+            self._subscribe_user_data(account.account, rid)
 
-    def _subscribe_user_data(self, request_id: object) -> None:
-        if self.subscription_id is None:
-            self.subscription_id = self.next_subscription_id
-            self.next_subscription_id += 1
-            self.mx.subscribe(self.conn, [f"userData:{self.conn.account}"])
-        result = {"subscriptionId": self.subscription_id}
-        self.send(binance.build_api_response(request_id, result))  # type: ignore[arg-type]
+    def _subscribe_user_data(self, account: str, request_id: RequestId) -> None:
+        if account in self.user_subs:
+            # "1 active subscription per account per connection" (the reply is the mock's)
+            self.mx.violate_rule(
+                self.conn, "userDataSubscriptionsPerAccount", LimitScope.ACCOUNT, 2, 1,
+                "error -1000 (subscription refused)", account,
+            )  # fmt: skip
+            self.send(binance.build_api_error(request_id, 400, -1000, ALREADY_SUBSCRIBED))
+            return
+        if (
+            len(self.user_subs) >= MAX_ACTIVE_SUBSCRIPTIONS
+            or self.next_subscription_id >= MAX_LIFETIME_SUBSCRIPTIONS
+        ):
+            self.mx.violate_rule(
+                self.conn, "userDataSubscriptionsPerSession", LimitScope.CONNECTION,
+                len(self.user_subs) + 1, MAX_ACTIVE_SUBSCRIPTIONS,
+                "error -1000 (subscription refused)", account,
+            )  # fmt: skip
+            self.send(binance.build_api_error(request_id, 400, -1000, TOO_MANY_SUBSCRIPTIONS))
+            return
+        subscription_id = self.next_subscription_id
+        self.next_subscription_id += 1
+        self.user_subs[account] = subscription_id
+        self.mx.subscribe(self.conn, [USER_DATA_PREFIX + account], private=True)
+        self.send(binance.build_api_response(request_id, {"subscriptionId": subscription_id}))
+
+    def _unsubscribe_user_data(self, params: object, request_id: RequestId) -> None:
+        wanted = params.get("subscriptionId") if isinstance(params, dict) else None
+        for account, subscription_id in list(self.user_subs.items()):
+            if wanted is None or wanted == subscription_id:
+                del self.user_subs[account]
+                self.mx.unsubscribe(self.conn, [USER_DATA_PREFIX + account])
+        self.send(binance.build_api_response(request_id, {}))
 
     def frame(self, stream: str, seq: int, event_time_ms: int) -> str:
-        if stream.startswith("userData:"):
-            return binance.build_user_data_event(self.subscription_id or 0, seq, event_time_ms)
+        if stream.startswith(USER_DATA_PREFIX):
+            subscription_id = self.user_subs.get(stream[len(USER_DATA_PREFIX) :], 0)
+            return binance.build_user_data_event(subscription_id, seq, event_time_ms)
         return binance.build_data(stream, seq, event_time_ms, self.combined)
 
     def notice(self) -> str | None:

@@ -61,13 +61,13 @@ class BybitSession(DialectSession):
         op = "unsubscribe" if request.unsubscribe else "subscribe"
         streams = list(dict.fromkeys(request.streams))
         if request.unsubscribe:
-            missing = [s for s in streams if s not in self.conn.streams]
+            missing = [s for s in streams if self._feed(s) not in self.conn.streams]
             if missing:
                 self._reply(
                     op, rid, False, f"error:not subscribed,topic:{missing[0]}", tuple(missing)
                 )
                 return
-            self.mx.unsubscribe(self.conn, streams)
+            self.mx.unsubscribe(self.conn, [self._feed(s) for s in streams])
             self._reply(op, rid, True, topics=tuple(streams))
             return
         private = self.endpoint.private
@@ -78,22 +78,23 @@ class BybitSession(DialectSession):
             if not bybit.is_valid_topic(stream, private):
                 self._reply(op, rid, False, bybit.handler_not_found(stream), (stream,))
                 return
-            if stream in self.conn.streams:
+            if self._feed(stream) in self.conn.streams:
                 self._reply(op, rid, False, f"error:already subscribed,topic:{stream}", (stream,))
                 return
         if self.mx.over_args_limit(self.conn, len(streams), "success=false reply"):
             limit = self.mx.limit_value(LimitName.ARGS_PER_SUBSCRIBE)
             self._reply(op, rid, False, f"args size >{int(limit or 0)}", tuple(streams))
             return
-        args_chars = sum(len(s) for s in self.conn.streams | set(streams))
+        feeds = [self._feed(s) for s in streams]
+        args_chars = sum(len(s.split("@", 1)[0]) for s in self.conn.streams | set(feeds))
         if self.mx.over_payload_limit(self.conn, args_chars, "success=false reply"):
             self._reply(op, rid, False, "error:args length exceeded", tuple(streams))
             return
-        new = len(self.conn.streams | set(streams))
+        new = len(self.conn.streams | set(feeds))
         if self.mx.over_stream_limit(self.conn, new, "success=false reply"):
             self._reply(op, rid, False, "error:topics exceed limit", tuple(streams))
             return
-        self.mx.subscribe(self.conn, streams)
+        self.mx.subscribe(self.conn, feeds, private=private)
         self._reply(op, rid, True, topics=tuple(streams))
 
     def _on_auth(self, request: LoginRequest) -> None:
@@ -122,9 +123,17 @@ class BybitSession(DialectSession):
             return
         self._reply("auth", rid, True, "")
 
+    def _feed(self, topic: str) -> str:
+        """The mock's feed of a topic: ``<topic>@<account>`` for private topics (every account
+        has its own sequence), the topic itself for public ones."""
+        if self.endpoint.private and topic in bybit.PRIVATE_TOPICS:
+            return f"{topic}@{self.conn.account}"
+        return topic
+
     def frame(self, stream: str, seq: int, event_time_ms: int) -> str:
-        if stream in bybit.PRIVATE_TOPICS:
-            return bybit.build_private_data(stream, seq, event_time_ms)
+        topic = stream.split("@", 1)[0]
+        if topic in bybit.PRIVATE_TOPICS:
+            return bybit.build_private_data(topic, seq, event_time_ms)
         return bybit.build_data(stream, seq, event_time_ms)
 
     async def on_rate_exceeded(self, limit: LimitName) -> bool:

@@ -98,7 +98,7 @@ class OkxSession(DialectSession):
         if self.mx.over_stream_limit(self.conn, new, "close 4009"):
             await self.mx.close_conn(self.conn, 4009, okx.CLOSE_CODES[4009])
             return
-        self.mx.subscribe(self.conn, accepted)
+        self.mx.subscribe(self.conn, accepted, private=self.endpoint.private)
         for stream in accepted:
             self.send(okx.build_ack("subscribe", stream, self.conn.conn_id, rid))  # type: ignore[arg-type]
 

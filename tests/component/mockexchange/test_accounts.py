@@ -10,10 +10,29 @@ from mockexchange_clients import PRIVATE_PATH, client_from, receive_text
 
 from connquota.exchanges.dialects import binance, bybit, okx
 from connquota.exchanges.dialects.base import ApiCredentials, Error, LoginResult
+from connquota.mockexchange.keys import asymmetric_account, generate_key_pair
+from connquota.mockexchange.settings import default_accounts
 
 GOOD = ApiCredentials("test-key-1", "test-secret-1", "test-passphrase")
 BAD_SECRET = ApiCredentials("test-key-1", "wrong-secret", "test-passphrase")
 WIRE = {"binance": binance, "okx": okx, "bybit": bybit}
+
+# Binance's session.logon takes Ed25519 keys only: the mock holds the public keys of test-key-1
+# and test-key-2, the test signs with the private keys.
+_ED1, _ED1_PRIVATE = asymmetric_account("test-key-1", "acct-1")
+_ED2, _ED2_PRIVATE = asymmetric_account("test-key-2", "acct-2")
+ED25519_ACCOUNTS = (_ED1, _ED2, *default_accounts()[2:])
+
+
+def _creds(dialect: str, n: int = 1, secret: str | None = None) -> ApiCredentials:
+    """Credentials of test-key-n as the dialect's mock knows them (Binance: Ed25519)."""
+    if dialect == "binance":
+        return ApiCredentials(f"test-key-{n}", secret or (_ED1_PRIVATE, _ED2_PRIVATE)[n - 1])
+    return ApiCredentials(f"test-key-{n}", secret or f"test-secret-{n}", "test-passphrase")
+
+
+def _accounts(dialect: str) -> dict:
+    return {"accounts": ED25519_ACCOUNTS} if dialect == "binance" else {}
 
 
 def _now_ms() -> int:
@@ -24,17 +43,18 @@ def _now_ms() -> int:
 async def test_login_with_the_documented_signature_succeeds_and_a_bad_one_fails(
     start_mock, dialect
 ) -> None:
-    mx = await start_mock(dialect, limits=["messagesPerConnection=50/1"])
+    mx = await start_mock(dialect, limits=["messagesPerConnection=50/1"], **_accounts(dialect))
     wire = WIRE[dialect]
+    wrong = generate_key_pair()[0] if dialect == "binance" else "wrong-secret"
     async with client_from("127.0.0.50") as client:
         bad = await client.ws_connect(mx.url + PRIVATE_PATH[dialect])
-        await bad.send_str(wire.build_login(BAD_SECRET, _now_ms(), "1"))
+        await bad.send_str(wire.build_login(_creds(dialect, secret=wrong), _now_ms(), "1"))
         refused = wire.parse_server_message(await receive_text(bad))
         assert isinstance(refused, Error | LoginResult) and not getattr(refused, "ok", False)
         expected_code = {"binance": "-1022", "okx": "60007", "bybit": "auth"}[dialect]
         assert refused.code == expected_code
         good = await client.ws_connect(mx.url + PRIVATE_PATH[dialect])
-        await good.send_str(wire.build_login(GOOD, _now_ms(), "2"))
+        await good.send_str(wire.build_login(_creds(dialect), _now_ms(), "2"))
         accepted = wire.parse_server_message(await receive_text(good))
         assert isinstance(accepted, LoginResult) and accepted.ok
         await bad.close()
@@ -103,21 +123,21 @@ async def test_sessions_per_account_at_the_limit_pass_and_one_more_is_refused(
     start_mock, dialect
 ) -> None:
     mx = await start_mock(
-        dialect, limits=["concurrentConnections:account=2", "messagesPerConnection=50/1"]
+        dialect,
+        limits=["concurrentConnections:account=2", "messagesPerConnection=50/1"],
+        **_accounts(dialect),
     )
     wire = WIRE[dialect]
     results = []
     async with client_from("127.0.0.53") as client:
         conns = [await client.ws_connect(mx.url + PRIVATE_PATH[dialect]) for _ in range(3)]
         for n, ws in enumerate(conns):
-            await ws.send_str(wire.build_login(GOOD, _now_ms(), f"l{n}"))
+            await ws.send_str(wire.build_login(_creds(dialect), _now_ms(), f"l{n}"))
             results.append(wire.parse_server_message(await receive_text(ws)))
         assert [getattr(r, "ok", False) for r in results] == [True, True, False]
         # another account has its own budget
         other = await client.ws_connect(mx.url + PRIVATE_PATH[dialect])
-        await other.send_str(
-            wire.build_login(ApiCredentials("test-key-2", "test-secret-2"), _now_ms(), "o")
-        )
+        await other.send_str(wire.build_login(_creds(dialect, 2), _now_ms(), "o"))
         assert getattr(wire.parse_server_message(await receive_text(other)), "ok", False)
         for ws in [*conns, other]:
             await ws.close()
@@ -141,12 +161,17 @@ async def test_bybit_private_topics_need_auth_and_then_deliver_data(start_mock) 
 
 
 async def test_binance_user_data_stream_after_logon(start_mock) -> None:
-    mx = await start_mock("binance", rate_per_stream_hz=50, limits=["messagesPerConnection=50/1"])
+    mx = await start_mock(
+        "binance",
+        rate_per_stream_hz=50,
+        limits=["messagesPerConnection=50/1"],
+        accounts=ED25519_ACCOUNTS,
+    )
     async with client_from("127.0.0.55") as client:
         ws = await client.ws_connect(mx.url + "/ws-api/v3")
         await ws.send_str(binance.build_user_data_subscribe("u0"))
         assert json.loads(await receive_text(ws))["error"]["code"] == -2015
-        await ws.send_str(binance.build_login(GOOD, _now_ms(), "l"))
+        await ws.send_str(binance.build_login(_creds("binance"), _now_ms(), "l"))
         assert binance.parse_server_message(await receive_text(ws)) == LoginResult(True, "l")
         await ws.send_str(binance.build_user_data_subscribe("u1"))
         assert json.loads(await receive_text(ws)) == {
