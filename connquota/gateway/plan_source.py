@@ -121,7 +121,7 @@ async def watch_plan_configmap(
         api = client.CoreV1Api()
         while not stop.is_set():
             try:
-                cm = api.read_namespaced_config_map(name, namespace)
+                cm = api.read_namespaced_config_map(name, namespace, _request_timeout=10)
                 loop.call_soon_threadsafe(queue.put_nowait, (cm.data or {}).get(PLAN_KEY, ""))
                 w = watch.Watch()
                 for event in w.stream(
@@ -130,6 +130,8 @@ async def watch_plan_configmap(
                     field_selector=f"metadata.name={name}",
                     resource_version=cm.metadata.resource_version,
                     timeout_seconds=60,
+                    # A connection that dies silently must not stall the watch for ever.
+                    _request_timeout=75,
                 ):
                     if stop.is_set():
                         w.stop()
