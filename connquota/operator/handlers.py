@@ -12,6 +12,7 @@ from typing import Any
 import kopf
 
 from connquota.operator import metrics, names
+from connquota.operator.identity import with_user_agent
 from connquota.operator.kube import KubeApi, make_api_client
 from connquota.operator.reconcile import Reconciler, Sources, quota_key
 from connquota.operator.settings import OperatorConfig
@@ -77,6 +78,13 @@ def _values(index: kopf.Index, key: str) -> list[dict[str, Any]]:
 
 
 # --- lifecycle -------------------------------------------------------------------------------
+
+
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """kopf's own login (in-cluster, else the kubeconfig), sent with the operator's User-Agent."""
+    info = kopf.login_via_client(**kwargs)
+    return None if info is None else with_user_agent(info)
 
 
 @kopf.on.startup()

@@ -23,6 +23,7 @@ from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
 from connquota.operator import metrics, names
+from connquota.operator.identity import USER_AGENT
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ def make_api_client(kubeconfig: str | None = None) -> client.ApiClient:
             config.load_kube_config(client_configuration=configuration)
     configuration.connection_pool_maxsize = 16
     api = client.ApiClient(configuration)
-    api.user_agent = f"{names.USER_AGENT}/0.1"
+    api.user_agent = USER_AGENT
     return api
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -116,39 +117,63 @@ __all__ = ["OperatorProcess", "custom_object", "wait_for"]
 _ = signal  # re-exported for tests that kill the operator
 
 
-WRITE_VERBS = frozenset({"POST", "PUT", "PATCH", "APPLY", "DELETE", "CREATE", "UPDATE"})
-OPERATOR_ONLY = frozenset(
-    {
-        ("", "configmaps", ""),
-        ("apps", "statefulsets", ""),
-        ("", "services", ""),
-        ("", "serviceaccounts", ""),
-        ("rbac.authorization.k8s.io", "roles", ""),
-        ("rbac.authorization.k8s.io", "rolebindings", ""),
-        ("policy", "poddisruptionbudgets", ""),
-        ("connquota.io", "exchangeconnectionquotas", "status"),
-    }
-)
-"""(group, resource, subresource) that only the operator writes in these tests: the harness
-writes pods, the gateways their Leases, kube-controller-manager StatefulSet status."""
+OPERATOR_AGENT = "connquota-operator/"
+"""The User-Agent prefix of every request the operator makes (its client and kopf's)."""
+WRITE_VERBS = frozenset({"create", "update", "patch", "delete", "deletecollection"})
 
 
-def apiserver_writes(control_plane: ControlPlane) -> int:
-    """Write requests the API server counted on operator-only resources (its own metrics)."""
-    import re
+def audit_mark(control_plane: ControlPlane, after: int = 0) -> int:
+    """A byte offset of the API server's audit log such that every request that completed
+    before this call is logged before it: a marker request is made and waited for."""
+    import time
+    import uuid
 
-    text = control_plane.kubectl("get", "--raw", "/metrics").stdout
-    total = 0
-    pattern = re.compile(r"^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<value>\S+)$")
-    for line in text.splitlines():
-        match = pattern.match(line)
-        if not match:
+    marker = uuid.uuid4().hex
+    control_plane.kubectl("get", "--raw", f"/version?connquota-mark={marker}")
+    offset = after
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        events, end = control_plane.audit_events(offset)
+        for event in events:
+            if marker in event.get("requestURI", ""):
+                return end
+        offset = end
+        time.sleep(0.05)
+    pytest.fail(f"the audit log did not show the marker request {marker} within 30 s")
+
+
+def operator_requests(
+    control_plane: ControlPlane, start: int, end: int, *, verbs: frozenset[str] | None = None
+) -> list[dict[str, Any]]:
+    """Audit events of the operator's requests between two `audit_mark` offsets."""
+    assert control_plane.audit_log is not None, "the session control plane runs with audit=True"
+    with control_plane.audit_log.open("rb") as f:
+        f.seek(start)
+        data = f.read(end - start)
+    out = []
+    for line in data.splitlines():
+        event = json.loads(line)
+        if not event.get("userAgent", "").startswith(OPERATOR_AGENT):
             continue
-        labels = dict(re.findall(r'(\w+)="([^"]*)"', match["labels"]))
-        key = (labels.get("group", ""), labels.get("resource", ""), labels.get("subresource", ""))
-        if labels.get("verb") in WRITE_VERBS and key in OPERATOR_ONLY:
-            total += int(float(match["value"]))
-    return total
+        if verbs is None or event.get("verb") in verbs:
+            out.append(event)
+    return out
+
+
+def describe(events: list[dict[str, Any]]) -> str:
+    """Audit events counted by verb, resource and namespace (for failure messages)."""
+    from collections import Counter
+
+    counts = Counter(
+        (
+            e.get("verb"),
+            (e.get("objectRef") or {}).get("resource"),
+            (e.get("objectRef") or {}).get("subresource", ""),
+            (e.get("objectRef") or {}).get("namespace", ""),
+        )
+        for e in events
+    )
+    return "\n".join(f"{n:5d} {k}" for k, n in counts.most_common(30))
 
 
 from cluster.operator.fleet import mock_exchange  # noqa: E402, F401  (a fixture for the fleet tests)
