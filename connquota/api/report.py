@@ -43,7 +43,10 @@ class GatewayReport(ApiModel):
     quota: QuotaRef
     pod: str
     ordinal: Annotated[int, Field(ge=0)]
-    bootId: str = Field(description="Changes on every process start.")
+    bootId: str = Field(
+        description="The node's kernel boot id (/proc/sys/kernel/random/boot_id); it stamps the "
+        "attempt log, which is trusted only under the same boot id."
+    )
     planGeneration: Annotated[int, Field(ge=0)] = Field(
         description="The plan generation the pod enforces (its acknowledgement)."
     )
