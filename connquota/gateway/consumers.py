@@ -154,7 +154,7 @@ async def _send_frames(
         while True:
             await consumer.wait()
             if consumer.too_slow:
-                await _close_slow(gw, ws, consumer, transport)
+                await _close_slow(gw, request, ws, consumer)
                 return
             if consumer.stopped or ws.closed or transport is None or transport.is_closing():
                 return
@@ -182,7 +182,7 @@ def _consume_outcome(task: asyncio.Future[None]) -> None:
 
 
 async def _close_slow(
-    gw: Gateway, ws: web.WebSocketResponse, consumer: Consumer, transport: Any
+    gw: Gateway, request: web.Request, ws: web.WebSocketResponse, consumer: Consumer
 ) -> None:
     gw.slow_consumers += 1
     log.warning(
@@ -191,10 +191,16 @@ async def _close_slow(
         consumer.max_frames,
         extra={**gw.ctx.log_extra, "consumer": str(consumer.id)},
     )
-    if transport is not None:  # a consumer that stopped reading never takes its close frame
-        asyncio.get_running_loop().call_later(SLOW_CLOSE_GRACE_S, transport.abort)
+    # A consumer that stopped reading never takes its close frame: disconnect it after a grace.
+    asyncio.get_running_loop().call_later(SLOW_CLOSE_GRACE_S, _abort_if_open, request.protocol)
     reason = f"too slow: more than {consumer.max_frames} frames queued".encode()
     await ws.close(code=CLOSE_SLOW_CONSUMER, message=reason[:120], drain=False)
+
+
+def _abort_if_open(protocol: Any) -> None:
+    transport = protocol.transport  # None once the connection is gone
+    if transport is not None:
+        transport.abort()
 
 
 async def close_all(gw: Gateway) -> None:
