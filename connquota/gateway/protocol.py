@@ -33,8 +33,11 @@ def connect_url(profile: ExchangeProfile, private: bool = False) -> str:
 
     Binance: `<endpoint>/stream` (combined payloads, tagged with their stream) or the WebSocket
     API for private data; OKX and Bybit: the endpoint as given (public), or its `private`
-    sibling for connections that log in.
+    sibling for connections that log in. A profile's `privateEndpoint`, when set, is the URL of
+    every private connection.
     """
+    if private and profile.privateEndpoint:
+        return profile.privateEndpoint
     base = profile.endpoint.rstrip("/")
     if profile.dialect == Dialect.BINANCE:
         parts = urlsplit(base)

@@ -17,11 +17,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import functools
 import itertools
 import logging
 import random
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,6 +44,11 @@ from connquota.gateway.credentials import CredentialError, load_credentials
 from connquota.gateway.egress import EgressError, EgressPool
 from connquota.gateway.hub import StreamHub
 from connquota.gateway.limiter import INF, Limiter, MessageKind
+from connquota.gateway.private_wire import (
+    PrivateWire,
+    credential_fingerprint,
+    wait_for_credential_change,
+)
 from connquota.gateway.protocol import connect_url, wire_format
 
 log = logging.getLogger(__name__)
@@ -70,6 +77,9 @@ class UpstreamSettings:
     """Seconds without any frame from the exchange before a session is declared dead
     (None: the profile's heartbeat interval plus timeout)."""
     subscribe_ack_timeout_s: float = 10.0
+    auth_retry_s: float = 300.0
+    """After the exchange refused a credential (or its files could not be read), the next try
+    waits until the credential's files change (a rotated Secret) or this long."""
 
 
 @dataclass
@@ -144,7 +154,9 @@ class Session:
         self._tasks: list[asyncio.Task] = []
         self._ids = itertools.count(1)
         self._login: asyncio.Future[LoginResult] | None = None
-        self.fmt = wire_format(conn.profile.dialect)
+        self.fmt: Any = wire_format(conn.profile.dialect)
+        self.private: PrivateWire | None = None
+        """Set on private sessions: login and private-stream frames (see private_wire.py)."""
 
     @property
     def extra(self) -> dict[str, str]:
@@ -213,31 +225,46 @@ class Session:
     async def start(self, streams: set[str]) -> None:
         """Log in if private, then run reader, heartbeats, watchdog and subscriptions."""
         assert self.ws is not None
+        if self.conn.credential is not None and not await self._load_private():
+            return
         self._tasks.append(asyncio.create_task(self._reader(), name=f"{self.slot_id}-reader"))
         self._tasks.append(asyncio.create_task(self._watchdog(), name=f"{self.slot_id}-watch"))
         if self.conn.profile.heartbeat.direction == HeartbeatDirection.CLIENT_PING:
             self._tasks.append(asyncio.create_task(self._pinger(), name=f"{self.slot_id}-ping"))
-        if self.conn.credential is not None:
+        if self.private is not None:
             await self._login_now()
+            if self.ended.done():
+                return
         self.want(streams)
         self._tasks.append(asyncio.create_task(self._controller(), name=f"{self.slot_id}-ctl"))
 
-    async def _login_now(self) -> None:
+    async def _load_private(self) -> bool:
+        """Read the key and wrap the wire format for this credential (before the reader runs);
+        False (session ended) when the credential is missing or unreadable."""
         cred = self.ctx.credentials.get(self.conn.credential or "")
         if cred is None:
             self.end("credential-missing", True)
-            return
+            return False
         try:
             creds = await load_credentials(cred)
         except CredentialError as exc:
             log.error("%s", exc, extra=self.extra)
             self.end("credential-unreadable", True)
-            return
+            return False
+        self.private = PrivateWire(self.fmt, creds)
+        self.fmt = self.private
+        return True
+
+    async def _login_now(self) -> None:
+        """Log in (where the session needs it) and wait for the answer; the session ends when
+        the exchange refuses."""
+        private = self.private
+        assert private is not None
+        if not private.logs_on:
+            return  # Binance HMAC/RSA keys: the subscription itself is signed
         request_id = f"login{self.generation}"
-        frame = self.fmt.build_login(creds, int(time.time() * 1000), request_id)
-        del creds
         self._login = asyncio.get_running_loop().create_future()
-        await self._send(frame, MessageKind.CONTROL)
+        await self._send(lambda: private.login_frame(request_id), MessageKind.CONTROL)
         try:
             async with asyncio.timeout(self.conn.profile.connectTimeoutSeconds):
                 result = await self._login
@@ -245,13 +272,24 @@ class Session:
             self.end("login-timeout", True)
             return
         if not result.ok:
-            log.error("login refused: code %s", result.code, extra=self.extra)
-            self.end("login-refused", True)
+            self._auth_refused(result.code, result.msg)
 
-    async def _send(self, frame: str, kind: MessageKind) -> None:
+    def _auth_refused(self, code: str, msg: str) -> None:
+        """The exchange refused the key, its signature or timestamp: end the session; the
+        connection waits for the credential files to change before it tries again."""
+        self.conn.auth_error = f"code {code}: {msg[:160]}"
+        log.error("login refused by the exchange (%s)", self.conn.auth_error, extra=self.extra)
+        self.end("login-refused", True)
+
+    async def _send(self, frame: str | Callable[[], str | None], kind: MessageKind) -> None:
+        """Send one frame through the message slices; a callable is built only once the
+        limiter lets it go (signed frames carry a fresh timestamp), None sends nothing."""
         assert self.ws is not None and self.gate is not None
         await self.gate.acquire(kind)
-        await self.ws.send_str(frame)
+        text = frame() if callable(frame) else frame
+        if text is None:
+            return
+        await self.ws.send_str(text)
         self.ctx.stats[("messages_out", str(kind))] += 1
 
     def want(self, streams: set[str]) -> None:
@@ -302,10 +340,9 @@ class Session:
                 for batch in self._batches(streams):
                     request_id = next(self._ids)
                     self.pending[request_id] = (op, batch)
-                    if op == "sub":
-                        frame = self.fmt.build_subscribe(batch, request_id)
-                    else:
-                        frame = self.fmt.build_unsubscribe(batch, request_id)
+                    build = self.fmt.build_subscribe if op == "sub" else self.fmt.build_unsubscribe
+                    frame = functools.partial(build, batch, request_id)
+                    if op != "sub":
                         for s in batch:
                             self.acked.discard(s)
                             self.ctx.hub.release(s, self)
@@ -378,6 +415,12 @@ class Session:
         self.end(reason, clean)
 
     def _on_error(self, ev: Error) -> None:
+        if self.private is not None and self.private.is_auth_error(ev):
+            if self._login is not None and not self._login.done():
+                self._login.set_result(LoginResult(False, ev.request_id, ev.code, ev.msg))
+            else:  # a signed subscribe refused, or the key revoked mid-session
+                self._auth_refused(ev.code, ev.msg)
+            return
         raw = ev.raw if isinstance(ev.raw, dict) else {}
         status = raw.get("status")
         if status in RATE_LIMIT_STATUSES or ev.code in ("-1003", "429", "418"):
@@ -452,6 +495,8 @@ class UpstreamConnection:
         self.current: Session | None = None
         self.rotation_requested = asyncio.Event()
         self.sessions_opened = 0
+        self.auth_error: str | None = None
+        """Why the exchange last refused this connection's credential (no secret in it)."""
         self._task: asyncio.Task | None = None
         self._stopping = False
         self._lingering: dict[str, asyncio.TimerHandle] = {}
@@ -507,6 +552,8 @@ class UpstreamConnection:
                 self.state, self.status = "refused", check.message
                 await asyncio.sleep(10.0)
                 continue
+            if self.credential is not None and not await self._credential_ready():
+                continue
             session = Session(self)
             self.state, self.status = "connecting", ""
             waited = self.ctx.limiter.attempt_wait(self.address, self.account)
@@ -535,12 +582,54 @@ class UpstreamConnection:
             failures = 0 if lived >= settings.stable_after_s else failures + 1
             self.ctx.stats[("reconnect", ended.reason)] += 1
             log.info("session ended: %s", ended.reason, extra=self.extra)
+            if ended.reason == "login-refused":
+                await self._wait_after_refusal()
+                continue
             self.state, self.status = "backoff", ended.reason
             await asyncio.sleep(
                 backoff_delay_s(
                     failures, settings.backoff_base_s, settings.backoff_cap_s, self._rng
                 )
             )
+
+    async def _credential_ready(self) -> bool:
+        """Whether the credential's files can be read; otherwise wait for them to change (or
+        `auth_retry_s`) without spending an attempt, and return False."""
+        cred = self.ctx.credentials.get(self.credential or "")
+        problem = "not in the plan" if cred is None else None
+        if cred is not None:
+            try:
+                await load_credentials(cred)
+            except CredentialError as exc:
+                problem = str(exc)
+        if problem is None:
+            return True
+        self.state = "credential-error"
+        self.status = f"credential {self.credential}: {problem}"
+        log.error("%s", self.status, extra=self.extra)
+        if cred is None:
+            await asyncio.sleep(self.ctx.settings.auth_retry_s)
+        else:
+            since = await credential_fingerprint(cred)
+            await wait_for_credential_change(cred, since, self.ctx.settings.auth_retry_s)
+        return False
+
+    async def _wait_after_refusal(self) -> None:
+        """After the exchange refused the credential: no tight retry loop, the next attempt
+        waits until the credential's files change (a rotated Secret) or `auth_retry_s`."""
+        retry_s = self.ctx.settings.auth_retry_s
+        self.state = "auth-refused"
+        self.status = (
+            f"login refused by the exchange ({self.auth_error}); next try when the credential "
+            f"files change or in {retry_s:.0f} s"
+        )
+        cred = self.ctx.credentials.get(self.credential or "")
+        if cred is None:
+            await asyncio.sleep(retry_s)
+            return
+        since = await credential_fingerprint(cred)
+        if await wait_for_credential_change(cred, since, retry_s):
+            log.info("credential files changed: trying again", extra=self.extra)
 
     def _rotation_deadline(self, session: Session) -> float | None:
         limit = self.profile.limit(LimitName.MAX_CONNECTION_AGE)
