@@ -7,6 +7,7 @@ GET  /admin/connections[?ip=]          open connections
 POST /admin/reset                      forget peaks, violations, bans, attempt logs
 POST /admin/faults/disconnect          {"ip"?: str, "abrupt"?: bool, "code"?: int}
 POST /admin/faults/shutdown-notice     {"ip"?: str, "closeAfterSeconds"?: float (profile s)}
+POST /admin/faults/revoke-key          {"apiKey": str} the key stops working; its sessions hear so
 POST /admin/faults/refuse-handshakes   {"count": int, "status"?: 429|418, "retryAfterSeconds"?: float}
 POST /admin/faults/ban                 {"ip": str, "seconds": float (profile s)}
 POST /admin/faults/stall               {"stream": str, "seconds": float (wall-clock)}
@@ -65,6 +66,11 @@ def add_admin_routes(app: web.Application, mx: MockExchange) -> None:
             body.get("ip"), bool(body.get("abrupt", False)), int(body.get("code", 1001))
         )
         return web.json_response({"disconnected": count})
+
+    async def revoke_key(request: web.Request) -> web.Response:
+        body = await _body(request)
+        count = mx.revoke_key(str(body["apiKey"]))
+        return web.json_response({"sessions": count})
 
     async def shutdown_notice(request: web.Request) -> web.Response:
         body = await _body(request)
@@ -125,6 +131,7 @@ def add_admin_routes(app: web.Application, mx: MockExchange) -> None:
     app.router.add_post("/admin/reset", reset)
     app.router.add_post("/admin/faults/disconnect", disconnect)
     app.router.add_post("/admin/faults/shutdown-notice", shutdown_notice)
+    app.router.add_post("/admin/faults/revoke-key", revoke_key)
     app.router.add_post("/admin/faults/refuse-handshakes", refuse)
     app.router.add_post("/admin/faults/ban", ban)
     app.router.add_post("/admin/faults/stall", stall)

@@ -885,6 +885,20 @@ class MockExchange:
                 )
         return len(targets)
 
+    def revoke_key(self, api_key: str) -> int:
+        """The API key stops working (logins with it fail as for an unknown key); every session
+        using it is told the exchange's way (Binance ``-2015`` with ``id: null``, OKX close
+        4007, Bybit close). Returns how many sessions were told."""
+        account = self.settings.account_for_key(api_key)
+        if account is None:
+            return 0
+        self.settings.accounts = tuple(a for a in self.settings.accounts if a is not account)
+        told = 0
+        for conn in self.websockets():
+            if conn.session is not None and conn.session.on_key_revoked(account.account):
+                told += 1
+        return told
+
     def stall_stream(self, stream: str, duration_s: float) -> None:
         """No events on ``stream`` for ``duration_s`` wall-clock seconds (no gap afterwards)."""
         self.feeds.feed(stream, time.monotonic()).stall(time.monotonic(), duration_s)

@@ -65,6 +65,14 @@ class DialectSession:
         """The notice sent before a planned disconnect (max age, shutdown), or None."""
         return None
 
+    def on_key_revoked(self, account: str) -> bool:
+        """The key of ``account`` was revoked: tell this session if it uses it (True when it
+        did). Default: a session logged in as ``account`` is closed."""
+        if self.conn.account != account:
+            return False
+        self.mx.close_soon(self.conn, 1000, "API key revoked")
+        return True
+
     async def on_rate_exceeded(self, limit: LimitName) -> bool:
         """Apply the exchange's penalty; True when the offending frame must be ignored."""
         await self.mx.close_conn(self.conn, 1008, "too many messages")

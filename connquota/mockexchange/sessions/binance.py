@@ -215,6 +215,19 @@ class BinanceSession(DialectSession):
                 self.mx.unsubscribe(self.conn, [USER_DATA_PREFIX + account])
         self.send(binance.build_api_response(request_id, {}))
 
+    def on_key_revoked(self, account: str) -> bool:
+        """Binance tells a session whose key was revoked with a -2015 error (``id: null``) and
+        its user data stops."""
+        if not self.api or (account not in self.user_subs and self.conn.account != account):
+            return False
+        self.send(binance.build_api_error(None, 401, -2015, INVALID_KEY))
+        if account in self.user_subs:
+            del self.user_subs[account]
+            self.mx.unsubscribe(self.conn, [USER_DATA_PREFIX + account])
+        if self.logon is not None and self.logon.account == account:
+            self.logon = None
+        return True
+
     def frame(self, stream: str, seq: int, event_time_ms: int) -> str:
         if stream.startswith(USER_DATA_PREFIX):
             subscription_id = self.user_subs.get(stream[len(USER_DATA_PREFIX) :], 0)

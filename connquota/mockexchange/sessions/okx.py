@@ -129,6 +129,12 @@ class OkxSession(DialectSession):
         self.mx.login(self.conn, account.account, None)
         self.send(okx.build_login_result(self.conn.conn_id, rid))  # type: ignore[arg-type]
 
+    def on_key_revoked(self, account: str) -> bool:
+        if self.conn.account != account:
+            return False
+        self.mx.close_soon(self.conn, 4007, okx.CLOSE_CODES[4007])
+        return True
+
     def frame(self, stream: str, seq: int, event_time_ms: int) -> str:
         return okx.build_data(stream, seq, event_time_ms)
 

@@ -297,3 +297,38 @@ async def test_a_refused_key_is_reported_and_retried_only_when_the_secret_change
     await harness.wait_live(gw, len(streams), timeout_s=20)
     harness.assert_no_violation()
     await assert_no_secret_anywhere(harness, gw, [*secrets, wrong])
+
+
+REVOKED = {"binance-spot": "-2015", "okx": "60005", "bybit": "code auth"}
+
+
+@pytest.mark.parametrize("dialect", ["binance-spot", "okx", "bybit"])
+async def test_a_key_revoked_mid_session_stops_the_connection_without_a_retry_loop(
+    harness, tmp_path, dialect
+):
+    accounts, conns, _ = private_setup(tmp_path, dialect)
+    cred, streams = conns[0]
+    cred = cred.model_copy(update={"accountId": _acct(cred, accounts)})
+    mock = await harness.start_mock(
+        dialect, shrunk(dialect, connectionAttempts=(10, 20.0)), settings=_settings(accounts)
+    )
+    slices = [account_slice(cred.accountId, 30)] if dialect == "okx" else []
+    gw = harness.gateway(harness.write_plan(private_plan(harness, [(cred, streams)], slices)))
+    gw.start()
+    await harness.wait_live(gw, len(streams), timeout_s=30)
+    api_key = Path(cred.mountPath, cred.apiKeyKey).read_text().strip()
+    assert mock.revoke_key(api_key) == 1
+
+    async def refused():
+        st = await harness.status(gw)
+        conn = st["connections"][0]
+        return conn if conn["state"] == "auth-refused" else None
+
+    conn = await wait_for(refused, 20, "the connection reported as refused")
+    assert REVOKED[dialect] in conn["status"], conn
+    attempts = mock_attempts(mock)
+    for _ in range(15):
+        await asyncio.sleep(0.1)
+        assert (await refused()) is not None
+    assert mock_attempts(mock) == attempts
+    harness.assert_no_violation()

@@ -139,3 +139,25 @@ async def test_stream_and_ws_api_connections_share_one_attempt_budget_per_ip(sta
     assert statuses == [101, 101, 101, 101, 429]
     assert mx.peak(LimitName.CONNECTION_ATTEMPTS, LimitScope.IP, "127.0.0.63") == 5
     assert [v.limit for v in mx.violations()] == ["connectionAttempts"]
+
+
+async def test_a_revoked_key_gets_the_documented_401_and_its_user_data_stops(start_mock) -> None:
+    mx = await start_mock(
+        "binance", limits=["messagesPerConnection=50/1"], accounts=ACCOUNTS, private_rate_hz=50
+    )
+    async with client_from("127.0.0.64") as client:
+        ws = await client.ws_connect(mx.url + "/ws-api/v3")
+        await ws.send_str(binance.build_login(CREDS["acct-ed"], _now_ms(), "l"))
+        assert (await _reply(ws))["status"] == 200
+        await ws.send_str(binance.build_user_data_subscribe("s"))
+        assert (await _reply(ws))["result"] == {"subscriptionId": 0}
+        assert mx.revoke_key("ed-key") == 1
+        assert await _reply(ws) == {
+            "id": None,
+            "status": 401,
+            "error": {"code": -2015, "msg": "Invalid API-key, IP, or permissions for action."},
+        }
+        assert not any(s.startswith("userData:") for c in mx.websockets() for s in c.streams)
+        await ws.send_str(binance.build_login(CREDS["acct-ed"], _now_ms(), "again"))
+        assert (await _reply(ws))["error"]["code"] == -2015
+        await ws.close()
