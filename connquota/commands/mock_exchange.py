@@ -48,6 +48,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="data messages per second per subscribed stream",
     )
     parser.add_argument(
+        "--private-rate",
+        type=float,
+        default=None,
+        metavar="N",
+        help="events per second of every account's private feed (default: --rate)",
+    )
+    parser.add_argument(
         "--limit",
         action="append",
         default=[],
@@ -63,6 +70,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=[],
         metavar="KEY:SECRET[:PASSPHRASE[:ACCOUNT]]",
         help="an API key the mock accepts (default: test-key-1..4 / test-secret-1..4)",
+    )
+    parser.add_argument(
+        "--public-key-account",
+        action="append",
+        default=[],
+        metavar="KEY=PEM_FILE[:ACCOUNT]",
+        help="an RSA or Ed25519 API key (Binance) the mock verifies with the public key in "
+        "PEM_FILE (repeatable; added to the --account keys)",
     )
     parser.add_argument(
         "--ban-seconds", type=float, default=120.0, help="IP ban length (profile seconds)"
@@ -113,6 +128,7 @@ def run(args: argparse.Namespace) -> int:
     settings = MockSettings(
         time_scale=args.time_scale,
         rate_per_stream_hz=args.rate,
+        private_rate_hz=args.private_rate,
         ban_s=args.ban_seconds,
         ban_after_violations=args.ban_after,
         enforce_assumed=not args.no_enforce_assumed,
@@ -125,6 +141,16 @@ def run(args: argparse.Namespace) -> int:
                 raise SystemExit(f"--account {spec!r}: expected KEY:SECRET[:PASSPHRASE[:ACCOUNT]]")
             accounts.append(TestAccount(parts[0], parts[1], *(parts[2:4])))
         settings.accounts = tuple(accounts)
+    for spec in args.public_key_account:
+        key, sep, rest = spec.partition("=")
+        if not sep or not rest:
+            raise SystemExit(f"--public-key-account {spec!r}: expected KEY=PEM_FILE[:ACCOUNT]")
+        pem_file, _, account_id = rest.partition(":")
+        public_key = Path(pem_file).read_text()
+        settings.accounts = (
+            *settings.accounts,
+            TestAccount(key, "", account_id=account_id, public_key=public_key),
+        )
     context = None
     if args.tls:
         if not (args.cert and args.key):
