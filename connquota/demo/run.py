@@ -72,7 +72,8 @@ class DemoState:
     statuses: dict[int, dict[str, Any] | None] = field(default_factory=dict)
     latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=20_000))
     frames_total: int = 0
-    rate_window: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=10))
+    # 10 s of samples (every 0.25 s): feeds tick in bursts, a shorter window reads 0 between them.
+    rate_window: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=40))
     streams_seen: set[str] = field(default_factory=set)
     window_peak: dict[str, int] = field(default_factory=dict)
 
@@ -85,7 +86,7 @@ class DemoState:
         return sum((st or {}).get("streams", {}).get("live", 0) for st in self.statuses.values())
 
     def messages_per_s(self) -> float:
-        """Frames per second delivered to the consumers (last few seconds)."""
+        """Frames per second delivered to the consumers (over the last 10 seconds)."""
         if len(self.rate_window) < 2:
             return 0.0
         (t0, n0), (t1, n1) = self.rate_window[0], self.rate_window[-1]
