@@ -40,7 +40,13 @@ from connquota.operator import builders, ledgers, metrics, names, planning
 from connquota.operator.crash import crash_point
 from connquota.operator.kube import KubeApi, KubeError
 from connquota.operator.settings import OperatorConfig
-from connquota.operator.status import Problem, QuotaObservation, quota_status, status_hash
+from connquota.operator.status import (
+    Problem,
+    QuotaObservation,
+    quota_status,
+    status_differs,
+    status_hash,
+)
 from connquota.planner.inputs import DesiredStream, QuotaInput
 from connquota.planner.ledger import QuotaLedger, forgettable, rebase_clock, record_publication
 from connquota.planner.transitions import budget_table
@@ -782,14 +788,24 @@ class Reconciler:
         live = body.get("status")
         desired = quota_status(live, obs, dt.datetime.now(dt.UTC))
         digest = status_hash(desired)
-        if state.status_digest == digest or status_hash(live) == digest:
+        # After a restart the live status is the only reference: compare what it means (the
+        # API server reads 6.0 back as 6), so an unchanged quota is not rewritten.
+        if state.status_digest == digest or not status_differs(live, desired):
             state.status_digest = digest
             return
         ns, name = state.key.split("/", 1)
+        if log.isEnabledFor(logging.DEBUG):
+            changed = sorted(
+                k for k in {*desired, *(live or {})} if desired.get(k) != (live or {}).get(k)
+            )
+            log.debug(
+                "quota %s: status changed: %s", state.key, changed, extra={"quota": state.key}
+            )
         await self.api.merge_patch(
             names.QUOTA_KIND, ns, name, {"status": desired}, subresource="status"
         )
         state.status_digest = digest
+        crash_point("status")
 
     async def _report_problem(self, body: dict[str, Any], problem: Problem) -> None:
         key = quota_key(body)

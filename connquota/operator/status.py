@@ -233,13 +233,19 @@ def status_differs(live: Mapping[str, Any] | None, desired: Mapping[str, Any]) -
 
 
 def _normalized(status: Mapping[str, Any] | None) -> dict[str, Any]:
-    # The API server may drop empty lists or defaults; compare what both sides mean.
-    out: dict[str, Any] = {}
-    for key, value in (status or {}).items():
-        if value in ([], {}, None):
-            continue
-        out[key] = value
-    return out
+    # What both sides mean: the API server may drop empty values, and it stores JSON numbers,
+    # so a float written as 6.0 is read back as the integer 6.
+    return _canonical(dict(status or {}))
+
+
+def _canonical(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _canonical(v) for k, v in value.items() if v not in ([], {}, None)}
+    if isinstance(value, list | tuple):
+        return [_canonical(v) for v in value]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
 
 
 def pool_status(

@@ -2,8 +2,10 @@
 
 `CONNQUOTA_OPERATOR_CRASH_AT=<point>` makes the operator `os._exit` right after its first
 write of that kind (connquota/operator/crash.py). The fleet fills the address's concurrent
-limit (4 of 4); the scale-down empties pod 1 and moves nothing else. After the crash a fresh
-operator resumes from what is in the API (plans, the ledger ConfigMap, Lease reports).
+limit (4 of 4 connections open at the exchange before the crash); the scale-down empties pod 1
+and moves nothing else. After the crash a fresh operator resumes from what is in the API
+(plans, the ledger ConfigMap, Lease reports): the scale-down completes, pod 0 keeps its two
+connections (nothing reopened), the referee saw no violation, and the deletion is finalized.
 """
 
 from __future__ import annotations
@@ -35,12 +37,6 @@ pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
 STREAMS = [f"s{i}usdt@trade" for i in range(8)]
 
 
-@pytest.mark.xfail(
-    run=False,
-    reason="known failure (issue 7 note): after the restart the scale-down stays held back "
-    "waiting on pod 1's acknowledgement of its empty plan (Reconciling says so); the crash "
-    "itself breaks no limit. Not run until fixed: each case costs ~2 min.",
-)
 @pytest.mark.parametrize("point", POINTS)
 def test_operator_killed_at_a_write_point_during_scale_down_breaks_no_limit(
     point: str,
@@ -67,6 +63,22 @@ def test_operator_killed_at_a_write_point_during_scale_down_breaks_no_limit(
     operator.start()
     try:
         wait_ready(api_client, namespace, "md", 90, operator.log)
+        # The fleet at 100% of the address's concurrent connections before the crash.
+        wait_for(
+            lambda: len(mock_exchange.open_connections()) == 4,
+            60,
+            f"4 connections open at the exchange\n{operator.log()}",
+            interval_s=0.3,
+        )
+        kept = mock_exchange.open_connections()
+        # ...and the status says so: the restarted operator has nothing to write before the
+        # scale-down (its first write of each kind is the one it crashes at).
+        wait_for(
+            lambda: _live(api_client, namespace) == (4, 8),
+            30,
+            f"status: 4 live connections, 8 live streams\n{operator.log()}",
+            interval_s=0.3,
+        )
         operator.stop()
         operator.start(extra_env={"CONNQUOTA_OPERATOR_CRASH_AT": point})
         wait_for(
@@ -93,7 +105,14 @@ def test_operator_killed_at_a_write_point_during_scale_down_breaks_no_limit(
             f"the scale-down finished after the restart\n{operator.log()}",
         )
         wait_ready(api_client, namespace, "md", 60, operator.log)
-        assert len(mock_exchange.open_connections()) == 2
+        # Pod 0 kept its two connections throughout: nothing was reopened.
+        wait_for(
+            lambda: len(mock_exchange.open_connections()) == 2,
+            30,
+            "pod 1's connections closed",
+            interval_s=0.3,
+        )
+        assert mock_exchange.open_connections() <= kept
         mock_exchange.assert_no_violation()
         assert mock_exchange.peak_fraction(LimitName.CONCURRENT_CONNECTIONS, LimitScope.IP) >= 0.9
         objects.delete_namespaced_custom_object(
@@ -103,3 +122,12 @@ def test_operator_killed_at_a_write_point_during_scale_down_breaks_no_limit(
         objects.delete_cluster_custom_object(GROUP, VERSION, "exchangeegresspools", pool)
     finally:
         operator.stop()
+
+
+def _live(api_client: Any, namespace: str) -> tuple[int, int]:
+    """(live connections, live streams) in the quota's status."""
+    status = (get_quota(api_client, namespace, "md") or {}).get("status") or {}
+    return (
+        int((status.get("connections") or {}).get("live") or 0),
+        int((status.get("streams") or {}).get("live") or 0),
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 from operator_factories import make_pod_plan
 
@@ -124,3 +125,21 @@ def test_recomputing_an_unchanged_status_later_changes_nothing() -> None:
     first = quota_status(None, obs, T0)
     again = quota_status(first, obs, T1)
     assert not status_differs(first, again)
+
+
+def test_a_status_read_back_from_the_api_server_is_not_a_change() -> None:
+    """After a restart the operator compares with the live status only: JSON numbers read back
+    (6.0 as 6) and dropped empty values do not make an unchanged quota's status a write."""
+    from connquota.api.plan import RecoveryBound
+
+    plan = _plan().model_copy(
+        update={"recoveryBounds": [RecoveryBound(address="lo-2", connections=4, seconds=6.0)]}
+    )
+    obs = QuotaObservation(generation=1, plan=plan, replicas=2, ready_replicas=2)
+    desired = quota_status(None, obs, T0)
+    read_back = json.loads(json.dumps(desired).replace("6.0", "6"))
+    read_back.pop("unserved", None)
+    assert read_back["recoveryBounds"][0]["seconds"] == 6
+    assert not status_differs(read_back, quota_status(read_back, obs, T1))
+    changed = QuotaObservation(generation=1, plan=plan, replicas=2, ready_replicas=1)
+    assert status_differs(read_back, quota_status(read_back, changed, T1))
