@@ -72,6 +72,10 @@ class MockThread:
         """Ids of the WebSocket connections open now (a reopened connection gets a new id)."""
         return self.sync(lambda: {c.conn_id for c in self.mock.websockets()})
 
+    def open_streams(self) -> dict[str, frozenset[str]]:
+        """Open WebSocket connections (by id) and the streams subscribed on each."""
+        return self.sync(lambda: {c.conn_id: frozenset(c.streams) for c in self.mock.websockets()})
+
     def disconnect_all(self) -> int:
         """A mass disconnect: the exchange drops every connection at once."""
         return self.call(self.mock.disconnect(abrupt=False, code=1001))
