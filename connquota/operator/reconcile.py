@@ -147,6 +147,8 @@ class Reconciler:
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._secrets_seen: dict[tuple[str, str], float] = {}
+        """(namespace, name) -> monotonic time a Secret was last seen to exist."""
         self.last_progress = monotonic()
 
     # --- scheduling --------------------------------------------------------------------------
@@ -432,13 +434,11 @@ class Reconciler:
                 "(spec.allowedNamespaces)",
             )
         qin = planning.quota_input(quota)
-        missing = []
-        for secret in sorted({c.secretRef.name for c in quota.spec.credentials}):
-            if not await self.api.exists("Secret", meta.namespace, secret):
-                missing.append(secret)
+        secrets = {c.secretRef.name for c in quota.spec.credentials}
         auth = quota.spec.gateway.consumerAuthSecretRef
-        if auth and not await self.api.exists("Secret", meta.namespace, auth.name):
-            missing.append(auth.name)
+        if auth:
+            secrets.add(auth.name)
+        missing = [s for s in sorted(secrets) if not await self._secret_exists(meta.namespace, s)]
         if missing:
             raise planning.QuotaProblem(
                 "SecretMissing",
@@ -450,6 +450,21 @@ class Reconciler:
                 cm = await self.api.get("ConfigMap", meta.namespace, name)
                 configmaps[name] = None if cm is None else dict(cm.get("data") or {})
         return qin, planning.desired_streams(quota, configmaps)
+
+    async def _secret_exists(self, namespace: str, name: str) -> bool:
+        """Whether a Secret exists (metadata-only read). A Secret seen within the resync
+        interval is not read again, so a pool reconcile with nothing changed makes no request
+        per quota; a deleted Secret is noticed within that interval. Absence is never cached."""
+        key = (namespace, name)
+        now = self.monotonic()
+        seen = self._secrets_seen.get(key)
+        if seen is not None and now - seen < self.config.resyncIntervalSeconds:
+            return True
+        if await self.api.exists("Secret", namespace, name):
+            self._secrets_seen[key] = now
+            return True
+        self._secrets_seen.pop(key, None)
+        return False
 
     async def _has_published(self, body: dict[str, Any], state: QuotaState) -> bool:
         await self._load_published(body, state)
