@@ -248,6 +248,42 @@ class _ProbeState:
         return before != self.result
 
 
+QOS_RESOURCES = ("cpu", "memory")
+
+
+def qos_class(pod: Mapping[str, Any]) -> str:
+    """The Pod's QoS class as the kubelet computes it (``BestEffort``, ``Burstable``,
+    ``Guaranteed``) from its containers' cpu and memory requests and limits.
+
+    The API server sets ``status.qosClass`` at creation and refuses a status update that
+    changes it, so the harness must report the same class.
+    """
+    from kubernetes.utils import parse_quantity
+
+    spec = pod.get("spec") or {}
+    containers = [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]
+    requests: dict[str, Any] = {}
+    limits: dict[str, Any] = {}
+    guaranteed = True
+    for container in containers:
+        resources = container.get("resources") or {}
+        for name, value in (resources.get("requests") or {}).items():
+            if name in QOS_RESOURCES and parse_quantity(value) != 0:
+                requests[name] = requests.get(name, 0) + parse_quantity(value)
+        found = set()
+        for name, value in (resources.get("limits") or {}).items():
+            if name in QOS_RESOURCES and parse_quantity(value) != 0:
+                found.add(name)
+                limits[name] = limits.get(name, 0) + parse_quantity(value)
+        if found != set(QOS_RESOURCES):
+            guaranteed = False
+    if not requests and not limits:
+        return "BestEffort"
+    if guaranteed and requests == limits:
+        return "Guaranteed"
+    return "Burstable"
+
+
 def _full_state(state: Mapping[str, Any]) -> dict[str, Any]:
     """A container state with explicit nulls, so a merge patch replaces the previous one."""
     return {key: state.get(key) for key in ("waiting", "running", "terminated")}
@@ -855,7 +891,8 @@ class _PodRunner:
             "podIP": self.pod_ip,
             "podIPs": [{"ip": self.pod_ip}],
             "startTime": self.pod_start_time,
-            "qosClass": "BestEffort",
+            # The class the API server computed at creation; it refuses any other.
+            "qosClass": (pod.get("status") or {}).get("qosClass") or qos_class(pod),
             "conditions": [
                 cond("PodReadyToStartContainers", True),
                 cond("Initialized", True),
