@@ -182,9 +182,6 @@ def quota_body(
                 "maxReplicas": max_replicas,
                 "minReplicas": 1,
                 "connectionsPerPod": connections_per_pod,
-                # No requests: the pod harness reports every pod as BestEffort (its QoS class),
-                # which the API server refuses to change for a pod with requests.
-                "resources": {},
                 "podOverrides": {"labels": {HARNESS_LABEL: "true"}},
             },
         },
