@@ -3,7 +3,9 @@
 Here the test plays the gateways' part of the protocol itself: it writes each pod's report
 (the plan generation it enforces) on the pod's Lease, exactly as a gateway does, and decides
 when. That makes the order of events under test deterministic: a quota's grow must wait for
-the other quota's acknowledgement of its shrink, and no reopened connection is needed.
+the other quota's acknowledgement of its shrink, and no reopened connection is needed. The
+gateway pods are not run (no harness label: they stay Pending), so no real gateway writes a
+report of its own.
 """
 
 from __future__ import annotations
@@ -26,6 +28,13 @@ from connquota.api.report import REPORT_ANNOTATION, GatewayReport
 pytestmark = pytest.mark.cluster
 
 LIMIT = 10  # concurrentConnections and connectionAttempts per address in `_quota`
+
+
+def _unrun(namespace: str, pool: str, streams: list[str]) -> dict[str, Any]:
+    """`_quota` whose gateway pods the harness does not run: the test writes their reports."""
+    body = _quota(namespace, pool, streams)
+    del body["spec"]["gateway"]["podOverrides"]
+    return body
 
 
 @pytest.fixture
@@ -97,7 +106,7 @@ def test_a_second_quota_gets_its_share_only_after_the_first_acknowledged_its_shr
         )
     streams = [f"s{i}@trade" for i in range(6)]
     objects.create_namespaced_custom_object(
-        GROUP, VERSION, namespace, "exchangeconnectionquotas", _quota(namespace, pool_name, streams)
+        GROUP, VERSION, namespace, "exchangeconnectionquotas", _unrun(namespace, pool_name, streams)
     )
     first = wait_for(
         lambda: _plans(core, namespace) or None, 60, f"first plans\n{operator_process.log()}"
@@ -112,7 +121,7 @@ def test_a_second_quota_gets_its_share_only_after_the_first_acknowledged_its_shr
         VERSION,
         second_namespace,
         "exchangeconnectionquotas",
-        _quota(second_namespace, pool_name, ["x@trade", "y@trade"]),
+        _unrun(second_namespace, pool_name, ["x@trade", "y@trade"]),
     )
     # The first quota's shrink is published at once; the second's grow is held back.
     shrunk = wait_for(
