@@ -10,6 +10,7 @@ connections (nothing reopened), the referee saw no violation, and the deletion i
 
 from __future__ import annotations
 
+import os
 import uuid
 from typing import Any
 
@@ -122,6 +123,8 @@ def test_operator_killed_at_a_write_point_during_scale_down_breaks_no_limit(
         objects.delete_cluster_custom_object(GROUP, VERSION, "exchangeegresspools", pool)
     finally:
         operator.stop()
+    if os.environ.get("CONNQUOTA_KEEP_LOGS") is None:
+        operator.log_path.unlink(missing_ok=True)  # kept when the test failed
 
 
 def _live(api_client: Any, namespace: str) -> tuple[int, int]:
