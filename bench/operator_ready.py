@@ -1,0 +1,403 @@
+"""Time from `kubectl apply` to Ready for a 1,000-stream quota, with real gateway pods.
+
+Starts the test control plane (real kube-apiserver + controller-manager), the pod harness
+(playing kubelet and scheduler: each gateway pod runs as a local `connquota gateway`
+process), the mock exchange on loopback in a thread, a pool of loopback `bind` addresses and
+`connquota operator` as a subprocess; then `kubectl apply --server-side -f quota.yaml` and
+polls every 0.2 s until the quota's Ready condition holds, every stream is live and the mock
+sees every stream subscribed. Prints when each of these was first seen (seconds after the
+apply started):
+
+    first plan published   plan ConfigMap `NAME-plan-0` and StatefulSet `NAME-gw` exist
+    pods Running           every pod of the StatefulSet's replicas is Running
+    pods Ready             ... and has condition Ready (the gateway's /readyz: plan applied)
+    first connection       the mock exchange has a first WebSocket connection open
+    streams at the mock    the mock sees every stream subscribed
+    status streams.live    the quota's status says every stream is live
+    Ready                  condition Ready=True for the quota's generation
+
+then `kubectl wait --for=condition=Ready` as a check, the mock's violations (must be 0) and
+the load average before and after.
+
+The exchange: binance-spot's limits (published and assumed values, see
+docs/exchange-limits.md) with streamsPerConnection overridden to 200, every duration divided
+by the time scale (20: the 300-per-5-minutes attempt window lasts 15 s, 5 messages per
+50 ms), served as a `custom` exchange so the operator, the gateways and the referee agree on
+every limit. 1,000 streams at 200 per connection and headroom 1.0 are 5 connections; with 2
+connections per pod that is 3 pods, on a pool of 2 addresses (each run its own pool and addresses).
+
+    .venv/bin/python bench/operator_ready.py [--streams 1000] [--runs 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from kubernetes import client
+
+from connquota.api.limits import LimitName
+from connquota.demo.scaling import scaled_profile
+from connquota.exchanges import get_profile
+from connquota.mockexchange.server import MockExchange
+from connquota.testing.controlplane import (
+    expected_bin_dir,
+    find_binaries,
+    free_port,
+    start_control_plane,
+)
+from connquota.testing.podharness import DEFAULT_NODE_NAME, PodHarness
+
+REPO = Path(__file__).resolve().parents[1]
+GROUP, VERSION = "connquota.io", "v1alpha1"
+HARNESS_LABEL = "connquota.io/test-harness"
+TIME_SCALE = 20.0
+STREAMS_PER_CONNECTION = 200
+CONNECTIONS_PER_POD = 2
+ADDRESSES = 2
+RATE_PER_STREAM_HZ = 0.5
+T = TypeVar("T")
+
+MILESTONES = [
+    ("plan", "first plan published"),
+    ("running", "pods Running"),
+    ("pods_ready", "pods Ready"),
+    ("first_conn", "first upstream connection"),
+    ("mock_streams", "all streams at the mock"),
+    ("live", "status streams.live == all"),
+    ("ready", "Ready condition"),
+]
+
+
+class MockThread:
+    """The mock exchange served by its own event loop in a daemon thread."""
+
+    def __init__(self) -> None:
+        base = get_profile("binance-spot")
+        per_conn = base.limit(LimitName.STREAMS_PER_CONNECTION)
+        assert per_conn is not None
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.mock = MockExchange(
+            base,
+            "127.0.0.1",
+            0,
+            time_scale=TIME_SCALE,
+            rate_per_stream_hz=RATE_PER_STREAM_HZ,
+            limits=[per_conn.model_copy(update={"value": float(STREAMS_PER_CONNECTION)})],
+        )
+        self.call(self.mock.start())
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout_s: float = 10) -> T:
+        """Run `coro` on the mock's loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout_s)
+
+    def sync(self, fn: Callable[[], T]) -> T:
+        """Run `fn` on the mock's loop (its state is only touched there)."""
+
+        async def run() -> T:
+            return fn()
+
+        return self.call(run())
+
+    def connections_and_streams(self, ips: set[str]) -> tuple[int, int]:
+        """Open WebSocket connections from `ips` and the streams subscribed over them."""
+
+        def count() -> tuple[int, int]:
+            conns = [c for c in self.mock.websockets() if c.ip in ips]
+            return len(conns), sum(len(c.streams) for c in conns)
+
+        return self.sync(count)
+
+    def violations(self) -> list[dict[str, Any]]:
+        """Every violation the referee recorded."""
+        return self.sync(lambda: [v.to_json() for v in self.mock.violations()])
+
+    def exchange(self, domain: str) -> dict[str, Any]:
+        """`spec.custom` of a quota pointing at the mock, durations in wall-clock seconds."""
+        profile = scaled_profile(self.mock.profile, TIME_SCALE, self.mock.url)
+        return {
+            "endpoint": self.mock.url,
+            "dialect": profile.dialect.value,
+            "domain": domain,
+            "limits": [lim.to_wire() for lim in profile.limits],
+            "heartbeat": profile.heartbeat.to_wire(),
+            "deadConnectionTimeoutSeconds": profile.deadConnectionTimeoutSeconds,
+        }
+
+    def stop(self) -> None:
+        """Stop the mock and its loop."""
+        with contextlib.suppress(Exception):
+            self.call(self.mock.stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=10)
+
+
+def _pool(name: str, first: int) -> dict[str, Any]:
+    """Loopback `bind` addresses 127.0.0.<first>.. on the harness's node."""
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "ExchangeEgressPool",
+        "metadata": {"name": name},
+        "spec": {
+            "addresses": [
+                {
+                    "name": f"lo-{first + i}",
+                    "publicAddress": f"127.0.0.{first + i}",
+                    "mode": "bind",
+                    "bindAddress": f"127.0.0.{first + i}",
+                    "node": DEFAULT_NODE_NAME,
+                }
+                for i in range(ADDRESSES)
+            ]
+        },
+    }
+
+
+def _quota(ns: str, name: str, pool: str, exchange: dict[str, Any], streams: int) -> dict:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "ExchangeConnectionQuota",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "exchange": "custom",
+            "custom": exchange,
+            "headroom": 1.0,
+            "egressPoolRef": {"name": pool},
+            "streams": [{"name": f"s{i}usdt@trade"} for i in range(streams)],
+            "gateway": {
+                "maxReplicas": 8,
+                "minReplicas": 1,
+                "connectionsPerPod": CONNECTIONS_PER_POD,
+                "podOverrides": {"labels": {HARNESS_LABEL: "true"}},
+            },
+        },
+    }
+
+
+def _reconciles(port: int) -> float:
+    """The operator's connquota_operator_reconciles_total (0 while it is not serving yet)."""
+    name = "connquota_operator_reconciles_total"
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+    except OSError:
+        return 0.0
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name + "{") or line.startswith(name + " ")
+    )
+
+
+def _loadavg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+class Observer:
+    """Polls the API server and the mock; records when each milestone was first seen."""
+
+    def __init__(
+        self, api: Any, mock: MockThread, ns: str, name: str, streams: int, ips: set[str]
+    ) -> None:
+        self.core = client.CoreV1Api(api)
+        self.apps = client.AppsV1Api(api)
+        self.objects = client.CustomObjectsApi(api)
+        self.mock = mock
+        self.ips = ips
+        self.ns, self.name, self.streams = ns, name, streams
+        self.seen: dict[str, float] = {}
+        self.last: dict[str, Any] = {}
+
+    def _mark(self, key: str, holds: bool, now: float) -> None:
+        if holds and key not in self.seen:
+            self.seen[key] = now
+
+    def poll(self, started: float) -> None:
+        """One look at everything; milestones are timed from `started`."""
+        now = time.monotonic() - started
+        sts = None
+        with contextlib.suppress(client.ApiException):
+            sts = self.apps.read_namespaced_stateful_set(f"{self.name}-gw", self.ns)
+        if "plan" not in self.seen:
+            cms = self.core.list_namespaced_config_map(
+                self.ns, field_selector=f"metadata.name={self.name}-plan-0"
+            ).items
+            self._mark("plan", bool(cms) and sts is not None, now)
+        if sts is not None and sts.spec.replicas:
+            pods = self.core.list_namespaced_pod(
+                self.ns, label_selector=f"connquota.io/quota={self.name}"
+            ).items
+            pods = [p for p in pods if p.metadata.deletion_timestamp is None]
+            running = [p for p in pods if p.status.phase == "Running"]
+            ready = [
+                p
+                for p in running
+                if any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])
+            ]
+            self._mark("running", len(running) >= sts.spec.replicas, now)
+            self._mark("pods_ready", len(ready) >= sts.spec.replicas, now)
+            self.last["pods"] = f"{len(running)} running, {len(ready)} ready of {sts.spec.replicas}"
+        conns, subscribed = self.mock.connections_and_streams(self.ips)
+        self.last["mock"] = f"{conns} connections, {subscribed} streams"
+        self._mark("first_conn", conns > 0, now)
+        self._mark("mock_streams", subscribed >= self.streams, now)
+        quota = self.objects.get_namespaced_custom_object(
+            GROUP, VERSION, self.ns, "exchangeconnectionquotas", self.name
+        )
+        status = quota.get("status") or {}
+        self.last["status"] = {
+            k: status.get(k) for k in ("replicas", "readyReplicas", "streams", "connections")
+        }
+        self._mark("live", (status.get("streams") or {}).get("live", 0) >= self.streams, now)
+        ready_cond = [c for c in status.get("conditions") or [] if c["type"] == "Ready"]
+        self.last["ready"] = ready_cond[0] if ready_cond else None
+        self._mark(
+            "ready",
+            bool(ready_cond)
+            and ready_cond[0]["status"] == "True"
+            and status.get("observedGeneration") == quota["metadata"]["generation"],
+            now,
+        )
+
+    def done(self) -> bool:
+        return all(key in self.seen for key, _ in MILESTONES)
+
+
+def _run_once(plane: Any, api: Any, mock: MockThread, files: Path, run: int, streams: int) -> int:
+    """Apply one quota in a fresh namespace and time it to Ready; 0 when every milestone and
+    no violation was seen."""
+    ns, name = f"ready{run}", "big"
+    plane.kubectl("create", "namespace", ns)
+    path = files / f"quota-{run}.yaml"
+    pool = f"bench-{run}"
+    path.write_text(yaml.safe_dump(_quota(ns, name, pool, mock.exchange(f"{pool}.test"), streams)))
+    first = 2 + ADDRESSES * run
+    ips = {f"127.0.0.{first + i}" for i in range(ADDRESSES)}
+    observer = Observer(api, mock, ns, name, streams, ips)
+    load_before = _loadavg()
+    started = time.monotonic()
+    plane.kubectl("apply", "--server-side", "-f", str(path))
+    applied = time.monotonic() - started
+    deadline = started + 300
+    while not observer.done() and time.monotonic() < deadline:
+        with contextlib.suppress(client.ApiException):
+            observer.poll(started)
+        time.sleep(0.2)
+    waited = plane.kubectl(
+        "wait",
+        "--for=condition=Ready",
+        f"ecq/{name}",
+        "-n",
+        ns,
+        "--timeout=5s",
+        check=False,
+    )
+    violations = mock.violations()
+    print(
+        f"run {run}: quota of {streams} streams "
+        f"({STREAMS_PER_CONNECTION} per connection, {CONNECTIONS_PER_POD} connections per pod), "
+        f"load average before {load_before}, after {_loadavg()}"
+    )
+    print(f"  kubectl apply returned                 {applied:6.2f} s")
+    for key, label in sorted(MILESTONES, key=lambda m: observer.seen.get(m[0], 1e9)):
+        at = observer.seen.get(key)
+        print(f"  {label:<38} {at:6.2f} s" if at is not None else f"  {label:<38}  never")
+    print(f"  pods: {observer.last.get('pods')}; mock: {observer.last.get('mock')}")
+    print(f"  status: {json.dumps(observer.last.get('status'))}")
+    print(f"  kubectl wait --for=condition=Ready: {waited.stdout.strip() or waited.stderr.strip()}")
+    print(f"  mock violations: {len(violations)}")
+    for v in violations[:5]:
+        print(f"    {json.dumps(v)[:300]}")
+    ok = observer.done() and waited.returncode == 0 and not violations
+    return 0 if ok else 1
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--streams", type=int, default=1000)
+    parser.add_argument("--runs", type=int, default=1, help="quotas applied one after another")
+    args = parser.parse_args()
+    files = Path(tempfile.mkdtemp(prefix="bench-operator-ready-"))
+    plane = start_control_plane(find_binaries(expected_bin_dir(REPO)))
+    api = plane.api_client()
+    harness = mock = operator = None
+    code = 1
+    try:
+        plane.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
+        for crd in ("exchangeconnectionquotas", "exchangeegresspools"):
+            plane.kubectl("wait", "--for=condition=Established", f"crd/{crd}.connquota.io")
+        harness = PodHarness(
+            api,
+            f"{HARNESS_LABEL}=true",
+            api_port=plane.apiserver_port,
+            lease_renew_interval_s=2.0,
+            node_status_interval_s=20.0,
+        ).start()
+        mock = MockThread()
+        for run in range(args.runs):  # each run's own addresses: the runs' fleets stay apart
+            pool = yaml.safe_dump(_pool(f"bench-{run}", 2 + ADDRESSES * run))  # as _run_once
+            plane.kubectl("apply", "--server-side", "-f", "-", input=pool)
+        metrics_port = free_port()
+        log_path = files / "operator.log"
+        with log_path.open("wb") as log:
+            operator = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "connquota.cli",
+                    "operator",
+                    "--kubeconfig",
+                    str(plane.kubeconfig),
+                    "--liveness-port",
+                    "0",
+                    "--metrics-port",
+                    str(metrics_port),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        # The operator's start is not timed: wait for its first pool reconcile.
+        deadline = time.monotonic() + 60
+        while _reconciles(metrics_port) < args.runs:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"the operator did not reconcile the pools; log: {log_path}")
+            time.sleep(0.1)
+        code = 0
+        for run in range(args.runs):
+            code |= _run_once(plane, api, mock, files, run, args.streams)
+        if code:
+            print(f"operator log: {log_path}; pod roots under {harness.work_dir}")
+        return code
+    finally:
+        if operator is not None:
+            operator.terminate()
+            try:
+                operator.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                operator.kill()
+        if harness is not None:
+            harness.stop()
+        if mock is not None:
+            mock.stop()
+        api.close()
+        plane.stop()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
