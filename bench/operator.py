@@ -3,7 +3,8 @@
 Prints, for the issue note:
 
 - time from creating a 1,000-stream quota to its first published plan generation (plan
-  ConfigMaps and the StatefulSet written) - no gateways run here, so not to Ready;
+  ConfigMaps and the StatefulSet written) - no gateways run here, so not to Ready (apply ->
+  Ready with real gateway pods and the mock exchange: bench/operator_ready.py);
 - API requests per pool reconcile with 201 quotas: the API server's audit log, counted for the
   operator's User-Agent (`connquota-operator/<version>`, its client and kopf's session) over
   five forced reconciles (the pool's annotation touched), after every quota was planned and
