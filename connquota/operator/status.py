@@ -126,8 +126,14 @@ def quota_status(
     planned_connections = sum(len(p.connections) for p in (plan.pods if plan else []))
     live_streams = sum(r.streams for r in obs.reports.values())
     live_connections = sum(r.connections for r in obs.reports.values())
+    # Ready means serving: every pod enforces the newest plan, is ready, and every planned
+    # stream is subscribed upstream (a new fleet waits out its attempt window first).
+    streams_live = live_streams >= planned_streams
     converging = not (
-        acked and obs.target_generation_reached and obs.ready_replicas >= obs.replicas
+        acked
+        and obs.target_generation_reached
+        and obs.ready_replicas >= obs.replicas
+        and streams_live
     )
 
     def put(type_: ConditionType, status: bool, reason: str, message: str) -> None:
@@ -140,11 +146,17 @@ def quota_status(
         put(ConditionType.STALLED, False, "SpecValid", "the spec can be planned")
 
     if converging:
-        why = obs.waiting or (
-            "gateways have not acknowledged the plan yet"
-            if not acked
-            else f"{obs.ready_replicas}/{obs.replicas} gateway pods ready"
-        )
+        if obs.waiting:
+            why = obs.waiting
+        elif not acked:
+            why = "gateways have not acknowledged the plan yet"
+        elif obs.ready_replicas < obs.replicas:
+            why = f"{obs.ready_replicas}/{obs.replicas} gateway pods ready"
+        else:
+            why = (
+                f"{live_streams}/{planned_streams} planned streams live upstream "
+                "(gateways open connections within their attempt slices)"
+            )
         put(ConditionType.RECONCILING, True, "Progressing", why)
     else:
         put(ConditionType.RECONCILING, False, "Converged", "every pod enforces the newest plan")
@@ -176,7 +188,12 @@ def quota_status(
 
     ready = obs.problem is None and not converging and plan is not None
     if ready:
-        put(ConditionType.READY, True, "FleetReady", "every pod enforces the newest plan")
+        put(
+            ConditionType.READY,
+            True,
+            "FleetReady",
+            "every pod enforces the newest plan and every planned stream is live",
+        )
     else:
         reason = obs.problem.reason if obs.problem else "Progressing"
         message = obs.problem.message if obs.problem else (obs.waiting or "the fleet is converging")

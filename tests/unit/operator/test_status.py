@@ -67,6 +67,25 @@ def test_a_fleet_enforcing_the_newest_plan_is_ready() -> None:
     assert all(c["observedGeneration"] == 4 for c in status["conditions"])
 
 
+def test_a_fleet_whose_planned_streams_are_not_all_live_yet_is_not_ready() -> None:
+    # Pods ready and acknowledged, but gateway 1 still waits out its attempt window.
+    waiting = _report(1).model_copy(update={"connections": 0, "streams": 0})
+    obs = QuotaObservation(
+        generation=4,
+        plan=_plan(),
+        replicas=2,
+        ready_replicas=2,
+        desired_streams=2,
+        reports={0: _report(0), 1: waiting},
+    )
+    status = quota_status(None, obs, T0)
+    assert _cond(status, "Ready")["status"] == "False"
+    reconciling = _cond(status, "Reconciling")
+    assert reconciling["status"] == "True"
+    assert "1/2 planned streams live" in reconciling["message"]
+    assert _cond(status, "Degraded")["status"] == "False"
+
+
 def test_unacknowledged_plan_is_reconciling_not_ready() -> None:
     obs = QuotaObservation(
         generation=1, plan=_plan(), replicas=2, ready_replicas=2, reports={0: _report(0, 2)}
