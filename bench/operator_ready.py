@@ -32,17 +32,14 @@ connections per pod that is 3 pods, on a pool of 2 addresses (each run its own p
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import os
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
-from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -53,6 +50,7 @@ from connquota.api.limits import LimitName
 from connquota.demo.scaling import scaled_profile
 from connquota.exchanges import get_profile
 from connquota.mockexchange.server import MockExchange
+from connquota.mockexchange.threaded import ThreadedMockExchange
 from connquota.testing.controlplane import (
     expected_bin_dir,
     find_binaries,
@@ -82,37 +80,23 @@ MILESTONES = [
 ]
 
 
-class MockThread:
+class MockThread(ThreadedMockExchange[MockExchange]):
     """The mock exchange served by its own event loop in a daemon thread."""
 
     def __init__(self) -> None:
         base = get_profile("binance-spot")
         per_conn = base.limit(LimitName.STREAMS_PER_CONNECTION)
         assert per_conn is not None
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.mock = MockExchange(
-            base,
-            "127.0.0.1",
-            0,
-            time_scale=TIME_SCALE,
-            rate_per_stream_hz=RATE_PER_STREAM_HZ,
-            limits=[per_conn.model_copy(update={"value": float(STREAMS_PER_CONNECTION)})],
+        super().__init__(
+            MockExchange(
+                base,
+                "127.0.0.1",
+                0,
+                time_scale=TIME_SCALE,
+                rate_per_stream_hz=RATE_PER_STREAM_HZ,
+                limits=[per_conn.model_copy(update={"value": float(STREAMS_PER_CONNECTION)})],
+            )
         )
-        self.call(self.mock.start())
-
-    def call(self, coro: Coroutine[Any, Any, T], timeout_s: float = 10) -> T:
-        """Run `coro` on the mock's loop and wait for its result."""
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout_s)
-
-    def sync(self, fn: Callable[[], T]) -> T:
-        """Run `fn` on the mock's loop (its state is only touched there)."""
-
-        async def run() -> T:
-            return fn()
-
-        return self.call(run())
 
     def connections_and_streams(self, ips: set[str]) -> tuple[int, int]:
         """Open WebSocket connections from `ips` and the streams subscribed over them."""
@@ -122,10 +106,6 @@ class MockThread:
             return len(conns), sum(len(c.streams) for c in conns)
 
         return self.sync(count)
-
-    def violations(self) -> list[dict[str, Any]]:
-        """Every violation the referee recorded."""
-        return self.sync(lambda: [v.to_json() for v in self.mock.violations()])
 
     def exchange(self, domain: str) -> dict[str, Any]:
         """`spec.custom` of a quota pointing at the mock, durations in wall-clock seconds."""
@@ -138,13 +118,6 @@ class MockThread:
             "heartbeat": profile.heartbeat.to_wire(),
             "deadConnectionTimeoutSeconds": profile.deadConnectionTimeoutSeconds,
         }
-
-    def stop(self) -> None:
-        """Stop the mock and its loop."""
-        with contextlib.suppress(Exception):
-            self.call(self.mock.stop())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=10)
 
 
 def _pool(name: str, first: int) -> dict[str, Any]:

@@ -20,7 +20,7 @@ import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -37,6 +37,7 @@ from connquota.demo.scaling import scaled_profile
 from connquota.exchanges import get_profile
 from connquota.mockexchange.connection import Conn
 from connquota.mockexchange.server import MockExchange
+from connquota.mockexchange.threaded import ThreadedMockExchange
 from connquota.operator import builders, names
 from connquota.operator.builders.services import GATEWAY_PORT
 from connquota.testing.podharness import PodHarness
@@ -109,34 +110,20 @@ def _record(conn: Conn, ended: float | None, was_ws: bool) -> TcpRecord:
     )
 
 
-class MockThread:
+class MockThread(ThreadedMockExchange[RecordingMock]):
     """A RecordingMock served by its own event loop in a daemon thread."""
 
     def __init__(self, limits: list[Limit]) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.mock = RecordingMock(
-            get_profile("binance-spot"),
-            "127.0.0.1",
-            0,
-            time_scale=TIME_SCALE,
-            rate_per_stream_hz=1.0,
-            limits=limits,
+        super().__init__(
+            RecordingMock(
+                get_profile("binance-spot"),
+                "127.0.0.1",
+                0,
+                time_scale=TIME_SCALE,
+                rate_per_stream_hz=1.0,
+                limits=limits,
+            )
         )
-        self.call(self.mock.start())
-
-    def call(self, coro: Coroutine[Any, Any, T], timeout_s: float = 10) -> T:
-        """Run `coro` on the mock's loop and wait for its result."""
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout_s)
-
-    def sync(self, fn: Callable[[], T]) -> T:
-        """Run `fn` on the mock's loop (its state is only touched there)."""
-
-        async def run() -> T:
-            return fn()
-
-        return self.call(run())
 
     def records(self, ip: str = GW_IP) -> list[TcpRecord]:
         """Every TCP connection the gateway made to the exchange, oldest first."""
@@ -158,22 +145,11 @@ class MockThread:
 
         return self.call(run())
 
-    def violations(self) -> list[dict[str, Any]]:
-        """Every violation the referee recorded."""
-        return self.sync(lambda: [v.to_json() for v in self.mock.violations()])
-
     def profile_for_gateway(self) -> Any:
         """The mock's effective profile with durations scaled, pointing at the mock."""
         rest = self.mock.profile.endpoint.split("://", 1)[1]
         path = "/" + rest.split("/", 1)[1] if "/" in rest else ""
         return scaled_profile(self.mock.profile, TIME_SCALE, self.mock.url + path)
-
-    def stop(self) -> None:
-        """Stop the mock and its loop."""
-        with contextlib.suppress(Exception):
-            self.call(self.mock.stop())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=10)
 
 
 @pytest.fixture

@@ -8,12 +8,9 @@ profile), so the operator, the gateways and the referee agree on every limit.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-import threading
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import pytest
@@ -24,6 +21,7 @@ from connquota.api.limits import Limit, LimitName, LimitScope
 from connquota.demo.scaling import scaled_profile
 from connquota.exchanges import get_profile
 from connquota.mockexchange.server import MockExchange
+from connquota.mockexchange.threaded import ThreadedMockExchange
 from connquota.testing.podharness import DEFAULT_NODE_NAME
 
 GROUP, VERSION = "connquota.io", "v1alpha1"
@@ -31,38 +29,20 @@ TIME_SCALE = 20.0
 T = TypeVar("T")
 
 
-class MockThread:
+class MockThread(ThreadedMockExchange[MockExchange]):
     """A MockExchange served by its own event loop in a daemon thread."""
 
     def __init__(self, limits: list[Limit]) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.mock = MockExchange(
-            get_profile("binance-spot"),
-            "127.0.0.1",
-            0,
-            time_scale=TIME_SCALE,
-            rate_per_stream_hz=5.0,
-            limits=limits,
+        super().__init__(
+            MockExchange(
+                get_profile("binance-spot"),
+                "127.0.0.1",
+                0,
+                time_scale=TIME_SCALE,
+                rate_per_stream_hz=5.0,
+                limits=limits,
+            )
         )
-        self.call(self.mock.start())
-
-    def call(self, coro: Coroutine[Any, Any, T], timeout_s: float = 10) -> T:
-        """Run `coro` on the mock's loop and wait for its result."""
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout_s)
-
-    def sync(self, fn: Callable[[], T]) -> T:
-        """Run `fn` on the mock's loop (its state is only touched there)."""
-
-        async def run() -> T:
-            return fn()
-
-        return self.call(run())
-
-    def violations(self) -> list[dict[str, Any]]:
-        """Every violation the referee recorded."""
-        return self.sync(lambda: [v.to_json() for v in self.mock.violations()])
 
     def peak_fraction(self, name: LimitName, scope: LimitScope) -> float:
         """The highest use of a limit as a fraction of its value."""
@@ -84,13 +64,6 @@ class MockThread:
         """The referee recorded no violation of any limit."""
         found = self.violations()
         assert found == [], json.dumps(found, indent=1)[:3000]
-
-    def stop(self) -> None:
-        """Stop the mock and its loop."""
-        with contextlib.suppress(Exception):
-            self.call(self.mock.stop())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=10)
 
     def quota_exchange(self, domain: str) -> dict[str, Any]:
         """`spec.custom` of a quota pointing at this mock, durations in wall-clock seconds."""
