@@ -48,6 +48,73 @@ class ProxySecretRef(ApiModel):
     )
 
 
+class EgressCheckMethod(StrEnum):
+    """How a gateway verifies that an address's traffic leaves from its `publicAddress`."""
+
+    URL = "url"
+    """GET an IP-echo URL through the address (same egress mode); compare its answer."""
+    NONE = "none"
+    """Do not verify; `reason` says why (shown in status)."""
+
+
+class EgressCheck(ApiModel):
+    """How gateways verify an egress address: never against the exchange itself.
+
+    Real exchanges serve no "what is my IP" path, and any request to them costs a connection
+    attempt on their per-IP budget, so the check goes to an IP-echo service the platform team
+    runs or trusts. It runs once per address per gateway process start and again when the
+    address's egress settings change, never per connection.
+    """
+
+    RULES: ClassVar[tuple[Rule, ...]]
+
+    method: EgressCheckMethod = Field(description="url: GET `url` through the address; none.")
+    url: Annotated[str, Field(min_length=8, max_length=2048)] | None = Field(
+        default=None,
+        description="url method: http:// or https:// IP-echo URL, reached through the address "
+        "and its egress mode. It must answer the caller's address as plain text or JSON "
+        '({"ip": ...}, {"address": ...} or {"origin": ...}). Counted against this host, '
+        "never against the exchange.",
+    )
+    reason: Annotated[str, Field(min_length=1, max_length=256)] | None = Field(
+        default=None,
+        description="none method: why the address is not verified (shown in status).",
+    )
+    timeoutSeconds: Annotated[float, Field(gt=0, le=60)] = Field(
+        default=5.0, description="Seconds one check may take."
+    )
+
+
+EgressCheck.RULES = (
+    Rule(
+        cel="self.method != 'url' || has(self.url)",
+        message="url is required when method is url",
+        check=lambda c: c.method != EgressCheckMethod.URL or c.url is not None,
+        field_path=".url",
+        reason="FieldValueRequired",
+    ),
+    Rule(
+        cel="!has(self.url) || self.url.startsWith('http://') || self.url.startsWith('https://')",
+        message="url must start with http:// or https://",
+        check=lambda c: c.url is None or c.url.startswith(("http://", "https://")),
+        field_path=".url",
+    ),
+    Rule(
+        cel="self.method != 'none' || has(self.reason)",
+        message="reason is required when method is none (say why the address is not verified)",
+        check=lambda c: c.method != EgressCheckMethod.NONE or c.reason is not None,
+        field_path=".reason",
+        reason="FieldValueRequired",
+    ),
+)
+
+UNCONFIGURED_EGRESS_CHECK = EgressCheck(
+    method=EgressCheckMethod.NONE,
+    reason="the pool sets no egressCheck (spec.egressCheck or addresses[].egressCheck)",
+)
+"""The effective check of an address when neither the pool nor the address sets one."""
+
+
 class EgressAddress(ApiModel):
     """One public egress address (or IPv6 prefix) as the exchanges see it."""
 
@@ -78,6 +145,10 @@ class EgressAddress(ApiModel):
         default=None,
         description="podLabel mode: value of the connquota.io/egress label that the CNI "
         "egress policy maps to this address.",
+    )
+    egressCheck: EgressCheck | None = Field(
+        default=None,
+        description="How gateways verify this address (overrides the pool's egressCheck).",
     )
 
 
@@ -195,6 +266,11 @@ class ExchangeEgressPoolSpec(ApiModel):
         description="Namespaces whose quotas may use the pool (default: every namespace).",
         json_schema_extra=list_map("namespace"),
     )
+    egressCheck: EgressCheck | None = Field(
+        default=None,
+        description="How gateways verify every address of the pool (an address may override "
+        "it). Unset: addresses are not verified, and status says so.",
+    )
 
     RULES: ClassVar[tuple[Rule, ...]] = (
         Rule(
@@ -211,6 +287,10 @@ class ExchangeEgressPoolSpec(ApiModel):
     def address(self, name: str) -> EgressAddress | None:
         """The address called `name`, or None."""
         return next((a for a in self.addresses if a.name == name), None)
+
+    def egress_check(self, address: EgressAddress) -> EgressCheck:
+        """The check that applies to `address`: its own, else the pool's, else none (unset)."""
+        return address.egressCheck or self.egressCheck or UNCONFIGURED_EGRESS_CHECK
 
     def reserved_fraction(self, domain: str) -> float:
         """The fraction of `domain`'s budgets kept back (0 when none is declared)."""
@@ -266,8 +346,11 @@ class ExchangeEgressPool(ApiModel):
 
 
 __all__ = [
+    "UNCONFIGURED_EGRESS_CHECK",
     "DomainReservation",
     "EgressAddress",
+    "EgressCheck",
+    "EgressCheckMethod",
     "EgressMode",
     "ExchangeEgressPool",
     "ExchangeEgressPoolSpec",

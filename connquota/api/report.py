@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Annotated
 
 from pydantic import Field
@@ -36,6 +37,34 @@ class Quarantine(ApiModel):
     until: float = Field(description="Wall-clock time (epoch seconds) the quarantine ends.")
 
 
+class EgressCheckState(StrEnum):
+    """The outcome of a gateway's egress check of one address."""
+
+    VERIFIED = "verified"
+    """The IP-echo service saw the address's publicAddress: attempts may go out."""
+    MISMATCH = "mismatch"
+    """The echo service saw another address: no attempt is made through this address."""
+    FAILED = "failed"
+    """The echo service could not be reached or answered nonsense: no attempt; retried later."""
+    UNVERIFIED = "unverified"
+    """The pool's method is none (or unset): attempts go out unverified; `reason` says why."""
+    PENDING = "pending"
+    """Not checked yet."""
+
+
+class EgressCheckResult(ApiModel):
+    """One address's egress check, as the gateway last ran it."""
+
+    address: str = Field(description="Address name in the pool.")
+    publicAddress: str = Field(description="The address the pool declares.")
+    state: EgressCheckState
+    seenAddress: str = Field(default="", description="What the IP-echo service answered.")
+    reason: str = Field(default="", description="Why it failed, or why it is unverified.")
+    checkedAt: float | None = Field(
+        default=None, description="Wall-clock time (epoch seconds) of the last check."
+    )
+
+
 class GatewayReport(ApiModel):
     """What a gateway pod tells the operator: written only on change, at most every few seconds."""
 
@@ -57,5 +86,8 @@ class GatewayReport(ApiModel):
     quarantines: list[Quarantine] = Field(default_factory=list)
     egressChecked: dict[str, str] = Field(
         default_factory=dict, description="Address name -> address the exchange saw."
+    )
+    egressChecks: list[EgressCheckResult] = Field(
+        default_factory=list, description="Per address the pod uses: its last egress check."
     )
     message: str = ""
