@@ -48,17 +48,6 @@ def _documents(path: str) -> list[dict[str, Any]]:
         return [d for d in yaml.safe_load_all(f) if isinstance(d, dict)]
 
 
-def _compose(dialect: str):
-    try:
-        from connquota.exchanges.dialects import wire_format
-
-        return wire_format(dialect).stream_name
-    except (ImportError, KeyError, AttributeError):
-        from connquota.planner.streams import binance_compose
-
-        return binance_compose
-
-
 def run(args: argparse.Namespace) -> int:
     """Plan and print; exit 1 with a message (no traceback) when the input cannot be planned."""
     import pydantic
@@ -121,7 +110,7 @@ def _plan(quota, profile, pool_spec, sources, previous):
 
     meta = quota.metadata
     q = QuotaInput(meta.namespace or "default", meta.name or "quota", quota.spec, profile)
-    desired = expand_streams(quota.spec, sources, _compose(profile.dialect.value))
+    desired = expand_streams(quota.spec, profile.dialect, sources)
     shares = divide_budgets(pool_spec, [q])
     generation = previous.generation + 1 if previous else 1
     plan = plan_quota(

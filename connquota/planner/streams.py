@@ -4,16 +4,23 @@ Order: explicit `streams`, then every `streamSets` entry (symbol-major), then `s
 (ConfigMap contents are an input: the operator reads them, never the planner). A name declared
 twice with the same priority and credential counts once; with a different priority or
 credential it is an error naming both places.
+
+`streamSets` entries are spelled the way the quota's exchange spells stream names: the caller
+passes the profile's dialect (there is no default, so the operator and `connquota plan` cannot
+disagree), and `stream_naming` finds the dialect's function.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
+from connquota.api.limits import Dialect
 from connquota.api.quota import MAX_STREAMS_PER_QUOTA, ExchangeConnectionQuotaSpec
+from connquota.exchanges.dialects import formats
 from connquota.planner.errors import (
     DuplicateStreamError,
     MissingStreamSourceError,
+    StreamSpecError,
     TooManyStreamsError,
     UnknownCredentialError,
 )
@@ -23,9 +30,36 @@ Compose = Callable[[str, str], str]
 """Composes (symbol, channel) into the exchange's stream name."""
 
 
-def binance_compose(symbol: str, channel: str) -> str:
-    """Binance spelling: `btcusdt@depth@100ms` (the default when no dialect is given)."""
-    return f"{symbol}@{channel}"
+def channel_colon_symbol(symbol: str, channel: str) -> str:
+    """`ticker:BTC-USD`: dialects that subscribe with a channel and a product list (Coinbase
+    Advanced Trade, Kraken v2) and have no wire format of their own yet."""
+    return f"{channel}:{symbol}"
+
+
+def _deribit(symbol: str, channel: str) -> str:
+    raise StreamSpecError(
+        "spec.streamSets cannot spell Deribit channels (the instrument sits inside the "
+        f"channel name, e.g. trades.{symbol}.100ms); list them in spec.streams instead"
+    )
+
+
+_NAMING_WITHOUT_WIRE_FORMAT: dict[Dialect, Compose] = {
+    Dialect.COINBASE: channel_colon_symbol,
+    Dialect.KRAKEN: channel_colon_symbol,
+    Dialect.DERIBIT: _deribit,
+}
+
+
+def stream_naming(dialect: Dialect | str) -> Compose:
+    """How `dialect` spells symbol x channel: the wire format's `stream_name` (Binance
+    `btcusdt@trade`, OKX `tickers:BTC-USDT`, Bybit `orderbook.50.BTCUSDT`), else the
+    planner's spelling for a dialect without a wire format (`channel:symbol`)."""
+    d = Dialect(dialect)
+    wire = formats.get(d)
+    if wire is not None:
+        naming: Compose = wire.stream_name
+        return naming
+    return _NAMING_WITHOUT_WIRE_FORMAT[d]
 
 
 def source_key(configmap: str, key: str) -> str:
@@ -45,15 +79,18 @@ def parse_stream_lines(text: str) -> list[str]:
 
 def expand_streams(
     spec: ExchangeConnectionQuotaSpec,
+    dialect: Dialect | str,
     sources: Mapping[str, str] | None = None,
-    compose: Compose = binance_compose,
+    *,
     max_streams: int = MAX_STREAMS_PER_QUOTA,
 ) -> list[DesiredStream]:
     """Every stream the quota declares, in declaration order, each once.
 
-    `sources` maps `configmap/key` (see `source_key`) to the ConfigMap value. Raises a
-    `StreamSpecError` subclass with a message saying what to change.
+    `dialect`: the effective profile's dialect, which spells `streamSets` names (see
+    `stream_naming`). `sources` maps `configmap/key` (see `source_key`) to the ConfigMap
+    value. Raises a `StreamSpecError` subclass with a message saying what to change.
     """
+    compose = stream_naming(dialect)
     sources = sources or {}
     credentials = {c.name for c in spec.credentials}
     seen: dict[str, tuple[DesiredStream, str]] = {}
