@@ -101,13 +101,13 @@ def test_incremental_targets_equal_full_plans_over_a_sequence_of_edits() -> None
     desired = [DesiredStream(f"s{i:04d}") for i in range(300)]
     p = pool(2)
     edits = [
-        lambda d, p: (d + [DesiredStream("new-0")], p),
-        lambda d, p: (d + [DesiredStream("new-1"), DesiredStream("new-2", 0, "k1")], p),
+        lambda d, p: ([*d, DesiredStream("new-0")], p),
+        lambda d, p: ([*d, DesiredStream("new-1"), DesiredStream("new-2", 0, "k1")], p),
         lambda d, p: ([s for s in d if s.name != "s0007"], p),
         lambda d, p: ([s for s in d if s.name not in ("s0100", "s0101")] + [DesiredStream("x")], p),
         lambda d, p: ([DesiredStream(s.name, 5) if s.name == "s0009" else s for s in d], p),
         lambda d, p: (d, pool(3)),
-        lambda d, p: (d + [DesiredStream("after-pool")], p),
+        lambda d, p: ([*d, DesiredStream("after-pool")], p),
     ]
     published: QuotaPlan | None = None
     paths = []

@@ -60,7 +60,7 @@ def test_stream_sets_on_deribit_are_refused_with_what_to_do_instead():
     s = spec().model_copy(
         update={"streamSets": [StreamSet(symbols=["BTC-PERPETUAL"], channels=["trades"])]}
     )
-    with pytest.raises(StreamSpecError, match="list them in spec.streams"):
+    with pytest.raises(StreamSpecError, match=r"list them in spec\.streams"):
         expand_streams(s, Dialect.DERIBIT)
 
 
