@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
+import logging
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 
@@ -36,6 +37,8 @@ from connquota.planner.plan import PlanRequest
 from connquota.planner.shares import PoolShares, QuotaShares, divide_budgets
 from connquota.planner.streams import expand_streams, source_key
 from connquota.planner.transitions import Transition, Waiting, next_publication
+
+log = logging.getLogger(__name__)
 
 
 class QuotaProblem(Exception):
@@ -192,9 +195,16 @@ def plan_target(
         previous=published,
     )
     try:
-        plan, _ = (PLAN_INDEXES if indexes is None else indexes).plan(quota.uid, request)
+        plan, incremental = (PLAN_INDEXES if indexes is None else indexes).plan(quota.uid, request)
     except PlanningError as exc:
         raise QuotaProblem("ImpossibleQuota", str(exc)) from None
+    log.debug(
+        "quota %s: target generation %d planned %s",
+        quota.key,
+        generation,
+        "from its kept index (incremental)" if incremental else "in full",
+        extra={"quota": quota.key},
+    )
     return plan
 
 

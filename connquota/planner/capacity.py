@@ -3,8 +3,7 @@
 Per connection: at most floor(headroom x streamsPerConnection) streams, and no more than the
 connection's message budget can subscribe within max(one window, 60 s): floor(headroom x
 messages limit) minus the heartbeat reserve, times the streams one subscribe may name
-(argsPerSubscribe). The heartbeat reserve is ceil(window / heartbeat interval), at least 1,
-when the client's pings or pongs count as messages.
+(argsPerSubscribe). The heartbeat reserve is `connquota.api.timing.heartbeat_reserve`.
 
 Per address and account: the quota's share x its own headroom (floor). The concurrent share
 caps connections; each pod using an address needs at least one attempt of the attempt share,
@@ -17,7 +16,8 @@ import math
 from dataclasses import dataclass, field
 from fractions import Fraction
 
-from connquota.api.limits import ExchangeProfile, HeartbeatDirection, Limit, LimitName, LimitScope
+from connquota.api import timing
+from connquota.api.limits import ExchangeProfile, Limit, LimitName, LimitScope
 from connquota.api.plan import CONNECTION_SCOPE_KEY, Slice
 from connquota.api.pool import EgressAddress, EgressMode
 from connquota.planner.arithmetic import INFINITE, exact
@@ -30,13 +30,9 @@ MESSAGE_LIMITS = (LimitName.MESSAGES_PER_CONNECTION, LimitName.CONTROL_MESSAGES_
 
 
 def heartbeat_reserve(profile: ExchangeProfile, window_s: float | None) -> int:
-    """Messages per window the client's own pings/pongs may need (0 when they do not count)."""
-    hb = profile.heartbeat
-    if not hb.countsAsMessage or hb.direction == HeartbeatDirection.SERVER_HEARTBEAT:
-        return 0
-    if window_s is None:
-        return 1
-    return max(1, math.ceil(window_s / hb.intervalSeconds))
+    """Messages per window the client's own pings/pongs may need (0 when they do not count):
+    `connquota.api.timing.heartbeat_reserve` of the profile's heartbeat."""
+    return timing.heartbeat_reserve(profile.heartbeat, window_s)
 
 
 def usable(headroom: Fraction, value: float) -> int:
@@ -76,7 +72,7 @@ def connection_caps(profile: ExchangeProfile, headroom: Fraction) -> ConnectionC
             )
         if limit.name in MESSAGE_LIMITS and limit.is_rate:
             if limit.name == LimitName.MESSAGES_PER_CONNECTION:
-                reserve = min(value, heartbeat_reserve(profile, limit.windowSeconds))
+                reserve = timing.heartbeat_reserve(profile.heartbeat, limit.windowSeconds, value)
             for_subscribes = value - reserve
             window_s = limit.windowSeconds or 1.0
             windows = max(1, math.floor(max(window_s, SUBSCRIBE_DEADLINE_S) / window_s))

@@ -14,8 +14,8 @@ packing into `PodPlan`s:
   heartbeat reserve (`reserve`).
 - spare room (make-before-break): on each address a pod uses, the connections its concurrent
   slice allows beyond those it holds, and one attempt when there is such room.
-- recovery bound per address: ceil(connections / usable attempts per window) x (window +
-  connect timeout + margin), the time an attempt holds its place in a gateway's log.
+- recovery bound per address: ceil(connections / usable attempts per window) x the time an
+  attempt holds its place in a gateway's log (`connquota.api.timing.attempt_hold_s`).
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 
+from connquota.api import timing
 from connquota.api.limits import ExchangeProfile, LimitName, LimitScope
 from connquota.api.plan import (
-    DEFAULT_WINDOW_MARGIN_S,
     ConnectionPlan,
     PlanCredential,
     PodPlan,
@@ -54,9 +54,6 @@ from connquota.planner.capacity import (
 from connquota.planner.inputs import DesiredStream
 from connquota.planner.packing import Conn, Packing, PackingInput, pack
 from connquota.planner.shares import QuotaShares
-
-RECOVERY_MARGIN_S = DEFAULT_WINDOW_MARGIN_S
-"""The window margin the gateways add to every attempt (the plan's default)."""
 
 CREDENTIALS_MOUNT_DIR = "/var/run/connquota/credentials"
 """Where a pod finds credential files: <dir>/<credential name>/<key>."""
@@ -335,7 +332,7 @@ def _pod(
         quota=req.quota,
         ordinal=ordinal,
         profile=req.profile,
-        windowMarginSeconds=1.0,
+        windowMarginSeconds=timing.WINDOW_MARGIN_S,
         addresses=addresses,
         credentials=credentials,
         connections=[
@@ -402,11 +399,11 @@ def _recovery_bounds(
         if pooled is not None and pooled.window_s is not None:
             share = req.shares.get(LimitScope.IP, a.name, LimitName.CONNECTION_ATTEMPTS) or 0
             rate = math.floor(headroom * share)
-            # An attempt holds its place in the gateway's log from its SYN until
-            # t_syn + connect timeout + window + margin, so each batch of `rate` attempts
+            # An attempt holds its place in the gateway's log for the attempt hold (SYN
+            # grace + connect timeout + window + margin), so each batch of `rate` attempts
             # takes that long, not just one window.
-            hold_s = pooled.window_s + req.profile.connectTimeoutSeconds + RECOVERY_MARGIN_S
-            seconds = math.ceil(n / rate) * hold_s if rate else float(INFINITE)
+            hold_s = timing.attempt_hold_s(pooled.window_s, req.profile.connectTimeoutSeconds)
+            seconds = timing.recovery_s(n, rate, hold_s) if rate else float(INFINITE)
         out.append(RecoveryBound.model_construct(address=a.name, connections=n, seconds=seconds))
     return out
 

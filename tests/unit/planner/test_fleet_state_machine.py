@@ -14,10 +14,10 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 from planner_factories import independent_budgets, plan_one, pool, profile, quota, streams
 
-from connquota.planner.checker import Ack, QuotaHistory, check_budgets, check_plan_consistency
 from connquota.planner.ledger import QuotaLedger, forgettable, record_ack, record_publication
 from connquota.planner.shares import divide_budgets
 from connquota.planner.transitions import budget_table, next_publication
+from connquota.testing.checker import Ack, QuotaHistory, check_budgets, check_plan_consistency
 
 PROF = profile(attempts=12, attempts_window_s=30, concurrent_ip=9, streams_per_connection=10)
 POOL = pool(2)
