@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import yaml
@@ -66,9 +67,11 @@ class OkxMock(MockThread):
         )
 
     def quota_exchange(self, domain: str) -> dict[str, Any]:
-        profile = scaled_profile(self.mock.profile, TIME_SCALE, self.mock.url)
+        """`spec.custom` pointing at this mock (OKX's public path), durations scaled."""
+        endpoint = self.mock.url + urlsplit(self.mock.profile.endpoint).path
+        profile = scaled_profile(self.mock.profile, TIME_SCALE, endpoint)
         return {
-            "endpoint": self.mock.url,
+            "endpoint": endpoint,
             "dialect": profile.dialect.value,
             "domain": domain,
             "limits": [lim.to_wire() for lim in profile.limits],
@@ -160,6 +163,7 @@ def test_okx_stream_sets_planned_by_the_operator_as_the_cli_plans_them_and_serve
     objects.create_namespaced_custom_object(
         GROUP, VERSION, namespace, "exchangeconnectionquotas", quota
     )
+
     def log() -> str:
         gateway = pod_harness.logs(namespace, "okx-gw-0").splitlines()[-40:]
         return operator_process.log() + "\n--- okx-gw-0\n" + "\n".join(gateway)
