@@ -80,16 +80,18 @@ class Budget:
     burst: int | None = None
 
 
-def pooled_limits(quotas: Sequence[QuotaInput], domain: str) -> dict[tuple, PooledLimit]:
+def pooled_limits(
+    quotas: Sequence[QuotaInput], domain: str
+) -> dict[tuple[LimitName, LimitScope], PooledLimit]:
     """Every ip/account-scoped limit of `domain`, combined over the quotas (strictest view)."""
-    by_key: dict[tuple, list[Limit]] = {}
+    by_key: dict[tuple[LimitName, LimitScope], list[Limit]] = {}
     for q in sorted(quotas, key=lambda q: q.key):
         if q.domain != domain:
             continue
         for limit in q.profile.limits:
             if limit.scope in BUDGET_SCOPES and limit.shape in BUDGET_SHAPES:
                 by_key.setdefault((limit.name, limit.scope), []).append(limit)
-    out: dict[tuple, PooledLimit] = {}
+    out: dict[tuple[LimitName, LimitScope], PooledLimit] = {}
     for key in sorted(by_key):
         limits = by_key[key]
         shapes = {lim.shape for lim in limits}
@@ -148,7 +150,7 @@ def pool_budgets(
     return dict(sorted(out.items(), key=_budget_order))
 
 
-def _budget_order(item: tuple[BudgetKey, Budget]) -> tuple:
+def _budget_order(item: tuple[BudgetKey, Budget]) -> tuple[str, LimitScope, str, LimitName]:
     """BudgetKey's own order (its fields in turn), compared at C speed."""
     k = item[0]
     return (k.domain, k.scope, k.key, k.limit)

@@ -55,8 +55,8 @@ class Pod:
     ordinal: int
     group: str | None = None
     conns: int = 0
-    addresses: Counter = field(default_factory=Counter)
-    accounts: Counter = field(default_factory=Counter)
+    addresses: Counter[str] = field(default_factory=Counter)
+    accounts: Counter[str] = field(default_factory=Counter)
 
 
 @dataclass
@@ -115,10 +115,10 @@ class _Packer:
         self.usable = [r for r in inp.addresses if r.usable]
         self.conns: list[Conn] = []
         self.pods: dict[int, Pod] = {}
-        self.addr_conns: Counter = Counter()
-        self.addr_pods: Counter = Counter()
-        self.acct_conns: Counter = Counter()
-        self.acct_pods: Counter = Counter()
+        self.addr_conns: Counter[str] = Counter()
+        self.addr_pods: Counter[str] = Counter()
+        self.acct_conns: Counter[str] = Counter()
+        self.acct_pods: Counter[str] = Counter()
         self.seq = 0
         self.unserved: list[tuple[DesiredStream, str]] = []
         self.counts: Mapping[str | None, int] | None = None
@@ -142,7 +142,7 @@ class _Packer:
         account = self._account(credential)
         if credential is not None:
             aroom = self.inp.accounts.get(account) if account else None
-            if aroom is None or not aroom.usable:
+            if account is None or aroom is None or not aroom.usable:
                 return False
             if self.acct_conns[account] >= aroom.max_connections:
                 return False
@@ -212,7 +212,7 @@ class _Packer:
         """Whether every stream fits, counted as a fresh packing would need it: per credential
         group ceil(streams / cap) connections, within the accounts' and the gateway's room."""
         need = 0
-        per_account: Counter = Counter()
+        per_account: Counter[str] = Counter()
         fits = True
         for cred, n in counts.items():
             c = math.ceil(n / self.cap)
@@ -220,7 +220,7 @@ class _Packer:
             if cred is not None:
                 account = self._account(cred)
                 room = self.inp.accounts.get(account) if account else None
-                if room is None or not room.usable:
+                if account is None or room is None or not room.usable:
                     fits = False
                     break
                 per_account[account] += c
@@ -247,9 +247,9 @@ class _Packer:
             self.names = set(self._names)
             return list(streams), self.names
         served: list[DesiredStream] = []
-        in_group: Counter = Counter()
+        in_group: Counter[str | None] = Counter()
         used = 0
-        used_account: Counter = Counter()
+        used_account: Counter[str] = Counter()
         gateway_bound = sum(min(r.max_connections, INFINITE) for r in self.usable) > total
         for s in _in_order(streams):
             cred = s.credential
@@ -258,7 +258,7 @@ class _Packer:
             reason = None
             if cred is not None:
                 room = self.inp.accounts.get(account) if account else None
-                if room is None or not room.usable:
+                if account is None or room is None or not room.usable:
                     reason = room.reason if room else f"credential {cred}: unknown account"
                 elif opens and used_account[account] >= room.max_connections:
                     reason = (
@@ -339,7 +339,9 @@ class _Packer:
                     self.seq = max(self.seq, seq + 1)
         return placed
 
-    def _keep_fast(self, names: list[str], cred: str | None, served, placed: set[str]):
+    def _keep_fast(
+        self, names: list[str], cred: str | None, served: set[str], placed: set[str]
+    ) -> list[str] | None:
         """The connection's streams as they are, when set algebra (C speed) shows every one
         is still served, not placed elsewhere and allowed on this credential; else None."""
         if len(names) > self.cap:
@@ -461,7 +463,8 @@ class _Packer:
         self._by_credential: dict[str, set[str]] = {}
         private = list(compress(streams, map(_credential_of, streams)))
         for st in private:
-            self._by_credential.setdefault(st.credential, set()).add(st.name)
+            if st.credential is not None:
+                self._by_credential.setdefault(st.credential, set()).add(st.name)
         self._private: set[str] = set(map(_name_of, private))
         _served_list, served = self.select()
         placed = self.keep(by_name, served)

@@ -39,8 +39,8 @@ from connquota.api.plan import (
     SpareRoom,
     UnservedStream,
 )
-from connquota.api.pool import ExchangeEgressPoolSpec
-from connquota.api.quota import ExchangeConnectionQuotaSpec
+from connquota.api.pool import EgressAddress, ExchangeEgressPoolSpec
+from connquota.api.quota import Credential, ExchangeConnectionQuotaSpec
 from connquota.planner.arithmetic import INFINITE, exact, split_units
 from connquota.planner.budgets import PooledLimit, check_pool
 from connquota.planner.capacity import (
@@ -294,8 +294,8 @@ def _assemble_pods(
 
     addresses = req.pool.addresses
     position: dict[str, int] = {}
-    for i, a in enumerate(addresses):
-        position.setdefault(a.name, i)
+    for i, address in enumerate(addresses):
+        position.setdefault(address.name, i)
     address_by_name = {a.name: a for a in addresses}
     credential_by_name = {c.name: c for c in req.spec.credentials}
     pods: list[PodPlan] = []
@@ -321,7 +321,7 @@ def _pod(
     req: PlanRequest,
     ordinal: int,
     conns: list[Conn],
-    addresses: list,
+    addresses: list[EgressAddress],
     credentials: list[PlanCredential],
     slices: list[Slice],
     spare: list[SpareRoom],
@@ -349,7 +349,7 @@ def _pod(
     )
 
 
-def address_rooms_index(name: str, addresses: list) -> int:
+def address_rooms_index(name: str, addresses: list[EgressAddress]) -> int:
     """The position of address `name` in the pool (pool order is the planner's order)."""
     for i, a in enumerate(addresses):
         if a.name == name:
@@ -357,7 +357,7 @@ def address_rooms_index(name: str, addresses: list) -> int:
     return len(addresses)
 
 
-def _plan_credential(c) -> PlanCredential:
+def _plan_credential(c: Credential) -> PlanCredential:
     ref = c.secretRef
     return PlanCredential.model_construct(
         name=c.name,
