@@ -139,7 +139,8 @@ class UnservedStream(ApiModel):
 
 
 class RecoveryBound(ApiModel):
-    """Seconds to reopen every connection on an address at the pod slices' attempt rate."""
+    """Seconds to reopen every connection on an address at the pod slices' attempt rate: each
+    pod reopens its own connections at its own attempt slice, so the slowest pod's time."""
 
     address: str
     connections: int

@@ -87,11 +87,18 @@ def connection_caps(profile: ExchangeProfile, headroom: Fraction) -> ConnectionC
                         f"{for_subscribes} messages per window for subscribes"
                     ),
                 )
-        slices.append(_slice(limit, CONNECTION_SCOPE_KEY, value, reserve))
+        burst = None
+        if limit.burst is not None:
+            # Headroom applies to every part of a limit: a token bucket's burst too (at least 1
+            # while the rate allows anything, or the bucket could never send).
+            burst = usable(headroom, limit.burst)
+            if value > 0:
+                burst = max(1, burst)
+        slices.append(_slice(limit, CONNECTION_SCOPE_KEY, value, reserve, burst))
     return ConnectionCaps(cap, reason, slices)
 
 
-def _slice(limit: Limit, key: str, value: int, reserve: int = 0) -> Slice:
+def _slice(limit: Limit, key: str, value: int, reserve: int, burst: int | None) -> Slice:
     return Slice.model_construct(
         limit=limit.name,
         scope=limit.scope,
@@ -99,7 +106,7 @@ def _slice(limit: Limit, key: str, value: int, reserve: int = 0) -> Slice:
         value=value,
         shape=limit.shape,
         windowSeconds=limit.windowSeconds,
-        burst=limit.burst,
+        burst=burst,
         reserve=reserve,
     )
 

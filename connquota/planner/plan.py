@@ -314,7 +314,7 @@ def _assemble_pods(
                 spare,
             )
         )
-    return pods, _recovery_bounds(req, headroom, ip_users)
+    return pods, _recovery_bounds(req, ip_users, ip_slices)
 
 
 def _pod(
@@ -386,8 +386,14 @@ def _spare(slices: list[Slice], addresses: list[str], held: dict[str, int]) -> l
 
 
 def _recovery_bounds(
-    req: PlanRequest, headroom: Fraction, ip_users: dict[str, list[tuple[int, int]]]
+    req: PlanRequest,
+    ip_users: dict[str, list[tuple[int, int]]],
+    ip_slices: dict[int, list[Slice]],
 ) -> list[RecoveryBound]:
+    """Per address: how long reopening every connection there takes. Each pod reopens its own
+    connections at its own attempt slice (it cannot use another pod's), so the address's bound
+    is its slowest pod's: max over pods of ceil(its connections / its attempts) batches, each
+    held for the attempt hold (`timing.attempt_hold_s`), not just one window."""
     pooled = req.shares.limits.get((LimitName.CONNECTION_ATTEMPTS, LimitScope.IP))
     out = []
     for a in req.pool.addresses:
@@ -397,13 +403,18 @@ def _recovery_bounds(
         n = sum(c for _, c in users)
         seconds = 0.0
         if pooled is not None and pooled.window_s is not None:
-            share = req.shares.get(LimitScope.IP, a.name, LimitName.CONNECTION_ATTEMPTS) or 0
-            rate = math.floor(headroom * share)
-            # An attempt holds its place in the gateway's log for the attempt hold (SYN
-            # grace + connect timeout + window + margin), so each batch of `rate` attempts
-            # takes that long, not just one window.
             hold_s = timing.attempt_hold_s(pooled.window_s, req.profile.connectTimeoutSeconds)
-            seconds = timing.recovery_s(n, rate, hold_s) if rate else float(INFINITE)
+            for ordinal, conns in users:
+                rate = next(
+                    (
+                        s.value
+                        for s in ip_slices.get(ordinal, [])
+                        if s.key == a.name and s.limit == LimitName.CONNECTION_ATTEMPTS
+                    ),
+                    0,
+                )
+                pod_s = timing.recovery_s(conns, rate, hold_s) if rate else float(INFINITE)
+                seconds = max(seconds, pod_s)
         out.append(RecoveryBound.model_construct(address=a.name, connections=n, seconds=seconds))
     return out
 

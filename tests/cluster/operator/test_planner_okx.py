@@ -165,8 +165,16 @@ def test_okx_stream_sets_planned_by_the_operator_as_the_cli_plans_them_and_serve
     )
 
     def log() -> str:
-        gateway = pod_harness.logs(namespace, "okx-gw-0").splitlines()[-40:]
-        return operator_process.log() + "\n--- okx-gw-0\n" + "\n".join(gateway)
+        out = [operator_process.log()]
+        for pod in ("okx-gw-0", "okx-gw-1"):
+            out += [f"--- {pod}", *pod_harness.logs(namespace, pod).splitlines()[-30:]]
+        coordination = client.CoordinationV1Api(api_client)
+        for lease in coordination.list_namespaced_lease(namespace).items:
+            out += [f"--- lease {lease.metadata.name}", str(lease.metadata.annotations)[:1500]]
+        for cm in core.list_namespaced_config_map(namespace).items:
+            if cm.metadata.name.endswith("ledger"):
+                out += [f"--- {cm.metadata.name}", str(cm.data)[:3000]]
+        return "\n".join(out)
 
     try:
         # 4 streams, 2 per connection, 2 connections per pod: one pod.
