@@ -18,6 +18,7 @@ window. Quotas of different domains on one address have separate budgets.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -112,8 +113,33 @@ def pooled_limits(
     return out
 
 
+def _network(public: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    try:
+        return ipaddress.ip_network(public, strict=False)
+    except ValueError:
+        return None
+
+
+def _overlap(pool: ExchangeEgressPoolSpec) -> str | None:
+    """A message naming two entries of which one's public address or prefix holds the other."""
+    nets = [(a, _network(a.publicAddress)) for a in pool.addresses]
+    for i, (a, na) in enumerate(nets):
+        for b, nb in nets[i + 1 :]:
+            if na is None or nb is None or na.version != nb.version or na == nb:
+                continue
+            if na.overlaps(nb):
+                wide, narrow = (a, b) if na.prefixlen <= nb.prefixlen else (b, a)
+                return (
+                    f"the egress pool lists {narrow.publicAddress} (address {narrow.name!r}) "
+                    f"inside {wide.publicAddress} (address {wide.name!r}); an exchange that "
+                    "counts per prefix sees both as one budget, so list only one of them"
+                )
+    return None
+
+
 def check_pool(pool: ExchangeEgressPoolSpec) -> None:
-    """Raise PoolError when the pool cannot be planned on (no addresses, duplicates)."""
+    """Raise PoolError when the pool cannot be planned on (no addresses, duplicates, an
+    address or prefix inside another entry's prefix)."""
     if not pool.addresses:
         raise PoolError("the egress pool has no addresses; add at least one to spec.addresses")
     names: set[str] = set()
@@ -128,6 +154,9 @@ def check_pool(pool: ExchangeEgressPoolSpec) -> None:
             )
         names.add(a.name)
         publics.add(a.publicAddress)
+    overlap = _overlap(pool)
+    if overlap is not None:
+        raise PoolError(overlap)
 
 
 def pool_budgets(
