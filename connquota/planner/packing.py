@@ -120,6 +120,8 @@ class _Packer:
         self.acct_conns: Counter[str] = Counter()
         self.acct_pods: Counter[str] = Counter()
         self.seq = 0
+        self.spread = INFINITE
+        """At most this many addresses per pod for new connections (see `_set_spread`)."""
         self.unserved: list[tuple[DesiredStream, str]] = []
         self.counts: Mapping[str | None, int] | None = None
         self.names: AbstractSet[str] | None = None
@@ -190,13 +192,17 @@ class _Packer:
     def _group_capacity(self) -> int:
         """Connections the quota could hold in a fresh plan (pods spread over groups)."""
         by_group: dict[str, int] = {}
+        slots: dict[str, int] = {}
         for r in self.usable:
             by_group[r.group] = min(INFINITE, by_group.get(r.group, 0) + r.max_connections)
+            slots[r.group] = min(INFINITE, slots.get(r.group, 0) + r.max_pods)
         per_pod = self.inp.connections_per_pod
         pods_left = self.inp.max_replicas
         pods = dict.fromkeys(by_group, 0)
+        # Each pod of a group needs an attempt slot on at least one of the group's addresses.
         want = {
-            g: math.ceil(c / per_pod) if c < INFINITE else INFINITE for g, c in by_group.items()
+            g: min(math.ceil(c / per_pod) if c < INFINITE else INFINITE, slots[g])
+            for g, c in by_group.items()
         }
         progress = True
         while pods_left > 0 and progress:
@@ -391,6 +397,8 @@ class _Packer:
                 continue
             pod = None
             for p in pods:
+                if p.addresses[r.key] == 0 and len(p.addresses) >= self.spread:
+                    continue  # spreading further would take a pod slot another pod needs
                 if p.conns and p.group == r.group and self._fits(r.key, credential, p):
                     pod = p
                     break
@@ -420,7 +428,10 @@ class _Packer:
         for s in pending:
             by_group.setdefault(s.credential, []).append(s)
         rest: list[DesiredStream] = []
-        for cred in sorted(by_group, key=lambda c: (c is not None, c or "")):
+        # Groups in order of their highest priority (pending is in priority order), so what
+        # cannot be placed is always of the lowest priority; ties: public first, then by name.
+        first = {cred: group[0].priority for cred, group in by_group.items()}
+        for cred in sorted(by_group, key=lambda c: (-first[c], c is not None, c or "")):
             group = by_group[cred]
             for start in range(0, len(group), self.cap):
                 chunk = group[start : start + self.cap]
@@ -466,7 +477,8 @@ class _Packer:
             if st.credential is not None:
                 self._by_credential.setdefault(st.credential, set()).add(st.name)
         self._private: set[str] = set(map(_name_of, private))
-        _served_list, served = self.select()
+        served_list, served = self.select()
+        self._set_spread(Counter(map(_credential_of, served_list)))
         placed = self.keep(by_name, served)
         if len(placed) == len(served):
             pending: list[DesiredStream] = []
@@ -531,12 +543,29 @@ class _Packer:
         so the caller must take the full path."""
         if self.cap <= 0 or not self.usable or not self._all_fit(counts, self._group_capacity()):
             return None
+        self._set_spread(counts)
         if not self.keep_all(removed):
             return None
         rest = self.open(self.fill(_in_order(added)))
         if rest:
             return None
         return Packing(self.conns, self.pods, [], counts)
+
+    def _set_spread(self, counts: Mapping[str | None, int]) -> None:
+        """How many addresses one pod may spread its new connections over.
+
+        Every pod on an address takes one of the address's pod slots (each needs an attempt of
+        the address's attempt share). Spreading a pod's connections over addresses shortens
+        recovery, but when pod slots are scarce it would leave later pods no address: then each
+        pod gets at most (pod slots) // (pods the served streams need) addresses (at least 1),
+        so every pod the connections need finds a slot."""
+        conns = sum(math.ceil(n / self.cap) for n in counts.values() if n > 0)
+        pods = min(self.inp.max_replicas, math.ceil(conns / max(1, self.inp.connections_per_pod)))
+        slots = sum(min(r.max_pods, INFINITE) for r in self.usable)
+        if pods <= 0 or slots >= pods * len(self.usable):
+            self.spread = INFINITE
+        else:
+            self.spread = max(1, slots // pods)
 
     def _why_not_placed(self, s: DesiredStream) -> str:
         return (

@@ -46,13 +46,13 @@ CHANNELS = ["tickers", "trades"]
 
 
 class OkxMock(MockThread):
-    """The mock exchange speaking OKX: 4 connections per IP, 2 streams per connection."""
+    """The mock exchange speaking OKX: 3 connections per IP, 2 streams per connection."""
 
     def __init__(self) -> None:
         base = get_profile("okx")
         limits = []
         for name, value in (
-            (LimitName.CONCURRENT_CONNECTIONS, 4),
+            (LimitName.CONCURRENT_CONNECTIONS, 3),
             (LimitName.STREAMS_PER_CONNECTION, 2),
         ):
             limit = next(
@@ -103,7 +103,7 @@ def okx_quota(namespace: str, pool: str, exchange: dict[str, Any], symbols: list
             "gateway": {
                 "maxReplicas": 2,
                 "minReplicas": 1,
-                "connectionsPerPod": 2,
+                "connectionsPerPod": 4,
                 "podOverrides": {"labels": {HARNESS_LABEL: "true"}},
             },
         },
@@ -177,7 +177,7 @@ def test_okx_stream_sets_planned_by_the_operator_as_the_cli_plans_them_and_serve
         return "\n".join(out)
 
     try:
-        # 4 streams, 2 per connection, 2 connections per pod: one pod.
+        # 4 streams, 2 per connection: 2 connections on one pod.
         wait_ready(api_client, namespace, "okx", 120, log)
         first = cli_plan(tmp_path, quota, pool)
         assert published_pods(core, namespace) == cli_pods(first)
@@ -190,8 +190,8 @@ def test_okx_stream_sets_planned_by_the_operator_as_the_cli_plans_them_and_serve
                 assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), (stream, seqs)
 
         # One symbol more (2 streams): planned from the operator's kept index, into the plan
-        # the CLI makes sticking to the first one; a second pod fills the address's 4
-        # concurrent connections.
+        # the CLI makes sticking to the first one; a third connection on the same pod fills
+        # the address's 3 concurrent connections (no slice moves between pods).
         quota["spec"]["streamSets"][0]["symbols"] = SYMBOLS
         objects.patch_namespaced_custom_object(
             GROUP,

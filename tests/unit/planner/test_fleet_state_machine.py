@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 from planner_factories import independent_budgets, plan_one, pool, profile, quota, streams
 
+from connquota.planner.inputs import DesiredStream
 from connquota.planner.ledger import QuotaLedger, forgettable, record_ack, record_publication
 from connquota.planner.shares import divide_budgets
 from connquota.planner.transitions import budget_table, next_publication
@@ -114,11 +115,27 @@ class Fleet(RuleBasedStateMachine):
             generation=generation,
             others=[x for x in quotas if x.key != key],
         )
+        self._unserved_means_it_does_not_fit(q, quotas, target)
         t = next_publication(
             POOL, budget_table(shares.budgets), self.ledgers, key, prev, target, self.now
         )
         if t.plan is not None:
             self._publish(key, t.plan)
+
+    def _unserved_means_it_does_not_fit(self, q, quotas, target) -> None:
+        """Whenever the plan leaves streams unserved, each of them added to a fresh plan of the
+        served streams with the same capacity does not fit either (checked for the first 3)."""
+        if not target.unserved:
+            return
+        served = [n for p in target.pods for c in p.connections for n in c.streams]
+        others = [x for x in quotas if x.key != q.key]
+        for u in target.unserved[:3]:
+            desired = [*(DesiredStream(n) for n in sorted(served)), DesiredStream(u.stream)]
+            fresh = plan_one(q, POOL, desired, others=others)
+            assert fresh.unserved, (
+                f"{u.stream} was left unserved ({u.reason}) but fits beside the "
+                f"{len(served)} served streams in a fresh plan"
+            )
 
     @precondition(lambda self: self.ledgers)
     @rule(data=st.data())
