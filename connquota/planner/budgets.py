@@ -121,19 +121,25 @@ def _network(public: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | Non
 
 
 def _overlap(pool: ExchangeEgressPoolSpec) -> str | None:
-    """A message naming two entries of which one's public address or prefix holds the other."""
+    """A message naming two entries of which one's public address or prefix holds the other.
+
+    Only a prefix can hold another entry (two equal single addresses are caught as duplicates),
+    so each prefix is compared with every entry: O(prefixes x entries)."""
     nets = [(a, _network(a.publicAddress)) for a in pool.addresses]
-    for i, (a, na) in enumerate(nets):
-        for b, nb in nets[i + 1 :]:
-            if na is None or nb is None or na.version != nb.version or na == nb:
+    prefixes = [(a, n) for a, n in nets if n is not None and n.num_addresses > 1]
+    for wide, wide_net in prefixes:
+        for other, net in nets:
+            if other is wide or net is None or net.version != wide_net.version:
                 continue
-            if na.overlaps(nb):
-                wide, narrow = (a, b) if na.prefixlen <= nb.prefixlen else (b, a)
-                return (
-                    f"the egress pool lists {narrow.publicAddress} (address {narrow.name!r}) "
-                    f"inside {wide.publicAddress} (address {wide.name!r}); an exchange that "
-                    "counts per prefix sees both as one budget, so list only one of them"
-                )
+            if net == wide_net or not wide_net.overlaps(net):
+                continue
+            if net.prefixlen < wide_net.prefixlen:
+                wide, wide_net, other, net = other, net, wide, wide_net
+            return (
+                f"the egress pool lists {other.publicAddress} (address {other.name!r}) "
+                f"inside {wide.publicAddress} (address {wide.name!r}); an exchange that "
+                "counts per prefix sees both as one budget, so list only one of them"
+            )
     return None
 
 
