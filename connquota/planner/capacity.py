@@ -98,6 +98,29 @@ def connection_caps(profile: ExchangeProfile, headroom: Fraction) -> ConnectionC
     return ConnectionCaps(cap, reason, slices)
 
 
+ARGS_CHARACTER_OVERHEAD = 3
+"""Characters a stream name costs beyond its own in a JSON args array: two quotes, a comma."""
+
+
+def args_characters_cap(
+    profile: ExchangeProfile, headroom: Fraction, longest_name: int
+) -> tuple[int, str] | None:
+    """Streams per connection the profile's `argsCharactersPerConnection` allows when every
+    name is as long as the quota's longest (conservative: one cap for every connection, so a
+    connection never goes over whichever names it gets), and why; None without that limit."""
+    limit = profile.limit(LimitName.ARGS_CHARACTERS_PER_CONNECTION, LimitScope.CONNECTION)
+    if limit is None:
+        return None
+    budget = usable(headroom, limit.value)
+    per_stream = longest_name + ARGS_CHARACTER_OVERHEAD
+    cap = budget // per_stream
+    reason = (
+        f"argsCharactersPerConnection {limit.value:g} x headroom {float(headroom):g} = {budget} "
+        f"characters, {per_stream} per stream (the longest name + {ARGS_CHARACTER_OVERHEAD})"
+    )
+    return cap, reason
+
+
 def _slice(limit: Limit, key: str, value: int, reserve: int, burst: int | None) -> Slice:
     return Slice.model_construct(
         limit=limit.name,

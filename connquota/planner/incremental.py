@@ -42,6 +42,7 @@ from connquota.planner.plan import (
     Frame,
     PlanRequest,
     assemble,
+    longest_name,
     packing_input,
     plan_frame,
 )
@@ -96,6 +97,7 @@ def _frame_key(req: PlanRequest) -> tuple[object, ...]:
         req.profile,
         req.pool,
         req.shares,
+        longest_name(req),
     )
 
 

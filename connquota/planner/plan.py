@@ -24,6 +24,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
+from operator import attrgetter
 
 from connquota.api import timing
 from connquota.api.limits import ExchangeProfile, LimitName, LimitScope
@@ -46,6 +47,7 @@ from connquota.planner.budgets import PooledLimit, check_pool
 from connquota.planner.capacity import (
     ConnectionCaps,
     Room,
+    args_characters_cap,
     connection_caps,
     heartbeat_reserve,
     placement_group,
@@ -54,6 +56,8 @@ from connquota.planner.capacity import (
 from connquota.planner.inputs import DesiredStream
 from connquota.planner.packing import Conn, Packing, PackingInput, pack
 from connquota.planner.shares import QuotaShares
+
+_name_of = attrgetter("name")
 
 CREDENTIALS_MOUNT_DIR = "/var/run/connquota/credentials"
 """Where a pod finds credential files: <dir>/<credential name>/<key>."""
@@ -144,6 +148,9 @@ def plan_frame(req: PlanRequest) -> Frame:
     spec = req.spec
     headroom = exact(spec.headroom)
     caps = connection_caps(req.profile, headroom)
+    by_characters = args_characters_cap(req.profile, headroom, longest_name(req))
+    if by_characters is not None and by_characters[0] < caps.streams:
+        caps = ConnectionCaps(by_characters[0], by_characters[1], caps.slices)
     addresses = req.pool.addresses
     address_rooms = rooms(
         req.shares,
@@ -166,6 +173,14 @@ def plan_frame(req: PlanRequest) -> Frame:
         credential_account=credential_account,
         max_replicas=max(spec.gateway.maxReplicas, 0),
     )
+
+
+def longest_name(req: PlanRequest) -> int:
+    """The longest stream name's length, when the profile caps characters per connection
+    (0 otherwise: nothing reads it)."""
+    if req.profile.limit(LimitName.ARGS_CHARACTERS_PER_CONNECTION, LimitScope.CONNECTION) is None:
+        return 0
+    return max(map(len, map(_name_of, req.streams)), default=0)
 
 
 def packing_input(req: PlanRequest, frame: Frame) -> PackingInput:
