@@ -295,9 +295,3 @@ def waiting_message(waiting: list[Waiting], mono_now: float, wall_now: float) ->
 def empty_pod_plan(quota: QuotaInput, ordinal: int, generation: int) -> PodPlan:
     """A plan with nothing in it: the pod closes everything and holds no slice."""
     return PodPlan(generation=generation, quota=quota.ref, ordinal=ordinal, profile=quota.profile)
-
-
-def max_rate_window_s(quota: QuotaInput) -> float:
-    """The longest rate window of the quota's profile (how long attempts stay counted)."""
-    windows = [lim.windowSeconds or 0.0 for lim in quota.profile.limits if lim.is_rate]
-    return max(windows, default=0.0) + quota.profile.connectTimeoutSeconds
