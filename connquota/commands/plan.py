@@ -119,8 +119,11 @@ def run(args: argparse.Namespace) -> int:
             pool_spec = _validated(ExchangeEgressPool, pool_doc, args.pool).spec
         previous = None
         if args.previous:
-            with open(args.previous, encoding="utf-8") as f:
-                text = f.read()
+            try:
+                with open(args.previous, encoding="utf-8") as f:
+                    text = f.read()
+            except OSError as exc:
+                raise InputError(f"--previous {args.previous}: {exc.strerror}") from None
             try:
                 previous = QuotaPlan.model_validate_json(text)
             except pydantic.ValidationError as exc:

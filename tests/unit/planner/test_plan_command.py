@@ -119,3 +119,10 @@ def test_invalid_yaml_names_the_file_and_line(tmp_path):
     out = connquota("plan", str(path))
     assert out.returncode == 1
     assert out.stderr.startswith(f"error: {path}: not valid YAML (line ")
+
+
+def test_a_missing_previous_plan_names_the_flag_and_the_file(tmp_path):
+    missing = tmp_path / "nope.json"
+    out = connquota("plan", str(QUOTAS[0]), "--previous", str(missing))
+    assert out.returncode == 1
+    assert out.stderr.strip() == f"error: --previous {missing}: No such file or directory"
