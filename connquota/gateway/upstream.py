@@ -492,6 +492,7 @@ class UpstreamConnection:
         self.streams: set[str] = set(plan.streams)
         self.state = "starting"
         self.status = ""
+        self.opening_slot_id = ""
         self.current: Session | None = None
         self.rotation_requested = asyncio.Event()
         self.sessions_opened = 0
@@ -548,13 +549,16 @@ class UpstreamConnection:
         settings = self.ctx.settings
         while not self._stopping:
             check = await self.ctx.egress.ensure_checked(self.address)
-            if not check.ok:
+            if not check.usable:
+                # The address is not verified: no attempt leaves from it. The check itself is
+                # shared by every connection of the address and retried on its own backoff.
                 self.state, self.status = "refused", check.message
-                await asyncio.sleep(10.0)
+                await asyncio.sleep(max(0.5, check.retry_in_s()))
                 continue
             if self.credential is not None and not await self._credential_ready():
                 continue
             session = Session(self)
+            self.opening_slot_id = session.slot_id
             self.state, self.status = "connecting", ""
             waited = self.ctx.limiter.attempt_wait(self.address, self.account)
             if waited[0] > 0:

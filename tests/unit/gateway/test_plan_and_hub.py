@@ -9,7 +9,7 @@ import random
 from gateway_plan_factory import connections, pod_plan, small_profile
 
 from connquota.api.plan import QuotaPlan
-from connquota.gateway.egress import address_matches, parse_whoami
+from connquota.gateway.egress import address_matches, parse_echo
 from connquota.gateway.hub import SLOW_CONSUMER_DROP, StreamHub
 from connquota.gateway.lease import FileLease
 from connquota.gateway.plan_source import NewerPlans, parse_plan
@@ -106,9 +106,11 @@ def test_backoff_has_full_jitter_under_a_cap():
     assert len({round(d, 3) for d in delays}) > 300  # jittered, not a fixed ladder
 
 
-def test_whoami_answers_are_compared_with_the_public_address():
-    assert parse_whoami('{"address":"127.0.0.3"}') == "127.0.0.3"
-    assert parse_whoami("127.0.0.3\n") == "127.0.0.3"
+def test_echo_answers_are_compared_with_the_public_address():
+    assert parse_echo('{"address":"127.0.0.3"}') == "127.0.0.3"
+    assert parse_echo('{"ip":"127.0.0.3"}') == "127.0.0.3"
+    assert parse_echo('{"origin":"127.0.0.3, 10.0.0.1"}') == "127.0.0.3"
+    assert parse_echo("127.0.0.3\n") == "127.0.0.3"
     assert address_matches("127.0.0.3", "127.0.0.3")
     assert not address_matches("127.0.0.4", "127.0.0.3")
     assert address_matches("2001:db8::5", "2001:db8::/64")
