@@ -144,6 +144,7 @@ class Gateway:
             attempts=self.limiter.attempt_windows(),
             quarantines=self.limiter.quarantines(),
             egressChecks=self.egress.results(),
+            liveConnections=self.fleet.live_connections_by_key(),
             message=self.message,
         )
 
