@@ -106,9 +106,7 @@ def rows(values: dict[str, Any], schema: dict[str, Any], comments: dict[str, str
         if not description:
             problems.append(f"{path}: no comment in values.yaml")
         default = json.dumps(value, separators=(", ", ": "))
-        out.append(
-            f"| `{path}` | {type_of(schema, node)} | `{default}` | {description or ''} |"
-        )
+        out.append(f"| `{path}` | {type_of(schema, node)} | `{default}` | {description or ''} |")
 
     walk("", values, schema)
     if problems:
