@@ -182,6 +182,14 @@ def test_operator_pod_is_admitted_under_pod_security_restricted(
             "get", "events", "-n", namespace, "--field-selector=reason=FailedCreate", "-o", "name"
         ).stdout.strip()
         assert events == ""
+        control_plane.helm(
+            "upgrade", "cq", str(CHART), "--namespace", namespace, "--set", "logLevel=debug"
+        )
+        args = control_plane.kubectl(
+            "get", "deployment", "cq-connquota", "-n", namespace,
+            "-o", "jsonpath={.spec.template.spec.containers[0].args}",
+        ).stdout  # fmt: skip
+        assert "--verbose" in json.loads(args)
     finally:
         control_plane.helm("uninstall", "cq", "--namespace", namespace, check=False)
 

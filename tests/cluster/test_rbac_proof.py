@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 import yaml
-from kubernetes import client
+from kubernetes import client, config
 
 from cluster.conftest import wait_for
 from cluster.operator.fleet import (
@@ -365,3 +365,76 @@ def test_operator_with_only_the_charts_rights_reconciles_the_example_and_gateway
                     "--ignore-not-found",
                     check=False,
                 )
+
+
+def test_with_pod_label_egress_the_operator_may_label_only_gateway_pods_and_only_their_egress(
+    control_plane: ControlPlane, namespace: str, tmp_path: Path
+) -> None:
+    """RBAC cannot name the Pods `patch` applies to; the chart's ValidatingAdmissionPolicy
+    confines the operator's ServiceAccount to the egress label of gateway pods."""
+    release = f"plabel{uuid.uuid4().hex[:6]}"
+    docs = render(control_plane, release, namespace, "podLabelEgress=true")
+    kinds = (*RBAC_KINDS, "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding")
+    objects = [d for d in docs if d["kind"] in kinds]
+    assert {d["kind"] for d in objects} == set(kinds) - {"Role", "RoleBinding"}
+    sa_name = next(d for d in docs if d["kind"] == "ServiceAccount")["metadata"]["name"]
+    control_plane.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(objects))
+    try:
+        for name, labels in (("gw", {names.LABEL_NAME: names.GATEWAY_APP}), ("app", {})):
+            pod = {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": name, "namespace": namespace, "labels": labels},
+                "spec": {"containers": [{"name": "c", "image": "example.invalid/none"}]},
+            }
+            control_plane.kubectl("apply", "-f", "-", input=json.dumps(pod))
+        op = token_kubeconfig(
+            control_plane, mint_token(control_plane, namespace, sa_name), tmp_path / "op"
+        )
+        assert can_i(control_plane, op, "patch", "pods", "-n", namespace) == "yes"
+
+        op_config = client.Configuration()
+        config.load_kube_config(config_file=str(op), client_configuration=op_config)
+        op_core = client.CoreV1Api(client.ApiClient(op_config))
+
+        def label(pod: str, value: str, *dry_run: str) -> str:
+            """Patch one label as the operator does (no read first: it may not get Pods);
+            returns "" or the API server's refusal."""
+            key, _, val = value.partition("=")
+            try:
+                op_core.patch_namespaced_pod(
+                    pod,
+                    namespace,
+                    {"metadata": {"labels": {key: val}}},
+                    dry_run="All" if dry_run else None,
+                )
+            except client.ApiException as exc:
+                return f"{exc.status} {exc.body}"
+            return ""
+
+        # The policy takes effect within seconds of being created: probe with server dry runs.
+        attempt = iter(range(10_000))
+        wait_for(
+            lambda: (
+                "gateway pods only"
+                in label("app", f"{names.LABEL_EGRESS}=probe-{next(attempt)}", "dry-run")
+            ),
+            60,
+            "the gateway-pods-only policy to refuse labelling a non-gateway pod",
+        )
+        refused = label("app", f"{names.LABEL_EGRESS}=lo-2")
+        assert refused.startswith("422") and "gateway pods only" in refused, refused
+        assert label("gw", f"{names.LABEL_EGRESS}=lo-2") == ""
+        other_label = label("gw", "team=x")
+        assert "only the connquota.io/egress label" in other_label, other_label
+        got = control_plane.kubectl(
+            "get", "pod", "gw", "-n", namespace, "-o", "jsonpath={.metadata.labels}"
+        ).stdout
+        assert json.loads(got) == {names.LABEL_NAME: names.GATEWAY_APP, names.LABEL_EGRESS: "lo-2"}
+    finally:
+        for doc in objects:
+            if "namespace" not in doc["metadata"]:
+                control_plane.kubectl(
+                    "delete", doc["kind"].lower(), doc["metadata"]["name"], "--ignore-not-found",
+                    check=False,
+                )  # fmt: skip
