@@ -5,7 +5,8 @@ user and install only locked, hash-checked dependencies. The environment they bu
 built here the same way — the wheel from a copy of what the Dockerfile copies, the locks
 installed with `--require-hashes --only-binary=:all: --no-deps`, from the wheels
 `hack/image-wheelhouse.sh` cached (no network in the test) — into a clean virtualenv made
-read-only, and both entry points run from it.
+read-only, and both entry points run from it (`--help`, then a standalone gateway that becomes
+ready on loopback and stops cleanly on SIGTERM).
 """
 
 from __future__ import annotations
@@ -13,10 +14,14 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import stat
 import subprocess
 import sys
+import time
 import tomllib
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -189,3 +194,43 @@ def test_wheel_and_locks_install_into_a_clean_read_only_virtualenv_and_both_entr
         result = run(app / "connquota", command, "--help", env=runtime_env, cwd="/")
         assert result.returncode == 0, result.stderr
         assert result.stdout.startswith(f"usage: connquota {command}"), result.stdout
+
+    # A short real start: a standalone gateway with an empty plan serves /readyz from the
+    # read-only install (no connection planned: no attempt to anything but loopback).
+    from connquota.api.plan import PodPlan, QuotaRef
+    from connquota.exchanges import get_profile
+    from connquota.testing.controlplane import free_port
+
+    profile = get_profile("binance-spot").model_copy(update={"endpoint": "ws://127.0.0.1:9/ws"})
+    plan = PodPlan(
+        generation=1, quota=QuotaRef(namespace="img", name="q"), ordinal=0, profile=profile
+    )
+    plan_file = image_root / "plan.json"
+    plan_file.write_text(plan.model_dump_json())
+    state = image_root / "state"
+    state.mkdir()
+    port = free_port()
+    gateway = subprocess.Popen(
+        [app / "connquota", "gateway", "--plan", plan_file, "--pod", "0", "--state-dir", state,
+         "--host", "127.0.0.1", "--port", str(port)],
+        env=runtime_env, cwd="/", stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        status = 0
+        while status != 200:
+            assert gateway.poll() is None, gateway.stdout.read().decode() if gateway.stdout else ""
+            assert time.monotonic() < deadline, "the gateway did not become ready within 30 s"
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as resp:
+                    status = resp.status
+            except (OSError, urllib.error.HTTPError):
+                time.sleep(0.2)
+    finally:
+        gateway.send_signal(signal.SIGTERM)
+        try:
+            code = gateway.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            gateway.kill()
+            code = gateway.wait(timeout=10)
+    assert code == 0, f"the gateway exited {code} on SIGTERM"
