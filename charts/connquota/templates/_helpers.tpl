@@ -29,10 +29,6 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: [connquota.io]
   resources: [exchangeegresspools]
   verbs: [list, watch, patch]
-# Pool status (observedGeneration, conditions, budgets).
-- apiGroups: [connquota.io]
-  resources: [exchangeegresspools/status]
-  verbs: [patch]
 # kopf rescans its resources when CRDs change.
 - apiGroups: [apiextensions.k8s.io]
   resources: [customresourcedefinitions]
