@@ -91,6 +91,22 @@ def can_i(control_plane: ControlPlane, kubeconfig: Path, *args: str) -> str:
     return result.stdout.strip()
 
 
+def refusals(control_plane: ControlPlane, since: int, *users: str) -> list[str]:
+    """Requests by `users` the API server answered 403 since byte `since` of its audit log
+    (each user must have made requests: the check is not vacuous)."""
+    events, _ = control_plane.audit_events(since)
+    for user in users:
+        assert any(e.get("user", {}).get("username") == user for e in events), (
+            f"no request by {user}"
+        )
+    return [
+        f"{e['user']['username']} {e['verb']} {e.get('requestURI')}"
+        for e in events
+        if e.get("user", {}).get("username") in users
+        and (e.get("responseStatus") or {}).get("code") == 403
+    ]
+
+
 def render(control_plane: ControlPlane, release: str, namespace: str, *sets: str) -> list[dict]:
     """The chart's objects as `helm template` renders them for `namespace`."""
     args = ["template", release, str(CHART), "--namespace", namespace]
@@ -220,6 +236,10 @@ def test_operator_with_only_the_charts_rights_reconciles_the_example_and_gateway
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     sa_name = deployment["spec"]["template"]["spec"]["serviceAccountName"]
 
+    assert control_plane.audit_log is not None, "the session control plane runs with audit=True"
+    audit_start = control_plane.audit_log.stat().st_size
+    operator_user = f"system:serviceaccount:{operator_ns}:{sa_name}"
+    gateway_user = f"system:serviceaccount:{ns}:{names.service_account_name('proof')}"
     control_plane.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
     for crd in ("exchangeconnectionquotas.connquota.io", "exchangeegresspools.connquota.io"):
         control_plane.kubectl("wait", "--for=condition=Established", f"crd/{crd}")
@@ -290,6 +310,8 @@ def test_operator_with_only_the_charts_rights_reconciles_the_example_and_gateway
         assert pods, "no gateway pod was admitted in the restricted namespace"
         for mark in FORBIDDEN_MARKS:
             assert mark not in operator.log(), operator.log()[-4000:]
+        # The API server's own record: not one request of the operator or of a gateway refused.
+        assert refusals(control_plane, audit_start, operator_user, gateway_user) == []
         for pod in pods:
             gateway_log = proof_harness.logs(ns, pod)
             assert gateway_log, f"gateway {pod} never ran"
@@ -341,12 +363,14 @@ def test_operator_with_only_the_charts_rights_reconciles_the_example_and_gateway
         assert json.loads(got.stdout)["metadata"]["name"] == own_plan
 
         # Delete through the finalizer, still with only the chart's rights.
+        audit_delete = control_plane.audit_log.stat().st_size
         custom.delete_namespaced_custom_object(
             "connquota.io", "v1alpha1", ns, "exchangeconnectionquotas", "proof"
         )
         wait_for(lambda: get_quota(api_client, ns, "proof") is None, 120, "the quota to be gone")
         for mark in FORBIDDEN_MARKS:
             assert mark not in operator.log(), operator.log()[-4000:]
+        assert refusals(control_plane, audit_delete, operator_user) == []
         mock.assert_no_violation()
     finally:
         with contextlib.suppress(Exception):
