@@ -281,6 +281,7 @@ def test_operator_with_only_the_charts_rights_reconciles_the_example_and_gateway
             )
 
         operator = ChartOperator(control_plane, container["args"], operator_kubeconfig)
+        pool_existed = control_plane.kubectl("get", "ecp", POOL, check=False).returncode == 0
         control_plane.kubectl("apply", "-f", str(EXAMPLE_POOL))
         quota = quota_body(
             ns,
@@ -372,6 +373,8 @@ def test_operator_with_only_the_charts_rights_reconciles_the_example_and_gateway
             assert mark not in operator.log(), operator.log()[-4000:]
         assert refusals(control_plane, audit_delete, operator_user) == []
         mock.assert_no_violation()
+        if not pool_existed:
+            control_plane.kubectl("delete", "-f", str(EXAMPLE_POOL), "--timeout=60s")
     finally:
         with contextlib.suppress(Exception):
             custom.delete_namespaced_custom_object(
