@@ -249,6 +249,12 @@ def test_crd_lifecycle_upgrade_crds_first_uninstall_keeps_quotas_finalizers_docu
             "the operator's finalizer on the quota",
         )
         quota_uid = _uid(control_plane, "ecq", "life", "-n", namespace)
+        wait_for(
+            lambda: _uid(control_plane, "statefulset", "life-gw", "-n", namespace),
+            60,
+            "the quota's gateway StatefulSet",
+        )
+        fleet_uid = _uid(control_plane, "statefulset", "life-gw", "-n", namespace)
 
         # 2. helm upgrade alone leaves the CRD as it was (Helm never upgrades crds/) ...
         control_plane.helm("upgrade", "cq", str(CHART), "--namespace", namespace, "--wait=false")
@@ -271,6 +277,8 @@ def test_crd_lifecycle_upgrade_crds_first_uninstall_keeps_quotas_finalizers_docu
         assert _exists(control_plane, QUOTA_CRD) and _exists(control_plane, POOL_CRD)
         assert _uid(control_plane, "ecq", "life", "-n", namespace) == quota_uid
         assert _uid(control_plane, "ecp", pool)
+        # The gateways keep running on their last plan (nothing deleted their StatefulSet).
+        assert _uid(control_plane, "statefulset", "life-gw", "-n", namespace) == fleet_uid
 
         # 4. With no operator, deleting the quota waits on its finalizer (documented) ...
         control_plane.kubectl("delete", "ecq", "life", "-n", namespace, "--wait=false")
