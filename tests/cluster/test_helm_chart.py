@@ -48,6 +48,13 @@ def test_chart_lints_strictly_and_renders_for_the_pinned_kubernetes(
 ) -> None:
     lint = control_plane.helm("lint", "--strict", str(CHART), "--kube-version", KUBE_VERSION)
     assert "0 chart(s) failed" in lint.stdout
+    every_option = control_plane.helm(
+        "lint", "--strict", str(CHART), "--kube-version", "v1.31.0",
+        "--set", "watchNamespaces={team-a,team-b}", "--set", "podLabelEgress=true",
+        "--set", "mode=peering", "--set", "image.digest=sha256:" + "b" * 64,
+        "--set", "imagePullSecrets={regcred}", "--set", "serviceAccount.annotations.a=b",
+    )  # fmt: skip
+    assert "0 chart(s) failed" in every_option.stdout
     docs = render(control_plane, "watchNamespaces={team-a,team-b}")
     deployment = next(d for d in docs if d["kind"] == "Deployment")
     args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
