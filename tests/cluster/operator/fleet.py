@@ -22,6 +22,7 @@ from connquota.demo.scaling import scaled_profile
 from connquota.exchanges import get_profile
 from connquota.mockexchange.server import MockExchange
 from connquota.mockexchange.threaded import ThreadedMockExchange
+from connquota.testing.ipecho import ThreadedIpEcho
 from connquota.testing.podharness import DEFAULT_NODE_NAME
 
 GROUP, VERSION = "connquota.io", "v1alpha1"
@@ -109,8 +110,24 @@ def mock_exchange() -> Iterator[MockThread]:
         mock.stop()
 
 
-def pool_body(name: str, addresses: int = 1) -> dict[str, Any]:
-    """A pool of loopback `bind` addresses 127.0.0.2.. on the harness's node."""
+@pytest.fixture
+def ip_echo() -> Iterator[ThreadedIpEcho]:
+    """The IP-echo service pools verify their addresses through (the exchange serves none)."""
+    echo = ThreadedIpEcho("127.0.0.1", 0)
+    try:
+        yield echo
+    finally:
+        echo.stop()
+
+
+def pool_body(name: str, addresses: int = 1, echo_url: str | None = None) -> dict[str, Any]:
+    """A pool of loopback `bind` addresses 127.0.0.2.. on the harness's node, verified through
+    the IP-echo service at `echo_url` (unverified, with a reason, without one)."""
+    check = (
+        {"method": "url", "url": echo_url}
+        if echo_url
+        else {"method": "none", "reason": "loopback test addresses"}
+    )
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "ExchangeEgressPool",
@@ -125,7 +142,8 @@ def pool_body(name: str, addresses: int = 1) -> dict[str, Any]:
                     "node": DEFAULT_NODE_NAME,
                 }
                 for i in range(addresses)
-            ]
+            ],
+            "egressCheck": check,
         },
     }
 
