@@ -29,6 +29,10 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: [connquota.io]
   resources: [exchangeegresspools]
   verbs: [list, watch, patch]
+# Pool status: budgets, holders, Ready and EgressVerified.
+- apiGroups: [connquota.io]
+  resources: [exchangeegresspools/status]
+  verbs: [patch]
 # kopf rescans its resources when CRDs change.
 - apiGroups: [apiextensions.k8s.io]
   resources: [customresourcedefinitions]
