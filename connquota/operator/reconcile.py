@@ -211,15 +211,21 @@ class Reconciler:
                     delay,
                     extra={"pool": pool},
                 )
-                self.api.forget_all()
+                # Re-read what this pool's quotas own before writing it again; what is known
+                # of every other pool's objects stays (no thundering re-read).
+                self.api.forget_namespaces(
+                    s.key.split("/", 1)[0] for s in self.quotas.values() if s.pool == pool
+                )
                 self._later(pool, delay)
                 continue
             failures = 0
             metrics.RECONCILES.labels(result="ok").inc()
             metrics.RECONCILE_SECONDS.observe(self.monotonic() - started)
             self.note_progress()
-            if retry_after is not None:
-                self._later(pool, retry_after)
+            # Drift repair: every pool is looked at again within resyncIntervalSeconds even
+            # when no event arrives (sooner when the reconcile asked for it).
+            resync = self.config.resyncIntervalSeconds
+            self._later(pool, resync if retry_after is None else min(retry_after, resync))
 
     def _later(self, pool: str, delay_s: float) -> None:
         """One pending timer per pool: a later request never delays an earlier one."""
@@ -342,7 +348,7 @@ class Reconciler:
                 )
             except KubeError as exc:
                 log.warning("quota %s: API error: %s", key, exc, extra={"quota": key})
-                self.api.forget_all()
+                self.api.forget_namespaces([key.split("/", 1)[0]])
                 raise
             if wait is not None:
                 retry.append(wait)
