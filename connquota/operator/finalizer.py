@@ -53,13 +53,13 @@ class Finalizer(ReconcilerBase):
             pool = ExchangeEgressPool.model_validate(strip_status(pool_body)) if pool_body else None
             await self._load_published(body, state)
             if quota is not None:
-                if state.published:
-                    state.dead_connection_s = next(
-                        iter(state.published.values())
+                if state.plans.published:
+                    state.ledgers.dead_connection_s = next(
+                        iter(state.plans.published.values())
                     ).profile.deadConnectionTimeoutSeconds
                 if pool is not None:
                     self._sync_ledger(state, pool, self._reports(key, body), deleting=True)
-                    ledger = state.ledger
+                    ledger = state.ledgers.ledger
                     if ledger is not None and ledgers.holds_anything(ledger):
                         empty = ledgers.empty_plan(
                             QuotaRef(
@@ -67,14 +67,14 @@ class Finalizer(ReconcilerBase):
                                 name=quota.metadata.name or "",
                             ),
                             ledger,
-                            state.published,
+                            state.plans.published,
                             ledger.last_generation + 1,
                         )
-                        state.ledger = record_publication(ledger, empty, pool.spec)
-                        state.ledger_dirty = True
+                        state.ledgers.ledger = record_publication(ledger, empty, pool.spec)
+                        state.ledgers.ledger_dirty = True
                     try:
                         await self._persist_ledger(quota, state)
-                        if ledger is not state.ledger:
+                        if ledger is not state.ledgers.ledger:
                             await self._publish(quota, state, state_empty_plan(state))
                     except KubeError as exc:
                         # A terminating namespace refuses new content: the ledger in memory
@@ -95,10 +95,13 @@ class Finalizer(ReconcilerBase):
             if self.sources.pods_of_quota(key):
                 return 2.0
             now = self.monotonic()
-            ledger = state.ledger
+            ledger = state.ledgers.ledger
             if ledger is not None and not forgettable(ledger, now):
                 untils = [r.until for r in ledger.releases if r.until > now]
-                pending = [now + state.dead_connection_s - s for s in state.gone_seen.values()]
+                pending = [
+                    now + state.ledgers.dead_connection_s - s
+                    for s in state.ledgers.gone_seen.values()
+                ]
                 left = max([*(u - now for u in untils), *pending, 0.0])
                 return max(0.5, min(left + 0.1, 30.0))
             self.quotas.pop(key, None)

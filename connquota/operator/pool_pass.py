@@ -89,13 +89,13 @@ class PoolPass(ReconcilerBase):
                 if quota is None:
                     raise planning.QuotaProblem("InvalidSpec", "the spec does not validate")
                 prepared = await self._prepare(quota, pool)
-                state.last_good = prepared
+                state.plans.last_good = prepared
                 inputs[key] = prepared
             except planning.QuotaProblem as exc:
                 problems[key] = exc.problem
-                if state.last_good is not None:
-                    inputs[key] = state.last_good
-                elif any(p.connections for p in state.published.values()):
+                if state.plans.last_good is not None:
+                    inputs[key] = state.plans.last_good
+                elif any(p.connections for p in state.plans.published.values()):
                     frozen = True
 
         retry: list[float] = []
@@ -122,7 +122,8 @@ class PoolPass(ReconcilerBase):
 
         # 2. Per quota: target, next safe step, publish, scale, status.
         generations = {
-            k: s.ledger.last_generation if s.ledger else 0 for k, s in self.quotas.items()
+            k: s.ledgers.ledger.last_generation if s.ledgers.ledger else 0
+            for k, s in self.quotas.items()
         }
         published_any = False
         for body, quota in quotas:
@@ -150,7 +151,10 @@ class PoolPass(ReconcilerBase):
                 raise
             if wait is not None:
                 retry.append(wait)
-            if state.ledger is not None and state.ledger.last_generation != generations.get(key, 0):
+            if (
+                state.ledgers.ledger is not None
+                and state.ledgers.ledger.last_generation != generations.get(key, 0)
+            ):
                 published_any = True
         if published_any and retry:
             # A quota planned before another published its shrink in this same pass waits
@@ -199,6 +203,6 @@ class PoolPass(ReconcilerBase):
         if key in inputs:
             return inputs[key][0].profile.domain
         state = self.quotas.get(key)
-        for pod in state.published.values() if state else []:
+        for pod in state.plans.published.values() if state else []:
             return pod.profile.domain
         return None

@@ -38,9 +38,9 @@ class Publishing(ReconcilerBase):
         body: dict[str, Any],
     ) -> None:
         """Record `plan` in the ledger (written first), then write its plan ConfigMaps."""
-        ledger = state.ledger or QuotaLedger(quota=state.key)
-        state.ledger = record_publication(ledger, plan, pool.spec)
-        state.ledger_dirty = True
+        ledger = state.ledgers.ledger or QuotaLedger(quota=state.key)
+        state.ledgers.ledger = record_publication(ledger, plan, pool.spec)
+        state.ledgers.ledger_dirty = True
         await self._persist_ledger(quota, state)
         sts = self.sources.statefulset_of_quota(state.key)
         current = accessors.sts_replicas(sts)
@@ -95,25 +95,27 @@ class Publishing(ReconcilerBase):
         todo = [
             pod
             for pod in plan.pods
-            if state.published.get(pod.ordinal) is None
-            or not same_content(state.published[pod.ordinal], pod)
+            if state.plans.published.get(pod.ordinal) is None
+            or not same_content(state.plans.published[pod.ordinal], pod)
         ]
         for pod in todo:
             body = builders.build_plan_configmap(quota, pod)
             try:
-                wrote = await self.api.apply(body, resource_version=state.plan_rv.get(pod.ordinal))
+                wrote = await self.api.apply(
+                    body, resource_version=state.plans.plan_rv.get(pod.ordinal)
+                )
             except KubeError:
-                state.loaded = False  # re-read the published plans before trying again
+                state.plans.loaded = False  # re-read the published plans before trying again
                 raise
-            state.published[pod.ordinal] = pod
+            state.plans.published[pod.ordinal] = pod
             # The write returned the new resourceVersion: keep it, so the next publish is
             # guarded by it without listing the quota's ConfigMaps again.
             meta = body["metadata"]
             rv = self.api.resource_version("ConfigMap", meta["namespace"], meta["name"])
             if rv:
-                state.plan_rv[pod.ordinal] = rv
+                state.plans.plan_rv[pod.ordinal] = rv
             else:
-                state.plan_rv.pop(pod.ordinal, None)
+                state.plans.plan_rv.pop(pod.ordinal, None)
             if wrote:
                 changed += 1
                 if len(todo) > 1 and changed == 1:

@@ -74,7 +74,7 @@ class QuotaPass(ReconcilerBase):
 
         if quota is not None and prepared is not None and not frozen and not deleting:
             qin, streams = prepared
-            state.dead_connection_s = qin.profile.deadConnectionTimeoutSeconds
+            state.ledgers.dead_connection_s = qin.profile.deadConnectionTimeoutSeconds
             published = state.published_plan()
             plan: QuotaPlan | None = None
             try:
@@ -83,7 +83,7 @@ class QuotaPass(ReconcilerBase):
                     raise planning.QuotaProblem("ImpossibleQuota", f"no share computed for {key}")
                 own = planning.quarantined(own, quarantines)
                 target = planning.plan_target(qin, streams, pool.spec, own, published)
-                state.target = target
+                state.plans.target = target
                 now = round(self.monotonic(), 3)
                 step = planning.transition(
                     pool.spec,
@@ -96,8 +96,8 @@ class QuotaPass(ReconcilerBase):
                 )
                 reached = step.reached_target
                 if step.plan is not None:
-                    plan = planning.complete(step.plan, state.published, qin)
-                    if not plan_changes(state.published, plan):
+                    plan = planning.complete(step.plan, state.plans.published, qin)
+                    if not plan_changes(state.plans.published, plan):
                         plan = None
                 if step.waiting:
                     metrics.TRANSITION_WAITS.inc()
@@ -137,11 +137,11 @@ class QuotaPass(ReconcilerBase):
                 warning=True,
             )
         plan_for_status = state.published_plan()
-        if plan_for_status is not None and state.target is not None:
+        if plan_for_status is not None and state.plans.target is not None:
             plan_for_status = plan_for_status.model_copy(
                 update={
-                    "unserved": state.target.unserved,
-                    "recoveryBounds": state.target.recoveryBounds,
+                    "unserved": state.plans.target.unserved,
+                    "recoveryBounds": state.plans.target.recoveryBounds,
                 }
             )
         addresses, accounts = usage.quota_scope_use(

@@ -49,34 +49,62 @@ def read_report(lease: Mapping[str, Any]) -> GatewayReport | None:
 
 
 @dataclass
-class QuotaState:
-    """What the operator remembers of one quota between reconciles."""
+class PlanMemory:
+    """What the quota's plan ConfigMaps hold, and the plans the operator aims at."""
 
-    key: str
-    uid: str = ""
-    pool: str = ""
     published: dict[int, PodPlan] = field(default_factory=dict)
     """ordinal -> the pod plan in its ConfigMap."""
     plan_rv: dict[int, str] = field(default_factory=dict)
+    """ordinal -> the ConfigMap's resourceVersion (the precondition of the next write)."""
     loaded: bool = False
+    """True once the ConfigMaps were read (again after a failed write)."""
+    target: QuotaPlan | None = None
+    """The newest target plan (its unserved streams and recovery bounds go to status)."""
+    last_good: tuple[QuotaInput, list[DesiredStream]] | None = None
+    """The last planner input that validated: a bad edit keeps counting its share."""
+
+
+@dataclass
+class LedgerMemory:
+    """What every pod of the quota may still enforce, and its persistence."""
+
     ledger: QuotaLedger | None = None
-    """What every pod may still enforce (persisted in the `<quota>-ledger` ConfigMap)."""
+    """Persisted in the `<quota>-ledger` ConfigMap, written before plans."""
     ledger_loaded: bool = False
     ledger_rv: str | None = None
     ledger_dirty: bool = False
     gone_seen: dict[int, float] = field(default_factory=dict)
     """ordinal -> monotonic time the operator first saw the pod gone."""
     dead_connection_s: float = 0.0
-    last_good: tuple[QuotaInput, list[DesiredStream]] | None = None
-    target: QuotaPlan | None = None
+    """The profile's dead-connection timeout: how long a vanished pod still counts."""
+
+
+@dataclass
+class ReportMemory:
+    """What the operator last told about the quota (no repeated writes or Events)."""
+
     status_digest: str | None = None
     events: dict[tuple[str, str], float] = field(default_factory=dict)
+    """(reason, message) -> monotonic time the Event was last posted."""
+
+
+@dataclass
+class QuotaState:
+    """What the operator remembers of one quota between reconciles, one memory per concern."""
+
+    key: str
+    uid: str = ""
+    pool: str = ""
+    plans: PlanMemory = field(default_factory=PlanMemory)
+    ledgers: LedgerMemory = field(default_factory=LedgerMemory)
+    reporting: ReportMemory = field(default_factory=ReportMemory)
 
     def published_plan(self) -> QuotaPlan | None:
         """The published pod plans as one QuotaPlan (generation = newest pod generation)."""
-        if not self.published:
+        published = self.plans.published
+        if not published:
             return None
-        pods = [self.published[o] for o in sorted(self.published)]
+        pods = [published[o] for o in sorted(published)]
         replicas = 1 + max((p.ordinal for p in pods if p.connections), default=-1)
         return QuotaPlan(
             generation=max(p.generation for p in pods),
@@ -105,13 +133,13 @@ def strip_status(body: Mapping[str, Any]) -> dict[str, Any]:
 
 def state_empty_plan(state: QuotaState) -> QuotaPlan:
     """The empty generation just recorded in the state's ledger, as pod plans to publish."""
-    assert state.ledger is not None
-    generation = state.ledger.last_generation
+    assert state.ledgers.ledger is not None
+    generation = state.ledgers.ledger.last_generation
     pods = [
         p.model_copy(
             update={"generation": generation, "connections": [], "slices": [], "spare": []}
         )
-        for p in state.published.values()
+        for p in state.plans.published.values()
     ]
     quota = pods[0].quota if pods else QuotaRef(namespace="-", name="-")
     return QuotaPlan(generation=generation, quota=quota, replicas=0, pods=pods)
@@ -148,5 +176,5 @@ def same_content(a: PodPlan, b: PodPlan) -> bool:
 
 
 def addresses_used(state: QuotaState, pool: ExchangeEgressPool) -> list[Any]:
-    used = {c.address for p in state.published.values() for c in p.connections}
+    used = {c.address for p in state.plans.published.values() for c in p.connections}
     return [a for a in pool.spec.addresses if a.name in used]

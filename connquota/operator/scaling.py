@@ -38,13 +38,13 @@ class Scaling(ReconcilerBase):
     ) -> int:
         """Raise replicas to cover every published pod with connections; lower them only past
         pods that acknowledged their empty plan (highest ordinals first)."""
-        used = [o for o, p in state.published.items() if p.connections]
+        used = [o for o, p in state.plans.published.items() if p.connections]
         needed = max(qin.spec.gateway.minReplicas, 1 + max(used, default=-1))
         replicas = needed
         if needed < current:
             replicas = current
             for ordinal in range(current - 1, needed - 1, -1):
-                empty = state.published.get(ordinal)
+                empty = state.plans.published.get(ordinal)
                 report = reports.get(ordinal)
                 acked = empty is None or (
                     not empty.connections
@@ -81,7 +81,7 @@ class Scaling(ReconcilerBase):
             ordinal_text = name.rsplit("-", 1)[-1]
             if not ordinal_text.isdigit():
                 continue
-            plan = state.published.get(int(ordinal_text))
+            plan = state.plans.published.get(int(ordinal_text))
             if plan is None:
                 continue
             wanted = builders.pod_egress_label(plan)

@@ -36,8 +36,8 @@ class StatusWriter(ReconcilerBase):
         digest = status_hash(desired)
         # After a restart the live status is the only reference: compare what it means (the
         # API server reads 6.0 back as 6), so an unchanged quota is not rewritten.
-        if state.status_digest == digest or not status_differs(live, desired):
-            state.status_digest = digest
+        if state.reporting.status_digest == digest or not status_differs(live, desired):
+            state.reporting.status_digest = digest
             return
         ns, name = state.key.split("/", 1)
         if log.isEnabledFor(logging.DEBUG):
@@ -50,7 +50,7 @@ class StatusWriter(ReconcilerBase):
         await self.api.merge_patch(
             names.QUOTA_KIND, ns, name, {"status": desired}, subresource="status"
         )
-        state.status_digest = digest
+        state.reporting.status_digest = digest
         crash_point("status")
 
     async def _report_problem(self, body: dict[str, Any], problem: Problem) -> None:
@@ -75,8 +75,8 @@ class StatusWriter(ReconcilerBase):
         warning: bool = False,
     ) -> None:
         now = self.monotonic()
-        last = state.events.get((reason, message))
+        last = state.reporting.events.get((reason, message))
         if last is not None and now - last < EVENT_REPEAT_S:
             return
-        state.events[(reason, message)] = now
+        state.reporting.events[(reason, message)] = now
         await self.api.post_event(body, reason=reason, message=message, warning=warning)
