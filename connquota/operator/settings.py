@@ -23,29 +23,16 @@ Why these values (see docs/operator.md for the long form):
 
 from __future__ import annotations
 
-import hashlib
-import json
-from collections.abc import Iterable, Mapping
-from typing import Any, Literal
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Literal
 
-import kopf
 from pydantic import BaseModel, ConfigDict, Field
 
 from connquota.api import timing
 from connquota.operator import names
 
-
-class DigestDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
-    """kopf's diff base as a digest of the essence instead of a copy of it.
-
-    kopf compares the stored essence with the current one to tell a real change from a status
-    write; a digest tells that just as well, in 64 bytes instead of up to the whole spec.
-    """
-
-    def build(self, *, body: Any, extra_fields: Iterable[Any] | None = None) -> Any:
-        essence = super().build(body=body, extra_fields=extra_fields)
-        canonical = json.dumps(essence, sort_keys=True, separators=(",", ":"), default=str)
-        return {"digest": hashlib.sha256(canonical.encode()).hexdigest()}
+if TYPE_CHECKING:
+    import kopf
 
 
 class OperatorConfig(BaseModel):
@@ -118,6 +105,11 @@ class OperatorConfig(BaseModel):
 
     def apply(self, settings: kopf.OperatorSettings) -> None:
         """Write these choices into kopf's settings (called from the startup handler)."""
+        import kopf  # here, not at import: `connquota operator --kubeconfig` must set
+
+        # KUBECONFIG before anything imports the kubernetes client (it reads it once)
+        from connquota.operator.kopf_storage import DigestDiffBaseStorage
+
         settings.watching.server_timeout = self.watchServerTimeoutSeconds
         settings.watching.client_timeout = self.watchClientTimeoutSeconds
         settings.watching.connect_timeout = self.watchConnectTimeoutSeconds

@@ -139,3 +139,19 @@ def test_operator_log_lines_are_json_with_quota_and_pool_fields() -> None:
     doc = json.loads(JsonFormatter().format(record))
     assert doc["msg"] == "quota ns/q: planned"
     assert (doc["quota"], doc["pool"], doc["component"]) == ("ns/q", "p1", "operator")
+
+
+def test_building_the_command_line_imports_no_kubernetes_client() -> None:
+    """`connquota operator --kubeconfig F` sets KUBECONFIG before the kubernetes client is
+    imported (it reads the variable once, at import): building the parser must not import it."""
+    import subprocess
+    import sys
+
+    script = (
+        "import sys\n"
+        "from connquota.cli import build_parser\n"
+        "build_parser().parse_args(['operator', '--kubeconfig', 'x'])\n"
+        "assert 'kubernetes' not in sys.modules and 'kopf' not in sys.modules, sorted(\n"
+        "    m for m in sys.modules if m.startswith(('kubernetes', 'kopf')))\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
