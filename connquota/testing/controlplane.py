@@ -132,11 +132,12 @@ class _KeyPair:
 
 
 def _key_pem(key: Any) -> bytes:
-    return key.private_bytes(
+    pem: bytes = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
+    return pem
 
 
 def _issue(
@@ -388,7 +389,7 @@ class ControlPlane:
         from kubernetes import client, config
 
         configuration = client.Configuration()
-        config.load_kube_config(
+        config.load_kube_config(  # type: ignore[no-untyped-call]
             config_file=str(self.kubeconfig), client_configuration=configuration
         )
         configuration.connection_pool_maxsize = 32

@@ -7,9 +7,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from kubernetes.client.rest import ApiException
+from kubernetes.client.exceptions import ApiException
 
-from connquota.testing.podharness.common import HarnessFields
+from connquota.testing.podharness.common import HarnessFields, RawBody
 
 
 def term_matches(term: Mapping[str, Any], labels: Mapping[str, str], node_name: str) -> bool:
@@ -69,7 +69,7 @@ class Scheduler(HarnessFields):
 
     def _bind(self, pod: dict[str, Any], node_name: str) -> None:
         meta = pod["metadata"]
-        body = {
+        body: RawBody = {
             "apiVersion": "v1",
             "kind": "Binding",
             "metadata": {"name": meta["name"], "namespace": meta["namespace"], "uid": meta["uid"]},

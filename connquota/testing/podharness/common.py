@@ -7,8 +7,13 @@ from __future__ import annotations
 import datetime as dt
 import threading
 from dataclasses import dataclass, field
+from typing import Any
 
 from kubernetes import client
+
+# A request body as JSON-shaped data. The Kubernetes client sends a dict body as it is, while
+# its annotations name only its generated models; the harness writes Kubernetes' own JSON.
+RawBody = Any
 
 POD_ROOT_ENV = "CONNQUOTA_POD_ROOT"
 DEFAULT_NODE_NAME = "connquota-harness"

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from kubernetes import client
-from kubernetes.client.rest import ApiException
+from kubernetes.client.exceptions import ApiException
 
 from connquota.testing.podharness.state import RunnerState
 

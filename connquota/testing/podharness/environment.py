@@ -9,7 +9,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from kubernetes.client.rest import ApiException
+from kubernetes.client.exceptions import ApiException
 
 from connquota.testing.podharness.common import POD_ROOT_ENV, PodConfigError
 from connquota.testing.podharness.state import RunnerState
@@ -46,10 +46,10 @@ class PodSources(RunnerState):
             "status.hostIPs": self.harness.host_ip,
         }
         if path in simple:
-            return simple[path]
+            return str(simple[path])
         match = re.fullmatch(r"metadata\.(labels|annotations)\['(.+)'\]", path)
         if match:
-            return (meta.get(match.group(1)) or {}).get(match.group(2), "")
+            return str((meta.get(match.group(1)) or {}).get(match.group(2), ""))
         if path in ("metadata.labels", "metadata.annotations"):
             items = sorted((meta.get(path.split(".")[1]) or {}).items())
             return "\n".join(f'{k}="{v}"' for k, v in items)

@@ -12,12 +12,12 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from kubernetes import client
-from kubernetes.client.rest import ApiException
+from kubernetes.client.exceptions import ApiException
 from kubernetes.watch.watch import iter_resp_lines
 
 from connquota.testing.podharness.binding import Scheduler
@@ -231,7 +231,7 @@ class PodHarness(NodeAgent, Scheduler, PodAddresses):
 
     def _raw_pods(self, **kwargs: Any) -> Any:
         """List or watch Pods without the client's models: the raw JSON (or the response)."""
-        func = (
+        func: Callable[..., Any] = (
             self.core.list_namespaced_pod
             if self.namespace
             else self.core.list_pod_for_all_namespaces
@@ -258,7 +258,7 @@ class PodHarness(NodeAgent, Scheduler, PodAddresses):
         try:
             if self._stopping.is_set():
                 return
-            for line in iter_resp_lines(resp):
+            for line in iter_resp_lines(resp):  # type: ignore[no-untyped-call]
                 if self._stopping.is_set():
                     return
                 event = json.loads(line)

@@ -7,12 +7,13 @@ import os
 import time
 from typing import Any
 
-from kubernetes.client.rest import ApiException
+from kubernetes.client.exceptions import ApiException
 
 from connquota.testing.podharness.common import (
     LEASE_NAMESPACE,
     MERGE_PATCH,
     HarnessFields,
+    RawBody,
     kube_micro_time,
     kube_time,
 )
@@ -75,7 +76,7 @@ class NodeAgent(HarnessFields):
 
     def _register_node(self, node_name: str) -> None:
         self._ready_since = getattr(self, "_ready_since", kube_time())
-        body = {
+        body: RawBody = {
             "apiVersion": "v1",
             "kind": "Node",
             "metadata": {
@@ -96,12 +97,13 @@ class NodeAgent(HarnessFields):
             if err.status != 409:
                 raise
             node = self.core.read_node(node_name)
+        assert node.metadata is not None
         self._node_labels[node_name] = dict(node.metadata.labels or {})
         self.core.patch_node_status(
             node_name, {"status": self._node_status(node_name)}, _content_type=MERGE_PATCH
         )
         self._node_status_at = time.monotonic()
-        lease = {
+        lease: RawBody = {
             "apiVersion": "coordination.k8s.io/v1",
             "kind": "Lease",
             "metadata": {

@@ -39,7 +39,7 @@ def probe_once(
             ctx.verify_mode = ssl.CERT_NONE
         try:
             with urllib.request.urlopen(req, timeout=timeout_s, context=ctx) as resp:
-                return 200 <= resp.status < 400
+                return 200 <= int(resp.status) < 400
         except urllib.error.HTTPError as err:
             return 200 <= err.code < 400
         except (OSError, ValueError):

@@ -67,4 +67,5 @@ class RunnerState:
 
     @property
     def container(self) -> dict[str, Any]:
-        return self._pod["spec"]["containers"][0]
+        container: dict[str, Any] = self._pod["spec"]["containers"][0]
+        return container

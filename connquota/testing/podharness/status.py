@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
+from decimal import Decimal
 from typing import Any
 
-from kubernetes.client.rest import ApiException
+from kubernetes.client.exceptions import ApiException
 
 from connquota.testing.podharness.common import MERGE_PATCH, kube_time
 from connquota.testing.podharness.state import RunnerState
@@ -27,6 +28,9 @@ def qos_class(pod: Mapping[str, Any]) -> str:
     """
     from kubernetes.utils import parse_quantity
 
+    def quantity(value: Any) -> Decimal:
+        return Decimal(parse_quantity(value))  # type: ignore[no-untyped-call]
+
     spec = pod.get("spec") or {}
     containers = [*(spec.get("initContainers") or []), *(spec.get("containers") or [])]
     requests: dict[str, Any] = {}
@@ -35,13 +39,13 @@ def qos_class(pod: Mapping[str, Any]) -> str:
     for container in containers:
         resources = container.get("resources") or {}
         for name, value in (resources.get("requests") or {}).items():
-            if name in QOS_RESOURCES and parse_quantity(value) != 0:
-                requests[name] = requests.get(name, 0) + parse_quantity(value)
+            if name in QOS_RESOURCES and quantity(value) != 0:
+                requests[name] = requests.get(name, 0) + quantity(value)
         found = set()
         for name, value in (resources.get("limits") or {}).items():
-            if name in QOS_RESOURCES and parse_quantity(value) != 0:
+            if name in QOS_RESOURCES and quantity(value) != 0:
                 found.add(name)
-                limits[name] = limits.get(name, 0) + parse_quantity(value)
+                limits[name] = limits.get(name, 0) + quantity(value)
         if found != set(QOS_RESOURCES):
             guaranteed = False
     if not requests and not limits:

@@ -10,9 +10,9 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from kubernetes.client.rest import ApiException
+from kubernetes.client.exceptions import ApiException
 
-from connquota.testing.podharness.common import ALL_KINDS, PodConfigError
+from connquota.testing.podharness.common import ALL_KINDS, PodConfigError, RawBody
 from connquota.testing.podharness.environment import PodSources
 
 
@@ -22,7 +22,7 @@ class VolumeWriter(PodSources):
     def _token(self, pod: dict[str, Any], source: Mapping[str, Any]) -> tuple[bytes, float]:
         sa = pod["spec"].get("serviceAccountName") or "default"
         expiration = int(source.get("expirationSeconds") or 3607)
-        body = {
+        body: RawBody = {
             "apiVersion": "authentication.k8s.io/v1",
             "kind": "TokenRequest",
             "spec": {
@@ -42,7 +42,10 @@ class VolumeWriter(PodSources):
             )
         except ApiException as err:
             raise PodConfigError(f"TokenRequest for {self.namespace}/{sa}: {err.reason}") from err
-        return resp.status.token.encode(), expiration * 0.8
+        token = resp.status.token if resp.status else None
+        if not token:
+            raise PodConfigError(f"TokenRequest for {self.namespace}/{sa}: no token in the answer")
+        return token.encode(), expiration * 0.8
 
     def _source_files(
         self, pod: dict[str, Any], source: Mapping[str, Any], kind: str
