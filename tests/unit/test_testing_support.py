@@ -105,3 +105,22 @@ async def test_wait_until_takes_plain_and_async_predicates() -> None:
     assert await wait_until(lambda: state["n"], 5, "already") == 3
     with pytest.raises(AssertionError, match="waiting for nothing ever"):
         await wait_until(lambda: False, 0.03, "nothing ever")
+
+
+def test_the_pod_harness_package_keeps_its_public_names() -> None:
+    import connquota.testing.podharness as podharness
+
+    assert podharness.PodHarness.__module__ == "connquota.testing.podharness.harness"
+    assert podharness.POD_ROOT_ENV == "CONNQUOTA_POD_ROOT"
+    assert podharness.DEFAULT_NODE_NAME == "connquota-harness"
+    assert podharness.expand_vars("$(A)-$$(A)-$(B)", {"A": "x"}) == "x-$(A)-$(B)"
+    guaranteed = {
+        "requests": {"cpu": "1", "memory": "1Gi"},
+        "limits": {"cpu": "1", "memory": "1Gi"},
+    }
+    burstable = {"requests": {"cpu": "100m"}}
+    pod = {"spec": {"containers": [{"name": "c", "resources": guaranteed}]}}
+    assert podharness.qos_class(pod) == "Guaranteed"
+    pod["spec"]["containers"][0]["resources"] = burstable
+    assert podharness.qos_class(pod) == "Burstable"
+    assert podharness.qos_class({"spec": {"containers": [{"name": "c"}]}}) == "BestEffort"
