@@ -10,7 +10,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # pytest-xdist workers for the tests without a control plane. They mostly wait on (scaled)
 # exchange windows rather than compute, so more workers than the 2 cores still pay off.
+# worksteal: an idle worker takes queued tests from a busy one, so the 10-16 s gateway
+# recovery tests (adjacent in collection order) do not pile up on one worker.
 WORKERS ?= 6
+XDIST = -n $(WORKERS) --dist worksteal
 TIER := PYTEST=$(BIN)/pytest bash hack/pytest-tier.sh
 # Every test is in exactly one of these selections (tests/conftest.py marks tests/cluster/**
 # as `cluster`); soak and chaos are the opt-in tiers.
@@ -45,14 +48,14 @@ typecheck: venv
 	$(BIN)/mypy connquota
 
 unit: venv
-	$(TIER) unit empty-fails -n $(WORKERS) -m "$(PARALLEL)" tests/unit
+	$(TIER) unit empty-fails $(XDIST) -m "$(PARALLEL)" tests/unit
 
 check: lint
-	$(TIER) check-parallel empty-fails -n $(WORKERS) -m "$(PARALLEL)" tests
+	$(TIER) check-parallel empty-fails $(XDIST) -m "$(PARALLEL)" tests
 	$(TIER) check-serial empty-ok -m "$(SERIAL_FAST)" tests
 
 test: venv controlplane lint
-	$(TIER) test-parallel empty-fails -n $(WORKERS) -m "$(PARALLEL)" tests
+	$(TIER) test-parallel empty-fails $(XDIST) -m "$(PARALLEL)" tests
 	$(TIER) test-serial empty-ok -m "$(SERIAL_FAST)" tests
 	$(TIER) test-cluster empty-fails -m "$(CLUSTER)" tests
 
