@@ -38,6 +38,9 @@ class LimitName(StrEnum):
     """Streams named in one subscribe request."""
     SUBSCRIBE_PAYLOAD_BYTES = "subscribePayloadBytes"
     """Bytes of one subscribe request's stream list."""
+    ARGS_CHARACTERS_PER_CONNECTION = "argsCharactersPerConnection"
+    """Characters of all stream names subscribed on one connection (Bybit: 21,000); each name
+    counts its length plus 3 (quotes and separator, as in a JSON args array)."""
     MAX_CONNECTION_AGE = "maxConnectionAge"
     """Seconds after which the exchange closes a connection; rotate before it."""
 

@@ -16,7 +16,6 @@ from connquota.api.pool import ExchangeEgressPoolSpec
 from connquota.api.quota import ExchangeConnectionQuotaSpec
 from connquota.demo.scaling import scaled_profile
 from connquota.exchanges import effective_profile, get_profile
-from connquota.exchanges.dialects import wire_format
 from connquota.planner import QuotaInput, expand_streams, plan_pool
 
 DEMO_NAMESPACE = "connquota-demo"
@@ -131,8 +130,7 @@ def build_world(
     )
     profile = effective_profile(spec)
     quota = QuotaInput(DEMO_NAMESPACE, DEMO_QUOTA, spec, profile)
-    wire = wire_format(base.dialect)
-    desired = expand_streams(spec, compose=wire.stream_name)[:streams]
+    desired = expand_streams(spec, profile.dialect)[:streams]
     pool_plan = plan_pool(pool, [quota], {quota.key: desired}, {quota.key: 1})
     plan = scale_plan(pool_plan.plans[quota.key], time_scale, endpoint)
     return DemoWorld(pool, spec, profile, plan, [d.name for d in desired], notes)
