@@ -48,7 +48,6 @@ async def wait_until(
     predicate: Callable[[], T | Awaitable[T]],
     timeout_s: float = 5.0,
     what: str = "",
-    *,
     interval_s: float = 0.01,
 ) -> T:
     """Poll ``predicate`` (plain or async) every ``interval_s`` until it returns something

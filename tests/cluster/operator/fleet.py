@@ -22,7 +22,8 @@ from connquota.demo.scaling import scaled_profile
 from connquota.exchanges import get_profile
 from connquota.mockexchange.server import MockExchange
 from connquota.mockexchange.threaded import ThreadedMockExchange
-from connquota.testing.podharness import DEFAULT_NODE_NAME
+from connquota.testing.resources import custom_exchange
+from connquota.testing.resources import loopback_pool as pool_body  # noqa: F401 (tests import it from here)
 
 GROUP, VERSION = "connquota.io", "v1alpha1"
 TIME_SCALE = 20.0
@@ -68,14 +69,7 @@ class MockThread(ThreadedMockExchange[MockExchange]):
     def quota_exchange(self, domain: str) -> dict[str, Any]:
         """`spec.custom` of a quota pointing at this mock, durations in wall-clock seconds."""
         profile = scaled_profile(self.mock.profile, TIME_SCALE, self.mock.url)
-        return {
-            "endpoint": self.mock.url,
-            "dialect": profile.dialect.value,
-            "domain": domain,
-            "limits": [lim.to_wire() for lim in profile.limits],
-            "heartbeat": profile.heartbeat.to_wire(),
-            "deadConnectionTimeoutSeconds": profile.deadConnectionTimeoutSeconds,
-        }
+        return custom_exchange(profile, domain)
 
 
 def shrunk_limits(**values: tuple[float, float | None]) -> list[Limit]:
@@ -107,27 +101,6 @@ def mock_exchange() -> Iterator[MockThread]:
         yield mock
     finally:
         mock.stop()
-
-
-def pool_body(name: str, addresses: int = 1) -> dict[str, Any]:
-    """A pool of loopback `bind` addresses 127.0.0.2.. on the harness's node."""
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "ExchangeEgressPool",
-        "metadata": {"name": name},
-        "spec": {
-            "addresses": [
-                {
-                    "name": f"lo-{i + 2}",
-                    "publicAddress": f"127.0.0.{i + 2}",
-                    "mode": "bind",
-                    "bindAddress": f"127.0.0.{i + 2}",
-                    "node": DEFAULT_NODE_NAME,
-                }
-                for i in range(addresses)
-            ]
-        },
-    }
 
 
 def quota_body(
