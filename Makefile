@@ -49,7 +49,8 @@ lint: venv
 # `mypy --follow-imports=silent <package>` is clean; `make typecheck-all` shows the rest.
 TYPED := connquota/api connquota/planner connquota/commands connquota/cli.py \
 	connquota/testing/__init__.py connquota/testing/controlplane.py connquota/testing/podharness \
-	connquota/testing/resources.py connquota/testing/tlsca.py connquota/testing/waiting.py
+	connquota/testing/resources.py connquota/testing/tlsca.py connquota/testing/waiting.py \
+	connquota/testing/gateway_plans.py
 typecheck: venv
 	$(BIN)/mypy --follow-imports=silent $(TYPED)
 
