@@ -226,11 +226,6 @@ class ExchangeProfile(ApiModel):
         default=60.0,
         description="Seconds the exchange keeps counting a connection that ended uncleanly.",
     )
-    whoamiPath: Annotated[str, Field(max_length=256)] | None = Field(
-        default="/whoami",
-        description="HTTP path on the endpoint's host that answers the caller's address "
-        "(the mock exchange's /whoami). Empty disables the egress check.",
-    )
     notes: Annotated[str, Field(max_length=4096)] = Field(
         default="", description="Protocol notes for operators."
     )

@@ -65,6 +65,22 @@ def heartbeat_reserve(
     return need if capacity is None else max(0, min(capacity, need))
 
 
+MIN_MESSAGE_MARGIN_S = 0.05
+"""The least margin a message window keeps when the plan's margin allows it."""
+
+
+def message_margin_s(plan_margin_s: float, window_s: float | None) -> float:
+    """The margin a gateway adds to a per-connection message window.
+
+    The plan's margin, but at most a quarter of the window (and at least 50 ms when the plan's
+    margin allows it: delivery jitter on the way). Message slices are per connection and never
+    move between pods, so no operator-side memory depends on this margin; a full second on a
+    1-second message window would halve the connection's usable rate."""
+    if not window_s or window_s <= 0:
+        return plan_margin_s
+    return min(plan_margin_s, max(0.25 * window_s, MIN_MESSAGE_MARGIN_S))
+
+
 def recovery_s(connections: int, attempts_per_window: int, hold_s: float) -> float:
     """How long reopening `connections` takes at `attempts_per_window` attempts, each holding
     its place for `hold_s` (`attempt_hold_s`): ceil(N / R) holds; infinite when R is 0."""
@@ -76,6 +92,7 @@ def recovery_s(connections: int, attempts_per_window: int, hold_s: float) -> flo
 
 
 __all__ = [
+    "MIN_MESSAGE_MARGIN_S",
     "SYN_GRACE_S",
     "WINDOW_MARGIN_S",
     "attempt_hold_s",

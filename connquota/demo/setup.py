@@ -62,6 +62,7 @@ def build_world(
     time_scale: float,
     endpoint: str,
     attempts_per_address: int,
+    echo_url: str | None = None,
 ) -> DemoWorld:
     """Plan a quota of `streams` streams over `addresses` loopback addresses and `gateways` pods.
 
@@ -106,7 +107,13 @@ def build_world(
                     "node": "demo-node",
                 }
                 for i in range(addresses)
-            ]
+            ],
+            # Verified through an IP-echo service (never the exchange), as a real pool would be.
+            "egressCheck": (
+                {"method": "url", "url": echo_url}
+                if echo_url
+                else {"method": "none", "reason": "the demo runs on loopback addresses"}
+            ),
         }
     )
     spec = ExchangeConnectionQuotaSpec.model_validate(

@@ -25,6 +25,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from connquota.api import timing
 from connquota.api.limits import LimitName, LimitScope, LimitShape
 from connquota.api.plan import CONNECTION_SCOPE_KEY, PodPlan, Slice
 from connquota.api.report import AttemptWindow, Quarantine
@@ -34,9 +35,6 @@ from connquota.gateway.clock import Clock
 log = logging.getLogger(__name__)
 
 INF = math.inf
-SYN_GRACE_S = 0.25
-"""Added to every attempt's hold: covers the time between the record and the SYN itself."""
-MIN_MESSAGE_MARGIN_S = 0.05
 MAX_WAIT_STEP_S = 5.0
 """Waiters re-check at least this often even when nothing notifies them."""
 
@@ -158,14 +156,6 @@ def rate_rule(s: Slice, margin_s: float, extra_hold_s: float = 0.0) -> RateRule:
     if s.shape == LimitShape.TOKEN_BUCKET and s.burst is not None:
         value = min(value, int(s.burst))
     return RateRule(value, extra_hold_s + window_s + margin_s, window_s, min(s.reserve, value))
-
-
-def message_margin_s(plan_margin_s: float, window_s: float) -> float:
-    """The margin added to message windows: the plan's, but at most a quarter of the window
-    (and never less than 50 ms when the plan's margin allows it: delivery jitter on the way)."""
-    if window_s <= 0:
-        return plan_margin_s
-    return min(plan_margin_s, max(0.25 * window_s, MIN_MESSAGE_MARGIN_S))
 
 
 @dataclass
@@ -319,7 +309,8 @@ class Limiter:
         s = self._slice(LimitName.CONNECTION_ATTEMPTS, scope, key)
         if s is None or s.windowSeconds is None:
             return RateRule(0, 0.0, 0.0)
-        extra = self.plan.profile.connectTimeoutSeconds + SYN_GRACE_S
+        # hold = SYN grace + connect timeout + window + margin: timing.attempt_hold_s.
+        extra = self.plan.profile.connectTimeoutSeconds + timing.SYN_GRACE_S
         return rate_rule(s, self.plan.windowMarginSeconds, extra)
 
     def _concurrent_capacity(self, scope: LimitScope, key: str) -> int:
@@ -528,7 +519,7 @@ class Limiter:
         s = self._slice(name, scope, key)
         if s is None or s.windowSeconds is None:
             return 0, 0.0
-        rule = rate_rule(s, message_margin_s(self.plan.windowMarginSeconds, s.windowSeconds))
+        rule = rate_rule(s, timing.message_margin_s(self.plan.windowMarginSeconds, s.windowSeconds))
         return rule.capacity, rule.hold_s
 
     def size_limit(self, name: LimitName) -> int | None:
@@ -583,11 +574,16 @@ class MessageGate:
                 if s is None or s.windowSeconds is None:
                     rule = RateRule(0, 0.0, 0.0)
                 else:
-                    rule = rate_rule(s, message_margin_s(plan.windowMarginSeconds, s.windowSeconds))
+                    margin = timing.message_margin_s(plan.windowMarginSeconds, s.windowSeconds)
+                    rule = rate_rule(s, margin)
                 reserve = rule.reserve
-                counts_hb = plan.profile.heartbeat.countsAsMessage
-                if name == LimitName.MESSAGES_PER_CONNECTION and counts_hb and rule.capacity >= 2:
-                    reserve = max(reserve, 1)
+                if name == LimitName.MESSAGES_PER_CONNECTION:
+                    # The planner's reserve, and never less than the one rule says (an older
+                    # plan may carry none).
+                    need = timing.heartbeat_reserve(
+                        plan.profile.heartbeat, s.windowSeconds, rule.capacity
+                    )
+                    reserve = max(reserve, need) if rule.capacity >= 2 else reserve
                 sliding = old[0] if old else SlidingLog(rule.capacity, rule.hold_s)
                 sliding.capacity, sliding.hold_s = rule.capacity, rule.hold_s
                 fresh[name] = (sliding, reserve)

@@ -30,7 +30,7 @@ from typing import Any
 import aiohttp
 
 from connquota.api.limits import ExchangeProfile, HeartbeatDirection, LimitName, LimitScope
-from connquota.api.plan import ConnectionPlan, PlanCredential
+from connquota.api.plan import CONNECTION_SCOPE_KEY, ConnectionPlan, PlanCredential, PodPlan
 from connquota.exchanges.dialects.base import (
     Ack,
     Data,
@@ -96,6 +96,30 @@ class UpstreamContext:
     stats: Counter = field(default_factory=Counter)
     """('reconnect', reason) / ('rate_limited', status) / ('messages_in',) ... counters."""
     log_extra: dict[str, str] = field(default_factory=dict)
+
+
+def plan_max_age_s(plan: PodPlan) -> float | None:
+    """The maximum connection age the plan allows (its connection slice, headroom applied).
+
+    The planner gives every pod a connection-scoped `maxConnectionAge` slice of
+    floor(headroom x the exchange's value); the gateway rotates within that, not within the
+    profile's published value. A plan without the slice falls back to the profile's limit.
+    """
+    got = plan.slice(LimitName.MAX_CONNECTION_AGE, LimitScope.CONNECTION, CONNECTION_SCOPE_KEY)
+    if got is not None:
+        return float(got.value)
+    limit = plan.profile.limit(LimitName.MAX_CONNECTION_AGE)
+    return None if limit is None else float(limit.value)
+
+
+def rotation_after_s(max_age_s: float, connect_timeout_s: float, lead_fraction: float) -> float:
+    """Seconds after a session opened to start its make-before-break rotation.
+
+    Early enough that the replacement can take its attempt and connect (two connect timeouts,
+    or `lead_fraction` of the age, whichever is longer) — and never before half the age.
+    """
+    lead = max(connect_timeout_s * 2, max_age_s * lead_fraction)
+    return max(max_age_s * 0.5, max_age_s - lead)
 
 
 class SessionEnded(Exception):
@@ -492,6 +516,7 @@ class UpstreamConnection:
         self.streams: set[str] = set(plan.streams)
         self.state = "starting"
         self.status = ""
+        self.opening_slot_id = ""
         self.current: Session | None = None
         self.rotation_requested = asyncio.Event()
         self.sessions_opened = 0
@@ -548,13 +573,16 @@ class UpstreamConnection:
         settings = self.ctx.settings
         while not self._stopping:
             check = await self.ctx.egress.ensure_checked(self.address)
-            if not check.ok:
+            if not check.usable:
+                # The address is not verified: no attempt leaves from it. The check itself is
+                # shared by every connection of the address and retried on its own backoff.
                 self.state, self.status = "refused", check.message
-                await asyncio.sleep(10.0)
+                await asyncio.sleep(max(0.5, check.retry_in_s()))
                 continue
             if self.credential is not None and not await self._credential_ready():
                 continue
             session = Session(self)
+            self.opening_slot_id = session.slot_id
             self.state, self.status = "connecting", ""
             waited = self.ctx.limiter.attempt_wait(self.address, self.account)
             if waited[0] > 0:
@@ -631,15 +659,20 @@ class UpstreamConnection:
         if await wait_for_credential_change(cred, since, retry_s):
             log.info("credential files changed: trying again", extra=self.extra)
 
-    def _rotation_deadline(self, session: Session) -> float | None:
-        limit = self.profile.limit(LimitName.MAX_CONNECTION_AGE)
-        if limit is None or session.opened_mono is None:
+    def max_age_s(self) -> float | None:
+        """The connection's maximum age: the plan's slice (headroom applied), else the profile's."""
+        plan = self.ctx.limiter.plan
+        if plan is None:
             return None
-        lead = max(
-            self.profile.connectTimeoutSeconds * 2,
-            limit.value * self.ctx.settings.rotation_lead_fraction,
+        return plan_max_age_s(plan)
+
+    def _rotation_deadline(self, session: Session) -> float | None:
+        max_age = self.max_age_s()
+        if max_age is None or session.opened_mono is None:
+            return None
+        return session.opened_mono + rotation_after_s(
+            max_age, self.profile.connectTimeoutSeconds, self.ctx.settings.rotation_lead_fraction
         )
-        return session.opened_mono + max(limit.value * 0.5, limit.value - lead)
 
     async def _hold(self, session: Session) -> SessionEnded:
         """Keep `session` until it ends; rotate it before its maximum age. Returns why it ended."""

@@ -30,6 +30,7 @@ from typing import Any, Literal
 import kopf
 from pydantic import BaseModel, ConfigDict, Field
 
+from connquota.api import timing
 from connquota.operator import names
 
 
@@ -90,7 +91,10 @@ class OperatorConfig(BaseModel):
         default=0.2, ge=0, description="Events within this delay are handled by one reconcile."
     )
     windowMarginSeconds: float = Field(
-        default=2.0, ge=0, description="Added to every rate window before a slice moves."
+        default=timing.WINDOW_MARGIN_S,
+        ge=0,
+        description="Added to every rate window before a slice moves (the gateways use the "
+        "same margin: connquota.api.timing.WINDOW_MARGIN_S).",
     )
     livenessHost: str = Field(default="0.0.0.0", description="Liveness endpoint address.")
     livenessPort: int = Field(default=8081, ge=0, le=65535, description="0: no endpoint.")

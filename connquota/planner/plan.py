@@ -348,7 +348,7 @@ def _pod(
         ordinal=ordinal,
         profile=req.profile,
         windowMarginSeconds=timing.WINDOW_MARGIN_S,
-        addresses=addresses,
+        addresses=_with_egress_checks(req.pool, addresses),
         credentials=credentials,
         connections=[
             c.source
@@ -362,6 +362,27 @@ def _pod(
         spare=spare,
         routes=[],
     )
+
+
+def _with_egress_checks(
+    pool: ExchangeEgressPoolSpec, addresses: list[EgressAddress]
+) -> list[EgressAddress]:
+    """The pod's addresses as the pool declares them now, each with its effective egress check.
+
+    The gateway verifies each address with the check it carries (the pool's default filled in),
+    so a pod never needs the pool object, and a changed check reaches it as a changed address.
+    """
+    current = {a.name: a for a in pool.addresses}
+    out: list[EgressAddress] = []
+    for a in addresses:
+        address = current.get(a.name, a)
+        check = pool.egress_check(address)
+        out.append(
+            address
+            if address.egressCheck == check
+            else address.model_copy(update={"egressCheck": check})
+        )
+    return out
 
 
 def address_rooms_index(name: str, addresses: list[EgressAddress]) -> int:

@@ -21,7 +21,7 @@ from connquota.api.plan import (
     QuotaRef,
     Slice,
 )
-from connquota.api.pool import EgressAddress, EgressMode
+from connquota.api.pool import EgressAddress, EgressCheck, EgressMode
 
 RATE = LimitShape.SLIDING_WINDOW
 
@@ -94,11 +94,16 @@ def small_profile(
     )
 
 
-def bind_address(index: int) -> EgressAddress:
-    """Pool address `a<index>` bound to 127.0.0.<index+2>."""
+def bind_address(index: int, check: EgressCheck | None = None) -> EgressAddress:
+    """Pool address `a<index>` bound to 127.0.0.<index+2>, verified by `check` (if given)."""
     ip = f"127.0.0.{index + 2}"
     return EgressAddress(
-        name=f"a{index}", publicAddress=ip, mode=EgressMode.BIND, bindAddress=ip, node="local"
+        name=f"a{index}",
+        publicAddress=ip,
+        mode=EgressMode.BIND,
+        bindAddress=ip,
+        node="local",
+        egressCheck=check,
     )
 
 

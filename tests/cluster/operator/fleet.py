@@ -18,12 +18,13 @@ from kubernetes import client
 
 from cluster.conftest import HARNESS_LABEL
 from connquota.api.limits import Limit, LimitName, LimitScope
+from connquota.api.pool import EgressCheck, EgressCheckMethod
 from connquota.demo.scaling import scaled_profile
 from connquota.exchanges import get_profile
 from connquota.mockexchange.server import MockExchange
 from connquota.mockexchange.threaded import ThreadedMockExchange
-from connquota.testing.resources import custom_exchange
-from connquota.testing.resources import loopback_pool as pool_body  # noqa: F401 (tests import it from here)
+from connquota.testing.ipecho import ThreadedIpEcho
+from connquota.testing.resources import custom_exchange, loopback_pool
 
 GROUP, VERSION = "connquota.io", "v1alpha1"
 TIME_SCALE = 20.0
@@ -101,6 +102,27 @@ def mock_exchange() -> Iterator[MockThread]:
         yield mock
     finally:
         mock.stop()
+
+
+@pytest.fixture
+def ip_echo() -> Iterator[ThreadedIpEcho]:
+    """The IP-echo service pools verify their addresses through (the exchange serves none)."""
+    echo = ThreadedIpEcho("127.0.0.1", 0)
+    try:
+        yield echo
+    finally:
+        echo.stop()
+
+
+def pool_body(name: str, addresses: int = 1, echo_url: str | None = None) -> dict[str, Any]:
+    """A pool of loopback `bind` addresses 127.0.0.2.. on the harness's node, verified through
+    the IP-echo service at `echo_url` (unverified, with a reason, without one)."""
+    check = (
+        EgressCheck(method=EgressCheckMethod.URL, url=echo_url)
+        if echo_url
+        else EgressCheck(method=EgressCheckMethod.NONE, reason="loopback test addresses")
+    )
+    return loopback_pool(name, addresses, egress_check=check)
 
 
 def quota_body(

@@ -17,10 +17,12 @@ import aiohttp
 import pytest
 
 from connquota.api.limits import ExchangeProfile, Limit, LimitName, LimitScope
+from connquota.api.pool import EgressCheck, EgressCheckMethod
 from connquota.demo.processes import GatewayProcess
 from connquota.demo.scaling import scaled_profile
 from connquota.exchanges import get_profile
 from connquota.mockexchange.server import MockExchange
+from connquota.testing.ipecho import IpEchoServer
 from connquota.testing.waiting import wait_until
 
 TIME_SCALE = 20.0
@@ -66,6 +68,12 @@ class Harness:
         self.mock: MockExchange | None = None
         self.gateways: list[GatewayProcess] = []
         self.http = aiohttp.ClientSession()
+        self.echo = IpEchoServer()
+        """The IP-echo service the plans' addresses are verified through (never the exchange)."""
+
+    def egress_check(self) -> EgressCheck:
+        """The pool's check: GET the echo service through the address."""
+        return EgressCheck(method=EgressCheckMethod.URL, url=self.echo.url, timeoutSeconds=3)
 
     async def start_mock(self, profile_name: str, limits: list[Limit], **kw: Any) -> MockExchange:
         """The mock exchange for `profile_name` with `limits` overriding the published ones."""
@@ -151,6 +159,7 @@ class Harness:
             if gw.alive():
                 await gw.kill()
         await self.http.close()
+        await self.echo.stop()
         if self.mock is not None:
             await self.mock.stop()
 
@@ -163,6 +172,7 @@ def _path_of(endpoint: str) -> str:
 @pytest.fixture
 async def harness(tmp_path: Path):
     h = Harness(tmp_path)
+    await h.echo.start()
     try:
         yield h
     finally:
@@ -228,8 +238,13 @@ def base_plan(harness: Harness, profile: str, conns: int = 12, per_conn: int = 2
         ConnectionPlan(id=f"c{i}", address="a0", streams=names[i * per_conn : (i + 1) * per_conn])
         for i in range(conns)
     ]
+    check = kw.pop("egress_check", None) or harness.egress_check()
     plan = pod_plan(
-        harness.gateway_profile(), connections, addresses=[bind_address(0)], margin_s=0.2, **kw
+        harness.gateway_profile(),
+        connections,
+        addresses=[bind_address(0, check)],
+        margin_s=0.2,
+        **kw,
     )
     return plan, names
 

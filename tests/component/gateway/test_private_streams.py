@@ -157,7 +157,7 @@ def private_plan(harness, conns: list, extra_slices: list[Slice] | None = None):
     return pod_plan(
         harness.gateway_profile(),
         connections,
-        addresses=[bind_address(0)],
+        addresses=[bind_address(0, harness.egress_check())],
         margin_s=0.2,
         credentials=creds,
         account_slices=extra_slices,

@@ -269,3 +269,26 @@ async def test_account_attempt_slice_is_shared_by_every_address():
     assert clock.monotonic() - t0 >= 10
     counts = {(w.scope, w.key): w.count for w in limiter.attempt_windows()}
     assert counts[(LimitScope.ACCOUNT, "acct-1")] >= 1
+
+
+def test_the_limiter_holds_attempts_and_reserves_heartbeats_by_the_one_definition(tmp_path):
+    """The gateway's attempt hold and heartbeat reserve are connquota.api.timing's (the
+    planner's and the operator's too): a disagreement would let a moved slice be used twice."""
+    from connquota.api import timing
+    from connquota.api.limits import LimitName, LimitScope
+
+    profile = small_profile(attempts=5, attempt_window_s=10, connect_timeout_s=1.5)
+    plan = pod_plan(profile, connections(1, 1), margin_s=0.7)
+    limiter, _ = limiter_with(plan, tmp_path)
+    rule = limiter._attempt_rule(LimitScope.IP, "a0")
+    assert rule is not None
+    assert rule.hold_s == timing.attempt_hold_s(10, 1.5, 0.7)
+    gate = limiter.message_gate("c0#1", "a0", None)
+    own = gate._own_logs()
+    if LimitName.MESSAGES_PER_CONNECTION in own:
+        sliding, reserve = own[LimitName.MESSAGES_PER_CONNECTION]
+        s = plan.slice(LimitName.MESSAGES_PER_CONNECTION, LimitScope.CONNECTION, "*")
+        assert s is not None
+        assert reserve >= timing.heartbeat_reserve(
+            profile.heartbeat, s.windowSeconds, sliding.capacity
+        )
