@@ -50,7 +50,7 @@ lint: venv
 TYPED := connquota/api connquota/planner connquota/commands connquota/cli.py \
 	connquota/testing/__init__.py connquota/testing/controlplane.py connquota/testing/podharness \
 	connquota/testing/resources.py connquota/testing/tlsca.py connquota/testing/waiting.py \
-	connquota/testing/gateway_plans.py
+	connquota/testing/gateway_plans.py connquota/testing/ipecho.py
 typecheck: venv
 	$(BIN)/mypy --follow-imports=silent $(TYPED)
 
