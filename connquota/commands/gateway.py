@@ -56,10 +56,10 @@ def run(args: argparse.Namespace) -> int:
 
     from connquota.gateway.app import Gateway, GatewaySettings, OrdinalLease
     from connquota.gateway.lease import FileLease, KubeLease
-    from connquota.gateway.logs import setup_logging
     from connquota.gateway.plan_source import watch_plan_configmap, watch_plan_file
     from connquota.gateway.podroot import pod_path
     from connquota.gateway.upstream import UpstreamSettings
+    from connquota.logs import setup_logging
 
     pod = os.environ.get("POD_NAME", "")
     namespace = os.environ.get("POD_NAMESPACE", "")

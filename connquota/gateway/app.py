@@ -34,7 +34,7 @@ from connquota.gateway.hub import StreamHub
 from connquota.gateway.limiter import Limiter
 from connquota.gateway.metrics import make_registry
 from connquota.gateway.plan_source import PlanError
-from connquota.gateway.upstream import UpstreamContext, UpstreamSettings
+from connquota.gateway.upstream import ConnectionState, UpstreamContext, UpstreamSettings
 
 log = logging.getLogger(__name__)
 
@@ -144,12 +144,13 @@ class Gateway:
             attempts=self.limiter.attempt_windows(),
             quarantines=self.limiter.quarantines(),
             egressChecks=self.egress.results(),
+            liveConnections=self.fleet.live_connections_by_key(),
             message=self.message,
         )
 
     def _connection_status(self, conn: Any) -> str:
         """What the connection waits for now (the limiter's live reason while it waits)."""
-        if conn.state in ("waiting", "connecting"):
+        if conn.state in (ConnectionState.WAITING, ConnectionState.CONNECTING):
             why = self.limiter.waiting.get(getattr(conn, "opening_slot_id", ""))
             if why:
                 return str(why)

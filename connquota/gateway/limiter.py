@@ -45,6 +45,29 @@ SHARED_MESSAGE_LIMITS = {
 }
 
 
+class WaitKind(StrEnum):
+    """What an attempt waits for: the reasons callers decide on (never by parsing text)."""
+
+    NONE = "none"
+    NO_PLAN = "no plan"
+    STOPPED = "attempts stopped"
+    """No Lease held, or renewal failed: no attempt at all."""
+    QUARANTINED = "quarantined"
+    FRESH_START = "fresh start"
+    """No valid attempt record: the whole slice counts as just used."""
+    ATTEMPT_SLICE = "attempt slice"
+    CONCURRENT_SLICE = "concurrent slice"
+
+
+@dataclass(frozen=True)
+class AttemptWait:
+    """How long an attempt must wait, and the longest-lasting reason."""
+
+    seconds: float
+    kind: WaitKind
+    text: str
+
+
 class MessageKind(StrEnum):
     """What a message sent upstream is, for the slices it counts against."""
 
@@ -217,6 +240,9 @@ class Limiter:
         self._changed = asyncio.Event()
         self._write_lock = asyncio.Lock()
         self.waiting: dict[str, str] = {}
+        """Connection slot id -> why its attempt waits now (for /status)."""
+        self.waiting_kind: dict[str, WaitKind] = {}
+        """Connection slot id -> what its attempt waits for (for decisions)."""
         """conn id -> why its attempt is waiting (for /status)."""
 
     # -- state file -------------------------------------------------------------------------
@@ -346,33 +372,55 @@ class Limiter:
 
     def attempt_wait(self, address: str, account: str | None) -> tuple[float, str]:
         """Seconds until an attempt on (address, account) may start, and why it must wait."""
+        wait = self.attempt_wait_reason(address, account)
+        return wait.seconds, wait.text
+
+    def attempt_wait_reason(self, address: str, account: str | None) -> AttemptWait:
+        """How long until an attempt on (address, account) may start, and the longest reason."""
         if self.plan is None:
-            return INF, "no plan"
+            return AttemptWait(INF, WaitKind.NO_PLAN, "no plan")
         if not self._attempts_allowed:
-            return INF, self._attempts_block_reason or "attempts stopped"
+            return AttemptWait(
+                INF, WaitKind.STOPPED, self._attempts_block_reason or "attempts stopped"
+            )
         now = self.clock.monotonic()
-        worst, why = 0.0, ""
+        worst = AttemptWait(0.0, WaitKind.NONE, "")
         for scope, key in self._scopes(address, account):
             q = self._quarantines.get((scope, key))
             if q is not None:
                 if q.until_mono_s > now:
-                    if q.until_mono_s - now > worst:
-                        worst, why = q.until_mono_s - now, f"{scope} {key} quarantined"
+                    if q.until_mono_s - now > worst.seconds:
+                        worst = AttemptWait(
+                            q.until_mono_s - now, WaitKind.QUARANTINED, f"{scope} {key} quarantined"
+                        )
                 else:
                     del self._quarantines[(scope, key)]
             rule = self._attempt_rule(scope, key)
             if rule is not None:
                 if self._fresh_start_mono is not None:
                     wait = self._fresh_start_mono + rule.hold_s - now
-                    if wait > worst:
-                        worst, why = wait, "no valid attempt record: waiting one window"
+                    if wait > worst.seconds:
+                        worst = AttemptWait(
+                            wait,
+                            WaitKind.FRESH_START,
+                            "no valid attempt record: waiting one window",
+                        )
                 wait = self._log_for(scope, key).wait_s(now)
-                if wait > worst:
-                    worst, why = wait, f"attempt slice on {scope} {key} used up"
+                if wait > worst.seconds:
+                    worst = AttemptWait(
+                        wait, WaitKind.ATTEMPT_SLICE, f"attempt slice on {scope} {key} used up"
+                    )
             wait = self._slots_for(scope, key).wait_s(now)
-            if wait > worst:
-                worst, why = wait, f"concurrent slice on {scope} {key} used up"
-        return worst, why
+            if wait > worst.seconds:
+                worst = AttemptWait(
+                    wait, WaitKind.CONCURRENT_SLICE, f"concurrent slice on {scope} {key} used up"
+                )
+        return worst
+
+    def attempt_hold_s(self, address: str) -> float | None:
+        """How long one attempt on `address` counts (None: the exchange counts no attempts)."""
+        rule = self._attempt_rule(LimitScope.IP, address)
+        return rule.hold_s if rule is not None else None
 
     def _take_attempt(self, conn_id: str, address: str, account: str | None) -> ConnectionSlot:
         now, wall = self.clock.monotonic(), self.clock.wall()
@@ -400,16 +448,18 @@ class Limiter:
         """
         try:
             while True:
-                wait, why = self.attempt_wait(address, account)
-                if wait <= 0:
+                wait = self.attempt_wait_reason(address, account)
+                if wait.seconds <= 0:
                     slot = self._take_attempt(conn_id, address, account)
                     break
-                if self.waiting.get(conn_id) != why:
-                    self.stats.waits[why.split(" on ")[0]] += 1
-                self.waiting[conn_id] = why
-                await self.clock.wait(self._changed, min(wait, MAX_WAIT_STEP_S))
+                if self.waiting.get(conn_id) != wait.text:
+                    self.stats.waits[wait.kind.value] += 1
+                self.waiting[conn_id] = wait.text
+                self.waiting_kind[conn_id] = wait.kind
+                await self.clock.wait(self._changed, min(wait.seconds, MAX_WAIT_STEP_S))
         finally:
             self.waiting.pop(conn_id, None)
+            self.waiting_kind.pop(conn_id, None)
         await self._persist()
         return slot
 

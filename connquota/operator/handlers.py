@@ -173,12 +173,6 @@ async def pool_changed(name: str, memo: kopf.Memo, **_: Any) -> None:
     memo["reconciler"].request(name)
 
 
-@kopf.timer(*POOLS, interval=60.0, initial_delay=60.0, idle=None)
-async def pool_resync(name: str, memo: kopf.Memo, **_: Any) -> None:
-    """Repair drift: reconcile every pool periodically even without events."""
-    memo["reconciler"].request(name)
-
-
 # --- gateway objects -------------------------------------------------------------------------
 
 

@@ -29,6 +29,7 @@ from connquota.api.quota import ExchangeConnectionQuota
 from connquota.api.report import Quarantine
 from connquota.exchanges import ProfileError, effective_profile
 from connquota.operator.status import Problem
+from connquota.planner.budgets import BudgetKey
 from connquota.planner.errors import PlanningError
 from connquota.planner.incremental import PlanIndex, plan_quota_indexed
 from connquota.planner.inputs import DesiredStream, QuotaInput
@@ -295,3 +296,36 @@ def waiting_message(waiting: list[Waiting], mono_now: float, wall_now: float) ->
 def empty_pod_plan(quota: QuotaInput, ordinal: int, generation: int) -> PodPlan:
     """A plan with nothing in it: the pod closes everything and holds no slice."""
     return PodPlan(generation=generation, quota=quota.ref, ordinal=ordinal, profile=quota.profile)
+
+
+# --- The rest of the planner the operator uses, through this one door --------------------------
+# (an import-linter contract keeps every other operator module away from connquota.planner)
+from connquota.planner.ledger import (  # noqa: E402
+    LedgerSlice,
+    expire,
+    forgettable,
+    ledger_slices,
+    rebase_clock,
+    record_ack,
+    record_publication,
+)
+from connquota.planner.transitions import budget_table  # noqa: E402
+
+__all__ = [
+    "BudgetKey",
+    "DesiredStream",
+    "HoldKey",
+    "LedgerSlice",
+    "PoolShares",
+    "QuotaInput",
+    "QuotaLedger",
+    "QuotaProblem",
+    "QuotaShares",
+    "budget_table",
+    "expire",
+    "forgettable",
+    "ledger_slices",
+    "rebase_clock",
+    "record_ack",
+    "record_publication",
+]

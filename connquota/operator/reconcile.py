@@ -36,24 +36,32 @@ from connquota.api.plan import PodPlan, QuotaPlan, QuotaRef
 from connquota.api.pool import ExchangeEgressPool
 from connquota.api.quota import ExchangeConnectionQuota
 from connquota.api.report import REPORT_ANNOTATION, GatewayReport, Quarantine
-from connquota.operator import builders, ledgers, metrics, names, planning
+from connquota.operator import builders, ledgers, metrics, names, planning, usage
 from connquota.operator.crash import crash_point
 from connquota.operator.kube import KubeApi, KubeError
+from connquota.operator.planning import (
+    DesiredStream,
+    QuotaInput,
+    QuotaLedger,
+    budget_table,
+    forgettable,
+    rebase_clock,
+    record_publication,
+)
 from connquota.operator.settings import OperatorConfig
 from connquota.operator.status import (
     Problem,
     QuotaObservation,
+    pool_status,
     quota_status,
     status_differs,
     status_hash,
 )
-from connquota.planner.inputs import DesiredStream, QuotaInput
-from connquota.planner.ledger import QuotaLedger, forgettable, rebase_clock, record_publication
-from connquota.planner.transitions import budget_table
 
 log = logging.getLogger(__name__)
 
 EVENT_REPEAT_S = 600.0
+_NO_SHARE = planning.QuotaShares(quota="", domain="", admitted=False)
 """The same Event on the same object is posted at most once per this many seconds."""
 
 Source = Callable[[], Iterable[dict[str, Any]]]
@@ -143,6 +151,7 @@ class Reconciler:
         self.monotonic = monotonic
         self.wall = wall
         self.quotas: dict[str, QuotaState] = {}
+        self._pool_status_digests: dict[str, str] = {}
         self._dirty: dict[str, asyncio.Event] = {}
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -202,15 +211,21 @@ class Reconciler:
                     delay,
                     extra={"pool": pool},
                 )
-                self.api.forget_all()
+                # Re-read what this pool's quotas own before writing it again; what is known
+                # of every other pool's objects stays (no thundering re-read).
+                self.api.forget_namespaces(
+                    s.key.split("/", 1)[0] for s in self.quotas.values() if s.pool == pool
+                )
                 self._later(pool, delay)
                 continue
             failures = 0
             metrics.RECONCILES.labels(result="ok").inc()
             metrics.RECONCILE_SECONDS.observe(self.monotonic() - started)
             self.note_progress()
-            if retry_after is not None:
-                self._later(pool, retry_after)
+            # Drift repair: every pool is looked at again within resyncIntervalSeconds even
+            # when no event arrives (sooner when the reconcile asked for it).
+            resync = self.config.resyncIntervalSeconds
+            self._later(pool, resync if retry_after is None else min(retry_after, resync))
 
     def _later(self, pool: str, delay_s: float) -> None:
         """One pending timer per pool: a later request never delays an earlier one."""
@@ -289,11 +304,13 @@ class Reconciler:
 
         retry: list[float] = []
         shares = None
+        pool_problem: Problem | None = None
         if not frozen and inputs:
             try:
                 shares = planning.divide(pool.spec, [i for i, _ in inputs.values()])
             except planning.QuotaProblem as exc:
                 frozen = True
+                pool_problem = exc.problem
                 for key in inputs:
                     problems.setdefault(key, exc.problem)
 
@@ -331,7 +348,7 @@ class Reconciler:
                 )
             except KubeError as exc:
                 log.warning("quota %s: API error: %s", key, exc, extra={"quota": key})
-                self.api.forget_all()
+                self.api.forget_namespaces([key.split("/", 1)[0]])
                 raise
             if wait is not None:
                 retry.append(wait)
@@ -341,7 +358,41 @@ class Reconciler:
             # A quota planned before another published its shrink in this same pass waits
             # on stale holds: look again at once rather than at its retry time.
             retry.append(self.config.reconcileDebounceSeconds)
+        admitted = sum(
+            1
+            for body, _ in quotas
+            if not _deleting(body)
+            and (shares is None or (shares.quotas.get(quota_key(body)) or _NO_SHARE).admitted)
+        )
+        await self._write_pool_status(
+            pool_body,
+            pool_status(
+                pool_body.get("status"),
+                generation=int(pool_body["metadata"].get("generation") or 0),
+                quotas=admitted,
+                budgets=usage.pool_budgets(shares, pool.spec, reports_of),
+                problem=pool_problem,
+                reports={
+                    i: r for i, r in enumerate(r for rs in reports_of.values() for r in rs.values())
+                },
+                now=dt.datetime.now(dt.UTC),
+            ),
+        )
         return min(retry) if retry else None
+
+    async def _write_pool_status(self, pool_body: dict[str, Any], desired: dict[str, Any]) -> None:
+        """Write the pool's status when its meaning changed (a digest per pool otherwise)."""
+        name = pool_body["metadata"]["name"]
+        digest = status_hash(desired)
+        if self._pool_status_digests.get(name) == digest or not status_differs(
+            pool_body.get("status"), desired
+        ):
+            self._pool_status_digests[name] = digest
+            return
+        await self.api.merge_patch(
+            names.POOL_KIND, None, name, {"status": desired}, subresource="status"
+        )
+        self._pool_status_digests[name] = digest
 
     def _domain(
         self, key: str, inputs: Mapping[str, tuple[QuotaInput, list[DesiredStream]]]
@@ -608,10 +659,15 @@ class Reconciler:
                     "recoveryBounds": state.target.recoveryBounds,
                 }
             )
+        addresses, accounts = usage.quota_scope_use(
+            shares, key, pool.spec, plan_for_status, reports, quarantines
+        )
         obs = QuotaObservation(
             generation=int(body["metadata"].get("generation") or 0),
             problem=problem,
             plan=plan_for_status,
+            addresses=addresses,
+            accounts=accounts,
             target_generation_reached=reached,
             waiting=waiting,
             replicas=current_replicas,
@@ -722,14 +778,20 @@ class Reconciler:
                 state.loaded = False  # re-read the published plans before trying again
                 raise
             state.published[pod.ordinal] = pod
-            state.plan_rv.pop(pod.ordinal, None)
+            # The write returned the new resourceVersion: keep it, so the next publish is
+            # guarded by it without listing the quota's ConfigMaps again.
+            meta = body["metadata"]
+            rv = self.api.resource_version("ConfigMap", meta["namespace"], meta["name"])
+            if rv:
+                state.plan_rv[pod.ordinal] = rv
+            else:
+                state.plan_rv.pop(pod.ordinal, None)
             if wrote:
                 changed += 1
                 if len(todo) > 1 and changed == 1:
                     crash_point("plan")
         if changed:
             crash_point("plans")
-            state.loaded = False  # pick up the new resourceVersions on the next reconcile
         return changed
 
     async def _scale(

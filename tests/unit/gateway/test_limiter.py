@@ -13,7 +13,7 @@ from connquota.api.limits import Limit, LimitName, LimitScope, LimitShape
 from connquota.api.plan import Slice
 from connquota.gateway.attempt_log import AttemptLogFile
 from connquota.gateway.clock import ManualClock
-from connquota.gateway.limiter import Limiter, MessageKind, SlidingLog
+from connquota.gateway.limiter import Limiter, MessageKind, SlidingLog, WaitKind
 from connquota.testing.gateway_plans import connections, pod_plan, small_profile
 
 
@@ -45,6 +45,15 @@ def test_no_window_ever_holds_more_than_the_slice(capacity, window_s, gaps):
         sliding.record(now)
         starts.append(now)
     assert starts_in_any_window(starts, window_s) <= capacity
+
+
+async def wait_until(condition, steps: int = 1000) -> None:
+    """Yield to the event loop until `condition()` holds (bounded: fails after `steps`)."""
+    for _ in range(steps):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("condition not met")
 
 
 def limiter_with(plan, tmp_path=None, clock=None, boot_id="boot-a"):
@@ -135,9 +144,10 @@ async def test_concurrent_slice_blocks_until_a_release_and_unclean_ends_hold_the
     a = await limiter.acquire_attempt("c0", "a0")
     await limiter.acquire_attempt("c1", "a0")
     third = asyncio.create_task(limiter.acquire_attempt("c2", "a0"))
-    await asyncio.sleep(0.01)
+    await wait_until(lambda: "c2" in limiter.waiting_kind)
     assert not third.done()
-    assert "concurrent" in limiter.waiting["c2"]
+    assert limiter.waiting_kind["c2"] == WaitKind.CONCURRENT_SLICE
+    assert "concurrent slice on ip a0" in limiter.waiting["c2"]
     t0 = clock.monotonic()
     a.release(clean=False)
     await asyncio.wait_for(third, 1)
@@ -162,8 +172,9 @@ async def test_no_attempt_without_the_lease():
     limiter, _ = limiter_with(plan)
     limiter.set_attempts_allowed(False, "lease held by another process")
     task = asyncio.create_task(limiter.acquire_attempt("c0", "a0"))
-    await asyncio.sleep(0.01)
+    await wait_until(lambda: "c0" in limiter.waiting)
     assert limiter.waiting["c0"] == "lease held by another process"
+    assert limiter.waiting_kind["c0"] == WaitKind.STOPPED
     limiter.set_attempts_allowed(True)
     await asyncio.wait_for(task, 1)
 
