@@ -42,6 +42,7 @@ from connquota.testing.controlplane import (
     free_port,
     start_control_plane,
 )
+from connquota.testing.waiting import wait_for as _wait
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -104,19 +105,6 @@ def _metric(port: int, name: str) -> float:
         for line in text.splitlines()
         if line.startswith(name + "{") or line.startswith(name + " ")
     )
-
-
-def _wait(pred, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            value = pred()
-            if value:
-                return value
-        except Exception:
-            pass
-        time.sleep(0.1)
-    raise SystemExit(f"timed out waiting for {what}")
 
 
 def _quota(ns: str, name: str, pool: str, streams: int) -> dict:

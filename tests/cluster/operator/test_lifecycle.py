@@ -24,31 +24,13 @@ from cluster.operator.conftest import (
     operator_requests,
 )
 from connquota.api.plan import PodPlan
+from connquota.testing.resources import loopback_pool as _pool
 
 pytestmark = pytest.mark.cluster
 
 GROUP, VERSION = "connquota.io", "v1alpha1"
 WINDOW_S = 3.0
 DEAD_CONNECTION_S = 2.0
-
-
-def _pool(name: str) -> dict[str, Any]:
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "ExchangeEgressPool",
-        "metadata": {"name": name},
-        "spec": {
-            "addresses": [
-                {
-                    "name": "lo-2",
-                    "publicAddress": "127.0.0.2",
-                    "mode": "bind",
-                    "bindAddress": "127.0.0.2",
-                    "node": "connquota-harness",
-                }
-            ]
-        },
-    }
 
 
 def _quota(namespace: str, pool: str, streams: list[str]) -> dict[str, Any]:

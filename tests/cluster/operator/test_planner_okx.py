@@ -37,6 +37,7 @@ from connquota.exchanges import get_profile
 from connquota.mockexchange.server import MockExchange
 from connquota.mockexchange.threaded import ThreadedMockExchange
 from connquota.testing.podharness import PodHarness
+from connquota.testing.resources import custom_exchange
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
 
@@ -70,14 +71,7 @@ class OkxMock(MockThread):
         """`spec.custom` pointing at this mock (OKX's public path), durations scaled."""
         endpoint = self.mock.url + urlsplit(self.mock.profile.endpoint).path
         profile = scaled_profile(self.mock.profile, TIME_SCALE, endpoint)
-        return {
-            "endpoint": endpoint,
-            "dialect": profile.dialect.value,
-            "domain": domain,
-            "limits": [lim.to_wire() for lim in profile.limits],
-            "heartbeat": profile.heartbeat.to_wire(),
-            "deadConnectionTimeoutSeconds": profile.deadConnectionTimeoutSeconds,
-        }
+        return custom_exchange(profile, domain)
 
 
 @pytest.fixture

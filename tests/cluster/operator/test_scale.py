@@ -23,6 +23,7 @@ from cluster.operator.conftest import (
     operator_requests,
 )
 from connquota.testing.controlplane import ControlPlane
+from connquota.testing.resources import loopback_pool as _pool
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
 
@@ -35,25 +36,6 @@ SETTLE_ROUNDS = 10
 quotas, pools, Leases, Pods and StatefulSets come from kopf's indexes, what the operator wrote
 is remembered by content hash, and a Secret seen within the resync interval is not read
 again."""
-
-
-def _pool(name: str) -> dict[str, Any]:
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "ExchangeEgressPool",
-        "metadata": {"name": name},
-        "spec": {
-            "addresses": [
-                {
-                    "name": "lo-2",
-                    "publicAddress": "127.0.0.2",
-                    "mode": "bind",
-                    "bindAddress": "127.0.0.2",
-                    "node": "connquota-harness",
-                }
-            ]
-        },
-    }
 
 
 def _quota(namespace: str, name: str, pool: str) -> dict[str, Any]:

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +23,7 @@ from connquota.demo.scaling import scaled_profile
 from connquota.exchanges import get_profile
 from connquota.mockexchange.server import MockExchange
 from connquota.testing.ipecho import IpEchoServer
-
-sys.path.insert(0, str(Path(__file__).parents[2] / "unit" / "gateway"))
+from connquota.testing.waiting import wait_until
 
 TIME_SCALE = 20.0
 DIALECT_PROFILES = ["binance-spot", "okx", "bybit"]
@@ -42,17 +39,10 @@ def stream_names(profile: str, count: int, tag: str = "s") -> list[str]:
 
 
 async def wait_for(
-    probe: Callable[[], Awaitable[Any]], timeout_s: float, what: str, step_s: float = 0.1
+    probe: Callable[[], Any], timeout_s: float, what: str, step_s: float = 0.1
 ) -> Any:
-    """Poll `probe` until it returns something truthy; fail with `what` after the deadline."""
-    deadline = time.monotonic() + timeout_s
-    last = None
-    while time.monotonic() < deadline:
-        last = await probe()
-        if last:
-            return last
-        await asyncio.sleep(step_s)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what} (last: {last!r})")
+    """``wait_until`` polling every 0.1 s by default: most probes here are HTTP status calls."""
+    return await wait_until(probe, timeout_s, what, step_s)
 
 
 def shrunk(profile_name: str, **values: tuple[float, float | None]) -> list[Limit]:
@@ -240,9 +230,8 @@ class Consumer:
 
 def base_plan(harness: Harness, profile: str, conns: int = 12, per_conn: int = 2, **kw: Any):
     """`conns` connections on a0 (127.0.0.2) with `per_conn` streams each, full slices."""
-    from gateway_plan_factory import bind_address, pod_plan
-
     from connquota.api.plan import ConnectionPlan
+    from connquota.testing.gateway_plans import bind_address, pod_plan
 
     names = stream_names(profile, conns * per_conn, kw.pop("tag", "s"))
     connections = [

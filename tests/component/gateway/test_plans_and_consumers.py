@@ -7,10 +7,10 @@ import time
 
 import aiohttp
 from conftest import GW_IP, Consumer, base_plan, mock_attempts, shrunk, stream_names, wait_for
-from gateway_plan_factory import bind_address, pod_plan
 
 from connquota.api.limits import LimitName, LimitScope
 from connquota.api.plan import ConnectionPlan
+from connquota.testing.gateway_plans import bind_address, pod_plan
 
 
 async def test_a_plan_change_reopens_nothing_it_keeps_and_paces_new_subscribes(harness):

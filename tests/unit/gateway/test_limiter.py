@@ -6,7 +6,6 @@ import asyncio
 import json
 
 import pytest
-from gateway_plan_factory import connections, pod_plan, small_profile
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -15,6 +14,7 @@ from connquota.api.plan import Slice
 from connquota.gateway.attempt_log import AttemptLogFile
 from connquota.gateway.clock import ManualClock
 from connquota.gateway.limiter import Limiter, MessageKind, SlidingLog, WaitKind
+from connquota.testing.gateway_plans import connections, pod_plan, small_profile
 
 
 def starts_in_any_window(starts: list[float], window_s: float) -> int:
@@ -263,7 +263,7 @@ async def test_account_attempt_slice_is_shared_by_every_address():
         shape=LimitShape.SLIDING_WINDOW,
         windowSeconds=10,
     )
-    from gateway_plan_factory import bind_address
+    from connquota.testing.gateway_plans import bind_address
 
     plan = pod_plan(
         profile,

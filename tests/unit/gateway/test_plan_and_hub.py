@@ -6,14 +6,13 @@ import asyncio
 import json
 import random
 
-from gateway_plan_factory import connections, pod_plan, small_profile
-
 from connquota.api.plan import QuotaPlan
 from connquota.gateway.egress import address_matches, parse_echo
 from connquota.gateway.hub import SLOW_CONSUMER_DROP, StreamHub
 from connquota.gateway.lease import FileLease
 from connquota.gateway.plan_source import NewerPlans, parse_plan
 from connquota.gateway.upstream import backoff_delay_s, retry_after_s
+from connquota.testing.gateway_plans import connections, pod_plan, small_profile
 
 
 def plan_text(generation: int, ordinal: int = 0) -> str:

@@ -1,4 +1,5 @@
-"""Hand-written PodPlans for gateway tests (the planner is not needed to test the gateway)."""
+"""Hand-written PodPlans for gateway tests and benchmarks (the planner is not needed to test
+the gateway): shrunk profiles, bind addresses, pod plans, connections."""
 
 from __future__ import annotations
 
@@ -172,7 +173,9 @@ def pod_plan(
     )
 
 
-def connections(count: int, streams_each: int, address: str = "a0", prefix: str = "c") -> list:
+def connections(
+    count: int, streams_each: int, address: str = "a0", prefix: str = "c"
+) -> list[ConnectionPlan]:
     """`count` ConnectionPlans with `streams_each` distinct Binance-style streams each."""
     return [
         ConnectionPlan(
