@@ -18,25 +18,27 @@ The attempt log is written to the state file before each attempt returns (see
 from __future__ import annotations
 
 import asyncio
-import bisect
 import logging
-import math
 from collections import Counter
 from dataclasses import dataclass, field
 from enum import StrEnum
 
 from connquota.api import timing
-from connquota.api.limits import LimitName, LimitScope, LimitShape
+from connquota.api.limits import LimitName, LimitScope
 from connquota.api.plan import CONNECTION_SCOPE_KEY, PodPlan, Slice
 from connquota.api.report import AttemptWindow, Quarantine
 from connquota.gateway.attempt_log import AttemptLogFile, AttemptRecord, LoadedAttempts
 from connquota.gateway.clock import Clock
+from connquota.gateway.rate_logs import (
+    INF,
+    MAX_WAIT_STEP_S,
+    ConcurrentSlots,
+    RateRule,
+    SlidingLog,
+    rate_rule,
+)
 
 log = logging.getLogger(__name__)
-
-INF = math.inf
-MAX_WAIT_STEP_S = 5.0
-"""Waiters re-check at least this often even when nothing notifies them."""
 
 
 SHARED_MESSAGE_LIMITS = {
@@ -66,119 +68,6 @@ class AttemptWait:
     seconds: float
     kind: WaitKind
     text: str
-
-
-class MessageKind(StrEnum):
-    """What a message sent upstream is, for the slices it counts against."""
-
-    CONTROL = "control"
-    """Subscribe, unsubscribe, login: may not use the heartbeat reserve."""
-    HEARTBEAT = "heartbeat"
-    """Ping or pong: may use the heartbeat reserve."""
-
-
-class SlidingLog:
-    """Events that each stay counted until their own expiry; at most `capacity` at once."""
-
-    def __init__(self, capacity: int, hold_s: float) -> None:
-        self.capacity = capacity
-        self.hold_s = hold_s
-        self._expiries: list[float] = []
-
-    def _prune(self, now: float) -> None:
-        cut = bisect.bisect_right(self._expiries, now)
-        if cut:
-            del self._expiries[:cut]
-
-    def live(self, now: float) -> int:
-        """Events still counted at `now`."""
-        self._prune(now)
-        return len(self._expiries)
-
-    def wait_s(self, now: float, capacity: int | None = None) -> float:
-        """Seconds until one more event fits under `capacity` (default: the log's own)."""
-        cap = self.capacity if capacity is None else capacity
-        if cap <= 0:
-            return INF
-        self._prune(now)
-        excess = len(self._expiries) - cap
-        if excess < 0:
-            return 0.0
-        return self._expiries[excess] - now
-
-    def record(self, now: float, hold_s: float | None = None) -> float:
-        """Count one event at `now`; returns its expiry."""
-        expiry = now + (self.hold_s if hold_s is None else hold_s)
-        bisect.insort(self._expiries, expiry)
-        return expiry
-
-    def seed(self, expiry: float) -> None:
-        """Count an event recorded earlier (e.g. reloaded from the state file)."""
-        bisect.insort(self._expiries, expiry)
-
-    def expiries(self) -> list[float]:
-        """The expiries of the counted events, oldest first."""
-        return list(self._expiries)
-
-
-class ConcurrentSlots:
-    """Things at once: live connections plus dead ones the exchange still counts."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self.active: set[str] = set()
-        self._dead: list[float] = []
-
-    def used(self, now: float) -> int:
-        """Slots in use at `now`."""
-        cut = bisect.bisect_right(self._dead, now)
-        if cut:
-            del self._dead[:cut]
-        return len(self.active) + len(self._dead)
-
-    def wait_s(self, now: float) -> float:
-        """Seconds until a slot frees by itself (INF: only a release frees one)."""
-        if self.capacity <= 0:
-            return INF
-        excess = self.used(now) - self.capacity
-        if excess < 0:
-            return 0.0
-        if excess < len(self._dead) and len(self.active) < self.capacity:
-            return self._dead[excess] - now
-        return INF
-
-    def release(self, conn_id: str, now: float, hold_s: float) -> None:
-        """Free `conn_id`'s slot, after `hold_s` seconds if it ended uncleanly."""
-        if conn_id in self.active:
-            self.active.discard(conn_id)
-            if hold_s > 0:
-                bisect.insort(self._dead, now + hold_s)
-
-
-@dataclass(frozen=True)
-class RateRule:
-    """A rate slice turned into a sliding log: `capacity` events each held `hold_s`."""
-
-    capacity: int
-    hold_s: float
-    window_s: float
-    reserve: int = 0
-
-
-def rate_rule(s: Slice, margin_s: float, extra_hold_s: float = 0.0) -> RateRule:
-    """The sliding log that keeps within slice `s` (any rate shape), conservatively.
-
-    A token bucket (refill `value` per W, at most `burst`) is kept with min(value, burst)
-    events per W; minimum spacing with one event per W/value.
-    """
-    window_s = float(s.windowSeconds or 0.0)
-    value = int(s.value)
-    if s.shape == LimitShape.MIN_SPACING:
-        spacing = window_s / value if value > 0 else INF
-        return RateRule(1 if value > 0 else 0, extra_hold_s + spacing + margin_s, spacing)
-    if s.shape == LimitShape.TOKEN_BUCKET and s.burst is not None:
-        value = min(value, int(s.burst))
-    return RateRule(value, extra_hold_s + window_s + margin_s, window_s, min(s.reserve, value))
 
 
 @dataclass
@@ -595,99 +484,19 @@ class Limiter:
         return int(limit.value) if limit else None
 
 
-class MessageGate:
-    """Per-connection message slices (with the heartbeat reserve) plus the shared ones."""
+# Last: the gate module refers to Limiter. Re-exported so callers keep one import.
+from connquota.gateway.message_gate import MessageGate, MessageKind  # noqa: E402
 
-    def __init__(self, limiter: Limiter, conn_id: str, address: str, account: str | None) -> None:
-        self.limiter = limiter
-        self.conn_id = conn_id
-        self.address = address
-        self.account = account
-        self.sent: Counter = Counter()
-        self._own: dict[LimitName, tuple[SlidingLog, int]] = {}
-        self._plan_generation: int | None = None
-
-    def _own_logs(self) -> dict[LimitName, tuple[SlidingLog, int]]:
-        plan = self.limiter.plan
-        if plan is None:
-            return {}
-        if self._plan_generation != plan.generation:
-            fresh: dict[LimitName, tuple[SlidingLog, int]] = {}
-            for name in (
-                LimitName.MESSAGES_PER_CONNECTION,
-                LimitName.CONTROL_MESSAGES_PER_CONNECTION,
-            ):
-                if plan.profile.limit(name, LimitScope.CONNECTION) is None:
-                    continue
-                s = plan.slice(name, LimitScope.CONNECTION, CONNECTION_SCOPE_KEY)
-                old = self._own.get(name)
-                if s is None or s.windowSeconds is None:
-                    rule = RateRule(0, 0.0, 0.0)
-                else:
-                    margin = timing.message_margin_s(plan.windowMarginSeconds, s.windowSeconds)
-                    rule = rate_rule(s, margin)
-                reserve = rule.reserve
-                if name == LimitName.MESSAGES_PER_CONNECTION:
-                    # The planner's reserve, and never less than the one rule says (an older
-                    # plan may carry none).
-                    need = timing.heartbeat_reserve(
-                        plan.profile.heartbeat, s.windowSeconds, rule.capacity
-                    )
-                    reserve = max(reserve, need) if rule.capacity >= 2 else reserve
-                sliding = old[0] if old else SlidingLog(rule.capacity, rule.hold_s)
-                sliding.capacity, sliding.hold_s = rule.capacity, rule.hold_s
-                fresh[name] = (sliding, reserve)
-            self._own = fresh
-            self._plan_generation = plan.generation
-        return self._own
-
-    def _logs(self, kind: MessageKind) -> list[tuple[SlidingLog, int]]:
-        """(log, capacity this kind may fill) for every slice a message of `kind` counts in."""
-        plan = self.limiter.plan
-        if plan is None:
-            return [(SlidingLog(0, 0.0), 0)]
-        out: list[tuple[SlidingLog, int]] = []
-        counts_hb = plan.profile.heartbeat.countsAsMessage
-        own = self._own_logs()
-        per_conn = own.get(LimitName.MESSAGES_PER_CONNECTION)
-        if per_conn is not None:
-            sliding, reserve = per_conn
-            if kind == MessageKind.CONTROL:
-                out.append((sliding, sliding.capacity - reserve))
-            elif counts_hb:
-                out.append((sliding, sliding.capacity))
-        control = own.get(LimitName.CONTROL_MESSAGES_PER_CONNECTION)
-        if control is not None and kind == MessageKind.CONTROL:
-            out.append((control[0], control[0].capacity))
-        if kind == MessageKind.CONTROL or counts_hb:
-            per_ip = self.limiter._shared_log(
-                LimitName.MESSAGES_PER_IP, LimitScope.IP, self.address
-            )
-            if per_ip is not None:
-                out.append((per_ip, per_ip.capacity))
-        if self.account is not None and kind == MessageKind.CONTROL:
-            per_acct = self.limiter._shared_log(
-                LimitName.MESSAGES_PER_ACCOUNT, LimitScope.ACCOUNT, self.account
-            )
-            if per_acct is not None:
-                out.append((per_acct, per_acct.capacity))
-        return out
-
-    def wait_s(self, kind: MessageKind) -> float:
-        """Seconds until one message of `kind` may be sent."""
-        now = self.limiter.clock.monotonic()
-        return max([0.0] + [sliding.wait_s(now, cap) for sliding, cap in self._logs(kind)])
-
-    async def acquire(self, kind: MessageKind) -> None:
-        """Wait until one message of `kind` fits every slice, then count it (cancellable)."""
-        while True:
-            wait = self.wait_s(kind)
-            if wait <= 0:
-                now = self.limiter.clock.monotonic()
-                for sliding, _cap in self._logs(kind):
-                    sliding.record(now)
-                self.sent[kind] += 1
-                self.limiter.stats.messages[str(kind)] += 1
-                return
-            self.limiter.stats.waits[f"message slice ({kind})"] += 1
-            await self.limiter.clock.wait(self.limiter._changed, min(wait, MAX_WAIT_STEP_S))
+__all__ = [
+    "INF",
+    "AttemptWait",
+    "ConcurrentSlots",
+    "ConnectionSlot",
+    "Limiter",
+    "MessageGate",
+    "MessageKind",
+    "QuarantineEntry",
+    "SlidingLog",
+    "WaitKind",
+    "rate_rule",
+]
