@@ -40,9 +40,7 @@ from connquota.demo.processes import GatewayProcess
 from connquota.demo.scaling import scaled_profile
 from connquota.exchanges import get_profile
 from connquota.mockexchange.server import MockExchange
-
-sys.path.insert(0, str(Path(__file__).parents[1] / "tests" / "unit" / "gateway"))
-from gateway_plan_factory import bind_address, pod_plan
+from connquota.testing.gateway_plans import bind_address, pod_plan
 
 EVENT_TIME = b'"E":'
 

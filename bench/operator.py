@@ -10,11 +10,16 @@ Prints, for the issue note:
   five forced reconciles (the pool's annotation touched), after every quota was planned and
   its status written; broken down by verb and resource;
 - the same count while creating the 200 quotas (per quota), for scale;
-- the operator's RSS (VmRSS of its process) with 201 quotas reconciled.
+- the operator's RSS (VmRSS of its process) with 201 quotas reconciled;
+- the operator's own planning time for +1 stream on a 100,000-stream quota (`--plus-one`,
+  in-process, no control plane): `connquota.operator.planning` as a reconcile calls it
+  (streams expanded from the ConfigMap, shares divided, the target planned from the kept plan
+  index), against the full replan of the same input in the same run, with the ratio.
 
 Baseline in the same run: the operator's requests over 10 idle seconds before any quota.
 
     .venv/bin/python bench/operator.py [--quotas 200] [--streams 1000]
+    .venv/bin/python bench/operator.py --plus-one [--plus-one-streams 100000]
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from connquota.testing.controlplane import (
     free_port,
     start_control_plane,
 )
+from connquota.testing.waiting import wait_for as _wait
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -101,19 +107,6 @@ def _metric(port: int, name: str) -> float:
     )
 
 
-def _wait(pred, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            value = pred()
-            if value:
-                return value
-        except Exception:
-            pass
-        time.sleep(0.1)
-    raise SystemExit(f"timed out waiting for {what}")
-
-
 def _quota(ns: str, name: str, pool: str, streams: int) -> dict:
     return {
         "apiVersion": "connquota.io/v1alpha1",
@@ -143,11 +136,106 @@ def _settled(plane, quotas: int) -> bool:
     )
 
 
+# --- +1 stream on a big quota, through the operator's door to the planner --------------------
+
+
+def _big_quota(streams: int) -> tuple[dict, dict[str, dict[str, str]]]:
+    """A quota whose `streams` come from a ConfigMap, and that ConfigMap's data by name."""
+    body = {
+        "apiVersion": "connquota.io/v1alpha1",
+        "kind": "ExchangeConnectionQuota",
+        "metadata": {"name": "big", "namespace": "bench", "uid": "bench-big-uid"},
+        "spec": {
+            "exchange": "binance-spot",
+            "endpoint": "ws://127.0.0.1:9",
+            "egressPoolRef": {"name": "bench"},
+            "streamsFrom": [{"configMapRef": {"name": "big-streams"}, "key": "streams"}],
+            "gateway": {"maxReplicas": 64, "minReplicas": 1, "connectionsPerPod": 50},
+        },
+    }
+    text = "\n".join(f"s{i:06d}usdt@trade" for i in range(streams))
+    return body, {"big-streams": {"streams": text}}
+
+
+def _reconcile_plan(planning, body, configmaps, pool, published, indexes, took=None):
+    """What one reconcile of the quota spends in planning: read, expand, divide, plan.
+    `took` (a list) gets the seconds of (read + expand + divide, plan)."""
+    from connquota.api.quota import ExchangeConnectionQuota
+
+    t0 = time.perf_counter()
+    quota = ExchangeConnectionQuota.model_validate(body)
+    qin = planning.quota_input(quota)
+    streams = planning.desired_streams(quota, configmaps, qin)
+    shares = planning.divide(pool, [qin]).quotas[qin.key]
+    t1 = time.perf_counter()
+    plan = planning.plan_target(qin, streams, pool, shares, published, indexes)
+    if took is not None:
+        took.extend((t1 - t0, time.perf_counter() - t1))
+    return plan
+
+
+def plus_one_stream(streams: int, repeats: int = 5) -> None:
+    """Print the operator's planning time for +1 stream, indexed vs full, and the ratio."""
+    from connquota.api.pool import ExchangeEgressPoolSpec
+    from connquota.operator import planning
+    from connquota.planner.pool_plan import plan_json
+
+    pool = ExchangeEgressPoolSpec.model_validate(
+        {
+            "addresses": [
+                {"name": f"a{i}", "publicAddress": f"192.0.2.{i + 1}", "mode": "proxy",
+                 "proxyUrl": f"http://127.0.0.1:{3128 + i}"}
+                for i in range(16)
+            ]
+        }
+    )  # fmt: skip
+    body, configmaps = _big_quota(streams - 1)  # +1 gives `streams` (the supported maximum)
+    indexed: list[list[float]] = []
+    full: list[list[float]] = []
+    for r in range(repeats):
+        indexes = planning.PlanIndexes()
+        published = _reconcile_plan(planning, body, configmaps, pool, None, indexes)
+        grown = {k: dict(v) for k, v in configmaps.items()}
+        grown["big-streams"]["streams"] += f"\nplus{r}usdt@trade"
+        indexed.append([])
+        fast = _reconcile_plan(planning, body, grown, pool, published, indexes, indexed[-1])
+        assert indexes.incremental == 1, "the +1 replan did not take the indexed path"
+        full.append([])
+        fresh = planning.PlanIndexes()
+        slow = _reconcile_plan(planning, body, grown, pool, published, fresh, full[-1])
+        assert plan_json(fast) == plan_json(slow), "indexed and full plans differ"
+    fast_prep, fast_plan = min(indexed, key=sum)
+    slow_prep, slow_plan = min(full, key=sum)
+    conns = sum(len(p.connections) for p in slow.pods)
+    print(
+        f"+1 stream on a {streams:,}-stream quota ({conns} connections, {len(slow.pods)} pods), "
+        f"the operator's planning per reconcile through connquota.operator.planning "
+        f"(best of {repeats}, plans byte-identical):"
+    )
+    print(
+        f"  target plan: indexed {fast_plan * 1e3:.1f} ms vs full replan "
+        f"{slow_plan * 1e3:.1f} ms, ratio {fast_plan / slow_plan:.2f}"
+    )
+    print(
+        f"  with reading the quota and expanding its streams ({fast_prep * 1e3:.0f} ms): "
+        f"indexed {(fast_prep + fast_plan) * 1e3:.0f} ms vs full "
+        f"{(slow_prep + slow_plan) * 1e3:.0f} ms, ratio "
+        f"{(fast_prep + fast_plan) / (slow_prep + slow_plan):.2f}"
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quotas", type=int, default=200)
     parser.add_argument("--streams", type=int, default=1000)
+    parser.add_argument(
+        "--plus-one", action="store_true", help="only the +1-stream planning figure (no cluster)"
+    )
+    parser.add_argument("--plus-one-streams", type=int, default=100_000)
     args = parser.parse_args()
+    if args.plus_one:
+        plus_one_stream(args.plus_one_streams)
+        return 0
     plane = start_control_plane(find_binaries(expected_bin_dir(REPO)), audit=True)
     operator = None
     try:

@@ -57,7 +57,8 @@ from connquota.testing.controlplane import (
     free_port,
     start_control_plane,
 )
-from connquota.testing.podharness import DEFAULT_NODE_NAME, PodHarness
+from connquota.testing.podharness import PodHarness
+from connquota.testing.resources import custom_exchange, loopback_pool
 
 REPO = Path(__file__).resolve().parents[1]
 GROUP, VERSION = "connquota.io", "v1alpha1"
@@ -110,35 +111,12 @@ class MockThread(ThreadedMockExchange[MockExchange]):
     def exchange(self, domain: str) -> dict[str, Any]:
         """`spec.custom` of a quota pointing at the mock, durations in wall-clock seconds."""
         profile = scaled_profile(self.mock.profile, TIME_SCALE, self.mock.url)
-        return {
-            "endpoint": self.mock.url,
-            "dialect": profile.dialect.value,
-            "domain": domain,
-            "limits": [lim.to_wire() for lim in profile.limits],
-            "heartbeat": profile.heartbeat.to_wire(),
-            "deadConnectionTimeoutSeconds": profile.deadConnectionTimeoutSeconds,
-        }
+        return custom_exchange(profile, domain)
 
 
 def _pool(name: str, first: int) -> dict[str, Any]:
     """Loopback `bind` addresses 127.0.0.<first>.. on the harness's node."""
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "ExchangeEgressPool",
-        "metadata": {"name": name},
-        "spec": {
-            "addresses": [
-                {
-                    "name": f"lo-{first + i}",
-                    "publicAddress": f"127.0.0.{first + i}",
-                    "mode": "bind",
-                    "bindAddress": f"127.0.0.{first + i}",
-                    "node": DEFAULT_NODE_NAME,
-                }
-                for i in range(ADDRESSES)
-            ]
-        },
-    }
+    return loopback_pool(name, ADDRESSES, first=first)
 
 
 def _quota(ns: str, name: str, pool: str, exchange: dict[str, Any], streams: int) -> dict:

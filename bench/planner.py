@@ -15,6 +15,9 @@ checked to give the same bytes.
 
 `time` is the best of R runs (at least 5 for calls under 1 s, 9 under 50 ms). Run:
 .venv/bin/python bench/planner.py [--max-streams N] [--repeat R]
+
+`--cli` instead times `connquota plan` (a process, as a user runs it) on a quota of 5,000
+explicit streams against the same streams through a ConfigMap, best of R, with the ratio.
 """
 
 from __future__ import annotations
@@ -183,11 +186,61 @@ def run_case(n: int, addresses: int, accounts: int, repeat: int) -> list[tuple]:
     return rows
 
 
+def cli_explicit_vs_configmap(repeat: int, streams: int = 5000) -> None:
+    """Print `connquota plan`'s time for explicit streams and for a ConfigMap, and the ratio."""
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    import yaml
+
+    names = [f"s{i}usdt@trade" for i in range(streams)]
+    quota = {
+        "apiVersion": "connquota.io/v1alpha1",
+        "kind": "ExchangeConnectionQuota",
+        "metadata": {"name": "q", "namespace": "n"},
+        "spec": {"exchange": "binance-spot", "egressPoolRef": {"name": "p"}},
+    }
+    explicit = {**quota, "spec": {**quota["spec"], "streams": [{"name": n} for n in names]}}
+    from_cm = {
+        **quota,
+        "spec": {**quota["spec"], "streamsFrom": [{"configMapRef": {"name": "s"}, "key": "k"}]},
+    }
+    cm = {"kind": "ConfigMap", "metadata": {"name": "s"}, "data": {"k": "\n".join(names)}}
+    tmp = Path(tempfile.mkdtemp(prefix="bench-plan-"))
+    (tmp / "explicit.yaml").write_text(yaml.safe_dump(explicit))
+    (tmp / "configmap.yaml").write_text(yaml.safe_dump_all([from_cm, cm]))
+
+    def run(name: str) -> float:
+        best = math.inf
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            subprocess.run(
+                [sys.executable, "-m", "connquota.cli", "plan", str(tmp / name), "-o", "json"],
+                check=True,
+                capture_output=True,
+                timeout=120,
+            )
+            best = min(best, time.perf_counter() - t0)
+        return best
+
+    a, b = run("explicit.yaml"), run("configmap.yaml")
+    print(
+        f"connquota plan, {streams:,} streams (best of {repeat}): explicit {a:.2f} s, "
+        f"through a ConfigMap {b:.2f} s, ratio {a / b:.2f}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max-streams", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--cli", action="store_true", help="only `connquota plan`'s timing")
     args = parser.parse_args()
+    if args.cli:
+        cli_explicit_vs_configmap(args.repeat)
+        return
     cases = [
         (100, 1, 1),
         (1_000, 4, 4),

@@ -17,6 +17,8 @@ modules="$repo/hack/controlplane"
 cache="${CONNQUOTA_CACHE:-$HOME/.cache/connquota}"
 # shellcheck source=/dev/null
 source "$modules/pins.env"
+# shellcheck source=lib/version-check.sh
+source "$repo/hack/lib/version-check.sh"
 
 # Bump when the way binaries are built changes (flags, ldflags): it is part of the pin hash.
 BUILD_RECIPE=1
@@ -47,7 +49,8 @@ export GOTOOLCHAIN=local   # never download another toolchain behind the user's 
 go_have="$("$GO" env GOVERSION 2>/dev/null)" || die "'$GO' does not run"
 go_have="${go_have#go}"
 go_need="$(sed -n 's/^go \([0-9.]*\)$/\1/p' "$modules"/*/go.mod | sort -V | tail -1)"
-if [[ "$(printf '%s\n%s\n' "$go_need" "$go_have" | sort -V | head -1)" != "$go_need" ]]; then
+oldest="$(printf '%s\n%s\n' "$go_need" "$go_have" | sort -V)"   # whole output, no `| head`
+if [[ "${oldest%%$'\n'*}" != "$go_need" ]]; then
   die "Go $go_have is too old: the pinned modules need Go >= $go_need (found $GO)"
 fi
 
@@ -132,10 +135,13 @@ echo "build-control-plane: kubernetes done after $((SECONDS - start))s" >&2
 echo "build-control-plane: helm done after $((SECONDS - start))s" >&2
 
 # Smoke-check the versions before publishing the directory.
-"$tmp/kube-apiserver" --version | grep -qx "Kubernetes ${KUBERNETES_VERSION}" \
-  || die "kube-apiserver reports '$("$tmp/kube-apiserver" --version)', expected ${KUBERNETES_VERSION}"
-"$tmp/etcd" --version | grep -q "etcd Version: ${ETCD_VERSION#v}" || die "etcd version mismatch"
-"$tmp/helm" version --template '{{.Version}}' | grep -qx "${HELM_VERSION}" || die "helm version mismatch"
+# expect_version captures each output before matching (no `| grep -q` under pipefail: SIGPIPE).
+expect_version kube-apiserver line "Kubernetes ${KUBERNETES_VERSION}" "$tmp/kube-apiserver" --version \
+  || die "kube-apiserver version mismatch"
+expect_version etcd contains "etcd Version: ${ETCD_VERSION#v}" "$tmp/etcd" --version \
+  || die "etcd version mismatch"
+expect_version helm line "${HELM_VERSION}" "$tmp/helm" version --template '{{.Version}}' \
+  || die "helm version mismatch"
 
 {
   echo "built=$(date -u +%Y-%m-%dT%H:%M:%SZ) seconds=$((SECONDS - start)) go=$go_have hash=$pin_hash"

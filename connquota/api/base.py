@@ -24,18 +24,24 @@ def _add_rules_to_schema(schema: dict[str, Any], cls: type[BaseModel]) -> None:
         schema[VALIDATIONS] = [rule.to_validation() for rule in rules]
 
 
+def _names(value: object) -> tuple[str, ...]:
+    """A list of field names from a schema extra."""
+    assert isinstance(value, (list, tuple)), value
+    return tuple(str(v) for v in value)
+
+
 @cache
 def _unique_fields(cls: type[BaseModel]) -> tuple[tuple[str, tuple[str, ...] | None], ...]:
     """(field, map keys) of list fields declared unique; keys None for a set of scalars."""
-    out = []
+    out: list[tuple[str, tuple[str, ...] | None]] = []
     for name, info in cls.model_fields.items():
         extra = info.json_schema_extra
         if not isinstance(extra, dict):
             continue
         if UNIQUE_KEYS in extra:
-            out.append((name, tuple(extra[UNIQUE_KEYS])))
+            out.append((name, _names(extra[UNIQUE_KEYS])))
         elif extra.get(LIST_TYPE) == "map":
-            out.append((name, tuple(extra[LIST_MAP_KEYS])))
+            out.append((name, _names(extra[LIST_MAP_KEYS])))
         elif extra.get(LIST_TYPE) == "set":
             out.append((name, None))
     return tuple(out)
@@ -86,6 +92,6 @@ class ApiModel(BaseModel):
             raise ValueError("; ".join(errors))
         return self
 
-    def to_wire(self) -> dict:
+    def to_wire(self) -> dict[str, Any]:
         """The JSON-compatible dict as it goes over the wire (no None values)."""
         return self.model_dump(mode="json", exclude_none=True)

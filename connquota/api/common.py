@@ -60,6 +60,7 @@ class ConditionType(StrEnum):
     DEGRADED = "Degraded"
     CAPACITY_EXCEEDED = "CapacityExceeded"
     RATE_LIMITED = "RateLimited"
+    EGRESS_UNVERIFIED = "EgressUnverified"
 
 
 class Condition(ApiModel):

@@ -226,7 +226,8 @@ def openapi_schema(model: type[BaseModel]) -> dict[str, Any]:
     props["kind"] = {"description": f"Kind of the object: {model.__name__}.", "type": "string"}
     props["metadata"] = {"type": "object"}
     schema["required"] = ["spec"]
-    return _order(schema)
+    ordered: dict[str, Any] = _order(schema)
+    return ordered
 
 
 def render_crd(crd: CrdSpec) -> dict[str, Any]:

@@ -38,6 +38,9 @@ class LimitName(StrEnum):
     """Streams named in one subscribe request."""
     SUBSCRIBE_PAYLOAD_BYTES = "subscribePayloadBytes"
     """Bytes of one subscribe request's stream list."""
+    ARGS_CHARACTERS_PER_CONNECTION = "argsCharactersPerConnection"
+    """Characters of all stream names subscribed on one connection (Bybit: 21,000); each name
+    counts its length plus 3 (quotes and separator, as in a JSON args array)."""
     MAX_CONNECTION_AGE = "maxConnectionAge"
     """Seconds after which the exchange closes a connection; rotate before it."""
 
@@ -222,11 +225,6 @@ class ExchangeProfile(ApiModel):
     deadConnectionTimeoutSeconds: Annotated[float, Field(gt=0, le=3600)] = Field(
         default=60.0,
         description="Seconds the exchange keeps counting a connection that ended uncleanly.",
-    )
-    whoamiPath: Annotated[str, Field(max_length=256)] | None = Field(
-        default="/whoami",
-        description="HTTP path on the endpoint's host that answers the caller's address "
-        "(the mock exchange's /whoami). Empty disables the egress check.",
     )
     notes: Annotated[str, Field(max_length=4096)] = Field(
         default="", description="Protocol notes for operators."

@@ -14,12 +14,13 @@ from pydantic import Field
 from connquota.api.base import ApiModel
 from connquota.api.limits import ExchangeProfile, LimitName, LimitScope, LimitShape
 from connquota.api.pool import EgressAddress
+from connquota.api.timing import WINDOW_MARGIN_S
 
 FORMAT_VERSION = 1
 """The plan format this code writes and understands. A gateway keeps its last good plan when it
 gets any other version."""
 
-DEFAULT_WINDOW_MARGIN_S = 1.0
+DEFAULT_WINDOW_MARGIN_S = WINDOW_MARGIN_S
 """Seconds a gateway adds to every rate window (clock skew, in-flight SYNs), unless a plan says
 otherwise."""
 
@@ -138,7 +139,8 @@ class UnservedStream(ApiModel):
 
 
 class RecoveryBound(ApiModel):
-    """Seconds to reopen every connection on an address at the pod slices' attempt rate."""
+    """Seconds to reopen every connection on an address at the pod slices' attempt rate: each
+    pod reopens its own connections at its own attempt slice, so the slowest pod's time."""
 
     address: str
     connections: int

@@ -433,6 +433,11 @@ class LimitUse(ApiModel):
     share: Annotated[float, Field(ge=0)] = Field(description="This quota's part of the budget.")
     used: Annotated[float, Field(ge=0)] = Field(default=0, description="Use gateways report.")
     budget: Annotated[float, Field(ge=0)] = Field(description="The whole budget of the pool.")
+    slices: Annotated[float, Field(ge=0)] = Field(
+        default=0,
+        description="The sum of this quota's pod slices in its newest plan (headroom applied; "
+        "at most the share).",
+    )
 
 
 class ScopeUse(ApiModel):
@@ -442,6 +447,16 @@ class ScopeUse(ApiModel):
     limits: Annotated[list[LimitUse], Field(max_length=32)] = Field(default_factory=list)
     reason: Annotated[str, Field(max_length=1024)] | None = Field(
         default=None, description="Why the share is smaller than asked, if it is."
+    )
+    quarantinedUntil: Annotated[str, Field(max_length=64)] | None = Field(
+        default=None,
+        description="RFC 3339 time until which the exchange's 429/418 keeps this address or "
+        "account out of use (absent when not quarantined).",
+    )
+    egress: Annotated[str, Field(max_length=1024)] | None = Field(
+        default=None,
+        description="Addresses: the gateways' last egress check (verified, mismatch, failed, "
+        "unverified) and why.",
     )
 
 

@@ -90,4 +90,9 @@ class GatewayReport(ApiModel):
     egressChecks: list[EgressCheckResult] = Field(
         default_factory=list, description="Per address the pod uses: its last egress check."
     )
+    liveConnections: dict[str, Annotated[int, Field(ge=0)]] = Field(
+        default_factory=dict,
+        description="Open upstream connections per key: 'ip/<address name>' and "
+        "'account/<account id>'.",
+    )
     message: str = ""

@@ -33,9 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--consumer-token-file",
         type=Path,
-        default=Path(env("CONNQUOTA_CONSUMER_TOKEN_FILE"))
-        if env("CONNQUOTA_CONSUMER_TOKEN_FILE")
-        else None,
+        default=Path(token_file) if (token_file := env("CONNQUOTA_CONSUMER_TOKEN_FILE")) else None,
         help="require `Authorization: Bearer <token>` from consumers",
     )
     parser.add_argument("--lease-duration", type=int, default=15, help="seconds (in cluster)")
@@ -56,12 +54,12 @@ def run(args: argparse.Namespace) -> int:
     """Start the gateway and run until SIGTERM."""
     import asyncio
 
-    from connquota.gateway.app import Gateway, GatewaySettings
+    from connquota.gateway.app import Gateway, GatewaySettings, OrdinalLease
     from connquota.gateway.lease import FileLease, KubeLease
-    from connquota.gateway.logs import setup_logging
     from connquota.gateway.plan_source import watch_plan_configmap, watch_plan_file
     from connquota.gateway.podroot import pod_path
     from connquota.gateway.upstream import UpstreamSettings
+    from connquota.logs import setup_logging
 
     pod = os.environ.get("POD_NAME", "")
     namespace = os.environ.get("POD_NAMESPACE", "")
@@ -107,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
                 print("connquota gateway --in-cluster needs POD_NAMESPACE and CONNQUOTA_QUOTA")
                 return 2
             plans = watch_plan_configmap(namespace, f"{quota}-plan-{ordinal}", ordinal)
-            lease = KubeLease(
+            lease: OrdinalLease = KubeLease(
                 namespace, f"{quota}-gw-{ordinal}", f"{pod}/{os.getpid()}", args.lease_duration
             )
         else:

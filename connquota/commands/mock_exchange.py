@@ -3,8 +3,8 @@
 It speaks the profile's dialect (binance, okx, bybit) on ws:// (or wss:// with --tls), counts
 every TCP connection at accept against the per-IP limits, enforces every limit of the profile
 (override any with --limit), punishes as the exchange documents (HTTP 429 / 418 with
-Retry-After, error messages, close codes), and records violations and peak use. GET /whoami
-answers the caller's address; /admin/ is the JSON admin API (stats, violations, peaks, reset,
+Retry-After, error messages, close codes), and records violations and peak use. Like a real exchange it serves no "what is my IP"
+path (--whoami adds GET /whoami as a test convenience); /admin/ is the JSON admin API (stats, violations, peaks, reset,
 faults); /metrics is Prometheus. --time-scale 60 makes a 5-minute window last 5 s (every
 duration of the profile is divided by it; data rates are per wall-clock second).
 
@@ -96,6 +96,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--port-file", metavar="PATH", help="write the bound port here once listening"
     )
+    parser.add_argument(
+        "--whoami",
+        action="store_true",
+        help="also serve GET /whoami (the caller's address; real exchanges do not, so off)",
+    )
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
 
 
@@ -132,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
         ban_s=args.ban_seconds,
         ban_after_violations=args.ban_after,
         enforce_assumed=not args.no_enforce_assumed,
+        serve_whoami=args.whoami,
     )
     if args.account:
         accounts = []

@@ -11,6 +11,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from connquota.api.limits import ExchangeProfile
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,7 +42,7 @@ def _window(limit: object) -> str:
     return f"{text} burst {burst}" if burst else text
 
 
-def render_table(profiles: list) -> str:
+def render_table(profiles: list[ExchangeProfile]) -> str:
     """The profiles as an aligned text table, one row per limit."""
     header = ("PROFILE", "LIMIT", "VALUE", "WINDOW", "SCOPE", "SHAPE", "CONFIDENCE")
     rows = [header]

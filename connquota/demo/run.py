@@ -28,6 +28,7 @@ from connquota.demo.setup import DEMO_ACCOUNTS, DemoWorld, build_world
 from connquota.demo.view import render_screen, render_summary
 from connquota.exchanges import get_profile
 from connquota.mockexchange.server import MockExchange
+from connquota.testing.ipecho import IpEchoServer
 
 CONSUMER_BATCH = 400
 
@@ -236,6 +237,8 @@ async def run_demo(options: DemoOptions) -> int:
     path = base.endpoint.split("://", 1)[1]
     path = "/" + path.split("/", 1)[1] if "/" in path else ""
     endpoint = f"ws://127.0.0.1:{port}{path}"
+    echo = IpEchoServer("127.0.0.1", 0)
+    await echo.start()
     world = build_world(
         options.profile,
         options.streams,
@@ -244,6 +247,7 @@ async def run_demo(options: DemoOptions) -> int:
         time_scale,
         endpoint,
         options.attempts,
+        echo.url,
     )
     mock = MockExchange(
         world.profile.model_copy(update={"endpoint": base.endpoint}),
@@ -297,6 +301,7 @@ async def run_demo(options: DemoOptions) -> int:
     }
     print(render_summary(state, violations, peaks, codes, workdir, DEMO_ACCOUNTS))
     await mock.stop()
+    await echo.stop()
     if not options.keep and options.workdir is None and not violations:
         shutil.rmtree(workdir, ignore_errors=True)
     return 0 if not violations else 1

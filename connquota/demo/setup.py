@@ -16,7 +16,6 @@ from connquota.api.pool import ExchangeEgressPoolSpec
 from connquota.api.quota import ExchangeConnectionQuotaSpec
 from connquota.demo.scaling import scaled_profile
 from connquota.exchanges import effective_profile, get_profile
-from connquota.exchanges.dialects import wire_format
 from connquota.planner import QuotaInput, expand_streams, plan_pool
 
 DEMO_NAMESPACE = "connquota-demo"
@@ -63,6 +62,7 @@ def build_world(
     time_scale: float,
     endpoint: str,
     attempts_per_address: int,
+    echo_url: str | None = None,
 ) -> DemoWorld:
     """Plan a quota of `streams` streams over `addresses` loopback addresses and `gateways` pods.
 
@@ -107,7 +107,13 @@ def build_world(
                     "node": "demo-node",
                 }
                 for i in range(addresses)
-            ]
+            ],
+            # Verified through an IP-echo service (never the exchange), as a real pool would be.
+            "egressCheck": (
+                {"method": "url", "url": echo_url}
+                if echo_url
+                else {"method": "none", "reason": "the demo runs on loopback addresses"}
+            ),
         }
     )
     spec = ExchangeConnectionQuotaSpec.model_validate(
@@ -131,8 +137,7 @@ def build_world(
     )
     profile = effective_profile(spec)
     quota = QuotaInput(DEMO_NAMESPACE, DEMO_QUOTA, spec, profile)
-    wire = wire_format(base.dialect)
-    desired = expand_streams(spec, compose=wire.stream_name)[:streams]
+    desired = expand_streams(spec, profile.dialect)[:streams]
     pool_plan = plan_pool(pool, [quota], {quota.key: desired}, {quota.key: 1})
     plan = scale_plan(pool_plan.plans[quota.key], time_scale, endpoint)
     return DemoWorld(pool, spec, profile, plan, [d.name for d in desired], notes)

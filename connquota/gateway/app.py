@@ -34,7 +34,7 @@ from connquota.gateway.hub import StreamHub
 from connquota.gateway.limiter import Limiter
 from connquota.gateway.metrics import make_registry
 from connquota.gateway.plan_source import PlanError
-from connquota.gateway.upstream import UpstreamContext, UpstreamSettings
+from connquota.gateway.upstream import ConnectionState, UpstreamContext, UpstreamSettings
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ class Gateway:
         )
         self.limiter = Limiter(self.clock, log_file)
         self.hub = StreamHub(settings.consumer_queue_frames, settings.slow_consumer_policy)
-        self.egress = EgressPool(self.limiter)
+        self.egress = EgressPool()
         self.ctx = UpstreamContext(
             limiter=self.limiter,
             hub=self.hub,
@@ -143,9 +143,18 @@ class Gateway:
             streams=self.fleet.live_streams(),
             attempts=self.limiter.attempt_windows(),
             quarantines=self.limiter.quarantines(),
-            egressChecked={n: c.seen for n, c in self.egress.checks.items() if c.ok},
+            egressChecks=self.egress.results(),
+            liveConnections=self.fleet.live_connections_by_key(),
             message=self.message,
         )
+
+    def _connection_status(self, conn: Any) -> str:
+        """What the connection waits for now (the limiter's live reason while it waits)."""
+        if conn.state in (ConnectionState.WAITING, ConnectionState.CONNECTING):
+            why = self.limiter.waiting.get(getattr(conn, "opening_slot_id", ""))
+            if why:
+                return str(why)
+        return str(conn.status)
 
     def status(self) -> dict[str, Any]:
         """The /status document."""
@@ -157,7 +166,7 @@ class Gateway:
                     "address": conn.address,
                     "credential": conn.credential,
                     "state": conn.state,
-                    "status": conn.status,
+                    "status": self._connection_status(conn),
                     "streams": len(conn.streams),
                     "liveStreams": conn.live_streams(),
                     "sessionsOpened": conn.sessions_opened,
@@ -182,7 +191,7 @@ class Gateway:
             "limiterCounts": {
                 "attempts": {f"{s}/{k}": n for (s, k), n in self.limiter.stats.attempts.items()},
                 "messages": dict(self.limiter.stats.messages),
-                "whoamiAttempts": self.egress.whoami_attempts,
+                "echoRequests": self.egress.echo_requests,
             },
             "quarantines": [q.to_wire() for q in self.limiter.quarantines()],
             "waiting": dict(self.limiter.waiting),
@@ -190,8 +199,14 @@ class Gateway:
             "consumers": len(self.hub.consumers),
             "messagesIn": self.hub.messages_in,
             "framesOut": self.hub.frames_out,
+            "egressReport": [r.to_wire() for r in self.egress.results()],
             "egress": {
-                n: {"ok": c.ok, "seen": c.seen, "message": c.message}
+                n: {
+                    "state": c.state.value,
+                    "usable": c.usable,
+                    "seen": c.seen,
+                    "message": c.message,
+                }
                 for n, c in self.egress.checks.items()
             },
         }
@@ -255,7 +270,13 @@ class Gateway:
             await asyncio.sleep(self.settings.report_interval_s)
 
     async def _publish_report(self) -> None:
-        text = json.dumps(self.report().to_wire(), sort_keys=True, separators=(",", ":"))
+        try:
+            text = json.dumps(self.report().to_wire(), sort_keys=True, separators=(",", ":"))
+        except Exception:
+            # A report that cannot be built must not end the report loop (the operator would
+            # wait for this pod's acknowledgement for ever): log it and try again next round.
+            log.exception("the gateway report could not be built")
+            return
         if text != self._last_report:
             with contextlib.suppress(Exception):
                 await self.lease.publish(text)

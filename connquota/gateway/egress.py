@@ -5,9 +5,15 @@ One aiohttp ClientSession per pool address. `bind` mode binds the socket's sourc
 NATs it); `proxy` is not supported yet. Every connect goes to one resolved address: the
 resolver returns a single IP and happy-eyeballs racing is off, so one attempt is one SYN.
 
-Before the first attempt on an address, the gateway GETs the profile's `whoamiPath` on the
-endpoint's host from that address and compares the answer with the plan's `publicAddress`;
-on a mismatch it refuses to connect from that address.
+Before the first attempt on an address, the gateway verifies what the outside world sees of
+that address with the check the pool gives it (`EgressAddress.egressCheck`, the pool's default
+filled in by the planner): `url` GETs an IP-echo service through the address — the same
+session, so the same source address — and compares the answer with `publicAddress`; `none`
+lets attempts go out unverified and says why. The check never goes to the exchange (real
+exchanges serve no such path, and every connection there is an attempt on their per-IP
+budget), and it is not a limiter attempt. It runs once per address per process and again when
+the address changes in a new plan; a failed or mismatched check blocks that address only, and
+is retried with a capped backoff, once for every connection waiting on it.
 """
 
 from __future__ import annotations
@@ -17,20 +23,25 @@ import ipaddress
 import json
 import logging
 import socket
+import time
 from dataclasses import dataclass
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 
-from connquota.api.pool import EgressAddress, EgressMode
-from connquota.gateway.limiter import Limiter
-from connquota.gateway.protocol import http_base
+from connquota.api.pool import (
+    UNCONFIGURED_EGRESS_CHECK,
+    EgressAddress,
+    EgressCheckMethod,
+    EgressMode,
+)
+from connquota.api.report import EgressCheckResult, EgressCheckState
 
 log = logging.getLogger(__name__)
 
 
 class EgressError(RuntimeError):
-    """An address cannot be used: unsupported mode, or the exchange sees another address."""
+    """An address cannot be used: unsupported mode, or the outside world sees another address."""
 
 
 class SingleAddressResolver(AbstractResolver):
@@ -82,24 +93,30 @@ def make_session(address: EgressAddress) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(connector=connector)
 
 
-def parse_whoami(body: str) -> str:
-    """The caller's address from a /whoami answer: JSON {"address"|"ip"|"remote": ...} or text."""
+def _egress_path(address: EgressAddress) -> EgressAddress:
+    """The parts of an address that decide how its sockets leave (not how it is verified)."""
+    return address.model_copy(update={"egressCheck": None})
+
+
+def parse_echo(body: str) -> str:
+    """The caller's address from an IP-echo answer: plain text, or JSON with ip/address/origin."""
     body = body.strip()
     try:
         doc = json.loads(body)
     except ValueError:
         return body.split()[0] if body else ""
     if isinstance(doc, dict):
-        for key in ("address", "ip", "remote", "remoteAddress", "publicAddress"):
-            if isinstance(doc.get(key), str):
-                return doc[key]
+        for key in ("ip", "address", "origin", "remote", "remoteAddress", "publicAddress"):
+            value = doc.get(key)
+            if isinstance(value, str):
+                return value.split(",")[0].strip()
     if isinstance(doc, str):
         return doc
     return ""
 
 
 def address_matches(seen: str, public: str) -> bool:
-    """Whether the address the exchange saw is the plan's public address (or inside its prefix)."""
+    """Whether the address the echo service saw is the plan's public address (or in its prefix)."""
     try:
         seen_ip = ipaddress.ip_address(seen)
         if "/" in public:
@@ -109,56 +126,81 @@ def address_matches(seen: str, public: str) -> bool:
         return seen == public
 
 
+RETRY_FIRST_S = 2.0
+"""The first retry of a failed or mismatched check; doubled per failure up to RETRY_CAP_S."""
+RETRY_CAP_S = 60.0
+
+
 @dataclass
-class EgressCheck:
-    """The outcome of one /whoami check."""
+class AddressCheck:
+    """The last egress check of one address, and when the next may run."""
 
     address: str
-    seen: str
-    ok: bool
-    message: str
+    public_address: str
+    state: EgressCheckState
+    seen: str = ""
+    reason: str = ""
+    checked_at: float | None = None
+    failures: int = 0
+    retry_at_mono: float = 0.0
+
+    @property
+    def usable(self) -> bool:
+        """Whether attempts may go out through the address."""
+        return self.state in (EgressCheckState.VERIFIED, EgressCheckState.UNVERIFIED)
+
+    @property
+    def message(self) -> str:
+        """One line for status and logs."""
+        if self.state == EgressCheckState.VERIFIED:
+            return f"egress verified: the echo service sees {self.seen}"
+        return f"egress {self.state.value}: {self.reason}"
+
+    def retry_in_s(self) -> float:
+        """Seconds until this check may run again (0 when it may run now)."""
+        return max(0.0, self.retry_at_mono - time.monotonic())
+
+    def to_result(self) -> EgressCheckResult:
+        """The check as the report carries it."""
+        return EgressCheckResult(
+            address=self.address,
+            publicAddress=self.public_address,
+            state=self.state,
+            seenAddress=self.seen,
+            reason=self.reason,
+            checkedAt=self.checked_at,
+        )
 
 
-async def check_egress(
-    session: aiohttp.ClientSession,
-    base_url: str,
-    path: str,
-    address: EgressAddress,
-    timeout_s: float,
-) -> EgressCheck:
-    """GET `path` on the exchange host from `address` and compare with its publicAddress."""
+async def fetch_echo(
+    session: aiohttp.ClientSession, url: str, timeout_s: float
+) -> tuple[str | None, str]:
+    """GET `url` through `session`: (the address it answers, "") or (None, why it failed)."""
     try:
         async with asyncio.timeout(timeout_s):
-            async with session.get(base_url + path) as resp:
+            async with session.get(url, allow_redirects=False) as resp:
                 body = await resp.text()
                 if resp.status != 200:
-                    return EgressCheck(
-                        address.name, "", False, f"whoami answered HTTP {resp.status}"
-                    )
-    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-        return EgressCheck(address.name, "", False, f"whoami failed: {type(exc).__name__}")
-    seen = parse_whoami(body)
-    if address_matches(seen, address.publicAddress):
-        return EgressCheck(address.name, seen, True, "egress address confirmed")
-    return EgressCheck(
-        address.name,
-        seen,
-        False,
-        f"egress mismatch: the exchange sees {seen or '?'} but the plan says "
-        f"{address.publicAddress}; refusing to connect from {address.name}",
-    )
+                    return None, f"the echo service {url} answered HTTP {resp.status}"
+    except (aiohttp.ClientError, TimeoutError, OSError, UnicodeDecodeError) as exc:
+        return None, f"the echo service {url} could not be reached ({type(exc).__name__})"
+    seen = parse_echo(body)
+    try:
+        ipaddress.ip_address(seen)
+    except ValueError:
+        return None, f"the echo service {url} answered no address ({body[:60]!r})"
+    return seen, ""
 
 
 class EgressPool:
-    """The pod's sessions per address and their egress checks (each check is an attempt)."""
+    """The pod's sessions per address and their egress checks (never against the exchange)."""
 
-    def __init__(self, limiter: Limiter, whoami_timeout_s: float = 5.0) -> None:
-        self.limiter = limiter
-        self.whoami_timeout_s = whoami_timeout_s
+    def __init__(self) -> None:
         self.sessions: dict[str, aiohttp.ClientSession] = {}
         self.addresses: dict[str, EgressAddress] = {}
-        self.checks: dict[str, EgressCheck] = {}
-        self.whoami_attempts = 0
+        self.checks: dict[str, AddressCheck] = {}
+        self.echo_requests = 0
+        """Requests sent to echo services (none of them to the exchange)."""
         self._locks: dict[str, asyncio.Lock] = {}
 
     def set_addresses(self, addresses: list[EgressAddress]) -> None:
@@ -167,9 +209,11 @@ class EgressPool:
             old = self.addresses.get(a.name)
             if old is not None and old != a:
                 self.checks.pop(a.name, None)
-                session = self.sessions.pop(a.name, None)
-                if session is not None:
-                    asyncio.get_running_loop().create_task(session.close())
+                if _egress_path(old) != _egress_path(a):
+                    # The way out changed: new sockets only (a changed check alone keeps them).
+                    session = self.sessions.pop(a.name, None)
+                    if session is not None:
+                        asyncio.get_running_loop().create_task(session.close())
             self.addresses[a.name] = a
 
     def session(self, name: str) -> aiohttp.ClientSession:
@@ -180,44 +224,89 @@ class EgressPool:
             self.sessions[name] = session
         return session
 
-    async def ensure_checked(self, name: str) -> EgressCheck:
-        """Check address `name` once (GET whoamiPath through the limiter); cached when it passed."""
+    def results(self) -> list[EgressCheckResult]:
+        """Every address's last check, for the report (sorted by address name)."""
+        return [self.checks[n].to_result() for n in sorted(self.checks)]
+
+    async def ensure_checked(self, name: str) -> AddressCheck:
+        """The address's check: cached once usable; a failed one runs again after its backoff.
+
+        Every connection of the address waits on the same check (one lock per address), so a
+        process checks an address once, however many connections use it.
+        """
         cached = self.checks.get(name)
-        if cached is not None and cached.ok:
+        if cached is not None and (cached.usable or cached.retry_in_s() > 0):
             return cached
         lock = self._locks.setdefault(name, asyncio.Lock())
         async with lock:
             cached = self.checks.get(name)
-            if cached is not None and cached.ok:
+            if cached is not None and (cached.usable or cached.retry_in_s() > 0):
                 return cached
             address = self.addresses.get(name)
-            plan = self.limiter.plan
-            if address is None or plan is None:
-                return EgressCheck(name, "", False, f"address {name} is not in the plan")
-            path = plan.profile.whoamiPath
-            if not path:
-                check = EgressCheck(name, "", True, "egress check disabled by the profile")
-                self.checks[name] = check
-                return check
-            try:
-                session = self.session(name)
-            except EgressError as exc:
-                check = EgressCheck(name, "", False, str(exc))
-                self.checks[name] = check
-                return check
-            # The check is a TCP connection to the exchange: it counts as an attempt.
-            slot = await self.limiter.acquire_attempt(f"whoami:{name}", name)
-            self.whoami_attempts += 1
-            try:
-                check = await check_egress(
-                    session, http_base(plan.profile), path, address, self.whoami_timeout_s
+            if address is None:
+                return AddressCheck(
+                    name, "", EgressCheckState.FAILED, reason=f"address {name} is not in the plan"
                 )
-            finally:
-                slot.release(clean=True)
+            check = await self._run_check(address, cached.failures if cached else 0)
             self.checks[name] = check
-            level = logging.INFO if check.ok else logging.ERROR
-            log.log(level, "%s", check.message, extra={"address": name, "seen": check.seen})
+            level = logging.INFO if check.usable else logging.ERROR
+            log.log(
+                level,
+                "%s",
+                check.message,
+                extra={"address": name, "seen": check.seen, "egressState": check.state.value},
+            )
             return check
+
+    async def _run_check(self, address: EgressAddress, failures: int) -> AddressCheck:
+        spec = address.egressCheck or UNCONFIGURED_EGRESS_CHECK
+        now = time.time()
+        if spec.method == EgressCheckMethod.NONE:
+            return AddressCheck(
+                address.name,
+                address.publicAddress,
+                EgressCheckState.UNVERIFIED,
+                reason=spec.reason or "",
+                checked_at=now,
+            )
+        try:
+            session = self.session(address.name)
+        except EgressError as exc:
+            seen, why = None, str(exc)
+        else:
+            self.echo_requests += 1
+            seen, why = await fetch_echo(session, spec.url or "", spec.timeoutSeconds)
+        if seen is not None and address_matches(seen, address.publicAddress):
+            return AddressCheck(
+                address.name,
+                address.publicAddress,
+                EgressCheckState.VERIFIED,
+                seen=seen,
+                checked_at=now,
+            )
+        failures += 1
+        retry = time.monotonic() + min(RETRY_CAP_S, RETRY_FIRST_S * 2 ** (failures - 1))
+        if seen is None:
+            return AddressCheck(
+                address.name,
+                address.publicAddress,
+                EgressCheckState.FAILED,
+                reason=why,
+                checked_at=now,
+                failures=failures,
+                retry_at_mono=retry,
+            )
+        return AddressCheck(
+            address.name,
+            address.publicAddress,
+            EgressCheckState.MISMATCH,
+            seen=seen,
+            reason=f"the echo service sees {seen} but the pool says {address.publicAddress}; "
+            f"no attempt leaves from {address.name}",
+            checked_at=now,
+            failures=failures,
+            retry_at_mono=retry,
+        )
 
     async def close(self) -> None:
         """Close every session."""

@@ -81,6 +81,17 @@ class Fleet:
         """Connections with an open session."""
         return sum(1 for c in self.connections.values() if c.current is not None)
 
+    def live_connections_by_key(self) -> dict[str, int]:
+        """Open connections per 'ip/<address name>' and 'account/<account id>'."""
+        out: dict[str, int] = {}
+        for c in self.connections.values():
+            if c.current is None:
+                continue
+            out[f"ip/{c.address}"] = out.get(f"ip/{c.address}", 0) + 1
+            if c.account:
+                out[f"account/{c.account}"] = out.get(f"account/{c.account}", 0) + 1
+        return out
+
     def live_streams(self) -> int:
         """Streams with an acknowledged subscription."""
         return self.ctx.hub.live_streams()

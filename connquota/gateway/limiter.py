@@ -25,6 +25,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from connquota.api import timing
 from connquota.api.limits import LimitName, LimitScope, LimitShape
 from connquota.api.plan import CONNECTION_SCOPE_KEY, PodPlan, Slice
 from connquota.api.report import AttemptWindow, Quarantine
@@ -34,9 +35,6 @@ from connquota.gateway.clock import Clock
 log = logging.getLogger(__name__)
 
 INF = math.inf
-SYN_GRACE_S = 0.25
-"""Added to every attempt's hold: covers the time between the record and the SYN itself."""
-MIN_MESSAGE_MARGIN_S = 0.05
 MAX_WAIT_STEP_S = 5.0
 """Waiters re-check at least this often even when nothing notifies them."""
 
@@ -45,6 +43,29 @@ SHARED_MESSAGE_LIMITS = {
     LimitScope.IP: LimitName.MESSAGES_PER_IP,
     LimitScope.ACCOUNT: LimitName.MESSAGES_PER_ACCOUNT,
 }
+
+
+class WaitKind(StrEnum):
+    """What an attempt waits for: the reasons callers decide on (never by parsing text)."""
+
+    NONE = "none"
+    NO_PLAN = "no plan"
+    STOPPED = "attempts stopped"
+    """No Lease held, or renewal failed: no attempt at all."""
+    QUARANTINED = "quarantined"
+    FRESH_START = "fresh start"
+    """No valid attempt record: the whole slice counts as just used."""
+    ATTEMPT_SLICE = "attempt slice"
+    CONCURRENT_SLICE = "concurrent slice"
+
+
+@dataclass(frozen=True)
+class AttemptWait:
+    """How long an attempt must wait, and the longest-lasting reason."""
+
+    seconds: float
+    kind: WaitKind
+    text: str
 
 
 class MessageKind(StrEnum):
@@ -160,14 +181,6 @@ def rate_rule(s: Slice, margin_s: float, extra_hold_s: float = 0.0) -> RateRule:
     return RateRule(value, extra_hold_s + window_s + margin_s, window_s, min(s.reserve, value))
 
 
-def message_margin_s(plan_margin_s: float, window_s: float) -> float:
-    """The margin added to message windows: the plan's, but at most a quarter of the window
-    (and never less than 50 ms when the plan's margin allows it: delivery jitter on the way)."""
-    if window_s <= 0:
-        return plan_margin_s
-    return min(plan_margin_s, max(0.25 * window_s, MIN_MESSAGE_MARGIN_S))
-
-
 @dataclass
 class QuarantineEntry:
     """An address or account the limiter refuses attempts on until `until_mono_s`."""
@@ -227,6 +240,9 @@ class Limiter:
         self._changed = asyncio.Event()
         self._write_lock = asyncio.Lock()
         self.waiting: dict[str, str] = {}
+        """Connection slot id -> why its attempt waits now (for /status)."""
+        self.waiting_kind: dict[str, WaitKind] = {}
+        """Connection slot id -> what its attempt waits for (for decisions)."""
         """conn id -> why its attempt is waiting (for /status)."""
 
     # -- state file -------------------------------------------------------------------------
@@ -319,7 +335,8 @@ class Limiter:
         s = self._slice(LimitName.CONNECTION_ATTEMPTS, scope, key)
         if s is None or s.windowSeconds is None:
             return RateRule(0, 0.0, 0.0)
-        extra = self.plan.profile.connectTimeoutSeconds + SYN_GRACE_S
+        # hold = SYN grace + connect timeout + window + margin: timing.attempt_hold_s.
+        extra = self.plan.profile.connectTimeoutSeconds + timing.SYN_GRACE_S
         return rate_rule(s, self.plan.windowMarginSeconds, extra)
 
     def _concurrent_capacity(self, scope: LimitScope, key: str) -> int:
@@ -355,33 +372,55 @@ class Limiter:
 
     def attempt_wait(self, address: str, account: str | None) -> tuple[float, str]:
         """Seconds until an attempt on (address, account) may start, and why it must wait."""
+        wait = self.attempt_wait_reason(address, account)
+        return wait.seconds, wait.text
+
+    def attempt_wait_reason(self, address: str, account: str | None) -> AttemptWait:
+        """How long until an attempt on (address, account) may start, and the longest reason."""
         if self.plan is None:
-            return INF, "no plan"
+            return AttemptWait(INF, WaitKind.NO_PLAN, "no plan")
         if not self._attempts_allowed:
-            return INF, self._attempts_block_reason or "attempts stopped"
+            return AttemptWait(
+                INF, WaitKind.STOPPED, self._attempts_block_reason or "attempts stopped"
+            )
         now = self.clock.monotonic()
-        worst, why = 0.0, ""
+        worst = AttemptWait(0.0, WaitKind.NONE, "")
         for scope, key in self._scopes(address, account):
             q = self._quarantines.get((scope, key))
             if q is not None:
                 if q.until_mono_s > now:
-                    if q.until_mono_s - now > worst:
-                        worst, why = q.until_mono_s - now, f"{scope} {key} quarantined"
+                    if q.until_mono_s - now > worst.seconds:
+                        worst = AttemptWait(
+                            q.until_mono_s - now, WaitKind.QUARANTINED, f"{scope} {key} quarantined"
+                        )
                 else:
                     del self._quarantines[(scope, key)]
             rule = self._attempt_rule(scope, key)
             if rule is not None:
                 if self._fresh_start_mono is not None:
                     wait = self._fresh_start_mono + rule.hold_s - now
-                    if wait > worst:
-                        worst, why = wait, "no valid attempt record: waiting one window"
+                    if wait > worst.seconds:
+                        worst = AttemptWait(
+                            wait,
+                            WaitKind.FRESH_START,
+                            "no valid attempt record: waiting one window",
+                        )
                 wait = self._log_for(scope, key).wait_s(now)
-                if wait > worst:
-                    worst, why = wait, f"attempt slice on {scope} {key} used up"
+                if wait > worst.seconds:
+                    worst = AttemptWait(
+                        wait, WaitKind.ATTEMPT_SLICE, f"attempt slice on {scope} {key} used up"
+                    )
             wait = self._slots_for(scope, key).wait_s(now)
-            if wait > worst:
-                worst, why = wait, f"concurrent slice on {scope} {key} used up"
-        return worst, why
+            if wait > worst.seconds:
+                worst = AttemptWait(
+                    wait, WaitKind.CONCURRENT_SLICE, f"concurrent slice on {scope} {key} used up"
+                )
+        return worst
+
+    def attempt_hold_s(self, address: str) -> float | None:
+        """How long one attempt on `address` counts (None: the exchange counts no attempts)."""
+        rule = self._attempt_rule(LimitScope.IP, address)
+        return rule.hold_s if rule is not None else None
 
     def _take_attempt(self, conn_id: str, address: str, account: str | None) -> ConnectionSlot:
         now, wall = self.clock.monotonic(), self.clock.wall()
@@ -409,16 +448,18 @@ class Limiter:
         """
         try:
             while True:
-                wait, why = self.attempt_wait(address, account)
-                if wait <= 0:
+                wait = self.attempt_wait_reason(address, account)
+                if wait.seconds <= 0:
                     slot = self._take_attempt(conn_id, address, account)
                     break
-                if self.waiting.get(conn_id) != why:
-                    self.stats.waits[why.split(" on ")[0]] += 1
-                self.waiting[conn_id] = why
-                await self.clock.wait(self._changed, min(wait, MAX_WAIT_STEP_S))
+                if self.waiting.get(conn_id) != wait.text:
+                    self.stats.waits[wait.kind.value] += 1
+                self.waiting[conn_id] = wait.text
+                self.waiting_kind[conn_id] = wait.kind
+                await self.clock.wait(self._changed, min(wait.seconds, MAX_WAIT_STEP_S))
         finally:
             self.waiting.pop(conn_id, None)
+            self.waiting_kind.pop(conn_id, None)
         await self._persist()
         return slot
 
@@ -528,7 +569,7 @@ class Limiter:
         s = self._slice(name, scope, key)
         if s is None or s.windowSeconds is None:
             return 0, 0.0
-        rule = rate_rule(s, message_margin_s(self.plan.windowMarginSeconds, s.windowSeconds))
+        rule = rate_rule(s, timing.message_margin_s(self.plan.windowMarginSeconds, s.windowSeconds))
         return rule.capacity, rule.hold_s
 
     def size_limit(self, name: LimitName) -> int | None:
@@ -583,11 +624,16 @@ class MessageGate:
                 if s is None or s.windowSeconds is None:
                     rule = RateRule(0, 0.0, 0.0)
                 else:
-                    rule = rate_rule(s, message_margin_s(plan.windowMarginSeconds, s.windowSeconds))
+                    margin = timing.message_margin_s(plan.windowMarginSeconds, s.windowSeconds)
+                    rule = rate_rule(s, margin)
                 reserve = rule.reserve
-                counts_hb = plan.profile.heartbeat.countsAsMessage
-                if name == LimitName.MESSAGES_PER_CONNECTION and counts_hb and rule.capacity >= 2:
-                    reserve = max(reserve, 1)
+                if name == LimitName.MESSAGES_PER_CONNECTION:
+                    # The planner's reserve, and never less than the one rule says (an older
+                    # plan may carry none).
+                    need = timing.heartbeat_reserve(
+                        plan.profile.heartbeat, s.windowSeconds, rule.capacity
+                    )
+                    reserve = max(reserve, need) if rule.capacity >= 2 else reserve
                 sliding = old[0] if old else SlidingLog(rule.capacity, rule.hold_s)
                 sliding.capacity, sliding.hold_s = rule.capacity, rule.hold_s
                 fresh[name] = (sliding, reserve)

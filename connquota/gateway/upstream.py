@@ -25,12 +25,13 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
 
 import aiohttp
 
 from connquota.api.limits import ExchangeProfile, HeartbeatDirection, LimitName, LimitScope
-from connquota.api.plan import ConnectionPlan, PlanCredential
+from connquota.api.plan import CONNECTION_SCOPE_KEY, ConnectionPlan, PlanCredential, PodPlan
 from connquota.exchanges.dialects.base import (
     Ack,
     Data,
@@ -43,7 +44,7 @@ from connquota.exchanges.dialects.base import (
 from connquota.gateway.credentials import CredentialError, load_credentials
 from connquota.gateway.egress import EgressError, EgressPool
 from connquota.gateway.hub import StreamHub
-from connquota.gateway.limiter import INF, Limiter, MessageKind
+from connquota.gateway.limiter import INF, Limiter, MessageKind, WaitKind
 from connquota.gateway.private_wire import (
     PrivateWire,
     credential_fingerprint,
@@ -96,6 +97,45 @@ class UpstreamContext:
     stats: Counter = field(default_factory=Counter)
     """('reconnect', reason) / ('rate_limited', status) / ('messages_in',) ... counters."""
     log_extra: dict[str, str] = field(default_factory=dict)
+
+
+class ConnectionState(StrEnum):
+    """Where an upstream connection is (its `/status` `state`)."""
+
+    STARTING = "starting"
+    REFUSED = "refused"
+    CONNECTING = "connecting"
+    WAITING = "waiting"
+    BACKOFF = "backoff"
+    SUBSCRIBING = "subscribing"
+    CREDENTIAL_ERROR = "credential-error"
+    AUTH_REFUSED = "auth-refused"
+    LIVE = "live"
+    STOPPED = "stopped"
+
+
+def plan_max_age_s(plan: PodPlan) -> float | None:
+    """The maximum connection age the plan allows (its connection slice, headroom applied).
+
+    The planner gives every pod a connection-scoped `maxConnectionAge` slice of
+    floor(headroom x the exchange's value); the gateway rotates within that, not within the
+    profile's published value. A plan without the slice falls back to the profile's limit.
+    """
+    got = plan.slice(LimitName.MAX_CONNECTION_AGE, LimitScope.CONNECTION, CONNECTION_SCOPE_KEY)
+    if got is not None:
+        return float(got.value)
+    limit = plan.profile.limit(LimitName.MAX_CONNECTION_AGE)
+    return None if limit is None else float(limit.value)
+
+
+def rotation_after_s(max_age_s: float, connect_timeout_s: float, lead_fraction: float) -> float:
+    """Seconds after a session opened to start its make-before-break rotation.
+
+    Early enough that the replacement can take its attempt and connect (two connect timeouts,
+    or `lead_fraction` of the age, whichever is longer) — and never before half the age.
+    """
+    lead = max(connect_timeout_s * 2, max_age_s * lead_fraction)
+    return max(max_age_s * 0.5, max_age_s - lead)
 
 
 class SessionEnded(Exception):
@@ -214,8 +254,7 @@ class Session:
             else:
                 wait = settings.default_429_retry_s
                 if wait is None:
-                    rule = limiter._attempt_rule(LimitScope.IP, self.conn.address)
-                    wait = rule.hold_s if rule is not None else 60.0
+                    wait = limiter.attempt_hold_s(self.conn.address) or 60.0
                 retry = wait
         self.ctx.stats[("rate_limited", str(status))] += 1
         limiter.quarantine(LimitScope.IP, self.conn.address, status, retry, reason)
@@ -490,8 +529,9 @@ class UpstreamConnection:
         self.credential = plan.credential
         self.account = ctx.accounts.get(plan.credential) if plan.credential else None
         self.streams: set[str] = set(plan.streams)
-        self.state = "starting"
+        self.state = ConnectionState.STARTING
         self.status = ""
+        self.opening_slot_id = ""
         self.current: Session | None = None
         self.rotation_requested = asyncio.Event()
         self.sessions_opened = 0
@@ -548,23 +588,26 @@ class UpstreamConnection:
         settings = self.ctx.settings
         while not self._stopping:
             check = await self.ctx.egress.ensure_checked(self.address)
-            if not check.ok:
-                self.state, self.status = "refused", check.message
-                await asyncio.sleep(10.0)
+            if not check.usable:
+                # The address is not verified: no attempt leaves from it. The check itself is
+                # shared by every connection of the address and retried on its own backoff.
+                self.state, self.status = ConnectionState.REFUSED, check.message
+                await asyncio.sleep(max(0.5, check.retry_in_s()))
                 continue
             if self.credential is not None and not await self._credential_ready():
                 continue
             session = Session(self)
-            self.state, self.status = "connecting", ""
+            self.opening_slot_id = session.slot_id
+            self.state, self.status = ConnectionState.CONNECTING, ""
             waited = self.ctx.limiter.attempt_wait(self.address, self.account)
             if waited[0] > 0:
-                self.state, self.status = "waiting", waited[1]
+                self.state, self.status = ConnectionState.WAITING, waited[1]
             try:
                 await session.open()
             except SessionEnded as ended:
                 failures += 1
                 self.ctx.stats[("reconnect", ended.reason)] += 1
-                self.state, self.status = "backoff", ended.reason
+                self.state, self.status = ConnectionState.BACKOFF, ended.reason
                 await asyncio.sleep(
                     backoff_delay_s(
                         failures, settings.backoff_base_s, settings.backoff_cap_s, self._rng
@@ -573,7 +616,7 @@ class UpstreamConnection:
                 continue
             self.sessions_opened += 1
             self.current = session
-            self.state = "subscribing"
+            self.state = ConnectionState.SUBSCRIBING
             await session.start(self.streams)
             ended = await self._hold(session)
             if self._stopping:
@@ -585,7 +628,7 @@ class UpstreamConnection:
             if ended.reason == "login-refused":
                 await self._wait_after_refusal()
                 continue
-            self.state, self.status = "backoff", ended.reason
+            self.state, self.status = ConnectionState.BACKOFF, ended.reason
             await asyncio.sleep(
                 backoff_delay_s(
                     failures, settings.backoff_base_s, settings.backoff_cap_s, self._rng
@@ -604,7 +647,7 @@ class UpstreamConnection:
                 problem = str(exc)
         if problem is None:
             return True
-        self.state = "credential-error"
+        self.state = ConnectionState.CREDENTIAL_ERROR
         self.status = f"credential {self.credential}: {problem}"
         log.error("%s", self.status, extra=self.extra)
         if cred is None:
@@ -618,7 +661,7 @@ class UpstreamConnection:
         """After the exchange refused the credential: no tight retry loop, the next attempt
         waits until the credential's files change (a rotated Secret) or `auth_retry_s`."""
         retry_s = self.ctx.settings.auth_retry_s
-        self.state = "auth-refused"
+        self.state = ConnectionState.AUTH_REFUSED
         self.status = (
             f"login refused by the exchange ({self.auth_error}); next try when the credential "
             f"files change or in {retry_s:.0f} s"
@@ -631,25 +674,30 @@ class UpstreamConnection:
         if await wait_for_credential_change(cred, since, retry_s):
             log.info("credential files changed: trying again", extra=self.extra)
 
-    def _rotation_deadline(self, session: Session) -> float | None:
-        limit = self.profile.limit(LimitName.MAX_CONNECTION_AGE)
-        if limit is None or session.opened_mono is None:
+    def max_age_s(self) -> float | None:
+        """The connection's maximum age: the plan's slice (headroom applied), else the profile's."""
+        plan = self.ctx.limiter.plan
+        if plan is None:
             return None
-        lead = max(
-            self.profile.connectTimeoutSeconds * 2,
-            limit.value * self.ctx.settings.rotation_lead_fraction,
+        return plan_max_age_s(plan)
+
+    def _rotation_deadline(self, session: Session) -> float | None:
+        max_age = self.max_age_s()
+        if max_age is None or session.opened_mono is None:
+            return None
+        return session.opened_mono + rotation_after_s(
+            max_age, self.profile.connectTimeoutSeconds, self.ctx.settings.rotation_lead_fraction
         )
-        return session.opened_mono + max(limit.value * 0.5, limit.value - lead)
 
     async def _hold(self, session: Session) -> SessionEnded:
         """Keep `session` until it ends; rotate it before its maximum age. Returns why it ended."""
         while True:
-            if session.subscribed.is_set() and self.state == "subscribing":
-                self.state = "live"
+            if session.subscribed.is_set() and self.state == ConnectionState.SUBSCRIBING:
+                self.state = ConnectionState.LIVE
             deadline = self._rotation_deadline(session)
             timeout = 1.0 if deadline is None else max(0.0, min(1.0, deadline - time.monotonic()))
             waiters = [session.ended, asyncio.ensure_future(self.rotation_requested.wait())]
-            if self.state == "subscribing":
+            if self.state == ConnectionState.SUBSCRIBING:
                 waiters.append(asyncio.ensure_future(session.subscribed.wait()))
             await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             for waiter in waiters[1:]:
@@ -671,9 +719,10 @@ class UpstreamConnection:
 
     async def _rotate(self, old: Session) -> Session | None:
         """Make-before-break when the slices leave room; else close first and reconnect."""
-        wait, why = self.ctx.limiter.attempt_wait(self.address, self.account)
-        if wait == INF or "concurrent" in why:
-            log.info("rotating break-before-make: %s", why, extra=self.extra)
+        wait = self.ctx.limiter.attempt_wait_reason(self.address, self.account)
+        if wait.seconds == INF or wait.kind == WaitKind.CONCURRENT_SLICE:
+            # No room for a second connection (or none will come): close first.
+            log.info("rotating break-before-make: %s", wait.text, extra=self.extra)
             await old.close(clean=True)
             self.current = None
             return None
@@ -710,4 +759,4 @@ class UpstreamConnection:
         if self.current is not None:
             await self.current.close(clean=True, code=code)
             self.current = None
-        self.state = "stopped"
+        self.state = ConnectionState.STOPPED

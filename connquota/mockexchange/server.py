@@ -48,7 +48,7 @@ from connquota.mockexchange.settings import MockSettings
 
 log = logging.getLogger(__name__)
 
-CONTROL_PREFIXES = ("/whoami", "/admin", "/metrics", "/healthz")
+CONTROL_PREFIXES = ("/admin", "/metrics", "/healthz")
 """HTTP paths that are the mock's own, not exchange connections (never counted as attempts)."""
 
 
@@ -132,7 +132,7 @@ class MockExchange:
 
     @property
     def http_url(self) -> str:
-        """The same server as http(s):// (for /whoami, /admin, /metrics)."""
+        """The same server as http(s):// (for /admin, /metrics, and /whoami when served)."""
         return self.url.replace("ws", "http", 1)
 
     async def start(self) -> None:
@@ -140,7 +140,8 @@ class MockExchange:
         from connquota.mockexchange.admin import add_admin_routes
 
         app = web.Application(middlewares=[self._classify_middleware])
-        app.router.add_get("/whoami", self._whoami)
+        if self.settings.serve_whoami:
+            app.router.add_get("/whoami", self._whoami)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/metrics", self._metrics)
         add_admin_routes(app, self)
@@ -259,7 +260,9 @@ class MockExchange:
     async def _classify_middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
         conn = self.conn_of(request)
         if conn is not None and conn.state == cstate.PENDING:
-            if request.path.startswith(CONTROL_PREFIXES):
+            if request.path.startswith(CONTROL_PREFIXES) or (
+                self.settings.serve_whoami and request.path == "/whoami"
+            ):
                 conn.state = cstate.CONTROL
             else:
                 conn.path = request.path

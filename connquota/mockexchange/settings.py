@@ -58,6 +58,10 @@ class MockSettings:
     """How long (profile seconds) a penalised violation counts towards a ban."""
     ban_s: float = 120.0
     """Length of an IP ban (profile seconds); Binance documents 2 minutes to 3 days."""
+    serve_whoami: bool = False
+    """Serve ``GET /whoami`` (the caller's address). Real exchanges serve no such path, so it
+    is off by default: gateways verify egress through an IP-echo service, never the exchange.
+    Turned on, it is a test convenience that is never counted as an attempt."""
     notice_lead_s: float = 5.0
     """Profile seconds between the max-age notice (serverShutdown, OKX 64008) and the close."""
     handshake_timeout_s: float | None = None

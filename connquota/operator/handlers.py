@@ -11,7 +11,7 @@ from typing import Any
 
 import kopf
 
-from connquota.operator import metrics, names
+from connquota.operator import accessors, metrics, names
 from connquota.operator.identity import with_user_agent
 from connquota.operator.kube import KubeApi, make_api_client
 from connquota.operator.reconcile import Reconciler, Sources, quota_key
@@ -25,7 +25,7 @@ GATEWAY_LABELS = {names.LABEL_NAME: names.GATEWAY_APP}
 
 
 def _pool_of(body: Any) -> str:
-    return ((body.get("spec") or {}).get("egressPoolRef") or {}).get("name", "")
+    return accessors.quota_pool(body)
 
 
 def _quota_of(body: Any) -> str | None:
@@ -170,12 +170,6 @@ async def quota_deleted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
 @kopf.on.delete(*POOLS, optional=True)
 async def pool_changed(name: str, memo: kopf.Memo, **_: Any) -> None:
     """A pool changed: reconcile every quota using it."""
-    memo["reconciler"].request(name)
-
-
-@kopf.timer(*POOLS, interval=60.0, initial_delay=60.0, idle=None)
-async def pool_resync(name: str, memo: kopf.Memo, **_: Any) -> None:
-    """Repair drift: reconcile every pool periodically even without events."""
     memo["reconciler"].request(name)
 
 

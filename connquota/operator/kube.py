@@ -16,6 +16,7 @@ import json
 import logging
 import time
 import urllib.parse
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,9 +32,32 @@ log = logging.getLogger(__name__)
 class KubeError(RuntimeError):
     """An API request failed; `status` is the HTTP status (0: no response)."""
 
-    def __init__(self, message: str, status: int = 0) -> None:
+    def __init__(self, message: str, status: int = 0, retry_after_s: float | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.retry_after_s = retry_after_s
+        """The API server's Retry-After (seconds), when it sent one."""
+
+    @property
+    def retriable(self) -> bool:
+        """Whether the same request may succeed if sent again: throttled (429), the server
+        unavailable or timing out (5xx), or no response at all (0)."""
+        return self.status in RETRIABLE_STATUSES
+
+
+RETRIABLE_STATUSES = frozenset({0, 429, 500, 502, 503, 504})
+REQUEST_RETRY_DELAYS_S = (0.5, 1.0, 2.0)
+"""Delays before the second, third and fourth try of a request that failed retriably (the API
+server's Retry-After, capped at MAX_RETRY_AFTER_S, replaces the delay when it sends one)."""
+MAX_RETRY_AFTER_S = 10.0
+
+
+def _retry_after(headers: Any) -> float | None:
+    value = (headers or {}).get("Retry-After") if headers is not None else None
+    try:
+        return max(0.0, float(value)) if value is not None else None
+    except (TypeError, ValueError):
+        return None
 
 
 class Conflict(KubeError):
@@ -141,7 +165,9 @@ class KubeApi:
             metrics.API_REQUESTS.labels(verb=verb, code=str(exc.status)).inc()
             cls = Conflict if exc.status == 409 else KubeError
             raise cls(
-                f"{method} {path}: {exc.status} {exc.reason}: {exc.body}", exc.status
+                f"{method} {path}: {exc.status} {exc.reason}: {exc.body}",
+                exc.status,
+                _retry_after(exc.headers),
             ) from None
         except Exception as exc:  # network errors, timeouts
             metrics.API_REQUESTS.labels(verb=verb, code="0").inc()
@@ -156,7 +182,25 @@ class KubeApi:
         return json.loads(data) if data else None
 
     async def _request(self, method: str, path: str, **kwargs: Any) -> Any:
-        return await asyncio.to_thread(self._call, method, path, **kwargs)
+        """One API request, tried again (at most len(REQUEST_RETRY_DELAYS_S) more times) when
+        it failed retriably, after the server's Retry-After or the next delay.
+
+        A POST that got no response at all is not sent again (it may have been carried out:
+        a create would then fail with 409); one the server refused (429, 503) is."""
+        for attempt in range(len(REQUEST_RETRY_DELAYS_S) + 1):
+            try:
+                return await asyncio.to_thread(self._call, method, path, **kwargs)
+            except KubeError as exc:
+                last = attempt == len(REQUEST_RETRY_DELAYS_S)
+                if last or not exc.retriable or (method == "POST" and exc.status == 0):
+                    raise
+                delay = REQUEST_RETRY_DELAYS_S[attempt]
+                if exc.retry_after_s is not None:
+                    delay = min(exc.retry_after_s, MAX_RETRY_AFTER_S)
+                metrics.API_RETRIES.inc()
+                log.info("%s %s failed (%s); retrying in %.1fs", method, path, exc.status, delay)
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
 
     # --- reads -------------------------------------------------------------------------------
 
@@ -240,6 +284,14 @@ class KubeApi:
         """Re-read every object before writing it again (drift repair)."""
         self._applied.clear()
         self._versions.clear()
+
+    def forget_namespaces(self, namespaces: Iterable[str]) -> None:
+        """Re-read the objects of `namespaces` before writing them again (after an error in a
+        reconcile of their quotas); what is known of every other namespace stays."""
+        drop = set(namespaces)
+        for table in (self._applied, self._versions):
+            for key in [k for k in table if k[1] in drop]:
+                del table[key]
 
     async def create(self, body: dict[str, Any]) -> bool:
         """Create `body`; False when it already exists."""

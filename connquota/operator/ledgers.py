@@ -33,7 +33,7 @@ from connquota.api.plan import PodPlan, QuotaPlan, QuotaRef
 from connquota.api.pool import ExchangeEgressPoolSpec
 from connquota.api.report import GatewayReport
 from connquota.operator.names import LEDGER_KEY
-from connquota.planner.ledger import (
+from connquota.operator.planning import (
     LedgerSlice,
     QuotaLedger,
     expire,

@@ -10,6 +10,10 @@ RECONCILES = Counter(
 RECONCILE_SECONDS = Histogram(
     "connquota_operator_reconcile_seconds", "Time one pool reconcile took."
 )
+API_RETRIES = Counter(
+    "connquota_operator_api_retries_total",
+    "Kubernetes API requests sent again after a 429, a 5xx or no response.",
+)
 API_REQUESTS = Counter(
     "connquota_operator_api_requests_total",
     "Kubernetes API requests, by verb and code.",

@@ -1,15 +1,25 @@
 """The operator's only door to the planner: turns Kubernetes bodies into planner inputs and calls
 the planner's public functions. No planning logic lives here.
 
-Planner functions used: `expand_streams`, `divide_budgets`, `plan_quota` (the target) and
-`next_publication` (the next generation safe to publish now, from every quota's ledger).
+Planner functions used: `expand_streams`, `divide_budgets`, `plan_quota_indexed` (the target)
+and `next_publication` (the next generation safe to publish now, from every quota's ledger).
 Quarantines are applied here as zero shares on the quarantined address or account.
+
+Targets are planned incrementally: `PLAN_INDEXES` keeps, per quota object (its uid), the
+planner's `PlanIndex` of the last target with a digest of every input but the streams. A replan
+whose digest matches and whose published plan is the indexed one costs time in proportion to the
+changed streams; anything else (another input changed, another plan published, a restarted
+operator, a re-created quota) takes the full path. Both paths give the same plan byte for byte
+(`plan_quota_indexed`'s contract, tested over edit sequences).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
+import logging
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 
 from connquota.api.limits import LimitScope
@@ -19,13 +29,17 @@ from connquota.api.quota import ExchangeConnectionQuota
 from connquota.api.report import Quarantine
 from connquota.exchanges import ProfileError, effective_profile
 from connquota.operator.status import Problem
+from connquota.planner.budgets import BudgetKey
 from connquota.planner.errors import PlanningError
+from connquota.planner.incremental import PlanIndex, plan_quota_indexed
 from connquota.planner.inputs import DesiredStream, QuotaInput
 from connquota.planner.ledger import HoldKey, QuotaLedger
-from connquota.planner.plan import PlanRequest, plan_quota
+from connquota.planner.plan import PlanRequest
 from connquota.planner.shares import PoolShares, QuotaShares, divide_budgets
 from connquota.planner.streams import expand_streams, source_key
 from connquota.planner.transitions import Transition, Waiting, next_publication
+
+log = logging.getLogger(__name__)
 
 
 class QuotaProblem(Exception):
@@ -44,7 +58,13 @@ def quota_input(quota: ExchangeConnectionQuota) -> QuotaInput:
         raise QuotaProblem("UnknownProfile", str(exc)) from None
     meta = quota.metadata
     assert meta.namespace and meta.name
-    return QuotaInput(namespace=meta.namespace, name=meta.name, spec=quota.spec, profile=profile)
+    return QuotaInput(
+        namespace=meta.namespace,
+        name=meta.name,
+        spec=quota.spec,
+        profile=profile,
+        uid=meta.uid or "",
+    )
 
 
 def stream_sources_needed(quota: ExchangeConnectionQuota) -> list[tuple[str, str, bool]]:
@@ -53,9 +73,13 @@ def stream_sources_needed(quota: ExchangeConnectionQuota) -> list[tuple[str, str
 
 
 def desired_streams(
-    quota: ExchangeConnectionQuota, configmaps: Mapping[str, Mapping[str, str] | None]
+    quota: ExchangeConnectionQuota,
+    configmaps: Mapping[str, Mapping[str, str] | None],
+    qin: QuotaInput | None = None,
 ) -> list[DesiredStream]:
-    """Every declared stream; `configmaps` maps ConfigMap name to its data (None: missing)."""
+    """Every declared stream, `streamSets` spelled by the effective profile's dialect (that of
+    `qin`, else resolved here); `configmaps` maps ConfigMap name to its data (None: missing)."""
+    dialect = (qin if qin is not None else quota_input(quota)).profile.dialect
     sources: dict[str, str] = {}
     for name, key, optional in stream_sources_needed(quota):
         data = configmaps.get(name)
@@ -69,7 +93,7 @@ def desired_streams(
             )
         sources[source_key(name, key)] = data[key]
     try:
-        return expand_streams(quota.spec, sources)
+        return expand_streams(quota.spec, dialect, sources)
     except PlanningError as exc:
         raise QuotaProblem("InvalidStreams", str(exc)) from None
 
@@ -82,14 +106,84 @@ def divide(pool: ExchangeEgressPoolSpec, inputs: list[QuotaInput]) -> PoolShares
         raise QuotaProblem("ImpossibleQuota", str(exc)) from None
 
 
+STREAM_FIELDS = frozenset({"streams", "streamSets", "streamsFrom"})
+"""Spec fields that only declare streams (the index follows stream changes itself)."""
+
+
+def input_digest(request: PlanRequest) -> str:
+    """A digest of every input of `request` except its streams, previous plan and generation:
+    the quota, its spec's other fields, its effective profile, the pool and its shares."""
+    shares = request.shares
+    h = hashlib.sha256()
+    for part in (
+        str(request.quota),
+        request.spec.model_dump_json(exclude=set(STREAM_FIELDS)),
+        request.profile.model_dump_json(),
+        request.pool.model_dump_json(),
+        repr((shares.quota, shares.domain, shares.admitted, sorted(shares.ip.items()))),
+        repr((sorted(shares.account.items()), sorted(shares.bursts.items()))),
+        repr(sorted(shares.limits.items())),
+        repr(shares.reasons),
+    ):
+        h.update(part.encode())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+class PlanIndexes:
+    """Per quota object (uid), the index of its last target plan and the digest of the inputs
+    it was made from; at most `capacity` quotas, the least recently planned forgotten first."""
+
+    def __init__(self, capacity: int = 1024) -> None:
+        self.capacity = capacity
+        self._kept: OrderedDict[str, tuple[str, PlanIndex]] = OrderedDict()
+        self.incremental = 0
+        """Plans made from a kept index (fast path) so far."""
+        self.full = 0
+        """Plans made in full so far."""
+
+    def plan(self, uid: str, request: PlanRequest) -> tuple[QuotaPlan, bool]:
+        """The target plan of `request` and whether it came from the kept index (fast path)."""
+        if not uid:
+            self.full += 1
+            return plan_quota_indexed(request).plan, False
+        digest = input_digest(request)
+        kept = self._kept.pop(uid, None)
+        index = kept[1] if kept is not None and kept[0] == digest else None
+        result = plan_quota_indexed(request, index)
+        self._kept[uid] = (digest, result.index)
+        while len(self._kept) > self.capacity:
+            self._kept.popitem(last=False)
+        if result.incremental:
+            self.incremental += 1
+        else:
+            self.full += 1
+        return result.plan, result.incremental
+
+    def forget(self, uid: str) -> None:
+        """Drop the quota's index (it was deleted; a later replan takes the full path)."""
+        self._kept.pop(uid, None)
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+
+PLAN_INDEXES = PlanIndexes()
+"""The operator's indexes (one process plans each quota; kept in memory, never persisted)."""
+
+
 def plan_target(
     quota: QuotaInput,
     streams: list[DesiredStream],
     pool: ExchangeEgressPoolSpec,
     shares: QuotaShares,
     published: QuotaPlan | None,
+    indexes: PlanIndexes | None = None,
 ) -> QuotaPlan:
-    """The quota's target plan: its share of the pool, sticky to the published plan."""
+    """The quota's target plan: its share of the pool, sticky to the published plan.
+
+    Planned through `indexes` (default `PLAN_INDEXES`): the same plan `plan_quota` gives, in
+    time proportional to the changed streams when only streams changed since the last call."""
     generation = (published.generation + 1) if published else 1
     request = PlanRequest(
         quota=quota.ref,
@@ -102,9 +196,22 @@ def plan_target(
         previous=published,
     )
     try:
-        return plan_quota(request)
+        plan, incremental = (PLAN_INDEXES if indexes is None else indexes).plan(quota.uid, request)
     except PlanningError as exc:
         raise QuotaProblem("ImpossibleQuota", str(exc)) from None
+    log.debug(
+        "quota %s: target generation %d planned %s",
+        quota.key,
+        generation,
+        "from its kept index (incremental)" if incremental else "in full",
+        extra={"quota": quota.key},
+    )
+    return plan
+
+
+def forget_quota(uid: str) -> None:
+    """Drop what planning keeps in memory for a deleted quota (its plan index)."""
+    PLAN_INDEXES.forget(uid)
 
 
 def quarantined(shares: QuotaShares, quarantines: Iterable[Quarantine]) -> QuotaShares:
@@ -191,7 +298,34 @@ def empty_pod_plan(quota: QuotaInput, ordinal: int, generation: int) -> PodPlan:
     return PodPlan(generation=generation, quota=quota.ref, ordinal=ordinal, profile=quota.profile)
 
 
-def max_rate_window_s(quota: QuotaInput) -> float:
-    """The longest rate window of the quota's profile (how long attempts stay counted)."""
-    windows = [lim.windowSeconds or 0.0 for lim in quota.profile.limits if lim.is_rate]
-    return max(windows, default=0.0) + quota.profile.connectTimeoutSeconds
+# --- The rest of the planner the operator uses, through this one door --------------------------
+# (an import-linter contract keeps every other operator module away from connquota.planner)
+from connquota.planner.ledger import (  # noqa: E402
+    LedgerSlice,
+    expire,
+    forgettable,
+    ledger_slices,
+    rebase_clock,
+    record_ack,
+    record_publication,
+)
+from connquota.planner.transitions import budget_table  # noqa: E402
+
+__all__ = [
+    "BudgetKey",
+    "DesiredStream",
+    "HoldKey",
+    "LedgerSlice",
+    "PoolShares",
+    "QuotaInput",
+    "QuotaLedger",
+    "QuotaProblem",
+    "QuotaShares",
+    "budget_table",
+    "expire",
+    "forgettable",
+    "ledger_slices",
+    "rebase_clock",
+    "record_ack",
+    "record_publication",
+]

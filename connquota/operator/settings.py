@@ -5,8 +5,9 @@ Why these values (see docs/operator.md for the long form):
 - Watches: the API server ends a watch after `watchServerTimeoutSeconds` and the client
   gives up after `watchClientTimeoutSeconds` of silence, so a watch that silently stopped
   (kopf users' most common complaint: a dropped TCP connection behind a load balancer) is
-  re-established within minutes instead of never; `watchInactivityTimeoutSeconds` restarts a
-  watch that delivered nothing at all.
+  re-established within minutes instead of never. kopf's own inactivity timeout keeps its
+  default (none): with the server ending every watch after 300 s and the client abandoning one
+  silent for 330 s, a third timer would only restart healthy watches on quiet objects.
 - Every API request has a timeout; errors back off up to 30 s.
 - kopf's finalizer is `connquota.io/budget`: it holds a quota until its budget share can be
   released safely (gateways gone, one rate window passed).
@@ -22,28 +23,16 @@ Why these values (see docs/operator.md for the long form):
 
 from __future__ import annotations
 
-import hashlib
-import json
-from collections.abc import Iterable
-from typing import Any, Literal
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Literal
 
-import kopf
 from pydantic import BaseModel, ConfigDict, Field
 
+from connquota.api import timing
 from connquota.operator import names
 
-
-class DigestDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
-    """kopf's diff base as a digest of the essence instead of a copy of it.
-
-    kopf compares the stored essence with the current one to tell a real change from a status
-    write; a digest tells that just as well, in 64 bytes instead of up to the whole spec.
-    """
-
-    def build(self, *, body: Any, extra_fields: Iterable[Any] | None = None) -> Any:
-        essence = super().build(body=body, extra_fields=extra_fields)
-        canonical = json.dumps(essence, sort_keys=True, separators=(",", ":"), default=str)
-        return {"digest": hashlib.sha256(canonical.encode()).hexdigest()}
+if TYPE_CHECKING:
+    import kopf
 
 
 class OperatorConfig(BaseModel):
@@ -70,9 +59,6 @@ class OperatorConfig(BaseModel):
     watchConnectTimeoutSeconds: float = Field(
         default=10, gt=0, description="Connect timeout of watch requests."
     )
-    watchInactivityTimeoutSeconds: float = Field(
-        default=300, gt=0, description="Restart a watch that delivered nothing for this long."
-    )
     requestTimeoutSeconds: float = Field(
         default=30, gt=0, description="Timeout of every non-watch API request."
     )
@@ -90,7 +76,10 @@ class OperatorConfig(BaseModel):
         default=0.2, ge=0, description="Events within this delay are handled by one reconcile."
     )
     windowMarginSeconds: float = Field(
-        default=2.0, ge=0, description="Added to every rate window before a slice moves."
+        default=timing.WINDOW_MARGIN_S,
+        ge=0,
+        description="Added to every rate window before a slice moves (the gateways use the "
+        "same margin: connquota.api.timing.WINDOW_MARGIN_S).",
     )
     livenessHost: str = Field(default="0.0.0.0", description="Liveness endpoint address.")
     livenessPort: int = Field(default=8081, ge=0, le=65535, description="0: no endpoint.")
@@ -116,10 +105,14 @@ class OperatorConfig(BaseModel):
 
     def apply(self, settings: kopf.OperatorSettings) -> None:
         """Write these choices into kopf's settings (called from the startup handler)."""
+        import kopf  # here, not at import: `connquota operator --kubeconfig` must set
+
+        # KUBECONFIG before anything imports the kubernetes client (it reads it once)
+        from connquota.operator.kopf_storage import DigestDiffBaseStorage
+
         settings.watching.server_timeout = self.watchServerTimeoutSeconds
         settings.watching.client_timeout = self.watchClientTimeoutSeconds
         settings.watching.connect_timeout = self.watchConnectTimeoutSeconds
-        settings.watching.inactivity_timeout = self.watchInactivityTimeoutSeconds
         settings.networking.request_timeout = self.requestTimeoutSeconds
         settings.networking.connect_timeout = self.connectTimeoutSeconds
         settings.networking.error_backoffs = tuple(self.errorBackoffsSeconds)
@@ -140,3 +133,45 @@ class OperatorConfig(BaseModel):
         settings.peering.clusterwide = self.clusterwide
         settings.queueing.error_delays = tuple(self.errorBackoffsSeconds)
         settings.execution.default_backoff = self.errorBackoffsSeconds[-1]
+
+
+ENV_PREFIX = "CONNQUOTA_OPERATOR_"
+"""Every setting may also come from the environment: CONNQUOTA_OPERATOR_<NAME_IN_SNAKE_CASE>."""
+
+
+def _snake(name: str) -> str:
+    return "".join(f"_{c.lower()}" if c.isupper() else c for c in name)
+
+
+def flag_of(field: str) -> str:
+    """The command-line flag of a setting: `resyncIntervalSeconds` -> `--resync-interval-seconds`
+    (`namespaces` is `--namespace`, repeatable)."""
+    return "--namespace" if field == "namespaces" else "--" + _snake(field).replace("_", "-")
+
+
+def env_of(field: str) -> str:
+    """The environment variable of a setting: `resyncIntervalSeconds` ->
+    `CONNQUOTA_OPERATOR_RESYNC_INTERVAL_SECONDS`."""
+    return ENV_PREFIX + _snake(field).upper()
+
+
+LIST_FIELDS = frozenset({"namespaces", "errorBackoffsSeconds"})
+"""Settings that are lists: comma-separated in the environment, repeatable or
+comma-separated as flags."""
+
+
+def config_from(flags: Mapping[str, Any], environ: Mapping[str, str]) -> OperatorConfig:
+    """The operator's settings: a flag (not None) wins over the environment, which wins over the
+    default; values are validated by the model (a bad one names the setting)."""
+    values: dict[str, Any] = {}
+    for name in OperatorConfig.model_fields:
+        flag = flags.get(name)
+        raw: Any = flag if flag not in (None, [], "") else environ.get(env_of(name))
+        if raw is None or raw == "":
+            continue
+        if name in LIST_FIELDS and isinstance(raw, str):
+            raw = [part.strip() for part in raw.split(",") if part.strip()]
+        elif name in LIST_FIELDS:
+            raw = [p.strip() for item in raw for p in str(item).split(",") if p.strip()]
+        values[name] = raw
+    return OperatorConfig.model_validate(values)

@@ -4,6 +4,14 @@ Conditions use the standard Kubernetes shape (metav1.Condition): `lastTransition
 only when a condition's status changes, so an unchanged quota gets a byte-identical status and
 no write (`status_differs`). `Ready` is what `kubectl wait --for=condition=Ready`, Argo CD and
 Flux look at; `Stalled` means "a human must fix the spec", `Reconciling` means "converging".
+
+They follow the kstatus convention (what Flux's health checks read): `Ready` is always
+present, True or False; the abnormal-true conditions (`Reconciling`, `Stalled`, `Degraded`,
+`CapacityExceeded`, `RateLimited`, `EgressUnverified`) are present only while they hold and
+are removed, not set False, when they no longer apply; and `Reconciling` and `Stalled` are
+never both True (a stalled quota is not converging: it waits for a human). Every status is
+validated by the pydantic status models before it is written, so a misspelled field fails
+here instead of being pruned silently by the API server.
 """
 
 from __future__ import annotations
@@ -15,9 +23,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from connquota.api.base import ApiModel
 from connquota.api.common import ConditionType
 from connquota.api.plan import QuotaPlan
-from connquota.api.report import GatewayReport, Quarantine
+from connquota.api.pool import ExchangeEgressPoolStatus
+from connquota.api.quota import ExchangeConnectionQuotaStatus
+from connquota.api.report import EgressCheckState, GatewayReport, Quarantine
 
 MAX_UNSERVED_SAMPLES = 100
 
@@ -83,6 +94,11 @@ def set_condition(
     return out
 
 
+def drop_condition(conditions: Iterable[Mapping[str, Any]], type_: str) -> list[dict[str, Any]]:
+    """`conditions` without `type_` (an abnormal-true condition that no longer applies)."""
+    return [dict(c) for c in conditions if c.get("type") != type_]
+
+
 def _condition(
     type_: str, status: str, reason: str, message: str, generation: int, ltt: str
 ) -> dict[str, Any]:
@@ -140,12 +156,19 @@ def quota_status(
         nonlocal conditions
         conditions = set_condition(conditions, type_.value, status, reason, message, gen, now)
 
+    def drop(type_: ConditionType) -> None:
+        nonlocal conditions
+        conditions = drop_condition(conditions, type_.value)
+
     if obs.problem is not None:
         put(ConditionType.STALLED, True, obs.problem.reason, obs.problem.message)
     else:
-        put(ConditionType.STALLED, False, "SpecValid", "the spec can be planned")
+        drop(ConditionType.STALLED)
 
-    if converging:
+    if obs.problem is not None:
+        # Stalled: not converging until the spec is fixed (kstatus: never both True).
+        drop(ConditionType.RECONCILING)
+    elif converging:
         if obs.waiting:
             why = obs.waiting
         elif not acked:
@@ -159,32 +182,51 @@ def quota_status(
             )
         put(ConditionType.RECONCILING, True, "Progressing", why)
     else:
-        put(ConditionType.RECONCILING, False, "Converged", "every pod enforces the newest plan")
+        drop(ConditionType.RECONCILING)
 
-    degraded = plan is not None and obs.ready_replicas < obs.replicas and acked
-    put(
-        ConditionType.DEGRADED,
-        degraded,
-        "PodsNotReady" if degraded else "AllPodsReady",
-        f"{obs.ready_replicas}/{obs.replicas} gateway pods ready",
-    )
-    put(
-        ConditionType.CAPACITY_EXCEEDED,
-        unserved > 0,
-        "StreamsUnserved" if unserved else "AllStreamsPlanned",
-        f"{unserved} of {obs.desired_streams} streams cannot be served within the limits"
-        if unserved
-        else f"all {obs.desired_streams} streams are planned",
-    )
+    blocked = egress_problems(obs.reports, {EgressCheckState.MISMATCH, EgressCheckState.FAILED})
+    if plan is not None and obs.ready_replicas < obs.replicas and acked:
+        put(
+            ConditionType.DEGRADED,
+            True,
+            "PodsNotReady",
+            f"{obs.ready_replicas}/{obs.replicas} gateway pods ready",
+        )
+    elif blocked:
+        put(
+            ConditionType.DEGRADED,
+            True,
+            "EgressCheckFailed",
+            "no attempt leaves from " + "; ".join(blocked),
+        )
+    else:
+        drop(ConditionType.DEGRADED)
+    if unserved:
+        put(
+            ConditionType.CAPACITY_EXCEEDED,
+            True,
+            "StreamsUnserved",
+            f"{unserved} of {obs.desired_streams} streams cannot be served within the limits",
+        )
+    else:
+        drop(ConditionType.CAPACITY_EXCEEDED)
     if obs.quarantines:
         keys = ", ".join(
             sorted({f"{q.scope.value} {q.key} ({q.statusCode})" for q in obs.quarantines})
         )
         put(ConditionType.RATE_LIMITED, True, "Quarantined", f"the exchange rate-limited {keys}")
     else:
+        drop(ConditionType.RATE_LIMITED)
+    unverified = egress_problems(obs.reports, {EgressCheckState.UNVERIFIED})
+    if unverified:
         put(
-            ConditionType.RATE_LIMITED, False, "NotRateLimited", "no address or account quarantined"
+            ConditionType.EGRESS_UNVERIFIED,
+            True,
+            "NoEgressCheck",
+            "attempts leave unverified from " + "; ".join(unverified),
         )
+    else:
+        drop(ConditionType.EGRESS_UNVERIFIED)
 
     ready = obs.problem is None and not converging and plan is not None
     if ready:
@@ -235,7 +277,28 @@ def quota_status(
         ],
         "assumedLimits": sorted(obs.assumed_limits),
     }
-    return status
+    return validated(ExchangeConnectionQuotaStatus, status)
+
+
+def validated(model: type[ApiModel], status: dict[str, Any]) -> dict[str, Any]:
+    """`status` checked against its pydantic model and written back as the model serializes it.
+
+    A misspelled or unknown field raises here (the models forbid extra fields) instead of being
+    pruned silently by the API server's structural schema."""
+    return model.model_validate(status).model_dump(mode="json", exclude_none=True)
+
+
+def egress_problems(
+    reports: Mapping[int, GatewayReport], states: set[EgressCheckState]
+) -> list[str]:
+    """'address (why)' for every address whose last egress check (any pod) is in `states`."""
+    seen: dict[str, str] = {}
+    for _, report in sorted(reports.items()):
+        for check in report.egressChecks:
+            if check.state in states and check.address not in seen:
+                why = check.reason or check.state.value
+                seen[check.address] = f"{check.address} ({check.state.value}: {why})"
+    return [seen[a] for a in sorted(seen)]
 
 
 def status_hash(status: Mapping[str, Any] | None) -> str:
@@ -272,21 +335,71 @@ def pool_status(
     quotas: int,
     budgets: list[dict[str, Any]],
     problem: Problem | None,
+    reports: Mapping[int, GatewayReport] | None = None,
     now: dt.datetime,
 ) -> dict[str, Any]:
-    """The status of a pool: its budgets and who holds which share."""
+    """The status of a pool: its budgets, who holds which share, and its egress checks.
+
+    `Ready` True once its budgets are divided; `Stalled` (and Ready False) when they cannot be
+    (a bad pool); `EgressVerified` True when every address a gateway uses passed its check,
+    False naming the addresses that failed or are unverified (absent before any report)."""
     conditions = [dict(c) for c in (previous or {}).get("conditions") or []]
     if problem:
+        conditions = set_condition(
+            conditions, "Stalled", True, problem.reason, problem.message, generation, now
+        )
         conditions = set_condition(
             conditions, "Ready", False, problem.reason, problem.message, generation, now
         )
     else:
+        conditions = drop_condition(conditions, "Stalled")
         conditions = set_condition(
-            conditions, "Ready", True, "BudgetsDivided", f"{quotas} quotas", generation, now
+            conditions,
+            "Ready",
+            True,
+            "BudgetsDivided",
+            f"budgets divided among {quotas} quotas",
+            generation,
+            now,
         )
-    return {
-        "observedGeneration": generation,
-        "conditions": conditions,
-        "quotas": quotas,
-        "budgets": budgets,
-    }
+    reports = reports or {}
+    checked = [c for r in reports.values() for c in r.egressChecks]
+    if checked:
+        bad = egress_problems(
+            reports,
+            {EgressCheckState.MISMATCH, EgressCheckState.FAILED, EgressCheckState.UNVERIFIED},
+        )
+        verified = sorted({c.address for c in checked if c.state == EgressCheckState.VERIFIED})
+        if bad:
+            conditions = set_condition(
+                conditions,
+                "EgressVerified",
+                False,
+                "EgressNotVerified",
+                "; ".join(bad),
+                generation,
+                now,
+            )
+        else:
+            conditions = set_condition(
+                conditions,
+                "EgressVerified",
+                True,
+                "AllChecksPassed",
+                "verified: " + ", ".join(verified),
+                generation,
+                now,
+            )
+    else:
+        conditions = drop_condition(conditions, "EgressVerified")
+    order = ["Ready", "Stalled", "EgressVerified"]
+    conditions.sort(key=lambda c: order.index(c["type"]) if c["type"] in order else len(order))
+    return validated(
+        ExchangeEgressPoolStatus,
+        {
+            "observedGeneration": generation,
+            "conditions": conditions,
+            "quotas": quotas,
+            "budgets": budgets,
+        },
+    )

@@ -18,6 +18,7 @@ window. Quotas of different domains on one address have separate budgets.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -80,16 +81,18 @@ class Budget:
     burst: int | None = None
 
 
-def pooled_limits(quotas: Sequence[QuotaInput], domain: str) -> dict[tuple, PooledLimit]:
+def pooled_limits(
+    quotas: Sequence[QuotaInput], domain: str
+) -> dict[tuple[LimitName, LimitScope], PooledLimit]:
     """Every ip/account-scoped limit of `domain`, combined over the quotas (strictest view)."""
-    by_key: dict[tuple, list[Limit]] = {}
+    by_key: dict[tuple[LimitName, LimitScope], list[Limit]] = {}
     for q in sorted(quotas, key=lambda q: q.key):
         if q.domain != domain:
             continue
         for limit in q.profile.limits:
             if limit.scope in BUDGET_SCOPES and limit.shape in BUDGET_SHAPES:
                 by_key.setdefault((limit.name, limit.scope), []).append(limit)
-    out: dict[tuple, PooledLimit] = {}
+    out: dict[tuple[LimitName, LimitScope], PooledLimit] = {}
     for key in sorted(by_key):
         limits = by_key[key]
         shapes = {lim.shape for lim in limits}
@@ -110,8 +113,39 @@ def pooled_limits(quotas: Sequence[QuotaInput], domain: str) -> dict[tuple, Pool
     return out
 
 
+def _network(public: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    try:
+        return ipaddress.ip_network(public, strict=False)
+    except ValueError:
+        return None
+
+
+def _overlap(pool: ExchangeEgressPoolSpec) -> str | None:
+    """A message naming two entries of which one's public address or prefix holds the other.
+
+    Only a prefix can hold another entry (two equal single addresses are caught as duplicates),
+    so each prefix is compared with every entry: O(prefixes x entries)."""
+    nets = [(a, _network(a.publicAddress)) for a in pool.addresses]
+    prefixes = [(a, n) for a, n in nets if n is not None and n.num_addresses > 1]
+    for wide, wide_net in prefixes:
+        for other, net in nets:
+            if other is wide or net is None or net.version != wide_net.version:
+                continue
+            if net == wide_net or not wide_net.overlaps(net):
+                continue
+            if net.prefixlen < wide_net.prefixlen:
+                wide, wide_net, other, net = other, net, wide, wide_net
+            return (
+                f"the egress pool lists {other.publicAddress} (address {other.name!r}) "
+                f"inside {wide.publicAddress} (address {wide.name!r}); an exchange that "
+                "counts per prefix sees both as one budget, so list only one of them"
+            )
+    return None
+
+
 def check_pool(pool: ExchangeEgressPoolSpec) -> None:
-    """Raise PoolError when the pool cannot be planned on (no addresses, duplicates)."""
+    """Raise PoolError when the pool cannot be planned on (no addresses, duplicates, an
+    address or prefix inside another entry's prefix)."""
     if not pool.addresses:
         raise PoolError("the egress pool has no addresses; add at least one to spec.addresses")
     names: set[str] = set()
@@ -126,6 +160,9 @@ def check_pool(pool: ExchangeEgressPoolSpec) -> None:
             )
         names.add(a.name)
         publics.add(a.publicAddress)
+    overlap = _overlap(pool)
+    if overlap is not None:
+        raise PoolError(overlap)
 
 
 def pool_budgets(
@@ -148,7 +185,7 @@ def pool_budgets(
     return dict(sorted(out.items(), key=_budget_order))
 
 
-def _budget_order(item: tuple[BudgetKey, Budget]) -> tuple:
+def _budget_order(item: tuple[BudgetKey, Budget]) -> tuple[str, LimitScope, str, LimitName]:
     """BudgetKey's own order (its fields in turn), compared at C speed."""
     k = item[0]
     return (k.domain, k.scope, k.key, k.limit)

@@ -3,8 +3,7 @@
 Per connection: at most floor(headroom x streamsPerConnection) streams, and no more than the
 connection's message budget can subscribe within max(one window, 60 s): floor(headroom x
 messages limit) minus the heartbeat reserve, times the streams one subscribe may name
-(argsPerSubscribe). The heartbeat reserve is ceil(window / heartbeat interval), at least 1,
-when the client's pings or pongs count as messages.
+(argsPerSubscribe). The heartbeat reserve is `connquota.api.timing.heartbeat_reserve`.
 
 Per address and account: the quota's share x its own headroom (floor). The concurrent share
 caps connections; each pod using an address needs at least one attempt of the attempt share,
@@ -17,7 +16,8 @@ import math
 from dataclasses import dataclass, field
 from fractions import Fraction
 
-from connquota.api.limits import ExchangeProfile, HeartbeatDirection, Limit, LimitName, LimitScope
+from connquota.api import timing
+from connquota.api.limits import ExchangeProfile, Limit, LimitName, LimitScope
 from connquota.api.plan import CONNECTION_SCOPE_KEY, Slice
 from connquota.api.pool import EgressAddress, EgressMode
 from connquota.planner.arithmetic import INFINITE, exact
@@ -30,13 +30,9 @@ MESSAGE_LIMITS = (LimitName.MESSAGES_PER_CONNECTION, LimitName.CONTROL_MESSAGES_
 
 
 def heartbeat_reserve(profile: ExchangeProfile, window_s: float | None) -> int:
-    """Messages per window the client's own pings/pongs may need (0 when they do not count)."""
-    hb = profile.heartbeat
-    if not hb.countsAsMessage or hb.direction == HeartbeatDirection.SERVER_HEARTBEAT:
-        return 0
-    if window_s is None:
-        return 1
-    return max(1, math.ceil(window_s / hb.intervalSeconds))
+    """Messages per window the client's own pings/pongs may need (0 when they do not count):
+    `connquota.api.timing.heartbeat_reserve` of the profile's heartbeat."""
+    return timing.heartbeat_reserve(profile.heartbeat, window_s)
 
 
 def usable(headroom: Fraction, value: float) -> int:
@@ -76,7 +72,7 @@ def connection_caps(profile: ExchangeProfile, headroom: Fraction) -> ConnectionC
             )
         if limit.name in MESSAGE_LIMITS and limit.is_rate:
             if limit.name == LimitName.MESSAGES_PER_CONNECTION:
-                reserve = min(value, heartbeat_reserve(profile, limit.windowSeconds))
+                reserve = timing.heartbeat_reserve(profile.heartbeat, limit.windowSeconds, value)
             for_subscribes = value - reserve
             window_s = limit.windowSeconds or 1.0
             windows = max(1, math.floor(max(window_s, SUBSCRIBE_DEADLINE_S) / window_s))
@@ -91,11 +87,41 @@ def connection_caps(profile: ExchangeProfile, headroom: Fraction) -> ConnectionC
                         f"{for_subscribes} messages per window for subscribes"
                     ),
                 )
-        slices.append(_slice(limit, CONNECTION_SCOPE_KEY, value, reserve))
+        burst = None
+        if limit.burst is not None:
+            # Headroom applies to every part of a limit: a token bucket's burst too (at least 1
+            # while the rate allows anything, or the bucket could never send).
+            burst = usable(headroom, limit.burst)
+            if value > 0:
+                burst = max(1, burst)
+        slices.append(_slice(limit, CONNECTION_SCOPE_KEY, value, reserve, burst))
     return ConnectionCaps(cap, reason, slices)
 
 
-def _slice(limit: Limit, key: str, value: int, reserve: int = 0) -> Slice:
+ARGS_CHARACTER_OVERHEAD = 3
+"""Characters a stream name costs beyond its own in a JSON args array: two quotes, a comma."""
+
+
+def args_characters_cap(
+    profile: ExchangeProfile, headroom: Fraction, longest_name: int
+) -> tuple[int, str] | None:
+    """Streams per connection the profile's `argsCharactersPerConnection` allows when every
+    name is as long as the quota's longest (conservative: one cap for every connection, so a
+    connection never goes over whichever names it gets), and why; None without that limit."""
+    limit = profile.limit(LimitName.ARGS_CHARACTERS_PER_CONNECTION, LimitScope.CONNECTION)
+    if limit is None:
+        return None
+    budget = usable(headroom, limit.value)
+    per_stream = longest_name + ARGS_CHARACTER_OVERHEAD
+    cap = budget // per_stream
+    reason = (
+        f"argsCharactersPerConnection {limit.value:g} x headroom {float(headroom):g} = {budget} "
+        f"characters, {per_stream} per stream (the longest name + {ARGS_CHARACTER_OVERHEAD})"
+    )
+    return cap, reason
+
+
+def _slice(limit: Limit, key: str, value: int, reserve: int, burst: int | None) -> Slice:
     return Slice.model_construct(
         limit=limit.name,
         scope=limit.scope,
@@ -103,7 +129,7 @@ def _slice(limit: Limit, key: str, value: int, reserve: int = 0) -> Slice:
         value=value,
         shape=limit.shape,
         windowSeconds=limit.windowSeconds,
-        burst=limit.burst,
+        burst=burst,
         reserve=reserve,
     )
 

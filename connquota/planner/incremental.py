@@ -42,6 +42,7 @@ from connquota.planner.plan import (
     Frame,
     PlanRequest,
     assemble,
+    longest_name,
     packing_input,
     plan_frame,
 )
@@ -66,9 +67,9 @@ class PlanIndex:
     assembled: Assembled
     """The plan and its pod layout."""
     frame: Frame
-    frame_key: tuple
+    frame_key: tuple[object, ...]
     """The request's parts the frame was computed from."""
-    assembly_key: tuple
+    assembly_key: tuple[object, ...]
     """The request's parts the pods' slices, spare room and recovery bounds were computed from."""
 
     @property
@@ -87,7 +88,7 @@ class IndexedPlan:
     """True when the plan was made from the index (fast path), False for the full path."""
 
 
-def _frame_key(req: PlanRequest) -> tuple:
+def _frame_key(req: PlanRequest) -> tuple[object, ...]:
     spec = req.spec
     return (
         spec.headroom,
@@ -96,10 +97,11 @@ def _frame_key(req: PlanRequest) -> tuple:
         req.profile,
         req.pool,
         req.shares,
+        longest_name(req),
     )
 
 
-def _assembly_key(req: PlanRequest) -> tuple:
+def _assembly_key(req: PlanRequest) -> tuple[object, ...]:
     spec = req.spec
     return (req.quota, spec.headroom, spec.credentials, req.profile, req.pool, req.shares)
 
@@ -214,7 +216,9 @@ def _served(
     return dict(packing.counts), NameSet(packing.names)
 
 
-def _fast(req: PlanRequest, index: PlanIndex, streams: tuple) -> IndexedPlan | None:
+def _fast(
+    req: PlanRequest, index: PlanIndex, streams: tuple[DesiredStream, ...]
+) -> IndexedPlan | None:
     previous = req.previous
     if previous is None or index.counts is None or index.names is None:
         return None

@@ -31,6 +31,9 @@ class QuotaInput:
     name: str
     spec: ExchangeConnectionQuotaSpec
     profile: ExchangeProfile
+    uid: str = ""
+    """The quota object's uid (empty when it has none, e.g. `connquota plan`): a replan keeps
+    the previous plan's index only for the same object, never for a re-created namesake."""
 
     @property
     def key(self) -> str:

@@ -8,11 +8,13 @@ the state it must persist per quota (in an annotation or status field) to publis
 - `acks`: per pod ordinal, the newest generation it acknowledged and when the operator saw
   it (operator monotonic seconds);
 - `releases`: rate slices a pod gave up by acknowledging a smaller one, each counting until
-  `until` (acknowledgement time + window + margin).
+  `until` (acknowledgement time + the slice's memory + margin: `connquota.api.timing`'s
+  `rate_memory_s`, which for connection attempts adds the connect timeout and the SYN grace to
+  the window, and `WINDOW_MARGIN_S`).
 
 Monotonic times do not survive an operator restart: on start, the operator rewrites every
 `at` and `until` in the future or present to its own monotonic now (for `until`: now + the
-slice's window + margin). That only lengthens waits, never shortens them (`rebase_clock`).
+slice's memory + margin). That only lengthens waits, never shortens them (`rebase_clock`).
 A pod that is gone (scaled down, quota deleted) is recorded as acknowledging the newest
 generation at the time the operator saw it gone.
 """
@@ -24,6 +26,7 @@ from typing import Annotated
 
 from pydantic import Field
 
+from connquota.api import timing
 from connquota.api.base import ApiModel
 from connquota.api.limits import LimitScope, LimitShape
 from connquota.api.plan import QuotaPlan
@@ -45,6 +48,18 @@ class LedgerSlice(ApiModel):
     windowSeconds: float | None = Field(
         default=None, description="Rate window; None for concurrent limits (no memory)."
     )
+    memorySeconds: float | None = Field(
+        default=None,
+        description="How long the slice's use still counts at the exchange after its last use "
+        "(`timing.rate_memory_s`: the window, plus connect timeout and SYN grace for attempts); "
+        "None: the window (ledgers written before this field).",
+    )
+
+    def memory_s(self) -> float:
+        """Seconds a use of this slice keeps counting (before the margin); 0 when concurrent."""
+        if self.memorySeconds is not None:
+            return self.memorySeconds
+        return self.windowSeconds or 0.0
 
     def hold_key(self) -> HoldKey:
         """The pooled budget this slice draws from."""
@@ -102,6 +117,11 @@ def ledger_slices(plan: QuotaPlan, pool: ExchangeEgressPoolSpec) -> LedgerGenera
                 continue
             key = public.get(s.key, s.key) if s.scope == LimitScope.IP else s.key
             window = None if s.shape == LimitShape.CONCURRENT else s.windowSeconds
+            memory = (
+                None
+                if window is None
+                else timing.rate_memory_s(s.limit, window, pod.profile.connectTimeoutSeconds)
+            )
             out.append(
                 LedgerSlice(
                     ordinal=pod.ordinal,
@@ -111,6 +131,7 @@ def ledger_slices(plan: QuotaPlan, pool: ExchangeEgressPoolSpec) -> LedgerGenera
                     limit=s.limit.value,
                     value=s.value,
                     windowSeconds=window,
+                    memorySeconds=memory,
                 )
             )
     return LedgerGeneration(
@@ -128,12 +149,16 @@ def record_publication(
 
 
 def record_ack(
-    ledger: QuotaLedger, ordinal: int, generation: int, at: float, margin_s: float = 1.0
+    ledger: QuotaLedger,
+    ordinal: int,
+    generation: int,
+    at: float,
+    margin_s: float = timing.WINDOW_MARGIN_S,
 ) -> QuotaLedger:
     """The ledger after pod `ordinal` reported enforcing `generation` (seen at `at`).
 
     Stale or repeated acknowledgements (not newer than the last one) change nothing. Rate
-    slices of older generations become releases that count until at + window + margin.
+    slices of older generations become releases that count until at + memory + margin.
     """
     previous = ledger.acked(ordinal)
     if previous is not None and generation <= previous.generation:
@@ -144,7 +169,8 @@ def record_ack(
         if since <= g.generation < generation:
             for s in g.slices:
                 if s.ordinal == ordinal and s.windowSeconds is not None and s.value > 0:
-                    releases.append(LedgerRelease(slice=s, until=at + s.windowSeconds + margin_s))
+                    until = at + s.memory_s() + margin_s
+                    releases.append(LedgerRelease(slice=s, until=until))
     acks = [a for a in ledger.acks if a.ordinal != ordinal]
     acks.append(LedgerAck(ordinal=ordinal, generation=generation, at=at))
     acks.sort(key=lambda a: a.ordinal)
@@ -205,13 +231,14 @@ def forgettable(ledger: QuotaLedger, now: float) -> bool:
     return all(v == 0 for pods in current.values() for v in pods.values())
 
 
-def rebase_clock(ledger: QuotaLedger, now: float, margin_s: float = 1.0) -> QuotaLedger:
+def rebase_clock(
+    ledger: QuotaLedger, now: float, margin_s: float = timing.WINDOW_MARGIN_S
+) -> QuotaLedger:
     """After an operator restart (monotonic clock reset): every ack time becomes `now` and
-    every release counts a full window + margin from `now`. Only lengthens waits."""
+    every release counts its full memory + margin from `now`. Only lengthens waits."""
     acks = [a.model_copy(update={"at": now}) for a in ledger.acks]
     releases = [
-        r.model_copy(update={"until": now + (r.slice.windowSeconds or 0.0) + margin_s})
-        for r in ledger.releases
+        r.model_copy(update={"until": now + r.slice.memory_s() + margin_s}) for r in ledger.releases
     ]
     return ledger.model_copy(update={"acks": acks, "releases": releases})
 

@@ -55,8 +55,8 @@ class Pod:
     ordinal: int
     group: str | None = None
     conns: int = 0
-    addresses: Counter = field(default_factory=Counter)
-    accounts: Counter = field(default_factory=Counter)
+    addresses: Counter[str] = field(default_factory=Counter)
+    accounts: Counter[str] = field(default_factory=Counter)
 
 
 @dataclass
@@ -115,11 +115,13 @@ class _Packer:
         self.usable = [r for r in inp.addresses if r.usable]
         self.conns: list[Conn] = []
         self.pods: dict[int, Pod] = {}
-        self.addr_conns: Counter = Counter()
-        self.addr_pods: Counter = Counter()
-        self.acct_conns: Counter = Counter()
-        self.acct_pods: Counter = Counter()
+        self.addr_conns: Counter[str] = Counter()
+        self.addr_pods: Counter[str] = Counter()
+        self.acct_conns: Counter[str] = Counter()
+        self.acct_pods: Counter[str] = Counter()
         self.seq = 0
+        self.spread = INFINITE
+        """At most this many addresses per pod for new connections (see `_set_spread`)."""
         self.unserved: list[tuple[DesiredStream, str]] = []
         self.counts: Mapping[str | None, int] | None = None
         self.names: AbstractSet[str] | None = None
@@ -142,7 +144,7 @@ class _Packer:
         account = self._account(credential)
         if credential is not None:
             aroom = self.inp.accounts.get(account) if account else None
-            if aroom is None or not aroom.usable:
+            if account is None or aroom is None or not aroom.usable:
                 return False
             if self.acct_conns[account] >= aroom.max_connections:
                 return False
@@ -190,13 +192,17 @@ class _Packer:
     def _group_capacity(self) -> int:
         """Connections the quota could hold in a fresh plan (pods spread over groups)."""
         by_group: dict[str, int] = {}
+        slots: dict[str, int] = {}
         for r in self.usable:
             by_group[r.group] = min(INFINITE, by_group.get(r.group, 0) + r.max_connections)
+            slots[r.group] = min(INFINITE, slots.get(r.group, 0) + r.max_pods)
         per_pod = self.inp.connections_per_pod
         pods_left = self.inp.max_replicas
         pods = dict.fromkeys(by_group, 0)
+        # Each pod of a group needs an attempt slot on at least one of the group's addresses.
         want = {
-            g: math.ceil(c / per_pod) if c < INFINITE else INFINITE for g, c in by_group.items()
+            g: min(math.ceil(c / per_pod) if c < INFINITE else INFINITE, slots[g])
+            for g, c in by_group.items()
         }
         progress = True
         while pods_left > 0 and progress:
@@ -212,7 +218,7 @@ class _Packer:
         """Whether every stream fits, counted as a fresh packing would need it: per credential
         group ceil(streams / cap) connections, within the accounts' and the gateway's room."""
         need = 0
-        per_account: Counter = Counter()
+        per_account: Counter[str] = Counter()
         fits = True
         for cred, n in counts.items():
             c = math.ceil(n / self.cap)
@@ -220,7 +226,7 @@ class _Packer:
             if cred is not None:
                 account = self._account(cred)
                 room = self.inp.accounts.get(account) if account else None
-                if room is None or not room.usable:
+                if account is None or room is None or not room.usable:
                     fits = False
                     break
                 per_account[account] += c
@@ -247,9 +253,9 @@ class _Packer:
             self.names = set(self._names)
             return list(streams), self.names
         served: list[DesiredStream] = []
-        in_group: Counter = Counter()
+        in_group: Counter[str | None] = Counter()
         used = 0
-        used_account: Counter = Counter()
+        used_account: Counter[str] = Counter()
         gateway_bound = sum(min(r.max_connections, INFINITE) for r in self.usable) > total
         for s in _in_order(streams):
             cred = s.credential
@@ -258,7 +264,7 @@ class _Packer:
             reason = None
             if cred is not None:
                 room = self.inp.accounts.get(account) if account else None
-                if room is None or not room.usable:
+                if account is None or room is None or not room.usable:
                     reason = room.reason if room else f"credential {cred}: unknown account"
                 elif opens and used_account[account] >= room.max_connections:
                     reason = (
@@ -339,7 +345,9 @@ class _Packer:
                     self.seq = max(self.seq, seq + 1)
         return placed
 
-    def _keep_fast(self, names: list[str], cred: str | None, served, placed: set[str]):
+    def _keep_fast(
+        self, names: list[str], cred: str | None, served: set[str], placed: set[str]
+    ) -> list[str] | None:
         """The connection's streams as they are, when set algebra (C speed) shows every one
         is still served, not placed elsewhere and allowed on this credential; else None."""
         if len(names) > self.cap:
@@ -389,6 +397,8 @@ class _Packer:
                 continue
             pod = None
             for p in pods:
+                if p.addresses[r.key] == 0 and len(p.addresses) >= self.spread:
+                    continue  # spreading further would take a pod slot another pod needs
                 if p.conns and p.group == r.group and self._fits(r.key, credential, p):
                     pod = p
                     break
@@ -418,7 +428,10 @@ class _Packer:
         for s in pending:
             by_group.setdefault(s.credential, []).append(s)
         rest: list[DesiredStream] = []
-        for cred in sorted(by_group, key=lambda c: (c is not None, c or "")):
+        # Groups in order of their highest priority (pending is in priority order), so what
+        # cannot be placed is always of the lowest priority; ties: public first, then by name.
+        first = {cred: group[0].priority for cred, group in by_group.items()}
+        for cred in sorted(by_group, key=lambda c: (-first[c], c is not None, c or "")):
             group = by_group[cred]
             for start in range(0, len(group), self.cap):
                 chunk = group[start : start + self.cap]
@@ -461,9 +474,11 @@ class _Packer:
         self._by_credential: dict[str, set[str]] = {}
         private = list(compress(streams, map(_credential_of, streams)))
         for st in private:
-            self._by_credential.setdefault(st.credential, set()).add(st.name)
+            if st.credential is not None:
+                self._by_credential.setdefault(st.credential, set()).add(st.name)
         self._private: set[str] = set(map(_name_of, private))
-        _served_list, served = self.select()
+        served_list, served = self.select()
+        self._set_spread(Counter(map(_credential_of, served_list)))
         placed = self.keep(by_name, served)
         if len(placed) == len(served):
             pending: list[DesiredStream] = []
@@ -528,12 +543,29 @@ class _Packer:
         so the caller must take the full path."""
         if self.cap <= 0 or not self.usable or not self._all_fit(counts, self._group_capacity()):
             return None
+        self._set_spread(counts)
         if not self.keep_all(removed):
             return None
         rest = self.open(self.fill(_in_order(added)))
         if rest:
             return None
         return Packing(self.conns, self.pods, [], counts)
+
+    def _set_spread(self, counts: Mapping[str | None, int]) -> None:
+        """How many addresses one pod may spread its new connections over.
+
+        Every pod on an address takes one of the address's pod slots (each needs an attempt of
+        the address's attempt share). Spreading a pod's connections over addresses shortens
+        recovery, but when pod slots are scarce it would leave later pods no address: then each
+        pod gets at most (pod slots) // (pods the served streams need) addresses (at least 1),
+        so every pod the connections need finds a slot."""
+        conns = sum(math.ceil(n / self.cap) for n in counts.values() if n > 0)
+        pods = min(self.inp.max_replicas, math.ceil(conns / max(1, self.inp.connections_per_pod)))
+        slots = sum(min(r.max_pods, INFINITE) for r in self.usable)
+        if pods <= 0 or slots >= pods * len(self.usable):
+            self.spread = INFINITE
+        else:
+            self.spread = max(1, slots // pods)
 
     def _why_not_placed(self, s: DesiredStream) -> str:
         return (

@@ -14,8 +14,8 @@ packing into `PodPlan`s:
   heartbeat reserve (`reserve`).
 - spare room (make-before-break): on each address a pod uses, the connections its concurrent
   slice allows beyond those it holds, and one attempt when there is such room.
-- recovery bound per address: ceil(connections / usable attempts per window) x (window +
-  connect timeout + margin), the time an attempt holds its place in a gateway's log.
+- recovery bound per address: ceil(connections / usable attempts per window) x the time an
+  attempt holds its place in a gateway's log (`connquota.api.timing.attempt_hold_s`).
 """
 
 from __future__ import annotations
@@ -24,10 +24,11 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
+from operator import attrgetter
 
+from connquota.api import timing
 from connquota.api.limits import ExchangeProfile, LimitName, LimitScope
 from connquota.api.plan import (
-    DEFAULT_WINDOW_MARGIN_S,
     ConnectionPlan,
     PlanCredential,
     PodPlan,
@@ -39,13 +40,14 @@ from connquota.api.plan import (
     SpareRoom,
     UnservedStream,
 )
-from connquota.api.pool import ExchangeEgressPoolSpec
-from connquota.api.quota import ExchangeConnectionQuotaSpec
+from connquota.api.pool import EgressAddress, ExchangeEgressPoolSpec
+from connquota.api.quota import Credential, ExchangeConnectionQuotaSpec
 from connquota.planner.arithmetic import INFINITE, exact, split_units
 from connquota.planner.budgets import PooledLimit, check_pool
 from connquota.planner.capacity import (
     ConnectionCaps,
     Room,
+    args_characters_cap,
     connection_caps,
     heartbeat_reserve,
     placement_group,
@@ -55,8 +57,7 @@ from connquota.planner.inputs import DesiredStream
 from connquota.planner.packing import Conn, Packing, PackingInput, pack
 from connquota.planner.shares import QuotaShares
 
-RECOVERY_MARGIN_S = DEFAULT_WINDOW_MARGIN_S
-"""The window margin the gateways add to every attempt (the plan's default)."""
+_name_of = attrgetter("name")
 
 CREDENTIALS_MOUNT_DIR = "/var/run/connquota/credentials"
 """Where a pod finds credential files: <dir>/<credential name>/<key>."""
@@ -147,6 +148,9 @@ def plan_frame(req: PlanRequest) -> Frame:
     spec = req.spec
     headroom = exact(spec.headroom)
     caps = connection_caps(req.profile, headroom)
+    by_characters = args_characters_cap(req.profile, headroom, longest_name(req))
+    if by_characters is not None and by_characters[0] < caps.streams:
+        caps = ConnectionCaps(by_characters[0], by_characters[1], caps.slices)
     addresses = req.pool.addresses
     address_rooms = rooms(
         req.shares,
@@ -169,6 +173,14 @@ def plan_frame(req: PlanRequest) -> Frame:
         credential_account=credential_account,
         max_replicas=max(spec.gateway.maxReplicas, 0),
     )
+
+
+def longest_name(req: PlanRequest) -> int:
+    """The longest stream name's length, when the profile caps characters per connection
+    (0 otherwise: nothing reads it)."""
+    if req.profile.limit(LimitName.ARGS_CHARACTERS_PER_CONNECTION, LimitScope.CONNECTION) is None:
+        return 0
+    return max(map(len, map(_name_of, req.streams)), default=0)
 
 
 def packing_input(req: PlanRequest, frame: Frame) -> PackingInput:
@@ -297,8 +309,8 @@ def _assemble_pods(
 
     addresses = req.pool.addresses
     position: dict[str, int] = {}
-    for i, a in enumerate(addresses):
-        position.setdefault(a.name, i)
+    for i, address in enumerate(addresses):
+        position.setdefault(address.name, i)
     address_by_name = {a.name: a for a in addresses}
     credential_by_name = {c.name: c for c in req.spec.credentials}
     pods: list[PodPlan] = []
@@ -317,14 +329,14 @@ def _assemble_pods(
                 spare,
             )
         )
-    return pods, _recovery_bounds(req, headroom, ip_users)
+    return pods, _recovery_bounds(req, ip_users, ip_slices)
 
 
 def _pod(
     req: PlanRequest,
     ordinal: int,
     conns: list[Conn],
-    addresses: list,
+    addresses: list[EgressAddress],
     credentials: list[PlanCredential],
     slices: list[Slice],
     spare: list[SpareRoom],
@@ -335,8 +347,8 @@ def _pod(
         quota=req.quota,
         ordinal=ordinal,
         profile=req.profile,
-        windowMarginSeconds=1.0,
-        addresses=addresses,
+        windowMarginSeconds=timing.WINDOW_MARGIN_S,
+        addresses=_with_egress_checks(req.pool, addresses),
         credentials=credentials,
         connections=[
             c.source
@@ -352,7 +364,28 @@ def _pod(
     )
 
 
-def address_rooms_index(name: str, addresses: list) -> int:
+def _with_egress_checks(
+    pool: ExchangeEgressPoolSpec, addresses: list[EgressAddress]
+) -> list[EgressAddress]:
+    """The pod's addresses as the pool declares them now, each with its effective egress check.
+
+    The gateway verifies each address with the check it carries (the pool's default filled in),
+    so a pod never needs the pool object, and a changed check reaches it as a changed address.
+    """
+    current = {a.name: a for a in pool.addresses}
+    out: list[EgressAddress] = []
+    for a in addresses:
+        address = current.get(a.name, a)
+        check = pool.egress_check(address)
+        out.append(
+            address
+            if address.egressCheck == check
+            else address.model_copy(update={"egressCheck": check})
+        )
+    return out
+
+
+def address_rooms_index(name: str, addresses: list[EgressAddress]) -> int:
     """The position of address `name` in the pool (pool order is the planner's order)."""
     for i, a in enumerate(addresses):
         if a.name == name:
@@ -360,7 +393,7 @@ def address_rooms_index(name: str, addresses: list) -> int:
     return len(addresses)
 
 
-def _plan_credential(c) -> PlanCredential:
+def _plan_credential(c: Credential) -> PlanCredential:
     ref = c.secretRef
     return PlanCredential.model_construct(
         name=c.name,
@@ -389,8 +422,14 @@ def _spare(slices: list[Slice], addresses: list[str], held: dict[str, int]) -> l
 
 
 def _recovery_bounds(
-    req: PlanRequest, headroom: Fraction, ip_users: dict[str, list[tuple[int, int]]]
+    req: PlanRequest,
+    ip_users: dict[str, list[tuple[int, int]]],
+    ip_slices: dict[int, list[Slice]],
 ) -> list[RecoveryBound]:
+    """Per address: how long reopening every connection there takes. Each pod reopens its own
+    connections at its own attempt slice (it cannot use another pod's), so the address's bound
+    is its slowest pod's: max over pods of ceil(its connections / its attempts) batches, each
+    held for the attempt hold (`timing.attempt_hold_s`), not just one window."""
     pooled = req.shares.limits.get((LimitName.CONNECTION_ATTEMPTS, LimitScope.IP))
     out = []
     for a in req.pool.addresses:
@@ -400,13 +439,18 @@ def _recovery_bounds(
         n = sum(c for _, c in users)
         seconds = 0.0
         if pooled is not None and pooled.window_s is not None:
-            share = req.shares.get(LimitScope.IP, a.name, LimitName.CONNECTION_ATTEMPTS) or 0
-            rate = math.floor(headroom * share)
-            # An attempt holds its place in the gateway's log from its SYN until
-            # t_syn + connect timeout + window + margin, so each batch of `rate` attempts
-            # takes that long, not just one window.
-            hold_s = pooled.window_s + req.profile.connectTimeoutSeconds + RECOVERY_MARGIN_S
-            seconds = math.ceil(n / rate) * hold_s if rate else float(INFINITE)
+            hold_s = timing.attempt_hold_s(pooled.window_s, req.profile.connectTimeoutSeconds)
+            for ordinal, conns in users:
+                rate = next(
+                    (
+                        s.value
+                        for s in ip_slices.get(ordinal, [])
+                        if s.key == a.name and s.limit == LimitName.CONNECTION_ATTEMPTS
+                    ),
+                    0,
+                )
+                pod_s = timing.recovery_s(conns, rate, hold_s) if rate else float(INFINITE)
+                seconds = max(seconds, pod_s)
         out.append(RecoveryBound.model_construct(address=a.name, connections=n, seconds=seconds))
     return out
 

@@ -201,7 +201,7 @@ def divide_budgets(pool: ExchangeEgressPoolSpec, quotas: Sequence[QuotaInput]) -
     public_to_name = {a.publicAddress: a.name for a in pool.addresses}
     # Budgets whose holders, requests and values are those of one already divided divide the
     # same way: reuse that division unless it gave reasons (they name the address).
-    divided: dict[tuple, list[tuple[dict[str, int], dict[str, int]]]] = {}
+    divided: dict[tuple[object, ...], list[tuple[dict[str, int], dict[str, int]]]] = {}
     for domain, groups in sorted(by_domain.items()):
         members = [q for q in quotas if q.domain == domain]
         account_ids = {q.key: q.account_ids() for q in members}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from operator import indexOf, ne
+from typing import Any
 
 from connquota.planner.inputs import DesiredStream
 
@@ -29,10 +30,12 @@ class StreamChanges:
     removed: list[DesiredStream]
 
 
-def _common_run(old: tuple, i: int, new: tuple, j: int) -> int:
+def _common_run(
+    old: tuple[DesiredStream, ...], i: int, new: tuple[DesiredStream, ...], j: int
+) -> int:
     """How many elements old[i:] and new[j:] have equal at their start (one C-speed pass)."""
-    a = iter(old)
-    b = iter(new)
+    a: Any = iter(old)
+    b: Any = iter(new)
     a.__setstate__(i)  # tuple iterators start where they are told: no slice is copied
     b.__setstate__(j)
     try:
@@ -41,7 +44,7 @@ def _common_run(old: tuple, i: int, new: tuple, j: int) -> int:
         return min(len(old) - i, len(new) - j)
 
 
-def _find(seq: tuple, x: DesiredStream, start: int, stop: int) -> int | None:
+def _find(seq: tuple[DesiredStream, ...], x: DesiredStream, start: int, stop: int) -> int | None:
     try:
         return seq.index(x, start, stop)
     except ValueError:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from connquota.api.limits import LimitScope
 from connquota.api.plan import PodPlan, QuotaPlan, Slice
 from connquota.api.pool import ExchangeEgressPoolSpec
+from connquota.planner.budgets import Budget, BudgetKey
 from connquota.planner.ledger import HoldKey, QuotaLedger, holds, pool_holds
 
 
@@ -67,8 +68,8 @@ def _key(s: Slice, domain: str, public: Mapping[str, str]) -> HoldKey:
 def _blockers(
     key: HoldKey, ledgers: Mapping[str, QuotaLedger], now: float
 ) -> tuple[tuple[str, ...], float | None]:
-    names = []
-    untils = []
+    names: list[str] = []
+    untils: list[float] = []
     for name in sorted(ledgers):
         ledger = ledgers[name]
         newest = max(ledger.published, key=lambda g: g.generation, default=None)
@@ -178,7 +179,7 @@ def _hold_back(
     }
     no_attempts = {s.key for s in slices if s.limit.value == "connectionAttempts" and s.value == 0}
     accounts = {c.name: c.accountId for c in pod.credentials}
-    counts: dict[tuple, int] = {}
+    counts: dict[tuple[LimitScope, str], int] = {}
     keep = []
     ordered = sorted(pod.connections, key=lambda c: c.id not in had)
     for c in ordered:
@@ -206,6 +207,6 @@ def _same(a: QuotaPlan, b: QuotaPlan) -> bool:
     return body(a) == body(b)
 
 
-def budget_table(budgets: Mapping) -> dict[HoldKey, int]:
+def budget_table(budgets: Mapping[BudgetKey, Budget]) -> dict[HoldKey, int]:
     """`budgets.pool_budgets` output as the (domain, scope, key, limit) -> value table."""
     return {(k.domain, k.scope.value, k.key, k.limit.value): b.value for k, b in budgets.items()}

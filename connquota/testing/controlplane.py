@@ -13,8 +13,6 @@ Nothing here talks to anything but 127.0.0.0/8.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
-import ipaddress
 import json
 import os
 import shutil
@@ -31,10 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from connquota.testing.tlsca import TestCA, pem_key
 
 BIN_DIR_ENV = "CONNQUOTA_CONTROLPLANE_BIN"
 CACHE_ENV = "CONNQUOTA_CACHE"
@@ -125,105 +123,37 @@ def free_port(host: str = "127.0.0.1") -> int:
 # --- certificates --------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _KeyPair:
-    cert_pem: bytes
-    key_pem: bytes
-
-
-def _key_pem(key: Any) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-
-
-def _issue(
-    ca: tuple[x509.Certificate, Any] | None,
-    common_name: str,
-    organizations: Sequence[str] = (),
-    *,
-    is_ca: bool = False,
-    server_names: Sequence[str] = (),
-    server_ips: Sequence[str] = (),
-    client: bool = False,
-) -> tuple[x509.Certificate, Any]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    attrs = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
-    attrs += [x509.NameAttribute(NameOID.ORGANIZATION_NAME, org) for org in organizations]
-    subject = x509.Name(attrs)
-    issuer_cert, issuer_key = ca if ca else (None, key)
-    now = dt.datetime.now(dt.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer_cert.subject if issuer_cert else subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=2))
-        .add_extension(x509.BasicConstraints(ca=is_ca, path_length=None), critical=True)
-    )
-    if is_ca:
-        builder = builder.add_extension(
-            x509.KeyUsage(True, False, False, False, False, True, True, False, False), True
-        )
-    else:
-        builder = builder.add_extension(
-            x509.KeyUsage(True, False, True, False, False, False, False, False, False), True
-        )
-        usages = []
-        if server_names or server_ips:
-            usages.append(x509.oid.ExtendedKeyUsageOID.SERVER_AUTH)
-        if client:
-            usages.append(x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH)
-        builder = builder.add_extension(x509.ExtendedKeyUsage(usages), False)
-    if server_names or server_ips:
-        sans: list[x509.GeneralName] = [x509.DNSName(n) for n in server_names]
-        sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in server_ips]
-        builder = builder.add_extension(x509.SubjectAlternativeName(sans), False)
-    return builder.sign(issuer_key, hashes.SHA256()), key
-
-
 def _write_pki(pki: Path) -> dict[str, Path]:
-    """Generate the CA, serving and client certificates and the service-account key."""
+    """Generate the CA, serving and client certificates (all from one TestCA) and the
+    service-account signing key."""
     pki.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
 
-    def save(name: str, cert: x509.Certificate, key: Any) -> None:
+    def save(name: str, cert_pem: bytes, key_pem: bytes) -> None:
         paths[f"{name}.crt"] = pki / f"{name}.crt"
         paths[f"{name}.key"] = pki / f"{name}.key"
-        paths[f"{name}.crt"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        paths[f"{name}.key"].write_bytes(_key_pem(key))
+        paths[f"{name}.crt"].write_bytes(cert_pem)
+        paths[f"{name}.key"].write_bytes(key_pem)
         paths[f"{name}.key"].chmod(0o600)
 
-    ca = _issue(None, "connquota-test-ca", is_ca=True)
-    save("ca", *ca)
-    save(
-        "apiserver",
-        *_issue(
-            ca,
-            "kube-apiserver",
-            server_names=[
-                "localhost",
-                "kubernetes",
-                "kubernetes.default",
-                "kubernetes.default.svc",
-                "kubernetes.default.svc.cluster.local",
-            ],
-            server_ips=["127.0.0.1", "10.0.0.1"],
-        ),
-    )
-    save("admin", *_issue(ca, "connquota-admin", ["system:masters"], client=True))
-    save(
-        "controller-manager",
-        *_issue(ca, "system:kube-controller-manager", client=True),
-    )
+    ca = TestCA.create("connquota-test-ca")
+    save("ca", ca.cert_pem, pem_key(ca.key))
+    apiserver_hosts = [
+        "localhost",
+        "kubernetes",
+        "kubernetes.default",
+        "kubernetes.default.svc",
+        "kubernetes.default.svc.cluster.local",
+        "127.0.0.1",
+        "10.0.0.1",
+    ]
+    save("apiserver", *ca.issue_leaf("kube-apiserver", hosts=apiserver_hosts))
+    save("admin", *ca.issue_leaf("connquota-admin", organizations=["system:masters"], client=True))
+    save("controller-manager", *ca.issue_leaf("system:kube-controller-manager", client=True))
     sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     paths["sa.key"] = pki / "sa.key"
     paths["sa.pub"] = pki / "sa.pub"
-    paths["sa.key"].write_bytes(_key_pem(sa_key))
+    paths["sa.key"].write_bytes(pem_key(sa_key))
     paths["sa.key"].chmod(0o600)
     paths["sa.pub"].write_bytes(
         sa_key.public_key().public_bytes(
@@ -388,7 +318,7 @@ class ControlPlane:
         from kubernetes import client, config
 
         configuration = client.Configuration()
-        config.load_kube_config(
+        config.load_kube_config(  # type: ignore[no-untyped-call]
             config_file=str(self.kubeconfig), client_configuration=configuration
         )
         configuration.connection_pool_maxsize = 32

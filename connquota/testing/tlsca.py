@@ -1,4 +1,5 @@
-"""A throwaway certificate authority for tests: wss:// servers on loopback with a trusted CA.
+"""The tests' certificate authority: wss:// servers on loopback with a trusted CA, and the
+test control plane's PKI (connquota.testing.controlplane).
 
 ca = TestCA.create()
 server_ctx = ca.server_context(["127.0.0.1", "localhost"])
@@ -12,12 +13,13 @@ import datetime
 import ipaddress
 import ssl
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 
@@ -25,15 +27,21 @@ def _name(common_name: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
-def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+def pem_key(key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey) -> bytes:
+    """A private key as unencrypted PKCS#8 PEM."""
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
 
 
+# Certificates outlive any test session (the control plane's are issued at its start).
+VALIDITY = datetime.timedelta(days=2)
+
+
 @dataclass
 class TestCA:
-    """A self-signed CA (ECDSA P-256, valid one day) that issues server certificates."""
+    """A self-signed CA (ECDSA P-256, valid two days) that issues server and client
+    certificates: the one CA of the tests (wss:// servers, the test control plane's PKI)."""
 
     __test__ = False  # not a pytest test class
 
@@ -52,7 +60,7 @@ class TestCA:
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
+            .not_valid_after(now + VALIDITY)
             .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
             .add_extension(
                 x509.KeyUsage(
@@ -79,29 +87,61 @@ class TestCA:
 
     def issue(self, hosts: list[str]) -> tuple[bytes, bytes]:
         """A server certificate for ``hosts`` (IP addresses or DNS names): (cert PEM, key PEM)."""
+        return self.issue_leaf(hosts[0], hosts=hosts)
+
+    def issue_leaf(
+        self,
+        common_name: str,
+        *,
+        organizations: Sequence[str] = (),
+        hosts: Sequence[str] = (),
+        client: bool = False,
+    ) -> tuple[bytes, bytes]:
+        """A leaf certificate and its key (PEM): a server one for ``hosts`` (IP addresses or
+        DNS names, in its subjectAltName), a client one with ``client`` (``organizations``
+        are the groups Kubernetes reads from a client certificate), or both."""
         key = ec.generate_private_key(ec.SECP256R1())
-        names: list[x509.GeneralName] = []
-        for host in hosts:
-            try:
-                names.append(x509.IPAddress(ipaddress.ip_address(host)))
-            except ValueError:
-                names.append(x509.DNSName(host))
+        attributes = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
+        attributes += [x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in organizations]
+        usages = [x509.oid.ExtendedKeyUsageOID.SERVER_AUTH] if hosts else []
+        if client:
+            usages.append(x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH)
         now = datetime.datetime.now(datetime.UTC)
-        cert = (
+        builder = (
             x509.CertificateBuilder()
-            .subject_name(_name(hosts[0]))
+            .subject_name(x509.Name(attributes))
             .issuer_name(self.cert.subject)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName(names), critical=False)
+            .not_valid_after(now + VALIDITY)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(
-                x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+                x509.KeyUsage(
+                    digital_signature=True,
+                    content_commitment=False,
+                    key_encipherment=False,
+                    data_encipherment=False,
+                    key_agreement=False,
+                    key_cert_sign=False,
+                    crl_sign=False,
+                    encipher_only=False,
+                    decipher_only=False,
+                ),
+                critical=True,
             )
-            .sign(self.key, hashes.SHA256())
+            .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
         )
-        return cert.public_bytes(serialization.Encoding.PEM), _pem_key(key)
+        if hosts:
+            names: list[x509.GeneralName] = []
+            for host in hosts:
+                try:
+                    names.append(x509.IPAddress(ipaddress.ip_address(host)))
+                except ValueError:
+                    names.append(x509.DNSName(host))
+            builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+        cert = builder.sign(self.key, hashes.SHA256())
+        return cert.public_bytes(serialization.Encoding.PEM), pem_key(key)
 
     def server_context(self, hosts: list[str]) -> ssl.SSLContext:
         """An SSL context serving a certificate for ``hosts`` issued by this CA."""

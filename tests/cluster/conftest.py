@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from connquota.testing.controlplane import (
     start_control_plane,
 )
 from connquota.testing.podharness import PodHarness
+from connquota.testing.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -117,25 +117,3 @@ def namespace(api_client: Any) -> Iterator[str]:
     finally:
         with contextlib.suppress(Exception):
             core.delete_namespace(name)
-
-
-def wait_for(
-    predicate: Callable[[], Any], timeout_s: float, what: str, interval_s: float = 0.1
-) -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    last_error: BaseException | None = None
-    while True:
-        try:
-            value = predicate()
-            if value:
-                return value
-        except AssertionError:
-            raise
-        except Exception as err:  # the object may not exist yet
-            last_error = err
-        if time.monotonic() > deadline:
-            pytest.fail(
-                f"timed out after {timeout_s}s waiting for {what} (last error: {last_error})"
-            )
-        time.sleep(interval_s)

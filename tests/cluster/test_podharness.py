@@ -433,9 +433,8 @@ def test_node_lease_renewals_keep_the_node_ready_across_several_grace_periods(
     )
 
 
-@pytest.mark.slow
+@pytest.mark.soak
 @pytest.mark.timeout(900)
-@pytest.mark.skipif(os.environ.get("CI", "").lower() != "true", reason="10 minutes: runs in CI")
 def test_pods_still_running_after_ten_minutes_of_lease_renewals(
     api_client: Any, core: client.CoreV1Api, pod_harness: PodHarness, namespace: str
 ) -> None:

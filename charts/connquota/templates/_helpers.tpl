@@ -22,3 +22,102 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 app.kubernetes.io/name: connquota-operator
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
+
+{{- /* Rules on cluster-scoped objects (and Events): always in the ClusterRole. */ -}}
+{{- define "connquota.clusterRules" -}}
+# Pools: kopf watches them and keeps its finalizer and progress annotations on them.
+- apiGroups: [connquota.io]
+  resources: [exchangeegresspools]
+  verbs: [list, watch, patch]
+# Pool status: budgets, holders, Ready and EgressVerified.
+- apiGroups: [connquota.io]
+  resources: [exchangeegresspools/status]
+  verbs: [patch]
+# kopf rescans its resources when CRDs change.
+- apiGroups: [apiextensions.k8s.io]
+  resources: [customresourcedefinitions]
+  verbs: [list, watch]
+# Events on quotas (in their namespace) and on pools (kopf and the operator post those in
+# "default"); an Event carries no secret.
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create]
+{{- if gt (len .Values.watchNamespaces) 0 }}
+# kopf follows the watched namespaces being created and deleted.
+- apiGroups: [""]
+  resources: [namespaces]
+  verbs: [list, watch]
+{{- end }}
+{{- if eq .Values.mode "peering" }}
+# kopf peering: the operator replicas elect one active instance.
+- apiGroups: [kopf.dev]
+  resources: [clusterkopfpeerings]
+  verbs: [list, watch, patch]
+{{- end }}
+{{- end -}}
+
+{{- /* Rules on namespaced objects: the ClusterRole (cluster-wide) or one Role per watched
+namespace. */ -}}
+{{- define "connquota.namespacedRules" -}}
+# Quotas: kopf watches them and keeps its finalizer and progress annotations on them.
+- apiGroups: [connquota.io]
+  resources: [exchangeconnectionquotas]
+  verbs: [list, watch, patch]
+- apiGroups: [connquota.io]
+  resources: [exchangeconnectionquotas/status]
+  verbs: [patch]
+# Owned objects carry blockOwnerDeletion: clusters enabling the OwnerReferencesPermissionEnforcement
+# admission plugin (OpenShift) require this to set it.
+- apiGroups: [connquota.io]
+  resources: [exchangeconnectionquotas/finalizers]
+  verbs: [update]
+# Plan and ledger ConfigMaps (server-side apply; streamsFrom reads). get/list/watch are also
+# granted to the gateways (RBAC lets the operator grant only what it holds).
+- apiGroups: [""]
+  resources: [configmaps]
+  verbs: [get, list, watch, create, patch]
+# The gateways' ServiceAccount, headless and client Services (server-side apply).
+- apiGroups: [""]
+  resources: [serviceaccounts, services]
+  verbs: [get, create, patch]
+# Gateway StatefulSets: kopf index and event handler (list/watch), server-side apply.
+- apiGroups: [apps]
+  resources: [statefulsets]
+  verbs: [get, list, watch, create, patch]
+- apiGroups: [policy]
+  resources: [poddisruptionbudgets]
+  verbs: [get, create, patch]
+# The gateways' Role and RoleBinding (server-side apply).
+- apiGroups: [rbac.authorization.k8s.io]
+  resources: [roles, rolebindings]
+  verbs: [get, create, patch]
+# Gateway Leases: kopf index (list/watch), pre-created by the operator (create); get, update and
+# patch are granted to the gateways on their own Leases.
+- apiGroups: [coordination.k8s.io]
+  resources: [leases]
+  verbs: [get, list, watch, create, update, patch]
+# Granted to the gateways by their Role.
+- apiGroups: [discovery.k8s.io]
+  resources: [endpointslices]
+  verbs: [get, list, watch]
+# Gateway pods: kopf index and event handler.
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list, watch]
+{{- if .Values.podLabelEgress }}
+# podLabel pools: the operator labels each gateway pod with its egress address.
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [patch]
+{{- end }}
+# A quota's credential Secrets must exist: read as metadata only (PartialObjectMetadata), never
+# listed or watched.
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get]
+{{- if eq .Values.mode "peering" }}
+- apiGroups: [kopf.dev]
+  resources: [kopfpeerings]
+  verbs: [list, watch, patch]
+{{- end }}
+{{- end -}}

@@ -62,6 +62,17 @@ PROFILE = ExchangeProfile(
             note="Not published for spot (options: 2,000). Assumed 500: the 21,000-character "
             "args cap per public connection fits about 500 topics of 40 characters.",
         ),
+        # The args of one public connection, all topics together -- CONNECT_DOC §Args limits.
+        Limit(
+            name=LimitName.ARGS_CHARACTERS_PER_CONNECTION,
+            value=21000,
+            scope=LimitScope.CONNECTION,
+            shape=LimitShape.SIZE,
+            confidence=Confidence.PUBLISHED,
+            source=CONNECT_DOC,
+            note="The args array of a public connection is at most 21,000 characters; the "
+            "planner counts each topic as its length plus 3 (quotes and comma).",
+        ),
         # Client messages per connection: not published.
         Limit(
             name=LimitName.MESSAGES_PER_CONNECTION,

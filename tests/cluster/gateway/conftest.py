@@ -15,7 +15,6 @@ import contextlib
 import copy
 import datetime as dt
 import json
-import sys
 import threading
 import time
 import urllib.request
@@ -40,10 +39,8 @@ from connquota.mockexchange.server import MockExchange
 from connquota.mockexchange.threaded import ThreadedMockExchange
 from connquota.operator import builders, names
 from connquota.operator.builders.services import GATEWAY_PORT
+from connquota.testing.gateway_plans import bind_address, pod_plan
 from connquota.testing.podharness import PodHarness
-
-sys.path.insert(0, str(Path(__file__).parents[2] / "unit" / "gateway"))
-from gateway_plan_factory import bind_address, pod_plan
 
 T = TypeVar("T")
 TIME_SCALE = 20.0

@@ -176,4 +176,7 @@ def describe(events: list[dict[str, Any]]) -> str:
     return "\n".join(f"{n:5d} {k}" for k, n in counts.most_common(30))
 
 
-from cluster.operator.fleet import mock_exchange  # noqa: E402, F401  (a fixture for the fleet tests)
+from cluster.operator.fleet import (  # noqa: E402, F401  (fixtures for the fleet tests)
+    ip_echo,
+    mock_exchange,
+)

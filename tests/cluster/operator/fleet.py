@@ -18,11 +18,13 @@ from kubernetes import client
 
 from cluster.conftest import HARNESS_LABEL
 from connquota.api.limits import Limit, LimitName, LimitScope
+from connquota.api.pool import EgressCheck, EgressCheckMethod
 from connquota.demo.scaling import scaled_profile
 from connquota.exchanges import get_profile
 from connquota.mockexchange.server import MockExchange
 from connquota.mockexchange.threaded import ThreadedMockExchange
-from connquota.testing.podharness import DEFAULT_NODE_NAME
+from connquota.testing.ipecho import ThreadedIpEcho
+from connquota.testing.resources import custom_exchange, loopback_pool
 
 GROUP, VERSION = "connquota.io", "v1alpha1"
 TIME_SCALE = 20.0
@@ -68,14 +70,7 @@ class MockThread(ThreadedMockExchange[MockExchange]):
     def quota_exchange(self, domain: str) -> dict[str, Any]:
         """`spec.custom` of a quota pointing at this mock, durations in wall-clock seconds."""
         profile = scaled_profile(self.mock.profile, TIME_SCALE, self.mock.url)
-        return {
-            "endpoint": self.mock.url,
-            "dialect": profile.dialect.value,
-            "domain": domain,
-            "limits": [lim.to_wire() for lim in profile.limits],
-            "heartbeat": profile.heartbeat.to_wire(),
-            "deadConnectionTimeoutSeconds": profile.deadConnectionTimeoutSeconds,
-        }
+        return custom_exchange(profile, domain)
 
 
 def shrunk_limits(**values: tuple[float, float | None]) -> list[Limit]:
@@ -109,25 +104,25 @@ def mock_exchange() -> Iterator[MockThread]:
         mock.stop()
 
 
-def pool_body(name: str, addresses: int = 1) -> dict[str, Any]:
-    """A pool of loopback `bind` addresses 127.0.0.2.. on the harness's node."""
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "ExchangeEgressPool",
-        "metadata": {"name": name},
-        "spec": {
-            "addresses": [
-                {
-                    "name": f"lo-{i + 2}",
-                    "publicAddress": f"127.0.0.{i + 2}",
-                    "mode": "bind",
-                    "bindAddress": f"127.0.0.{i + 2}",
-                    "node": DEFAULT_NODE_NAME,
-                }
-                for i in range(addresses)
-            ]
-        },
-    }
+@pytest.fixture
+def ip_echo() -> Iterator[ThreadedIpEcho]:
+    """The IP-echo service pools verify their addresses through (the exchange serves none)."""
+    echo = ThreadedIpEcho("127.0.0.1", 0)
+    try:
+        yield echo
+    finally:
+        echo.stop()
+
+
+def pool_body(name: str, addresses: int = 1, echo_url: str | None = None) -> dict[str, Any]:
+    """A pool of loopback `bind` addresses 127.0.0.2.. on the harness's node, verified through
+    the IP-echo service at `echo_url` (unverified, with a reason, without one)."""
+    check = (
+        EgressCheck(method=EgressCheckMethod.URL, url=echo_url)
+        if echo_url
+        else EgressCheck(method=EgressCheckMethod.NONE, reason="loopback test addresses")
+    )
+    return loopback_pool(name, addresses, egress_check=check)
 
 
 def quota_body(

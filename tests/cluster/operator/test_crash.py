@@ -31,6 +31,7 @@ from cluster.operator.fleet import (
 from connquota.api.limits import LimitName, LimitScope
 from connquota.operator.crash import EXIT_CODE, POINTS
 from connquota.testing.controlplane import ControlPlane
+from connquota.testing.ipecho import ThreadedIpEcho
 from connquota.testing.podharness import PodHarness
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
@@ -47,11 +48,14 @@ def test_operator_killed_at_a_write_point_during_scale_down_breaks_no_limit(
     namespace: str,
     pod_harness: PodHarness,
     mock_exchange: MockThread,
+    ip_echo: ThreadedIpEcho,
 ) -> None:
     objects = custom_object(api_client)
     apps = client.AppsV1Api(api_client)
     pool = f"p-{uuid.uuid4().hex[:8]}"
-    objects.create_cluster_custom_object(GROUP, VERSION, "exchangeegresspools", pool_body(pool))
+    objects.create_cluster_custom_object(
+        GROUP, VERSION, "exchangeegresspools", pool_body(pool, echo_url=ip_echo.url)
+    )
     exchange = mock_exchange.quota_exchange(f"{pool}.test")
     objects.create_namespaced_custom_object(
         GROUP,

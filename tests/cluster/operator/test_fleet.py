@@ -28,6 +28,8 @@ from cluster.operator.fleet import (
     wait_ready,
 )
 from connquota.api.limits import LimitName, LimitScope
+from connquota.api.report import REPORT_ANNOTATION, EgressCheckState, GatewayReport
+from connquota.testing.ipecho import ThreadedIpEcho
 from connquota.testing.podharness import PodHarness
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
@@ -49,13 +51,16 @@ def test_fleet_lifecycle_scale_replace_and_mass_disconnect_within_every_limit(
     pod_harness: PodHarness,
     operator_process: OperatorProcess,
     mock_exchange: MockThread,
+    ip_echo: ThreadedIpEcho,
 ) -> None:
     core = client.CoreV1Api(api_client)
     apps = client.AppsV1Api(api_client)
     objects = custom_object(api_client)
     pool = f"p-{uuid.uuid4().hex[:8]}"
     exchange = mock_exchange.quota_exchange(f"{pool}.test")
-    objects.create_cluster_custom_object(GROUP, VERSION, "exchangeegresspools", pool_body(pool))
+    objects.create_cluster_custom_object(
+        GROUP, VERSION, "exchangeegresspools", pool_body(pool, echo_url=ip_echo.url)
+    )
     objects.create_namespaced_custom_object(
         GROUP,
         VERSION,
@@ -68,6 +73,18 @@ def test_fleet_lifecycle_scale_replace_and_mass_disconnect_within_every_limit(
         # Up: 4 connections on 2 pods fill the address's 4 concurrent connections.
         wait_ready(api_client, namespace, "md", 90, log)
         assert apps.read_namespaced_stateful_set("md-gw", namespace).spec.replicas == 2
+        # Egress was verified through the pool's echo service, never the exchange (it has no
+        # /whoami), and each pod reports it on its Lease.
+        leases = client.CoordinationV1Api(api_client)
+        for ordinal in (0, 1):
+            lease = leases.read_namespaced_lease(f"md-gw-{ordinal}", namespace)
+            report = GatewayReport.model_validate_json(
+                lease.metadata.annotations[REPORT_ANNOTATION]
+            )
+            assert [(c.address, c.state) for c in report.egressChecks] == [
+                ("lo-2", EgressCheckState.VERIFIED)
+            ]
+        assert set(ip_echo.requests()) == {"127.0.0.2"}
         _consumers_get_every_stream(api_client, namespace, core)
         mock_exchange.assert_no_violation()
         assert mock_exchange.peak_fraction(LimitName.CONCURRENT_CONNECTIONS, LimitScope.IP) >= 0.9
@@ -111,6 +128,18 @@ def test_fleet_lifecycle_scale_replace_and_mass_disconnect_within_every_limit(
         )
         wait_ready(api_client, namespace, "md", 90, log)
         assert apps.read_namespaced_stateful_set("md-gw", namespace).spec.replicas == 2
+        # Egress was verified through the pool's echo service, never the exchange (it has no
+        # /whoami), and each pod reports it on its Lease.
+        leases = client.CoordinationV1Api(api_client)
+        for ordinal in (0, 1):
+            lease = leases.read_namespaced_lease(f"md-gw-{ordinal}", namespace)
+            report = GatewayReport.model_validate_json(
+                lease.metadata.annotations[REPORT_ANNOTATION]
+            )
+            assert [(c.address, c.state) for c in report.egressChecks] == [
+                ("lo-2", EgressCheckState.VERIFIED)
+            ]
+        assert set(ip_echo.requests()) == {"127.0.0.2"}
         mock_exchange.assert_no_violation()
 
         # A gateway pod deleted and replaced (fresh emptyDir: it starts conservatively).

@@ -24,31 +24,13 @@ from cluster.operator.conftest import (
     operator_requests,
 )
 from connquota.api.plan import PodPlan
+from connquota.testing.resources import loopback_pool as _pool
 
 pytestmark = pytest.mark.cluster
 
 GROUP, VERSION = "connquota.io", "v1alpha1"
 WINDOW_S = 3.0
 DEAD_CONNECTION_S = 2.0
-
-
-def _pool(name: str) -> dict[str, Any]:
-    return {
-        "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "ExchangeEgressPool",
-        "metadata": {"name": name},
-        "spec": {
-            "addresses": [
-                {
-                    "name": "lo-2",
-                    "publicAddress": "127.0.0.2",
-                    "mode": "bind",
-                    "bindAddress": "127.0.0.2",
-                    "node": "connquota-harness",
-                }
-            ]
-        },
-    }
 
 
 def _quota(namespace: str, pool: str, streams: list[str]) -> dict[str, Any]:
@@ -141,6 +123,7 @@ def pool_name() -> Any:
 
 def test_quota_lifecycle_objects_plans_status_bad_edit_and_finalized_deletion(
     api_client: Any,
+    control_plane: Any,
     namespace: str,
     pool_name: str,
     operator_process: OperatorProcess,
@@ -203,9 +186,31 @@ def test_quota_lifecycle_objects_plans_status_bad_edit_and_finalized_deletion(
             return q if ok and _condition(q, "Ready") else None
 
         quota = wait_for(status_written, 30, "status with observedGeneration")
-        assert _condition(quota, "Stalled")["status"] == "False"
+        assert _condition(quota, "Stalled") is None, "kstatus: absent while it does not apply"
         assert quota["status"]["streams"]["desired"] == 6
         assert quota["status"]["streams"]["planned"] == 6
+        # Per address: this quota's share, the sum of its pod slices and the pool's budget.
+        (address,) = quota["status"]["addresses"]
+        assert address["key"] == "lo-2"
+        by_limit = {u["limit"]: u for u in address["limits"]}
+        attempts = by_limit["connectionAttempts"]
+        assert 0 < attempts["slices"] <= attempts["share"] <= attempts["budget"]
+        assert by_limit["concurrentConnections"]["share"] > 0
+
+        # The pool's status is written too: Ready, its quota count, budgets and holders.
+        def pool_written() -> dict[str, Any] | None:
+            p = objects.get_cluster_custom_object(GROUP, VERSION, "exchangeegresspools", pool_name)
+            st = p.get("status") or {}
+            ok = st.get("observedGeneration") == p["metadata"]["generation"] and st.get("budgets")
+            return p if ok else None
+
+        pool_obj = wait_for(pool_written, 30, "the pool's status")
+        assert pool_obj["status"]["quotas"] == 1
+        assert _condition(pool_obj, "Ready")["status"] == "True"
+        holders = {(b["address"], b["limit"]): b["holders"] for b in pool_obj["status"]["budgets"]}
+        assert holders[("lo-2", "connectionAttempts")][0]["quota"] == f"{namespace}/md"
+        columns = control_plane.kubectl("get", "ecp", pool_name, "--no-headers").stdout.split()
+        assert columns[1:3] == ["1", "True"], columns
         assert "finalizers" in quota["metadata"]
         assert "connquota.io/budget" in quota["metadata"]["finalizers"]
 

@@ -29,6 +29,7 @@ from cluster.operator.fleet import (
     wait_ready,
 )
 from connquota.api.limits import LimitName, LimitScope
+from connquota.testing.ipecho import ThreadedIpEcho
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
 
@@ -60,12 +61,15 @@ def test_a_second_quota_on_the_pool_shrinks_the_first_through_acknowledged_trans
     pod_harness: Any,
     operator_process: OperatorProcess,
     mock_exchange: MockThread,
+    ip_echo: ThreadedIpEcho,
 ) -> None:
     objects = custom_object(api_client)
     log = operator_process.log
     pool = f"p-{uuid.uuid4().hex[:8]}"
     exchange = mock_exchange.quota_exchange(f"{pool}.test")
-    objects.create_cluster_custom_object(GROUP, VERSION, "exchangeegresspools", pool_body(pool))
+    objects.create_cluster_custom_object(
+        GROUP, VERSION, "exchangeegresspools", pool_body(pool, echo_url=ip_echo.url)
+    )
     quotas = [(namespace, A_STREAMS), (second_namespace, B_STREAMS)]
     objects.create_namespaced_custom_object(
         GROUP,

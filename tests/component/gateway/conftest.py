@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +17,13 @@ import aiohttp
 import pytest
 
 from connquota.api.limits import ExchangeProfile, Limit, LimitName, LimitScope
+from connquota.api.pool import EgressCheck, EgressCheckMethod
 from connquota.demo.processes import GatewayProcess
 from connquota.demo.scaling import scaled_profile
 from connquota.exchanges import get_profile
 from connquota.mockexchange.server import MockExchange
-
-sys.path.insert(0, str(Path(__file__).parents[2] / "unit" / "gateway"))
+from connquota.testing.ipecho import IpEchoServer
+from connquota.testing.waiting import wait_until
 
 TIME_SCALE = 20.0
 DIALECT_PROFILES = ["binance-spot", "okx", "bybit"]
@@ -40,17 +39,10 @@ def stream_names(profile: str, count: int, tag: str = "s") -> list[str]:
 
 
 async def wait_for(
-    probe: Callable[[], Awaitable[Any]], timeout_s: float, what: str, step_s: float = 0.1
+    probe: Callable[[], Any], timeout_s: float, what: str, step_s: float = 0.1
 ) -> Any:
-    """Poll `probe` until it returns something truthy; fail with `what` after the deadline."""
-    deadline = time.monotonic() + timeout_s
-    last = None
-    while time.monotonic() < deadline:
-        last = await probe()
-        if last:
-            return last
-        await asyncio.sleep(step_s)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what} (last: {last!r})")
+    """``wait_until`` polling every 0.1 s by default: most probes here are HTTP status calls."""
+    return await wait_until(probe, timeout_s, what, step_s)
 
 
 def shrunk(profile_name: str, **values: tuple[float, float | None]) -> list[Limit]:
@@ -76,6 +68,12 @@ class Harness:
         self.mock: MockExchange | None = None
         self.gateways: list[GatewayProcess] = []
         self.http = aiohttp.ClientSession()
+        self.echo = IpEchoServer()
+        """The IP-echo service the plans' addresses are verified through (never the exchange)."""
+
+    def egress_check(self) -> EgressCheck:
+        """The pool's check: GET the echo service through the address."""
+        return EgressCheck(method=EgressCheckMethod.URL, url=self.echo.url, timeoutSeconds=3)
 
     async def start_mock(self, profile_name: str, limits: list[Limit], **kw: Any) -> MockExchange:
         """The mock exchange for `profile_name` with `limits` overriding the published ones."""
@@ -161,6 +159,7 @@ class Harness:
             if gw.alive():
                 await gw.kill()
         await self.http.close()
+        await self.echo.stop()
         if self.mock is not None:
             await self.mock.stop()
 
@@ -173,6 +172,7 @@ def _path_of(endpoint: str) -> str:
 @pytest.fixture
 async def harness(tmp_path: Path):
     h = Harness(tmp_path)
+    await h.echo.start()
     try:
         yield h
     finally:
@@ -230,17 +230,21 @@ class Consumer:
 
 def base_plan(harness: Harness, profile: str, conns: int = 12, per_conn: int = 2, **kw: Any):
     """`conns` connections on a0 (127.0.0.2) with `per_conn` streams each, full slices."""
-    from gateway_plan_factory import bind_address, pod_plan
-
     from connquota.api.plan import ConnectionPlan
+    from connquota.testing.gateway_plans import bind_address, pod_plan
 
     names = stream_names(profile, conns * per_conn, kw.pop("tag", "s"))
     connections = [
         ConnectionPlan(id=f"c{i}", address="a0", streams=names[i * per_conn : (i + 1) * per_conn])
         for i in range(conns)
     ]
+    check = kw.pop("egress_check", None) or harness.egress_check()
     plan = pod_plan(
-        harness.gateway_profile(), connections, addresses=[bind_address(0)], margin_s=0.2, **kw
+        harness.gateway_profile(),
+        connections,
+        addresses=[bind_address(0, check)],
+        margin_s=0.2,
+        **kw,
     )
     return plan, names
 

@@ -9,7 +9,8 @@ import sys
 import pytest
 
 
-@pytest.mark.slow
+@pytest.mark.soak
+@pytest.mark.timeout(240)
 def test_demo_recovers_from_a_mass_disconnect_and_a_crash_without_a_violation(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "connquota.cli", "demo", "--duration", "50", "--streams", "600",

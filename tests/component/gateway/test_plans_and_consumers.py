@@ -6,11 +6,11 @@ import json
 import time
 
 import aiohttp
-from conftest import GW_IP, Consumer, base_plan, shrunk, stream_names, wait_for
-from gateway_plan_factory import bind_address, pod_plan
+from conftest import GW_IP, Consumer, base_plan, mock_attempts, shrunk, stream_names, wait_for
 
 from connquota.api.limits import LimitName, LimitScope
 from connquota.api.plan import ConnectionPlan
+from connquota.testing.gateway_plans import bind_address, pod_plan
 
 
 async def test_a_plan_change_reopens_nothing_it_keeps_and_paces_new_subscribes(harness):
@@ -33,7 +33,11 @@ async def test_a_plan_change_reopens_nothing_it_keeps_and_paces_new_subscribes(h
     conns[0] = c0.model_copy(update={"streams": c0.streams[1:] + extra})
     conns[5] = ConnectionPlan(id="c6", address="a0", streams=stream_names("binance-spot", 2, "six"))
     plan2 = pod_plan(
-        harness.gateway_profile(), conns, addresses=[bind_address(0)], margin_s=0.2, generation=2
+        harness.gateway_profile(),
+        conns,
+        addresses=[bind_address(0, harness.egress_check())],
+        margin_s=0.2,
+        generation=2,
     )
     consumer = Consumer(harness.http, gw.ws_url)
     harness.write_plan(plan2)
@@ -85,7 +89,9 @@ async def test_max_age_rotation_is_make_before_break_without_a_gap(harness):
     conns = [
         ConnectionPlan(id=f"c{i}", address="a0", streams=names[i * 2 : i * 2 + 2]) for i in range(4)
     ]
-    plan = pod_plan(profile, conns, addresses=[bind_address(0)], margin_s=0.2)
+    plan = pod_plan(
+        profile, conns, addresses=[bind_address(0, harness.egress_check())], margin_s=0.2
+    )
     gw = harness.gateway(harness.write_plan(plan))
     gw.start()
     await harness.wait_live(gw, len(names), timeout_s=30)
@@ -181,9 +187,9 @@ async def test_an_egress_mismatch_refuses_to_connect_with_a_clear_status(harness
 
     async def refused():
         st = await harness.status(gw)
-        return st if st and st["egress"].get("a0", {}).get("ok") is False else None
+        return st if st and st["egress"].get("a0", {}).get("state") == "mismatch" else None
 
-    st = await wait_for(refused, 20, "the egress check to fail")
+    st = await wait_for(refused, 20, "the egress check to find the mismatch")
     assert (
         "127.0.0.2" in st["egress"]["a0"]["message"]
         and "127.0.0.9" in st["egress"]["a0"]["message"]
@@ -195,9 +201,81 @@ async def test_an_egress_mismatch_refuses_to_connect_with_a_clear_status(harness
 
     await wait_for(all_refused, 10, "every connection refused")
     assert harness.mock.websockets() == []
+    assert mock_attempts(harness.mock) == 0, "a mismatched address spends no exchange attempt"
     assert (
         harness.mock.metrics.registry.get_sample_value("mockexchange_websockets_opened_total") or 0
     ) == 0
+    assert harness.echo.requests["127.0.0.2"] >= 1, "the check went to the echo service"
+
+
+async def test_against_an_exchange_without_whoami_every_connection_opens_and_the_check_costs_no_attempt(
+    harness,
+):
+    """Real exchanges serve no /whoami: the check goes to the pool's echo service, once."""
+    mx = await harness.start_mock(
+        "binance-spot", shrunk("binance-spot", connectionAttempts=(12, 40.0))
+    )
+    async with harness.http.get(mx.http_url + "/whoami") as resp:
+        assert resp.status != 200, "the mock behaves as a real exchange: no /whoami"
+    plan, names = base_plan(harness, "binance-spot", conns=12)
+    gw = harness.gateway(harness.write_plan(plan))
+    gw.start()
+    st = await harness.wait_live(gw, len(names), timeout_s=40)
+    assert st["egress"]["a0"]["state"] == "verified"
+    # One check for the address (not one per connection), at the echo service.
+    assert harness.echo.requests == {"127.0.0.2": 1}
+    # The exchange saw exactly one attempt per connection: nothing else went there.
+    assert mock_attempts(harness.mock) == 12
+    report = st["egressReport"]
+    assert report == [
+        {
+            "address": "a0",
+            "publicAddress": "127.0.0.2",
+            "state": "verified",
+            "seenAddress": "127.0.0.2",
+            "reason": "",
+            "checkedAt": report[0]["checkedAt"],
+        }
+    ]
+    harness.assert_peak_at_least(LimitName.CONNECTION_ATTEMPTS, LimitScope.IP, 0.9)
+    harness.assert_no_violation()
+
+
+async def test_an_unverified_address_connects_and_says_why(harness):
+    from connquota.api.pool import EgressCheck, EgressCheckMethod
+
+    await harness.start_mock("okx", shrunk("okx", connectionAttempts=(10, 20.0)))
+    check = EgressCheck(method=EgressCheckMethod.NONE, reason="NAT verified by the platform team")
+    plan, names = base_plan(harness, "okx", conns=2, egress_check=check)
+    gw = harness.gateway(harness.write_plan(plan))
+    gw.start()
+    st = await harness.wait_live(gw, len(names), timeout_s=30)
+    assert st["egress"]["a0"]["state"] == "unverified"
+    assert "NAT verified by the platform team" in st["egress"]["a0"]["message"]
+    assert harness.echo.requests == {}
+    harness.assert_no_violation()
+
+
+async def test_an_echo_service_that_fails_blocks_its_address_until_it_answers(harness):
+    await harness.start_mock("bybit", shrunk("bybit", connectionAttempts=(10, 20.0)))
+    harness.echo.refuse = True
+    plan, names = base_plan(harness, "bybit", conns=2)
+    gw = harness.gateway(harness.write_plan(plan))
+    gw.start()
+
+    async def failed():
+        st = await harness.status(gw)
+        return st if st and st["egress"].get("a0", {}).get("state") == "failed" else None
+
+    st = await wait_for(failed, 20, "the egress check to fail")
+    assert "HTTP 503" in st["egress"]["a0"]["message"]
+    assert mock_attempts(harness.mock) == 0
+    harness.echo.refuse = False
+    st = await harness.wait_live(gw, len(names), timeout_s=30)
+    assert st["egress"]["a0"]["state"] == "verified"
+    # Retried on one backoff for the address, not once per connection every few seconds.
+    assert harness.echo.requests["127.0.0.2"] <= 4
+    harness.assert_no_violation()
 
 
 async def test_private_connections_log_in_from_secret_files_within_the_account_slice(
@@ -241,7 +319,7 @@ async def test_private_connections_log_in_from_secret_files_within_the_account_s
     plan = pod_plan(
         harness.gateway_profile(),
         conns,
-        addresses=[bind_address(0)],
+        addresses=[bind_address(0, harness.egress_check())],
         margin_s=0.2,
         credentials=[cred],
         account_slices=[account_slice],

@@ -16,12 +16,12 @@ from typing import Any
 import aiohttp
 import pytest
 from conftest import GW_IP, mock_attempts, shrunk, wait_for
-from gateway_plan_factory import bind_address, pod_plan
 
 from connquota.api.limits import Limit, LimitName, LimitScope, LimitShape
 from connquota.api.plan import ConnectionPlan, PlanCredential, Slice
 from connquota.mockexchange.keys import asymmetric_account
 from connquota.mockexchange.settings import TestAccount
+from connquota.testing.gateway_plans import bind_address, pod_plan
 
 PRIVATE_RATE_HZ = 20.0
 
@@ -157,7 +157,7 @@ def private_plan(harness, conns: list, extra_slices: list[Slice] | None = None):
     return pod_plan(
         harness.gateway_profile(),
         connections,
-        addresses=[bind_address(0)],
+        addresses=[bind_address(0, harness.egress_check())],
         margin_s=0.2,
         credentials=creds,
         account_slices=extra_slices,

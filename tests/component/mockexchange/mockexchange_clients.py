@@ -13,6 +13,7 @@ from typing import Any
 import aiohttp
 
 from connquota.exchanges.dialects import binance, bybit, okx
+from connquota.testing.waiting import wait_until  # noqa: F401 (tests import it from here)
 
 DIALECTS = ["binance", "okx", "bybit"]
 PROFILE_OF = {"binance": "binance-spot", "okx": "okx", "bybit": "bybit"}
@@ -28,15 +29,6 @@ def sample_streams(dialect: str, count: int, start: int = 0) -> list[str]:
     if dialect == "okx":
         return [f"trades:SYM{i}-USDT" for i in range(start, start + count)]
     return [f"publicTrade.SYM{i}USDT" for i in range(start, start + count)]
-
-
-async def wait_until(predicate: Callable[[], bool], timeout_s: float = 5.0, what: str = "") -> None:
-    """Wait for ``predicate`` to hold, failing after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what or predicate}")
-        await asyncio.sleep(0.01)
 
 
 @asynccontextmanager

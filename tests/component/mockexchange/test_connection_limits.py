@@ -149,7 +149,7 @@ async def test_time_scale_shrinks_the_attempt_window(start_mock) -> None:
 async def test_admin_api_refuses_the_next_handshakes_and_whoami_reports_the_source(
     start_mock,
 ) -> None:
-    mx = await start_mock("okx")
+    mx = await start_mock("okx", serve_whoami=True)
     url = mx.url + PUBLIC_PATH["okx"]
     async with client_from("127.0.0.10") as client:
         async with client.get(mx.http_url + "/whoami") as response:
@@ -164,6 +164,15 @@ async def test_admin_api_refuses_the_next_handshakes_and_whoami_reports_the_sour
         assert (await handshake(client, url))[0] == 418
         assert (await handshake(client, url))[0] == 101
     assert mx.peak(ATTEMPTS, IP, "127.0.0.10") == 3, "whoami and admin requests are not attempts"
+
+
+async def test_by_default_the_mock_serves_no_whoami_and_counts_it_as_an_exchange_request(
+    start_mock,
+) -> None:
+    mx = await start_mock("binance")
+    async with client_from("127.0.0.11") as client, client.get(mx.http_url + "/whoami") as response:
+        assert response.status != 200
+    assert mx.peak(ATTEMPTS, IP, "127.0.0.11") == 1, "as on a real exchange, it cost an attempt"
 
 
 async def test_unknown_paths_are_refused_but_still_counted(start_mock) -> None:

@@ -7,10 +7,8 @@ consumers are real aiohttp WebSocket clients.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
-import time
 from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import Any
@@ -22,6 +20,7 @@ from aiohttp import web
 from connquota.gateway.consumers import CLOSE_SLOW_CONSUMER
 from connquota.gateway.http import build_app
 from connquota.gateway.hub import SLOW_CONSUMER_CLOSE, StreamHub
+from connquota.testing.waiting import wait_until
 
 STREAM = "btcusdt@trade"
 SOURCE = object()  # the upstream session that holds the stream
@@ -87,14 +86,6 @@ async def next_data(ws: aiohttp.ClientWebSocketResponse) -> dict[str, Any]:
     msg = await ws.receive(timeout=5)
     assert msg.type == aiohttp.WSMsgType.TEXT, msg
     return json.loads(msg.data)
-
-
-async def wait_until(condition: Any, timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 async def test_every_subscriber_gets_the_same_frame_encoded_once():

@@ -6,7 +6,6 @@ import asyncio
 import json
 
 import pytest
-from gateway_plan_factory import connections, pod_plan, small_profile
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -14,7 +13,8 @@ from connquota.api.limits import Limit, LimitName, LimitScope, LimitShape
 from connquota.api.plan import Slice
 from connquota.gateway.attempt_log import AttemptLogFile
 from connquota.gateway.clock import ManualClock
-from connquota.gateway.limiter import Limiter, MessageKind, SlidingLog
+from connquota.gateway.limiter import Limiter, MessageKind, SlidingLog, WaitKind
+from connquota.testing.gateway_plans import connections, pod_plan, small_profile
 
 
 def starts_in_any_window(starts: list[float], window_s: float) -> int:
@@ -45,6 +45,15 @@ def test_no_window_ever_holds_more_than_the_slice(capacity, window_s, gaps):
         sliding.record(now)
         starts.append(now)
     assert starts_in_any_window(starts, window_s) <= capacity
+
+
+async def wait_until(condition, steps: int = 1000) -> None:
+    """Yield to the event loop until `condition()` holds (bounded: fails after `steps`)."""
+    for _ in range(steps):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("condition not met")
 
 
 def limiter_with(plan, tmp_path=None, clock=None, boot_id="boot-a"):
@@ -135,9 +144,10 @@ async def test_concurrent_slice_blocks_until_a_release_and_unclean_ends_hold_the
     a = await limiter.acquire_attempt("c0", "a0")
     await limiter.acquire_attempt("c1", "a0")
     third = asyncio.create_task(limiter.acquire_attempt("c2", "a0"))
-    await asyncio.sleep(0.01)
+    await wait_until(lambda: "c2" in limiter.waiting_kind)
     assert not third.done()
-    assert "concurrent" in limiter.waiting["c2"]
+    assert limiter.waiting_kind["c2"] == WaitKind.CONCURRENT_SLICE
+    assert "concurrent slice on ip a0" in limiter.waiting["c2"]
     t0 = clock.monotonic()
     a.release(clean=False)
     await asyncio.wait_for(third, 1)
@@ -162,8 +172,9 @@ async def test_no_attempt_without_the_lease():
     limiter, _ = limiter_with(plan)
     limiter.set_attempts_allowed(False, "lease held by another process")
     task = asyncio.create_task(limiter.acquire_attempt("c0", "a0"))
-    await asyncio.sleep(0.01)
+    await wait_until(lambda: "c0" in limiter.waiting)
     assert limiter.waiting["c0"] == "lease held by another process"
+    assert limiter.waiting_kind["c0"] == WaitKind.STOPPED
     limiter.set_attempts_allowed(True)
     await asyncio.wait_for(task, 1)
 
@@ -252,7 +263,7 @@ async def test_account_attempt_slice_is_shared_by_every_address():
         shape=LimitShape.SLIDING_WINDOW,
         windowSeconds=10,
     )
-    from gateway_plan_factory import bind_address
+    from connquota.testing.gateway_plans import bind_address
 
     plan = pod_plan(
         profile,
@@ -269,3 +280,26 @@ async def test_account_attempt_slice_is_shared_by_every_address():
     assert clock.monotonic() - t0 >= 10
     counts = {(w.scope, w.key): w.count for w in limiter.attempt_windows()}
     assert counts[(LimitScope.ACCOUNT, "acct-1")] >= 1
+
+
+def test_the_limiter_holds_attempts_and_reserves_heartbeats_by_the_one_definition(tmp_path):
+    """The gateway's attempt hold and heartbeat reserve are connquota.api.timing's (the
+    planner's and the operator's too): a disagreement would let a moved slice be used twice."""
+    from connquota.api import timing
+    from connquota.api.limits import LimitName, LimitScope
+
+    profile = small_profile(attempts=5, attempt_window_s=10, connect_timeout_s=1.5)
+    plan = pod_plan(profile, connections(1, 1), margin_s=0.7)
+    limiter, _ = limiter_with(plan, tmp_path)
+    rule = limiter._attempt_rule(LimitScope.IP, "a0")
+    assert rule is not None
+    assert rule.hold_s == timing.attempt_hold_s(10, 1.5, 0.7)
+    gate = limiter.message_gate("c0#1", "a0", None)
+    own = gate._own_logs()
+    if LimitName.MESSAGES_PER_CONNECTION in own:
+        sliding, reserve = own[LimitName.MESSAGES_PER_CONNECTION]
+        s = plan.slice(LimitName.MESSAGES_PER_CONNECTION, LimitScope.CONNECTION, "*")
+        assert s is not None
+        assert reserve >= timing.heartbeat_reserve(
+            profile.heartbeat, s.windowSeconds, sliding.capacity
+        )

@@ -6,14 +6,13 @@ import asyncio
 import json
 import random
 
-from gateway_plan_factory import connections, pod_plan, small_profile
-
 from connquota.api.plan import QuotaPlan
-from connquota.gateway.egress import address_matches, parse_whoami
+from connquota.gateway.egress import address_matches, parse_echo
 from connquota.gateway.hub import SLOW_CONSUMER_DROP, StreamHub
 from connquota.gateway.lease import FileLease
 from connquota.gateway.plan_source import NewerPlans, parse_plan
 from connquota.gateway.upstream import backoff_delay_s, retry_after_s
+from connquota.testing.gateway_plans import connections, pod_plan, small_profile
 
 
 def plan_text(generation: int, ordinal: int = 0) -> str:
@@ -106,9 +105,11 @@ def test_backoff_has_full_jitter_under_a_cap():
     assert len({round(d, 3) for d in delays}) > 300  # jittered, not a fixed ladder
 
 
-def test_whoami_answers_are_compared_with_the_public_address():
-    assert parse_whoami('{"address":"127.0.0.3"}') == "127.0.0.3"
-    assert parse_whoami("127.0.0.3\n") == "127.0.0.3"
+def test_echo_answers_are_compared_with_the_public_address():
+    assert parse_echo('{"address":"127.0.0.3"}') == "127.0.0.3"
+    assert parse_echo('{"ip":"127.0.0.3"}') == "127.0.0.3"
+    assert parse_echo('{"origin":"127.0.0.3, 10.0.0.1"}') == "127.0.0.3"
+    assert parse_echo("127.0.0.3\n") == "127.0.0.3"
     assert address_matches("127.0.0.3", "127.0.0.3")
     assert not address_matches("127.0.0.4", "127.0.0.3")
     assert address_matches("2001:db8::5", "2001:db8::/64")
@@ -128,3 +129,28 @@ async def test_a_second_process_for_the_same_ordinal_waits_for_the_lock(tmp_path
     await asyncio.wait_for(task, 2)
     assert second.held
     await second.release()
+
+
+def test_rotation_follows_the_plans_max_age_after_headroom_not_the_profiles():
+    from connquota.api.limits import LimitName
+    from connquota.exchanges import get_profile
+    from connquota.gateway.upstream import plan_max_age_s, rotation_after_s
+
+    profile = get_profile("binance-spot")  # maxConnectionAge 86,400 s
+    published = profile.limit(LimitName.MAX_CONNECTION_AGE)
+    assert published is not None and published.value == 86400
+    plan = pod_plan(profile, [])
+    # The planner's connection slice at headroom 0.8: floor(0.8 x 86,400) = 69,120 s.
+    slices = [
+        s.model_copy(update={"value": 69120}) if s.limit == LimitName.MAX_CONNECTION_AGE else s
+        for s in plan.slices
+    ]
+    plan = plan.model_copy(update={"slices": slices})
+    assert plan_max_age_s(plan) == 69120
+    after = rotation_after_s(69120, profile.connectTimeoutSeconds, 0.05)
+    assert after == 69120 * 0.95 and after < 69120, "rotated within the plan's age"
+    # A plan without the slice (an older operator) falls back to the profile's value.
+    bare = plan.model_copy(
+        update={"slices": [s for s in plan.slices if s.limit != LimitName.MAX_CONNECTION_AGE]}
+    )
+    assert plan_max_age_s(bare) == 86400

@@ -47,6 +47,10 @@ def _cond(status: dict, type_: str) -> dict:
     return next(c for c in status["conditions"] if c["type"] == type_)
 
 
+def _types(status: dict) -> dict[str, str]:
+    return {c["type"]: c["status"] for c in status["conditions"]}
+
+
 def test_a_fleet_enforcing_the_newest_plan_is_ready() -> None:
     obs = QuotaObservation(
         generation=4,
@@ -58,8 +62,8 @@ def test_a_fleet_enforcing_the_newest_plan_is_ready() -> None:
     )
     status = quota_status(None, obs, T0)
     assert _cond(status, "Ready")["status"] == "True"
-    assert _cond(status, "Reconciling")["status"] == "False"
-    assert _cond(status, "Stalled")["status"] == "False"
+    # kstatus: abnormal-true conditions are absent, not False, when they do not apply.
+    assert _types(status) == {"Ready": "True"}
     assert status["observedGeneration"] == 4
     assert status["streams"] == {"desired": 2, "planned": 2, "live": 2, "unserved": 0}
     assert status["connections"] == {"planned": 2, "live": 2}
@@ -83,7 +87,7 @@ def test_a_fleet_whose_planned_streams_are_not_all_live_yet_is_not_ready() -> No
     reconciling = _cond(status, "Reconciling")
     assert reconciling["status"] == "True"
     assert "1/2 planned streams live" in reconciling["message"]
-    assert _cond(status, "Degraded")["status"] == "False"
+    assert "Degraded" not in _types(status)
 
 
 def test_unacknowledged_plan_is_reconciling_not_ready() -> None:
@@ -108,7 +112,98 @@ def test_a_bad_edit_is_stalled_and_keeps_the_last_good_plan_counts() -> None:
     assert _cond(status, "Stalled")["status"] == "True"
     assert _cond(status, "Stalled")["reason"] == "SecretMissing"
     assert _cond(status, "Ready")["status"] == "False"
+    assert "Reconciling" not in _types(status), "kstatus: never Stalled and Reconciling at once"
     assert status["planGeneration"] == 3
+
+
+def test_a_stalled_quota_that_was_converging_drops_reconciling_and_fixed_drops_stalled() -> None:
+    converging = QuotaObservation(
+        generation=1, plan=_plan(), replicas=2, ready_replicas=2, reports={0: _report(0, 2)}
+    )
+    first = quota_status(None, converging, T0)
+    assert _types(first)["Reconciling"] == "True"
+    stalled = QuotaObservation(
+        generation=2,
+        problem=Problem("SecretMissing", "secret x not found"),
+        plan=_plan(),
+        replicas=2,
+        ready_replicas=2,
+        reports={0: _report(0, 2)},
+    )
+    second = quota_status(first, stalled, T0)
+    assert _types(second) == {"Ready": "False", "Stalled": "True"}
+    fixed = QuotaObservation(
+        generation=3,
+        plan=_plan(),
+        replicas=2,
+        ready_replicas=2,
+        desired_streams=2,
+        reports={0: _report(0), 1: _report(1)},
+    )
+    third = quota_status(second, fixed, T0)
+    assert _types(third) == {"Ready": "True"}
+    assert all(c["observedGeneration"] == 3 for c in third["conditions"])
+
+
+def test_pods_not_ready_is_degraded_with_a_message_that_says_so() -> None:
+    obs = QuotaObservation(
+        generation=1,
+        plan=_plan(),
+        replicas=2,
+        ready_replicas=1,
+        desired_streams=2,
+        reports={0: _report(0), 1: _report(1)},
+    )
+    status = quota_status(None, obs, T0)
+    assert _cond(status, "Degraded")["status"] == "True"
+    assert _cond(status, "Degraded")["message"] == "1/2 gateway pods ready"
+
+
+def test_egress_checks_reported_by_gateways_show_as_conditions() -> None:
+    from connquota.api.report import EgressCheckResult, EgressCheckState
+
+    failed = _report(0).model_copy(
+        update={
+            "egressChecks": [
+                EgressCheckResult(
+                    address="a0",
+                    publicAddress="198.51.100.1",
+                    state=EgressCheckState.MISMATCH,
+                    seenAddress="198.51.100.9",
+                    reason="the echo service sees 198.51.100.9",
+                ),
+                EgressCheckResult(
+                    address="a1",
+                    publicAddress="198.51.100.2",
+                    state=EgressCheckState.UNVERIFIED,
+                    reason="NAT audited",
+                ),
+            ]
+        }
+    )
+    obs = QuotaObservation(
+        generation=1,
+        plan=_plan(),
+        replicas=2,
+        ready_replicas=2,
+        desired_streams=2,
+        reports={0: failed, 1: _report(1)},
+    )
+    status = quota_status(None, obs, T0)
+    assert _cond(status, "Degraded")["reason"] == "EgressCheckFailed"
+    assert "a0 (mismatch" in _cond(status, "Degraded")["message"]
+    assert "a1 (unverified: NAT audited)" in _cond(status, "EgressUnverified")["message"]
+
+
+def test_a_misspelled_status_field_fails_before_it_is_written() -> None:
+    import pytest
+    from pydantic import ValidationError
+
+    from connquota.api.quota import ExchangeConnectionQuotaStatus
+    from connquota.operator.status import validated
+
+    with pytest.raises(ValidationError):
+        validated(ExchangeConnectionQuotaStatus, {"observedGeneration": 1, "readyReplica": 2})
 
 
 def test_unserved_streams_set_capacity_exceeded_and_quarantine_sets_rate_limited() -> None:

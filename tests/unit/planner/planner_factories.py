@@ -169,7 +169,7 @@ def plan_one(q: QuotaInput, p, desired=None, previous=None, generation: int = 1,
     from connquota.planner.streams import expand_streams
 
     shares = divide_budgets(p, [q, *others])
-    desired = expand_streams(q.spec) if desired is None else desired
+    desired = expand_streams(q.spec, q.profile.dialect) if desired is None else desired
     req = PlanRequest(
         q.ref, q.spec, q.profile, p, shares.quotas[q.key], desired, generation, previous
     )

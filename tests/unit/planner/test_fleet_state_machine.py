@@ -9,15 +9,24 @@ from __future__ import annotations
 
 import os
 
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
-from planner_factories import independent_budgets, plan_one, pool, profile, quota, streams
+from planner_factories import (
+    credential,
+    independent_budgets,
+    plan_one,
+    pool,
+    profile,
+    quota,
+    streams,
+)
 
-from connquota.planner.checker import Ack, QuotaHistory, check_budgets, check_plan_consistency
+from connquota.planner.inputs import DesiredStream
 from connquota.planner.ledger import QuotaLedger, forgettable, record_ack, record_publication
 from connquota.planner.shares import divide_budgets
 from connquota.planner.transitions import budget_table, next_publication
+from connquota.testing.checker import Ack, QuotaHistory, check_budgets, check_plan_consistency
 
 PROF = profile(attempts=12, attempts_window_s=30, concurrent_ip=9, streams_per_connection=10)
 POOL = pool(2)
@@ -25,6 +34,11 @@ NAMES = ["alpha", "beta", "gamma"]
 
 
 class Fleet(RuleBasedStateMachine):
+    prof = PROF
+    pool = POOL
+    private = False
+    """Every third stream private (credential k1, priority 5), the rest public at priority 0."""
+
     def __init__(self) -> None:
         super().__init__()
         self.now = 0.0
@@ -80,11 +94,20 @@ class Fleet(RuleBasedStateMachine):
 
     # -- the operator ------------------------------------------------------------------------
 
+    def _streams(self, n):
+        if not self.private:
+            return streams(n)
+        return [
+            DesiredStream(f"s{i:04d}", 5, "k1") if i % 3 == 0 else DesiredStream(f"s{i:04d}")
+            for i in range(n)
+        ]
+
     def _quota(self, key):
         p = self.params[key]
         return quota(
             key.split("/")[1],
-            prof=PROF,
+            prof=self.prof,
+            credentials=[credential("k1")] if self.private else None,
             headroom=p["headroom"],
             connections_per_pod=p["cpp"],
             max_replicas=p["max"],
@@ -92,7 +115,7 @@ class Fleet(RuleBasedStateMachine):
 
     def _publish(self, key, plan):
         ledger = self.ledgers.get(key) or QuotaLedger(quota=key)
-        self.ledgers[key] = record_publication(ledger, plan, POOL)
+        self.ledgers[key] = record_publication(ledger, plan, self.pool)
         self.histories.setdefault(key, QuotaHistory(key)).published.append(plan)
         self.published[key] = plan
         assert check_plan_consistency(plan) == []
@@ -103,22 +126,40 @@ class Fleet(RuleBasedStateMachine):
         key = data.draw(st.sampled_from(sorted(self.params)))
         quotas = [self._quota(k) for k in sorted(self.params)]
         q = next(x for x in quotas if x.key == key)
-        shares = divide_budgets(POOL, quotas)
+        shares = divide_budgets(self.pool, quotas)
         prev = self.published.get(key)
         generation = self.ledgers[key].last_generation + 1 if key in self.ledgers else 1
         target = plan_one(
             q,
-            POOL,
-            streams(self.params[key]["streams"]),
+            self.pool,
+            self._streams(self.params[key]["streams"]),
             previous=prev,
             generation=generation,
             others=[x for x in quotas if x.key != key],
         )
+        self._unserved_means_it_does_not_fit(q, quotas, target)
         t = next_publication(
-            POOL, budget_table(shares.budgets), self.ledgers, key, prev, target, self.now
+            self.pool, budget_table(shares.budgets), self.ledgers, key, prev, target, self.now
         )
         if t.plan is not None:
             self._publish(key, t.plan)
+
+    def _unserved_means_it_does_not_fit(self, q, quotas, target) -> None:
+        """Whenever the plan leaves streams unserved, each of them added to a fresh plan of the
+        served streams with the same capacity does not fit either (checked for the first 3)."""
+        if not target.unserved:
+            return
+        event("a plan left streams unserved: each checked against a fresh plan")
+        served = [n for p in target.pods for c in p.connections for n in c.streams]
+        others = [x for x in quotas if x.key != q.key]
+        for u in target.unserved[:3]:
+            by_name = {d.name: d for d in self._streams(self.params[q.key]["streams"])}
+            desired = [*(by_name[n] for n in sorted(served)), by_name[u.stream]]
+            fresh = plan_one(q, self.pool, desired, others=others)
+            assert fresh.unserved, (
+                f"{u.stream} was left unserved ({u.reason}) but fits beside the "
+                f"{len(served)} served streams in a fresh plan"
+            )
 
     @precondition(lambda self: self.ledgers)
     @rule(data=st.data())
@@ -152,11 +193,18 @@ class Fleet(RuleBasedStateMachine):
 
     @invariant()
     def fleet_stays_within_every_budget(self):
-        all_quotas = [quota(k.split("/")[1], prof=PROF) for k in sorted(self.histories)]
+        all_quotas = [
+            quota(
+                k.split("/")[1],
+                prof=self.prof,
+                credentials=[credential("k1")] if self.private else None,
+            )
+            for k in sorted(self.histories)
+        ]
         if not all_quotas:
             return
-        budgets = independent_budgets(POOL, all_quotas)
-        problems = check_budgets(POOL, budgets, self.histories.values(), self.now)
+        budgets = independent_budgets(self.pool, all_quotas)
+        problems = check_budgets(self.pool, budgets, self.histories.values(), self.now)
         assert problems == [], "\n".join(map(str, problems))
 
 
@@ -168,3 +216,22 @@ Fleet.TestCase.settings = settings(
     suppress_health_check=[HealthCheck.too_slow],
 )
 test_fleet_never_exceeds_a_budget = Fleet.TestCase
+
+
+class TightFleet(Fleet):
+    """Addresses with tight attempt rates (one or two usable per second: pod slots are
+    scarce), and private streams at a higher priority than public ones."""
+
+    prof = profile(
+        attempts=2,
+        attempts_window_s=1,
+        concurrent_ip=6,
+        streams_per_connection=10,
+        concurrent_account=12,
+    )
+    pool = pool(3)
+    private = True
+
+
+TightFleet.TestCase.settings = Fleet.TestCase.settings
+test_tight_fleet_serves_what_fits_and_never_exceeds_a_budget = TightFleet.TestCase

@@ -74,3 +74,55 @@ def test_bad_input_is_a_one_line_error_without_a_traceback(tmp_path, content, me
     assert out.returncode == 1
     assert message in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_an_invalid_quota_is_one_line_naming_file_field_and_rule(tmp_path):
+    doc = yaml.safe_load(QUOTAS[0].read_text().split("\n---")[0])
+    doc["spec"]["headroom"] = 1.5
+    path = tmp_path / "quota.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    out = connquota("plan", str(path))
+    assert out.returncode == 1
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert str(path) in lines[0] and "spec.headroom" in lines[0] and "1" in lines[0]
+    assert "input_value" not in out.stderr and "https://" not in out.stderr
+
+
+def test_an_invalid_pool_names_the_pool_file_and_field(tmp_path):
+    pool = tmp_path / "pool.yaml"
+    pool.write_text(
+        "kind: ExchangeEgressPool\nmetadata: {name: p}\nspec:\n  addresses:\n"
+        "    - {name: a, publicAddress: not-an-ip, mode: proxy, proxyUrl: 'http://127.0.0.1:1'}\n"
+    )
+    out = connquota("plan", str(QUOTAS[0]), "--pool", str(pool))
+    assert out.returncode == 1
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(pool) in lines[0] and "spec.addresses[0]" in lines[0], lines
+
+
+@pytest.mark.parametrize("garbage", ["not json at all", '{"generation": "x"}', "[]"])
+def test_a_garbage_previous_plan_names_the_flag_and_the_file(tmp_path, garbage):
+    path = tmp_path / "previous.json"
+    path.write_text(garbage)
+    out = connquota("plan", str(QUOTAS[0]), "--previous", str(path))
+    assert out.returncode == 1
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    assert f"--previous {path}" in lines[0]
+    assert "Traceback" not in out.stderr and "input_value" not in out.stderr
+
+
+def test_invalid_yaml_names_the_file_and_line(tmp_path):
+    path = tmp_path / "quota.yaml"
+    path.write_text("kind: ExchangeConnectionQuota\nspec: [unclosed\n")
+    out = connquota("plan", str(path))
+    assert out.returncode == 1
+    assert out.stderr.startswith(f"error: {path}: not valid YAML (line ")
+
+
+def test_a_missing_previous_plan_names_the_flag_and_the_file(tmp_path):
+    missing = tmp_path / "nope.json"
+    out = connquota("plan", str(QUOTAS[0]), "--previous", str(missing))
+    assert out.returncode == 1
+    assert out.stderr.strip() == f"error: --previous {missing}: No such file or directory"

@@ -19,10 +19,10 @@ from planner_factories import (
 )
 
 from connquota.api.pool import EgressMode, ExchangeEgressPoolSpec
-from connquota.planner.checker import QuotaHistory, check_budgets, check_plan_consistency
 from connquota.planner.errors import PoolError
 from connquota.planner.inputs import DesiredStream
 from connquota.planner.pool_plan import plan_json
+from connquota.testing.checker import QuotaHistory, check_budgets, check_plan_consistency
 
 
 def slice_value(plan, ordinal, limit, scope, key):
@@ -97,8 +97,8 @@ def test_recovery_bound_counts_batches_of_attempts_each_held_for_window_timeout_
     plan = plan_one(quota(prof=prof, connections_per_pod=20), pool(1), streams(800))
     bound = plan.recoveryBounds[0]
     # 10 connections in ceil(10 / 4) = 3 batches; an attempt holds its place in a gateway's
-    # log for window 10 s + connect timeout + margin 1 s.
-    held_s = 10 + prof.connectTimeoutSeconds + 1.0
+    # log for SYN grace 0.25 s + window 10 s + connect timeout + margin 1 s.
+    held_s = 0.25 + 10 + prof.connectTimeoutSeconds + 1.0
     assert (bound.address, bound.connections, bound.seconds) == ("a0", 10, 3 * held_s)
 
 

@@ -23,8 +23,8 @@ from planner_factories import (
 )
 
 from connquota.api.pool import EgressMode
-from connquota.planner.checker import QuotaHistory, check_budgets, check_plan_consistency
 from connquota.planner.inputs import DesiredStream
+from connquota.testing.checker import QuotaHistory, check_budgets, check_plan_consistency
 
 SETTINGS = settings(
     max_examples=int(os.environ.get("PLANNER_PLAN_EXAMPLES", "60")),

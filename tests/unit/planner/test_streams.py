@@ -5,10 +5,12 @@ from __future__ import annotations
 import pytest
 from planner_factories import credential, spec
 
+from connquota.api.limits import Dialect
 from connquota.api.quota import StreamSet, StreamsFromRef, StreamSpec
 from connquota.planner.errors import (
     DuplicateStreamError,
     MissingStreamSourceError,
+    StreamSpecError,
     TooManyStreamsError,
     UnknownCredentialError,
 )
@@ -25,7 +27,7 @@ def test_explicit_then_sets_then_configmaps_in_declaration_order():
             "streamsFrom": [StreamsFromRef(configMapRef={"name": "cm"}, key="list")],
         }
     )
-    got = expand_streams(s, {source_key("cm", "list"): "# comment\nzzz@kline\n\n"})
+    got = expand_streams(s, Dialect.BINANCE, {source_key("cm", "list"): "# comment\nzzz@kline\n\n"})
     assert [x.name for x in got] == [
         "x@trade",
         "btc@trade",
@@ -37,19 +39,41 @@ def test_explicit_then_sets_then_configmaps_in_declaration_order():
     assert got[1] == DesiredStream("btc@trade", 5, None)
 
 
-def test_compose_function_spells_stream_names_the_exchanges_way():
+@pytest.mark.parametrize(
+    ("dialect", "symbol", "channel", "name"),
+    [
+        (Dialect.BINANCE, "btcusdt", "depth@100ms", "btcusdt@depth@100ms"),
+        (Dialect.OKX, "BTC-USDT", "books", "books:BTC-USDT"),
+        (Dialect.BYBIT, "BTCUSDT", "orderbook.50", "orderbook.50.BTCUSDT"),
+        (Dialect.COINBASE, "BTC-USD", "ticker", "ticker:BTC-USD"),
+        (Dialect.KRAKEN, "BTC/USD", "trade", "trade:BTC/USD"),
+    ],
+)
+def test_stream_sets_are_spelled_the_way_the_quotas_exchange_spells_them(
+    dialect, symbol, channel, name
+):
+    s = spec().model_copy(update={"streamSets": [StreamSet(symbols=[symbol], channels=[channel])]})
+    assert [x.name for x in expand_streams(s, dialect)] == [name]
+
+
+def test_stream_sets_on_deribit_are_refused_with_what_to_do_instead():
     s = spec().model_copy(
-        update={"streamSets": [StreamSet(symbols=["BTC-USDT"], channels=["books"])]}
+        update={"streamSets": [StreamSet(symbols=["BTC-PERPETUAL"], channels=["trades"])]}
     )
-    got = expand_streams(s, compose=lambda sym, ch: f"{ch}:{sym}")
-    assert [x.name for x in got] == ["books:BTC-USDT"]
+    with pytest.raises(StreamSpecError, match=r"list them in spec\.streams"):
+        expand_streams(s, Dialect.DERIBIT)
+
+
+def test_expanding_stream_sets_needs_the_dialect():
+    with pytest.raises(TypeError):
+        expand_streams(spec())  # type: ignore[call-arg]
 
 
 def test_same_stream_declared_twice_identically_counts_once():
     s = spec(streams=["btc@trade", "b"]).model_copy(
         update={"streamSets": [StreamSet(symbols=["btc"], channels=["trade"])]}
     )
-    assert [x.name for x in expand_streams(s)] == ["btc@trade", "b"]
+    assert [x.name for x in expand_streams(s, Dialect.BINANCE)] == ["btc@trade", "b"]
 
 
 def test_same_stream_with_a_different_priority_is_an_error_naming_both_places():
@@ -57,27 +81,29 @@ def test_same_stream_with_a_different_priority_is_an_error_naming_both_places():
         update={"streams": [StreamSpec(name="a"), StreamSpec(name="a", priority=3)]}
     )
     with pytest.raises(DuplicateStreamError, match=r"spec.streams\[0\].*spec.streams\[1\]"):
-        expand_streams(s)
+        expand_streams(s, Dialect.BINANCE)
 
 
 def test_private_stream_with_an_undeclared_credential_is_an_error():
     s = spec().model_copy(update={"streams": [StreamSpec(name="a", credential="k9")]})
     with pytest.raises(UnknownCredentialError, match="k9"):
-        expand_streams(s)
+        expand_streams(s, Dialect.BINANCE)
     ok = spec(credentials=[credential("k9")]).model_copy(
         update={"streams": [StreamSpec(name="a", credential="k9")]}
     )
-    assert expand_streams(ok) == [DesiredStream("a", 0, "k9")]
+    assert expand_streams(ok, Dialect.BINANCE) == [DesiredStream("a", 0, "k9")]
 
 
 def test_missing_configmap_stalls_unless_optional():
     ref = StreamsFromRef(configMapRef={"name": "cm"})
     with pytest.raises(MissingStreamSourceError, match="create the ConfigMap"):
-        expand_streams(spec().model_copy(update={"streamsFrom": [ref]}))
+        expand_streams(spec().model_copy(update={"streamsFrom": [ref]}), Dialect.BINANCE)
     optional = ref.model_copy(update={"optional": True})
-    assert expand_streams(spec().model_copy(update={"streamsFrom": [optional]})) == []
+    assert (
+        expand_streams(spec().model_copy(update={"streamsFrom": [optional]}), Dialect.BINANCE) == []
+    )
 
 
 def test_more_streams_than_supported_is_an_error_saying_to_split_the_quota():
     with pytest.raises(TooManyStreamsError, match="split it"):
-        expand_streams(spec(streams=11), max_streams=10)
+        expand_streams(spec(streams=11), Dialect.BINANCE, max_streams=10)

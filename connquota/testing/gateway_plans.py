@@ -1,4 +1,5 @@
-"""Hand-written PodPlans for gateway tests (the planner is not needed to test the gateway)."""
+"""Hand-written PodPlans for gateway tests and benchmarks (the planner is not needed to test
+the gateway): shrunk profiles, bind addresses, pod plans, connections."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from connquota.api.plan import (
     QuotaRef,
     Slice,
 )
-from connquota.api.pool import EgressAddress, EgressMode
+from connquota.api.pool import EgressAddress, EgressCheck, EgressMode
 
 RATE = LimitShape.SLIDING_WINDOW
 
@@ -93,11 +94,16 @@ def small_profile(
     )
 
 
-def bind_address(index: int) -> EgressAddress:
-    """Pool address `a<index>` bound to 127.0.0.<index+2>."""
+def bind_address(index: int, check: EgressCheck | None = None) -> EgressAddress:
+    """Pool address `a<index>` bound to 127.0.0.<index+2>, verified by `check` (if given)."""
     ip = f"127.0.0.{index + 2}"
     return EgressAddress(
-        name=f"a{index}", publicAddress=ip, mode=EgressMode.BIND, bindAddress=ip, node="local"
+        name=f"a{index}",
+        publicAddress=ip,
+        mode=EgressMode.BIND,
+        bindAddress=ip,
+        node="local",
+        egressCheck=check,
     )
 
 
@@ -167,7 +173,9 @@ def pod_plan(
     )
 
 
-def connections(count: int, streams_each: int, address: str = "a0", prefix: str = "c") -> list:
+def connections(
+    count: int, streams_each: int, address: str = "a0", prefix: str = "c"
+) -> list[ConnectionPlan]:
     """`count` ConnectionPlans with `streams_each` distinct Binance-style streams each."""
     return [
         ConnectionPlan(

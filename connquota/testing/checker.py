@@ -1,13 +1,16 @@
 """An independent checker of invariant I1 (fleet limit safety) over a pool.
 
-Deliberately separate from the planner and the transition code: it recomputes everything
-from the raw published plans and acknowledgements. For every pod of every quota it takes the
-largest slice the pod may be enforcing:
+Deliberately separate from the planner, the transition code and `connquota.api.timing`: it
+imports neither, recomputes everything from the raw published plans and acknowledgements, and
+keeps its own copy of the limit formulas, written from docs/design.md (a unit test fails when
+they and `connquota.api.timing` disagree). For every pod of every quota it takes the largest
+slice the pod may be enforcing:
 
 - every published generation at or after the newest one the pod acknowledged (a pod may
   pick up any published generation at any moment), and the acknowledged one itself;
-- for rate limits, also every older generation whose slice was released less than one window
-  plus the margin ago (released = the first acknowledgement of a newer generation).
+- for rate limits, also every older generation whose slice was released less than its memory
+  plus the margin ago (released = the first acknowledgement of a newer generation; memory =
+  one window, and for connection attempts also the connect timeout and the SYN lead).
 
 Then, for each budget, the sum over pods must not exceed it. A pod that a generation does not
 list holds nothing in that generation.
@@ -15,12 +18,49 @@ list holds nothing in that generation.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from connquota.api.limits import LimitScope, LimitShape
+from connquota.api.limits import Heartbeat, HeartbeatDirection, LimitScope, LimitShape
 from connquota.api.plan import QuotaPlan
 from connquota.api.pool import ExchangeEgressPoolSpec
+
+# --- the design's formulas, this checker's own copy ------------------------------------------
+
+MARGIN_S = 1.0
+"""design.md: a rate slice moves only after "one window plus margin"; one margin everywhere."""
+
+SYN_LEAD_S = 0.25
+"""How long before its SYN a gateway may record an attempt (its log counts from the record)."""
+
+
+def attempt_hold_s(window_s: float, connect_timeout_s: float, margin_s: float = MARGIN_S) -> float:
+    """design.md: an attempt "stays in the window until t_syn + connect_timeout + W + margin",
+    measured from a record made up to SYN_LEAD_S before the SYN."""
+    return window_s + connect_timeout_s + margin_s + SYN_LEAD_S
+
+
+def memory_s(limit: str, window_s: float, connect_timeout_s: float) -> float:
+    """How long a rate slice's use keeps counting, before the margin."""
+    if limit == "connectionAttempts":
+        return attempt_hold_s(window_s, connect_timeout_s, margin_s=0.0)
+    return window_s
+
+
+def heartbeat_reserve(heartbeat: Heartbeat, window_s: float | None, capacity: int | None) -> int:
+    """design.md: "every message slice keeps a reserve for heartbeats" when the client's pings
+    or pongs count: one per heartbeat interval in the window (at least one)."""
+    if heartbeat.direction == HeartbeatDirection.SERVER_HEARTBEAT:
+        return 0
+    if not heartbeat.countsAsMessage:
+        return 0
+    per_window = 1 if window_s is None else math.ceil(window_s / heartbeat.intervalSeconds)
+    per_window = max(per_window, 1)
+    return per_window if capacity is None else max(0, min(per_window, capacity))
+
+
+# --- the check -------------------------------------------------------------------------------
 
 CheckKey = tuple[str, str, str, str]
 """(domain, scope, public address or account id, limit name)."""
@@ -106,7 +146,9 @@ def _pod_holds(
                 if released_at is not None:
                     if s.shape == LimitShape.CONCURRENT or s.windowSeconds is None:
                         continue
-                    if now >= released_at + s.windowSeconds + margin_s:
+                    timeout_s = pod.profile.connectTimeoutSeconds
+                    memory = memory_s(s.limit.value, s.windowSeconds, timeout_s)
+                    if now >= released_at + memory + margin_s:
                         continue
                 if s.scope == LimitScope.IP:
                     key_value = public.get(s.key)
@@ -131,7 +173,7 @@ def check_budgets(
     budgets: Mapping,
     histories: Iterable[QuotaHistory],
     now: float,
-    margin_s: float = 1.0,
+    margin_s: float = MARGIN_S,
 ) -> list[Violation | str]:
     """Every way the pool may exceed a budget now; empty when I1 holds.
 
@@ -157,9 +199,18 @@ def check_budgets(
 
 
 def check_plan_consistency(plan: QuotaPlan) -> list[str]:
-    """Each pod's connections fit its own slices (a gateway never goes beyond them)."""
+    """Each pod's connections fit its own slices (a gateway never goes beyond them), and each
+    per-connection message slice keeps the design's heartbeat reserve."""
     problems = []
     for pod in plan.pods:
+        for s in pod.slices:
+            if s.limit.value == "messagesPerConnection" and s.windowSeconds is not None:
+                want = heartbeat_reserve(pod.profile.heartbeat, s.windowSeconds, s.value)
+                if s.reserve != want:
+                    problems.append(
+                        f"pod {pod.ordinal}: messagesPerConnection reserve {s.reserve}, "
+                        f"the heartbeats need {want}"
+                    )
         per_address: dict[str, int] = {}
         for c in pod.connections:
             per_address[c.address] = per_address.get(c.address, 0) + 1

@@ -1,4 +1,5 @@
-"""Structured logs: one JSON object per line with quota, pod and connection fields.
+"""Structured logs for every connquota process: one JSON object per line, with the fields a
+log call passes in `extra` (quota, pool, pod, connection) and fixed fields on every line.
 
 Secrets never reach a formatter: credentials are read from files into objects whose repr
 hides them and are never passed to a log call.
@@ -47,14 +48,15 @@ class ContextFilter(logging.Filter):
         return True
 
 
-def setup_logging(level: str, fmt: str, fields: dict[str, str]) -> None:
-    """Log to stderr as JSON (`fmt='json'`) or text, with `fields` on every line."""
+def setup_logging(level: str, fmt: str, fields: dict[str, str], text_tag: str = "pod") -> None:
+    """Log to stderr as JSON (`fmt='json'`) or text, with `fields` on every line (in text, the
+    `text_tag` field in brackets)."""
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(pod)s] %(message)s")
+            logging.Formatter(f"%(asctime)s %(levelname)s %(name)s [%({text_tag})s] %(message)s")
         )
     handler.addFilter(ContextFilter(fields))
     root = logging.getLogger()

@@ -1,0 +1,72 @@
+"""Small typed readers of the fields the operator reads from objects it gets as dicts (kopf
+indexes and API answers): one place that knows where each field lives and its default."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from connquota.api.report import REPORT_ANNOTATION
+from connquota.operator import names
+
+Obj = Mapping[str, Any] | None
+
+
+def _path(obj: Obj, *keys: str) -> Any:
+    value: Any = obj
+    for key in keys:
+        if not isinstance(value, Mapping):
+            return None
+        value = value.get(key)
+    return value
+
+
+def labels(obj: Obj) -> Mapping[str, str]:
+    """metadata.labels (empty when absent)."""
+    return _path(obj, "metadata", "labels") or {}
+
+
+def annotations(obj: Obj) -> Mapping[str, str]:
+    """metadata.annotations (empty when absent)."""
+    return _path(obj, "metadata", "annotations") or {}
+
+
+def resource_version(obj: Obj) -> str:
+    """metadata.resourceVersion ("" when absent)."""
+    return str(_path(obj, "metadata", "resourceVersion") or "")
+
+
+def deleting(obj: Obj) -> bool:
+    """Whether metadata.deletionTimestamp is set."""
+    return bool(_path(obj, "metadata", "deletionTimestamp"))
+
+
+def sts_replicas(sts: Obj) -> int:
+    """A StatefulSet's spec.replicas (0 when there is none)."""
+    return int(_path(sts, "spec", "replicas") or 0)
+
+
+def sts_ready_replicas(sts: Obj) -> int:
+    """A StatefulSet's status.readyReplicas (0 when absent)."""
+    return int(_path(sts, "status", "readyReplicas") or 0)
+
+
+def quota_pool(quota: Obj) -> str:
+    """A quota's spec.egressPoolRef.name ("" when absent)."""
+    return str(_path(quota, "spec", "egressPoolRef", "name") or "")
+
+
+def lease_ordinal(lease: Obj) -> int | None:
+    """The gateway ordinal a Lease is labelled with (None when it is not a gateway Lease)."""
+    label = labels(lease).get(names.LABEL_ORDINAL)
+    return int(label) if label is not None and label.isdigit() else None
+
+
+def lease_report_text(lease: Obj) -> str | None:
+    """The gateway report JSON on a Lease (None when there is none)."""
+    return annotations(lease).get(REPORT_ANNOTATION)
+
+
+def pod_egress_label(pod: Obj) -> str | None:
+    """A gateway pod's connquota.io/egress label."""
+    return labels(pod).get(names.LABEL_EGRESS)

@@ -1,0 +1,125 @@
+"""Publishing a generation: the ledger first, then the owned objects and the plan ConfigMaps whose content changed."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from connquota.api.plan import QuotaPlan
+from connquota.api.pool import ExchangeEgressPool
+from connquota.api.quota import ExchangeConnectionQuota
+from connquota.operator import accessors, builders, metrics, names
+from connquota.operator.crash import crash_point
+from connquota.operator.kube import KubeError
+from connquota.operator.planning import (
+    QuotaInput,
+    QuotaLedger,
+    record_publication,
+)
+from connquota.operator.reconcile_base import ReconcilerBase
+from connquota.operator.reconcile_state import (
+    QuotaState,
+    same_content,
+)
+
+log = logging.getLogger(__name__)
+
+
+class Publishing(ReconcilerBase):
+    """Publishing a generation (a part of `Reconciler`)."""
+
+    async def _publish_generation(
+        self,
+        quota: ExchangeConnectionQuota,
+        qin: QuotaInput,
+        state: QuotaState,
+        pool: ExchangeEgressPool,
+        plan: QuotaPlan,
+        body: dict[str, Any],
+    ) -> None:
+        """Record `plan` in the ledger (written first), then write its plan ConfigMaps."""
+        ledger = state.ledgers.ledger or QuotaLedger(quota=state.key)
+        state.ledgers.ledger = record_publication(ledger, plan, pool.spec)
+        state.ledgers.ledger_dirty = True
+        await self._persist_ledger(quota, state)
+        sts = self.sources.statefulset_of_quota(state.key)
+        current = accessors.sts_replicas(sts)
+        await self._ensure_objects(quota, plan, current)
+        changed = await self._publish(quota, state, plan)
+        if changed:
+            metrics.PLAN_GENERATIONS.inc()
+            await self._event(
+                body,
+                state,
+                "PlanPublished",
+                f"plan generation {plan.generation}: "
+                f"{sum(len(p.connections) for p in plan.pods)} connections on "
+                f"{sum(1 for p in plan.pods if p.connections)} pods ({changed} pod plans changed)",
+            )
+
+    async def _ensure_objects(
+        self,
+        quota: ExchangeConnectionQuota,
+        plan: QuotaPlan,
+        current_replicas: int,
+    ) -> None:
+        ordinals = max(quota.spec.gateway.maxReplicas, len(plan.pods), current_replicas)
+        for obj in (
+            builders.build_service_account(quota),
+            builders.build_role(quota, ordinals),
+            builders.build_role_binding(quota),
+            builders.build_headless_service(quota),
+            builders.build_client_service(quota),
+            builders.build_pod_disruption_budget(quota),
+        ):
+            await self.api.apply(obj)
+        known = set(self._lease_ordinals(f"{quota.metadata.namespace}/{quota.metadata.name}"))
+        wanted = {p.ordinal for p in plan.pods if p.connections} | set(range(current_replicas))
+        for ordinal in sorted(wanted):
+            if ordinal not in known:
+                await self.api.create(builders.build_lease(quota, ordinal))
+
+    def _lease_ordinals(self, key: str) -> list[int]:
+        out = []
+        for lease in self.sources.leases_of_quota(key):
+            label = accessors.labels(lease).get(names.LABEL_ORDINAL)
+            if label is not None and label.isdigit():
+                out.append(int(label))
+        return out
+
+    async def _publish(
+        self, quota: ExchangeConnectionQuota, state: QuotaState, plan: QuotaPlan
+    ) -> int:
+        """Write the ConfigMaps of pods whose plan content changed; returns how many."""
+        changed = 0
+        todo = [
+            pod
+            for pod in plan.pods
+            if state.plans.published.get(pod.ordinal) is None
+            or not same_content(state.plans.published[pod.ordinal], pod)
+        ]
+        for pod in todo:
+            body = builders.build_plan_configmap(quota, pod)
+            try:
+                wrote = await self.api.apply(
+                    body, resource_version=state.plans.plan_rv.get(pod.ordinal)
+                )
+            except KubeError:
+                state.plans.loaded = False  # re-read the published plans before trying again
+                raise
+            state.plans.published[pod.ordinal] = pod
+            # The write returned the new resourceVersion: keep it, so the next publish is
+            # guarded by it without listing the quota's ConfigMaps again.
+            meta = body["metadata"]
+            rv = self.api.resource_version("ConfigMap", meta["namespace"], meta["name"])
+            if rv:
+                state.plans.plan_rv[pod.ordinal] = rv
+            else:
+                state.plans.plan_rv.pop(pod.ordinal, None)
+            if wrote:
+                changed += 1
+                if len(todo) > 1 and changed == 1:
+                    crash_point("plan")
+        if changed:
+            crash_point("plans")
+        return changed

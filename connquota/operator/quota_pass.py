@@ -1,0 +1,184 @@
+"""One quota within a pool pass: target, next safe step, publish, scale, status."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from connquota.api.plan import QuotaPlan
+from connquota.api.pool import ExchangeEgressPool
+from connquota.api.quota import ExchangeConnectionQuota
+from connquota.api.report import GatewayReport, Quarantine
+from connquota.operator import accessors, metrics, planning, usage
+from connquota.operator.planning import (
+    DesiredStream,
+    PoolShares,
+    QuotaInput,
+    budget_table,
+)
+from connquota.operator.reconcile_base import ReconcilerBase
+from connquota.operator.reconcile_state import (
+    QuotaState,
+    is_deleting,
+    owned_by,
+    plan_changes,
+    read_report,
+)
+from connquota.operator.status import (
+    Problem,
+    QuotaObservation,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class QuotaRound:
+    """Everything one quota's reconcile needs from its pool's pass."""
+
+    body: dict[str, Any]
+    """The quota object as kopf's index holds it."""
+    quota: ExchangeConnectionQuota | None
+    """The validated quota (None when its spec does not validate)."""
+    pool: ExchangeEgressPool
+    state: QuotaState
+    prepared: tuple[QuotaInput, list[DesiredStream]] | None
+    """Its planner input and streams (the last good ones when the spec has a problem)."""
+    shares: PoolShares | None
+    """The pool's division of its budgets (None when frozen)."""
+    problem: Problem | None
+    frozen: bool
+    """True when nothing of the pool may be published this pass."""
+    reports: dict[int, GatewayReport]
+    quarantines: list[Quarantine]
+    """Quarantines reported by any gateway of the quota's limit domain on the pool."""
+
+
+class QuotaPass(ReconcilerBase):
+    """One quota within a pool pass (a part of `Reconciler`)."""
+
+    async def _reconcile_quota(self, round_: QuotaRound) -> float | None:
+        body, quota, pool, state = round_.body, round_.quota, round_.pool, round_.state
+        prepared, shares, problem = round_.prepared, round_.shares, round_.problem
+        frozen, reports, quarantines = round_.frozen, round_.reports, round_.quarantines
+        key = state.key
+        deleting = is_deleting(body)
+        sts = self.sources.statefulset_of_quota(key)
+        current_replicas = accessors.sts_replicas(sts)
+        ready = accessors.sts_ready_replicas(sts)
+        waiting: str | None = None
+        reached = True
+        retry: float | None = None
+
+        if quota is not None and prepared is not None and not frozen and not deleting:
+            qin, streams = prepared
+            state.ledgers.dead_connection_s = qin.profile.deadConnectionTimeoutSeconds
+            published = state.published_plan()
+            plan: QuotaPlan | None = None
+            try:
+                own = shares.quotas.get(key) if shares is not None else None
+                if own is None:
+                    raise planning.QuotaProblem("ImpossibleQuota", f"no share computed for {key}")
+                own = planning.quarantined(own, quarantines)
+                target = planning.plan_target(qin, streams, pool.spec, own, published)
+                state.plans.target = target
+                now = round(self.monotonic(), 3)
+                step = planning.transition(
+                    pool.spec,
+                    budget_table(shares.budgets),
+                    self._pool_ledgers(pool.metadata.name),
+                    key,
+                    published,
+                    target,
+                    now,
+                )
+                reached = step.reached_target
+                if step.plan is not None:
+                    plan = planning.complete(step.plan, state.plans.published, qin)
+                    if not plan_changes(state.plans.published, plan):
+                        plan = None
+                if step.waiting:
+                    metrics.TRANSITION_WAITS.inc()
+                    waiting = planning.waiting_message(step.waiting, now, self.wall())
+                    log.info(
+                        "quota %s: %s",
+                        key,
+                        waiting,
+                        extra={"quota": key, "pool": pool.metadata.name},
+                    )
+                    retry = (step.retry_at - now) if step.retry_at is not None else 5.0
+                elif not reached:
+                    retry = 1.0
+            except planning.QuotaProblem as exc:
+                problem = problem or exc.problem
+            if problem is None:
+                if plan is not None:
+                    await self._publish_generation(quota, qin, state, pool, plan, body)
+                current_replicas = await self._scale(
+                    quota, qin, pool, state, reports, current_replicas, body
+                )
+                await self._label_pods(key, state)
+        if deleting and quota is not None:
+            await self._scale_to_zero(quota, pool, state, current_replicas, body)
+            current_replicas = 0
+        if problem is not None:
+            await self._event(body, state, problem.reason, problem.message, warning=True)
+
+        for q in quarantines:
+            await self._event(
+                body,
+                state,
+                "RateLimited",
+                f"{q.scope.value} {q.key} quarantined after {q.statusCode} until "
+                f"{dt.datetime.fromtimestamp(q.until, dt.UTC).isoformat()} for every quota of "
+                "the limit domain on this pool",
+                warning=True,
+            )
+        plan_for_status = state.published_plan()
+        if plan_for_status is not None and state.plans.target is not None:
+            plan_for_status = plan_for_status.model_copy(
+                update={
+                    "unserved": state.plans.target.unserved,
+                    "recoveryBounds": state.plans.target.recoveryBounds,
+                }
+            )
+        addresses, accounts = usage.quota_scope_use(
+            shares, key, pool.spec, plan_for_status, reports, quarantines
+        )
+        obs = QuotaObservation(
+            generation=int(body["metadata"].get("generation") or 0),
+            problem=problem,
+            plan=plan_for_status,
+            addresses=addresses,
+            accounts=accounts,
+            target_generation_reached=reached,
+            waiting=waiting,
+            replicas=current_replicas,
+            ready_replicas=ready,
+            desired_streams=len(prepared[1]) if prepared else 0,
+            reports=reports,
+            quarantines=quarantines,
+            assumed_limits=[
+                f"{lim.name.value}/{lim.scope.value}"
+                for lim in (prepared[0].profile.limits if prepared else [])
+                if lim.confidence.value == "assumed"
+            ],
+        )
+        await self._write_status(body, state, obs)
+        if quarantines:
+            until = min(q.until for q in quarantines) - self.wall() + 0.5
+            retry = min(retry or until, until)
+        return retry
+
+    def _reports(self, key: str, body: dict[str, Any]) -> dict[int, GatewayReport]:
+        uid = body["metadata"].get("uid", "")
+        out: dict[int, GatewayReport] = {}
+        for lease in self.sources.leases_of_quota(key):
+            if not owned_by(lease, uid):
+                continue
+            report = read_report(lease)
+            if report is not None:
+                out[report.ordinal] = report
+        return out

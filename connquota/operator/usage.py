@@ -1,0 +1,150 @@
+"""Share, slice and use of every budget, per quota (its status) and per pool (the pool's).
+
+Pure functions of what the operator already holds: the pool's division of its budgets
+(`PoolShares`), each quota's newest plan, and the reports its gateways write on their Leases.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from connquota.api.limits import LimitName, LimitScope
+from connquota.api.plan import QuotaPlan
+from connquota.api.pool import ExchangeEgressPoolSpec
+from connquota.api.report import GatewayReport, Quarantine
+from connquota.operator.planning import BudgetKey, PoolShares, QuotaShares
+
+
+def reported_use(
+    reports: Iterable[GatewayReport], scope: LimitScope, key: str, limit: LimitName
+) -> int:
+    """What a quota's gateways report using of `limit` on `key` (address name or account)."""
+    total = 0
+    for report in reports:
+        if limit == LimitName.CONNECTION_ATTEMPTS:
+            total += sum(w.count for w in report.attempts if w.scope == scope and w.key == key)
+        elif limit == LimitName.CONCURRENT_CONNECTIONS:
+            total += report.liveConnections.get(f"{scope.value}/{key}", 0)
+    return total
+
+
+def _slices(plan: QuotaPlan | None, scope: LimitScope, key: str, limit: LimitName) -> float:
+    if plan is None:
+        return 0.0
+    total = 0.0
+    for pod in plan.pods:
+        s = pod.slice(limit, scope, key)
+        if s is not None:
+            total += s.value
+    return total
+
+
+def _until(quarantines: Iterable[Quarantine], scope: LimitScope, key: str) -> str | None:
+    untils = [q.until for q in quarantines if q.scope == scope and q.key == key]
+    if not untils:
+        return None
+    return dt.datetime.fromtimestamp(max(untils), dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _egress(reports: Iterable[GatewayReport], address: str) -> str | None:
+    for report in reports:
+        for check in report.egressChecks:
+            if check.address == address:
+                return check.state.value + (f": {check.reason}" if check.reason else "")
+    return None
+
+
+def quota_scope_use(
+    shares: PoolShares | None,
+    key: str,
+    pool: ExchangeEgressPoolSpec,
+    plan: QuotaPlan | None,
+    reports: Mapping[int, GatewayReport],
+    quarantines: Iterable[Quarantine],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The quota's `status.addresses` and `status.accounts`: per key, every limit's share,
+    slice sum, reported use and the whole budget, with quarantine and egress check."""
+    own: QuotaShares | None = shares.quotas.get(key) if shares is not None else None
+    if shares is None or own is None:
+        return [], []
+    quarantines = list(quarantines)
+    pods = [reports[o] for o in sorted(reports)]
+    public = {a.name: a.publicAddress for a in pool.addresses}
+    out: dict[LimitScope, dict[str, list[dict[str, Any]]]] = {
+        LimitScope.IP: {},
+        LimitScope.ACCOUNT: {},
+    }
+    for scope, table in ((LimitScope.IP, own.ip), (LimitScope.ACCOUNT, own.account)):
+        for (name, limit), units in sorted(table.items()):
+            budget_key = public.get(name, name) if scope == LimitScope.IP else name
+            budget = shares.budgets.get(BudgetKey(own.domain, scope, budget_key, limit))
+            out[scope].setdefault(name, []).append(
+                {
+                    "limit": limit.value,
+                    "share": units,
+                    "used": reported_use(pods, scope, name, limit),
+                    "budget": budget.value if budget is not None else units,
+                    "slices": _slices(plan, scope, name, limit),
+                }
+            )
+    addresses = [
+        {
+            "key": name,
+            "limits": limits,
+            "quarantinedUntil": _until(quarantines, LimitScope.IP, name),
+            "egress": _egress(pods, name),
+        }
+        for name, limits in sorted(out[LimitScope.IP].items())
+    ]
+    accounts = [
+        {
+            "key": name,
+            "limits": limits,
+            "quarantinedUntil": _until(quarantines, LimitScope.ACCOUNT, name),
+        }
+        for name, limits in sorted(out[LimitScope.ACCOUNT].items())
+    ]
+    return addresses, accounts
+
+
+def pool_budgets(
+    shares: PoolShares | None,
+    pool: ExchangeEgressPoolSpec,
+    reports_of: Mapping[str, Mapping[int, GatewayReport]],
+) -> list[dict[str, Any]]:
+    """The pool's `status.budgets`: per address, domain and limit, the budget and its holders
+    (quota, share, reported use)."""
+    if shares is None:
+        return []
+    names = {a.publicAddress: a.name for a in pool.addresses}
+    out: list[dict[str, Any]] = []
+    for bkey, budget in sorted(shares.budgets.items(), key=lambda kv: str(kv[0])):
+        if bkey.scope != LimitScope.IP or bkey.key not in names:
+            continue
+        name = names[bkey.key]
+        holders = []
+        for qkey, q in sorted(shares.quotas.items()):
+            units = q.ip.get((name, bkey.limit), 0) if q.domain == bkey.domain else 0
+            if units <= 0:
+                continue
+            pods = list((reports_of.get(qkey) or {}).values())
+            holders.append(
+                {
+                    "quota": qkey,
+                    "share": units,
+                    "used": reported_use(pods, LimitScope.IP, name, bkey.limit),
+                }
+            )
+        out.append(
+            {
+                "address": name,
+                "publicAddress": bkey.key,
+                "domain": bkey.domain,
+                "limit": bkey.limit.value,
+                "budget": budget.value,
+                "holders": holders[:1000],
+            }
+        )
+    return out[:4096]

@@ -1,0 +1,85 @@
+"""Scheduling: which harness node a Pod's nodeSelector and required node affinity admit,
+and the Binding that assigns it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from kubernetes.client.exceptions import ApiException
+
+from connquota.testing.podharness.common import HarnessFields, RawBody
+
+
+def term_matches(term: Mapping[str, Any], labels: Mapping[str, str], node_name: str) -> bool:
+    """One nodeSelectorTerm: all its matchExpressions and matchFields hold."""
+    for expr in term.get("matchExpressions") or []:
+        if not expression_holds(expr, labels.get(expr["key"]), expr["key"] in labels):
+            return False
+    for expr in term.get("matchFields") or []:
+        value = node_name if expr["key"] == "metadata.name" else None
+        if not expression_holds(expr, value, value is not None):
+            return False
+    return True
+
+
+def expression_holds(expr: Mapping[str, Any], value: str | None, present: bool) -> bool:
+    operator, values = expr["operator"], list(expr.get("values") or [])
+    if operator == "In":
+        return present and value in values
+    if operator == "NotIn":
+        return not present or value not in values
+    if operator == "Exists":
+        return present
+    if operator == "DoesNotExist":
+        return not present
+    if operator in ("Gt", "Lt") and present and value is not None:
+        try:
+            number, bound = int(value), int(values[0])
+        except (ValueError, IndexError):
+            return False
+        return number > bound if operator == "Gt" else number < bound
+    return False
+
+
+class Scheduler(HarnessFields):
+    """Plays the scheduler for the harness's Pods."""
+
+    def _fits(self, pod: Mapping[str, Any], node_name: str) -> bool:
+        """Whether the Pod's nodeSelector and required node affinity admit the node."""
+        labels = self._node_labels.get(node_name, {})
+        spec = pod["spec"]
+        for key, value in (spec.get("nodeSelector") or {}).items():
+            if labels.get(key) != value:
+                return False
+        required = ((spec.get("affinity") or {}).get("nodeAffinity") or {}).get(
+            "requiredDuringSchedulingIgnoredDuringExecution"
+        ) or {}
+        terms = required.get("nodeSelectorTerms") or []
+        if not terms:
+            return True
+        return any(term_matches(term, labels, node_name) for term in terms)
+
+    def _choose_node(self, pod: Mapping[str, Any]) -> str | None:
+        for node_name in self.node_names:
+            if self._fits(pod, node_name):
+                return node_name
+        return None
+
+    def _bind(self, pod: dict[str, Any], node_name: str) -> None:
+        meta = pod["metadata"]
+        body: RawBody = {
+            "apiVersion": "v1",
+            "kind": "Binding",
+            "metadata": {"name": meta["name"], "namespace": meta["namespace"], "uid": meta["uid"]},
+            "target": {"apiVersion": "v1", "kind": "Node", "name": node_name},
+        }
+        try:
+            # _preload_content=False: the client cannot deserialize the Status it gets back.
+            self.core.create_namespaced_pod_binding(
+                meta["name"], meta["namespace"], body, _preload_content=False
+            )
+        except ApiException as err:
+            if err.status not in (404, 409):
+                self.errors.append(f"bind {meta['namespace']}/{meta['name']}: {err.reason}")
