@@ -26,11 +26,17 @@ class JsonFormatter(logging.Formatter):
             "msg": record.getMessage(),
         }
         for key, value in vars(record).items():
-            if key not in _STANDARD and not key.startswith("_"):
-                doc[key] = value if isinstance(value, (str, int, float, bool)) else str(value)
+            # Plain fields only (quota, pool, pod, connection, ...): objects that libraries
+            # attach to records (kopf's settings, its object references) are not log content.
+            if key not in _STANDARD and not key.startswith("_") and _plain(value):
+                doc[key] = value
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
         return json.dumps(doc, separators=(",", ":"))
+
+
+def _plain(value: object) -> bool:
+    return value is None or isinstance(value, str | int | float | bool)
 
 
 class ContextFilter(logging.Filter):

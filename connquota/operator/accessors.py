@@ -26,7 +26,7 @@ def labels(obj: Obj) -> Mapping[str, str]:
     return _path(obj, "metadata", "labels") or {}
 
 
-def annotations(obj: Obj) -> Mapping[str, str]:
+def object_annotations(obj: Obj) -> Mapping[str, str]:
     """metadata.annotations (empty when absent)."""
     return _path(obj, "metadata", "annotations") or {}
 
@@ -64,7 +64,7 @@ def lease_ordinal(lease: Obj) -> int | None:
 
 def lease_report_text(lease: Obj) -> str | None:
     """The gateway report JSON on a Lease (None when there is none)."""
-    return annotations(lease).get(REPORT_ANNOTATION)
+    return object_annotations(lease).get(REPORT_ANNOTATION)
 
 
 def pod_egress_label(pod: Obj) -> str | None:

@@ -70,7 +70,7 @@ def gateway_statefulsets(body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]
     return {key: dict(body)} if key else None
 
 
-def _values(index: kopf.Index, key: str) -> list[dict[str, Any]]:
+def _values(index: kopf.Index[str, dict[str, Any]], key: str) -> list[dict[str, Any]]:
     try:
         return list(index[key])
     except KeyError:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from kubernetes import client, config
-from kubernetes.client.rest import ApiException
+from kubernetes.client.exceptions import ApiException
 
 from connquota.operator import metrics, names
 from connquota.operator.identity import USER_AGENT
@@ -106,12 +106,18 @@ def make_api_client(kubeconfig: str | None = None) -> client.ApiClient:
     """An API client from `kubeconfig`, else in-cluster config, else the default kubeconfig."""
     configuration = client.Configuration()
     if kubeconfig:
-        config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+        config.load_kube_config(  # type: ignore[no-untyped-call]
+            config_file=kubeconfig, client_configuration=configuration
+        )
     else:
         try:
-            config.load_incluster_config(client_configuration=configuration)
+            config.load_incluster_config(  # type: ignore[no-untyped-call]
+                client_configuration=configuration
+            )
         except config.ConfigException:
-            config.load_kube_config(client_configuration=configuration)
+            config.load_kube_config(  # type: ignore[no-untyped-call]
+                client_configuration=configuration
+            )
     configuration.connection_pool_maxsize = 16
     api = client.ApiClient(configuration)
     api.user_agent = USER_AGENT
@@ -160,7 +166,7 @@ class KubeApi:
                 _request_timeout=self._timeout_s,
             )
             status = response.status
-            data = response.read()
+            data = response.read()  # type: ignore[no-untyped-call]
         except ApiException as exc:
             metrics.API_REQUESTS.labels(verb=verb, code=str(exc.status)).inc()
             cls = Conflict if exc.status == 409 else KubeError
@@ -207,7 +213,10 @@ class KubeApi:
     async def get(self, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
         """The object, or None when it does not exist."""
         try:
-            return await self._request("GET", object_path(kind, namespace, name))
+            got: dict[str, Any] | None = await self._request(
+                "GET", object_path(kind, namespace, name)
+            )
+            return got
         except KubeError as exc:
             if exc.status == 404:
                 return None
@@ -325,7 +334,7 @@ class KubeApi:
                 "metadata": {**patch.get("metadata", {}), "resourceVersion": resource_version},
             }
         path = object_path(kind, namespace, name) + (f"/{subresource}" if subresource else "")
-        out = await self._request(
+        out: dict[str, Any] = await self._request(
             "PATCH",
             path,
             query={"fieldManager": names.FIELD_MANAGER},

@@ -59,16 +59,19 @@ def parse_ledger(text: str | None, quota: str) -> QuotaLedger | None:
     return ledger if ledger.quota == quota else None
 
 
-def _slice_key(s: LedgerSlice) -> tuple:
+SliceKey = tuple[str, str, str, str, float, float | None]
+
+
+def _slice_key(s: LedgerSlice) -> SliceKey:
     return (s.domain, s.scope.value, s.key, s.limit, s.value, s.windowSeconds)
 
 
-def _pod_slices(pod: PodPlan, pool: ExchangeEgressPoolSpec) -> list[tuple]:
+def _pod_slices(pod: PodPlan, pool: ExchangeEgressPoolSpec) -> list[SliceKey]:
     plan = QuotaPlan(generation=pod.generation, quota=pod.quota, replicas=1, pods=[pod])
     return sorted(_slice_key(s) for s in ledger_slices(plan, pool).slices)
 
 
-def _newest_slices(ledger: QuotaLedger, ordinal: int) -> list[tuple] | None:
+def _newest_slices(ledger: QuotaLedger, ordinal: int) -> list[SliceKey] | None:
     newest = max(ledger.published, key=lambda g: g.generation, default=None)
     if newest is None:
         return None

@@ -33,6 +33,7 @@ from connquota.operator.status import (
     status_differs,
     status_hash,
 )
+from connquota.operator.status_writer import write_failure
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,9 @@ class PoolPass(ReconcilerBase):
         # 0. Every quota's published plans and ledger, with the acknowledgements seen now:
         # all ledgers of the pool must be current before any transition is computed.
         reports_of: dict[str, dict[int, GatewayReport]] = {}
+        refused: dict[str, Problem] = {}
+        """Quotas whose ledger the API server refused to store: they publish nothing this round
+        (plans never go out before their ledger) and show why; the others go on."""
         for body, quota in quotas:
             key = quota_key(body)
             state = self.quotas.setdefault(key, QuotaState(key))
@@ -71,7 +75,14 @@ class PoolPass(ReconcilerBase):
             reports_of[key] = self._reports(key, body)
             self._sync_ledger(state, pool, reports_of[key], deleting=is_deleting(body))
             if quota is not None:
-                await self._persist_ledger(quota, state)
+                try:
+                    await self._persist_ledger(quota, state)
+                except KubeError as exc:
+                    failure = write_failure(exc)
+                    if failure is None:
+                        raise
+                    self.api.forget_namespaces([key.split("/", 1)[0]])
+                    refused[key] = Problem(*failure)
 
         # 1. Planner inputs. A quota with a problem keeps its last good input so its share
         # stays counted; without one the whole pool is frozen this round (nothing published,
@@ -98,7 +109,11 @@ class PoolPass(ReconcilerBase):
                 elif any(p.connections for p in state.plans.published.values()):
                     frozen = True
 
+        problems.update(refused)
+
         retry: list[float] = []
+        if refused:
+            retry.append(self.config.errorBackoffsSeconds[-1])
         shares = None
         pool_problem: Problem | None = None
         if not frozen and inputs:
@@ -148,6 +163,9 @@ class PoolPass(ReconcilerBase):
             except KubeError as exc:
                 log.warning("quota %s: API error: %s", key, exc, extra={"quota": key})
                 self.api.forget_namespaces([key.split("/", 1)[0]])
+                # A refused write (403, a webhook, a ResourceQuota) is shown on the quota, with
+                # the API server's reason, and as an Event: never only in the operator's log.
+                await self._report_write_failure(body, state, exc)
                 raise
             if wait is not None:
                 retry.append(wait)

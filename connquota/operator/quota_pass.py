@@ -85,10 +85,11 @@ class QuotaPass(ReconcilerBase):
                 target = planning.plan_target(qin, streams, pool.spec, own, published)
                 state.plans.target = target
                 now = round(self.monotonic(), 3)
+                assert shares is not None  # `own` came from it
                 step = planning.transition(
                     pool.spec,
                     budget_table(shares.budgets),
-                    self._pool_ledgers(pool.metadata.name),
+                    self._pool_ledgers(pool.metadata.name or ""),
                     key,
                     published,
                     target,

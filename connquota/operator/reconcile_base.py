@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from connquota.api.pool import ExchangeEgressPool
     from connquota.api.quota import ExchangeConnectionQuota
     from connquota.api.report import GatewayReport
+    from connquota.operator.kube import KubeError
     from connquota.operator.planning import DesiredStream, QuotaInput, QuotaLedger
     from connquota.operator.quota_pass import QuotaRound
     from connquota.operator.status import Problem, QuotaObservation
@@ -118,6 +119,10 @@ class ReconcilerBase:
 
         async def _write_status(
             self, body: dict[str, Any], state: QuotaState, obs: QuotaObservation
+        ) -> None: ...
+
+        async def _report_write_failure(
+            self, body: dict[str, Any], state: QuotaState, exc: KubeError
         ) -> None: ...
 
         async def _report_problem(self, body: dict[str, Any], problem: Problem) -> None: ...

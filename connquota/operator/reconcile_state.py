@@ -128,7 +128,8 @@ class Sources:
 def strip_status(body: Mapping[str, Any]) -> dict[str, Any]:
     """A custom-resource body as the API models read it (status and unknown metadata kept out)."""
     out = {k: v for k, v in dict(body).items() if k in ("apiVersion", "kind", "metadata", "spec")}
-    return json.loads(json.dumps(out, default=str))
+    plain: dict[str, Any] = json.loads(json.dumps(out, default=str))
+    return plain
 
 
 def state_empty_plan(state: QuotaState) -> QuotaPlan:

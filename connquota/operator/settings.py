@@ -66,7 +66,7 @@ class OperatorConfig(BaseModel):
         default=10, gt=0, description="Connect timeout of every API request."
     )
     errorBackoffsSeconds: list[float] = Field(
-        default_factory=lambda: [1, 2, 5, 10, 30],
+        default_factory=lambda: [1.0, 2.0, 5.0, 10.0, 30.0],
         description="Delays between retries of failed API requests and failed reconciles.",
     )
     resyncIntervalSeconds: float = Field(

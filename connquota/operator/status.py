@@ -315,7 +315,8 @@ def status_differs(live: Mapping[str, Any] | None, desired: Mapping[str, Any]) -
 def _normalized(status: Mapping[str, Any] | None) -> dict[str, Any]:
     # What both sides mean: the API server may drop empty values, and it stores JSON numbers,
     # so a float written as 6.0 is read back as the integer 6.
-    return _canonical(dict(status or {}))
+    out: dict[str, Any] = _canonical(dict(status or {}))
+    return out
 
 
 def _canonical(value: Any) -> Any:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 from typing import Any
 
 from connquota.operator import names
 from connquota.operator.crash import crash_point
+from connquota.operator.kube import KubeError
 from connquota.operator.reconcile_base import ReconcilerBase
 from connquota.operator.reconcile_state import (
     EVENT_REPEAT_S,
@@ -17,7 +19,9 @@ from connquota.operator.reconcile_state import (
 from connquota.operator.status import (
     Problem,
     QuotaObservation,
+    drop_condition,
     quota_status,
+    set_condition,
     status_differs,
     status_hash,
 )
@@ -65,6 +69,42 @@ class StatusWriter(ReconcilerBase):
         )
         await self._write_status(body, state, obs)
 
+    async def _report_write_failure(
+        self, body: dict[str, Any], state: QuotaState, exc: KubeError
+    ) -> None:
+        """Set Stalled (and Ready False) with the API server's reason when it refused a write
+        of an object the quota owns, and post a Warning Event; transient errors (no answer,
+        5xx, 409, 429) only retry. Best effort: a refused status write is only logged."""
+        failure = write_failure(exc)
+        if failure is None:
+            return
+        reason, message = failure
+        gen = int(body["metadata"].get("generation") or 0)
+        now = dt.datetime.now(dt.UTC)
+        live = body.get("status") or {}
+        conditions = drop_condition(live.get("conditions") or [], "Reconciling")
+        conditions = set_condition(conditions, "Stalled", True, reason, message, gen, now)
+        conditions = set_condition(conditions, "Ready", False, reason, message, gen, now)
+        ns, name = state.key.split("/", 1)
+        try:
+            await self.api.merge_patch(
+                names.QUOTA_KIND,
+                ns,
+                name,
+                {"status": {"conditions": conditions, "observedGeneration": gen}},
+                subresource="status",
+            )
+            # The next full status is compared with the live one again, not with a digest.
+            state.reporting.status_digest = None
+            await self._event(body, state, reason, message, warning=True)
+        except KubeError as again:
+            log.warning(
+                "quota %s: could not report the refused write either: %s",
+                state.key,
+                again,
+                extra={"quota": state.key},
+            )
+
     async def _event(
         self,
         body: dict[str, Any],
@@ -80,3 +120,37 @@ class StatusWriter(ReconcilerBase):
             return
         state.reporting.events[(reason, message)] = now
         await self.api.post_event(body, reason=reason, message=message, warning=warning)
+
+
+TRANSIENT_STATUSES = frozenset({0, 404, 409, 429, 500, 502, 503, 504})
+"""API errors that are retried without telling the user (the next try usually succeeds)."""
+
+
+def write_failure(exc: KubeError) -> tuple[str, str] | None:
+    """(condition reason, message) for a write the API server refused for good, else None.
+
+    The reason names the API server's verdict: QuotaExceeded (a ResourceQuota), AdmissionDenied
+    (a webhook or admission policy), Forbidden (RBAC), Invalid (422), else RequestRefused."""
+    if exc.status in TRANSIENT_STATUSES:
+        return None
+    text = str(exc)
+    detail = text
+    start = text.find("{")
+    if start >= 0:
+        try:
+            doc = json.loads(text[start:])
+            detail = str(doc.get("message") or text)
+        except ValueError:
+            detail = text
+    lowered = detail.lower()
+    if "exceeded quota" in lowered:
+        reason = "QuotaExceeded"
+    elif "admission webhook" in lowered or "denied the request" in lowered or "policy" in lowered:
+        reason = "AdmissionDenied"
+    elif exc.status == 403:
+        reason = "Forbidden"
+    elif exc.status == 422:
+        reason = "Invalid"
+    else:
+        reason = "RequestRefused"
+    return reason, f"the API server refused a write ({exc.status}): {detail}"[:1024]

@@ -323,3 +323,78 @@ def _touch_pool(objects: Any, pool: str, value: str) -> None:
         pool,
         {"metadata": {"annotations": {"test/touch": value}}},
     )
+
+
+def test_a_write_the_api_server_refuses_shows_on_the_quota_with_its_reason_and_an_event(
+    api_client: Any,
+    namespace: str,
+    pool_name: str,
+    operator_process: OperatorProcess,
+) -> None:
+    """A ResourceQuota leaves no room for the plan ConfigMaps: the quota says so (Stalled with
+    reason QuotaExceeded, Ready False, the API server's message) and a Warning Event is posted;
+    lifting the limit lets the operator converge without any other change."""
+    core = client.CoreV1Api(api_client)
+    objects = custom_object(api_client)
+    core.create_namespaced_secret(
+        namespace,
+        {"metadata": {"name": "keys"}, "stringData": {"apiKey": "k", "apiSecret": "s"}},
+    )
+    # The namespace's ConfigMaps (kube-root-ca.crt among them) already fill the quota.
+    used = len(core.list_namespaced_config_map(namespace).items)
+    core.create_namespaced_resource_quota(
+        namespace,
+        {"metadata": {"name": "cm"}, "spec": {"hard": {"count/configmaps": str(used)}}},
+    )
+    wait_for(
+        lambda: (
+            (core.read_namespaced_resource_quota("cm", namespace).status or {})
+            and (core.read_namespaced_resource_quota("cm", namespace).status.hard)
+        ),
+        60,
+        "the quota controller to compute the ResourceQuota's usage",
+    )
+    objects.create_cluster_custom_object(GROUP, VERSION, "exchangeegresspools", _pool(pool_name))
+    body = _quota(namespace, pool_name, ["a@trade", "b@trade"])
+    objects.create_namespaced_custom_object(
+        GROUP, VERSION, namespace, "exchangeconnectionquotas", body
+    )
+    try:
+
+        def refused() -> dict[str, Any] | None:
+            q = _get_quota(api_client, namespace)
+            cond = q and _condition(q, "Stalled")
+            return cond if cond and cond["reason"] == "QuotaExceeded" else None
+
+        try:
+            cond = wait_for(refused, 90, "Stalled=QuotaExceeded")
+        except AssertionError as exc:
+            status = (_get_quota(api_client, namespace) or {}).get("status")
+            raise AssertionError(f"{exc}\nstatus: {status}\n{operator_process.log(40)}") from None
+        assert cond["status"] == "True" and "exceeded quota" in cond["message"]
+        quota = _get_quota(api_client, namespace)
+        assert _condition(quota, "Ready")["status"] == "False"
+        assert _condition(quota, "Reconciling") is None
+
+        def event() -> bool:
+            events = core.list_namespaced_event(namespace).items
+            return any(e.reason == "QuotaExceeded" and e.type == "Warning" for e in events)
+
+        wait_for(event, 30, "a Warning Event with reason QuotaExceeded")
+
+        # Lift the limit: the next retry writes the plans and the quota is no longer Stalled.
+        core.delete_namespaced_resource_quota("cm", namespace)
+
+        def recovered() -> bool:
+            q = _get_quota(api_client, namespace)
+            return bool(
+                q and _condition(q, "Stalled") is None and q["status"].get("planGeneration")
+            )
+
+        wait_for(
+            recovered, 90, f"Stalled removed after the limit is lifted\n{operator_process.log(20)}"
+        )
+    finally:
+        objects.delete_namespaced_custom_object(
+            GROUP, VERSION, namespace, "exchangeconnectionquotas", "md"
+        )

@@ -257,3 +257,26 @@ def test_a_status_read_back_from_the_api_server_is_not_a_change() -> None:
     assert not status_differs(read_back, quota_status(read_back, obs, T1))
     changed = QuotaObservation(generation=1, plan=plan, replicas=2, ready_replicas=1)
     assert status_differs(read_back, quota_status(read_back, changed, T1))
+
+
+def test_refused_writes_get_the_api_servers_reason_and_transient_errors_none() -> None:
+    from connquota.operator.kube import KubeError
+    from connquota.operator.status_writer import write_failure
+
+    quota = KubeError(
+        'PATCH /api/v1/namespaces/t/configmaps/md-plan-0: 403 Forbidden: {"kind":"Status",'
+        '"message":"configmaps \\"md-plan-0\\" is forbidden: exceeded quota: cm, requested: '
+        'configmaps=1, used: configmaps=1, limited: configmaps=1","reason":"Forbidden"}',
+        403,
+    )
+    reason, message = write_failure(quota)
+    assert reason == "QuotaExceeded" and "exceeded quota: cm" in message
+    rbac = KubeError('PATCH /x: 403 Forbidden: {"message":"roles is forbidden: User x"}', 403)
+    assert write_failure(rbac)[0] == "Forbidden"
+    hook = KubeError(
+        'PATCH /x: 400 Bad Request: {"message":"admission webhook \\"v\\" denied the request"}',
+        400,
+    )
+    assert write_failure(hook)[0] == "AdmissionDenied"
+    for status in (0, 409, 429, 503):
+        assert write_failure(KubeError("x", status)) is None
