@@ -37,6 +37,7 @@ demo: venv
 
 controlplane:
 	bash hack/build-control-plane.sh
+	bash hack/build-kstatus.sh
 
 lint: venv
 	$(BIN)/ruff check .

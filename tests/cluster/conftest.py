@@ -71,6 +71,33 @@ HARNESS_LABEL = "connquota.io/test-harness"
 
 
 @pytest.fixture(scope="session")
+def kstatus() -> Any:
+    """How Flux judges an object: `judge(obj) -> (status, message)` with Flux's own kstatus
+    library (hack/tools/kstatus, built and cached by hack/build-kstatus.sh)."""
+    import json
+    import subprocess
+
+    built = subprocess.run(
+        ["bash", str(REPO / "hack" / "build-kstatus.sh")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if built.returncode != 0:
+        _unavailable(f"hack/build-kstatus.sh failed: {built.stderr[-2000:]}")
+    binary = built.stdout.strip().splitlines()[-1]
+
+    def judge(obj: dict[str, Any]) -> tuple[str, str]:
+        out = subprocess.run(
+            [binary], input=json.dumps(obj), capture_output=True, text=True, timeout=30, check=True
+        )
+        doc = json.loads(out.stdout)
+        return doc["status"], doc["message"]
+
+    return judge
+
+
+@pytest.fixture(scope="session")
 def api_client(control_plane: ControlPlane) -> Iterator[Any]:
     """An admin ``kubernetes.client.ApiClient`` for the session's control plane."""
     api = control_plane.api_client()

@@ -52,6 +52,7 @@ def test_fleet_lifecycle_scale_replace_and_mass_disconnect_within_every_limit(
     operator_process: OperatorProcess,
     mock_exchange: MockThread,
     ip_echo: ThreadedIpEcho,
+    kstatus: Any,
 ) -> None:
     core = client.CoreV1Api(api_client)
     apps = client.AppsV1Api(api_client)
@@ -85,6 +86,10 @@ def test_fleet_lifecycle_scale_replace_and_mass_disconnect_within_every_limit(
                 ("lo-2", EgressCheckState.VERIFIED)
             ]
         assert set(ip_echo.requests()) == {"127.0.0.2"}
+        # Flux's kstatus judges the Ready quota and its pool Current.
+        assert kstatus(get_quota(api_client, namespace, "md"))[0] == "Current"
+        pool_obj = objects.get_cluster_custom_object(GROUP, VERSION, "exchangeegresspools", pool)
+        assert kstatus(pool_obj)[0] == "Current"
         _consumers_get_every_stream(api_client, namespace, core)
         mock_exchange.assert_no_violation()
         assert mock_exchange.peak_fraction(LimitName.CONCURRENT_CONNECTIONS, LimitScope.IP) >= 0.9
@@ -140,6 +145,10 @@ def test_fleet_lifecycle_scale_replace_and_mass_disconnect_within_every_limit(
                 ("lo-2", EgressCheckState.VERIFIED)
             ]
         assert set(ip_echo.requests()) == {"127.0.0.2"}
+        # Flux's kstatus judges the Ready quota and its pool Current.
+        assert kstatus(get_quota(api_client, namespace, "md"))[0] == "Current"
+        pool_obj = objects.get_cluster_custom_object(GROUP, VERSION, "exchangeegresspools", pool)
+        assert kstatus(pool_obj)[0] == "Current"
         mock_exchange.assert_no_violation()
 
         # A gateway pod deleted and replaced (fresh emptyDir: it starts conservatively).

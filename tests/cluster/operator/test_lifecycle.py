@@ -124,6 +124,7 @@ def pool_name() -> Any:
 def test_quota_lifecycle_objects_plans_status_bad_edit_and_finalized_deletion(
     api_client: Any,
     control_plane: Any,
+    kstatus: Any,
     namespace: str,
     pool_name: str,
     operator_process: OperatorProcess,
@@ -205,6 +206,10 @@ def test_quota_lifecycle_objects_plans_status_bad_edit_and_finalized_deletion(
             return p if ok else None
 
         pool_obj = wait_for(pool_written, 30, "the pool's status")
+        # Flux's kstatus: the pool is Current; the quota, whose gateways reach no exchange
+        # here, is still converging (InProgress), not Failed.
+        assert kstatus(pool_obj)[0] == "Current"
+        assert kstatus(_get_quota(api_client, namespace))[0] == "InProgress"
         assert pool_obj["status"]["quotas"] == 1
         assert _condition(pool_obj, "Ready")["status"] == "True"
         holders = {(b["address"], b["limit"]): b["holders"] for b in pool_obj["status"]["budgets"]}
@@ -239,6 +244,8 @@ def test_quota_lifecycle_objects_plans_status_bad_edit_and_finalized_deletion(
             return bool(cond and cond["status"] == "True" and cond["reason"] == "SecretMissing")
 
         wait_for(stalled, 30, "Stalled=SecretMissing")
+        verdict, message = kstatus(_get_quota(api_client, namespace))
+        assert (verdict, "nope" in message) == ("Failed", True), (verdict, message)
         cm = core.read_namespaced_config_map("md-plan-0", namespace)
         assert cm.metadata.resource_version == rv_before
         assert (
