@@ -61,7 +61,9 @@ class MessageGate:
                     # The planner's reserve, and never less than the one rule says (an older
                     # plan may carry none).
                     need = timing.heartbeat_reserve(
-                        plan.profile.heartbeat, s.windowSeconds, rule.capacity
+                        plan.profile.heartbeat,
+                        s.windowSeconds if s is not None else None,
+                        rule.capacity,
                     )
                     reserve = max(reserve, need) if rule.capacity >= 2 else reserve
                 sliding = old[0] if old else SlidingLog(rule.capacity, rule.hold_s)

@@ -303,3 +303,21 @@ def test_the_limiter_holds_attempts_and_reserves_heartbeats_by_the_one_definitio
         assert reserve >= timing.heartbeat_reserve(
             profile.heartbeat, s.windowSeconds, sliding.capacity
         )
+
+
+def test_a_plan_without_a_message_slice_gives_the_connection_no_messages_and_no_error(tmp_path):
+    """The profile counts messages per connection but the plan carries no slice for it (an
+    older or hand-edited plan): the gate allows nothing instead of failing."""
+    from connquota.api.limits import LimitName
+
+    profile = small_profile(messages=5, message_window_s=1.0)
+    plan = pod_plan(profile, connections(1, 1))
+    plan = plan.model_copy(
+        update={
+            "slices": [s for s in plan.slices if s.limit != LimitName.MESSAGES_PER_CONNECTION]
+        }
+    )
+    limiter, _ = limiter_with(plan, tmp_path)
+    gate = limiter.message_gate("c0#1", "a0", None)
+    sliding, _reserve = gate._own_logs()[LimitName.MESSAGES_PER_CONNECTION]
+    assert sliding.capacity == 0
