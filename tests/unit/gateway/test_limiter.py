@@ -313,9 +313,7 @@ def test_a_plan_without_a_message_slice_gives_the_connection_no_messages_and_no_
     profile = small_profile(messages=5, message_window_s=1.0)
     plan = pod_plan(profile, connections(1, 1))
     plan = plan.model_copy(
-        update={
-            "slices": [s for s in plan.slices if s.limit != LimitName.MESSAGES_PER_CONNECTION]
-        }
+        update={"slices": [s for s in plan.slices if s.limit != LimitName.MESSAGES_PER_CONNECTION]}
     )
     limiter, _ = limiter_with(plan, tmp_path)
     gate = limiter.message_gate("c0#1", "a0", None)
