@@ -75,7 +75,7 @@ class Gateway:
     def __init__(
         self,
         settings: GatewaySettings,
-        plans: AsyncIterator,
+        plans: AsyncIterator[Any],
         lease: OrdinalLease,
     ) -> None:
         self.settings = settings
@@ -327,7 +327,7 @@ class Gateway:
         await self.shutdown(tasks, runner)
         return code
 
-    async def shutdown(self, tasks: list[asyncio.Task], runner: web.AppRunner) -> None:
+    async def shutdown(self, tasks: list[asyncio.Task[Any]], runner: web.AppRunner) -> None:
         """Readiness false, consumers moved away, upstream closed one by one, report, lease."""
         self.draining = True
         self.message = "shutting down"

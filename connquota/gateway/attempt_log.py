@@ -16,6 +16,7 @@ import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ class AttemptRecord:
     syn_wall_s: float
     expires_mono_s: float
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         """The record as stored in the file."""
         return {
             "scope": self.scope,

@@ -88,7 +88,7 @@ def make_session(address: EgressAddress) -> aiohttp.ClientSession:
         use_dns_cache=False,
         limit=0,
         force_close=True,
-        family=_family_of(address.bindAddress) if local_addr else 0,
+        family=socket.AddressFamily(_family_of(address.bindAddress) if local_addr else 0),
     )
     return aiohttp.ClientSession(connector=connector)
 

@@ -48,14 +48,14 @@ class Fleet:
             await asyncio.gather(*(c.stop() for c in closing))
             opened = updated = 0
             for conn_id, cp in wanted.items():
-                conn = self.connections.get(conn_id)
-                if conn is None:
+                held = self.connections.get(conn_id)
+                if held is None:
                     conn = UpstreamConnection(ctx, cp)
                     self.connections[conn_id] = conn
                     conn.start()
                     opened += 1
-                elif cp != conn.plan:
-                    conn.update(cp)
+                elif cp != held.plan:
+                    held.update(cp)
                     updated += 1
             self.enforced_generation = plan.generation
             log.info(

@@ -191,7 +191,7 @@ class KubeLease:
         wrote the Lease in between) is retried once with a fresh read. `report_only`: nothing
         to do when the latest report is already on the Lease (a renewal carried it).
         """
-        from kubernetes.client.rest import ApiException
+        from kubernetes.client.exceptions import ApiException
 
         for attempt in range(2):
             sent = time.monotonic()

@@ -22,6 +22,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from connquota.api import timing
 from connquota.api.limits import LimitName, LimitScope
@@ -103,10 +104,12 @@ class ConnectionSlot:
 class LimiterStats:
     """Counters the metrics and the report read."""
 
-    attempts: Counter = field(default_factory=Counter)  # (scope, key) -> attempts granted
-    messages: Counter = field(default_factory=Counter)  # kind -> messages granted
-    waits: Counter = field(default_factory=Counter)  # reason -> times a caller had to wait
-    quarantines: Counter = field(default_factory=Counter)  # status code -> quarantines
+    attempts: Counter[tuple[str, str]] = field(
+        default_factory=Counter
+    )  # (scope, key) -> attempts granted
+    messages: Counter[str] = field(default_factory=Counter)  # kind -> messages granted
+    waits: Counter[str] = field(default_factory=Counter)  # reason -> times a caller had to wait
+    quarantines: Counter[int] = field(default_factory=Counter)  # status code -> quarantines
 
 
 class Limiter:
@@ -416,7 +419,7 @@ class Limiter:
             )
         return out
 
-    def usage(self) -> list[dict]:
+    def usage(self) -> list[dict[str, Any]]:
         """Per address and account: attempts in the window and connections, against slices."""
         now = self.clock.monotonic()
         rows = []

@@ -33,7 +33,7 @@ class MessageGate:
         self.conn_id = conn_id
         self.address = address
         self.account = account
-        self.sent: Counter = Counter()
+        self.sent: Counter[str] = Counter()
         self._own: dict[LimitName, tuple[SlidingLog, int]] = {}
         self._plan_generation: int | None = None
 

@@ -92,11 +92,11 @@ class GatewayCollector(Collector):
         limited = CounterMetricFamily(
             P + "rate_limited", "429/418 answers from the exchange", labels=["status"]
         )
-        for key, n in stats.items():
-            if key[0] == "reconnect":
-                reconnects.add_metric([key[1]], n)
-            elif key[0] == "rate_limited":
-                limited.add_metric([key[1]], n)
+        for stat, n in stats.items():
+            if stat[0] == "reconnect":
+                reconnects.add_metric([stat[1]], n)
+            elif stat[0] == "rate_limited":
+                limited.add_metric([stat[1]], n)
         yield reconnects
         yield limited
         quarantines = GaugeMetricFamily(

@@ -123,18 +123,18 @@ async def watch_plan_configmap(
             try:
                 cm = api.read_namespaced_config_map(name, namespace, _request_timeout=10)
                 loop.call_soon_threadsafe(queue.put_nowait, (cm.data or {}).get(PLAN_KEY, ""))
-                w = watch.Watch()
-                for event in w.stream(
+                w = watch.Watch()  # type: ignore[no-untyped-call]
+                for event in w.stream(  # type: ignore[no-untyped-call]
                     api.list_namespaced_config_map,
                     namespace,
                     field_selector=f"metadata.name={name}",
-                    resource_version=cm.metadata.resource_version,
+                    resource_version=cm.metadata.resource_version if cm.metadata else None,
                     timeout_seconds=60,
                     # A connection that dies silently must not stall the watch for ever.
                     _request_timeout=75,
                 ):
                     if stop.is_set():
-                        w.stop()
+                        w.stop()  # type: ignore[no-untyped-call]
                         break
                     obj = event["object"]
                     if event["type"] in ("ADDED", "MODIFIED"):

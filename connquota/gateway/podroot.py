@@ -29,9 +29,9 @@ def load_cluster_config() -> None:
     from kubernetes.config import incluster_config
 
     try:
-        incluster_config.InClusterConfigLoader(
+        incluster_config.InClusterConfigLoader(  # type: ignore[no-untyped-call]
             token_filename=str(pod_path(incluster_config.SERVICE_TOKEN_FILENAME)),
             cert_filename=str(pod_path(incluster_config.SERVICE_CERT_FILENAME)),
         ).load_and_set()
     except config.ConfigException:
-        config.load_kube_config()
+        config.load_kube_config()  # type: ignore[no-untyped-call]

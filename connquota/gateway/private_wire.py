@@ -28,7 +28,7 @@ import dataclasses
 import time
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, cast
 
 from connquota.api.plan import PlanCredential
 from connquota.exchanges.dialects import binance, bybit
@@ -85,7 +85,7 @@ class PrivateWire:
             return binance.build_login(creds, now, request_id, BINANCE_RECV_WINDOW_MS)
         if self.name == "bybit":
             return bybit.build_login(creds, now, request_id, BYBIT_EXPIRES_AHEAD_MS)
-        return self.fmt.build_login(creds, now, request_id)
+        return cast(str | None, self.fmt.build_login(creds, now, request_id))
 
     def serves(self, stream: str) -> bool:
         """Whether this session can subscribe `stream` (Binance: only `userData`)."""
@@ -104,7 +104,9 @@ class PrivateWire:
             return binance.build_user_data_subscribe_signature(
                 self._credentials, _now_ms(), request_id, BINANCE_RECV_WINDOW_MS
             )
-        return self.fmt.build_subscribe([wire_name(s) for s in streams], request_id)
+        return cast(
+            str | None, self.fmt.build_subscribe([wire_name(s) for s in streams], request_id)
+        )
 
     def build_unsubscribe(self, streams: list[str], request_id: Any) -> str | None:
         """The unsubscribe frame for `streams` (plan names), or None."""
@@ -113,11 +115,13 @@ class PrivateWire:
             return None
         if self.name == "binance":
             return binance.build_user_data_unsubscribe(request_id)
-        return self.fmt.build_unsubscribe([wire_name(s) for s in streams], request_id)
+        return cast(
+            str | None, self.fmt.build_unsubscribe([wire_name(s) for s in streams], request_id)
+        )
 
     def parse_server_message(self, text: str, default_stream: str | None = None) -> ServerEvent:
         """The dialect's parse, with data renamed to the plan's stream name."""
-        event = self.fmt.parse_server_message(text, default_stream)
+        event: ServerEvent = self.fmt.parse_server_message(text, default_stream)
         if isinstance(event, Data):
             name = self.names.get(event.stream)
             if name is not None and name != event.stream:

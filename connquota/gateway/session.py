@@ -26,7 +26,8 @@ from connquota.exchanges.dialects.base import (
 )
 from connquota.gateway.credentials import CredentialError, load_credentials
 from connquota.gateway.egress import EgressError
-from connquota.gateway.message_gate import MessageKind
+from connquota.gateway.limiter import ConnectionSlot
+from connquota.gateway.message_gate import MessageGate, MessageKind
 from connquota.gateway.private_wire import (
     PrivateWire,
 )
@@ -53,8 +54,8 @@ class Session:
         self.generation = next(self._generations)
         self.slot_id = f"{conn.id}#{self.generation}"
         self.ws: aiohttp.ClientWebSocketResponse | None = None
-        self.slot = None
-        self.gate = None
+        self.slot: ConnectionSlot | None = None
+        self.gate: MessageGate | None = None
         self.opened_mono: float | None = None
         self.last_rx_mono = time.monotonic()
         self.acked: set[str] = set()
@@ -63,7 +64,7 @@ class Session:
         self.wanted: set[str] = set()
         self.control: asyncio.Queue[tuple[str, list[str]]] = asyncio.Queue()
         self.ended: asyncio.Future[SessionEnded] = asyncio.get_running_loop().create_future()
-        self._tasks: list[asyncio.Task] = []
+        self._tasks: list[asyncio.Task[None]] = []
         self._ids = itertools.count(1)
         self._login: asyncio.Future[LoginResult] | None = None
         self.fmt: Any = wire_format(conn.profile.dialect)

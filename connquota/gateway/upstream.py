@@ -21,6 +21,7 @@ import random
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 from connquota.api.limits import ExchangeProfile
 from connquota.api.plan import ConnectionPlan, PlanCredential
@@ -82,7 +83,7 @@ class UpstreamContext:
     credentials: dict[str, PlanCredential] = field(default_factory=dict)
     accounts: dict[str, str] = field(default_factory=dict)
     """credential name -> account id the exchange counts by."""
-    stats: Counter = field(default_factory=Counter)
+    stats: Counter[tuple[str, ...]] = field(default_factory=Counter)
     """('reconnect', reason) / ('rate_limited', status) / ('messages_in',) ... counters."""
     log_extra: dict[str, str] = field(default_factory=dict)
 
@@ -106,7 +107,7 @@ class UpstreamConnection:
         self.sessions_opened = 0
         self.auth_error: str | None = None
         """Why the exchange last refused this connection's credential (no secret in it)."""
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._lingering: dict[str, asyncio.TimerHandle] = {}
         self._rng = random.Random()
@@ -187,17 +188,17 @@ class UpstreamConnection:
             self.current = session
             self.state = ConnectionState.SUBSCRIBING
             await session.start(self.streams)
-            ended = await self._hold(session)
+            why = await self._hold(session)
             if self._stopping:
                 return
             lived = time.monotonic() - (session.opened_mono or time.monotonic())
             failures = 0 if lived >= settings.stable_after_s else failures + 1
-            self.ctx.stats[("reconnect", ended.reason)] += 1
-            log.info("session ended: %s", ended.reason, extra=self.extra)
-            if ended.reason == "login-refused":
+            self.ctx.stats[("reconnect", why.reason)] += 1
+            log.info("session ended: %s", why.reason, extra=self.extra)
+            if why.reason == "login-refused":
                 await self._wait_after_refusal()
                 continue
-            self.state, self.status = ConnectionState.BACKOFF, ended.reason
+            self.state, self.status = ConnectionState.BACKOFF, why.reason
             await asyncio.sleep(
                 backoff_delay_s(
                     failures, settings.backoff_base_s, settings.backoff_cap_s, self._rng
@@ -265,7 +266,10 @@ class UpstreamConnection:
                 self.state = ConnectionState.LIVE
             deadline = self._rotation_deadline(session)
             timeout = 1.0 if deadline is None else max(0.0, min(1.0, deadline - time.monotonic()))
-            waiters = [session.ended, asyncio.ensure_future(self.rotation_requested.wait())]
+            waiters: list[asyncio.Future[Any]] = [
+                session.ended,
+                asyncio.ensure_future(self.rotation_requested.wait()),
+            ]
             if self.state == ConnectionState.SUBSCRIBING:
                 waiters.append(asyncio.ensure_future(session.subscribed.wait()))
             await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
