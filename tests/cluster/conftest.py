@@ -98,6 +98,23 @@ def kstatus() -> Any:
 
 
 @pytest.fixture(scope="session")
+def argocd_health() -> Any:
+    """How Argo CD judges an object with connquota's shipped health check: `judge(obj) ->
+    (status, message)`, the Lua of charts/connquota/files/argocd-health run in real Lua."""
+    import lupa
+
+    script = (REPO / "charts/connquota/files/argocd-health/health.lua").read_text()
+
+    def judge(obj: dict[str, Any]) -> tuple[str, str]:
+        lua = lupa.LuaRuntime(unpack_returned_tuples=True)
+        lua.globals().obj = lua.table_from(obj, recursive=True)
+        result = lua.execute(script)
+        return str(result["status"]), str(result["message"])
+
+    return judge
+
+
+@pytest.fixture(scope="session")
 def api_client(control_plane: ControlPlane) -> Iterator[Any]:
     """An admin ``kubernetes.client.ApiClient`` for the session's control plane."""
     api = control_plane.api_client()

@@ -53,6 +53,7 @@ def test_fleet_lifecycle_scale_replace_and_mass_disconnect_within_every_limit(
     mock_exchange: MockThread,
     ip_echo: ThreadedIpEcho,
     kstatus: Any,
+    argocd_health: Any,
 ) -> None:
     core = client.CoreV1Api(api_client)
     apps = client.AppsV1Api(api_client)
@@ -90,6 +91,9 @@ def test_fleet_lifecycle_scale_replace_and_mass_disconnect_within_every_limit(
         assert kstatus(get_quota(api_client, namespace, "md"))[0] == "Current"
         pool_obj = objects.get_cluster_custom_object(GROUP, VERSION, "exchangeegresspools", pool)
         assert kstatus(pool_obj)[0] == "Current"
+        # Argo CD's view with the shipped Lua: both Healthy.
+        assert argocd_health(get_quota(api_client, namespace, "md"))[0] == "Healthy"
+        assert argocd_health(pool_obj)[0] == "Healthy"
         _consumers_get_every_stream(api_client, namespace, core)
         mock_exchange.assert_no_violation()
         assert mock_exchange.peak_fraction(LimitName.CONCURRENT_CONNECTIONS, LimitScope.IP) >= 0.9

@@ -125,6 +125,7 @@ def test_quota_lifecycle_objects_plans_status_bad_edit_and_finalized_deletion(
     api_client: Any,
     control_plane: Any,
     kstatus: Any,
+    argocd_health: Any,
     namespace: str,
     pool_name: str,
     operator_process: OperatorProcess,
@@ -210,6 +211,9 @@ def test_quota_lifecycle_objects_plans_status_bad_edit_and_finalized_deletion(
         # here, is still converging (InProgress), not Failed.
         assert kstatus(pool_obj)[0] == "Current"
         assert kstatus(_get_quota(api_client, namespace))[0] == "InProgress"
+        # Argo CD, with the shipped Lua on the same live objects: Healthy pool, Progressing quota.
+        assert argocd_health(pool_obj)[0] == "Healthy"
+        assert argocd_health(_get_quota(api_client, namespace))[0] == "Progressing"
         assert pool_obj["status"]["quotas"] == 1
         assert _condition(pool_obj, "Ready")["status"] == "True"
         holders = {(b["address"], b["limit"]): b["holders"] for b in pool_obj["status"]["budgets"]}
@@ -246,6 +250,8 @@ def test_quota_lifecycle_objects_plans_status_bad_edit_and_finalized_deletion(
         wait_for(stalled, 30, "Stalled=SecretMissing")
         verdict, message = kstatus(_get_quota(api_client, namespace))
         assert (verdict, "nope" in message) == ("Failed", True), (verdict, message)
+        health, message = argocd_health(_get_quota(api_client, namespace))
+        assert (health, "nope" in message) == ("Degraded", True), (health, message)
         cm = core.read_namespaced_config_map("md-plan-0", namespace)
         assert cm.metadata.resource_version == rv_before
         assert (
