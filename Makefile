@@ -48,7 +48,8 @@ lint: venv
 # The code `make lint` holds free of mypy errors (strict on api and planner: pyproject.toml).
 # Imports are analysed but only these paths report: add a package once
 # `mypy --follow-imports=silent <package>` is clean; `make typecheck-all` shows the rest.
-TYPED := connquota/api connquota/planner connquota/operator connquota/gateway connquota/commands \
+TYPED := connquota/api connquota/planner connquota/operator connquota/gateway connquota/demo \
+	connquota/commands \
 	connquota/cli.py \
 	connquota/logs.py \
 	connquota/testing/__init__.py connquota/testing/controlplane.py connquota/testing/podharness \

@@ -84,9 +84,6 @@ class GatewayReport(ApiModel):
     streams: Annotated[int, Field(ge=0)] = 0
     attempts: list[AttemptWindow] = Field(default_factory=list)
     quarantines: list[Quarantine] = Field(default_factory=list)
-    egressChecked: dict[str, str] = Field(
-        default_factory=dict, description="Address name -> address the exchange saw."
-    )
     egressChecks: list[EgressCheckResult] = Field(
         default_factory=list, description="Per address the pod uses: its last egress check."
     )

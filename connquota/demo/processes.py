@@ -20,7 +20,8 @@ def free_port(host: str = "127.0.0.1") -> int:
     """A TCP port free on `host` right now."""
     with socket.socket() as s:
         s.bind((host, 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 class GatewayProcess:
@@ -42,7 +43,7 @@ class GatewayProcess:
         self.extra_args = extra_args or []
         self.host = host
         self.port = free_port(host)
-        self.proc: subprocess.Popen | None = None
+        self.proc: subprocess.Popen[bytes] | None = None
         self.started_mono: float | None = None
 
     @property
@@ -120,5 +121,6 @@ class GatewayProcess:
         with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError):
             async with asyncio.timeout(2.0):
                 async with session.get(self.base_url + "/status") as resp:
-                    return await resp.json()
+                    doc = await resp.json()
+                    return doc if isinstance(doc, dict) else None
         return None

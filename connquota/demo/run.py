@@ -268,7 +268,7 @@ async def run_demo(options: DemoOptions) -> int:
         gw.start()
     attempts = world.profile.limit(LimitName.CONNECTION_ATTEMPTS)
     window_s = (attempts.windowSeconds or 1.0) / time_scale if attempts else 1.0
-    tasks: list[asyncio.Task] = []
+    tasks: list[asyncio.Task[None]] = []
     http = aiohttp.ClientSession()
     try:
         tasks.append(asyncio.create_task(_poll(state, http)))

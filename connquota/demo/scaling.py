@@ -7,6 +7,8 @@ the plan's profile is the mock's effective profile with every duration divided l
 
 from __future__ import annotations
 
+from typing import Any
+
 from connquota.api.limits import ExchangeProfile, LimitShape
 
 
@@ -14,7 +16,7 @@ def scaled_profile(profile: ExchangeProfile, time_scale: float, endpoint: str) -
     """`profile` with windows, ages, heartbeats and timeouts divided by `time_scale`."""
     limits = []
     for limit in profile.limits:
-        update: dict = {}
+        update: dict[str, Any] = {}
         if limit.windowSeconds is not None:
             update["windowSeconds"] = limit.windowSeconds / time_scale
         if limit.shape == LimitShape.DURATION:

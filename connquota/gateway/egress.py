@@ -1,4 +1,4 @@
-"""Egress: leave from the plan's address, to exactly one resolved IP, and check what the exchange sees.
+"""Egress: leave from the plan's address, to exactly one resolved IP, and verify that address.
 
 One aiohttp ClientSession per pool address. `bind` mode binds the socket's source address
 (`TCPConnector(local_addr=(bindAddress, 0))`); `podLabel` connects plainly (the CNI policy

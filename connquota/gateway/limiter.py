@@ -30,6 +30,7 @@ from connquota.api.plan import CONNECTION_SCOPE_KEY, PodPlan, Slice
 from connquota.api.report import AttemptWindow, Quarantine
 from connquota.gateway.attempt_log import AttemptLogFile, AttemptRecord, LoadedAttempts
 from connquota.gateway.clock import Clock
+from connquota.gateway.message_gate import MessageGate, MessageKind
 from connquota.gateway.rate_logs import (
     INF,
     MAX_WAIT_STEP_S,
@@ -135,7 +136,6 @@ class Limiter:
         """Connection slot id -> why its attempt waits now (for /status)."""
         self.waiting_kind: dict[str, WaitKind] = {}
         """Connection slot id -> what its attempt waits for (for decisions)."""
-        """conn id -> why its attempt is waiting (for /status)."""
 
     # -- state file -------------------------------------------------------------------------
 
@@ -211,6 +211,10 @@ class Limiter:
     def _notify(self) -> None:
         self._changed.set()
         self._changed = asyncio.Event()
+
+    async def wait_for_change(self, timeout_s: float) -> None:
+        """Wait until the slices may have changed (a plan, a release, the Lease) or `timeout_s`."""
+        await self.clock.wait(self._changed, timeout_s)
 
     def _profile_has(self, name: LimitName, scope: LimitScope) -> bool:
         assert self.plan is not None
@@ -348,7 +352,7 @@ class Limiter:
                     self.stats.waits[wait.kind.value] += 1
                 self.waiting[conn_id] = wait.text
                 self.waiting_kind[conn_id] = wait.kind
-                await self.clock.wait(self._changed, min(wait.seconds, MAX_WAIT_STEP_S))
+                await self.wait_for_change(min(wait.seconds, MAX_WAIT_STEP_S))
         finally:
             self.waiting.pop(conn_id, None)
             self.waiting_kind.pop(conn_id, None)
@@ -447,7 +451,9 @@ class Limiter:
         """The door for every message one connection sends upstream."""
         return MessageGate(self, conn_id, address, account)
 
-    def _shared_log(self, name: LimitName, scope: LimitScope, key: str) -> SlidingLog | None:
+    def shared_message_log(self, name: LimitName, scope: LimitScope, key: str) -> SlidingLog | None:
+        """The pod-wide log of message limit `name` on `key` (an address or account), shared by
+        every connection's gate; None when the exchange does not count messages that way."""
         if self.plan is None or not self._profile_has(name, scope):
             return None
         sliding = self._shared_msgs.get((scope, key))
@@ -486,9 +492,6 @@ class Limiter:
         limit = self.plan.profile.limit(LimitName.STREAMS_PER_CONNECTION)
         return int(limit.value) if limit else None
 
-
-# Last: the gate module refers to Limiter. Re-exported so callers keep one import.
-from connquota.gateway.message_gate import MessageGate, MessageKind  # noqa: E402
 
 __all__ = [
     "INF",

@@ -92,13 +92,13 @@ class MessageGate:
         if control is not None and kind == MessageKind.CONTROL:
             out.append((control[0], control[0].capacity))
         if kind == MessageKind.CONTROL or counts_hb:
-            per_ip = self.limiter._shared_log(
+            per_ip = self.limiter.shared_message_log(
                 LimitName.MESSAGES_PER_IP, LimitScope.IP, self.address
             )
             if per_ip is not None:
                 out.append((per_ip, per_ip.capacity))
         if self.account is not None and kind == MessageKind.CONTROL:
-            per_acct = self.limiter._shared_log(
+            per_acct = self.limiter.shared_message_log(
                 LimitName.MESSAGES_PER_ACCOUNT, LimitScope.ACCOUNT, self.account
             )
             if per_acct is not None:
@@ -122,4 +122,4 @@ class MessageGate:
                 self.limiter.stats.messages[str(kind)] += 1
                 return
             self.limiter.stats.waits[f"message slice ({kind})"] += 1
-            await self.limiter.clock.wait(self.limiter._changed, min(wait, MAX_WAIT_STEP_S))
+            await self.limiter.wait_for_change(min(wait, MAX_WAIT_STEP_S))

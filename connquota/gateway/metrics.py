@@ -12,7 +12,10 @@ Metric names (all prefixed `connquota_gateway_`):
 - `streams{state}` (desired, live), `connections_planned`, `plan_generation`;
 - `consumers`, `consumer_frames_out_total`, `consumer_frames_dropped_total`,
   `slow_consumers_total`;
-- `event_loop_lag_seconds`, `last_upstream_data_age_seconds`.
+- `event_loop_lag_seconds`, `last_upstream_data_age_seconds`;
+- `egress_check{address,state}`: 1 for each address's last egress check state (verified,
+  mismatch, failed, unverified; see docs/egress.md), `egress_check_requests_total`: requests
+  sent to IP-echo services (none of them to the exchange).
 
 No label carries a secret: keys are address names and account ids from the plan.
 """
@@ -138,6 +141,19 @@ class GatewayCollector(Collector):
         if hub.last_data_mono is not None:
             age.add_metric([], time.monotonic() - hub.last_data_mono)
         yield age
+        egress = GaugeMetricFamily(
+            P + "egress_check",
+            "1 for each address's last egress check state",
+            labels=["address", "state"],
+        )
+        for result in gw.egress.results():
+            egress.add_metric([result.address, result.state.value], 1)
+        yield egress
+        echo = CounterMetricFamily(
+            P + "egress_check_requests", "Requests sent to IP-echo services (never the exchange)"
+        )
+        echo.add_metric([], gw.egress.echo_requests)
+        yield echo
 
 
 def make_registry(gateway: Gateway) -> CollectorRegistry:

@@ -253,6 +253,7 @@ async def test_an_unverified_address_connects_and_says_why(harness):
     assert st["egress"]["a0"]["state"] == "unverified"
     assert "NAT verified by the platform team" in st["egress"]["a0"]["message"]
     assert harness.echo.requests == {}
+    assert mock_attempts(harness.mock) == 2, "one exchange attempt per connection, nothing else"
     harness.assert_no_violation()
 
 
@@ -275,6 +276,52 @@ async def test_an_echo_service_that_fails_blocks_its_address_until_it_answers(ha
     assert st["egress"]["a0"]["state"] == "verified"
     # Retried on one backoff for the address, not once per connection every few seconds.
     assert harness.echo.requests["127.0.0.2"] <= 4
+    harness.assert_no_violation()
+
+
+async def test_an_unreachable_echo_service_blocks_only_the_address_it_verifies(harness):
+    """a1's check names an echo URL nobody answers: a1 makes no exchange attempt while a0,
+    verified through the working echo service, opens all its connections."""
+    import socket
+
+    from connquota.api.pool import EgressCheck, EgressCheckMethod
+
+    await harness.start_mock("okx", shrunk("okx", connectionAttempts=(10, 20.0)))
+    with socket.socket() as probe:  # a loopback port with no listener: connection refused
+        probe.bind(("127.0.0.1", 0))
+        dead_port = probe.getsockname()[1]
+    dead = EgressCheck(
+        method=EgressCheckMethod.URL, url=f"http://127.0.0.1:{dead_port}/ip", timeoutSeconds=2
+    )
+    names = stream_names("okx", 4)
+    conns = [ConnectionPlan(id=f"c{i}", address=f"a{i % 2}", streams=[names[i]]) for i in range(4)]
+    plan = pod_plan(
+        harness.gateway_profile(),
+        conns,
+        addresses=[bind_address(0, harness.egress_check()), bind_address(1, dead)],
+        margin_s=0.2,
+    )
+    gw = harness.gateway(harness.write_plan(plan))
+    gw.start()
+    st = await harness.wait_live(gw, 2, timeout_s=30)
+
+    async def a1_failed():
+        st = await harness.status(gw)
+        return st if st and st["egress"].get("a1", {}).get("state") == "failed" else None
+
+    st = await wait_for(a1_failed, 20, "a1's egress check to fail")
+    assert st["egress"]["a0"]["state"] == "verified"
+    assert "could not be reached" in st["egress"]["a1"]["message"]
+    states = {c["id"]: c["state"] for c in st["connections"]}
+    assert states["c1"] == states["c3"] == "refused", states
+    assert states["c0"] == states["c2"] == "live", states
+    assert mock_attempts(harness.mock, "127.0.0.3") == 0, "a blocked address tries nothing"
+    assert mock_attempts(harness.mock, "127.0.0.2") == 2
+    assert harness.echo.requests == {"127.0.0.2": 1}
+    async with harness.http.get(gw.base_url + "/metrics") as resp:
+        metrics = await resp.text()
+    assert 'connquota_gateway_egress_check{address="a0",state="verified"} 1.0' in metrics
+    assert 'connquota_gateway_egress_check{address="a1",state="failed"} 1.0' in metrics
     harness.assert_no_violation()
 
 
