@@ -77,6 +77,8 @@ class DemoState:
     rate_window: deque[tuple[float, int]] = field(default_factory=lambda: deque(maxlen=40))
     streams_seen: set[str] = field(default_factory=set)
     window_peak: dict[str, int] = field(default_factory=dict)
+    echo_requests: dict[str, int] = field(default_factory=dict)
+    """Requests the IP-echo service served per caller address (the gateways' egress checks)."""
 
     def elapsed_s(self) -> float:
         """Seconds since the demo started."""
@@ -292,6 +294,7 @@ async def run_demo(options: DemoOptions) -> int:
                 await task
         codes = await asyncio.gather(*(gw.stop(10.0) for gw in gateways))
         await http.close()
+    state.echo_requests = dict(echo.requests)
     violations = mock.violations()
     peaks = {
         a.publicAddress: mock.peak_fraction(

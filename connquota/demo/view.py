@@ -118,6 +118,19 @@ def render_summary(
             f"    {a.name} ({a.publicAddress}): peak {frac * limit:.0f}/{limit} in one window "
             f"= {frac:.0%} of the limit{bound_text}"
         )
+    lines.append("  egress checks (through the IP-echo service, never the exchange):")
+    for a in world.pool.addresses:
+        seen = sorted(
+            {
+                str(st.get("egress", {}).get(a.name, {}).get("state", "pending"))
+                for st in state.statuses.values()
+                if st and a.name in st.get("egress", {})
+            }
+        )
+        lines.append(
+            f"    {a.name} ({a.publicAddress}): {', '.join(seen) or 'not used'}; "
+            f"{state.echo_requests.get(a.publicAddress, 0)} echo requests"
+        )
     lines.append("")
     lines.append(
         f"  streams delivered to consumers: {len(state.streams_seen)}/{len(world.streams)}; "

@@ -59,7 +59,8 @@ GW_IP = "127.0.0.2"
 
 @dataclass(frozen=True)
 class TcpRecord:
-    """One TCP connection the mock exchange accepted (an attempt, or a /whoami check)."""
+    """One TCP connection the mock exchange accepted (every one is an attempt: the gateway sends
+    nothing else to the exchange)."""
 
     conn_id: str
     ip: str
