@@ -10,6 +10,37 @@
 {{- default (include "connquota.fullname" .) .Values.serviceAccount.name -}}
 {{- end -}}
 
+{{- /* "true" when the operator runs more than one replica (peering only: standalone with
+replicas > 1 fails here, with the reason). */ -}}
+{{- define "connquota.multiReplica" -}}
+{{- if gt (int .Values.replicas) 1 -}}
+{{- if ne .Values.mode "peering" -}}
+{{- fail (printf "replicas: %d needs mode: peering (standalone runs exactly one operator; kopf peering lets one replica act at a time)" (int .Values.replicas)) -}}
+{{- end -}}
+true
+{{- else -}}
+false
+{{- end -}}
+{{- end -}}
+
+{{- /* The label the operator puts on every gateway pod (connquota/operator/names.py:
+GATEWAY_APP) and the gateways' HTTP port (consumers, peers, /metrics;
+connquota/operator/builders/services.py: GATEWAY_PORT). */ -}}
+{{- define "connquota.gatewaySelectorLabels" -}}
+app.kubernetes.io/name: connquota-gateway
+{{- end -}}
+{{- define "connquota.gatewayPort" -}}8080{{- end -}}
+
+{{- /* Where gateway pods run, for the monitors: the watched namespaces, or every namespace. */ -}}
+{{- define "connquota.gatewayNamespaceSelector" -}}
+{{- if .Values.watchNamespaces -}}
+matchNames:
+  {{- toYaml .Values.watchNamespaces | nindent 2 }}
+{{- else -}}
+any: true
+{{- end -}}
+{{- end -}}
+
 {{- define "connquota.labels" -}}
 app.kubernetes.io/name: connquota-operator
 app.kubernetes.io/instance: {{ .Release.Name }}
