@@ -98,6 +98,41 @@ def kstatus() -> Any:
 
 
 @pytest.fixture(scope="session")
+def monitoring_crds(control_plane: ControlPlane) -> Path:
+    """The prometheus-operator CRDs (ServiceMonitor, PodMonitor, PrometheusRule) from the pinned
+    Go module (hack/prometheus-operator-crds.sh, cached), installed on the session's API server
+    (cluster-wide, left installed)."""
+    import subprocess
+
+    built = subprocess.run(
+        ["bash", str(REPO / "hack" / "prometheus-operator-crds.sh")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if built.returncode != 0:
+        _unavailable(f"hack/prometheus-operator-crds.sh failed: {built.stderr[-2000:]}")
+    crds = Path(built.stdout.strip().splitlines()[-1])
+    control_plane.kubectl("apply", "--server-side", "-f", str(crds))
+    for plural in ("servicemonitors", "podmonitors", "prometheusrules"):
+        # `kubectl wait` right after the apply can see no status at all yet: poll the condition.
+        wait_for(
+            lambda crd=f"crd/{plural}.monitoring.coreos.com": (
+                control_plane.kubectl(
+                    "get",
+                    crd,
+                    "-o",
+                    'jsonpath={.status.conditions[?(@.type=="Established")].status}',
+                ).stdout
+                == "True"
+            ),
+            60,
+            f"the {plural}.monitoring.coreos.com CRD to be Established",
+        )
+    return crds
+
+
+@pytest.fixture(scope="session")
 def argocd_health() -> Any:
     """How Argo CD judges an object with connquota's shipped health check: `judge(obj) ->
     (status, message)`, the Lua of charts/connquota/files/argocd-health run in real Lua."""
