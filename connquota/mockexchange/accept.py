@@ -9,7 +9,7 @@ import logging
 import socket
 import ssl
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
@@ -20,9 +20,7 @@ from connquota.api.limits import (
 from connquota.mockexchange import connection as cstate
 from connquota.mockexchange.connection import Conn
 from connquota.mockexchange.ledger import SortedLog
-
-if TYPE_CHECKING:
-    from connquota.mockexchange.server import MockExchange
+from connquota.mockexchange.state import MockState
 
 log = logging.getLogger("connquota.mockexchange.server")
 
@@ -30,7 +28,7 @@ CONTROL_PREFIXES = ("/admin", "/metrics", "/healthz")
 """HTTP paths that are the mock's own, not exchange connections (never counted as attempts)."""
 
 
-class Accepting:
+class Accepting(MockState):
     """Attempts counted at the socket (a part of `MockExchange`)."""
 
     async def _accept_loop(self) -> None:
@@ -69,7 +67,7 @@ class Accepting:
                 ssl=self.ssl_context,
                 ssl_handshake_timeout=timeout_s if self.ssl_context else None,
             )
-            conn.transport = transport  # type: ignore[assignment]
+            conn.transport = transport
         except (TimeoutError, OSError, ssl.SSLError, ConnectionError) as exc:
             log.debug("connection %s failed before HTTP: %r", conn.conn_id, exc)
             with contextlib.suppress(OSError):
@@ -109,7 +107,8 @@ class Accepting:
             else:
                 conn.path = request.path
                 self._classify_attempt(conn)
-        return await handler(request)
+        response: web.StreamResponse = await handler(request)
+        return response
 
     def conn_of(self, request: web.Request) -> Conn | None:
         """The connection a request arrived on."""
@@ -158,10 +157,10 @@ class Accepting:
             self.ledger.observe(LimitName.CONCURRENT_CONNECTIONS, LimitScope.IP, ip, count)
 
 
-class _CountingProtocol:
+class _CountingProtocol(asyncio.Protocol):
     """Wraps aiohttp's request handler to learn when the TCP connection is gone."""
 
-    def __init__(self, inner: Any, mx: MockExchange, conn: Conn) -> None:
+    def __init__(self, inner: Any, mx: Accepting, conn: Conn) -> None:
         self._inner = inner
         self._mx = mx
         self._conn = conn
@@ -180,7 +179,8 @@ class _CountingProtocol:
         self._inner.data_received(data)
 
     def eof_received(self) -> bool | None:
-        return self._inner.eof_received()
+        keep_open: bool | None = self._inner.eof_received()
+        return keep_open
 
     def pause_writing(self) -> None:
         self._inner.pause_writing()

@@ -6,15 +6,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    pass
+from connquota.mockexchange.state import MockState
 
 log = logging.getLogger("connquota.mockexchange.server")
 
 
-class Faults:
+class Faults(MockState):
     """Faults on demand (a part of `MockExchange`)."""
 
     def refuse_next_handshakes(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
 
 from connquota.api.limits import (
     HeartbeatDirection,
@@ -13,14 +12,12 @@ from connquota.api.limits import (
 )
 from connquota.mockexchange import connection as cstate
 from connquota.mockexchange.connection import Conn
-
-if TYPE_CHECKING:
-    pass
+from connquota.mockexchange.state import MockState
 
 log = logging.getLogger("connquota.mockexchange.server")
 
 
-class Housekeeping:
+class Housekeeping(MockState):
     """The background loops (a part of `MockExchange`)."""
 
     async def _pump_loop(self) -> None:

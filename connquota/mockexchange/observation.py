@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from connquota.api.limits import (
     LimitName,
@@ -14,14 +14,12 @@ from connquota.api.limits import (
 from connquota.mockexchange import connection as cstate
 from connquota.mockexchange.connection import Conn
 from connquota.mockexchange.ledger import Violation
-
-if TYPE_CHECKING:
-    pass
+from connquota.mockexchange.state import MockState
 
 log = logging.getLogger("connquota.mockexchange.server")
 
 
-class Observation:
+class Observation(MockState):
     """What tests and the admin API read (a part of `MockExchange`)."""
 
     def violations(self) -> list[Violation]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -16,14 +15,12 @@ from connquota.api.limits import (
 )
 from connquota.mockexchange.connection import Conn
 from connquota.mockexchange.ledger import Ban, Violation
-
-if TYPE_CHECKING:
-    pass
+from connquota.mockexchange.state import MockState
 
 log = logging.getLogger("connquota.mockexchange.server")
 
 
-class Penalties:
+class Penalties(MockState):
     """Violations and penalties (a part of `MockExchange`)."""
 
     def violate(

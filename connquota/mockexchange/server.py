@@ -36,8 +36,6 @@ from aiohttp import web
 from connquota.api.limits import (
     ExchangeProfile,
     Limit,
-    LimitName,
-    LimitScope,
 )
 from connquota.exchanges.dialects import wire_format
 from connquota.mockexchange.accept import CONTROL_PREFIXES, Accepting
@@ -109,33 +107,7 @@ class MockExchange(
         self._started_wall = time.time()
         self.malformed_received = 0
 
-    # --- limits ---------------------------------------------------------------------------
-
-    def limit(self, name: LimitName, scope: LimitScope | None = None) -> Limit | None:
-        """The enforced limit of this kind (None when the profile has none or it is not enforced)."""
-        limit = self.profile.limit(name, scope)
-        if limit is None:
-            return None
-        if limit.confidence == "assumed" and not self.settings.enforce_assumed:
-            return None
-        return limit
-
-    def limit_value(self, name: LimitName, scope: LimitScope | None = None) -> float | None:
-        """The enforced value of a limit, or None."""
-        limit = self.limit(name, scope)
-        return None if limit is None else limit.value
-
-    def _window_s(self, limit: Limit) -> float:
-        return self.settings.scaled_s(limit.windowSeconds or 1.0)
-
     # --- lifecycle -------------------------------------------------------------------------
-
-    @property
-    def url(self) -> str:
-        """The base URL clients connect to: ``ws://host:port`` or ``wss://host:port``."""
-        scheme = "wss" if self.ssl_context else "ws"
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{scheme}://{host}:{self.port}"
 
     @property
     def http_url(self) -> str:

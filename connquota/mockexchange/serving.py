@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from aiohttp import WSMsgType, web
 
@@ -19,14 +19,15 @@ from connquota.mockexchange import connection as cstate
 from connquota.mockexchange.connection import Conn
 from connquota.mockexchange.ledger import SlidingLog
 from connquota.mockexchange.sessions import SESSIONS, DialectSession
+from connquota.mockexchange.state import MockState
 
 if TYPE_CHECKING:
-    pass
+    from connquota.mockexchange.server import MockExchange
 
 log = logging.getLogger("connquota.mockexchange.server")
 
 
-class Serving:
+class Serving(MockState):
     """The HTTP and WebSocket handlers (a part of `MockExchange`)."""
 
     async def _whoami(self, request: web.Request) -> web.Response:
@@ -53,7 +54,7 @@ class Serving:
         except WireFormatError as exc:
             return web.Response(status=404, text=str(exc))
         session_cls = SESSIONS[self.dialect]
-        session: DialectSession = session_cls(self, conn, endpoint)
+        session: DialectSession = session_cls(cast("MockExchange", self), conn, endpoint)
         refusal = session.handshake_error()
         if refusal is not None:
             return refusal

@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING
 
 from connquota.api.limits import (
     LimitName,
@@ -15,14 +14,12 @@ from connquota.api.limits import (
 )
 from connquota.mockexchange import connection as cstate
 from connquota.mockexchange.connection import Conn
-
-if TYPE_CHECKING:
-    pass
+from connquota.mockexchange.state import MockState
 
 log = logging.getLogger("connquota.mockexchange.server")
 
 
-class SessionServices:
+class SessionServices(MockState):
     """What the dialect sessions ask of the exchange (a part of `MockExchange`)."""
 
     def note_malformed(self, conn: Conn) -> None:

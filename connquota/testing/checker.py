@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from connquota.api.limits import Heartbeat, HeartbeatDirection, LimitScope, LimitShape
 from connquota.api.plan import QuotaPlan
@@ -112,7 +113,8 @@ class Violation:
         return f"{' '.join(self.key)}: {self.total} > budget {self.budget} ({parts})"
 
 
-def _key_of(k) -> CheckKey:
+def _key_of(k: Any) -> CheckKey:
+    """A budget key as a (domain, scope, key, limit) tuple, from a tuple or a `BudgetKey`."""
     if isinstance(k, tuple):
         return tuple(str(x) for x in k)  # type: ignore[return-value]
     return (k.domain, str(k.scope.value), k.key, str(k.limit.value))
@@ -170,7 +172,7 @@ def _pod_holds(
 
 def check_budgets(
     pool: ExchangeEgressPoolSpec,
-    budgets: Mapping,
+    budgets: Mapping[Any, float],
     histories: Iterable[QuotaHistory],
     now: float,
     margin_s: float = MARGIN_S,

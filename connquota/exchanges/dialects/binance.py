@@ -398,7 +398,8 @@ def _parse_api_response(obj: dict[str, Any]) -> ServerEvent:
         if isinstance(result, dict) and "authorizedSince" in result:
             return LoginResult(ok=True, request_id=obj.get("id"))
         return Ack(obj.get("id"), "response", result=result)
-    err = obj.get("error") if isinstance(obj.get("error"), dict) else {}
+    error = obj.get("error")
+    err: dict[str, Any] = error if isinstance(error, dict) else {}
     return Error(obj.get("id"), str(err.get("code", status)), str(err.get("msg", "")), obj)
 
 
@@ -457,7 +458,8 @@ def parse_api_message(text: str) -> ClientRequest:
         return InvalidRequest(None, "-1000", "Malformed request.", reply)
     request_id = obj.get("id")
     method = obj.get("method")
-    params = obj.get("params") if isinstance(obj.get("params"), dict) else {}
+    raw_params = obj.get("params")
+    params: dict[str, Any] = raw_params if isinstance(raw_params, dict) else {}
     if method in ("session.logon", "userDataStream.subscribe.signature"):
         api_key = params.get("apiKey")
         if not isinstance(api_key, str) or "signature" not in params or "timestamp" not in params:

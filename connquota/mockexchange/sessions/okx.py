@@ -68,7 +68,7 @@ class OkxSession(DialectSession):
         if request.unsubscribe:
             self.mx.unsubscribe(self.conn, streams)
             for stream in streams:
-                self.send(okx.build_ack("unsubscribe", stream, self.conn.conn_id, rid))  # type: ignore[arg-type]
+                self.send(okx.build_ack("unsubscribe", stream, self.conn.conn_id, rid))
             return
         args_bytes = len(dumps([okx.stream_to_arg(s) for s in streams]).encode())
         if self.mx.over_payload_limit(self.conn, args_bytes, "error 60012"):
@@ -100,7 +100,7 @@ class OkxSession(DialectSession):
             return
         self.mx.subscribe(self.conn, accepted, private=self.endpoint.private)
         for stream in accepted:
-            self.send(okx.build_ack("subscribe", stream, self.conn.conn_id, rid))  # type: ignore[arg-type]
+            self.send(okx.build_ack("subscribe", stream, self.conn.conn_id, rid))
 
     def _on_login(self, request: LoginRequest) -> None:
         rid = request.request_id
@@ -127,7 +127,7 @@ class OkxSession(DialectSession):
             self._error("60007", rid)
             return
         self.mx.login(self.conn, account.account, None)
-        self.send(okx.build_login_result(self.conn.conn_id, rid))  # type: ignore[arg-type]
+        self.send(okx.build_login_result(self.conn.conn_id, rid))
 
     def on_key_revoked(self, account: str) -> bool:
         if self.conn.account != account:
