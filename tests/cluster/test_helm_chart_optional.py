@@ -12,6 +12,7 @@ elsewhere (promtool, metric names); here: that the chart carries them unchanged.
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -20,8 +21,8 @@ import pytest
 import yaml
 
 from cluster.conftest import wait_for
-from connquota.operator import names
-from connquota.operator.builders.services import GATEWAY_PORT, GATEWAY_PORT_NAME
+from connquota.api.quota import ExchangeConnectionQuota
+from connquota.operator import builders
 from connquota.testing.controlplane import ControlPlane
 
 pytestmark = pytest.mark.cluster
@@ -59,6 +60,26 @@ def values_file(tmp_path: Path, values: dict[str, Any]) -> str:
     return str(path)
 
 
+def gateway_objects() -> tuple[dict[str, Any], dict[str, Any]]:
+    """The pod template and headless Service the operator builds for a quota (pure builders)."""
+    quota = ExchangeConnectionQuota.model_validate(
+        {
+            "metadata": {"name": "md", "namespace": "team-a", "uid": "quota-uid"},
+            "spec": {
+                "exchange": "binance-spot",
+                "egressPoolRef": {"name": "pool"},
+                "streams": [{"name": "btcusdt@trade"}],
+            },
+        }
+    )
+    template = builders.build_statefulset(quota, 1, [])["spec"]["template"]
+    return template, builders.build_headless_service(quota)
+
+
+def matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return selector.items() <= labels.items()
+
+
 def render(control_plane: ControlPlane, namespace: str, *args: str) -> list[dict[str, Any]]:
     out = control_plane.helm(
         "template", "cq", str(CHART), "--kube-version", KUBE_VERSION, "--namespace", namespace,
@@ -94,6 +115,10 @@ def test_with_every_optional_part_the_chart_lints_strictly_and_renders_each_part
     for doc in docs:
         by_kind.setdefault(doc["kind"], []).append(doc)
 
+    pod_template, peer_service = gateway_objects()
+    pod_labels = pod_template["metadata"]["labels"]
+    (gateway_port,) = pod_template["spec"]["containers"][0]["ports"]
+
     # Monitors: the operator in the release namespace, the gateways in the watched ones.
     for kind, endpoints in (("ServiceMonitor", "endpoints"), ("PodMonitor", "podMetricsEndpoints")):
         monitors = {m["metadata"]["name"]: m for m in by_kind[kind]}
@@ -103,13 +128,19 @@ def test_with_every_optional_part_the_chart_lints_strictly_and_renders_each_part
         assert operator["spec"][endpoints][0]["port"] == "metrics"
         assert gateways["spec"]["namespaceSelector"] == {"matchNames": ["team-a", "team-b"]}
         gw_endpoint = gateways["spec"][endpoints][0]
-        assert gw_endpoint["port"] == GATEWAY_PORT_NAME and gw_endpoint["path"] == "/metrics"
-        assert gw_endpoint["relabelings"][0]["targetLabel"] == "quota"
-        # The selector matches what the operator puts on its gateway objects.
-        selector = gateways["spec"]["selector"]["matchLabels"]
-        assert (
-            selector.items() <= {**names.common_labels("q"), names.LABEL_COMPONENT: "peers"}.items()
-        )
+        assert gw_endpoint["port"] == gateway_port["name"] and gw_endpoint["path"] == "/metrics"
+        # The quota label comes from the connquota.io/quota label of the gateway pods.
+        (relabel,) = gw_endpoint["relabelings"]
+        assert relabel["targetLabel"] == "quota"
+        source = relabel["sourceLabels"][0].removeprefix("__meta_kubernetes_pod_label_")
+        assert [k for k in pod_labels if re.sub(r"[./-]", "_", k) == source] == [
+            "connquota.io/quota"
+        ]
+        # The selector matches what the operator builds: the peer Service or the gateway pods.
+        target = peer_service if kind == "ServiceMonitor" else pod_template
+        assert matches(gateways["spec"]["selector"]["matchLabels"], target["metadata"]["labels"])
+    assert any(p["name"] == gateway_port["name"] for p in peer_service["spec"]["ports"])
+    assert peer_service["spec"]["publishNotReadyAddresses"] is True
     assert by_kind["ServiceMonitor"][0]["metadata"]["labels"]["release"] == "kps"
     pod_monitor = by_kind["PodMonitor"][0]["spec"]["podMetricsEndpoints"][0]
     assert (pod_monitor["interval"], pod_monitor["scrapeTimeout"]) == ("15s", "10s")
@@ -145,9 +176,9 @@ def test_with_every_optional_part_the_chart_lints_strictly_and_renders_each_part
     assert operator_policy["ingress"][0]["ports"] == [{"port": 9090, "protocol": "TCP"}]
     gateway_policy = policies["team-a", "cq-connquota-gateways"]["spec"]
     gateway_labels = gateway_policy["podSelector"]["matchLabels"]
-    assert gateway_labels.items() <= names.common_labels("q").items()
+    assert matches(gateway_labels, pod_labels)
     (ingress,) = gateway_policy["ingress"]
-    assert ingress["ports"] == [{"port": GATEWAY_PORT, "protocol": "TCP"}]
+    assert ingress["ports"] == [{"port": gateway_port["containerPort"], "protocol": "TCP"}]
     assert {"podSelector": {"matchLabels": gateway_labels}} in ingress["from"]  # peers
     egress_ports = [r["ports"] for r in gateway_policy["egress"]]
     assert [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}] in egress_ports
