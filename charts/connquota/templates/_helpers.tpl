@@ -49,6 +49,12 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
 {{- end -}}
 
+{{- /* The chart's labels merged with extra ones (a map; an extra key wins): call with
+(dict "ctx" $ "extra" $map). */ -}}
+{{- define "connquota.labelsWith" -}}
+{{- toYaml (merge (dict) (.extra | default dict) (include "connquota.labels" .ctx | fromYaml)) -}}
+{{- end -}}
+
 {{- define "connquota.selectorLabels" -}}
 app.kubernetes.io/name: connquota-operator
 app.kubernetes.io/instance: {{ .Release.Name }}
