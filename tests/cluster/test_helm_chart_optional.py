@@ -289,6 +289,10 @@ def test_helm_install_with_every_optional_part_on_the_real_api_server_restricted
     )
     try:
         assert "would violate PodSecurity" not in install.stderr, install.stderr
+        # The release notes say which namespaces the gateway policies cover, and warn about
+        # scraping twice (the test enables both monitor kinds).
+        assert f"NetworkPolicies restrict the gateways in: {namespace}." in install.stdout
+        assert "Prometheus scrapes every\ntarget twice" in install.stdout, install.stdout
         pods = wait_for(
             lambda: (
                 items
