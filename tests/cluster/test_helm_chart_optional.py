@@ -382,3 +382,40 @@ def _api_server_endpoint_slice(control_plane: ControlPlane) -> bool:
     }
     control_plane.kubectl("create", "-f", "-", input=json.dumps(slice_))
     return True
+
+
+def test_helm_upgrade_turns_every_optional_part_on_and_off_again(
+    control_plane: ControlPlane, monitoring_crds: Path, namespace: str, tmp_path: Path
+) -> None:
+    """Default install -> upgrade with every part -> upgrade back: each part comes and goes."""
+    values = every_option(namespace, [namespace])
+    values["networkPolicy"]["apiServer"] = {"cidrs": ["192.0.2.1/32"], "ports": [6443]}
+    kinds = "servicemonitors,podmonitors,prometheusrules,networkpolicies,poddisruptionbudgets"
+
+    def optional_objects() -> set[str]:
+        listed = control_plane.kubectl("get", kinds, "-n", namespace, "-o", "name").stdout.split()
+        dashboard = control_plane.kubectl(
+            "get", "configmap", "cq-connquota-dashboard", "-n", namespace, "-o", "name",
+            "--ignore-not-found",
+        ).stdout.split()  # fmt: skip
+        return set(listed + dashboard)
+
+    control_plane.helm("install", "cq", str(CHART), "--namespace", namespace, "--wait=false")
+    try:
+        assert optional_objects() == set()
+        control_plane.helm(
+            "upgrade", "cq", str(CHART), "--namespace", namespace, "--wait=false",
+            "-f", values_file(tmp_path, values),
+        )  # fmt: skip
+        assert len(optional_objects()) == 9, (
+            optional_objects()
+        )  # 4 monitors, rule, 2 policies, PDB, dashboard
+        control_plane.helm("upgrade", "cq", str(CHART), "--namespace", namespace, "--reset-values")
+        assert optional_objects() == set()
+        strategy = control_plane.kubectl(
+            "get", "deployment", "cq-connquota", "-n", namespace,
+            "-o", "jsonpath={.spec.replicas} {.spec.strategy.type}",
+        ).stdout  # fmt: skip
+        assert strategy == "1 Recreate"
+    finally:
+        control_plane.helm("uninstall", "cq", "--namespace", namespace, check=False)
