@@ -407,9 +407,8 @@ def test_helm_upgrade_turns_every_optional_part_on_and_off_again(
             "upgrade", "cq", str(CHART), "--namespace", namespace, "--wait=false",
             "-f", values_file(tmp_path, values),
         )  # fmt: skip
-        assert len(optional_objects()) == 9, (
-            optional_objects()
-        )  # 4 monitors, rule, 2 policies, PDB, dashboard
+        # 4 monitors, the rule, 2 policies, the PDB and the dashboard.
+        assert len(optional_objects()) == 9, optional_objects()
         control_plane.helm("upgrade", "cq", str(CHART), "--namespace", namespace, "--reset-values")
         assert optional_objects() == set()
         strategy = control_plane.kubectl(
