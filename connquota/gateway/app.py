@@ -32,7 +32,7 @@ from connquota.gateway.fleet import Fleet
 from connquota.gateway.http import build_app
 from connquota.gateway.hub import StreamHub
 from connquota.gateway.limiter import Limiter
-from connquota.gateway.metrics import make_registry
+from connquota.gateway.metrics import delivery_histogram, make_registry
 from connquota.gateway.plan_source import PlanError
 from connquota.gateway.upstream import ConnectionState, UpstreamContext, UpstreamSettings
 
@@ -98,6 +98,7 @@ class Gateway:
             log_extra={"quota": settings.quota, "pod": settings.pod},
         )
         self.fleet = Fleet(self.ctx)
+        self.delivery_seconds = delivery_histogram()
         self.registry = make_registry(self)
         self.consumer_token: str | None = None
         self.consumer_sockets: set[web.WebSocketResponse] = set()

@@ -21,6 +21,7 @@ import contextlib
 import hmac
 import json
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
@@ -158,8 +159,12 @@ async def _send_frames(
                 return
             if consumer.stopped or ws.closed or transport is None or transport.is_closing():
                 return
+            since = consumer.since
             batch = consumer.take(MAX_WRITE_BYTES)
             transport.write(batch[0] if len(batch) == 1 else b"".join(batch))
+            # The oldest frame of the write; frames left behind a backlog keep the older time,
+            # so the figure is an upper bound for them (docs/observability.md).
+            gw.delivery_seconds.observe(time.monotonic() - since)
             if protocol.writing_paused:  # the send buffer is over its high-water mark
                 await _writable_or_alarm(request, consumer)
     except (ConnectionError, RuntimeError):

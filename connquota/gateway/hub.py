@@ -49,6 +49,7 @@ class Consumer:
         "id",
         "max_frames",
         "policy",
+        "since",
         "stopped",
         "streams",
         "too_slow",
@@ -65,14 +66,19 @@ class Consumer:
         self.dropped = 0
         self.too_slow = False
         self.stopped = False
+        self.since = 0.0
+        """Monotonic time the oldest queued frame was published (for the delivery latency)."""
         self._waiter: asyncio.Future[None] | None = None
         self._alarm: asyncio.Future[None] | None = None
 
-    def offer(self, frame: bytes) -> None:
-        """Queue `frame` without waiting; apply the slow-consumer policy when full."""
+    def offer(self, frame: bytes, now: float = 0.0) -> None:
+        """Queue `frame` (published at monotonic `now`) without waiting; apply the
+        slow-consumer policy when full."""
         if self.too_slow or self.stopped:
             return
         frames = self.frames
+        if not frames:
+            self.since = now
         if len(frames) >= self.max_frames:
             if self.policy == SLOW_CONSUMER_DROP:
                 frames.popleft()
@@ -197,7 +203,7 @@ class StreamHub:
     ) -> bool:
         """Deliver one upstream message to the stream's consumers, once; True if delivered."""
         self.messages_in += 1
-        self.last_data_mono = time.monotonic()
+        now = self.last_data_mono = time.monotonic()
         holders = self.holders.get(stream)
         if not holders:
             holders = self.holders[stream] = {source: None}  # data before the ack: it holds
@@ -222,7 +228,7 @@ class StreamHub:
         text = f'{prefix}{seq},"rxMs":{int(time.time() * 1000)},"data":{_encode(payload)}}}'
         frame = text_frame(text.encode())
         for consumer in subscribers:
-            consumer.offer(frame)
+            consumer.offer(frame, now)
         self.frames_out += len(subscribers)
         return True
 

@@ -15,7 +15,12 @@ Metric names (all prefixed `connquota_gateway_`):
 - `event_loop_lag_seconds`, `last_upstream_data_age_seconds`;
 - `egress_check{address,state}`: 1 for each address's last egress check state (verified,
   mismatch, failed, unverified; see docs/egress.md), `egress_check_requests_total`: requests
-  sent to IP-echo services (none of them to the exchange).
+  sent to IP-echo services (none of them to the exchange);
+- `delivery_seconds` (histogram): from the moment the gateway published an exchange message to
+  its write to a consumer's socket, for the oldest frame of each write;
+- `lease_held` (1 while this pod holds its ordinal's Lease), and for a Kubernetes Lease
+  `lease_duration_seconds` and `lease_last_renewal_timestamp_seconds` (wall-clock time the last
+  successful renewal was sent: the alert on a Lease that stopped renewing reads it).
 
 No label carries a secret: keys are address names and account ids from the plan.
 """
@@ -26,7 +31,7 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -34,6 +39,7 @@ if TYPE_CHECKING:
     from connquota.gateway.app import Gateway
 
 P = "connquota_gateway_"
+DELIVERY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
 class GatewayCollector(Collector):
@@ -154,12 +160,43 @@ class GatewayCollector(Collector):
         )
         echo.add_metric([], gw.egress.echo_requests)
         yield echo
+        yield from _lease_metrics(gw)
+
+
+def _lease_metrics(gw: Gateway) -> Iterator[Metric]:
+    lease = gw.lease
+    held = GaugeMetricFamily(P + "lease_held", "1 while this pod holds its ordinal's Lease")
+    held.add_metric([], 1.0 if lease.held else 0.0)
+    dur = GaugeMetricFamily(P + "lease_duration_seconds", "The Lease's duration")
+    last = GaugeMetricFamily(
+        P + "lease_last_renewal_timestamp_seconds",
+        "Wall-clock time the last successful Lease renewal was sent",
+    )
+    # A file lock (local runs) is never renewed: both stay empty.
+    duration = getattr(lease, "duration_s", None)
+    renewed = getattr(lease, "last_renew_mono", None)
+    if duration is not None:
+        dur.add_metric([], float(duration))
+    if renewed:
+        last.add_metric([], time.time() - (time.monotonic() - renewed))
+    yield from (held, dur, last)
+
+
+def delivery_histogram() -> Histogram:
+    """The delivery latency histogram of one gateway (registered by `make_registry`)."""
+    return Histogram(
+        P + "delivery_seconds",
+        "Publish of an exchange message to its write to a consumer (oldest frame of each write)",
+        buckets=DELIVERY_BUCKETS,
+        registry=None,
+    )
 
 
 def make_registry(gateway: Gateway) -> CollectorRegistry:
     """A registry of its own holding the gateway collector."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(GatewayCollector(gateway))
+    registry.register(gateway.delivery_seconds)
     return registry
 
 

@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from connquota.api.plan import QuotaRef
 from connquota.api.pool import ExchangeEgressPool
 from connquota.api.quota import ExchangeConnectionQuota
-from connquota.operator import accessors, builders, ledgers
+from connquota.operator import accessors, builders, ledgers, status_metrics
 from connquota.operator.kube import KubeError
 from connquota.operator.planning import (
     forgettable,
@@ -105,4 +105,5 @@ class Finalizer(ReconcilerBase):
                 left = max([*(u - now for u in untils), *pending, 0.0])
                 return max(0.5, min(left + 0.1, 30.0))
             self.quotas.pop(key, None)
+            status_metrics.forget_quota(key)
             return None

@@ -11,7 +11,7 @@ from typing import Any
 
 import kopf
 
-from connquota.operator import accessors, metrics, names
+from connquota.operator import accessors, metrics, names, status_metrics
 from connquota.operator.identity import with_user_agent
 from connquota.operator.kube import KubeApi, make_api_client
 from connquota.operator.reconcile import Reconciler, Sources, quota_key
@@ -167,9 +167,15 @@ async def quota_deleted(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
 @kopf.on.resume(*POOLS)
 @kopf.on.create(*POOLS)
 @kopf.on.update(*POOLS)
-@kopf.on.delete(*POOLS, optional=True)
 async def pool_changed(name: str, memo: kopf.Memo, **_: Any) -> None:
     """A pool changed: reconcile every quota using it."""
+    memo["reconciler"].request(name)
+
+
+@kopf.on.delete(*POOLS, optional=True)
+async def pool_deleted(name: str, memo: kopf.Memo, **_: Any) -> None:
+    """A pool is gone: its status metrics end; its quotas are reconciled (PoolNotFound)."""
+    status_metrics.forget_pool(name)
     memo["reconciler"].request(name)
 
 

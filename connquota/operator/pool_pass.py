@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from connquota.api.pool import ExchangeEgressPool
 from connquota.api.quota import ExchangeConnectionQuota
 from connquota.api.report import GatewayReport, Quarantine
-from connquota.operator import names, planning, usage
+from connquota.operator import names, planning, status_metrics, usage
 from connquota.operator.kube import KubeError
 from connquota.operator.planning import (
     DesiredStream,
@@ -203,6 +203,7 @@ class PoolPass(ReconcilerBase):
     async def _write_pool_status(self, pool_body: dict[str, Any], desired: dict[str, Any]) -> None:
         """Write the pool's status when its meaning changed (a digest per pool otherwise)."""
         name = pool_body["metadata"]["name"]
+        status_metrics.record_pool(name, desired)
         digest = status_hash(desired)
         if self._pool_status_digests.get(name) == digest or not status_differs(
             pool_body.get("status"), desired

@@ -7,7 +7,7 @@ import json
 import logging
 from typing import Any
 
-from connquota.operator import names
+from connquota.operator import names, status_metrics
 from connquota.operator.crash import crash_point
 from connquota.operator.kube import KubeError
 from connquota.operator.reconcile_base import ReconcilerBase
@@ -37,6 +37,7 @@ class StatusWriter(ReconcilerBase):
     ) -> None:
         live = body.get("status")
         desired = quota_status(live, obs, dt.datetime.now(dt.UTC))
+        status_metrics.record_quota(body, desired)
         digest = status_hash(desired)
         # After a restart the live status is the only reference: compare what it means (the
         # API server reads 6.0 back as 6), so an unchanged quota is not rewritten.
@@ -85,6 +86,7 @@ class StatusWriter(ReconcilerBase):
         conditions = drop_condition(live.get("conditions") or [], "Reconciling")
         conditions = set_condition(conditions, "Stalled", True, reason, message, gen, now)
         conditions = set_condition(conditions, "Ready", False, reason, message, gen, now)
+        status_metrics.record_quota_conditions(state.key, conditions)
         ns, name = state.key.split("/", 1)
         try:
             await self.api.merge_patch(

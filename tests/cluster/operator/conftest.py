@@ -86,6 +86,23 @@ class OperatorProcess:
                 total += float(line.rsplit(" ", 1)[1])
         return total
 
+    def samples(self, name: str) -> list[tuple[dict[str, str], float]]:
+        """(labels, value) of every sample of one of the operator's metrics, parsed by
+        prometheus-client's own exposition parser."""
+        import urllib.request
+
+        from prometheus_client.parser import text_string_to_metric_families
+
+        url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+        return [
+            (dict(sample.labels), float(sample.value))
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == name
+        ]
+
     def log(self, lines: int = 80) -> str:
         """The last lines of the operator's log."""
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])

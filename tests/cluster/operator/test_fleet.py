@@ -94,6 +94,18 @@ def test_fleet_lifecycle_scale_replace_and_mass_disconnect_within_every_limit(
         # Argo CD's view with the shipped Lua: both Healthy.
         assert argocd_health(get_quota(api_client, namespace, "md"))[0] == "Healthy"
         assert argocd_health(pool_obj)[0] == "Healthy"
+        # The operator's status metrics (what the alerts and the dashboard read) agree.
+        wait_for(
+            lambda: _metrics_agree_with_status(
+                operator_process,
+                lambda: get_quota(api_client, namespace, "md"),
+                lambda: objects.get_cluster_custom_object(
+                    GROUP, VERSION, "exchangeegresspools", pool
+                ),
+            ),
+            30,
+            "the status metrics to agree with the status",
+        )
         _consumers_get_every_stream(api_client, namespace, core)
         mock_exchange.assert_no_violation()
         assert mock_exchange.peak_fraction(LimitName.CONCURRENT_CONNECTIONS, LimitScope.IP) >= 0.9
@@ -188,3 +200,51 @@ def test_fleet_lifecycle_scale_replace_and_mass_disconnect_within_every_limit(
     assert mock_exchange.open_connections() == set()
     mock_exchange.assert_no_violation()
     objects.delete_cluster_custom_object(GROUP, VERSION, "exchangeegresspools", pool)
+
+
+def _metrics_agree_with_status(
+    operator_process: OperatorProcess, read_quota: Any, read_pool: Any
+) -> bool:
+    """True when the operator's status metrics say what the quota's and the pool's status say
+    (both read now: reported use moves); raises ValueError with both views otherwise."""
+    quota, pool = read_quota(), read_pool()
+    ns, name = quota["metadata"]["namespace"], quota["metadata"]["name"]
+    mine = {"namespace": ns, "quota": name}
+
+    def of_quota(metric: str) -> list[tuple[dict[str, str], float]]:
+        rows = operator_process.samples(metric)
+        return [(labels, v) for labels, v in rows if labels.items() >= mine.items()]
+
+    status = quota["status"]
+    from_metrics = {
+        "conditions": {
+            labels["condition"]: v for labels, v in of_quota("connquota_quota_condition")
+        },
+        "streams": {labels["state"]: v for labels, v in of_quota("connquota_quota_streams")},
+        "used": {
+            (labels["scope"], labels["key"], labels["limit"]): v
+            for labels, v in of_quota("connquota_quota_limit_used")
+        },
+        "budgets": {
+            (labels["address"], labels["limit"]): v
+            for labels, v in operator_process.samples("connquota_pool_budget")
+            if labels["pool"] == pool["metadata"]["name"]
+        },
+    }
+    from_status = {
+        "conditions": {c["type"]: float(c["status"] == "True") for c in status["conditions"]},
+        "streams": {k: float(v) for k, v in status["streams"].items()},
+        "used": {
+            (scope, row["key"], lim["limit"]): float(lim.get("used", 0))
+            for field, scope in (("addresses", "ip"), ("accounts", "account"))
+            for row in status.get(field) or []
+            for lim in row["limits"]
+        },
+        "budgets": {
+            (b["address"], b["limit"]): float(b["budget"]) for b in pool["status"]["budgets"]
+        },
+    }
+    if from_metrics != from_status or not from_status["used"]:
+        raise ValueError(f"metrics {from_metrics} != status {from_status}")
+    assert from_metrics["conditions"]["Ready"] == 1.0
+    return True

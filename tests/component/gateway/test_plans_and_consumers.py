@@ -7,6 +7,7 @@ import time
 
 import aiohttp
 from conftest import GW_IP, Consumer, base_plan, mock_attempts, shrunk, stream_names, wait_for
+from prometheus_client.parser import text_string_to_metric_families
 
 from connquota.api.limits import LimitName, LimitScope
 from connquota.api.plan import ConnectionPlan
@@ -164,6 +165,16 @@ async def test_consumers_get_error_frames_auth_and_a_1012_on_shutdown(harness, t
     async with http.get(gw.base_url + "/metrics") as resp:
         metrics = await resp.text()
     assert "s3cret" not in metrics and "connquota_gateway_consumers 1.0" in metrics
+    samples = {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(metrics)
+        for sample in family.samples
+        if not sample.labels or sample.labels == {"le": "+Inf"}
+    }
+    # The frame received above was written to this consumer: its delivery latency is counted.
+    assert samples["connquota_gateway_delivery_seconds_count"] >= 1
+    assert samples["connquota_gateway_delivery_seconds_bucket"] >= 1
+    assert samples["connquota_gateway_lease_held"] == 1.0
     async with http.get(gw.base_url + "/status") as resp:
         assert "s3cret" not in await resp.text()
     gw.signal(15)
