@@ -38,6 +38,7 @@ demo: venv
 controlplane:
 	bash hack/build-control-plane.sh
 	bash hack/build-kstatus.sh
+	bash hack/build-promtool.sh
 	bash hack/prometheus-operator-crds.sh
 
 lint: venv

@@ -56,7 +56,30 @@ class StatusWriter(ReconcilerBase):
             names.QUOTA_KIND, ns, name, {"status": desired}, subresource="status"
         )
         state.reporting.status_digest = digest
+        await self._condition_events(body, state, live, desired)
         crash_point("status")
+
+    async def _condition_events(
+        self,
+        body: dict[str, Any],
+        state: QuotaState,
+        live: dict[str, Any] | None,
+        desired: dict[str, Any],
+    ) -> None:
+        """An Event for each condition of `CONDITION_EVENTS` that turned True or cleared since
+        the status on the API server (so `kubectl describe ecq` tells the story; a restarted
+        operator compares with the live status and posts nothing twice)."""
+        before = {c["type"]: c for c in (live or {}).get("conditions") or []}
+        after = {c["type"]: c for c in desired.get("conditions") or []}
+        for kind, (raised, cleared, cleared_message) in CONDITION_EVENTS.items():
+            was = (before.get(kind) or {}).get("status") == "True"
+            now = (after.get(kind) or {}).get("status") == "True"
+            if now and not was:
+                await self._event(
+                    body, state, raised, str(after[kind].get("message")), warning=True
+                )
+            elif was and not now:
+                await self._event(body, state, cleared, cleared_message)
 
     async def _report_problem(self, body: dict[str, Any], problem: Problem) -> None:
         key = quota_key(body)
@@ -123,6 +146,18 @@ class StatusWriter(ReconcilerBase):
         state.reporting.events[(reason, message)] = now
         await self.api.post_event(body, reason=reason, message=message, warning=warning)
 
+
+CONDITION_EVENTS: dict[str, tuple[str, str, str]] = {
+    "CapacityExceeded": (
+        "CapacityExceeded",
+        "CapacityRestored",
+        "every declared stream fits within the limits again",
+    ),
+    "Degraded": ("Degraded", "Recovered", "the gateways serve the plan again"),
+    "EgressUnverified": ("EgressUnverified", "EgressVerified", "every address is verified"),
+}
+"""Condition type -> (Warning reason when it turns True, Normal reason when it clears, message
+when it clears). RateLimited has its own Event per quarantine (the quota pass)."""
 
 TRANSIENT_STATUSES = frozenset({0, 404, 409, 429, 500, 502, 503, 504})
 """API errors that are retried without telling the user (the next try usually succeeds)."""

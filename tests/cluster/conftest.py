@@ -98,6 +98,23 @@ def kstatus() -> Any:
 
 
 @pytest.fixture(scope="session")
+def promtool() -> Path:
+    """Prometheus' promtool, built from the pinned Go module and cached by
+    hack/build-promtool.sh (`make controlplane` builds it)."""
+    import subprocess
+
+    built = subprocess.run(
+        ["bash", str(REPO / "hack" / "build-promtool.sh")],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
+    if built.returncode != 0:
+        _unavailable(f"hack/build-promtool.sh failed: {built.stderr[-2000:]}")
+    return Path(built.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="session")
 def monitoring_crds(control_plane: ControlPlane) -> Path:
     """The prometheus-operator CRDs (ServiceMonitor, PodMonitor, PrometheusRule) from the pinned
     Go module (hack/prometheus-operator-crds.sh, cached), installed on the session's API server

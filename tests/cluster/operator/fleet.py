@@ -62,6 +62,10 @@ class MockThread(ThreadedMockExchange[MockExchange]):
         """A mass disconnect: the exchange drops every connection at once."""
         return self.call(self.mock.disconnect(abrupt=False, code=1001))
 
+    def refuse_next_handshakes(self, count: int, status: int, retry_after_s: float) -> None:
+        """Answer the next `count` handshakes with `status` and Retry-After (wall seconds)."""
+        self.sync(lambda: self.mock.refuse_next_handshakes(count, status, retry_after_s))
+
     def assert_no_violation(self) -> None:
         """The referee recorded no violation of any limit."""
         found = self.violations()

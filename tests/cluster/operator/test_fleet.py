@@ -19,6 +19,7 @@ from cluster.operator.fleet import (
     GROUP,
     VERSION,
     MockThread,
+    condition,
     consume,
     get_quota,
     pod_ips,
@@ -29,6 +30,7 @@ from cluster.operator.fleet import (
 )
 from connquota.api.limits import LimitName, LimitScope
 from connquota.api.report import REPORT_ANNOTATION, EgressCheckState, GatewayReport
+from connquota.testing.controlplane import ControlPlane
 from connquota.testing.ipecho import ThreadedIpEcho
 from connquota.testing.podharness import PodHarness
 
@@ -54,6 +56,7 @@ def test_fleet_lifecycle_scale_replace_and_mass_disconnect_within_every_limit(
     ip_echo: ThreadedIpEcho,
     kstatus: Any,
     argocd_health: Any,
+    control_plane: ControlPlane,
 ) -> None:
     core = client.CoreV1Api(api_client)
     apps = client.AppsV1Api(api_client)
@@ -192,6 +195,41 @@ def test_fleet_lifecycle_scale_replace_and_mass_disconnect_within_every_limit(
         )
         _consumers_get_every_stream(api_client, namespace, core)
         mock_exchange.assert_no_violation()
+
+        # The exchange answers the next reconnect with 429: the gateway quarantines the
+        # address, the quota says RateLimited (condition, metric, Warning Event) and, once
+        # the Retry-After has passed, everything reconnects.
+        mock_exchange.refuse_next_handshakes(1, 429, retry_after_s=10)
+        assert mock_exchange.disconnect_all() == 4
+        wait_for(
+            lambda: (
+                (condition(get_quota(api_client, namespace, "md"), "RateLimited") or {}).get(
+                    "status"
+                )
+                == "True"
+            ),
+            60,
+            f"RateLimited on the quota\n{log()}",
+            interval_s=0.3,
+        )
+        assert (
+            {"namespace": namespace, "quota": "md", "condition": "RateLimited"},
+            1.0,
+        ) in operator_process.samples("connquota_quota_condition")
+        wait_for(
+            lambda: len(mock_exchange.open_connections()) == 4,
+            90,
+            "reconnection after the quarantine",
+            interval_s=0.3,
+        )
+        wait_ready(api_client, namespace, "md", 90, log)
+        mock_exchange.assert_no_violation()
+        # `kubectl describe` tells the story: plans, scaling, the quarantine.
+        described = control_plane.kubectl("describe", "ecq", "md", "-n", namespace).stdout
+        events = described[described.index("Events:") :]
+        for reason in ("PlanPublished", "ScaledUp", "ScaledDown", "RateLimited"):
+            assert reason in events, described
+        assert "quarantined after 429" in events, described
     finally:
         objects.delete_namespaced_custom_object(
             GROUP, VERSION, namespace, "exchangeconnectionquotas", "md"

@@ -29,6 +29,7 @@ from cluster.operator.fleet import (
     wait_ready,
 )
 from connquota.api.limits import LimitName, LimitScope
+from connquota.testing.controlplane import ControlPlane
 from connquota.testing.ipecho import ThreadedIpEcho
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
@@ -62,6 +63,7 @@ def test_a_second_quota_on_the_pool_shrinks_the_first_through_acknowledged_trans
     operator_process: OperatorProcess,
     mock_exchange: MockThread,
     ip_echo: ThreadedIpEcho,
+    control_plane: ControlPlane,
 ) -> None:
     objects = custom_object(api_client)
     log = operator_process.log
@@ -117,11 +119,33 @@ def test_a_second_quota_on_the_pool_shrinks_the_first_through_acknowledged_trans
         mock_exchange.assert_no_violation()
         peak = mock_exchange.peak_fraction(LimitName.CONCURRENT_CONNECTIONS, LimitScope.IP)
         assert peak >= 0.9, peak
+        # Capacity in `kubectl describe`: a Warning Event when A's streams stopped fitting,
+        # a Normal one when B leaves and they fit again.
+        core = client.CoreV1Api(api_client)
+
+        def reasons() -> dict[str, str]:
+            listed = core.list_namespaced_event(namespace).items
+            return {e.reason: e.type for e in listed if e.involved_object.name == "md"}
+
+        wait_for(lambda: reasons().get("CapacityExceeded") == "Warning", 30, "the event")
+        described = control_plane.kubectl("describe", "ecq", "md", "-n", namespace).stdout
+        assert "CapacityExceeded" in described[described.index("Events:") :], described
+        objects.delete_namespaced_custom_object(
+            GROUP, VERSION, second_namespace, "exchangeconnectionquotas", "md"
+        )
+        wait_for(
+            lambda: condition(get_quota(api_client, namespace, "md"), "CapacityExceeded") is None,
+            120,
+            f"A's streams fit again once B is gone\n{log()}",
+        )
+        wait_for(lambda: reasons().get("CapacityRestored") == "Normal", 30, "the event")
+        mock_exchange.assert_no_violation()
     finally:
         for ns, _ in quotas:
-            objects.delete_namespaced_custom_object(
-                GROUP, VERSION, ns, "exchangeconnectionquotas", "md"
-            )
+            if get_quota(api_client, ns, "md") is not None:
+                objects.delete_namespaced_custom_object(
+                    GROUP, VERSION, ns, "exchangeconnectionquotas", "md"
+                )
     for ns, _ in quotas:
         wait_for(lambda n=ns: get_quota(api_client, n, "md") is None, 90, f"deletion\n{log()}")
     mock_exchange.assert_no_violation()
