@@ -19,6 +19,7 @@ from aiohttp import web
 
 from connquota.gateway.consumers import CLOSE_SLOW_CONSUMER
 from connquota.gateway.http import build_app
+from connquota.gateway.metrics import delivery_histogram
 from connquota.gateway.hub import SLOW_CONSUMER_CLOSE, StreamHub
 from connquota.testing.waiting import wait_until
 
@@ -39,6 +40,7 @@ class Endpoint:
             draining=False,
             consumer_sockets=set(),
             slow_consumers=0,
+            delivery_seconds=delivery_histogram(),
             ctx=SimpleNamespace(log_extra={"quota": "q", "pod": "p-0"}),
         )
         self.url = ""
