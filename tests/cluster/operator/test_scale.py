@@ -7,6 +7,7 @@ so every request counted is one the operator chose to make.
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import Any
 
@@ -22,6 +23,7 @@ from cluster.operator.conftest import (
     describe,
     operator_requests,
 )
+from connquota.operator.settings import OperatorConfig
 from connquota.testing.controlplane import ControlPlane
 from connquota.testing.resources import loopback_pool as _pool
 
@@ -36,6 +38,16 @@ SETTLE_ROUNDS = 10
 quotas, pools, Leases, Pods and StatefulSets come from kopf's indexes, what the operator wrote
 is remembered by content hash, and a Secret seen within the resync interval is not read
 again."""
+
+
+RESYNC_INTERVAL_S = OperatorConfig().resyncIntervalSeconds
+"""The interval within which a Secret seen once is not read again (the operator's default)."""
+
+
+def _is_secret_read(event: dict[str, Any]) -> bool:
+    return (
+        event.get("verb") == "get" and (event.get("objectRef") or {}).get("resource") == "secrets"
+    )
 
 
 def _quota(namespace: str, name: str, pool: str) -> dict[str, Any]:
@@ -144,17 +156,26 @@ def test_a_pool_of_200_quotas_reconciles_with_a_bounded_number_of_api_requests(
             )
             if len(writes) <= MAX_REQUESTS_PER_RECONCILE:
                 break
+        started = time.monotonic()
         start = audit_mark(control_plane)
         for i in range(RECONCILES):
             done = operator_process.metric(metric)
             _touch(objects, pool, str(i))
             wait_for(lambda d=done: operator_process.metric(metric) > d, 60, f"reconcile {i}")
         end = audit_mark(control_plane, start)
+        elapsed = time.monotonic() - started
         requests = operator_requests(control_plane, start, end)
         print(f"{len(requests)} operator API requests over {RECONCILES} pool reconciles")
-        assert len(requests) <= MAX_REQUESTS_PER_RECONCILE * RECONCILES, (
-            f"{len(requests)} API requests over {RECONCILES} reconciles of {QUOTAS} quotas:\n"
-            f"{describe(requests)}"
+        # The one Secret is re-checked (metadata only) once per resync interval by design: on
+        # a loaded machine the measured reconciles may span an interval's end.
+        rechecks = [r for r in requests if _is_secret_read(r)]
+        others = [r for r in requests if not _is_secret_read(r)]
+        assert len(rechecks) <= 1 + int(elapsed // RESYNC_INTERVAL_S), (
+            f"{len(rechecks)} Secret reads in {elapsed:.0f} s:\n{describe(rechecks)}"
+        )
+        assert len(others) <= MAX_REQUESTS_PER_RECONCILE * RECONCILES, (
+            f"{len(others)} API requests over {RECONCILES} reconciles of {QUOTAS} quotas:\n"
+            f"{describe(others)}"
         )
     finally:
         # The namespace goes with the test; the pool goes once no quota holds a share of it.
