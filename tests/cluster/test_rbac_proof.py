@@ -209,6 +209,8 @@ def test_operator_with_only_the_charts_rights_reconciles_the_example_and_gateway
     proof_harness: PodHarness,
     tmp_path: Path,
     scope: str,
+    kstatus: Any,
+    argocd_health: Any,
 ) -> None:
     ns = restricted_namespace
     release = f"proof{uuid.uuid4().hex[:6]}"
@@ -297,6 +299,12 @@ def test_operator_with_only_the_charts_rights_reconciles_the_example_and_gateway
             "connquota.io", "v1alpha1", ns, "exchangeconnectionquotas", quota
         )
         wait_ready(api_client, ns, "proof", 180, operator.log)
+        # As Flux and Argo CD see the Ready quota and the example pool: Current and Healthy.
+        ready_quota = get_quota(api_client, ns, "proof")
+        example_pool = json.loads(control_plane.kubectl("get", "ecp", POOL, "-o", "json").stdout)
+        for obj in (ready_quota, example_pool):
+            assert kstatus(obj)[0] == "Current", obj.get("status")
+            assert argocd_health(obj)[0] == "Healthy", obj.get("status")
 
         apps, core = client.AppsV1Api(api_client), client.CoreV1Api(api_client)
         sts = apps.read_namespaced_stateful_set(names.statefulset_name("proof"), ns)
