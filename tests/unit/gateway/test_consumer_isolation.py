@@ -19,8 +19,8 @@ from aiohttp import web
 
 from connquota.gateway.consumers import CLOSE_SLOW_CONSUMER
 from connquota.gateway.http import build_app
-from connquota.gateway.metrics import delivery_histogram
 from connquota.gateway.hub import SLOW_CONSUMER_CLOSE, StreamHub
+from connquota.gateway.metrics import delivery_histogram
 from connquota.testing.waiting import wait_until
 
 STREAM = "btcusdt@trade"
