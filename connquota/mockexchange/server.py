@@ -117,6 +117,7 @@ class MockExchange(
     async def start(self) -> None:
         """Listen and serve until ``stop``."""
         from connquota.mockexchange.admin import add_admin_routes
+        from connquota.mockexchange.rest import add_rest_routes
 
         app = web.Application(middlewares=[self._classify_middleware])
         if self.settings.serve_whoami:
@@ -124,6 +125,7 @@ class MockExchange(
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/metrics", self._metrics)
         add_admin_routes(app, self)
+        add_rest_routes(app, self)
         app.router.add_get("/{tail:.*}", self._websocket)
         self._runner = web.AppRunner(
             app, handle_signals=False, access_log=None, keepalive_timeout=15

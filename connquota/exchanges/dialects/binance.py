@@ -126,8 +126,10 @@ def parse_endpoint(path: str, query: str = "") -> Endpoint:
     if path in ("/ws", "/ws/"):
         return Endpoint(kind="raw")
     if path.startswith("/ws/"):
-        streams = tuple(s for s in path[len("/ws/") :].split("/") if s)
-        return Endpoint(kind="raw", initial_streams=streams)
+        # Binance accepts any path under /ws/ (ccxt opens /ws/<n> and subscribes afterwards):
+        # only segments that are stream names subscribe at the handshake.
+        names = path[len("/ws/") :].split("/")
+        return Endpoint(kind="raw", initial_streams=tuple(s for s in names if is_valid_stream(s)))
     if path in ("/stream", "/stream/"):
         values = parse_qs(query).get("streams", [])
         streams = tuple(s for v in values for s in v.split("/") if s)

@@ -37,6 +37,9 @@ def test_stream_names_are_lower_case_symbol_at_channel() -> None:
 def test_url_forms_select_raw_combined_and_api_endpoints() -> None:
     assert binance.parse_endpoint("/ws/btcusdt@trade").initial_streams == ("btcusdt@trade",)
     assert binance.parse_endpoint("/ws").initial_streams == ()
+    # Any path under /ws/ is served (ccxt opens /ws/<n>): only stream names subscribe.
+    assert binance.parse_endpoint("/ws/0").initial_streams == ()
+    assert binance.parse_endpoint("/ws/0/btcusdt@trade").initial_streams == ("btcusdt@trade",)
     combined = binance.parse_endpoint("/stream", "streams=btcusdt@trade/ethusdt@aggTrade")
     assert combined.combined and combined.initial_streams == ("btcusdt@trade", "ethusdt@aggTrade")
     assert binance.combined_stream_path(["a@trade", "b@trade"]) == "/stream?streams=a@trade/b@trade"
