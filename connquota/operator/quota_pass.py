@@ -72,7 +72,20 @@ class QuotaPass(ReconcilerBase):
         reached = True
         retry: float | None = None
 
-        if quota is not None and prepared is not None and not frozen and not deleting:
+        # spec.paused: nothing is planned, published or scaled; the gateways keep enforcing
+        # their last plan (so every limit still holds) and the status keeps being reported.
+        paused = quota is not None and quota.spec.paused and not deleting
+        if paused:
+            await self._event(
+                body, state, "Paused", "spec.paused: the operator keeps the fleet as it is"
+            )
+        if (
+            quota is not None
+            and prepared is not None
+            and not frozen
+            and not deleting
+            and not paused
+        ):
             qin, streams = prepared
             state.ledgers.dead_connection_s = qin.profile.deadConnectionTimeoutSeconds
             published = state.published_plan()

@@ -109,6 +109,39 @@ def test_fleet_lifecycle_scale_replace_and_mass_disconnect_within_every_limit(
             30,
             "the status metrics to agree with the status",
         )
+        # `kubectl wait` (the real client) sees the quota Ready.
+        control_plane.kubectl(
+            "wait", "--for=condition=Ready", "ecq/md", "-n", namespace, "--timeout=60s"
+        )
+        # Paused: an edit changes nothing in the fleet; Argo CD shows Suspended on the object
+        # the API server returns; unpaused, it is Healthy again.
+        before = get_quota(api_client, namespace, "md")
+        assert before is not None
+        quota_patch = {"spec": {"paused": True, "streams": [{"name": s} for s in STREAMS[:4]]}}
+        objects.patch_namespaced_custom_object(
+            GROUP, VERSION, namespace, "exchangeconnectionquotas", "md", quota_patch
+        )
+        paused = wait_for(
+            lambda: (
+                lambda q: (
+                    q
+                    if q and q["status"].get("observedGeneration") == q["metadata"]["generation"]
+                    else None
+                )
+            )(get_quota(api_client, namespace, "md")),
+            30,
+            f"the paused edit observed\n{log()}",
+        )
+        assert argocd_health(paused)[0] == "Suspended"
+        assert kstatus(paused)[0] == "Current"
+        assert paused["status"]["planGeneration"] == before["status"]["planGeneration"]
+        assert apps.read_namespaced_stateful_set("md-gw", namespace).spec.replicas == 2
+        resume = {"spec": {"paused": False, "streams": [{"name": s} for s in STREAMS]}}
+        objects.patch_namespaced_custom_object(
+            GROUP, VERSION, namespace, "exchangeconnectionquotas", "md", resume
+        )
+        wait_ready(api_client, namespace, "md", 60, log)
+        assert argocd_health(get_quota(api_client, namespace, "md"))[0] == "Healthy"
         _consumers_get_every_stream(api_client, namespace, core)
         mock_exchange.assert_no_violation()
         assert mock_exchange.peak_fraction(LimitName.CONCURRENT_CONNECTIONS, LimitScope.IP) >= 0.9
