@@ -70,6 +70,19 @@ def control_plane() -> Iterator[ControlPlane]:
 HARNESS_LABEL = "connquota.io/test-harness"
 
 
+def _hack_output(script: str, timeout_s: float) -> str:
+    """The last line a hack/ script prints (the path of what it built or fetched, cached);
+    the control plane's tools are unavailable (a failure in CI) when the script fails."""
+    import subprocess
+
+    built = subprocess.run(
+        ["bash", str(REPO / "hack" / script)], capture_output=True, text=True, timeout=timeout_s
+    )
+    if built.returncode != 0:
+        _unavailable(f"hack/{script} failed: {built.stderr[-2000:]}")
+    return built.stdout.strip().splitlines()[-1]
+
+
 @pytest.fixture(scope="session")
 def kstatus() -> Any:
     """How Flux judges an object: `judge(obj) -> (status, message)` with Flux's own kstatus
@@ -77,15 +90,7 @@ def kstatus() -> Any:
     import json
     import subprocess
 
-    built = subprocess.run(
-        ["bash", str(REPO / "hack" / "build-kstatus.sh")],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    if built.returncode != 0:
-        _unavailable(f"hack/build-kstatus.sh failed: {built.stderr[-2000:]}")
-    binary = built.stdout.strip().splitlines()[-1]
+    binary = _hack_output("build-kstatus.sh", 600)
 
     def judge(obj: dict[str, Any]) -> tuple[str, str]:
         out = subprocess.run(
@@ -101,17 +106,7 @@ def kstatus() -> Any:
 def promtool() -> Path:
     """Prometheus' promtool, built from the pinned Go module and cached by
     hack/build-promtool.sh (`make controlplane` builds it)."""
-    import subprocess
-
-    built = subprocess.run(
-        ["bash", str(REPO / "hack" / "build-promtool.sh")],
-        capture_output=True,
-        text=True,
-        timeout=1800,
-    )
-    if built.returncode != 0:
-        _unavailable(f"hack/build-promtool.sh failed: {built.stderr[-2000:]}")
-    return Path(built.stdout.strip().splitlines()[-1])
+    return Path(_hack_output("build-promtool.sh", 1800))
 
 
 @pytest.fixture(scope="session")
@@ -119,17 +114,7 @@ def monitoring_crds(control_plane: ControlPlane) -> Path:
     """The prometheus-operator CRDs (ServiceMonitor, PodMonitor, PrometheusRule) from the pinned
     Go module (hack/prometheus-operator-crds.sh, cached), installed on the session's API server
     (cluster-wide, left installed)."""
-    import subprocess
-
-    built = subprocess.run(
-        ["bash", str(REPO / "hack" / "prometheus-operator-crds.sh")],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    if built.returncode != 0:
-        _unavailable(f"hack/prometheus-operator-crds.sh failed: {built.stderr[-2000:]}")
-    crds = Path(built.stdout.strip().splitlines()[-1])
+    crds = Path(_hack_output("prometheus-operator-crds.sh", 600))
     control_plane.kubectl("apply", "--server-side", "-f", str(crds))
     for plural in ("servicemonitors", "podmonitors", "prometheusrules"):
         # `kubectl wait` right after the apply can see no status at all yet: poll the condition.
