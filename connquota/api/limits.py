@@ -51,11 +51,20 @@ class LimitScope(StrEnum):
     IP = "ip"
     """The public source address (after NAT) or IPv6 prefix the exchange sees."""
     ACCOUNT = "account"
-    """The account, sub-account or API key id the exchange counts by."""
+    """The account or sub-account the exchange counts by (a credential's `accountId`)."""
+    API_KEY = "apiKey"
+    """One API key (a credential's `keyId`, its `accountId` when it names none): for limits
+    an exchange counts per key and not per account (Deribit's 16 sessions per key)."""
     CONNECTION = "connection"
     """One WebSocket connection."""
     MESSAGE = "message"
     """One request message."""
+
+
+CREDENTIAL_SCOPES = (LimitScope.ACCOUNT, LimitScope.API_KEY)
+"""The scopes a credential is counted in (by its accountId, by its keyId)."""
+SHARED_SCOPES = (LimitScope.IP, *CREDENTIAL_SCOPES)
+"""The scopes whose limits every pod and quota on one key share (pooled budgets)."""
 
 
 class LimitShape(StrEnum):
@@ -103,7 +112,10 @@ class Limit(ApiModel):
         "a size, or seconds for `duration` limits. Must be positive: an exchange with no "
         "published figure still gets a conservative assumed value."
     )
-    scope: LimitScope = Field(description="What the exchange counts by: ip, account, connection.")
+    scope: LimitScope = Field(
+        description="What the exchange counts by: ip (public address), account (a credential's "
+        "accountId), apiKey (its keyId), connection, message."
+    )
     shape: LimitShape = Field(description="How the limit counts over time.")
     windowSeconds: Annotated[float, Field(gt=0, le=MAX_WINDOW_SECONDS)] | None = Field(
         default=None,

@@ -12,11 +12,32 @@ from typing import Annotated
 from pydantic import Field
 
 from connquota.api.base import ApiModel
-from connquota.api.limits import ExchangeProfile, LimitName, LimitScope, LimitShape
+from connquota.api.limits import (
+    CREDENTIAL_SCOPES,
+    ExchangeProfile,
+    LimitName,
+    LimitScope,
+    LimitShape,
+)
 from connquota.api.pool import EgressAddress
+from connquota.api.quota import Credential
 from connquota.api.timing import WINDOW_MARGIN_S
 
 FORMAT_VERSION = 1
+
+CREDENTIALS_MOUNT_DIR = "/var/run/connquota/credentials"
+"""Where every credential's Secret is mounted in a gateway container, one directory each."""
+
+
+Identities = tuple[tuple[LimitScope, str], ...]
+"""What the exchange counts one credential by: ((account, accountId), (apiKey, keyId))."""
+
+
+def credential_mount_path(credential: str) -> str:
+    """Where the Secret of `credential` appears as files in a gateway container."""
+    return f"{CREDENTIALS_MOUNT_DIR}/{credential}"
+
+
 """The plan format this code writes and understands. A gateway keeps its last good plan when it
 gets any other version."""
 
@@ -43,11 +64,44 @@ class PlanCredential(ApiModel):
 
     name: str = Field(description="Credential name from the quota spec.")
     accountId: str = Field(description="The account the exchange counts it by.")
+    keyId: str | None = Field(
+        default=None,
+        description="The key id the exchange counts per-key limits by (absent: the accountId).",
+    )
+
+    @classmethod
+    def of(cls, c: Credential) -> PlanCredential:
+        """What a pod is told of credential `c`: its ids and where its files are, no secret."""
+        ref = c.secretRef
+        return cls.model_construct(
+            name=c.name,
+            accountId=c.accountId,
+            keyId=c.keyId,
+            secretName=ref.name,
+            mountPath=credential_mount_path(c.name),
+            apiKeyKey=ref.apiKeyKey,
+            apiSecretKey=ref.apiSecretKey,
+            passphraseKey=ref.passphraseKey,
+        )
+
+    def identity(self, scope: LimitScope) -> str:
+        """What the exchange counts this credential by in `scope` (account or apiKey)."""
+        if scope == LimitScope.API_KEY:
+            return self.keyId or self.accountId
+        return self.accountId
+
     secretName: str = Field(description="The Secret mounted for it.")
     mountPath: str = Field(description="Directory where the Secret's keys appear as files.")
     apiKeyKey: str = "apiKey"
     apiSecretKey: str = "apiSecret"
     passphraseKey: str | None = None
+
+
+def identities_of(credential: PlanCredential | None) -> Identities:
+    """What the exchange counts `credential` by (empty for public connections)."""
+    if credential is None:
+        return ()
+    return tuple((scope, credential.identity(scope)) for scope in CREDENTIAL_SCOPES)
 
 
 class ConnectionPlan(ApiModel):

@@ -144,9 +144,23 @@ class Credential(ApiModel):
         "pods only, never into environment variables, plans, status or logs."
     )
     accountId: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[!-~]+$")] = Field(
-        description="The account, sub-account or key id the exchange counts per-account limits "
-        "by. Two credentials with the same accountId share one budget."
+        description="The account or sub-account the exchange counts per-account limits by "
+        "(credits, private channels). Two credentials with the same accountId share one budget."
     )
+    keyId: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[!-~]+$")] | None = Field(
+        default=None,
+        description="The API key's own id (for example its client id), for limits an "
+        "exchange counts per key rather than per account (Deribit: 16 sessions per key, "
+        "credits per sub-account). Absent: the accountId, which is stricter (every key of "
+        "the account shares one per-key budget). Two credentials with the same keyId share "
+        "one per-key budget.",
+    )
+
+    def identity(self, scope: LimitScope) -> str:
+        """What the exchange counts this credential by in `scope` (account or apiKey)."""
+        if scope == LimitScope.API_KEY:
+            return self.keyId or self.accountId
+        return self.accountId
 
 
 class StreamSpec(ApiModel):
@@ -443,7 +457,9 @@ class LimitUse(ApiModel):
 class ScopeUse(ApiModel):
     """Share and use on one public address or one account."""
 
-    key: Annotated[str, Field(max_length=128)] = Field(description="Address name or account id.")
+    key: Annotated[str, Field(max_length=128)] = Field(
+        description="Address name, account id or key id."
+    )
     limits: Annotated[list[LimitUse], Field(max_length=32)] = Field(default_factory=list)
     reason: Annotated[str, Field(max_length=1024)] | None = Field(
         default=None, description="Why the share is smaller than asked, if it is."
@@ -513,6 +529,10 @@ class ExchangeConnectionQuotaStatus(ApiModel):
     )
     accounts: Annotated[list[ScopeUse], Field(max_length=64)] = Field(
         default_factory=list, description="Per account: share and use of every limit."
+    )
+    apiKeys: Annotated[list[ScopeUse], Field(max_length=64)] = Field(
+        default_factory=list,
+        description="Per API key (limits the exchange counts per key): share and use.",
     )
     recoveryBounds: Annotated[list[RecoveryBoundStatus], Field(max_length=256)] = Field(
         default_factory=list, description="Per address: full-reconnect time at its budget."

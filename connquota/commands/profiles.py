@@ -1,6 +1,6 @@
 """Print the built-in exchange profiles and their limits.
 
-Every limit shows its value, window, scope (ip, account, connection, message), shape
+Every limit shows its value, window, scope (ip, account, apiKey, connection, message), shape
 (slidingWindow, tokenBucket, minSpacing, concurrent, duration, size) and confidence
 (published, secondary, assumed). `-o json` and `-o yaml` print whole profiles, sources and notes
 included.

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from connquota.api.plan import ConnectionPlan, PodPlan
+from connquota.api.plan import ConnectionPlan, PodPlan, identities_of
 from connquota.gateway.upstream import UpstreamConnection, UpstreamContext
 
 log = logging.getLogger(__name__)
@@ -36,13 +36,17 @@ class Fleet:
             ctx.limiter.configure(plan)
             ctx.egress.set_addresses(plan.addresses)
             ctx.credentials = {c.name: c for c in plan.credentials}
-            ctx.accounts = {c.name: c.accountId for c in plan.credentials}
             ctx.hub.set_known(s for c in plan.connections for s in c.streams)
             wanted: dict[str, ConnectionPlan] = {c.id: c for c in plan.connections}
             closing = []
             for conn_id, conn in list(self.connections.items()):
                 new = wanted.get(conn_id)
-                if new is None or new.address != conn.address or new.credential != conn.credential:
+                if (
+                    new is None
+                    or new.address != conn.address
+                    or new.credential != conn.credential
+                    or identities_of(ctx.credentials.get(new.credential or "")) != conn.identities
+                ):
                     closing.append(conn)
                     del self.connections[conn_id]
             await asyncio.gather(*(c.stop() for c in closing))
@@ -82,14 +86,15 @@ class Fleet:
         return sum(1 for c in self.connections.values() if c.current is not None)
 
     def live_connections_by_key(self) -> dict[str, int]:
-        """Open connections per 'ip/<address name>' and 'account/<account id>'."""
+        """Open connections per 'ip/<address name>', 'account/<account id>' and
+        'apiKey/<key id>'."""
         out: dict[str, int] = {}
         for c in self.connections.values():
             if c.current is None:
                 continue
             out[f"ip/{c.address}"] = out.get(f"ip/{c.address}", 0) + 1
-            if c.account:
-                out[f"account/{c.account}"] = out.get(f"account/{c.account}", 0) + 1
+            for scope, key in c.identities:
+                out[f"{scope.value}/{key}"] = out.get(f"{scope.value}/{key}", 0) + 1
         return out
 
     def live_streams(self) -> int:

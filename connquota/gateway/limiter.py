@@ -26,7 +26,7 @@ from typing import Any
 
 from connquota.api import timing
 from connquota.api.limits import LimitName, LimitScope
-from connquota.api.plan import CONNECTION_SCOPE_KEY, PodPlan, Slice
+from connquota.api.plan import CONNECTION_SCOPE_KEY, Identities, PodPlan, Slice
 from connquota.api.report import AttemptWindow, Quarantine
 from connquota.gateway.attempt_log import AttemptLogFile, AttemptRecord, LoadedAttempts
 from connquota.gateway.clock import Clock
@@ -90,7 +90,7 @@ class ConnectionSlot:
 
     conn_id: str
     address: str
-    account: str | None
+    identities: Identities
     limiter: Limiter
     released: bool = False
 
@@ -260,19 +260,18 @@ class Limiter:
 
     # -- connection attempts ------------------------------------------------------------------
 
-    def _scopes(self, address: str, account: str | None) -> list[tuple[LimitScope, str]]:
-        scopes = [(LimitScope.IP, address)]
-        if account is not None:
-            scopes.append((LimitScope.ACCOUNT, account))
-        return scopes
+    def _scopes(self, address: str, identities: Identities) -> list[tuple[LimitScope, str]]:
+        return [(LimitScope.IP, address), *identities]
 
-    def attempt_wait(self, address: str, account: str | None) -> tuple[float, str]:
-        """Seconds until an attempt on (address, account) may start, and why it must wait."""
-        wait = self.attempt_wait_reason(address, account)
+    def attempt_wait(self, address: str, identities: Identities = ()) -> tuple[float, str]:
+        """Seconds until an attempt on `address` with a credential counted by `identities`
+        (account, key) may start, and why it must wait."""
+        wait = self.attempt_wait_reason(address, identities)
         return wait.seconds, wait.text
 
-    def attempt_wait_reason(self, address: str, account: str | None) -> AttemptWait:
-        """How long until an attempt on (address, account) may start, and the longest reason."""
+    def attempt_wait_reason(self, address: str, identities: Identities = ()) -> AttemptWait:
+        """How long until an attempt on `address` (with `identities`) may start, and the
+        longest reason."""
         if self.plan is None:
             return AttemptWait(INF, WaitKind.NO_PLAN, "no plan")
         if not self._attempts_allowed:
@@ -281,7 +280,7 @@ class Limiter:
             )
         now = self.clock.monotonic()
         worst = AttemptWait(0.0, WaitKind.NONE, "")
-        for scope, key in self._scopes(address, account):
+        for scope, key in self._scopes(address, identities):
             q = self._quarantines.get((scope, key))
             if q is not None:
                 if q.until_mono_s > now:
@@ -318,9 +317,9 @@ class Limiter:
         rule = self._attempt_rule(LimitScope.IP, address)
         return rule.hold_s if rule is not None else None
 
-    def _take_attempt(self, conn_id: str, address: str, account: str | None) -> ConnectionSlot:
+    def _take_attempt(self, conn_id: str, address: str, identities: Identities) -> ConnectionSlot:
         now, wall = self.clock.monotonic(), self.clock.wall()
-        for scope, key in self._scopes(address, account):
+        for scope, key in self._scopes(address, identities):
             rule = self._attempt_rule(scope, key)
             if rule is not None:
                 expiry = self._log_for(scope, key).record(now, rule.hold_s)
@@ -332,10 +331,10 @@ class Limiter:
                 ]
             self._slots_for(scope, key).active.add(conn_id)
             self.stats.attempts[(str(scope), key)] += 1
-        return ConnectionSlot(conn_id, address, account, self)
+        return ConnectionSlot(conn_id, address, identities, self)
 
     async def acquire_attempt(
-        self, conn_id: str, address: str, account: str | None = None
+        self, conn_id: str, address: str, identities: Identities = ()
     ) -> ConnectionSlot:
         """Wait until an attempt fits every slice, count it, persist the log, grant it.
 
@@ -344,9 +343,9 @@ class Limiter:
         """
         try:
             while True:
-                wait = self.attempt_wait_reason(address, account)
+                wait = self.attempt_wait_reason(address, identities)
                 if wait.seconds <= 0:
-                    slot = self._take_attempt(conn_id, address, account)
+                    slot = self._take_attempt(conn_id, address, identities)
                     break
                 if self.waiting.get(conn_id) != wait.text:
                     self.stats.waits[wait.kind.value] += 1
@@ -364,7 +363,7 @@ class Limiter:
         dead_s = 0.0
         if not clean and self.plan is not None:
             dead_s = self.plan.profile.deadConnectionTimeoutSeconds
-        for scope, key in self._scopes(slot.address, slot.account):
+        for scope, key in self._scopes(slot.address, slot.identities):
             self._slots_for(scope, key).release(slot.conn_id, now, dead_s)
         self._notify()
 
@@ -447,12 +446,12 @@ class Limiter:
 
     # -- messages -----------------------------------------------------------------------------
 
-    def message_gate(self, conn_id: str, address: str, account: str | None) -> MessageGate:
+    def message_gate(self, conn_id: str, address: str, identities: Identities = ()) -> MessageGate:
         """The door for every message one connection sends upstream."""
-        return MessageGate(self, conn_id, address, account)
+        return MessageGate(self, conn_id, address, identities)
 
     def shared_message_log(self, name: LimitName, scope: LimitScope, key: str) -> SlidingLog | None:
-        """The pod-wide log of message limit `name` on `key` (an address or account), shared by
+        """The pod-wide log of message limit `name` on `key` (an address, account or key), shared by
         every connection's gate; None when the exchange does not count messages that way."""
         if self.plan is None or not self._profile_has(name, scope):
             return None

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from connquota.api import timing
 from connquota.api.limits import LimitName, LimitScope
-from connquota.api.plan import CONNECTION_SCOPE_KEY
+from connquota.api.plan import CONNECTION_SCOPE_KEY, Identities
 from connquota.gateway.rate_logs import MAX_WAIT_STEP_S, RateRule, SlidingLog, rate_rule
 
 if TYPE_CHECKING:
@@ -28,11 +28,14 @@ class MessageKind(StrEnum):
 class MessageGate:
     """Per-connection message slices (with the heartbeat reserve) plus the shared ones."""
 
-    def __init__(self, limiter: Limiter, conn_id: str, address: str, account: str | None) -> None:
+    def __init__(
+        self, limiter: Limiter, conn_id: str, address: str, identities: Identities = ()
+    ) -> None:
         self.limiter = limiter
         self.conn_id = conn_id
         self.address = address
-        self.account = account
+        self.identities = identities
+        """What the exchange counts the connection's credential by: (account, id), (apiKey, id)."""
         self.sent: Counter[str] = Counter()
         self._own: dict[LimitName, tuple[SlidingLog, int]] = {}
         self._plan_generation: int | None = None
@@ -97,10 +100,8 @@ class MessageGate:
             )
             if per_ip is not None:
                 out.append((per_ip, per_ip.capacity))
-        if self.account is not None and kind == MessageKind.CONTROL:
-            per_acct = self.limiter.shared_message_log(
-                LimitName.MESSAGES_PER_ACCOUNT, LimitScope.ACCOUNT, self.account
-            )
+        for scope, key in self.identities if kind == MessageKind.CONTROL else ():
+            per_acct = self.limiter.shared_message_log(LimitName.MESSAGES_PER_ACCOUNT, scope, key)
             if per_acct is not None:
                 out.append((per_acct, per_acct.capacity))
         return out

@@ -85,7 +85,7 @@ class Session:
         """Take an attempt from the limiter and connect; raises SessionEnded on failure."""
         conn, limiter = self.conn, self.ctx.limiter
         profile = conn.profile
-        self.slot = await limiter.acquire_attempt(self.slot_id, conn.address, conn.account)
+        self.slot = await limiter.acquire_attempt(self.slot_id, conn.address, conn.identities)
         self.ctx.stats[("attempts", conn.address)] += 1
         url = connect_url(profile, private=conn.credential is not None)
         try:
@@ -114,7 +114,7 @@ class Session:
             raise SessionEnded("connect-failed", True) from None
         self.opened_mono = time.monotonic()
         self.last_rx_mono = self.opened_mono
-        self.gate = limiter.message_gate(self.slot_id, conn.address, conn.account)
+        self.gate = limiter.message_gate(self.slot_id, conn.address, conn.identities)
         log.info("connected", extra=self.extra)
 
     def _quarantine(self, status: int, headers: Any, reason: str) -> None:
@@ -131,8 +131,8 @@ class Session:
                 retry = wait
         self.ctx.stats[("rate_limited", str(status))] += 1
         limiter.quarantine(LimitScope.IP, self.conn.address, status, retry, reason)
-        if self.conn.account is not None and status == 418:
-            limiter.quarantine(LimitScope.ACCOUNT, self.conn.account, status, retry, reason)
+        for scope, key in self.conn.identities if status == 418 else ():
+            limiter.quarantine(scope, key, status, retry, reason)
 
     async def start(self, streams: set[str]) -> None:
         """Log in if private, then run reader, heartbeats, watchdog and subscriptions."""

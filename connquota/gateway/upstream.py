@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from connquota.api.limits import ExchangeProfile
-from connquota.api.plan import ConnectionPlan, PlanCredential
+from connquota.api.plan import ConnectionPlan, PlanCredential, identities_of
 from connquota.gateway.credentials import CredentialError, load_credentials
 from connquota.gateway.egress import EgressPool
 from connquota.gateway.hub import StreamHub
@@ -81,8 +81,6 @@ class UpstreamContext:
     egress: EgressPool
     settings: UpstreamSettings = field(default_factory=UpstreamSettings)
     credentials: dict[str, PlanCredential] = field(default_factory=dict)
-    accounts: dict[str, str] = field(default_factory=dict)
-    """credential name -> account id the exchange counts by."""
     stats: Counter[tuple[str, ...]] = field(default_factory=Counter)
     """('reconnect', reason) / ('rate_limited', status) / ('messages_in',) ... counters."""
     log_extra: dict[str, str] = field(default_factory=dict)
@@ -97,7 +95,8 @@ class UpstreamConnection:
         self.id = plan.id
         self.address = plan.address
         self.credential = plan.credential
-        self.account = ctx.accounts.get(plan.credential) if plan.credential else None
+        self.identities = identities_of(ctx.credentials.get(plan.credential or ""))
+        """What the exchange counts the credential by: (account, id) and (apiKey, id)."""
         self.streams: set[str] = set(plan.streams)
         self.state = ConnectionState.STARTING
         self.status = ""
@@ -169,7 +168,7 @@ class UpstreamConnection:
             session = Session(self)
             self.opening_slot_id = session.slot_id
             self.state, self.status = ConnectionState.CONNECTING, ""
-            waited = self.ctx.limiter.attempt_wait(self.address, self.account)
+            waited = self.ctx.limiter.attempt_wait(self.address, self.identities)
             if waited[0] > 0:
                 self.state, self.status = ConnectionState.WAITING, waited[1]
             try:
@@ -292,7 +291,7 @@ class UpstreamConnection:
 
     async def _rotate(self, old: Session) -> Session | None:
         """Make-before-break when the slices leave room; else close first and reconnect."""
-        wait = self.ctx.limiter.attempt_wait_reason(self.address, self.account)
+        wait = self.ctx.limiter.attempt_wait_reason(self.address, self.identities)
         if wait.seconds == INF or wait.kind == WaitKind.CONCURRENT_SLICE:
             # No room for a second connection (or none will come): close first.
             log.info("rotating break-before-make: %s", wait.text, extra=self.extra)

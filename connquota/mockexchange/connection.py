@@ -48,6 +48,8 @@ class Conn:
     session: DialectSession | None = None
     path: str = ""
     account: str | None = None
+    api_key: str | None = None
+    """The API key the connection logged in with (per-key limits count it)."""
     streams: set[str] = field(default_factory=set)
     opened_at: float = 0.0
     msg_log: SlidingLog | None = None

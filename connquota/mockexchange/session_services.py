@@ -14,6 +14,7 @@ from connquota.api.limits import (
 )
 from connquota.mockexchange import connection as cstate
 from connquota.mockexchange.connection import Conn
+from connquota.mockexchange.settings import TestAccount
 from connquota.mockexchange.state import MockState
 
 log = logging.getLogger("connquota.mockexchange.server")
@@ -66,17 +67,33 @@ class SessionServices(MockState):
             c for c in self.conns.values() if c.account == account and c.state == cstate.WEBSOCKET
         ]
 
-    def login(self, conn: Conn, account: str, action: str | None) -> int | None:
-        """Log ``conn`` in as ``account``. With an ``action``, enforce connections per account:
-        returns the limit (and logs nothing in) when this login would exceed it."""
-        limit = self.limit(LimitName.CONCURRENT_CONNECTIONS, LimitScope.ACCOUNT)
-        count = len(self._account_conns(account)) + 1
-        if limit is not None and action is not None:
+    def _key_conns(self, api_key: str) -> list[Conn]:
+        return [
+            c for c in self.conns.values() if c.api_key == api_key and c.state == cstate.WEBSOCKET
+        ]
+
+    def login(self, conn: Conn, account: TestAccount, action: str | None) -> int | None:
+        """Log ``conn`` in with ``account``'s key. With an ``action``, enforce connections per
+        account (counted by its account id) and per API key (by the key itself): returns the
+        limit (and logs nothing in) when this login would exceed one."""
+        counted = (
+            (LimitScope.ACCOUNT, account.account, self._account_conns),
+            (LimitScope.API_KEY, account.api_key, self._key_conns),
+        )
+        observed = []
+        for scope, key, conns_of in counted:
+            limit = self.limit(LimitName.CONCURRENT_CONNECTIONS, scope)
+            if limit is None or action is None:
+                continue
+            count = len(conns_of(key)) + 1
             if count > limit.value:
-                self.violate(conn, limit, count, action, penalised=False, account=account)
+                self.violate(conn, limit, count, action, penalised=False, account=account.account)
                 return int(limit.value)
-            self.ledger.observe(limit.name, limit.scope, account, count)
-        conn.account = account
+            observed.append((limit, key, count))
+        for limit, key, count in observed:
+            self.ledger.observe(limit.name, limit.scope, key, count)
+        conn.account = account.account
+        conn.api_key = account.api_key
         return None
 
     def channel_connections_over(self, conn: Conn, channel: str, action: str) -> int | None:

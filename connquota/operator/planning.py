@@ -22,7 +22,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 
-from connquota.api.limits import LimitScope
+from connquota.api.limits import SHARED_SCOPES, LimitScope
 from connquota.api.plan import PodPlan, QuotaPlan
 from connquota.api.pool import ExchangeEgressPoolSpec
 from connquota.api.quota import ExchangeConnectionQuota
@@ -215,27 +215,32 @@ def forget_quota(uid: str) -> None:
 
 
 def quarantined(shares: QuotaShares, quarantines: Iterable[Quarantine]) -> QuotaShares:
-    """`shares` with nothing on a quarantined address or account.
+    """`shares` with nothing on a quarantined address, account or API key.
 
     The planner then uses neither (its room is 0, with a reason), so the plan gives no pod a
     slice there and the gateways make no attempt on it until the quarantine ends.
     """
-    ips = {q.key for q in quarantines if q.scope == LimitScope.IP}
-    accounts = {q.key for q in quarantines if q.scope == LimitScope.ACCOUNT}
-    if not ips and not accounts:
+    out: dict[LimitScope, set[str]] = {scope: set() for scope in SHARED_SCOPES}
+    for q in quarantines:
+        if q.scope in out:
+            out[q.scope].add(q.key)
+    if not any(out.values()):
         return shares
+    ips, accounts, keys = (out[s] for s in SHARED_SCOPES)
+    what = {LimitScope.IP: "address", LimitScope.ACCOUNT: "account", LimitScope.API_KEY: "API key"}
     return dataclasses.replace(
         shares,
         ip={k: (0 if k[0] in ips else v) for k, v in shares.ip.items()},
         account={k: (0 if k[0] in accounts else v) for k, v in shares.account.items()},
-        bursts={
-            k: (0 if (k[1] in ips if k[0] == LimitScope.IP else k[1] in accounts) else v)
-            for k, v in shares.bursts.items()
-        },
+        api_key={k: (0 if k[0] in keys else v) for k, v in shares.api_key.items()},
+        bursts={k: (0 if k[1] in out.get(k[0], ()) else v) for k, v in shares.bursts.items()},
         reasons=[
             *shares.reasons,
-            *(f"address {k} is quarantined by the exchange" for k in sorted(ips)),
-            *(f"account {k} is quarantined by the exchange" for k in sorted(accounts)),
+            *(
+                f"{what[scope]} {k} is quarantined by the exchange"
+                for scope in SHARED_SCOPES
+                for k in sorted(out[scope])
+            ),
         ],
     )
 

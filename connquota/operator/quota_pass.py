@@ -7,6 +7,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from connquota.api.limits import LimitScope
 from connquota.api.plan import QuotaPlan
 from connquota.api.pool import ExchangeEgressPool
 from connquota.api.quota import ExchangeConnectionQuota
@@ -158,15 +159,16 @@ class QuotaPass(ReconcilerBase):
                     "recoveryBounds": state.plans.target.recoveryBounds,
                 }
             )
-        addresses, accounts = usage.quota_scope_use(
+        scope_use = usage.quota_scope_use(
             shares, key, pool.spec, plan_for_status, reports, quarantines
         )
         obs = QuotaObservation(
             generation=int(body["metadata"].get("generation") or 0),
             problem=problem,
             plan=plan_for_status,
-            addresses=addresses,
-            accounts=accounts,
+            addresses=scope_use[LimitScope.IP],
+            accounts=scope_use[LimitScope.ACCOUNT],
+            api_keys=scope_use[LimitScope.API_KEY],
             target_generation_reached=reached,
             waiting=waiting,
             replicas=current_replicas,

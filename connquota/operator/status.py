@@ -61,6 +61,7 @@ class QuotaObservation:
     quarantines: list[Quarantine] = field(default_factory=list)
     addresses: list[dict[str, Any]] = field(default_factory=list)
     accounts: list[dict[str, Any]] = field(default_factory=list)
+    api_keys: list[dict[str, Any]] = field(default_factory=list)
     assumed_limits: list[str] = field(default_factory=list)
 
 
@@ -267,6 +268,7 @@ def quota_status(
         ],
         "addresses": obs.addresses,
         "accounts": obs.accounts,
+        "apiKeys": obs.api_keys,
         "recoveryBounds": [
             {"address": b.address, "connections": b.connections, "seconds": b.seconds}
             for b in (plan.recoveryBounds if plan else [])

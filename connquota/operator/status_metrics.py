@@ -38,7 +38,7 @@ from prometheus_client.registry import Collector
 
 Q = "connquota_quota_"
 PL = "connquota_pool_"
-SCOPES = (("addresses", "ip"), ("accounts", "account"))
+SCOPES = (("addresses", "ip"), ("accounts", "account"), ("apiKeys", "apiKey"))
 """Status list of a quota -> the `scope` label (the limits' own scope names)."""
 
 

@@ -10,7 +10,7 @@ import datetime as dt
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from connquota.api.limits import LimitName, LimitScope
+from connquota.api.limits import SHARED_SCOPES, LimitName, LimitScope
 from connquota.api.plan import QuotaPlan
 from connquota.api.pool import ExchangeEgressPoolSpec
 from connquota.api.report import GatewayReport, Quarantine
@@ -63,21 +63,19 @@ def quota_scope_use(
     plan: QuotaPlan | None,
     reports: Mapping[int, GatewayReport],
     quarantines: Iterable[Quarantine],
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """The quota's `status.addresses` and `status.accounts`: per key, every limit's share,
-    slice sum, reported use and the whole budget, with quarantine and egress check."""
+) -> dict[LimitScope, list[dict[str, Any]]]:
+    """The quota's `status.addresses`, `status.accounts` and `status.apiKeys` (by scope): per
+    key, every limit's share, slice sum, reported use and the whole budget, with quarantine
+    and (addresses) egress check."""
     own: QuotaShares | None = shares.quotas.get(key) if shares is not None else None
     if shares is None or own is None:
-        return [], []
+        return {scope: [] for scope in SHARED_SCOPES}
     quarantines = list(quarantines)
     pods = [reports[o] for o in sorted(reports)]
     public = {a.name: a.publicAddress for a in pool.addresses}
-    out: dict[LimitScope, dict[str, list[dict[str, Any]]]] = {
-        LimitScope.IP: {},
-        LimitScope.ACCOUNT: {},
-    }
-    for scope, table in ((LimitScope.IP, own.ip), (LimitScope.ACCOUNT, own.account)):
-        for (name, limit), units in sorted(table.items()):
+    out: dict[LimitScope, dict[str, list[dict[str, Any]]]] = {s: {} for s in SHARED_SCOPES}
+    for scope in SHARED_SCOPES:
+        for (name, limit), units in sorted(own.table(scope).items()):
             budget_key = public.get(name, name) if scope == LimitScope.IP else name
             budget = shares.budgets.get(BudgetKey(own.domain, scope, budget_key, limit))
             out[scope].setdefault(name, []).append(
@@ -89,24 +87,18 @@ def quota_scope_use(
                     "slices": _slices(plan, scope, name, limit),
                 }
             )
-    addresses = [
-        {
-            "key": name,
-            "limits": limits,
-            "quarantinedUntil": _until(quarantines, LimitScope.IP, name),
-            "egress": _egress(pods, name),
-        }
-        for name, limits in sorted(out[LimitScope.IP].items())
-    ]
-    accounts = [
-        {
-            "key": name,
-            "limits": limits,
-            "quarantinedUntil": _until(quarantines, LimitScope.ACCOUNT, name),
-        }
-        for name, limits in sorted(out[LimitScope.ACCOUNT].items())
-    ]
-    return addresses, accounts
+    return {
+        scope: [
+            {
+                "key": name,
+                "limits": limits,
+                "quarantinedUntil": _until(quarantines, scope, name),
+                **({"egress": _egress(pods, name)} if scope == LimitScope.IP else {}),
+            }
+            for name, limits in sorted(by_key.items())
+        ]
+        for scope, by_key in out.items()
+    }
 
 
 def pool_budgets(

@@ -23,13 +23,13 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from connquota.api.limits import Limit, LimitName, LimitScope, LimitShape
+from connquota.api.limits import SHARED_SCOPES, Limit, LimitName, LimitScope, LimitShape
 from connquota.api.pool import ExchangeEgressPoolSpec
 from connquota.planner.arithmetic import exact
 from connquota.planner.errors import PoolError
 from connquota.planner.inputs import QuotaInput
 
-BUDGET_SCOPES = (LimitScope.IP, LimitScope.ACCOUNT)
+BUDGET_SCOPES = SHARED_SCOPES
 BUDGET_SHAPES = frozenset(
     {
         LimitShape.CONCURRENT,
@@ -42,12 +42,13 @@ BUDGET_SHAPES = frozenset(
 
 @dataclass(frozen=True, order=True, slots=True)
 class BudgetKey:
-    """One budget: a limit of a domain on one public address (ip) or one account id."""
+    """One budget: a limit of a domain on one public address (ip), one account id (account)
+    or one API key id (apiKey)."""
 
     domain: str
     scope: LimitScope
     key: str
-    """The public address (ip scope) or the account id (account scope)."""
+    """The public address (ip scope), the account id (account) or the key id (apiKey)."""
     limit: LimitName
 
     def __str__(self) -> str:
@@ -84,7 +85,7 @@ class Budget:
 def pooled_limits(
     quotas: Sequence[QuotaInput], domain: str
 ) -> dict[tuple[LimitName, LimitScope], PooledLimit]:
-    """Every ip/account-scoped limit of `domain`, combined over the quotas (strictest view)."""
+    """Every ip/account/apiKey-scoped limit of `domain`, combined over the quotas (strictest view)."""
     by_key: dict[tuple[LimitName, LimitScope], list[Limit]] = {}
     for q in sorted(quotas, key=lambda q: q.key):
         if q.domain != domain:
@@ -174,11 +175,15 @@ def pool_budgets(
     domains = sorted({q.domain for q in quotas})
     for domain in domains:
         keep = 1 - exact(pool.reserved_fraction(domain))
-        accounts = sorted({a for q in quotas if q.domain == domain for a in q.account_ids()})
         for (name, scope), limit in pooled_limits(quotas, domain).items():
             value = math.floor(exact(limit.value) * keep)
             burst = math.floor(limit.burst * keep) if limit.burst is not None else None
-            keys = [a.publicAddress for a in pool.addresses] if scope == LimitScope.IP else accounts
+            if scope == LimitScope.IP:
+                keys = [a.publicAddress for a in pool.addresses]
+            else:
+                keys = sorted(
+                    {k for q in quotas if q.domain == domain for k in q.identities(scope)}
+                )
             for key in keys:
                 bk = BudgetKey(domain, scope, key, name)
                 out[bk] = Budget(bk, value, limit, burst)

@@ -170,7 +170,7 @@ def rooms(
     out = []
     for i, key in enumerate(keys):
         room = Room(key=key, index=i, group=groups[i] if groups else "")
-        what = "address" if scope == LimitScope.IP else "account"
+        what = {LimitScope.IP: "address", LimitScope.API_KEY: "API key"}.get(scope, "account")
         if not shares.admitted:
             room.usable, room.reason = False, "the pool does not admit the quota's namespace"
         for (name, lscope), pooled in sorted(shares.limits.items()):

@@ -107,7 +107,7 @@ def _assembly_key(req: PlanRequest) -> tuple[object, ...]:
 
 
 def _same_connections(a: QuotaPlan, b: QuotaPlan) -> bool:
-    """Whether two plans have the same pods, credentials' accounts and connections."""
+    """Whether two plans have the same pods, credentials' account and key ids and connections."""
     if a is b:
         return True
     if len(a.pods) != len(b.pods):
@@ -115,8 +115,8 @@ def _same_connections(a: QuotaPlan, b: QuotaPlan) -> bool:
     for pa, pb in zip(a.pods, b.pods, strict=True):
         if pa.ordinal != pb.ordinal:
             return False
-        if [(c.name, c.accountId) for c in pa.credentials] != [
-            (c.name, c.accountId) for c in pb.credentials
+        if [(c.name, c.accountId, c.keyId) for c in pa.credentials] != [
+            (c.name, c.accountId, c.keyId) for c in pb.credentials
         ]:
             return False
         if pa.connections is pb.connections:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from connquota.api.limits import ExchangeProfile
+from connquota.api.limits import ExchangeProfile, LimitScope
 from connquota.api.plan import QuotaRef
 from connquota.api.quota import ExchangeConnectionQuotaSpec
 
@@ -50,6 +50,7 @@ class QuotaInput:
         """The limit domain whose budgets this quota draws from."""
         return self.profile.domain
 
-    def account_ids(self) -> list[str]:
-        """The accounts the quota's credentials are counted by (sorted, unique)."""
-        return sorted({c.accountId for c in self.spec.credentials})
+    def identities(self, scope: LimitScope) -> list[str]:
+        """What the quota's credentials are counted by in `scope` (account ids or key ids;
+        sorted, unique)."""
+        return sorted({c.identity(scope) for c in self.spec.credentials})

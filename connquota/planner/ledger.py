@@ -28,7 +28,7 @@ from pydantic import Field
 
 from connquota.api import timing
 from connquota.api.base import ApiModel
-from connquota.api.limits import LimitScope, LimitShape
+from connquota.api.limits import SHARED_SCOPES, LimitScope, LimitShape
 from connquota.api.plan import QuotaPlan
 from connquota.api.pool import ExchangeEgressPoolSpec
 
@@ -113,7 +113,7 @@ def ledger_slices(plan: QuotaPlan, pool: ExchangeEgressPoolSpec) -> LedgerGenera
     out = []
     for pod in plan.pods:
         for s in pod.slices:
-            if s.scope not in (LimitScope.IP, LimitScope.ACCOUNT):
+            if s.scope not in SHARED_SCOPES:
                 continue
             key = public.get(s.key, s.key) if s.scope == LimitScope.IP else s.key
             window = None if s.shape == LimitShape.CONCURRENT else s.windowSeconds

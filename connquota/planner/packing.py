@@ -6,8 +6,8 @@ Order of work (each step deterministic; no set or dict is iterated in hash order
    would need it) all are; otherwise streams are taken by priority (highest first, ties by
    name) while the connection count their group needs stays within every cap.
 2. Keep: every connection of the previous plan that is still valid (address and account still
-   usable, same account id, pod ordinal below maxReplicas, placement rule kept) stays with its
-   id, pod and address, minus streams no longer served, within every cap (caps are applied in
+   usable, same account and key ids, pod ordinal below maxReplicas, placement rule kept) stays
+   with its id, pod and address, minus streams no longer served, within every cap (caps are applied in
    pod-ordinal order, so when a cap shrinks the highest ordinals lose connections first).
 3. Fill: unplaced streams (new, or from closed connections) fill holes of kept connections of
    their group before any new connection opens.
@@ -28,7 +28,9 @@ from dataclasses import dataclass, field
 from itertools import compress
 from operator import attrgetter
 
-from connquota.api.plan import ConnectionPlan, QuotaPlan
+from connquota.api.limits import CREDENTIAL_SCOPES, LimitScope
+from connquota.api.plan import ConnectionPlan, PlanCredential, QuotaPlan
+from connquota.api.quota import Credential
 from connquota.planner.arithmetic import INFINITE
 from connquota.planner.capacity import Room
 from connquota.planner.inputs import DesiredStream
@@ -57,6 +59,7 @@ class Pod:
     conns: int = 0
     addresses: Counter[str] = field(default_factory=Counter)
     accounts: Counter[str] = field(default_factory=Counter)
+    """Connections per credential identity (`account/<id>`, `apiKey/<id>`)."""
 
 
 @dataclass
@@ -81,7 +84,9 @@ class PackingInput:
     cap_reason: str
     addresses: list[Room]
     accounts: dict[str, Room]
-    credential_account: dict[str, str]
+    """The quota's room per credential identity: `account/<accountId>`, `apiKey/<keyId>`."""
+    credential_identities: dict[str, tuple[str, ...]]
+    """Credential name -> the identities the exchange counts it by (see `accounts`)."""
     connections_per_pod: int
     max_replicas: int
     generation: int
@@ -97,6 +102,18 @@ _priority_of = attrgetter("priority")
 
 def _order(s: DesiredStream) -> tuple[int, str]:
     return (-s.priority, s.name)
+
+
+def credential_identities(credential: Credential | PlanCredential) -> tuple[str, ...]:
+    """The identities the exchange counts `credential` by: `account/<accountId>` and
+    `apiKey/<keyId>` (the key id defaults to the account id)."""
+    return tuple(f"{scope.value}/{credential.identity(scope)}" for scope in CREDENTIAL_SCOPES)
+
+
+def _label(identity: str) -> str:
+    """`account/a1` -> `account a1`, `apiKey/k1` -> `API key k1` (for reasons)."""
+    scope, _, key = identity.partition("/")
+    return f"{'API key' if scope == LimitScope.API_KEY.value else scope} {key}"
 
 
 def _in_order(streams: Iterable[DesiredStream]) -> list[DesiredStream]:
@@ -128,8 +145,24 @@ class _Packer:
 
     # -- capacity checks -------------------------------------------------------------------
 
-    def _account(self, credential: str | None) -> str | None:
-        return None if credential is None else self.inp.credential_account.get(credential)
+    def _identities(self, credential: str | None) -> tuple[str, ...] | None:
+        """The identities `credential` counts against; () for public, None when unknown."""
+        if credential is None:
+            return ()
+        return self.inp.credential_identities.get(credential)
+
+    def _unusable(self, credential: str | None) -> str | None:
+        """Why connections with `credential` cannot be placed at all (None: they can)."""
+        idents = self._identities(credential)
+        if idents is None:
+            return f"credential {credential}: unknown account"
+        for ident in idents:
+            room = self.inp.accounts.get(ident)
+            if room is None:
+                return f"credential {credential}: unknown {_label(ident)}"
+            if not room.usable:
+                return room.reason
+        return None
 
     def _fits(self, address: str, credential: str | None, pod: Pod) -> bool:
         room = self.rooms[address]
@@ -141,15 +174,18 @@ class _Packer:
             return False
         if pod.addresses[address] == 0 and self.addr_pods[address] >= room.max_pods:
             return False
-        account = self._account(credential)
         if credential is not None:
-            aroom = self.inp.accounts.get(account) if account else None
-            if account is None or aroom is None or not aroom.usable:
+            idents = self._identities(credential)
+            if idents is None:
                 return False
-            if self.acct_conns[account] >= aroom.max_connections:
-                return False
-            if pod.accounts[account] == 0 and self.acct_pods[account] >= aroom.max_pods:
-                return False
+            for ident in idents:
+                aroom = self.inp.accounts.get(ident)
+                if aroom is None or not aroom.usable:
+                    return False
+                if self.acct_conns[ident] >= aroom.max_connections:
+                    return False
+                if pod.accounts[ident] == 0 and self.acct_pods[ident] >= aroom.max_pods:
+                    return False
         return True
 
     def _add(self, conn: Conn) -> None:
@@ -160,12 +196,11 @@ class _Packer:
         pod.addresses[conn.address] += 1
         pod.conns += 1
         self.addr_conns[conn.address] += 1
-        account = self._account(conn.credential)
-        if account is not None:
-            if pod.accounts[account] == 0:
-                self.acct_pods[account] += 1
-            pod.accounts[account] += 1
-            self.acct_conns[account] += 1
+        for ident in self._identities(conn.credential) or ():
+            if pod.accounts[ident] == 0:
+                self.acct_pods[ident] += 1
+            pod.accounts[ident] += 1
+            self.acct_conns[ident] += 1
         self.conns.append(conn)
 
     def _remove(self, conn: Conn) -> None:
@@ -178,13 +213,12 @@ class _Packer:
         if pod.conns == 0:
             pod.group = None
         self.addr_conns[conn.address] -= 1
-        account = self._account(conn.credential)
-        if account is not None:
-            pod.accounts[account] -= 1
-            if pod.accounts[account] == 0:
-                self.acct_pods[account] -= 1
-                del pod.accounts[account]
-            self.acct_conns[account] -= 1
+        for ident in self._identities(conn.credential) or ():
+            pod.accounts[ident] -= 1
+            if pod.accounts[ident] == 0:
+                self.acct_pods[ident] -= 1
+                del pod.accounts[ident]
+            self.acct_conns[ident] -= 1
         self.conns.remove(conn)
 
     # -- selection -------------------------------------------------------------------------
@@ -224,14 +258,13 @@ class _Packer:
             c = math.ceil(n / self.cap)
             need += c
             if cred is not None:
-                account = self._account(cred)
-                room = self.inp.accounts.get(account) if account else None
-                if account is None or room is None or not room.usable:
+                if self._unusable(cred) is not None:
                     fits = False
                     break
-                per_account[account] += c
-                if per_account[account] > room.max_connections:
-                    fits = False
+                for ident in self._identities(cred) or ():
+                    per_account[ident] += c
+                    if per_account[ident] > self.inp.accounts[ident].max_connections:
+                        fits = False
         return fits and need <= total
 
     def select(self) -> tuple[list[DesiredStream], set[str]]:
@@ -259,18 +292,19 @@ class _Packer:
         gateway_bound = sum(min(r.max_connections, INFINITE) for r in self.usable) > total
         for s in _in_order(streams):
             cred = s.credential
-            account = self._account(cred)
+            idents = self._identities(cred) or ()
             opens = in_group[cred] % self.cap == 0
             reason = None
             if cred is not None:
-                room = self.inp.accounts.get(account) if account else None
-                if account is None or room is None or not room.usable:
-                    reason = room.reason if room else f"credential {cred}: unknown account"
-                elif opens and used_account[account] >= room.max_connections:
-                    reason = (
-                        f"account {account}: the quota's concurrentConnections share x "
-                        f"headroom ({room.max_connections}) is used up"
-                    )
+                reason = self._unusable(cred)
+                for ident in idents if reason is None and opens else ():
+                    room = self.inp.accounts[ident]
+                    if used_account[ident] >= room.max_connections:
+                        reason = (
+                            f"{_label(ident)}: the quota's concurrentConnections share x "
+                            f"headroom ({room.max_connections}) is used up"
+                        )
+                        break
             if reason is None and opens and used >= total:
                 if gateway_bound:
                     reason = (
@@ -288,8 +322,8 @@ class _Packer:
                 continue
             if opens:
                 used += 1
-                if account is not None:
-                    used_account[account] += 1
+                for ident in idents:
+                    used_account[ident] += 1
             in_group[cred] += 1
             served.append(s)
         return served, {s.name for s in served}
@@ -305,7 +339,7 @@ class _Packer:
         for pod in sorted(previous.pods, key=lambda p: p.ordinal):
             if pod.ordinal >= self.inp.max_replicas:
                 continue
-            account_of = {c.name: c.accountId for c in pod.credentials}
+            identities_of = {c.name: credential_identities(c) for c in pod.credentials}
             target = self.pods.get(pod.ordinal) or Pod(pod.ordinal)
             for c in pod.connections:
                 room = self.rooms.get(c.address)
@@ -313,7 +347,7 @@ class _Packer:
                     continue
                 cred = c.credential
                 if cred is not None and (
-                    self.inp.credential_account.get(cred) != account_of.get(cred)
+                    self.inp.credential_identities.get(cred) != identities_of.get(cred)
                 ):
                     continue
                 if not self._fits(c.address, cred, target):
@@ -500,7 +534,7 @@ class _Packer:
         previous = self.inp.previous
         assert previous is not None
         for pod in sorted(previous.pods, key=lambda p: p.ordinal):
-            account_of = {c.name: c.accountId for c in pod.credentials}
+            identities_of = {c.name: credential_identities(c) for c in pod.credentials}
             target = self.pods.get(pod.ordinal) or Pod(pod.ordinal)
             for c in pod.connections:
                 gone = removed.get(c.id)
@@ -514,7 +548,7 @@ class _Packer:
                     return False
                 cred = c.credential
                 if cred is not None and (
-                    self.inp.credential_account.get(cred) != account_of.get(cred)
+                    self.inp.credential_identities.get(cred) != identities_of.get(cred)
                 ):
                     return False
                 if not self._fits(c.address, cred, target):

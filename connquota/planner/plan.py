@@ -27,7 +27,7 @@ from fractions import Fraction
 from operator import attrgetter
 
 from connquota.api import timing
-from connquota.api.limits import ExchangeProfile, LimitName, LimitScope
+from connquota.api.limits import CREDENTIAL_SCOPES, ExchangeProfile, LimitName, LimitScope
 from connquota.api.plan import (
     ConnectionPlan,
     PlanCredential,
@@ -41,7 +41,7 @@ from connquota.api.plan import (
     UnservedStream,
 )
 from connquota.api.pool import EgressAddress, ExchangeEgressPoolSpec
-from connquota.api.quota import Credential, ExchangeConnectionQuotaSpec
+from connquota.api.quota import ExchangeConnectionQuotaSpec
 from connquota.planner.arithmetic import INFINITE, exact, split_units
 from connquota.planner.budgets import PooledLimit, check_pool
 from connquota.planner.capacity import (
@@ -54,12 +54,11 @@ from connquota.planner.capacity import (
     rooms,
 )
 from connquota.planner.inputs import DesiredStream
-from connquota.planner.packing import Conn, Packing, PackingInput, pack
+from connquota.planner.packing import Conn, Packing, PackingInput, credential_identities, pack
 from connquota.planner.shares import QuotaShares
 
 _name_of = attrgetter("name")
 
-CREDENTIALS_MOUNT_DIR = "/var/run/connquota/credentials"
 """Where a pod finds credential files: <dir>/<credential name>/<key>."""
 
 
@@ -138,7 +137,8 @@ class Frame:
     caps: ConnectionCaps
     address_rooms: list[Room]
     account_rooms: dict[str, Room]
-    credential_account: dict[str, str]
+    """Per credential identity (`account/<accountId>`, `apiKey/<keyId>`)."""
+    credential_identities: dict[str, tuple[str, ...]]
     max_replicas: int
 
 
@@ -160,17 +160,18 @@ def plan_frame(req: PlanRequest) -> Frame:
         [a.name for a in addresses],
         [placement_group(a) for a in addresses],
     )
-    credential_account = {c.name: c.accountId for c in spec.credentials}
-    account_ids = sorted(set(credential_account.values()))
-    account_rooms = {
-        r.key: r for r in rooms(req.shares, req.profile, headroom, LimitScope.ACCOUNT, account_ids)
-    }
+    credential_idents = {c.name: credential_identities(c) for c in spec.credentials}
+    account_rooms: dict[str, Room] = {}
+    for scope in CREDENTIAL_SCOPES:
+        ids = sorted({c.identity(scope) for c in spec.credentials})
+        for r in rooms(req.shares, req.profile, headroom, scope, ids):
+            account_rooms[f"{scope.value}/{r.key}"] = r
     return Frame(
         headroom=headroom,
         caps=caps,
         address_rooms=address_rooms,
         account_rooms=account_rooms,
-        credential_account=credential_account,
+        credential_identities=credential_idents,
         max_replicas=max(spec.gateway.maxReplicas, 0),
     )
 
@@ -191,7 +192,7 @@ def packing_input(req: PlanRequest, frame: Frame) -> PackingInput:
         cap_reason=frame.caps.reason,
         addresses=frame.address_rooms,
         accounts=frame.account_rooms,
-        credential_account=frame.credential_account,
+        credential_identities=frame.credential_identities,
         connections_per_pod=req.spec.gateway.connectionsPerPod,
         max_replicas=frame.max_replicas,
         generation=req.generation,
@@ -207,7 +208,8 @@ def plan_quota(req: PlanRequest) -> QuotaPlan:
 
 
 PodLayout = tuple[tuple[tuple[str, int], ...], tuple[tuple[str, int], ...], tuple[str, ...]]
-"""One pod's connections per address and per account, and its credentials (each sorted)."""
+"""One pod's connections per address and per credential identity, and its credentials (each
+sorted)."""
 
 
 @dataclass(frozen=True)
@@ -232,7 +234,7 @@ def assemble(
     since they would be computed equal."""
     spec = req.spec
     gw = spec.gateway
-    credential_account = frame.credential_account
+    credential_idents = frame.credential_identities
     by_pod: dict[int, list[Conn]] = {}
     for c in packing.conns:
         by_pod.setdefault(c.ordinal, []).append(c)
@@ -249,8 +251,8 @@ def assemble(
             per_address[c.address] = per_address.get(c.address, 0) + 1
             if c.credential is not None:
                 creds.add(c.credential)
-                acct = credential_account[c.credential]
-                per_account[acct] = per_account.get(acct, 0) + 1
+                for ident in credential_idents[c.credential]:
+                    per_account[ident] = per_account.get(ident, 0) + 1
         per_pod.append(
             (
                 tuple(sorted(per_address.items())),
@@ -298,14 +300,19 @@ def _assemble_pods(
 ) -> tuple[list[PodPlan], list[RecoveryBound]]:
     headroom = frame.headroom
     ip_users: dict[str, list[tuple[int, int]]] = {}
-    account_users: dict[str, list[tuple[int, int]]] = {}
+    ident_users: dict[LimitScope, dict[str, list[tuple[int, int]]]] = {
+        scope: {} for scope in CREDENTIAL_SCOPES
+    }
     for ordinal, (per_address, per_account, _) in enumerate(per_pod):
         for a, n in per_address:
             ip_users.setdefault(a, []).append((ordinal, n))
-        for a, n in per_account:
-            account_users.setdefault(a, []).append((ordinal, n))
+        for ident, n in per_account:
+            scope, _, key = ident.partition("/")
+            ident_users[LimitScope(scope)].setdefault(key, []).append((ordinal, n))
     ip_slices = _shared_slices(req, headroom, LimitScope.IP, ip_users)
-    account_slices = _shared_slices(req, headroom, LimitScope.ACCOUNT, account_users)
+    ident_slices = [
+        _shared_slices(req, headroom, scope, users) for scope, users in ident_users.items()
+    ]
 
     addresses = req.pool.addresses
     position: dict[str, int] = {}
@@ -316,7 +323,10 @@ def _assemble_pods(
     pods: list[PodPlan] = []
     for ordinal, (per_address, _, creds) in enumerate(per_pod):
         names = sorted((n for n, _ in per_address), key=lambda n: position.get(n, len(addresses)))
-        slices = ip_slices.get(ordinal, []) + account_slices.get(ordinal, []) + frame.caps.slices
+        slices = ip_slices.get(ordinal, []).copy()
+        for by_ordinal in ident_slices:
+            slices += by_ordinal.get(ordinal, [])
+        slices += frame.caps.slices
         spare = _spare(slices, names, dict(per_address))
         pods.append(
             _pod(
@@ -324,7 +334,7 @@ def _assemble_pods(
                 ordinal,
                 by_pod.get(ordinal, []),
                 [address_by_name[n] for n in names],
-                [_plan_credential(credential_by_name[n]) for n in creds],
+                [PlanCredential.of(credential_by_name[n]) for n in creds],
                 slices,
                 spare,
             )
@@ -391,19 +401,6 @@ def address_rooms_index(name: str, addresses: list[EgressAddress]) -> int:
         if a.name == name:
             return i
     return len(addresses)
-
-
-def _plan_credential(c: Credential) -> PlanCredential:
-    ref = c.secretRef
-    return PlanCredential.model_construct(
-        name=c.name,
-        accountId=c.accountId,
-        secretName=ref.name,
-        mountPath=f"{CREDENTIALS_MOUNT_DIR}/{c.name}",
-        apiKeyKey=ref.apiKeyKey,
-        apiSecretKey=ref.apiSecretKey,
-        passphraseKey=ref.passphraseKey,
-    )
 
 
 def _spare(slices: list[Slice], addresses: list[str], held: dict[str, int]) -> list[SpareRoom]:

@@ -1,10 +1,10 @@
 """Shares: each budget of a pool divided among the quotas that use it, deterministically.
 
-For one budget (a limit of a domain on one address, or on one account), quotas are taken in
+For one budget (a limit of a domain on one address, one account or one API key), quotas are taken in
 `namespace/name` order:
 
 1. A quota whose namespace the pool does not admit gets nothing (reason given).
-2. Explicit requests (`spec.shares`: the address's own entry, else `*`; accounts use `*`) are
+2. Explicit requests (`spec.shares`: the address's own entry, else `*`; accounts and keys use `*`) are
    honoured as fractions of the budget. When the requests of one namespace exceed its
    `maxShare`, they are scaled down to fit; when all requests exceed 100%, all are scaled
    down in proportion. Each scaled quota gets a reason.
@@ -42,17 +42,25 @@ class QuotaShares:
     """(address name, limit) -> units of the pool budget on that address."""
     account: dict[tuple[str, LimitName], int] = field(default_factory=dict)
     """(account id, limit) -> units of the pool budget on that account."""
+    api_key: dict[tuple[str, LimitName], int] = field(default_factory=dict)
+    """(key id, limit) -> units of the pool budget on that API key."""
     bursts: dict[tuple[LimitScope, str, LimitName], int] = field(default_factory=dict)
-    """Token-bucket burst units, by (scope, address name or account id, limit)."""
+    """Token-bucket burst units, by (scope, address name, account id or key id, limit)."""
     limits: dict[tuple[LimitName, LimitScope], PooledLimit] = field(default_factory=dict)
     """The pooled limit (shape, window) of every shared limit of the domain."""
     reasons: list[str] = field(default_factory=list)
     """Why this quota holds less than it asked for, one sentence each."""
 
+    def table(self, scope: LimitScope) -> dict[tuple[str, LimitName], int]:
+        """The shares of `scope` (ip, account or apiKey)."""
+        if scope == LimitScope.IP:
+            return self.ip
+        return self.api_key if scope == LimitScope.API_KEY else self.account
+
     def get(self, scope: LimitScope, key: str, limit: LimitName) -> int | None:
-        """The share of `limit` on `key` (address name or account id); None: no such limit."""
-        table = self.ip if scope == LimitScope.IP else self.account
-        return table.get((key, limit))
+        """The share of `limit` on `key` (address name, account id or key id); None: no such
+        limit."""
+        return self.table(scope).get((key, limit))
 
 
 @dataclass(frozen=True)
@@ -204,7 +212,11 @@ def divide_budgets(pool: ExchangeEgressPoolSpec, quotas: Sequence[QuotaInput]) -
     divided: dict[tuple[object, ...], list[tuple[dict[str, int], dict[str, int]]]] = {}
     for domain, groups in sorted(by_domain.items()):
         members = [q for q in quotas if q.domain == domain]
-        account_ids = {q.key: q.account_ids() for q in members}
+        identities = {
+            (q.key, scope): set(q.identities(scope))
+            for q in members
+            for scope in (LimitScope.ACCOUNT, LimitScope.API_KEY)
+        }
         for (scope, key), group in sorted(groups.items()):
             if scope == LimitScope.IP:
                 holders = members
@@ -212,9 +224,9 @@ def divide_budgets(pool: ExchangeEgressPoolSpec, quotas: Sequence[QuotaInput]) -
                 where = f"address {name}"
                 address: str | None = name
             else:
-                holders = [q for q in members if key in account_ids[q.key]]
+                holders = [q for q in members if key in identities[(q.key, scope)]]
                 name = key
-                where = f"account {key}"
+                where = f"{'API key' if scope == LimitScope.API_KEY else 'account'} {key}"
                 address = None
             same = (
                 scope,
@@ -235,7 +247,7 @@ def divide_budgets(pool: ExchangeEgressPoolSpec, quotas: Sequence[QuotaInput]) -
             for b, (units, bursts) in zip(group, parts, strict=True):
                 for q in holders:
                     shares = result[q.key]
-                    table = shares.ip if scope == LimitScope.IP else shares.account
+                    table = shares.table(scope)
                     table[(name, b.key.limit)] = units.get(q.key, 0)
                     shares.limits[(b.key.limit, scope)] = b.limit
                     if b.burst is not None:

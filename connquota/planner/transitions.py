@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from connquota.api.limits import LimitScope
+from connquota.api.limits import CREDENTIAL_SCOPES, SHARED_SCOPES, LimitScope
 from connquota.api.plan import PodPlan, QuotaPlan, Slice
 from connquota.api.pool import ExchangeEgressPoolSpec
 from connquota.planner.budgets import Budget, BudgetKey
@@ -111,7 +111,7 @@ def next_publication(
     wanted: dict[HoldKey, dict[int, int]] = {}
     for pod in target.pods:
         for s in pod.slices:
-            if s.scope in (LimitScope.IP, LimitScope.ACCOUNT):
+            if s.scope in SHARED_SCOPES:
                 wanted.setdefault(_key(s, pod.profile.domain, public), {})[pod.ordinal] = s.value
     granted: dict[HoldKey, dict[int, int]] = {}
     waiting: list[Waiting] = []
@@ -165,7 +165,7 @@ def _hold_back(
 ) -> PodPlan:
     slices = []
     for s in pod.slices:
-        if s.scope in (LimitScope.IP, LimitScope.ACCOUNT):
+        if s.scope in SHARED_SCOPES:
             value = granted[_key(s, pod.profile.domain, public)][pod.ordinal]
             if value != s.value:
                 s = s.model_copy(update={"value": value})
@@ -178,14 +178,15 @@ def _hold_back(
         (s.scope, s.key): s.value for s in slices if s.limit.value == "concurrentConnections"
     }
     no_attempts = {s.key for s in slices if s.limit.value == "connectionAttempts" and s.value == 0}
-    accounts = {c.name: c.accountId for c in pod.credentials}
+    credentials = {c.name: c for c in pod.credentials}
     counts: dict[tuple[LimitScope, str], int] = {}
     keep = []
     ordered = sorted(pod.connections, key=lambda c: c.id not in had)
     for c in ordered:
         keys = [(LimitScope.IP, c.address)]
-        if c.credential is not None:
-            keys.append((LimitScope.ACCOUNT, accounts.get(c.credential, "")))
+        cred = credentials.get(c.credential) if c.credential is not None else None
+        if cred is not None:
+            keys += [(scope, cred.identity(scope)) for scope in CREDENTIAL_SCOPES]
         if c.id not in had and c.address in no_attempts:
             continue
         if all(counts.get(k, 0) < concurrent.get(k, 1 << 62) for k in keys):

@@ -23,7 +23,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from connquota.api.limits import Heartbeat, HeartbeatDirection, LimitScope, LimitShape
+from connquota.api.limits import (
+    SHARED_SCOPES,
+    Heartbeat,
+    HeartbeatDirection,
+    LimitScope,
+    LimitShape,
+)
 from connquota.api.plan import QuotaPlan
 from connquota.api.pool import ExchangeEgressPoolSpec
 
@@ -143,7 +149,7 @@ def _pod_holds(
             if pod is None:
                 continue
             for s in pod.slices:
-                if s.scope not in (LimitScope.IP, LimitScope.ACCOUNT):
+                if s.scope not in SHARED_SCOPES:
                     continue
                 if released_at is not None:
                     if s.shape == LimitShape.CONCURRENT or s.windowSeconds is None:
@@ -201,7 +207,8 @@ def check_budgets(
 
 
 def check_plan_consistency(plan: QuotaPlan) -> list[str]:
-    """Each pod's connections fit its own slices (a gateway never goes beyond them), and each
+    """Each pod's connections fit its own slices (per address, account and API key: a gateway
+    never goes beyond them), and each
     per-connection message slice keeps the design's heartbeat reserve."""
     problems = []
     for pod in plan.pods:
@@ -214,8 +221,22 @@ def check_plan_consistency(plan: QuotaPlan) -> list[str]:
                         f"the heartbeats need {want}"
                     )
         per_address: dict[str, int] = {}
+        per_identity: dict[tuple[LimitScope, str], int] = {}
+        credentials = {c.name: c for c in pod.credentials}
         for c in pod.connections:
             per_address[c.address] = per_address.get(c.address, 0) + 1
+            if c.credential is not None:
+                cred = credentials.get(c.credential)
+                if cred is None:
+                    problems.append(f"pod {pod.ordinal} connection {c.id}: unknown credential")
+                    continue
+                # Written out here, not taken from the planner: an account id, and a key id
+                # that defaults to it.
+                for ident in (
+                    (LimitScope.ACCOUNT, cred.accountId),
+                    (LimitScope.API_KEY, cred.keyId or cred.accountId),
+                ):
+                    per_identity[ident] = per_identity.get(ident, 0) + 1
             cap = next(
                 (s.value for s in pod.slices if s.limit.value == "streamsPerConnection"), None
             )
@@ -235,5 +256,19 @@ def check_plan_consistency(plan: QuotaPlan) -> list[str]:
             if concurrent is not None and n > concurrent:
                 problems.append(
                     f"pod {pod.ordinal}: {n} connections on {address} > slice {concurrent}"
+                )
+        for (scope, key), n in per_identity.items():
+            concurrent = next(
+                (
+                    s.value
+                    for s in pod.slices
+                    if (s.scope, s.key) == (scope, key) and s.limit.value == "concurrentConnections"
+                ),
+                None,
+            )
+            if concurrent is not None and n > concurrent:
+                problems.append(
+                    f"pod {pod.ordinal}: {n} connections on {scope.value} {key} > slice "
+                    f"{concurrent}"
                 )
     return problems

@@ -88,7 +88,7 @@ def test_published_figures_match_the_exchange_documentation() -> None:
     assert okx.limit(LimitName.CONCURRENT_CONNECTIONS, LimitScope.ACCOUNT).value == 30
     deribit = get_profile("deribit")
     assert deribit.limit(LimitName.CONCURRENT_CONNECTIONS, LimitScope.IP).value == 32
-    assert deribit.limit(LimitName.CONCURRENT_CONNECTIONS, LimitScope.ACCOUNT).value == 16
+    assert deribit.limit(LimitName.CONCURRENT_CONNECTIONS, LimitScope.API_KEY).value == 16
     credits = deribit.limit(LimitName.MESSAGES_PER_ACCOUNT)
     assert (credits.shape, credits.burst) == (LimitShape.TOKEN_BUCKET, 100)
 

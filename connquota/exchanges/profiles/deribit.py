@@ -56,12 +56,13 @@ PROFILE = ExchangeProfile(
         Limit(
             name=LimitName.CONCURRENT_CONNECTIONS,
             value=16,
-            scope=LimitScope.ACCOUNT,
+            scope=LimitScope.API_KEY,
             shape=LimitShape.CONCURRENT,
             confidence=Confidence.PUBLISHED,
             source=ACCESS_SCOPE_DOC,
-            note="16 named sessions per API key; connection-scoped auth is not counted, but "
-            "every authenticated connection is planned against 16 (conservative).",
+            note="16 named sessions per API key (a credential's keyId; credits count per "
+            "sub-account, its accountId); connection-scoped auth is not counted, but every "
+            "authenticated connection is planned against 16 (conservative).",
         ),
         # Subscriptions per connection: not published.
         Limit(

@@ -169,7 +169,7 @@ class BinanceSession(DialectSession):
             self.send(binance.build_api_error(rid, 400, -1021, msg))
             return
         if self.conn.account is None:
-            refused = self.mx.login(self.conn, account.account, "error -1034 (HTTP 429)")
+            refused = self.mx.login(self.conn, account, "error -1034 (HTTP 429)")
             if refused is not None:
                 msg = f"Too many concurrent connections; current limit is '{refused}'."
                 self.send(binance.build_api_error(rid, 429, -1034, msg))

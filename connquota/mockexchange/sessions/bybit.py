@@ -117,7 +117,7 @@ class BybitSession(DialectSession):
         if not hmac.compare_digest(expected, str(request.fields["signature"]).lower()):
             self._reply("auth", rid, False, "error:signature verification failed")
             return
-        refused = self.mx.login(self.conn, account.account, "success=false auth reply")
+        refused = self.mx.login(self.conn, account, "success=false auth reply")
         if refused is not None:
             self._reply("auth", rid, False, "error:too many sessions")
             return

@@ -126,7 +126,7 @@ class OkxSession(DialectSession):
         if not hmac.compare_digest(expected, fields["sign"]):
             self._error("60007", rid)
             return
-        self.mx.login(self.conn, account.account, None)
+        self.mx.login(self.conn, account, None)
         self.send(okx.build_login_result(self.conn.conn_id, rid))
 
     def on_key_revoked(self, account: str) -> bool:

@@ -10,7 +10,6 @@ from connquota.operator.builders.plans import (
     build_lease,
     build_ledger_configmap,
     build_plan_configmap,
-    credential_mount_path,
     plan_credentials,
     plan_json,
 )
@@ -34,7 +33,6 @@ __all__ = [
     "build_service_account",
     "build_statefulset",
     "content_hash",
-    "credential_mount_path",
     "owner_reference",
     "plan_credentials",
     "plan_json",

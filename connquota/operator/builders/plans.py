@@ -10,14 +10,6 @@ from connquota.api.quota import ExchangeConnectionQuota, ExchangeConnectionQuota
 from connquota.operator import names
 from connquota.operator.builders.common import object_meta, quota_ids, with_hash
 
-CREDENTIALS_DIR = "/var/run/connquota/credentials"
-"""Each credential's Secret is mounted at `<this>/<credential name>` (files, never env)."""
-
-
-def credential_mount_path(credential: str) -> str:
-    """Where the Secret of `credential` appears as files in a gateway container."""
-    return f"{CREDENTIALS_DIR}/{credential}"
-
 
 def plan_credentials(spec: ExchangeConnectionQuotaSpec, pod_plan: PodPlan) -> list[PlanCredential]:
     """The credentials a pod's connections use, with the mount paths the StatefulSet gives them.
@@ -30,17 +22,7 @@ def plan_credentials(spec: ExchangeConnectionQuotaSpec, pod_plan: PodPlan) -> li
         cred = spec.credential(name)
         if cred is None:
             continue
-        out.append(
-            PlanCredential(
-                name=cred.name,
-                accountId=cred.accountId,
-                secretName=cred.secretRef.name,
-                mountPath=credential_mount_path(cred.name),
-                apiKeyKey=cred.secretRef.apiKeyKey,
-                apiSecretKey=cred.secretRef.apiSecretKey,
-                passphraseKey=cred.secretRef.passphraseKey,
-            )
-        )
+        out.append(PlanCredential.of(cred))
     return out
 
 

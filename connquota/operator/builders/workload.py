@@ -23,12 +23,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from connquota.api.plan import PodPlan
+from connquota.api.plan import PodPlan, credential_mount_path
 from connquota.api.pool import EgressAddress, EgressMode
 from connquota.api.quota import ExchangeConnectionQuota
 from connquota.operator import names
 from connquota.operator.builders.common import object_meta, quota_ids, with_hash
-from connquota.operator.builders.plans import credential_mount_path
 from connquota.operator.builders.services import GATEWAY_PORT, GATEWAY_PORT_NAME
 
 CONTAINER_NAME = "gateway"

@@ -332,3 +332,62 @@ async def test_a_key_revoked_mid_session_stops_the_connection_without_a_retry_lo
         assert (await refused()) is not None
     assert mock_attempts(mock) == attempts
     harness.assert_no_violation()
+
+
+async def test_sessions_per_api_key_are_held_per_key_while_the_account_is_shared(harness, tmp_path):
+    """Two keys of one sub-account (Deribit's rule: sessions per key, credits per account):
+    each key's concurrent slice holds its own sessions, the other key is not held back, and
+    the exchange sees no more sessions per key than the slice."""
+    per_key = Limit(
+        name=LimitName.CONCURRENT_CONNECTIONS,
+        value=1,
+        scope=LimitScope.API_KEY,
+        shape=LimitShape.CONCURRENT,
+    )
+    accounts = [
+        TestAccount(f"key-{n}", f"s3cr3t-value-{n}-0123456789", account_id="sub-1") for n in (1, 2)
+    ]
+    creds = [
+        write_secret(
+            tmp_path, f"k{n}", {"apiKey": f"key-{n}", "apiSecret": f"s3cr3t-value-{n}-0123456789"}
+        ).model_copy(update={"accountId": "sub-1", "keyId": f"key-{n}"})
+        for n in (1, 2)
+    ]
+    mock = await harness.start_mock(
+        "bybit",
+        [*shrunk("bybit", connectionAttempts=(10, 20.0)), per_key],
+        settings=_settings(accounts),
+    )
+    key_slices = [
+        Slice(
+            limit=LimitName.CONCURRENT_CONNECTIONS,
+            scope=LimitScope.API_KEY,
+            key=c.keyId,
+            value=1,
+            shape=LimitShape.CONCURRENT,
+        )
+        for c in creds
+    ]
+    # key-1 wants two sessions, key-2 one: key-1's second waits for its own slot
+    conns = [(creds[0], ["order"]), (creds[0], ["wallet"]), (creds[1], ["order#2"])]
+    gw = harness.gateway(harness.write_plan(private_plan(harness, conns, key_slices)))
+    gw.start()
+
+    async def one_session_per_key():
+        logged = sorted(c.api_key for c in mock.websockets(GW_IP) if c.account is not None)
+        return logged == ["key-1", "key-2"]
+
+    await wait_for(one_session_per_key, 30, "one session on each key")
+
+    async def key_one_waits():
+        st = await harness.status(gw)
+        waiting = [c for c in st["connections"] if c["state"] != "live"]
+        return waiting if len(waiting) == 1 else None
+
+    waiting = await wait_for(key_one_waits, 10, "key-1's second session waiting")
+    assert "concurrent slice on apiKey key-1" in waiting[0]["status"]
+    st = await harness.status(gw)
+    held = {(u["scope"], u["key"]): (u["connections"], u["connectionSlice"]) for u in st["usage"]}
+    assert held[("apiKey", "key-1")] == held[("apiKey", "key-2")] == (1, 1)
+    harness.assert_no_violation()
+    harness.assert_peak_at_least(LimitName.CONCURRENT_CONNECTIONS, LimitScope.API_KEY)

@@ -145,6 +145,35 @@ async def test_sessions_per_account_at_the_limit_pass_and_one_more_is_refused(
     assert [v.account for v in mx.violations()] == ["acct-1"]
 
 
+async def test_sessions_per_api_key_count_each_key_of_one_account_apart(start_mock) -> None:
+    """Deribit's rule (16 sessions per key, credits per sub-account) on the mock: two keys of
+    one account each have their own session limit."""
+    from connquota.mockexchange.settings import TestAccount
+
+    one_account = tuple(
+        TestAccount(f"test-key-{n}", f"test-secret-{n}", "test-passphrase", "sub-1") for n in (1, 2)
+    )
+    mx = await start_mock(
+        "bybit",
+        limits=["concurrentConnections:apiKey=1", "messagesPerConnection=50/1"],
+        accounts=one_account,
+    )
+    ok = []
+    async with client_from("127.0.0.56") as client:
+        conns = [await client.ws_connect(mx.url + "/v5/private") for _ in range(3)]
+        for ws, n in zip(conns, (1, 1, 2), strict=True):
+            await ws.send_str(bybit.build_login(_creds("bybit", n), _now_ms(), f"l{n}"))
+            ok.append(getattr(bybit.parse_server_message(await receive_text(ws)), "ok", False))
+        for ws in conns:
+            await ws.close()
+    assert ok == [True, False, True]
+    from connquota.api.limits import LimitName, LimitScope
+
+    key_limit = (LimitName.CONCURRENT_CONNECTIONS, LimitScope.API_KEY)
+    assert mx.peak(*key_limit, "test-key-1") == mx.peak(*key_limit, "test-key-2") == 1
+    assert [(v.scope, v.account) for v in mx.violations()] == [("apiKey", "sub-1")]
+
+
 async def test_bybit_private_topics_need_auth_and_then_deliver_data(start_mock) -> None:
     mx = await start_mock("bybit", rate_per_stream_hz=50, limits=["messagesPerConnection=50/1"])
     async with client_from("127.0.0.54") as client:

@@ -183,7 +183,7 @@ async def test_address_without_a_slice_gets_nothing():
     profile = small_profile()
     plan = pod_plan(profile, connections(1, 1))
     limiter, _ = limiter_with(plan)
-    wait, why = limiter.attempt_wait("a9", None)
+    wait, why = limiter.attempt_wait("a9")
     assert wait == float("inf")
     assert "a9" in why
 
@@ -192,7 +192,7 @@ async def test_subscribes_leave_the_heartbeat_reserve_to_pongs():
     profile = small_profile(messages=5, message_window_s=1.0)
     plan = pod_plan(profile, connections(1, 1), reserve=2, margin_s=0.1)
     limiter, clock = limiter_with(plan)
-    gate = limiter.message_gate("c0", "a0", None)
+    gate = limiter.message_gate("c0", "a0")
     t0 = clock.monotonic()
     for _ in range(3):
         await gate.acquire(MessageKind.CONTROL)
@@ -211,7 +211,7 @@ def test_messages_of_any_mix_never_exceed_the_per_connection_slice(kinds):
         profile = small_profile(messages=5, message_window_s=1.0)
         plan = pod_plan(profile, connections(1, 1), reserve=1, margin_s=0.1)
         limiter, clock = limiter_with(plan)
-        gate = limiter.message_gate("c0", "a0", None)
+        gate = limiter.message_gate("c0", "a0")
         times = []
         for kind in kinds:
             await gate.acquire(kind)
@@ -235,7 +235,7 @@ async def test_control_message_slice_per_hour_is_kept():
     profile = small_profile(extra_limits=extra)
     plan = pod_plan(profile, connections(1, 1))
     limiter, clock = limiter_with(plan)
-    gate = limiter.message_gate("c0", "a0", None)
+    gate = limiter.message_gate("c0", "a0")
     for _ in range(3):
         await gate.acquire(MessageKind.CONTROL)
     t0 = clock.monotonic()
@@ -272,14 +272,52 @@ async def test_account_attempt_slice_is_shared_by_every_address():
         account_slices=[acct],
     )
     limiter, clock = limiter_with(plan)
-    await limiter.acquire_attempt("warm", "a0", "acct-1")  # pays the fresh-start window
+    acct_1 = ((LimitScope.ACCOUNT, "acct-1"),)
+    await limiter.acquire_attempt("warm", "a0", acct_1)  # pays the fresh-start window
     t0 = clock.monotonic()
-    await limiter.acquire_attempt("c1", "a1", "acct-1")
+    await limiter.acquire_attempt("c1", "a1", acct_1)
     assert clock.monotonic() == t0
-    await limiter.acquire_attempt("c2", "a1", "acct-1")
+    await limiter.acquire_attempt("c2", "a1", acct_1)
     assert clock.monotonic() - t0 >= 10
     counts = {(w.scope, w.key): w.count for w in limiter.attempt_windows()}
     assert counts[(LimitScope.ACCOUNT, "acct-1")] >= 1
+
+
+async def test_a_key_concurrent_slice_holds_its_keys_sessions_apart_from_the_accounts():
+    """Deribit: sessions per API key, credits per sub-account. Two keys of one account each
+    hold their own concurrent slice; a key's second session waits for its own slot only."""
+    extra = [
+        Limit(
+            name=LimitName.CONCURRENT_CONNECTIONS,
+            value=16,
+            scope=LimitScope.API_KEY,
+            shape=LimitShape.CONCURRENT,
+        )
+    ]
+    profile = small_profile(attempts=100, concurrent=100, extra_limits=extra)
+    keys = [
+        Slice(
+            limit=LimitName.CONCURRENT_CONNECTIONS,
+            scope=LimitScope.API_KEY,
+            key=key,
+            value=1,
+            shape=LimitShape.CONCURRENT,
+        )
+        for key in ("client-1", "client-2")
+    ]
+    plan = pod_plan(profile, connections(1, 1), account_slices=keys)
+    limiter, _clock = limiter_with(plan)
+    key_1 = ((LimitScope.ACCOUNT, "sub-1"), (LimitScope.API_KEY, "client-1"))
+    key_2 = ((LimitScope.ACCOUNT, "sub-1"), (LimitScope.API_KEY, "client-2"))
+    first = await limiter.acquire_attempt("c1", "a0", key_1)
+    wait, why = limiter.attempt_wait("a0", key_1)
+    assert wait > 0 and "concurrent slice on apiKey client-1" in why
+    assert limiter.attempt_wait("a0", key_2)[0] == 0
+    await limiter.acquire_attempt("c2", "a0", key_2)
+    first.release(clean=True)
+    assert limiter.attempt_wait("a0", key_1)[0] == 0
+    rows = {(r["scope"], r["key"]): r["connectionSlice"] for r in limiter.usage()}
+    assert rows[("apiKey", "client-1")] == rows[("apiKey", "client-2")] == 1
 
 
 def test_the_limiter_holds_attempts_and_reserves_heartbeats_by_the_one_definition(tmp_path):
@@ -292,7 +330,7 @@ def test_the_limiter_holds_attempts_and_reserves_heartbeats_by_the_one_definitio
     plan = pod_plan(profile, connections(1, 1), margin_s=0.7)
     limiter, _ = limiter_with(plan, tmp_path)
     assert limiter.attempt_hold_s("a0") == timing.attempt_hold_s(10, 1.5, 0.7)
-    gate = limiter.message_gate("c0#1", "a0", None)
+    gate = limiter.message_gate("c0#1", "a0")
     own = gate._own_logs()
     if LimitName.MESSAGES_PER_CONNECTION in own:
         sliding, reserve = own[LimitName.MESSAGES_PER_CONNECTION]
@@ -314,6 +352,6 @@ def test_a_plan_without_a_message_slice_gives_the_connection_no_messages_and_no_
         update={"slices": [s for s in plan.slices if s.limit != LimitName.MESSAGES_PER_CONNECTION]}
     )
     limiter, _ = limiter_with(plan, tmp_path)
-    gate = limiter.message_gate("c0#1", "a0", None)
+    gate = limiter.message_gate("c0#1", "a0")
     sliding, _reserve = gate._own_logs()[LimitName.MESSAGES_PER_CONNECTION]
     assert sliding.capacity == 0

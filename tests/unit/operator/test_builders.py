@@ -68,6 +68,7 @@ def test_plan_configmap_holds_the_pod_plan_and_no_secret(quota) -> None:
         {
             "name": "main",
             "accountId": "acct-1",
+            "keyId": None,
             "secretName": "binance-main",
             "mountPath": "/var/run/connquota/credentials/main",
             "apiKeyKey": "apiKey",

@@ -26,6 +26,7 @@ STATUS: dict[str, Any] = {
     "connections": {"planned": 3, "live": 2},
     "addresses": [{"key": "a0", "limits": [LIMIT], "quarantinedUntil": "2026-12-03T00:00:00Z"}],
     "accounts": [{"key": "acct", "limits": [LIMIT]}],
+    "apiKeys": [{"key": "client-1", "limits": [LIMIT]}],
 }
 
 
@@ -80,7 +81,7 @@ def test_a_recorded_quota_and_pool_render_as_their_status_says_and_end_when_forg
     assert q("connquota_quota_replicas", state="ready") == 1.0
     assert q("connquota_quota_plan_generation") == 4.0
     per_limit = {"pool": "pool", "exchange": "okx", "limit": "concurrentConnections"}
-    for scope, key in (("ip", "a0"), ("account", "acct")):
+    for scope, key in (("ip", "a0"), ("account", "acct"), ("apiKey", "client-1")):
         labels = {**per_limit, "scope": scope, "key": key}
         assert q("connquota_quota_limit_used", **labels) == 7.0
         assert q("connquota_quota_limit_slices", **labels) == 9.0
