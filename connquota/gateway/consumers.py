@@ -22,6 +22,7 @@ import hmac
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import WSMsgType, web
@@ -62,25 +63,54 @@ def authorized(request: web.Request, token: str | None) -> bool:
     return hmac.compare_digest(given.encode(), token.encode())
 
 
-async def consumer_ws(request: web.Request) -> web.StreamResponse:
-    """The consumer WebSocket endpoint."""
-    gw: Gateway = request.app["gateway"]
+def refusal(request: web.Request, gw: Gateway) -> web.Response | None:
+    """The answer to a consumer the gateway does not take now (wrong token, shutting down)."""
     if not authorized(request, gw.consumer_token):
         return web.json_response({"error": "missing or wrong bearer token"}, status=401)
     if gw.draining:
         return web.json_response({"error": "gateway is shutting down"}, status=503)
+    return None
+
+
+async def consumer_ws(request: web.Request) -> web.StreamResponse:
+    """The consumer WebSocket endpoint."""
+    gw: Gateway = request.app["gateway"]
+    refused = refusal(request, gw)
+    if refused is not None:
+        return refused
     ws = web.WebSocketResponse(max_msg_size=4 * MAX_REQUEST_BYTES, heartbeat=30.0, compress=False)
     await ws.prepare(request)
+    consumer = gw.hub.add_consumer()
+
+    async def on_text(text: str) -> None:
+        await _handle_request(gw, ws, consumer, text)
+
+    async def on_binary() -> None:
+        await ws.send_str(error_frame("binary", "send JSON text frames"))
+
+    await serve(gw, request, ws, consumer, on_text, on_binary)
+    return ws
+
+
+async def serve(
+    gw: Gateway,
+    request: web.Request,
+    ws: web.WebSocketResponse,
+    consumer: Consumer,
+    on_text: Callable[[str], Awaitable[None]],
+    on_binary: Callable[[], Awaitable[None]],
+) -> None:
+    """Run one consumer's connection: its writer task sends the hub's frames while requests
+    are read and answered here; everything ends and is forgotten when either side closes."""
     hub = gw.hub
-    consumer = hub.add_consumer()
     gw.consumer_sockets.add(ws)
     sender = asyncio.create_task(_send_frames(gw, request, ws, consumer))
     try:
         async for msg in ws:
             if msg.type == WSMsgType.TEXT:
-                await _handle_request(gw, ws, consumer, msg.data)
+                await on_text(msg.data)
             elif msg.type == WSMsgType.BINARY:
-                await ws.send_str(error_frame("binary", "send JSON text frames"))
+                await on_binary()
             elif msg.type == WSMsgType.ERROR:
                 break
     finally:
@@ -90,7 +120,6 @@ async def consumer_ws(request: web.Request) -> web.StreamResponse:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await sender
         gw.consumer_sockets.discard(ws)
-    return ws
 
 
 async def _handle_request(

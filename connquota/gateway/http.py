@@ -1,6 +1,7 @@
 """The gateway's HTTP server: consumers, metrics, probes and status.
 
 - `GET /v1/ws`: consumers (see `consumers`);
+- `GET /ws...`, `/stream`, `/v5/...`: consumers in the exchange's own protocol (see `native`);
 - `GET /metrics`: Prometheus text (see `metrics`);
 - `GET /healthz`: 200 while the event loop makes progress (lag under `max_loop_lag_s`); the
   body also shows the age of the last upstream data (informational: a quiet market is not a
@@ -18,6 +19,7 @@ from aiohttp import web
 
 from connquota.gateway.consumers import consumer_ws
 from connquota.gateway.metrics import render
+from connquota.gateway.native import PATHS, native_ws
 
 if TYPE_CHECKING:
     from connquota.gateway.app import Gateway
@@ -32,6 +34,8 @@ def build_app(gw: Gateway) -> web.Application:
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/status", _status)
+    for path in PATHS:
+        app.router.add_get(path, native_ws)
     return app
 
 

@@ -7,8 +7,10 @@ dialect gives one (so the switch has neither gap nor duplicate), else from the o
 only. The hub numbers every delivered message per stream, so consumers see consecutive
 sequence numbers across rotations and reconnects.
 
-Each delivered message is encoded once (JSON, then one WebSocket frame) and the same bytes go
-to every subscriber. Consumers hold bounded queues drained by their own writer task: a
+Each delivered message is encoded once per frame format some subscriber reads (JSON, then
+one WebSocket frame) and the same bytes go to every subscriber of that format: connquota's
+tagged envelope (`/v1/ws`), the exchange's payload as is, or Binance's combined wrapper
+(`native.py` serves the last two in the exchange's own protocol). Consumers hold bounded queues drained by their own writer task: a
 consumer that falls behind is closed (policy `close`) or loses its oldest frames (policy
 `drop`); the others and the upstream reader never wait on it.
 """
@@ -30,6 +32,14 @@ RESET_JUMP = 100_000
 SLOW_CONSUMER_CLOSE = "close"
 SLOW_CONSUMER_DROP = "drop"
 
+FMT_ENVELOPE = 0
+"""`{"stream":..,"seq":..,"rxMs":..,"data":<payload>}`: connquota's tagged frame (`/v1/ws`)."""
+FMT_PAYLOAD = 1
+"""The exchange's payload alone, as its own raw endpoint sends it (Binance `/ws`, OKX, Bybit)."""
+FMT_COMBINED = 2
+"""`{"stream":..,"data":<payload>}`: Binance's combined-stream wrapper (`/stream`)."""
+FORMATS = 3
+
 _encode = json.JSONEncoder(separators=(",", ":")).encode
 """`json.dumps(..., separators=(",", ":"))` without building an encoder per call."""
 
@@ -45,6 +55,7 @@ class Consumer:
         "_alarm",
         "_waiter",
         "dropped",
+        "fmt",
         "frames",
         "id",
         "max_frames",
@@ -56,9 +67,15 @@ class Consumer:
     )
 
     def __init__(
-        self, consumer_id: int, max_frames: int, policy: str = SLOW_CONSUMER_CLOSE
+        self,
+        consumer_id: int,
+        max_frames: int,
+        policy: str = SLOW_CONSUMER_CLOSE,
+        fmt: int = FMT_ENVELOPE,
     ) -> None:
         self.id = consumer_id
+        self.fmt = fmt
+        """The frame format this consumer reads (FMT_*); it may change between messages."""
         self.max_frames = max_frames
         self.policy = policy
         self.streams: set[str] = set()
@@ -165,7 +182,7 @@ class StreamHub:
         self.last_data_mono: float | None = None
         self._ids = itertools.count(1)
         self._prefixes: dict[str, str] = {}
-        """stream -> the start of its frames' JSON, encoded once."""
+        """stream -> the start of its frames' JSON (`{"stream":"<name>"`), encoded once."""
 
     # -- upstream side ------------------------------------------------------------------------
 
@@ -222,21 +239,34 @@ class StreamHub:
         subscribers = self.subscribers.get(stream)
         if not subscribers:
             return True
-        prefix = self._prefixes.get(stream)
-        if prefix is None:
-            prefix = self._prefixes[stream] = '{"stream":' + _encode(stream) + ',"seq":'
-        text = f'{prefix}{seq},"rxMs":{int(time.time() * 1000)},"data":{_encode(payload)}}}'
-        frame = text_frame(text.encode())
+        frames: list[bytes | None] = [None] * FORMATS
+        data = _encode(payload)
         for consumer in subscribers:
+            fmt = consumer.fmt
+            frame = frames[fmt]
+            if frame is None:
+                frame = frames[fmt] = self._frame(fmt, stream, seq, data)
             consumer.offer(frame, now)
         self.frames_out += len(subscribers)
         return True
 
+    def _frame(self, fmt: int, stream: str, seq: int, data: str) -> bytes:
+        """One message as a WebSocket text frame in format `fmt` (`data`: the payload's JSON)."""
+        if fmt == FMT_PAYLOAD:
+            return text_frame(data.encode())
+        prefix = self._prefixes.get(stream)
+        if prefix is None:
+            prefix = self._prefixes[stream] = '{"stream":' + _encode(stream)
+        if fmt == FMT_COMBINED:
+            return text_frame(f'{prefix},"data":{data}}}'.encode())
+        text = f'{prefix},"seq":{seq},"rxMs":{int(time.time() * 1000)},"data":{data}}}'
+        return text_frame(text.encode())
+
     # -- consumer side ------------------------------------------------------------------------
 
-    def add_consumer(self) -> Consumer:
-        """A new consumer with an empty bounded queue."""
-        consumer = Consumer(next(self._ids), self.queue_frames, self.policy)
+    def add_consumer(self, fmt: int = FMT_ENVELOPE) -> Consumer:
+        """A new consumer with an empty bounded queue, reading frames in format `fmt`."""
+        consumer = Consumer(next(self._ids), self.queue_frames, self.policy, fmt)
         self.consumers.add(consumer)
         return consumer
 
