@@ -1,6 +1,10 @@
 """Public REST market-data endpoints that exchange client libraries call before they open a
 WebSocket (market lists, server time), served in the exchange's own shapes.
 
+OKX (`/api/v5/public/instruments`, `/api/v5/public/time`) and Bybit (`/v5/market/instruments-info`,
+`/v5/market/time`): spot instruments in their documented shapes and envelopes (the functions
+below cite the pages).
+
 Binance spot (https://developers.binance.com/docs/binance-spot-api-docs/rest-api/general-endpoints):
 `GET /api/v3/ping` -> `{}`, `GET /api/v3/time` -> `{"serverTime": ms}`,
 `GET /api/v3/exchangeInfo[?symbol=X|symbols=["X","Y"]]` -> timezone, serverTime, rateLimits,
@@ -131,9 +135,16 @@ def _binance_error(code: int, msg: str) -> web.Response:
 
 def add_rest_routes(app: web.Application, mx: MockExchange) -> None:
     """Register the REST endpoints of the mock's dialect (before the WebSocket catch-all)."""
-    if mx.dialect != Dialect.BINANCE:
-        return
+    routes = {
+        Dialect.BINANCE: _binance_routes,
+        Dialect.OKX: _okx_routes,
+        Dialect.BYBIT: _bybit_routes,
+    }.get(mx.dialect)
+    if routes is not None:
+        routes(app, mx)
 
+
+def _binance_routes(app: web.Application, mx: MockExchange) -> None:
     async def ping(_: web.Request) -> web.Response:
         return web.json_response({})
 
@@ -157,8 +168,7 @@ def add_rest_routes(app: web.Application, mx: MockExchange) -> None:
             if any(i is None for i in infos):
                 return _binance_error(-1121, "Invalid symbol.")
         else:
-            listed = dict.fromkeys([*DEFAULT_SYMBOLS, *sorted(subscribed_symbols(mx))])
-            infos = [binance_symbol_info(s) for s in listed]
+            infos = [binance_symbol_info(s) for s in _listed(mx, subscribed_symbols(mx))]
         return web.json_response(
             {
                 "timezone": "UTC",
@@ -172,3 +182,107 @@ def add_rest_routes(app: web.Application, mx: MockExchange) -> None:
     app.router.add_get("/api/v3/ping", ping)
     app.router.add_get("/api/v3/time", server_time)
     app.router.add_get("/api/v3/exchangeInfo", exchange_info)
+
+
+def _listed(mx: MockExchange, symbols: set[str]) -> list[str]:
+    """The default symbols, then every symbol some connection subscribed to (Binance spelling,
+    BTCUSDT), without duplicates."""
+    return list(dict.fromkeys([*DEFAULT_SYMBOLS, *sorted(symbols)]))
+
+
+def okx_instrument(inst_id: str) -> dict[str, Any] | None:
+    """One spot instrument of `GET /api/v5/public/instruments` in OKX's documented shape."""
+    base, _, quote = inst_id.partition("-")
+    if not base or not quote:
+        return None
+    return {
+        "instType": "SPOT", "instId": inst_id, "uly": "", "instFamily": "",
+        "baseCcy": base, "quoteCcy": quote, "settleCcy": "", "ctVal": "", "ctMult": "",
+        "ctValCcy": "", "optType": "", "stk": "", "listTime": "1606468572000",
+        "contTdSwTime": "", "expTime": "", "lever": "10", "tickSz": "0.01",
+        "lotSz": "0.00000001", "minSz": "0.00001", "ctType": "", "alias": "", "state": "live",
+        "ruleType": "normal", "maxLmtSz": "9999999999", "maxMktSz": "1000000",
+        "maxLmtAmt": "20000000", "maxMktAmt": "1000000", "maxTwapSz": "9999999999",
+        "maxIcebergSz": "9999999999", "maxTriggerSz": "9999999999", "maxStopSz": "1000000",
+    }  # fmt: skip
+
+
+def _okx_inst_ids(mx: MockExchange) -> list[str]:
+    subscribed = {
+        name.split(":", 1)[1]
+        for name in list(mx.feeds.feeds)
+        if ":" in name and "-" in name.split(":", 1)[1]
+    }
+    defaults = [f"{b}-{q}" for b, q in (split_symbol(s) or ("", "") for s in DEFAULT_SYMBOLS)]
+    return list(dict.fromkeys([*defaults, *sorted(subscribed)]))
+
+
+def _okx_routes(app: web.Application, mx: MockExchange) -> None:
+    """OKX public REST (https://www.okx.com/docs-v5/en/#public-data-rest-api): instruments
+    (spot only: the mock trades spot pairs) and the server time."""
+
+    async def instruments(request: web.Request) -> web.Response:
+        kind = request.query.get("instType", "")
+        if kind not in ("SPOT", "MARGIN", "SWAP", "FUTURES", "OPTION"):
+            msg = "Parameter instType error"
+            return web.json_response({"code": "51000", "msg": msg, "data": []})
+        ids = [request.query["instId"]] if "instId" in request.query else _okx_inst_ids(mx)
+        data = [okx_instrument(i) for i in ids] if kind == "SPOT" else []
+        return web.json_response({"code": "0", "msg": "", "data": [d for d in data if d]})
+
+    async def server_time(_: web.Request) -> web.Response:
+        now = str(int(time.time() * 1000))
+        return web.json_response({"code": "0", "msg": "", "data": [{"ts": now}]})
+
+    app.router.add_get("/api/v5/public/instruments", instruments)
+    app.router.add_get("/api/v5/public/time", server_time)
+
+
+def bybit_instrument(symbol: str) -> dict[str, Any] | None:
+    """One spot instrument of `GET /v5/market/instruments-info` in Bybit's documented shape."""
+    assets = split_symbol(symbol)
+    if assets is None:
+        return None
+    base, quote = assets
+    return {
+        "symbol": symbol, "baseCoin": base, "quoteCoin": quote, "innovation": "0",
+        "status": "Trading", "marginTrading": "none", "stTag": "0",
+        "lotSizeFilter": {"basePrecision": "0.000001", "quotePrecision": "0.00000001",
+                          "minOrderQty": "0.000048", "maxOrderQty": "71.73956243",
+                          "minOrderAmt": "1", "maxOrderAmt": "2000000"},
+        "priceFilter": {"tickSize": "0.01"},
+        "riskParameters": {"priceLimitRatioX": "0.01", "priceLimitRatioY": "0.02"},
+    }  # fmt: skip
+
+
+def _bybit_routes(app: web.Application, mx: MockExchange) -> None:
+    """Bybit V5 public REST (https://bybit-exchange.github.io/docs/v5/market/instrument):
+    spot instruments and the server time, in the `retCode`/`result` envelope."""
+
+    def envelope(result: Any) -> web.Response:
+        now = int(time.time() * 1000)
+        return web.json_response(
+            {"retCode": 0, "retMsg": "OK", "result": result, "retExtInfo": {}, "time": now}
+        )
+
+    async def instruments(request: web.Request) -> web.Response:
+        category = request.query.get("category", "")
+        if category not in ("spot", "linear", "inverse", "option"):
+            return web.json_response(
+                {"retCode": 10001, "retMsg": "params error: category", "result": {},
+                 "retExtInfo": {}, "time": int(time.time() * 1000)}
+            )  # fmt: skip
+        subscribed = {name.rsplit(".", 1)[1] for name in list(mx.feeds.feeds) if "." in name}
+        symbols = (
+            [request.query["symbol"]] if "symbol" in request.query else _listed(mx, subscribed)
+        )
+        rows = [bybit_instrument(s) for s in symbols] if category == "spot" else []
+        return envelope({"category": category, "list": [r for r in rows if r],
+                         "nextPageCursor": ""})  # fmt: skip
+
+    async def server_time(_: web.Request) -> web.Response:
+        now = time.time()
+        return envelope({"timeSecond": str(int(now)), "timeNano": str(int(now * 1e9))})
+
+    app.router.add_get("/v5/market/instruments-info", instruments)
+    app.router.add_get("/v5/market/time", server_time)

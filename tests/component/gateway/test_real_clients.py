@@ -1,0 +1,176 @@
+"""Exchange client libraries the project does not write read their streams through a gateway
+(issue 12 §2): each is pointed at the gateway's consumer port as a user would (its base URL),
+subscribes in the exchange's own protocol, and parses what arrives with its own parsers.
+
+REST calls a library makes first (Binance's exchangeInfo for ccxt's market list) go to the
+mock exchange's REST endpoints, as a real deployment sends them to the exchange itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import ccxt.pro as ccxtpro
+import pytest
+from binance_common.configuration import ConfigurationWebSocketStreams
+from binance_sdk_spot import spot
+from conftest import GW_IP, shrunk
+from pybit import unified_trading as unified
+
+from connquota.api.plan import ConnectionPlan
+from connquota.testing.gateway_plans import bind_address, pod_plan
+
+WATCH_S = 20.0
+
+
+async def _gateway(harness, profile: str, streams: list[str]):
+    await harness.start_mock(profile, shrunk(profile, connectionAttempts=(10, 20.0)))
+    conns = [ConnectionPlan(id=f"c{i}", address="a0", streams=[s]) for i, s in enumerate(streams)]
+    plan = pod_plan(
+        harness.gateway_profile(),
+        conns,
+        addresses=[bind_address(0, harness.egress_check())],
+        margin_s=0.2,
+    )
+    gw = harness.gateway(harness.write_plan(plan))
+    gw.start()
+    await harness.wait_live(gw, len(streams), timeout_s=30)
+    return gw, gw.base_url.replace("http://", "ws://")
+
+
+def _upstream(harness) -> list[str]:
+    """Every upstream subscription the exchange holds from the gateway (duplicates kept)."""
+    return sorted(s for c in harness.mock.websockets(GW_IP) for s in c.streams)
+
+
+BINANCE_STREAMS = ["btcusdt@trade", "ethusdt@miniTicker", "btcusdt@kline_1m", "ethusdt@trade"]
+"""What the clients below subscribe to (ccxt's watch_ticker reads the miniTicker stream)."""
+
+
+async def test_ccxt_pro_binance_watches_trades_tickers_and_candles_through_the_gateway(harness):
+    _, ws_base = await _gateway(harness, "binance-spot", BINANCE_STREAMS)
+    exchange = ccxtpro.binance({"options": {"fetchMarkets": {"types": ["spot"]}}})
+    exchange.urls["api"]["public"] = harness.mock.url + "/api/v3"
+    exchange.urls["api"]["ws"]["spot"] = ws_base + "/ws"
+    try:
+        trades = await asyncio.wait_for(exchange.watch_trades("BTC/USDT"), WATCH_S)
+        assert trades and trades[-1]["symbol"] == "BTC/USDT" and trades[-1]["price"] > 0
+        ticker = await asyncio.wait_for(exchange.watch_ticker("ETH/USDT"), WATCH_S)
+        assert ticker["symbol"] == "ETH/USDT" and ticker["last"] is not None
+        candles = await asyncio.wait_for(exchange.watch_ohlcv("BTC/USDT", "1m"), WATCH_S)
+        assert candles and len(candles[-1]) == 6 and candles[-1][4] > 0
+        # a symbol outside the quota: Binance's own error, which ccxt raises
+        with pytest.raises(Exception, match="invalid stream"):
+            await asyncio.wait_for(exchange.watch_trades("SOL/USDT"), WATCH_S)
+    finally:
+        await exchange.close()
+    assert _upstream(harness) == sorted(BINANCE_STREAMS)
+    harness.assert_no_violation()
+
+
+async def test_the_official_binance_sdk_streams_trades_through_the_gateway(harness):
+
+    _, ws_base = await _gateway(harness, "binance-spot", BINANCE_STREAMS)
+    client = spot.Spot(config_ws_streams=ConfigurationWebSocketStreams(stream_url=ws_base))
+    connection = await client.websocket_streams.create_connection()
+    got: list[Any] = []
+    arrived = asyncio.Event()
+
+    def on_trade(event: Any) -> None:
+        got.append(event)
+        arrived.set()
+
+    try:
+        stream = await connection.trade(symbol="ethusdt")
+        stream.on("message", on_trade)
+        await asyncio.wait_for(arrived.wait(), WATCH_S)
+    finally:
+        await connection.close_connection(close_session=True)
+    trade = got[0]
+    assert trade.s == "ETHUSDT" and trade.e == "trade" and float(trade.p) > 0
+    assert _upstream(harness) == sorted(BINANCE_STREAMS)
+    harness.assert_no_violation()
+
+
+OKX_STREAMS = ["trades:BTC-USDT", "tickers:ETH-USDT"]
+
+
+async def test_ccxt_pro_okx_watches_trades_and_tickers_through_the_gateway(harness):
+    _, ws_base = await _gateway(harness, "okx", OKX_STREAMS)
+    exchange = ccxtpro.okx({"options": {"fetchMarkets": {"types": ["spot"]}}})
+    exchange.urls["api"]["rest"] = harness.mock.url
+    exchange.urls["api"]["ws"] = ws_base + "/ws/v5"
+    try:
+        trades = await asyncio.wait_for(exchange.watch_trades("BTC/USDT"), WATCH_S)
+        assert trades and trades[-1]["symbol"] == "BTC/USDT" and trades[-1]["price"] > 0
+        ticker = await asyncio.wait_for(exchange.watch_ticker("ETH/USDT"), WATCH_S)
+        assert ticker["symbol"] == "ETH/USDT" and ticker["last"] is not None
+        with pytest.raises(Exception, match="60018"):
+            await asyncio.wait_for(exchange.watch_trades("SOL/USDT"), WATCH_S)
+    finally:
+        await exchange.close()
+    assert _upstream(harness) == sorted(OKX_STREAMS)
+    harness.assert_no_violation()
+
+
+BYBIT_STREAMS = ["publicTrade.BTCUSDT", "tickers.ETHUSDT"]
+
+
+async def test_pybit_streams_public_trades_and_tickers_through_the_gateway(harness):
+    _, ws_base = await _gateway(harness, "bybit", BYBIT_STREAMS)
+    url = ws_base + "/v5/public/spot"
+
+    class GatewayWebSocket(unified.WebSocket):
+        """pybit builds its URL from a host template: the only change is the URL."""
+
+        def _connect(self, _url: str) -> None:
+            super()._connect(url)
+
+    got: dict[str, list[dict]] = {"publicTrade": [], "tickers": []}
+    both = threading.Event()
+
+    def on(kind: str):
+        def callback(message: dict) -> None:
+            got[kind].append(message)
+            if all(got.values()):
+                both.set()
+
+        return callback
+
+    ws = await asyncio.to_thread(GatewayWebSocket, testnet=False, channel_type="spot")
+    try:
+        await asyncio.to_thread(ws.trade_stream, "BTCUSDT", on("publicTrade"))
+        await asyncio.to_thread(ws.ticker_stream, "ETHUSDT", on("tickers"))
+        assert await asyncio.to_thread(both.wait, WATCH_S), got
+    finally:
+        await asyncio.to_thread(ws.exit)
+    assert got["publicTrade"][0]["topic"] == "publicTrade.BTCUSDT"
+    assert got["tickers"][0]["topic"] == "tickers.ETHUSDT"
+    assert _upstream(harness) == sorted(BYBIT_STREAMS)
+    harness.assert_no_violation()
+
+
+BYBIT_CCXT_STREAMS = ["publicTrade.BTCUSDT", "tickers.ETHUSDT", "kline.1.BTCUSDT"]
+
+
+async def test_ccxt_pro_bybit_watches_trades_tickers_and_candles_through_the_gateway(harness):
+    _, ws_base = await _gateway(harness, "bybit", BYBIT_CCXT_STREAMS)
+    exchange = ccxtpro.bybit({"options": {"fetchMarkets": {"types": ["spot"]}}})
+    for kind in ("spot", "public"):
+        exchange.urls["api"][kind] = harness.mock.url
+    exchange.urls["api"]["ws"]["public"]["spot"] = ws_base + "/v5/public/spot"
+    try:
+        trades = await asyncio.wait_for(exchange.watch_trades("BTC/USDT"), WATCH_S)
+        assert trades and trades[-1]["symbol"] == "BTC/USDT" and trades[-1]["price"] > 0
+        ticker = await asyncio.wait_for(exchange.watch_ticker("ETH/USDT"), WATCH_S)
+        assert ticker["symbol"] == "ETH/USDT" and ticker["last"] is not None
+        candles = await asyncio.wait_for(exchange.watch_ohlcv("BTC/USDT", "1m"), WATCH_S)
+        assert candles and len(candles[-1]) == 6
+        with pytest.raises(Exception, match="handler not found"):
+            await asyncio.wait_for(exchange.watch_trades("SOL/USDT"), WATCH_S)
+    finally:
+        await exchange.close()
+    assert _upstream(harness) == sorted(BYBIT_CCXT_STREAMS)
+    harness.assert_no_violation()
