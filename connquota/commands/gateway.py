@@ -36,6 +36,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=Path(token_file) if (token_file := env("CONNQUOTA_CONSUMER_TOKEN_FILE")) else None,
         help="require `Authorization: Bearer <token>` from consumers",
     )
+    parser.add_argument(
+        "--tls-cert-file",
+        type=Path,
+        default=Path(cert) if (cert := env("CONNQUOTA_TLS_CERT_FILE")) else None,
+        help="serve the consumer endpoints over TLS too, with this certificate (tls.crt)",
+    )
+    parser.add_argument(
+        "--tls-key-file",
+        type=Path,
+        default=Path(key) if (key := env("CONNQUOTA_TLS_KEY_FILE")) else None,
+        help="the certificate's private key (tls.key)",
+    )
+    parser.add_argument("--tls-port", type=int, default=int(env("CONNQUOTA_TLS_PORT", "8443")))
     parser.add_argument("--lease-duration", type=int, default=15, help="seconds (in cluster)")
     parser.add_argument("--backoff-base", type=float, default=0.5, help="seconds")
     parser.add_argument("--backoff-cap", type=float, default=30.0, help="seconds")
@@ -58,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
     from connquota.gateway.lease import FileLease, KubeLease
     from connquota.gateway.plan_source import watch_plan_configmap, watch_plan_file
     from connquota.gateway.podroot import pod_path
+    from connquota.gateway.tls import TlsFiles
     from connquota.gateway.upstream import UpstreamSettings
     from connquota.logs import setup_logging
 
@@ -78,6 +92,12 @@ def run(args: argparse.Namespace) -> int:
     args.state_dir = pod_path(args.state_dir)
     if args.consumer_token_file is not None:
         args.consumer_token_file = pod_path(args.consumer_token_file)
+    if (args.tls_cert_file is None) != (args.tls_key_file is None):
+        print("connquota gateway: give both --tls-cert-file and --tls-key-file, or neither")
+        return 2
+    tls = None
+    if args.tls_cert_file is not None:
+        tls = TlsFiles(pod_path(args.tls_cert_file), pod_path(args.tls_key_file))
     setup_logging(args.log_level, args.log_format, {"quota": quota, "pod": pod})
     settings = GatewaySettings(
         ordinal=ordinal,
@@ -88,6 +108,8 @@ def run(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         consumer_token_file=args.consumer_token_file,
+        tls=tls,
+        tls_port=args.tls_port,
         report_interval_s=args.report_interval,
         consumer_queue_frames=args.consumer_queue,
         slow_consumer_policy=args.slow_consumer,

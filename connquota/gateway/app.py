@@ -34,6 +34,7 @@ from connquota.gateway.hub import StreamHub
 from connquota.gateway.limiter import Limiter
 from connquota.gateway.metrics import delivery_histogram, make_registry
 from connquota.gateway.plan_source import PlanError
+from connquota.gateway.tls import TlsFiles, keep_loaded, server_context
 from connquota.gateway.upstream import ConnectionState, UpstreamContext, UpstreamSettings
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,9 @@ class GatewaySettings:
     host: str = "0.0.0.0"
     port: int = 8080
     consumer_token_file: Path | None = None
+    tls: TlsFiles | None = None
+    """Serve the consumer endpoints over TLS too, with this certificate (see `tls`)."""
+    tls_port: int = 8443
     report_interval_s: float = 2.0
     max_loop_lag_s: float = 5.0
     consumer_queue_frames: int = 10_000
@@ -110,6 +114,7 @@ class Gateway:
         self.plan_error = ""
         """Why the newest plan text was not applied ("" when the newest plan is in force)."""
         self.http_port: int | None = None
+        self.https_port: int | None = None
         self._stop = asyncio.Event()
         self._last_report: str | None = None
 
@@ -318,6 +323,8 @@ class Gateway:
             asyncio.create_task(self._apply_plans(), name="plans"),
             asyncio.create_task(self._report_loop(), name="report"),
         ]
+        if self.settings.tls is not None:
+            tasks.append(await self._serve_tls(runner, self.settings.tls))
         stopper = asyncio.create_task(self._stop.wait())
         await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
         code = 0
@@ -327,6 +334,19 @@ class Gateway:
                 code = 1
         await self.shutdown(tasks, runner)
         return code
+
+    async def _serve_tls(self, runner: web.AppRunner, files: TlsFiles) -> asyncio.Task[None]:
+        """The TLS listener; returns the task that reloads its certificate when it changes."""
+        context = await asyncio.to_thread(server_context, files)
+        site = web.TCPSite(
+            runner, self.settings.host, self.settings.tls_port, ssl_context=context.listener
+        )
+        await site.start()
+        server = getattr(site, "_server", None)
+        if server is not None and server.sockets:
+            self.https_port = server.sockets[0].getsockname()[1]
+        log.info("serving TLS on %s:%s", self.settings.host, self.https_port)
+        return asyncio.create_task(keep_loaded(context, files), name="tls")
 
     async def shutdown(self, tasks: list[asyncio.Task[Any]], runner: web.AppRunner) -> None:
         """Readiness false, consumers moved away, upstream closed one by one, report, lease."""

@@ -9,23 +9,29 @@ mock exchange's REST endpoints, as a real deployment sends them to the exchange 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import threading
 from typing import Any
 
 import ccxt.pro as ccxtpro
+import certifi
 import pytest
 from binance_common.configuration import ConfigurationWebSocketStreams
 from binance_sdk_spot import spot
 from conftest import GW_IP, shrunk
+from okx.websocket.WsPublicAsync import WsPublicAsync
 from pybit import unified_trading as unified
 
 from connquota.api.plan import ConnectionPlan
+from connquota.demo.processes import free_port
 from connquota.testing.gateway_plans import bind_address, pod_plan
+from connquota.testing.tlsca import TestCA
 
 WATCH_S = 20.0
 
 
-async def _gateway(harness, profile: str, streams: list[str]):
+async def _gateway(harness, profile: str, streams: list[str], args: list[str] | None = None):
     await harness.start_mock(profile, shrunk(profile, connectionAttempts=(10, 20.0)))
     conns = [ConnectionPlan(id=f"c{i}", address="a0", streams=[s]) for i, s in enumerate(streams)]
     plan = pod_plan(
@@ -34,7 +40,7 @@ async def _gateway(harness, profile: str, streams: list[str]):
         addresses=[bind_address(0, harness.egress_check())],
         margin_s=0.2,
     )
-    gw = harness.gateway(harness.write_plan(plan))
+    gw = harness.gateway(harness.write_plan(plan), args=args or [])
     gw.start()
     await harness.wait_live(gw, len(streams), timeout_s=30)
     return gw, gw.base_url.replace("http://", "ws://")
@@ -111,6 +117,51 @@ async def test_ccxt_pro_okx_watches_trades_and_tickers_through_the_gateway(harne
             await asyncio.wait_for(exchange.watch_trades("SOL/USDT"), WATCH_S)
     finally:
         await exchange.close()
+    assert _upstream(harness) == sorted(OKX_STREAMS)
+    harness.assert_no_violation()
+
+
+async def test_python_okx_reads_trades_over_wss_from_the_gateways_tls_listener(
+    harness, tmp_path, monkeypatch
+):
+    """python-okx accepts only wss:// URLs: the gateway serves its consumer endpoints over TLS
+    too, with a certificate from files (a kubernetes.io/tls Secret's tls.crt and tls.key)."""
+    ca = TestCA.create()
+    files = ca.write(tmp_path / "tls")
+    tls_port = free_port()
+    args = ["--tls-cert-file", str(files["cert"]), "--tls-key-file", str(files["key"]),
+            "--tls-port", str(tls_port)]  # fmt: skip
+    gw, _ = await _gateway(harness, "okx", OKX_STREAMS, args)
+    # python-okx trusts certifi's bundle only: trust the cluster's CA the same way
+    monkeypatch.setattr(certifi, "where", lambda: str(files["ca"]))
+    client = WsPublicAsync(url=f"wss://127.0.0.1:{tls_port}/ws/v5/public")
+    got: list[dict] = []
+    trade = asyncio.Event()
+
+    def on_message(text: str) -> None:
+        message = json.loads(text)
+        got.append(message)
+        if message.get("data"):
+            trade.set()
+
+    await client.connect()
+    consume = asyncio.create_task(client.consume())
+    try:
+        await client.subscribe([{"channel": "trades", "instId": "BTC-USDT"}], on_message)
+        await asyncio.wait_for(trade.wait(), WATCH_S)
+    finally:
+        await client.factory.close()
+        consume.cancel()
+        with contextlib.suppress(BaseException):
+            await consume
+    acks = [m for m in got if m.get("event") == "subscribe"]
+    assert acks and acks[0]["arg"] == {"channel": "trades", "instId": "BTC-USDT"}
+    data = next(m for m in got if m.get("data"))
+    assert data["arg"]["instId"] == "BTC-USDT" and data["data"][0]["instId"] == "BTC-USDT"
+    # the plain listener serves the same endpoints
+    async with harness.http.ws_connect(gw.base_url.replace("http", "ws") + "/ws/v5/public") as ws:
+        await ws.send_str("ping")
+        assert (await ws.receive(timeout=WATCH_S)).data == "pong"
     assert _upstream(harness) == sorted(OKX_STREAMS)
     harness.assert_no_violation()
 
