@@ -286,6 +286,13 @@ class GatewaySpec(ApiModel):
         default=None,
         description="Secret with key `token`: consumers must send it as a bearer token.",
     )
+    consumerTLSSecretRef: LocalObjectRef | None = Field(
+        default=None,
+        description="A kubernetes.io/tls Secret (keys `tls.crt`, `tls.key`, as cert-manager "
+        "writes them): the gateways also serve their consumer endpoints over TLS (wss://, "
+        "https://) on port 8443 (`wss` on the client Service); renewals are picked up without "
+        "a restart.",
+    )
     podOverrides: PodOverrides | None = Field(default=None, description="Extra pod settings.")
 
 

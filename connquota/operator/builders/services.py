@@ -11,16 +11,17 @@ from connquota.operator.builders.common import object_meta, quota_ids, with_hash
 GATEWAY_PORT = 8080
 """The gateway's HTTP port: consumers (/v1/ws), /healthz, /readyz, /metrics, /status."""
 GATEWAY_PORT_NAME = "http"
+GATEWAY_TLS_PORT = 8443
+"""The consumer endpoints over TLS (only with `spec.gateway.consumerTLSSecretRef`)."""
+GATEWAY_TLS_PORT_NAME = "wss"
 
 
-def _ports() -> list[dict[str, Any]]:
+def _ports(quota: ExchangeConnectionQuota) -> list[dict[str, Any]]:
+    ports = [(GATEWAY_PORT_NAME, GATEWAY_PORT)]
+    if quota.spec.gateway.consumerTLSSecretRef is not None:
+        ports.append((GATEWAY_TLS_PORT_NAME, GATEWAY_TLS_PORT))
     return [
-        {
-            "name": GATEWAY_PORT_NAME,
-            "port": GATEWAY_PORT,
-            "targetPort": GATEWAY_PORT_NAME,
-            "protocol": "TCP",
-        }
+        {"name": name, "port": port, "targetPort": name, "protocol": "TCP"} for name, port in ports
     ]
 
 
@@ -37,7 +38,7 @@ def build_headless_service(quota: ExchangeConnectionQuota) -> dict[str, Any]:
             "clusterIP": "None",
             "publishNotReadyAddresses": True,
             "selector": names.selector_labels(quota_name),
-            "ports": _ports(),
+            "ports": _ports(quota),
         },
     }
     return with_hash(body)
@@ -55,7 +56,7 @@ def build_client_service(quota: ExchangeConnectionQuota) -> dict[str, Any]:
         "spec": {
             "type": "ClusterIP",
             "selector": names.selector_labels(quota_name),
-            "ports": _ports(),
+            "ports": _ports(quota),
         },
     }
     return with_hash(body)

@@ -28,13 +28,21 @@ from connquota.api.pool import EgressAddress, EgressMode
 from connquota.api.quota import ExchangeConnectionQuota
 from connquota.operator import names
 from connquota.operator.builders.common import object_meta, quota_ids, with_hash
-from connquota.operator.builders.services import GATEWAY_PORT, GATEWAY_PORT_NAME
+from connquota.operator.builders.services import (
+    GATEWAY_PORT,
+    GATEWAY_PORT_NAME,
+    GATEWAY_TLS_PORT,
+    GATEWAY_TLS_PORT_NAME,
+)
 
 CONTAINER_NAME = "gateway"
 STATE_DIR = "/var/lib/connquota/state"
 """The gateway's attempt log lives here (an emptyDir)."""
 CONSUMER_AUTH_DIR = "/var/run/connquota/consumer-auth"
 """The consumer bearer-token Secret (key `token`) is mounted here when configured."""
+CONSUMER_TLS_DIR = "/var/run/connquota/consumer-tls"
+"""The consumer TLS Secret (`tls.crt`, `tls.key`) is mounted here when configured (a whole
+directory, not subPath files, so a renewal reaches the running pod)."""
 TERMINATION_GRACE_S = 60
 """Seconds a gateway gets after SIGTERM: readiness drops, consumers are told to move, upstream
 connections are closed one by one without a burst of messages."""
@@ -48,7 +56,9 @@ def gateway_command() -> list[str]:
     return ["connquota", "gateway", "--in-cluster"]
 
 
-def gateway_env(quota_name: str, consumer_auth: bool) -> list[dict[str, Any]]:
+def gateway_env(
+    quota_name: str, consumer_auth: bool, consumer_tls: bool = False
+) -> list[dict[str, Any]]:
     """Environment of the gateway container: identity from the downward API, paths. No secrets."""
     env: list[dict[str, Any]] = [
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
@@ -63,6 +73,12 @@ def gateway_env(quota_name: str, consumer_auth: bool) -> list[dict[str, Any]]:
     ]
     if consumer_auth:
         env.append({"name": "CONNQUOTA_CONSUMER_TOKEN_FILE", "value": f"{CONSUMER_AUTH_DIR}/token"})
+    if consumer_tls:
+        env += [
+            {"name": "CONNQUOTA_TLS_CERT_FILE", "value": f"{CONSUMER_TLS_DIR}/tls.crt"},
+            {"name": "CONNQUOTA_TLS_KEY_FILE", "value": f"{CONSUMER_TLS_DIR}/tls.key"},
+            {"name": "CONNQUOTA_TLS_PORT", "value": str(GATEWAY_TLS_PORT)},
+        ]
     return env
 
 
@@ -141,8 +157,15 @@ def _container(quota: ExchangeConnectionQuota, mounts: list[dict[str, Any]]) -> 
         "image": gw.image,
         "imagePullPolicy": gw.imagePullPolicy,
         "command": gateway_command(),
-        "env": gateway_env(quota_name, gw.consumerAuthSecretRef is not None),
-        "ports": [{"name": GATEWAY_PORT_NAME, "containerPort": GATEWAY_PORT, "protocol": "TCP"}],
+        "env": gateway_env(
+            quota_name, gw.consumerAuthSecretRef is not None, gw.consumerTLSSecretRef is not None
+        ),
+        "ports": [{"name": GATEWAY_PORT_NAME, "containerPort": GATEWAY_PORT, "protocol": "TCP"}]
+        + (
+            [{"name": GATEWAY_TLS_PORT_NAME, "containerPort": GATEWAY_TLS_PORT, "protocol": "TCP"}]
+            if gw.consumerTLSSecretRef is not None
+            else []
+        ),
         "readinessProbe": {
             "httpGet": {"path": "/readyz", "port": GATEWAY_PORT_NAME},
             "periodSeconds": 5,
@@ -205,6 +228,21 @@ def build_statefulset(
             }
         )
         mounts.append({"name": "consumer-auth", "mountPath": CONSUMER_AUTH_DIR, "readOnly": True})
+    if gw.consumerTLSSecretRef is not None:
+        volumes.append(
+            {
+                "name": "consumer-tls",
+                "secret": {
+                    "secretName": gw.consumerTLSSecretRef.name,
+                    "items": [
+                        {"key": "tls.crt", "path": "tls.crt"},
+                        {"key": "tls.key", "path": "tls.key"},
+                    ],
+                    "defaultMode": SECRET_FILE_MODE,
+                },
+            }
+        )
+        mounts.append({"name": "consumer-tls", "mountPath": CONSUMER_TLS_DIR, "readOnly": True})
 
     pod_labels: dict[str, str] = dict(overrides.labels) if overrides else {}
     pod_labels.update(names.common_labels(quota_name))

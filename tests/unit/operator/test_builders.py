@@ -216,6 +216,27 @@ def test_consumer_token_is_a_mounted_file(quota) -> None:
     assert env["CONNQUOTA_CONSUMER_TOKEN_FILE"].endswith("/token")
 
 
+def test_consumer_tls_mounts_the_secret_directory_and_opens_the_wss_port(quota) -> None:
+    assert [p["name"] for p in builders.build_client_service(quota)["spec"]["ports"]] == ["http"]
+    quota = make_quota(
+        gateway={"image": "example/gw:1", "consumerTLSSecretRef": {"name": "gw-tls"}}
+    )
+    pod = builders.build_statefulset(quota, 1, [])["spec"]["template"]["spec"]
+    vol = next(v for v in pod["volumes"] if v["name"] == "consumer-tls")
+    assert vol["secret"]["secretName"] == "gw-tls"
+    assert [i["key"] for i in vol["secret"]["items"]] == ["tls.crt", "tls.key"]
+    container = pod["containers"][0]
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "consumer-tls")
+    assert "subPath" not in mount  # a renewed Secret reaches the running pod
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["CONNQUOTA_TLS_CERT_FILE"] == mount["mountPath"] + "/tls.crt"
+    assert env["CONNQUOTA_TLS_KEY_FILE"] == mount["mountPath"] + "/tls.key"
+    assert {"name": "wss", "containerPort": 8443, "protocol": "TCP"} in container["ports"]
+    for service in (builders.build_client_service(quota), builders.build_headless_service(quota)):
+        ports = {p["name"]: p["port"] for p in service["spec"]["ports"]}
+        assert ports == {"http": 8080, "wss": 8443}
+
+
 def test_services_headless_publishes_not_ready_addresses(quota) -> None:
     headless = builders.build_headless_service(quota)
     assert headless["metadata"]["name"] == "md-gw-peers"
