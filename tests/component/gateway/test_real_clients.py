@@ -20,6 +20,10 @@ import pytest
 from binance_common.configuration import ConfigurationWebSocketStreams
 from binance_sdk_spot import spot
 from conftest import GW_IP, shrunk
+from cryptofeed import FeedHandler
+from cryptofeed.connection import RestEndpoint, Routes, WebsocketEndpoint
+from cryptofeed.defines import TRADES
+from cryptofeed.exchanges import Binance as CryptofeedBinance
 from okx.websocket.WsPublicAsync import WsPublicAsync
 from pybit import unified_trading as unified
 
@@ -58,7 +62,7 @@ BINANCE_STREAMS = ["btcusdt@trade", "ethusdt@miniTicker", "btcusdt@kline_1m", "e
 async def test_ccxt_pro_binance_watches_trades_tickers_and_candles_through_the_gateway(harness):
     _, ws_base = await _gateway(harness, "binance-spot", BINANCE_STREAMS)
     exchange = ccxtpro.binance({"options": {"fetchMarkets": {"types": ["spot"]}}})
-    exchange.urls["api"]["public"] = harness.mock.url + "/api/v3"
+    exchange.urls["api"]["public"] = harness.mock.http_url + "/api/v3"
     exchange.urls["api"]["ws"]["spot"] = ws_base + "/ws"
     try:
         trades = await asyncio.wait_for(exchange.watch_trades("BTC/USDT"), WATCH_S)
@@ -106,7 +110,7 @@ OKX_STREAMS = ["trades:BTC-USDT", "tickers:ETH-USDT"]
 async def test_ccxt_pro_okx_watches_trades_and_tickers_through_the_gateway(harness):
     _, ws_base = await _gateway(harness, "okx", OKX_STREAMS)
     exchange = ccxtpro.okx({"options": {"fetchMarkets": {"types": ["spot"]}}})
-    exchange.urls["api"]["rest"] = harness.mock.url
+    exchange.urls["api"]["rest"] = harness.mock.http_url
     exchange.urls["api"]["ws"] = ws_base + "/ws/v5"
     try:
         trades = await asyncio.wait_for(exchange.watch_trades("BTC/USDT"), WATCH_S)
@@ -210,7 +214,7 @@ async def test_ccxt_pro_bybit_watches_trades_tickers_and_candles_through_the_gat
     _, ws_base = await _gateway(harness, "bybit", BYBIT_CCXT_STREAMS)
     exchange = ccxtpro.bybit({"options": {"fetchMarkets": {"types": ["spot"]}}})
     for kind in ("spot", "public"):
-        exchange.urls["api"][kind] = harness.mock.url
+        exchange.urls["api"][kind] = harness.mock.http_url
     exchange.urls["api"]["ws"]["public"]["spot"] = ws_base + "/v5/public/spot"
     try:
         trades = await asyncio.wait_for(exchange.watch_trades("BTC/USDT"), WATCH_S)
@@ -224,4 +228,49 @@ async def test_ccxt_pro_bybit_watches_trades_tickers_and_candles_through_the_gat
     finally:
         await exchange.close()
     assert _upstream(harness) == sorted(BYBIT_CCXT_STREAMS)
+    harness.assert_no_violation()
+
+
+async def test_cryptofeed_binance_trades_over_wss_through_the_gateway(
+    harness, tmp_path, monkeypatch
+):
+    """cryptofeed accepts only wss:// and opens `/stream?streams=...` (the combined endpoint)
+    after reading the market list from exchangeInfo; its Binance feed takes the gateway's TLS
+    address as its endpoint."""
+    ca = TestCA.create()
+    files = ca.write(tmp_path / "tls")
+    tls_port = free_port()
+    args = ["--tls-cert-file", str(files["cert"]), "--tls-key-file", str(files["key"]),
+            "--tls-port", str(tls_port)]  # fmt: skip
+    streams = [*BINANCE_STREAMS, "btcusdt@aggTrade"]  # cryptofeed's TRADES channel
+    await _gateway(harness, "binance-spot", streams, args)
+    monkeypatch.setenv("SSL_CERT_FILE", str(files["ca"]))  # the default context trusts it
+    rest = harness.mock.http_url
+
+    class GatewayBinance(CryptofeedBinance):
+        websocket_endpoints = [WebsocketEndpoint(f"wss://127.0.0.1:{tls_port}")]
+        rest_endpoints = [
+            RestEndpoint(rest, routes=Routes("/api/v3/exchangeInfo", l2book="/api/v3/depth"))
+        ]
+
+    got: list[Any] = []
+    arrived = asyncio.Event()
+
+    async def on_trade(trade: Any, _receipt: float) -> None:
+        got.append(trade)
+        arrived.set()
+
+    # The symbol list is read with a blocking HTTP call: out of the loop the mock runs on.
+    feed = await asyncio.to_thread(
+        GatewayBinance, symbols=["BTC-USDT"], channels=[TRADES], callbacks={TRADES: on_trade}
+    )
+    handler = FeedHandler(config={"log": {"disabled": True}})
+    handler.add_feed(feed)
+    handler.run(start_loop=False, install_signal_handlers=False)
+    try:
+        await asyncio.wait_for(arrived.wait(), WATCH_S)
+    finally:
+        await handler.stop_async()
+    assert got[0].symbol == "BTC-USDT" and got[0].exchange == "BINANCE" and got[0].price > 0
+    assert _upstream(harness) == sorted(streams)
     harness.assert_no_violation()
