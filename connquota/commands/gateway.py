@@ -49,6 +49,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="the certificate's private key (tls.key)",
     )
     parser.add_argument("--tls-port", type=int, default=int(env("CONNQUOTA_TLS_PORT", "8443")))
+    parser.add_argument(
+        "--peer-token-file",
+        type=Path,
+        default=Path(tok) if (tok := env("CONNQUOTA_PEER_TOKEN_FILE")) else None,
+        help="the quota's peer token: relay streams to and from the quota's other pods",
+    )
+    parser.add_argument(
+        "--peer",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="base URL of another gateway pod of the quota (repeatable)",
+    )
     parser.add_argument("--lease-duration", type=int, default=15, help="seconds (in cluster)")
     parser.add_argument("--backoff-base", type=float, default=0.5, help="seconds")
     parser.add_argument("--backoff-cap", type=float, default=30.0, help="seconds")
@@ -110,6 +123,8 @@ def run(args: argparse.Namespace) -> int:
         consumer_token_file=args.consumer_token_file,
         tls=tls,
         tls_port=args.tls_port,
+        peer_token_file=pod_path(args.peer_token_file) if args.peer_token_file else None,
+        peers=list(args.peer),
         report_interval_s=args.report_interval,
         consumer_queue_frames=args.consumer_queue,
         slow_consumer_policy=args.slow_consumer,

@@ -34,6 +34,7 @@ from connquota.gateway.hub import StreamHub
 from connquota.gateway.limiter import Limiter
 from connquota.gateway.metrics import delivery_histogram, make_registry
 from connquota.gateway.plan_source import PlanError
+from connquota.gateway.relay import Relay
 from connquota.gateway.tls import TlsFiles, keep_loaded, server_context
 from connquota.gateway.upstream import ConnectionState, UpstreamContext, UpstreamSettings
 
@@ -66,6 +67,11 @@ class GatewaySettings:
     tls: TlsFiles | None = None
     """Serve the consumer endpoints over TLS too, with this certificate (see `tls`)."""
     tls_port: int = 8443
+    peer_token_file: Path | None = None
+    """The quota's peer token: with it, other pods may relay this pod's streams and this pod
+    relays theirs (`peers`, `relay`)."""
+    peers: list[str] = field(default_factory=list)
+    """Base URLs of the quota's other gateway pods."""
     report_interval_s: float = 2.0
     max_loop_lag_s: float = 5.0
     consumer_queue_frames: int = 10_000
@@ -105,6 +111,8 @@ class Gateway:
         self.delivery_seconds = delivery_histogram()
         self.registry = make_registry(self)
         self.consumer_token: str | None = None
+        self.peer_token: str | None = None
+        self.relay: Relay | None = None
         self.consumer_sockets: set[web.WebSocketResponse] = set()
         self.slow_consumers = 0
         self.loop_lag_s = 0.0
@@ -203,6 +211,7 @@ class Gateway:
             "waiting": dict(self.limiter.waiting),
             "connections": conns,
             "consumers": len(self.hub.consumers),
+            "relay": self.relay.status() if self.relay is not None else None,
             "messagesIn": self.hub.messages_in,
             "framesOut": self.hub.frames_out,
             "egressReport": [r.to_wire() for r in self.egress.results()],
@@ -305,6 +314,12 @@ class Gateway:
             self.consumer_token = (
                 await asyncio.to_thread(self.settings.consumer_token_file.read_text)
             ).strip()
+        if self.settings.peer_token_file is not None:
+            token = await asyncio.to_thread(self.settings.peer_token_file.read_text)
+            self.peer_token = token.strip() or None
+        if self.peer_token:
+            self.relay = Relay(self.hub, self.peer_token, self.ctx.log_extra)
+            self.relay.set_peers(self.settings.peers)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -359,6 +374,8 @@ class Gateway:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if self.relay is not None:
+            await self.relay.close()
         await self.fleet.stop()
         await self._publish_report()
         await self.egress.close()

@@ -1,6 +1,7 @@
 """The gateway's HTTP server: consumers, metrics, probes and status.
 
 - `GET /v1/ws`: consumers (see `consumers`);
+- `GET /v1/peer`: the quota's other pods, relaying this pod's streams (see `peers`, `relay`);
 - `GET /ws...`, `/stream`, `/v5/...`: consumers in the exchange's own protocol (see `native`);
 - `GET /metrics`: Prometheus text (see `metrics`);
 - `GET /healthz`: 200 while the event loop makes progress (lag under `max_loop_lag_s`); the
@@ -20,6 +21,7 @@ from aiohttp import web
 from connquota.gateway.consumers import consumer_ws
 from connquota.gateway.metrics import render
 from connquota.gateway.native import PATHS, native_ws
+from connquota.gateway.peers import peer_ws
 
 if TYPE_CHECKING:
     from connquota.gateway.app import Gateway
@@ -30,6 +32,7 @@ def build_app(gw: Gateway) -> web.Application:
     app = web.Application()
     app["gateway"] = gw
     app.router.add_get("/v1/ws", consumer_ws)
+    app.router.add_get("/v1/peer", peer_ws)
     app.router.add_get("/metrics", _metrics)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)

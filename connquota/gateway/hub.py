@@ -22,8 +22,8 @@ import itertools
 import json
 import time
 from collections import deque
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
 
 from connquota.gateway.wsframe import frame_payload, text_frame
 
@@ -38,7 +38,27 @@ FMT_PAYLOAD = 1
 """The exchange's payload alone, as its own raw endpoint sends it (Binance `/ws`, OKX, Bybit)."""
 FMT_COMBINED = 2
 """`{"stream":..,"data":<payload>}`: Binance's combined-stream wrapper (`/stream`)."""
-FORMATS = 3
+FMT_PEER = 3
+"""The envelope plus `"useq"`, the exchange's own sequence when the dialect has one: what a
+pod relays to its peers (`peers.py`), so a relaying pod can switch owners without a gap."""
+FORMATS = 4
+
+
+class Router(Protocol):
+    """Where streams this pod does not hold come from (`relay.Relay`)."""
+
+    def has(self, stream: str) -> bool:
+        """Whether some peer announces `stream`."""
+        ...
+
+    def want(self, stream: str) -> None:
+        """The first local consumer of `stream` subscribed: relay it here."""
+        ...
+
+    def unwant(self, stream: str) -> None:
+        """The last local consumer of `stream` left: stop relaying it."""
+        ...
+
 
 _encode = json.JSONEncoder(separators=(",", ":")).encode
 """`json.dumps(..., separators=(",", ":"))` without building an encoder per call."""
@@ -180,6 +200,10 @@ class StreamHub:
         self.frames_dropped_gone = 0
         """Frames dropped (policy `drop`) by consumers that have left."""
         self.last_data_mono: float | None = None
+        self.router: Router | None = None
+        """Peers' streams, relayed (None: this pod serves only what it holds)."""
+        self.known_listeners: set[Callable[[list[str], list[str]], None]] = set()
+        """Called with (added, removed) whenever this pod's own streams change (peers)."""
         self._ids = itertools.count(1)
         self._prefixes: dict[str, str] = {}
         """stream -> the start of its frames' JSON (`{"stream":"<name>"`), encoded once."""
@@ -187,8 +211,17 @@ class StreamHub:
     # -- upstream side ------------------------------------------------------------------------
 
     def set_known(self, streams: Iterable[str]) -> None:
-        """The streams this pod's plan serves (consumers may subscribe only these)."""
-        self.known = set(streams)
+        """The streams this pod's plan holds upstream (and tells its peers of)."""
+        new = set(streams)
+        old, self.known = self.known, new
+        if self.known_listeners and new != old:
+            added, removed = sorted(new - old), sorted(old - new)
+            for listener in list(self.known_listeners):
+                listener(added, removed)
+
+    def servable(self, stream: str) -> bool:
+        """Whether a consumer may subscribe to `stream` here: held, or relayed from a peer."""
+        return stream in self.known or (self.router is not None and self.router.has(stream))
 
     def claim(self, stream: str, source: object) -> None:
         """`source` (a session) holds an acknowledged subscription of `stream`."""
@@ -245,12 +278,14 @@ class StreamHub:
             fmt = consumer.fmt
             frame = frames[fmt]
             if frame is None:
-                frame = frames[fmt] = self._frame(fmt, stream, seq, data)
+                frame = frames[fmt] = self._frame(fmt, stream, seq, data, upstream_seq)
             consumer.offer(frame, now)
         self.frames_out += len(subscribers)
         return True
 
-    def _frame(self, fmt: int, stream: str, seq: int, data: str) -> bytes:
+    def _frame(
+        self, fmt: int, stream: str, seq: int, data: str, upstream_seq: int | None = None
+    ) -> bytes:
         """One message as a WebSocket text frame in format `fmt` (`data`: the payload's JSON)."""
         if fmt == FMT_PAYLOAD:
             return text_frame(data.encode())
@@ -259,6 +294,9 @@ class StreamHub:
             prefix = self._prefixes[stream] = '{"stream":' + _encode(stream)
         if fmt == FMT_COMBINED:
             return text_frame(f'{prefix},"data":{data}}}'.encode())
+        if fmt == FMT_PEER:
+            useq = "" if upstream_seq is None else f',"useq":{upstream_seq}'
+            return text_frame(f'{prefix},"seq":{seq}{useq},"data":{data}}}'.encode())
         text = f'{prefix},"seq":{seq},"rxMs":{int(time.time() * 1000)},"data":{data}}}'
         return text_frame(text.encode())
 
@@ -273,27 +311,51 @@ class StreamHub:
     def remove_consumer(self, consumer: Consumer) -> None:
         """Forget `consumer` and its subscriptions."""
         for stream in consumer.streams:
-            subs = self.subscribers.get(stream)
-            if subs is not None:
-                subs.discard(consumer)
-                if not subs:
-                    del self.subscribers[stream]
+            self._drop_subscriber(stream, consumer)
         consumer.streams.clear()
         consumer.stop()
         self.consumers.discard(consumer)
         self.frames_dropped_gone += consumer.dropped
 
-    def subscribe(self, consumer: Consumer, streams: list[str]) -> tuple[list[str], list[str]]:
-        """Subscribe `consumer` to the known ones of `streams`; returns (accepted, unknown)."""
+    def subscribe(
+        self, consumer: Consumer, streams: list[str], own_only: bool = False
+    ) -> tuple[list[str], list[str]]:
+        """Subscribe `consumer` to the servable ones of `streams` (`own_only`: only those this
+        pod holds, for peers); returns (accepted, unknown)."""
         accepted, unknown = [], []
         for stream in streams:
-            if stream not in self.known:
+            if stream in self.known:
+                pass
+            elif own_only or not self.servable(stream):
                 unknown.append(stream)
                 continue
-            self.subscribers.setdefault(stream, set()).add(consumer)
+            subs = self.subscribers.get(stream)
+            if subs is None:
+                subs = self.subscribers[stream] = set()
+            if not subs and stream not in self.known and self.router is not None:
+                self.router.want(stream)
+            subs.add(consumer)
             consumer.streams.add(stream)
             accepted.append(stream)
         return accepted, unknown
+
+    def _drop_subscriber(self, stream: str, consumer: Consumer) -> None:
+        subs = self.subscribers.get(stream)
+        if subs is None:
+            return
+        subs.discard(consumer)
+        if not subs:
+            del self.subscribers[stream]
+            if self.router is not None:  # also a stream relayed before this pod took it
+                self.router.unwant(stream)
+
+    def notice(self, stream: str, text: str) -> None:
+        """Send `text` (a JSON object) to the stream's `/v1/ws` consumers (relay notices)."""
+        frame = text_frame(text.encode())
+        now = time.monotonic()
+        for consumer in self.subscribers.get(stream, ()):
+            if consumer.fmt == FMT_ENVELOPE:
+                consumer.offer(frame, now)
 
     def unsubscribe(self, consumer: Consumer, streams: list[str]) -> list[str]:
         """Unsubscribe `consumer` from `streams`; returns those it had."""
@@ -301,10 +363,6 @@ class StreamHub:
         for stream in streams:
             if stream in consumer.streams:
                 consumer.streams.discard(stream)
-                subs = self.subscribers.get(stream)
-                if subs is not None:
-                    subs.discard(consumer)
-                    if not subs:
-                        del self.subscribers[stream]
+                self._drop_subscriber(stream, consumer)
                 done.append(stream)
         return done

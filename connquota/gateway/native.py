@@ -31,6 +31,7 @@ import json
 import secrets
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -82,7 +83,7 @@ class NativeSession:
         self._recent: deque[float] = deque()
 
     @classmethod
-    def handshake_error(cls, endpoint: Endpoint, known: set[str]) -> str | None:
+    def handshake_error(cls, endpoint: Endpoint, servable: Callable[[str], bool]) -> str | None:
         """Why the connection URL itself is refused (HTTP 400), or None."""
         return None
 
@@ -115,8 +116,8 @@ class NativeSession:
 
     def unknown(self, streams: list[str]) -> list[str]:
         """The streams of `streams` this pod does not serve."""
-        known = self.gw.hub.known
-        return [s for s in streams if s not in known]
+        servable = self.gw.hub.servable
+        return [s for s in streams if not servable(s)]
 
     def over_cap(self, streams: list[str]) -> bool:
         return len(self.consumer.streams | set(streams)) > MAX_STREAMS
@@ -134,9 +135,9 @@ class BinanceSession(NativeSession):
     wire = binance
 
     @classmethod
-    def handshake_error(cls, endpoint: Endpoint, known: set[str]) -> str | None:
+    def handshake_error(cls, endpoint: Endpoint, servable: Callable[[str], bool]) -> str | None:
         streams = endpoint.initial_streams
-        if any(s not in known for s in streams):
+        if not all(map(servable, streams)):
             return binance.build_error(2, INVALID_STREAM, None)
         if len(set(streams)) > MAX_STREAMS:
             return binance.build_error(2, TOO_MANY_PARAMS, None)
@@ -274,7 +275,7 @@ async def native_ws(request: web.Request) -> web.StreamResponse:
     refused = refusal(request, gw)
     if refused is not None:
         return refused
-    bad = session_type.handshake_error(endpoint, gw.hub.known)
+    bad = session_type.handshake_error(endpoint, gw.hub.servable)
     if bad is not None:
         return _text_error(400, bad)
     ws = web.WebSocketResponse(

@@ -1,0 +1,229 @@
+"""Any pod serves any stream of its quota (issue 12 §1): three gateway processes, each holding
+other streams upstream, relay them to each other's consumers over one authenticated peer link
+per pair; the exchange sees every stream subscribed exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+from typing import Any
+
+import aiohttp
+import ccxt.pro as ccxtpro
+import pytest
+from conftest import GW_IP, shrunk, stream_names, wait_for
+
+from connquota.api.plan import ConnectionPlan
+from connquota.testing.gateway_plans import bind_address, pod_plan
+
+TOKEN = "peer-token-0123456789abcdef"
+RECEIVE_S = 10.0
+
+
+def _upstream(harness) -> list[str]:
+    """Every upstream subscription the exchange holds (duplicates kept)."""
+    return sorted(s for c in harness.mock.websockets(GW_IP) for s in c.streams)
+
+
+def _plan(harness, ordinal: int, streams: list[str], generation: int = 1):
+    conns = [
+        ConnectionPlan(id=f"p{ordinal}c{i}", address="a0", streams=streams[i : i + 2])
+        for i in range(0, len(streams), 2)
+    ]
+    return pod_plan(
+        harness.gateway_profile(),
+        conns,
+        addresses=[bind_address(0, harness.egress_check())],
+        margin_s=0.2,
+        ordinal=ordinal,
+        generation=generation,
+    )
+
+
+async def _fleet(harness, tmp_path, held: list[list[str]]):
+    """One gateway per entry of `held` (the streams it holds), all peers of each other."""
+    await harness.start_mock("binance-spot", shrunk("binance-spot", connectionAttempts=(20, 20.0)))
+    token = tmp_path / "peer-token"
+    token.write_text(TOKEN + "\n")
+    gateways = []
+    for ordinal, streams in enumerate(held):
+        path = harness.write_plan(_plan(harness, ordinal, streams), f"plan-{ordinal}.json")
+        gateways.append(harness.gateway(path, ordinal=ordinal, state=f"state-{ordinal}"))
+    for gw in gateways:
+        peers = [a for other in gateways if other is not gw for a in ("--peer", other.base_url)]
+        gw.extra_args += ["--peer-token-file", str(token), *peers]
+        gw.start()
+    for gw, streams in zip(gateways, held, strict=True):
+        await harness.wait_live(gw, len(streams), timeout_s=30)
+    await _links_up(harness, gateways, held)
+    return gateways
+
+
+async def _links_up(harness, gateways, held: list[list[str]]) -> None:
+    """Wait until every pod's link to every other pod is up and has its announcement."""
+    for gw in gateways:
+
+        async def linked(gw=gw) -> bool:
+            st = await harness.status(gw)
+            peers = (st or {}).get("relay", {}).get("peers", {})
+            holds = {p.base_url: len(h) for p, h in zip(gateways, held, strict=True)}
+            return all(
+                peers.get(url, {}).get("connected") and peers[url]["holds"] == n
+                for url, n in holds.items()
+                if url != gw.base_url
+            )
+
+        await wait_for(linked, 20, f"{gw.base_url}'s peer links up")
+
+
+class Reader:
+    """A `/v1/ws` consumer recording seq per stream and notices."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self.ws = ws
+        self.seqs: dict[str, list[int]] = {}
+        self.useqs: dict[str, list[int]] = {}
+        self.notices: list[dict[str, Any]] = []
+        self.errors: list[dict[str, Any]] = []
+        self.task = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        async for msg in self.ws:
+            body = json.loads(msg.data)
+            if "seq" in body:
+                self.seqs.setdefault(body["stream"], []).append(body["seq"])
+                self.useqs.setdefault(body["stream"], []).append(body["data"]["t"])
+            elif "notice" in body:
+                self.notices.append(body)
+            elif "error" in body:
+                self.errors.append(body)
+
+    def count(self, stream: str) -> int:
+        return len(self.seqs.get(stream, []))
+
+
+def _consecutive(values: list[int]) -> bool:
+    return all(b == a + 1 for a, b in itertools.pairwise(values))
+
+
+async def test_a_consumer_on_one_pod_reads_the_streams_every_other_pod_holds(harness, tmp_path):
+    names = stream_names("binance-spot", 6)
+    held = [names[0:2], names[2:4], names[4:6]]
+    gateways = await _fleet(harness, tmp_path, held)
+    gw0 = gateways[0]
+    async with harness.http.ws_connect(gw0.ws_url) as ws:
+        reader = Reader(ws)
+        await ws.send_str(json.dumps({"op": "subscribe", "streams": names, "id": 1}))
+
+        async def frames_everywhere() -> bool:
+            return all(reader.count(s) >= 5 for s in names)
+
+        await wait_for(frames_everywhere, 20, "frames of every stream through pod 0")
+        assert not reader.errors
+        for stream in names:
+            assert _consecutive(reader.seqs[stream]), stream
+            assert _consecutive(reader.useqs[stream]), stream  # no gap, no duplicate
+        reader.task.cancel()
+    # relaying opened nothing upstream: each stream once, held where its plan says
+    assert _upstream(harness) == sorted(names)
+
+    # the exchange's own protocol too: ccxt on pod 0 watches a trade stream pod 2 holds
+    exchange = ccxtpro.binance({"options": {"fetchMarkets": {"types": ["spot"]}}})
+    exchange.urls["api"]["public"] = harness.mock.http_url + "/api/v3"
+    exchange.urls["api"]["ws"]["spot"] = gw0.base_url.replace("http", "ws") + "/ws"
+    symbol = names[5].split("@")[0].upper().replace("USDT", "/USDT")
+    try:
+        trades = await asyncio.wait_for(exchange.watch_trades(symbol), RECEIVE_S)
+        assert trades[-1]["symbol"] == symbol
+    finally:
+        await exchange.close()
+    assert _upstream(harness) == sorted(names)
+    harness.assert_no_violation()
+
+
+async def test_a_peer_link_needs_the_peer_token(harness, tmp_path):
+    names = stream_names("binance-spot", 2)
+    (gw,) = await _fleet(harness, tmp_path, [names])
+    url = gw.base_url.replace("http", "ws") + "/v1/peer"
+    for headers in ({}, {"Authorization": "Bearer not-the-token"}):
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await harness.http.ws_connect(url, headers=headers)
+        assert refused.value.status == 401
+    async with harness.http.ws_connect(url, headers={"Authorization": f"Bearer {TOKEN}"}) as peer:
+        have = json.loads((await peer.receive(timeout=RECEIVE_S)).data)
+        assert have == {"op": "have", "reset": True, "streams": sorted(names)}
+        # a peer gets only what this pod holds: never a stream it would have to relay
+        await peer.send_str(json.dumps({"op": "subscribe", "streams": [names[0], "x@trade"]}))
+        replies = [json.loads((await peer.receive(timeout=RECEIVE_S)).data) for _ in range(2)]
+        assert replies[0] == {"op": "subscribed", "streams": [names[0]]}
+        assert replies[1]["streams"] == ["x@trade"]
+
+
+async def test_a_dead_peer_is_noticed_and_its_streams_resume_when_it_is_back(harness, tmp_path):
+    names = stream_names("binance-spot", 4)
+    gateways = await _fleet(harness, tmp_path, [names[0:2], names[2:4]])
+    gw0, gw1 = gateways
+    relayed = names[2]
+    async with harness.http.ws_connect(gw0.ws_url) as ws:
+        reader = Reader(ws)
+        await ws.send_str(json.dumps({"op": "subscribe", "streams": [relayed]}))
+
+        async def flowing() -> bool:
+            return reader.count(relayed) > 3
+
+        await wait_for(flowing, 15, "the relayed stream flowing")
+        await gw1.kill()
+
+        async def lost() -> bool:
+            return any(n["notice"] == "relay_lost" for n in reader.notices)
+
+        await wait_for(lost, 10, "a relay_lost notice")
+        assert reader.notices[0]["stream"] == relayed
+        before = reader.count(relayed)
+        gw1.start()
+
+        async def resumed() -> bool:
+            restored = any(n["notice"] == "relay_restored" for n in reader.notices)
+            return restored and reader.count(relayed) > before + 3
+
+        await wait_for(resumed, 30, "the stream back after the peer restarted")
+        # the gateway's own sequence stays consecutive for the consumer across the outage
+        assert _consecutive(reader.seqs[relayed])
+        reader.task.cancel()
+    assert _upstream(harness) == sorted(names)
+    harness.assert_no_violation()
+
+
+async def test_a_stream_moving_between_peers_reaches_the_consumer_without_gap_or_duplicate(
+    harness, tmp_path
+):
+    names = stream_names("binance-spot", 6)
+    gateways = await _fleet(harness, tmp_path, [names[0:2], names[2:4], names[4:6]])
+    moving = names[2]
+    async with harness.http.ws_connect(gateways[0].ws_url) as ws:
+        reader = Reader(ws)
+        await ws.send_str(json.dumps({"op": "subscribe", "streams": [moving]}))
+
+        async def flowing() -> bool:
+            return reader.count(moving) >= 3
+
+        await wait_for(flowing, 15, "the stream flowing from pod 1")
+        # make: pod 2 takes the stream too; break: then pod 1 lets it go
+        harness.write_plan(_plan(harness, 2, [*names[4:6], moving], 2), "plan-2.json")
+
+        async def both_hold() -> bool:
+            return _upstream(harness).count(moving) == 2
+
+        await wait_for(both_hold, 15, "pod 2 holding the stream as well")
+        harness.write_plan(_plan(harness, 1, names[3:4], 2), "plan-1.json")
+        before = reader.count(moving)
+
+        async def moved() -> bool:
+            return _upstream(harness).count(moving) == 1 and reader.count(moving) >= before + 20
+
+        await wait_for(moved, 30, "the stream served by pod 2 alone, still flowing")
+        reader.task.cancel()
+    assert _consecutive(reader.seqs[moving])
+    assert _consecutive(reader.useqs[moving])  # the exchange's trade ids: no gap, no duplicate
+    harness.assert_no_violation()
