@@ -33,7 +33,9 @@ async def _until(ws: aiohttp.ClientWebSocketResponse, match, what: str, frames: 
 
 async def _served(harness, profile: str, conns: int = 2, per_conn: int = 2):
     # a short attempt window: the gateway's fresh start waits one window before its first SYN
-    await harness.start_mock(profile, shrunk(profile, connectionAttempts=(10, 20.0)))
+    await harness.start_mock(
+        profile, shrunk(profile, connectionAttempts=(10, 20.0)), rate_per_stream_hz=10
+    )
     plan, names = base_plan(harness, profile, conns=conns, per_conn=per_conn)
     gw = harness.gateway(harness.write_plan(plan))
     gw.start()

@@ -36,7 +36,9 @@ WATCH_S = 20.0
 
 
 async def _gateway(harness, profile: str, streams: list[str], args: list[str] | None = None):
-    await harness.start_mock(profile, shrunk(profile, connectionAttempts=(10, 20.0)))
+    await harness.start_mock(
+        profile, shrunk(profile, connectionAttempts=(10, 20.0)), rate_per_stream_hz=10
+    )
     conns = [ConnectionPlan(id=f"c{i}", address="a0", streams=[s]) for i, s in enumerate(streams)]
     plan = pod_plan(
         harness.gateway_profile(),

@@ -43,7 +43,9 @@ def _plan(harness, ordinal: int, streams: list[str], generation: int = 1):
 
 async def _fleet(harness, tmp_path, held: list[list[str]]):
     """One gateway per entry of `held` (the streams it holds), all peers of each other."""
-    await harness.start_mock("binance-spot", shrunk("binance-spot", connectionAttempts=(20, 20.0)))
+    await harness.start_mock(
+        "binance-spot", shrunk("binance-spot", connectionAttempts=(20, 20.0)), rate_per_stream_hz=10
+    )
     token = tmp_path / "peer-token"
     token.write_text(TOKEN + "\n")
     gateways = []
