@@ -82,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
 
     from connquota.gateway.app import Gateway, GatewaySettings, OrdinalLease
     from connquota.gateway.lease import FileLease, KubeLease
+    from connquota.gateway.peer_source import watch_peer_endpoints
     from connquota.gateway.plan_source import watch_plan_configmap, watch_plan_file
     from connquota.gateway.podroot import pod_path
     from connquota.gateway.tls import TlsFiles
@@ -148,7 +149,12 @@ def run(args: argparse.Namespace) -> int:
         else:
             plans = watch_plan_file(args.plan, ordinal)
             lease = FileLease(args.state_dir, ordinal)
-        gateway = Gateway(settings, plans, lease)
+        peers = None
+        if args.in_cluster and settings.peer_token_file is not None:
+            peers = watch_peer_endpoints(
+                namespace, f"{quota}-gw-peers", os.environ.get("POD_IP", ""), args.port
+            )
+        gateway = Gateway(settings, plans, lease, peers)
         return await gateway.run()
 
     return asyncio.run(main())

@@ -87,10 +87,13 @@ class Gateway:
         settings: GatewaySettings,
         plans: AsyncIterator[Any],
         lease: OrdinalLease,
+        peers: AsyncIterator[list[str]] | None = None,
     ) -> None:
         self.settings = settings
         self.plans = plans
         self.lease = lease
+        self.peers = peers
+        """The quota's other pods as they come and go (in cluster); None: `settings.peers`."""
         self.clock = SystemClock()
         self.boot_id = read_boot_id()
         self.process_id = str(uuid.uuid4())
@@ -228,6 +231,10 @@ class Gateway:
 
     # -- tasks --------------------------------------------------------------------------------
 
+    async def _follow_peers(self, relay: Relay, peers: AsyncIterator[list[str]]) -> None:
+        async for urls in peers:
+            relay.set_peers(urls)
+
     async def _apply_plans(self) -> None:
         async for plan in self.plans:
             if isinstance(plan, PlanError):
@@ -340,6 +347,8 @@ class Gateway:
         ]
         if self.settings.tls is not None:
             tasks.append(await self._serve_tls(runner, self.settings.tls))
+        if self.relay is not None and self.peers is not None:
+            tasks.append(asyncio.create_task(self._follow_peers(self.relay, self.peers)))
         stopper = asyncio.create_task(self._stop.wait())
         await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
         code = 0

@@ -94,6 +94,11 @@ def headless_service_name(quota: str) -> str:
     return f"{statefulset_name(quota)}-peers"
 
 
+def peer_secret_name(quota: str) -> str:
+    """The Secret (key `token`) the gateways of `quota` authenticate to each other with."""
+    return f"{statefulset_name(quota)}-peer"
+
+
 def client_service_name(quota: str) -> str:
     """The Service consumers connect to."""
     return statefulset_name(quota)

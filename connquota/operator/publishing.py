@@ -45,6 +45,10 @@ class Publishing(ReconcilerBase):
         sts = self.sources.statefulset_of_quota(state.key)
         current = accessors.sts_replicas(sts)
         await self._ensure_objects(quota, plan, current)
+        if not state.peer_secret:
+            # Created once, never rewritten: running pods keep a token their peers accept.
+            await self.api.create(builders.build_peer_secret(quota))
+            state.peer_secret = True
         changed = await self._publish(quota, state, plan)
         if changed:
             metrics.PLAN_GENERATIONS.inc()

@@ -98,6 +98,8 @@ class QuotaState:
     plans: PlanMemory = field(default_factory=PlanMemory)
     ledgers: LedgerMemory = field(default_factory=LedgerMemory)
     reporting: ReportMemory = field(default_factory=ReportMemory)
+    peer_secret: bool = False
+    """The gateways' peer-token Secret exists (created, or found, by this process)."""
 
     def published_plan(self) -> QuotaPlan | None:
         """The published pod plans as one QuotaPlan (generation = newest pod generation)."""

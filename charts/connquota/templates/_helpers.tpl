@@ -148,10 +148,10 @@ namespace. */ -}}
   verbs: [patch]
 {{- end }}
 # A quota's credential Secrets must exist: read as metadata only (PartialObjectMetadata), never
-# listed or watched.
+# listed or watched. create: each quota's peer-token Secret (created once, never updated).
 - apiGroups: [""]
   resources: [secrets]
-  verbs: [get]
+  verbs: [get, create]
 {{- if eq .Values.mode "peering" }}
 - apiGroups: [kopf.dev]
   resources: [kopfpeerings]

@@ -6,6 +6,7 @@ so an unchanged object is never written again.
 """
 
 from connquota.operator.builders.common import content_hash, owner_reference, with_hash
+from connquota.operator.builders.peer_secret import build_peer_secret
 from connquota.operator.builders.plans import (
     build_lease,
     build_ledger_configmap,
@@ -26,6 +27,7 @@ __all__ = [
     "build_headless_service",
     "build_lease",
     "build_ledger_configmap",
+    "build_peer_secret",
     "build_plan_configmap",
     "build_pod_disruption_budget",
     "build_role",

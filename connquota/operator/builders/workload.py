@@ -40,6 +40,8 @@ STATE_DIR = "/var/lib/connquota/state"
 """The gateway's attempt log lives here (an emptyDir)."""
 CONSUMER_AUTH_DIR = "/var/run/connquota/consumer-auth"
 """The consumer bearer-token Secret (key `token`) is mounted here when configured."""
+PEER_TOKEN_DIR = "/var/run/connquota/peer"
+"""The quota's peer-token Secret (key `token`): the pods relay streams to each other with it."""
 CONSUMER_TLS_DIR = "/var/run/connquota/consumer-tls"
 """The consumer TLS Secret (`tls.crt`, `tls.key`) is mounted here when configured (a whole
 directory, not subPath files, so a renewal reaches the running pod)."""
@@ -70,6 +72,7 @@ def gateway_env(
         {"name": "CONNQUOTA_QUOTA", "value": quota_name},
         {"name": "CONNQUOTA_STATE_DIR", "value": STATE_DIR},
         {"name": "CONNQUOTA_PORT", "value": str(GATEWAY_PORT)},
+        {"name": "CONNQUOTA_PEER_TOKEN_FILE", "value": f"{PEER_TOKEN_DIR}/token"},
     ]
     if consumer_auth:
         env.append({"name": "CONNQUOTA_CONSUMER_TOKEN_FILE", "value": f"{CONSUMER_AUTH_DIR}/token"})
@@ -209,11 +212,20 @@ def build_statefulset(
     volumes: list[dict[str, Any]] = [
         {"name": "state", "emptyDir": {}},
         {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
+        {
+            "name": "peer-token",
+            "secret": {
+                "secretName": names.peer_secret_name(quota_name),
+                "items": [{"key": "token", "path": "token"}],
+                "defaultMode": SECRET_FILE_MODE,
+            },
+        },
         *cred_volumes,
     ]
     mounts: list[dict[str, Any]] = [
         {"name": "state", "mountPath": STATE_DIR},
         {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "peer-token", "mountPath": PEER_TOKEN_DIR, "readOnly": True},
         *cred_mounts,
     ]
     if gw.consumerAuthSecretRef is not None:

@@ -129,7 +129,8 @@ def test_credentials_are_mounted_as_files_and_never_in_env(quota) -> None:
         assert "secretKeyRef" not in env.get("valueFrom", {})
     assert "envFrom" not in container
     secrets = {v["secret"]["secretName"]: v for v in pod["volumes"] if "secret" in v}
-    assert set(secrets) == {"binance-main", "binance-sub"}
+    assert set(secrets) == {"binance-main", "binance-sub", "md-gw-peer"}
+    assert [i["key"] for i in secrets["md-gw-peer"]["secret"]["items"]] == ["token"]
     assert [i["key"] for i in secrets["binance-sub"]["secret"]["items"]] == [
         "apiKey",
         "apiSecret",
@@ -138,6 +139,20 @@ def test_credentials_are_mounted_as_files_and_never_in_env(quota) -> None:
     mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
     assert mounts["/var/run/connquota/credentials/main"]["readOnly"] is True
     assert mounts["/var/run/connquota/credentials/sub"]["readOnly"] is True
+
+
+def test_the_peer_token_is_a_new_secret_owned_by_the_quota_and_a_mounted_file(quota) -> None:
+    first, second = builders.build_peer_secret(quota), builders.build_peer_secret(quota)
+    assert first["metadata"]["name"] == "md-gw-peer"
+    assert first["metadata"]["ownerReferences"][0]["uid"] == "quota-uid"
+    assert len(first["stringData"]["token"]) == 64
+    assert first["stringData"]["token"] != second["stringData"]["token"]  # created, not applied
+    (container,) = builders.build_statefulset(quota, 1, [])["spec"]["template"]["spec"][
+        "containers"
+    ]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    mount = next(m for m in container["volumeMounts"] if m["name"] == "peer-token")
+    assert env["CONNQUOTA_PEER_TOKEN_FILE"] == mount["mountPath"] + "/token"
 
 
 def test_attempt_log_lives_on_an_empty_dir(quota) -> None:
