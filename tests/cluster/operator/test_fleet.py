@@ -47,6 +47,33 @@ def _consumers_get_every_stream(api_client: Any, namespace: str, core: Any) -> N
             assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), (stream, seqs)
 
 
+def _every_pod_relays_every_stream(api_client: Any, namespace: str, core: Any, mock: Any) -> None:
+    """Any pod serves any stream of the quota: the pods found each other in the headless
+    Service's EndpointSlices and authenticate with the operator's peer Secret; the exchange
+    still sees each stream subscribed once."""
+    held = streams_by_pod(core, namespace, "md")
+    assert len(held) >= 2, held
+    every = sorted(s for streams in held.values() for s in streams)
+    for ordinal, ip in sorted(pod_ips(api_client, namespace, "md").items()):
+        seen = wait_for(
+            lambda ip=ip: _consume_or_none(ip, every),
+            30,
+            f"pod {ordinal} serving every stream of the quota",
+        )
+        for stream, seqs in seen.items():
+            assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), (ordinal, stream, seqs)
+    upstream = sorted(s for streams in mock.open_streams().values() for s in streams)
+    assert upstream == every
+
+
+def _consume_or_none(ip: str, streams: list[str]) -> dict[str, list] | None:
+    """What `consume` returns, or None while the pod refuses a stream (links not up yet)."""
+    try:
+        return consume(ip, streams, timeout_s=10)
+    except pytest.fail.Exception:
+        return None
+
+
 def test_fleet_lifecycle_scale_replace_and_mass_disconnect_within_every_limit(
     api_client: Any,
     namespace: str,
@@ -143,6 +170,7 @@ def test_fleet_lifecycle_scale_replace_and_mass_disconnect_within_every_limit(
         wait_ready(api_client, namespace, "md", 60, log)
         assert argocd_health(get_quota(api_client, namespace, "md"))[0] == "Healthy"
         _consumers_get_every_stream(api_client, namespace, core)
+        _every_pod_relays_every_stream(api_client, namespace, core, mock_exchange)
         mock_exchange.assert_no_violation()
         assert mock_exchange.peak_fraction(LimitName.CONCURRENT_CONNECTIONS, LimitScope.IP) >= 0.9
 
