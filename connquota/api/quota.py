@@ -286,6 +286,12 @@ class GatewaySpec(ApiModel):
         default=None,
         description="Secret with key `token`: consumers must send it as a bearer token.",
     )
+    lastValueCache: bool = Field(
+        default=False,
+        description="Keep each stream's newest message in the gateways, so a consumer that "
+        "subscribes with `lastValue: true` gets it at once (tickers, mark prices). Costs one "
+        "message of memory per stream.",
+    )
     consumerTLSSecretRef: LocalObjectRef | None = Field(
         default=None,
         description="A kubernetes.io/tls Secret (keys `tls.crt`, `tls.key`, as cert-manager "

@@ -62,6 +62,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="URL",
         help="base URL of another gateway pod of the quota (repeatable)",
     )
+    parser.add_argument(
+        "--last-value-cache",
+        action="store_true",
+        default=env("CONNQUOTA_LAST_VALUE_CACHE", "") == "true",
+        help="keep each stream's newest message for consumers that ask for it (lastValue)",
+    )
     parser.add_argument("--lease-duration", type=int, default=15, help="seconds (in cluster)")
     parser.add_argument("--backoff-base", type=float, default=0.5, help="seconds")
     parser.add_argument("--backoff-cap", type=float, default=30.0, help="seconds")
@@ -126,6 +132,7 @@ def run(args: argparse.Namespace) -> int:
         tls_port=args.tls_port,
         peer_token_file=pod_path(args.peer_token_file) if args.peer_token_file else None,
         peers=list(args.peer),
+        last_value_cache=args.last_value_cache,
         report_interval_s=args.report_interval,
         consumer_queue_frames=args.consumer_queue,
         slow_consumer_policy=args.slow_consumer,

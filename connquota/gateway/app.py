@@ -67,6 +67,8 @@ class GatewaySettings:
     tls: TlsFiles | None = None
     """Serve the consumer endpoints over TLS too, with this certificate (see `tls`)."""
     tls_port: int = 8443
+    last_value_cache: bool = False
+    """Keep each stream's newest message for consumers that ask for it when they subscribe."""
     peer_token_file: Path | None = None
     """The quota's peer token: with it, other pods may relay this pod's streams and this pod
     relays theirs (`peers`, `relay`)."""
@@ -101,7 +103,9 @@ class Gateway:
             settings.state_dir / f"gateway-{settings.ordinal}.attempts.json", self.boot_id
         )
         self.limiter = Limiter(self.clock, log_file)
-        self.hub = StreamHub(settings.consumer_queue_frames, settings.slow_consumer_policy)
+        self.hub = StreamHub(
+            settings.consumer_queue_frames, settings.slow_consumer_policy, settings.last_value_cache
+        )
         self.egress = EgressPool()
         self.ctx = UpstreamContext(
             limiter=self.limiter,

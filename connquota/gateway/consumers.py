@@ -1,7 +1,8 @@
 """`GET /v1/ws`: local consumers subscribe to streams by name and get tagged frames.
 
 Client -> gateway: `{"op":"subscribe","streams":[...]}`, `{"op":"unsubscribe","streams":[...]}`
-(an optional `"id"` is echoed). Gateway -> client: `{"op":"subscribed","streams":[...]}`,
+(an optional `"id"` is echoed; `"lastValue":true` on a subscribe also sends, at once, the newest
+message of each stream the gateway has kept, marked `"cached":true`, when the quota keeps them). Gateway -> client: `{"op":"subscribed","streams":[...]}`,
 `{"stream":..,"seq":..,"rxMs":..,"data":..}` per message (seq consecutive per stream),
 `{"error":{"code":..,"msg":..}}` for bad JSON, unknown ops, unknown streams and oversized
 messages (the connection stays open). A consumer too slow for its bounded queue is closed with
@@ -44,6 +45,9 @@ SLOW_CLOSE_GRACE_S = 5.0
 """A slow consumer that has not read its close frame after this long is disconnected."""
 SHUTDOWN_CLOSE_S = 2.0
 """On shutdown, consumers that do not complete the close handshake in time are dropped."""
+
+
+LAST_VALUE_OFF = "this quota keeps no last values (spec.gateway.lastValueCache)"
 
 
 def error_frame(code: str, msg: str, request_id: Any = None) -> str:
@@ -159,6 +163,11 @@ async def _handle_request(
         if request_id is not None:
             reply["id"] = request_id
         await ws.send_str(json.dumps(reply, separators=(",", ":")))
+        if req.get("lastValue") is True:
+            if gw.hub.last_values is None:
+                await ws.send_str(error_frame("last_value_off", LAST_VALUE_OFF, request_id))
+            else:
+                gw.hub.replay_last(consumer, accepted)
         if unknown:
             shown = ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else "")
             await ws.send_str(

@@ -186,8 +186,18 @@ class Consumer:
 class StreamHub:
     """Streams this pod serves, who consumes them, which session delivers them."""
 
-    def __init__(self, queue_frames: int = 10_000, policy: str = SLOW_CONSUMER_CLOSE) -> None:
+    def __init__(
+        self,
+        queue_frames: int = 10_000,
+        policy: str = SLOW_CONSUMER_CLOSE,
+        last_values: bool = False,
+    ) -> None:
         self.queue_frames = queue_frames
+        self.last_values: dict[str, tuple[int, str, int | None]] | None = (
+            {} if last_values else None
+        )
+        """stream -> (seq, payload JSON, exchange sequence) of its newest message, when the
+        quota keeps last values (a consumer may ask for them when it subscribes)."""
         self.policy = policy
         self.known: set[str] = set()
         self.subscribers: dict[str, set[Consumer]] = {}
@@ -214,6 +224,10 @@ class StreamHub:
         """The streams this pod's plan holds upstream (and tells its peers of)."""
         new = set(streams)
         old, self.known = self.known, new
+        if self.last_values is not None:
+            for stream in old - new:
+                if stream not in self.subscribers:
+                    self.last_values.pop(stream, None)
         if self.known_listeners and new != old:
             added, removed = sorted(new - old), sorted(old - new)
             for listener in list(self.known_listeners):
@@ -271,9 +285,13 @@ class StreamHub:
         self.seq[stream] = seq
         subscribers = self.subscribers.get(stream)
         if not subscribers:
+            if self.last_values is not None:
+                self.last_values[stream] = (seq, _encode(payload), upstream_seq)
             return True
-        frames: list[bytes | None] = [None] * FORMATS
         data = _encode(payload)
+        if self.last_values is not None:
+            self.last_values[stream] = (seq, data, upstream_seq)
+        frames: list[bytes | None] = [None] * FORMATS
         for consumer in subscribers:
             fmt = consumer.fmt
             frame = frames[fmt]
@@ -348,6 +366,31 @@ class StreamHub:
             del self.subscribers[stream]
             if self.router is not None:  # also a stream relayed before this pod took it
                 self.router.unwant(stream)
+
+    def replay_last(self, consumer: Consumer, streams: list[str]) -> int:
+        """Queue, for `consumer`, the newest message of each of `streams` the hub has kept
+        (`/v1/ws` frames carry `"cached":true`); returns how many."""
+        cache = self.last_values
+        if cache is None:
+            return 0
+        now = time.monotonic()
+        sent = 0
+        for stream in streams:
+            kept = cache.get(stream)
+            if kept is None:
+                continue
+            seq, data, useq = kept
+            if consumer.fmt == FMT_ENVELOPE:
+                text = (
+                    f'{{"stream":{_encode(stream)},"seq":{seq},"rxMs":{int(time.time() * 1000)},'
+                    f'"cached":true,"data":{data}}}'
+                )
+                frame = text_frame(text.encode())
+            else:
+                frame = self._frame(consumer.fmt, stream, seq, data, useq)
+            consumer.offer(frame, now)
+            sent += 1
+        return sent
 
     def notice(self, stream: str, text: str) -> None:
         """Send `text` (a JSON object) to the stream's `/v1/ws` consumers (relay notices)."""

@@ -9,7 +9,8 @@ Gateway -> peer: `{"op":"have","reset":true,"streams":[...]}` on connect, then
 `{"op":"have","add":[...],"remove":[...]}` whenever this pod's plan changes what it holds;
 `{"op":"subscribed","streams":[...]}`, errors as on `/v1/ws`, and data frames
 `{"stream":..,"seq":..,"useq":..,"data":..}` (`useq`: the exchange's own sequence, when the
-dialect has one). Peer -> gateway: `{"op":"subscribe"|"unsubscribe","streams":[...]}`.
+dialect has one). Peer -> gateway: `{"op":"subscribe"|"unsubscribe","streams":[...]}` (`"lastValue":true`: the
+newest kept message of each, at once).
 
 A peer subscribes only streams this pod holds (never ones it relays itself: no loops, and no
 stream is ever subscribed upstream because of relaying). A peer link is a consumer like any
@@ -107,6 +108,8 @@ async def _handle(gw: Gateway, ws: web.WebSocketResponse, consumer: Any, text: s
         return
     accepted, unknown = gw.hub.subscribe(consumer, names, own_only=True)
     await ws.send_str(_dumps({"op": "subscribed", "streams": accepted}))
+    if req.get("lastValue") is True:
+        gw.hub.replay_last(consumer, accepted)
     if unknown:
         error = {"code": "not_held", "msg": "not held by this pod"}
         await ws.send_str(_dumps({"error": error, "streams": unknown}))

@@ -60,13 +60,19 @@ class PeerLink:
         new = [s for s in streams if s not in self.subscribed]
         self.subscribed.update(new)
         if new:
-            self._send({"op": "subscribe", "streams": new})
+            self._send(self._subscribe_request(new))
 
     def unsubscribe(self, streams: list[str]) -> None:
         gone = [s for s in streams if s in self.subscribed]
         self.subscribed.difference_update(gone)
         if gone:
             self._send({"op": "unsubscribe", "streams": gone})
+
+    def _subscribe_request(self, streams: list[str]) -> dict[str, Any]:
+        body: dict[str, Any] = {"op": "subscribe", "streams": streams}
+        if self.relay.hub.last_values is not None:
+            body["lastValue"] = True  # the peer's newest message: consumers need not wait
+        return body
 
     def _send(self, body: dict[str, Any]) -> None:
         ws = self.ws
@@ -133,7 +139,7 @@ class PeerLink:
         wanted = [s for s in self.subscribed if s in self.announced]
         self.subscribed = set(wanted)
         if wanted:
-            self._send({"op": "subscribe", "streams": wanted})
+            self._send(self._subscribe_request(wanted))
         log.info("peer %s connected: it holds %d streams", self.url, len(streams),
                  extra=self.relay.log_extra)  # fmt: skip
 

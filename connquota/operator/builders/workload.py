@@ -59,7 +59,7 @@ def gateway_command() -> list[str]:
 
 
 def gateway_env(
-    quota_name: str, consumer_auth: bool, consumer_tls: bool = False
+    quota_name: str, consumer_auth: bool, consumer_tls: bool = False, last_values: bool = False
 ) -> list[dict[str, Any]]:
     """Environment of the gateway container: identity from the downward API, paths. No secrets."""
     env: list[dict[str, Any]] = [
@@ -76,6 +76,8 @@ def gateway_env(
     ]
     if consumer_auth:
         env.append({"name": "CONNQUOTA_CONSUMER_TOKEN_FILE", "value": f"{CONSUMER_AUTH_DIR}/token"})
+    if last_values:
+        env.append({"name": "CONNQUOTA_LAST_VALUE_CACHE", "value": "true"})
     if consumer_tls:
         env += [
             {"name": "CONNQUOTA_TLS_CERT_FILE", "value": f"{CONSUMER_TLS_DIR}/tls.crt"},
@@ -161,7 +163,10 @@ def _container(quota: ExchangeConnectionQuota, mounts: list[dict[str, Any]]) -> 
         "imagePullPolicy": gw.imagePullPolicy,
         "command": gateway_command(),
         "env": gateway_env(
-            quota_name, gw.consumerAuthSecretRef is not None, gw.consumerTLSSecretRef is not None
+            quota_name,
+            gw.consumerAuthSecretRef is not None,
+            gw.consumerTLSSecretRef is not None,
+            gw.lastValueCache,
         ),
         "ports": [{"name": GATEWAY_PORT_NAME, "containerPort": GATEWAY_PORT, "protocol": "TCP"}]
         + (

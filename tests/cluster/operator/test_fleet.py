@@ -7,6 +7,7 @@ scenario either keeps the referee silent or fails.
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
@@ -55,15 +56,25 @@ def _every_pod_relays_every_stream(api_client: Any, namespace: str, core: Any, m
     assert len(held) >= 2, held
     every = sorted(s for streams in held.values() for s in streams)
     for ordinal, ip in sorted(pod_ips(api_client, namespace, "md").items()):
-        seen = wait_for(
-            lambda ip=ip: _consume_or_none(ip, every),
-            30,
-            f"pod {ordinal} serving every stream of the quota",
-        )
+        try:
+            seen = wait_for(
+                lambda ip=ip: _consume_or_none(ip, every),
+                30,
+                f"pod {ordinal} serving every stream of the quota",
+            )
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; its relay: {_relay_status(ip)}") from None
         for stream, seqs in seen.items():
             assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), (ordinal, stream, seqs)
     upstream = sorted(s for streams in mock.open_streams().values() for s in streams)
     assert upstream == every
+
+
+def _relay_status(ip: str) -> object:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://{ip}:8080/status", timeout=5) as resp:
+        return json.loads(resp.read()).get("relay")
 
 
 def _consume_or_none(ip: str, streams: list[str]) -> dict[str, list] | None:
