@@ -52,6 +52,25 @@ async def _gateway(harness, profile: str, streams: list[str], args: list[str] | 
     return gw, gw.base_url.replace("http://", "ws://")
 
 
+async def _btc_trades_and_eth_ticker(exchange: Any) -> None:
+    """ccxt's watch_trades and watch_ticker, parsed by ccxt itself."""
+    trades = await asyncio.wait_for(exchange.watch_trades("BTC/USDT"), WATCH_S)
+    assert trades and trades[-1]["symbol"] == "BTC/USDT" and trades[-1]["price"] > 0
+    ticker = await asyncio.wait_for(exchange.watch_ticker("ETH/USDT"), WATCH_S)
+    assert ticker["symbol"] == "ETH/USDT" and ticker["last"] is not None
+
+
+async def _tls_gateway(harness, tmp_path, profile: str, streams: list[str]):
+    """A gateway also serving TLS (a test CA's certificate files); returns (TLS port, CA)."""
+    ca = TestCA.create()
+    files = ca.write(tmp_path / "tls")
+    tls_port = free_port()
+    args = ["--tls-cert-file", str(files["cert"]), "--tls-key-file", str(files["key"]),
+            "--tls-port", str(tls_port)]  # fmt: skip
+    gw, _ = await _gateway(harness, profile, streams, args)
+    return gw, tls_port, files["ca"]
+
+
 def _upstream(harness) -> list[str]:
     """Every upstream subscription the exchange holds from the gateway (duplicates kept)."""
     return sorted(s for c in harness.mock.websockets(GW_IP) for s in c.streams)
@@ -67,10 +86,7 @@ async def test_ccxt_pro_binance_watches_trades_tickers_and_candles_through_the_g
     exchange.urls["api"]["public"] = harness.mock.http_url + "/api/v3"
     exchange.urls["api"]["ws"]["spot"] = ws_base + "/ws"
     try:
-        trades = await asyncio.wait_for(exchange.watch_trades("BTC/USDT"), WATCH_S)
-        assert trades and trades[-1]["symbol"] == "BTC/USDT" and trades[-1]["price"] > 0
-        ticker = await asyncio.wait_for(exchange.watch_ticker("ETH/USDT"), WATCH_S)
-        assert ticker["symbol"] == "ETH/USDT" and ticker["last"] is not None
+        await _btc_trades_and_eth_ticker(exchange)
         candles = await asyncio.wait_for(exchange.watch_ohlcv("BTC/USDT", "1m"), WATCH_S)
         assert candles and len(candles[-1]) == 6 and candles[-1][4] > 0
         # a symbol outside the quota: Binance's own error, which ccxt raises
@@ -115,10 +131,7 @@ async def test_ccxt_pro_okx_watches_trades_and_tickers_through_the_gateway(harne
     exchange.urls["api"]["rest"] = harness.mock.http_url
     exchange.urls["api"]["ws"] = ws_base + "/ws/v5"
     try:
-        trades = await asyncio.wait_for(exchange.watch_trades("BTC/USDT"), WATCH_S)
-        assert trades and trades[-1]["symbol"] == "BTC/USDT" and trades[-1]["price"] > 0
-        ticker = await asyncio.wait_for(exchange.watch_ticker("ETH/USDT"), WATCH_S)
-        assert ticker["symbol"] == "ETH/USDT" and ticker["last"] is not None
+        await _btc_trades_and_eth_ticker(exchange)
         with pytest.raises(Exception, match="60018"):
             await asyncio.wait_for(exchange.watch_trades("SOL/USDT"), WATCH_S)
     finally:
@@ -132,14 +145,9 @@ async def test_python_okx_reads_trades_over_wss_from_the_gateways_tls_listener(
 ):
     """python-okx accepts only wss:// URLs: the gateway serves its consumer endpoints over TLS
     too, with a certificate from files (a kubernetes.io/tls Secret's tls.crt and tls.key)."""
-    ca = TestCA.create()
-    files = ca.write(tmp_path / "tls")
-    tls_port = free_port()
-    args = ["--tls-cert-file", str(files["cert"]), "--tls-key-file", str(files["key"]),
-            "--tls-port", str(tls_port)]  # fmt: skip
-    gw, _ = await _gateway(harness, "okx", OKX_STREAMS, args)
+    gw, tls_port, ca = await _tls_gateway(harness, tmp_path, "okx", OKX_STREAMS)
     # python-okx trusts certifi's bundle only: trust the cluster's CA the same way
-    monkeypatch.setattr(certifi, "where", lambda: str(files["ca"]))
+    monkeypatch.setattr(certifi, "where", lambda: str(ca))
     client = WsPublicAsync(url=f"wss://127.0.0.1:{tls_port}/ws/v5/public")
     got: list[dict] = []
     trade = asyncio.Event()
@@ -219,10 +227,7 @@ async def test_ccxt_pro_bybit_watches_trades_tickers_and_candles_through_the_gat
         exchange.urls["api"][kind] = harness.mock.http_url
     exchange.urls["api"]["ws"]["public"]["spot"] = ws_base + "/v5/public/spot"
     try:
-        trades = await asyncio.wait_for(exchange.watch_trades("BTC/USDT"), WATCH_S)
-        assert trades and trades[-1]["symbol"] == "BTC/USDT" and trades[-1]["price"] > 0
-        ticker = await asyncio.wait_for(exchange.watch_ticker("ETH/USDT"), WATCH_S)
-        assert ticker["symbol"] == "ETH/USDT" and ticker["last"] is not None
+        await _btc_trades_and_eth_ticker(exchange)
         candles = await asyncio.wait_for(exchange.watch_ohlcv("BTC/USDT", "1m"), WATCH_S)
         assert candles and len(candles[-1]) == 6
         with pytest.raises(Exception, match="handler not found"):
@@ -239,14 +244,9 @@ async def test_cryptofeed_binance_trades_over_wss_through_the_gateway(
     """cryptofeed accepts only wss:// and opens `/stream?streams=...` (the combined endpoint)
     after reading the market list from exchangeInfo; its Binance feed takes the gateway's TLS
     address as its endpoint."""
-    ca = TestCA.create()
-    files = ca.write(tmp_path / "tls")
-    tls_port = free_port()
-    args = ["--tls-cert-file", str(files["cert"]), "--tls-key-file", str(files["key"]),
-            "--tls-port", str(tls_port)]  # fmt: skip
     streams = [*BINANCE_STREAMS, "btcusdt@aggTrade"]  # cryptofeed's TRADES channel
-    await _gateway(harness, "binance-spot", streams, args)
-    monkeypatch.setenv("SSL_CERT_FILE", str(files["ca"]))  # the default context trusts it
+    _, tls_port, ca = await _tls_gateway(harness, tmp_path, "binance-spot", streams)
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca))  # the default context trusts it
     rest = harness.mock.http_url
 
     class GatewayBinance(CryptofeedBinance):
