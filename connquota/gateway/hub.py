@@ -263,9 +263,15 @@ class StreamHub:
         return len(self.holders)
 
     def publish(
-        self, stream: str, payload: Any, source: object, upstream_seq: int | None = None
+        self,
+        stream: str,
+        payload: Any,
+        source: object,
+        upstream_seq: int | None = None,
+        raw: str | None = None,
     ) -> bool:
-        """Deliver one upstream message to the stream's consumers, once; True if delivered."""
+        """Deliver one upstream message to the stream's consumers, once; True if delivered.
+        `raw`: the payload's JSON as the exchange sent it (spliced into every frame as is)."""
         self.messages_in += 1
         now = self.last_data_mono = time.monotonic()
         holders = self.holders.get(stream)
@@ -286,9 +292,10 @@ class StreamHub:
         subscribers = self.subscribers.get(stream)
         if not subscribers:
             if self.last_values is not None:
-                self.last_values[stream] = (seq, _encode(payload), upstream_seq)
+                data = raw if raw is not None else _encode(payload)
+                self.last_values[stream] = (seq, data, upstream_seq)
             return True
-        data = _encode(payload)
+        data = raw if raw is not None else _encode(payload)
         if self.last_values is not None:
             self.last_values[stream] = (seq, data, upstream_seq)
         frames: list[bytes | None] = [None] * FORMATS

@@ -89,7 +89,7 @@ class GatewayCollector(Collector):
             waits.add_metric([reason], n)
         yield waits
         m_in = CounterMetricFamily(P + "messages_in", "Text messages from the exchange")
-        m_in.add_metric([], stats[("messages_in",)])
+        m_in.add_metric([], gw.ctx.text_in)
         yield m_in
         m_out = CounterMetricFamily(P + "messages_out", "Messages sent upstream", labels=["kind"])
         for kind, n in limiter.stats.messages.items():

@@ -37,6 +37,8 @@ BACKOFF_BASE_S = 0.2
 BACKOFF_CAP_S = 5.0
 CONNECT_TIMEOUT_S = 5.0
 MAX_FRAME_BYTES = 16 * 1024 * 1024
+STREAM_KEY = '{"stream":'
+DATA_KEY = ',"data":'
 
 
 class PeerLink:
@@ -116,13 +118,18 @@ class PeerLink:
                 if msg.type == aiohttp.WSMsgType.ERROR:
                     return
                 continue
+            text = msg.data
+            cut = text.find(DATA_KEY) if text.startswith(STREAM_KEY) else -1
             try:
-                body = json.loads(msg.data)
+                # A data frame ends with its payload (peers.py builds it so): parse only the
+                # head, splice the payload through as the exchange sent it.
+                body = json.loads(text[:cut] + "}" if cut > 0 else text)
             except ValueError:
                 continue
-            stream = body.get("stream")
-            if stream is not None and "data" in body:
-                publish(stream, body["data"], self, body.get("useq"))
+            if cut > 0:
+                publish(
+                    body["stream"], None, self, body.get("useq"), text[cut + len(DATA_KEY) : -1]
+                )
             elif body.get("op") == "have":
                 if body.get("reset"):
                     self._on_connected(ws, body.get("streams") or [])

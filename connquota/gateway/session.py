@@ -281,17 +281,17 @@ class Session:
 
     async def _reader(self) -> None:
         assert self.ws is not None
-        ws, hub = self.ws, self.ctx.hub
+        ws, ctx, hub = self.ws, self.ctx, self.ctx.hub
         reason, clean = "closed-by-exchange", True
         try:
             while True:
                 msg = await ws.receive()
                 self.last_rx_mono = time.monotonic()
                 if msg.type == aiohttp.WSMsgType.TEXT:
-                    self.ctx.stats[("messages_in",)] += 1
+                    ctx.text_in += 1
                     ev = self.fmt.parse_server_message(msg.data)
                     if isinstance(ev, Data):
-                        hub.publish(ev.stream, ev.payload, self, ev.seq)
+                        hub.publish(ev.stream, ev.payload, self, ev.seq, ev.raw)
                     elif isinstance(ev, Ack):
                         self._on_ack(ev)
                     elif isinstance(ev, LoginResult):

@@ -82,7 +82,9 @@ class UpstreamContext:
     settings: UpstreamSettings = field(default_factory=UpstreamSettings)
     credentials: dict[str, PlanCredential] = field(default_factory=dict)
     stats: Counter[tuple[str, ...]] = field(default_factory=Counter)
-    """('reconnect', reason) / ('rate_limited', status) / ('messages_in',) ... counters."""
+    """('reconnect', reason) / ('rate_limited', status) ... counters."""
+    text_in: int = 0
+    """Text messages from the exchange (a plain integer: counted once per message)."""
     log_extra: dict[str, str] = field(default_factory=dict)
 
 

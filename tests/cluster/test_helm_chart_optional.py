@@ -178,7 +178,10 @@ def test_with_every_optional_part_the_chart_lints_strictly_and_renders_each_part
     gateway_labels = gateway_policy["podSelector"]["matchLabels"]
     assert matches(gateway_labels, pod_labels)
     (ingress,) = gateway_policy["ingress"]
-    assert ingress["ports"] == [{"port": gateway_port["containerPort"], "protocol": "TCP"}]
+    assert ingress["ports"] == [
+        {"port": gateway_port["containerPort"], "protocol": "TCP"},
+        {"port": 8443, "protocol": "TCP"},  # consumers over TLS (consumerTLSSecretRef)
+    ]
     assert {"podSelector": {"matchLabels": gateway_labels}} in ingress["from"]  # peers
     egress_ports = [r["ports"] for r in gateway_policy["egress"]]
     assert [{"port": 53, "protocol": "UDP"}, {"port": 53, "protocol": "TCP"}] in egress_ports

@@ -30,6 +30,7 @@ connquota/operator/builders/services.py: GATEWAY_PORT). */ -}}
 app.kubernetes.io/name: connquota-gateway
 {{- end -}}
 {{- define "connquota.gatewayPort" -}}8080{{- end -}}
+{{- define "connquota.gatewayTLSPort" -}}8443{{- end -}}
 
 {{- /* Where gateway pods run, for the monitors: the watched namespaces, or every namespace. */ -}}
 {{- define "connquota.gatewayNamespaceSelector" -}}

@@ -90,6 +90,9 @@ class Data:
     seq: int | None
     event_time_ms: int | None
     payload: Any
+    raw: str | None = None
+    """The payload's JSON exactly as the exchange sent it (None when it is not one contiguous
+    part of the frame): forwarded as is, never re-encoded."""
 
 
 @dataclass(frozen=True)

@@ -355,6 +355,17 @@ def _infer_stream(payload: dict[str, Any]) -> str:
     return ""
 
 
+def _wrapped_data(text: str, obj: dict[str, Any]) -> str | None:
+    """The `data` of a combined frame as sent, when the frame is exactly
+    `{"stream":"<name>","data":<data>}` (Binance's compact order); None otherwise."""
+    if len(obj) != 2:
+        return None
+    head = f'{{"stream":{json.dumps(obj["stream"])},"data":'
+    if not text.startswith(head) or not text.endswith("}"):
+        return None
+    return text[len(head) : -1]
+
+
 def parse_server_message(text: str, default_stream: str | None = None) -> ServerEvent:
     """Classify a frame from the stream host or the WebSocket API.
 
@@ -367,7 +378,8 @@ def parse_server_message(text: str, default_stream: str | None = None) -> Server
         data = obj["data"]
         if data.get("e") == "serverShutdown":
             return Notice(kind="serverShutdown", event_time_ms=_int(data.get("E")), raw=obj)
-        return Data(str(obj["stream"]), _seq_of(data), _int(data.get("E")), data)
+        stream = str(obj["stream"])
+        return Data(stream, _seq_of(data), _int(data.get("E")), data, _wrapped_data(text, obj))
     if "status" in obj and "id" in obj:
         return _parse_api_response(obj)
     if "error" in obj and isinstance(obj["error"], dict):
@@ -389,7 +401,7 @@ def parse_server_message(text: str, default_stream: str | None = None) -> Server
         return Notice(kind="serverShutdown", event_time_ms=_int(obj.get("E")), raw=obj)
     stream = default_stream or _infer_stream(obj)
     if stream:
-        return Data(stream, _seq_of(obj), _int(obj.get("E")), obj)
+        return Data(stream, _seq_of(obj), _int(obj.get("E")), obj, text)
     return Unknown(text)
 
 

@@ -190,7 +190,7 @@ def parse_server_message(text: str, default_stream: str | None = None) -> Server
     if "success" in obj and obj.get("success") is False:
         return Error(request_id, str(op or ""), str(obj.get("ret_msg", "")), obj)
     if "topic" in obj and "data" in obj:
-        return Data(str(obj["topic"]), _seq_of(obj), _int(obj.get("ts")), obj)
+        return Data(str(obj["topic"]), _seq_of(obj), _int(obj.get("ts")), obj, text)
     return Unknown(text)
 
 

@@ -260,7 +260,8 @@ def parse_server_message(text: str, default_stream: str | None = None) -> Server
         items = obj["data"]
         first = items[0] if items and isinstance(items[0], dict) else {}
         ts = first.get("ts")
-        return Data(stream, _seq_of(first), int(str(ts)) if str(ts).isdigit() else None, obj)
+        event_ms = int(str(ts)) if str(ts).isdigit() else None
+        return Data(stream, _seq_of(first), event_ms, obj, text)
     return Unknown(text)
 
 

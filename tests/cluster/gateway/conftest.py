@@ -342,8 +342,8 @@ class InClusterGateway:
 
     # -- objects
     def create_objects(self, plan: PodPlan, lease_spec: dict[str, Any] | None = None) -> None:
-        """ServiceAccount, Role, RoleBinding (exactly as the operator builds them), the Lease
-        (empty, or with `lease_spec`) and the plan ConfigMap."""
+        """ServiceAccount, Role, RoleBinding, the peer-token Secret (exactly as the operator
+        builds them), the Lease (empty, or with `lease_spec`) and the plan ConfigMap."""
         self.core.create_namespaced_service_account(
             self.namespace, unowned(builders.build_service_account(self.quota))
         )
@@ -351,6 +351,9 @@ class InClusterGateway:
             self.namespace, unowned(builders.build_role(self.quota, 1))
         )
         self.create_role_binding()
+        self.core.create_namespaced_secret(
+            self.namespace, unowned(builders.build_peer_secret(self.quota))
+        )
         lease = unowned(builders.build_lease(self.quota, 0))
         if lease_spec:
             lease["spec"] = dict(lease_spec)

@@ -122,6 +122,24 @@ def test_combined_payloads_are_wrapped_with_the_stream_name() -> None:
     assert isinstance(event, Data)
     assert (event.stream, event.seq) == ("btcusdt@depth@100ms", 160)
     assert event.payload["U"] == event.payload["u"] == 160
+    assert event.raw is not None and json.loads(event.raw) == event.payload
+    assert text == f'{{"stream":"btcusdt@depth@100ms","data":{event.raw}}}'
+
+
+def test_the_payload_is_kept_as_the_exchange_sent_it_only_when_it_is_one_piece() -> None:
+    """What the gateway forwards: the exchange's own bytes (spacing, key order, number
+    spelling), never a re-encoding; a frame of another shape falls back to the parsed value."""
+    sent = '{"e":"trade","E":1,"s":"BTCUSDT","t":7,"p":"1.10","q":"2.0"}'
+    combined = binance.parse_server_message('{"stream":"btcusdt@trade","data":' + sent + "}")
+    assert isinstance(combined, Data) and combined.raw == sent
+    raw = binance.parse_server_message(sent, default_stream="btcusdt@trade")
+    assert isinstance(raw, Data) and raw.raw == sent
+    spaced = '{"stream": "btcusdt@trade", "data": ' + sent + "}"
+    other_order = '{"data":' + sent + ',"stream":"btcusdt@trade"}'
+    extra_key = '{"stream":"btcusdt@trade","data":' + sent + ',"x":{}}'
+    for text in (spaced, other_order, extra_key):
+        event = binance.parse_server_message(text)
+        assert isinstance(event, Data) and event.raw is None and event.payload["t"] == 7
 
 
 def test_server_shutdown_notice_in_all_three_shapes() -> None:

@@ -194,8 +194,9 @@ def test_public_trade_carries_seq_and_ts() -> None:
                   "L": "PlusTick", "i": "20f43950-d8dd-5b31-9112-a178eb6023af", "BT": False,
                   "seq": 1783284617}],
     }  # fmt: skip
-    assert bybit.parse_server_message(json.dumps(documented)) == Data(
-        "publicTrade.BTCUSDT", 1783284617, 1672304486868, documented
+    text = json.dumps(documented)
+    assert bybit.parse_server_message(text) == Data(
+        "publicTrade.BTCUSDT", 1783284617, 1672304486868, documented, text
     )
     built = json.loads(bybit.build_data("publicTrade.BTCUSDT", 1783284617, 1672304486868))
     assert set(built) == set(documented) and set(built["data"][0]) == set(documented["data"][0])

@@ -144,8 +144,9 @@ def test_trade_push_carries_seq_id_and_ts() -> None:
         "data": [{"instId": "BTC-USDT", "tradeId": "130639474", "px": "42219.9", "sz": "0.12060306",
                   "side": "buy", "ts": "1630048897897", "count": "3", "source": "0", "seqId": 1234}],
     }  # fmt: skip
-    event = okx.parse_server_message(json.dumps(documented))
-    assert event == Data("trades:BTC-USDT", 1234, 1630048897897, documented)
+    text = json.dumps(documented)
+    event = okx.parse_server_message(text)
+    assert event == Data("trades:BTC-USDT", 1234, 1630048897897, documented, text)
     built = json.loads(okx.build_data("trades:BTC-USDT", 1234, 1630048897897))
     assert set(built["data"][0]) == set(documented["data"][0])
     books = okx.parse_server_message(okx.build_data("books:BTC-USDT", 7, 1630048897897))

@@ -91,6 +91,30 @@ async def test_a_slow_consumer_is_closed_or_drops_without_slowing_the_others():
     assert [json.loads(text)["seq"] for text in c.queued_texts()] == [4, 5]
 
 
+def test_every_frame_format_carries_the_exchanges_bytes_as_received():
+    """The payload is spliced into each format as the exchange sent it (spacing, number
+    spelling, key order), encoded once per format for every subscriber of that format."""
+    from connquota.gateway.hub import FMT_COMBINED, FMT_ENVELOPE, FMT_PAYLOAD, FMT_PEER
+    from connquota.gateway.wsframe import frame_payload
+
+    hub = StreamHub()
+    hub.set_known(["btcusdt@trade"])
+    raw = '{"e": "trade", "t": 7, "p": "1.10"}'
+    readers = {fmt: hub.add_consumer(fmt) for fmt in (FMT_ENVELOPE, FMT_PAYLOAD, FMT_COMBINED,
+                                                      FMT_PEER)}  # fmt: skip
+    also_raw = hub.add_consumer(FMT_PAYLOAD)
+    for consumer in (*readers.values(), also_raw):
+        hub.subscribe(consumer, ["btcusdt@trade"])
+    assert hub.publish("btcusdt@trade", json.loads(raw), "session", 7, raw)
+    texts = {fmt: frame_payload(c.frames[0]).decode() for fmt, c in readers.items()}
+    assert texts[FMT_PAYLOAD] == raw
+    assert texts[FMT_COMBINED] == '{"stream":"btcusdt@trade","data":' + raw + "}"
+    assert texts[FMT_PEER] == '{"stream":"btcusdt@trade","seq":1,"useq":7,"data":' + raw + "}"
+    envelope = json.loads(texts[FMT_ENVELOPE])
+    assert texts[FMT_ENVELOPE].endswith(',"data":' + raw + "}") and envelope["seq"] == 1
+    assert also_raw.frames[0] is readers[FMT_PAYLOAD].frames[0]  # one encoding per format
+
+
 def test_retry_after_reads_seconds_and_http_dates():
     assert retry_after_s({"Retry-After": "17"}, 0) == 17
     assert retry_after_s({"Retry-After": "Thu, 01 Jan 1970 00:01:40 GMT"}, 40) == 60
