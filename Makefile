@@ -19,8 +19,9 @@ TIER := PYTEST=$(BIN)/pytest bash hack/pytest-tier.sh
 # as `cluster`); soak and chaos are the opt-in tiers.
 OPT_IN := not soak and not chaos
 PARALLEL := not cluster and not serial and $(OPT_IN)
-# The inner loop leaves out the real exchange client libraries (heavy imports, a gateway each).
-CHECK_PARALLEL := $(PARALLEL) and not clients
+# The inner loop leaves out the real exchange client libraries and the relay fleets (heavy
+# imports, several gateway processes each): `make test` runs them.
+CHECK_PARALLEL := $(PARALLEL) and not slow
 SERIAL_FAST := serial and not cluster and $(OPT_IN)
 CLUSTER := cluster and $(OPT_IN)
 

@@ -17,6 +17,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import orjson
+
 RequestId = int | str | None
 """A request id as the client chose it (echoed back by the exchange)."""
 
@@ -240,11 +242,18 @@ def dumps(obj: Any) -> str:
 
 
 def loads_object(text: str) -> dict[str, Any] | None:
-    """The JSON object in ``text``, or None when it is not a JSON object."""
+    """The JSON object in ``text``, or None when it is not a JSON object.
+
+    orjson parses the exchanges' messages (several times faster: one parse per upstream
+    message is the gateway's largest per-message cost); what it refuses (integers beyond 64
+    bits, NaN, very deep nesting, bad JSON) goes to the standard parser, which decides."""
     try:
-        obj = json.loads(text)
-    except (ValueError, RecursionError):
-        return None
+        obj = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        try:
+            obj = json.loads(text)
+        except (ValueError, RecursionError):
+            return None
     return obj if isinstance(obj, dict) else None
 
 

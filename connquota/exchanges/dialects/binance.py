@@ -360,7 +360,11 @@ def _wrapped_data(text: str, obj: dict[str, Any]) -> str | None:
     `{"stream":"<name>","data":<data>}` (Binance's compact order); None otherwise."""
     if len(obj) != 2:
         return None
-    head = f'{{"stream":{json.dumps(obj["stream"])},"data":'
+    stream = obj["stream"]
+    if isinstance(stream, str) and '"' not in stream and "\\" not in stream:
+        head = '{"stream":"' + stream + '","data":'
+    else:
+        head = f'{{"stream":{json.dumps(stream)},"data":'
     if not text.startswith(head) or not text.endswith("}"):
         return None
     return text[len(head) : -1]

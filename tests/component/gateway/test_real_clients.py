@@ -32,7 +32,7 @@ from connquota.demo.processes import free_port
 from connquota.testing.gateway_plans import bind_address, pod_plan
 from connquota.testing.tlsca import TestCA
 
-pytestmark = pytest.mark.clients
+pytestmark = pytest.mark.slow
 
 WATCH_S = 20.0
 

@@ -17,6 +17,8 @@ from conftest import GW_IP, shrunk, stream_names, wait_for
 from connquota.api.plan import ConnectionPlan
 from connquota.testing.gateway_plans import bind_address, pod_plan
 
+pytestmark = pytest.mark.slow
+
 TOKEN = "peer-token-0123456789abcdef"
 RECEIVE_S = 10.0
 
