@@ -282,6 +282,8 @@ class Session:
     async def _reader(self) -> None:
         assert self.ws is not None
         ws, ctx, hub = self.ws, self.ctx, self.ctx.hub
+        # The dialect's data-frame fast path (Binance combined frames), if it has one.
+        fast = getattr(self.fmt, "fast_data", None)
         reason, clean = "closed-by-exchange", True
         try:
             while True:
@@ -289,6 +291,11 @@ class Session:
                 self.last_rx_mono = time.monotonic()
                 if msg.type == aiohttp.WSMsgType.TEXT:
                     ctx.text_in += 1
+                    if fast is not None:
+                        hit = fast(msg.data)
+                        if hit is not None:  # a data frame: no event object needed
+                            hub.publish(hit[0], None, self, hit[1], hit[2])
+                            continue
                     ev = self.fmt.parse_server_message(msg.data)
                     if isinstance(ev, Data):
                         hub.publish(ev.stream, ev.payload, self, ev.seq, ev.raw)

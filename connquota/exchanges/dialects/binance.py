@@ -26,6 +26,8 @@ import re
 from typing import Any
 from urllib.parse import parse_qs
 
+import orjson
+
 from connquota.exchanges.dialects.base import (
     Ack,
     ApiCredentials,
@@ -368,6 +370,29 @@ def _wrapped_data(text: str, obj: dict[str, Any]) -> str | None:
     if not text.startswith(head) or not text.endswith("}"):
         return None
     return text[len(head) : -1]
+
+
+def fast_data(text: str) -> tuple[str, int | None, str] | None:
+    """(stream, exchange sequence, payload JSON as sent) of a combined market-data frame, with
+    one parse and no event object: what the gateway needs of each message. None for every
+    other frame (acks, errors, notices, other shapes): `parse_server_message` decides those."""
+    if not text.startswith('{"stream":"'):
+        return None
+    try:
+        obj = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        return None
+    if type(obj) is not dict or len(obj) != 2:
+        return None
+    stream, data = obj.get("stream"), obj.get("data")
+    if type(stream) is not str or type(data) is not dict or stream.startswith("!"):
+        return None
+    if data.get("e") == "serverShutdown":
+        return None
+    raw = _wrapped_data(text, obj)
+    if raw is None:
+        return None
+    return stream, _seq_of(data), raw
 
 
 def parse_server_message(text: str, default_stream: str | None = None) -> ServerEvent:

@@ -142,6 +142,34 @@ def test_the_payload_is_kept_as_the_exchange_sent_it_only_when_it_is_one_piece()
         assert isinstance(event, Data) and event.raw is None and event.payload["t"] == 7
 
 
+def test_the_fast_path_finds_what_the_full_parse_finds_or_leaves_the_frame_to_it() -> None:
+    """The gateway's per-message path: stream, exchange sequence and the payload as sent, as
+    `parse_server_message` would give them, for every channel the mock serves; everything
+    else (notices, acks, errors, other shapes) is left to the full parse."""
+    streams = ["btcusdt@trade", "btcusdt@aggTrade", "btcusdt@depth", "btcusdt@depth@100ms",
+               "btcusdt@depth5", "btcusdt@bookTicker", "btcusdt@kline_1m", "btcusdt@ticker",
+               "btcusdt@miniTicker", "btcusdt@ticker_1h"]  # fmt: skip
+    for stream in streams:
+        text = binance.build_data(stream, 42, 1672515782136, combined=True)
+        full = binance.parse_server_message(text)
+        assert isinstance(full, Data)
+        assert binance.fast_data(text) == (full.stream, full.seq, full.raw), stream
+    sent = '{"e":"trade","E":1,"s":"BTCUSDT","t":7,"p":"1.10","q":"2.0"}'
+    others = [
+        binance.build_shutdown_notice(1770123456789, combined=True),
+        '{"stream":"btcusdt@trade","data":{"e":"serverShutdown","E":1}}',
+        '{"result":null,"id":1}',
+        '{"error":{"code":2,"msg":"Invalid request: invalid stream"},"id":2}',
+        '{"stream": "btcusdt@trade", "data": ' + sent + "}",
+        '{"stream":"btcusdt@trade","data":' + sent + ',"x":{}}',
+        '{"stream":"btcusdt@trade","data":[1]}',
+        '{"stream":"btcusdt@trade","data":' + sent,
+        sent,
+    ]
+    for text in others:
+        assert binance.fast_data(text) is None, text
+
+
 def test_server_shutdown_notice_in_all_three_shapes() -> None:
     for combined, api in ((False, False), (True, False), (False, True)):
         text = binance.build_shutdown_notice(1770123456789, combined=combined, api=api)
