@@ -374,7 +374,7 @@ class Gateway:
         if server is not None and server.sockets:
             self.https_port = server.sockets[0].getsockname()[1]
         log.info("serving TLS on %s:%s", self.settings.host, self.https_port)
-        return asyncio.create_task(keep_loaded(context, files), name="tls")
+        return asyncio.create_task(keep_loaded(context), name="tls")
 
     async def shutdown(self, tasks: list[asyncio.Task[Any]], runner: web.AppRunner) -> None:
         """Readiness false, consumers moved away, upstream closed one by one, report, lease."""

@@ -40,8 +40,9 @@ async def watch_peer_endpoints(
     namespace: str, service: str, own_address: str, port: int
 ) -> AsyncIterator[list[str]]:
     """Yield the peers' base URLs now and after every change (a watch in a thread)."""
-    from kubernetes import client, watch
+    from kubernetes import client
 
+    from connquota.gateway.kube_watch import watch_events
     from connquota.gateway.podroot import load_cluster_config
 
     load_cluster_config()
@@ -60,20 +61,14 @@ async def watch_peer_endpoints(
                 slices = {_name(s): slice_addresses(s) for s in listed.items}
                 urls = peer_urls(slices, own_address, port)
                 loop.call_soon_threadsafe(queue.put_nowait, urls)
-                w = watch.Watch()  # type: ignore[no-untyped-call]
-                for event in w.stream(  # type: ignore[no-untyped-call]
+                for kind, obj in watch_events(
                     api.list_namespaced_endpoint_slice,
                     namespace,
+                    listed.metadata.resource_version if listed.metadata else None,
+                    stop,
                     label_selector=selector,
-                    resource_version=listed.metadata.resource_version if listed.metadata else None,
-                    timeout_seconds=60,
-                    _request_timeout=75,
                 ):
-                    if stop.is_set():
-                        w.stop()  # type: ignore[no-untyped-call]
-                        break
-                    obj = event["object"]
-                    if event["type"] == "DELETED":
+                    if kind == "DELETED":
                         slices.pop(_name(obj), None)
                     else:
                         slices[_name(obj)] = slice_addresses(obj)

@@ -108,8 +108,9 @@ async def watch_plan_configmap(
 ) -> AsyncIterator[PodPlan | PlanError]:
     """Yield the ConfigMap's plan and every newer generation (a watch in a thread), and a
     PlanError for each plan text that cannot be enforced."""
-    from kubernetes import client, watch
+    from kubernetes import client
 
+    from connquota.gateway.kube_watch import watch_events
     from connquota.gateway.podroot import load_cluster_config
 
     load_cluster_config()
@@ -123,21 +124,14 @@ async def watch_plan_configmap(
             try:
                 cm = api.read_namespaced_config_map(name, namespace, _request_timeout=10)
                 loop.call_soon_threadsafe(queue.put_nowait, (cm.data or {}).get(PLAN_KEY, ""))
-                w = watch.Watch()  # type: ignore[no-untyped-call]
-                for event in w.stream(  # type: ignore[no-untyped-call]
+                for kind, obj in watch_events(
                     api.list_namespaced_config_map,
                     namespace,
+                    cm.metadata.resource_version if cm.metadata else None,
+                    stop,
                     field_selector=f"metadata.name={name}",
-                    resource_version=cm.metadata.resource_version if cm.metadata else None,
-                    timeout_seconds=60,
-                    # A connection that dies silently must not stall the watch for ever.
-                    _request_timeout=75,
                 ):
-                    if stop.is_set():
-                        w.stop()  # type: ignore[no-untyped-call]
-                        break
-                    obj = event["object"]
-                    if event["type"] in ("ADDED", "MODIFIED"):
+                    if kind in ("ADDED", "MODIFIED"):
                         loop.call_soon_threadsafe(
                             queue.put_nowait, (obj.data or {}).get(PLAN_KEY, "")
                         )

@@ -47,6 +47,9 @@ class ServingContext:
 
     def __init__(self, files: TlsFiles) -> None:
         self.files = files
+        self.stamp = files.stamp()
+        """The files' stamp when `current` was loaded (taken first: a change during the load
+        is seen as a change)."""
         self.current = _context(files)
         self.listener = _context(files)
         self.listener.sni_callback = self._choose
@@ -56,7 +59,9 @@ class ServingContext:
 
     def reload(self) -> None:
         """Load the files into a new context and serve it (raises, serving the old, on error)."""
+        stamp = self.files.stamp()
         self.current = _context(self.files)
+        self.stamp = stamp
 
 
 def server_context(files: TlsFiles) -> ServingContext:
@@ -64,20 +69,16 @@ def server_context(files: TlsFiles) -> ServingContext:
     return ServingContext(files)
 
 
-async def keep_loaded(
-    serving: ServingContext, files: TlsFiles, interval_s: float = RELOAD_CHECK_S
-) -> None:
-    """Reload the served certificate whenever the files change, until cancelled."""
-    stamp = await asyncio.to_thread(files.stamp)
+async def keep_loaded(serving: ServingContext, interval_s: float = RELOAD_CHECK_S) -> None:
+    """Reload the served certificate whenever its files change, until cancelled."""
+    files = serving.files
     while True:
         await asyncio.sleep(interval_s)
         try:
-            now = await asyncio.to_thread(files.stamp)
-            if now == stamp:
+            if await asyncio.to_thread(files.stamp) == serving.stamp:
                 continue
             await asyncio.to_thread(serving.reload)
         except (OSError, ssl.SSLError) as exc:
             log.warning("consumer TLS certificate not reloaded (kept the previous): %s", exc)
             continue
-        stamp = now
         log.info("consumer TLS certificate reloaded from %s", files.cert)

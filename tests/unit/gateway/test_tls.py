@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import ssl
 
+import pytest
+
 from connquota.gateway.tls import TlsFiles, keep_loaded, server_context
 from connquota.testing.tlsca import TestCA
 from connquota.testing.waiting import wait_until
@@ -34,16 +36,18 @@ async def test_a_renewed_certificate_is_served_to_new_handshakes(tmp_path) -> No
 
     server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=context.listener)
     port = server.sockets[0].getsockname()[1]
-    reload = asyncio.create_task(keep_loaded(context, files, interval_s=0.05))
+    reload: asyncio.Task[None] | None = None
     try:
         assert await _handshake(port, first)
         assert not await _handshake(port, second)
-        # half-written: a certificate without its key keeps the previous pair in use
+        # half-written: a certificate without its key fails to load and the served pair stays
         cert, _ = second.issue(["127.0.0.1"])
         paths["cert"].write_bytes(cert)
-        await asyncio.sleep(0.2)
+        with pytest.raises(ssl.SSLError):
+            context.reload()
         assert await _handshake(port, first)
-        # the whole renewal: new handshakes get the new certificate
+        # the whole renewal, seen by the watcher: new handshakes get the new certificate
+        reload = asyncio.create_task(keep_loaded(context, interval_s=0.05))
         second.write(tmp_path)
 
         async def renewed() -> bool:
@@ -52,6 +56,7 @@ async def test_a_renewed_certificate_is_served_to_new_handshakes(tmp_path) -> No
         await wait_until(renewed, 10, "the renewed certificate served")
         assert not await _handshake(port, first)
     finally:
-        reload.cancel()
+        if reload is not None:
+            reload.cancel()
         server.close()
         await server.wait_closed()
