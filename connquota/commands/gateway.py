@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
 
     from connquota.gateway.app import Gateway, GatewaySettings, OrdinalLease
     from connquota.gateway.lease import FileLease, KubeLease
-    from connquota.gateway.peer_source import watch_peer_endpoints
+    from connquota.gateway.peer_source import watch_peer_pods
     from connquota.gateway.plan_source import watch_plan_configmap, watch_plan_file
     from connquota.gateway.podroot import pod_path
     from connquota.gateway.tls import TlsFiles
@@ -158,9 +158,7 @@ def run(args: argparse.Namespace) -> int:
             lease = FileLease(args.state_dir, ordinal)
         peers = None
         if args.in_cluster and settings.peer_token_file is not None:
-            peers = watch_peer_endpoints(
-                namespace, f"{quota}-gw-peers", os.environ.get("POD_IP", ""), args.port
-            )
+            peers = watch_peer_pods(namespace, quota, os.environ.get("POD_IP", ""), args.port)
         gateway = Gateway(settings, plans, lease, peers)
         return await gateway.run()
 

@@ -11,6 +11,11 @@ A quota `q` in namespace `ns` owns, in `ns`:
 
 from __future__ import annotations
 
+from connquota.api.labels import GATEWAY_APP as GATEWAY_APP
+from connquota.api.labels import LABEL_NAME as LABEL_NAME
+from connquota.api.labels import LABEL_QUOTA as LABEL_QUOTA
+from connquota.api.labels import gateway_pod_labels
+
 GROUP = "connquota.io"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -33,16 +38,13 @@ LEDGER_KEY = "ledger.json"
 """The key of the QuotaLedger JSON in the ledger ConfigMap."""
 
 # Labels
-LABEL_NAME = "app.kubernetes.io/name"
 LABEL_INSTANCE = "app.kubernetes.io/instance"
 LABEL_COMPONENT = "app.kubernetes.io/component"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
-LABEL_QUOTA = "connquota.io/quota"
 LABEL_ORDINAL = "connquota.io/ordinal"
 LABEL_EGRESS = "connquota.io/egress"
 """podLabel egress: the value the CNI egress policy maps to a public address."""
 LABEL_POOL = "connquota.io/pool"
-GATEWAY_APP = "connquota-gateway"
 MANAGED_BY = "connquota-operator"
 
 # Annotations
@@ -106,7 +108,7 @@ def client_service_name(quota: str) -> str:
 
 def selector_labels(quota: str) -> dict[str, str]:
     """Labels that select exactly the gateway pods of `quota` in its namespace."""
-    return {LABEL_NAME: GATEWAY_APP, LABEL_QUOTA: quota}
+    return gateway_pod_labels(quota)
 
 
 def common_labels(quota: str) -> dict[str, str]:

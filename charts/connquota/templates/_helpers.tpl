@@ -134,11 +134,8 @@ namespace. */ -}}
 - apiGroups: [coordination.k8s.io]
   resources: [leases]
   verbs: [get, list, watch, create, update, patch]
-# Granted to the gateways by their Role.
-- apiGroups: [discovery.k8s.io]
-  resources: [endpointslices]
-  verbs: [get, list, watch]
-# Gateway pods: kopf index and event handler.
+# Gateway pods: kopf index and event handler; list and watch are also granted to the gateways by
+# their Role (peers find each other by Pod IP).
 - apiGroups: [""]
   resources: [pods]
   verbs: [list, watch]

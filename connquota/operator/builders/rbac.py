@@ -31,8 +31,8 @@ def build_role(quota: ExchangeConnectionQuota, ordinals: int) -> dict[str, Any]:
 
     `list`/`watch` with resourceNames work when the client selects one object by
     `metadata.name` field selector, which is how a gateway watches its own plan.
-    EndpointSlices of the namespace are readable (peers find each other by Pod IP); they
-    carry no secrets.
+    Pods of the namespace are listable and watchable (peers find each other by Pod IP,
+    connquota/gateway/peer_source.py); no `get`, and Pods carry no secrets.
     """
     _, quota_name, _ = quota_ids(quota)
     count = max(1, ordinals)
@@ -55,11 +55,7 @@ def build_role(quota: ExchangeConnectionQuota, ordinals: int) -> dict[str, Any]:
                 "resourceNames": leases,
                 "verbs": ["get", "list", "watch", "update", "patch"],
             },
-            {
-                "apiGroups": ["discovery.k8s.io"],
-                "resources": ["endpointslices"],
-                "verbs": ["get", "list", "watch"],
-            },
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["list", "watch"]},
         ],
     }
     return with_hash(body)

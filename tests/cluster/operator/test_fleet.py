@@ -51,15 +51,33 @@ def _consumers_get_every_stream(api_client: Any, namespace: str, core: Any) -> N
 def _every_pod_relays_with_the_operators_peer_token(
     api_client: Any, namespace: str, core: Any
 ) -> None:
-    """The operator created the quota's peer Secret (owned by the quota) and every gateway pod
-    runs its relay with the mounted token. (The harness's loopback Pod IPs cannot appear in
-    EndpointSlices, so the pods do not find each other here: relaying itself is tested with
-    gateway processes in tests/component/gateway/test_relay.py.)"""
+    """The operator created the quota's peer Secret (owned by the quota); every gateway pod
+    found the others by Pod IP (its Role lists and watches the quota's Pods) and links to
+    each with the mounted token; a consumer on any pod gets every stream of the quota, the
+    ones other pods hold relayed, consecutive, with nothing subscribed upstream twice."""
     secret = core.read_namespaced_secret("md-gw-peer", namespace)
     assert [o.kind for o in secret.metadata.owner_references] == ["ExchangeConnectionQuota"]
     assert len(secret.data["token"]) > 40
-    for ordinal, ip in sorted(pod_ips(api_client, namespace, "md").items()):
-        assert _relay_status(ip) == {"peers": {}, "relayed": 0}, ordinal
+    ips = pod_ips(api_client, namespace, "md")
+    held = streams_by_pod(core, namespace, "md")
+    for ordinal, ip in sorted(ips.items()):
+        others = {f"http://{other}:8080" for o, other in ips.items() if o != ordinal}
+        wait_for(
+            lambda ip=ip, others=others: _linked_peers(ip) == others,
+            30,
+            f"pod {ordinal} linked to its peers {sorted(others)}: {_relay_status(ip)}",
+        )
+        every = sorted(s for streams in held.values() for s in streams)
+        seen = consume(ip, every)
+        for stream, seqs in seen.items():
+            assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), (ordinal, stream, seqs)
+        relayed = sum(len(v) for o, v in held.items() if o != ordinal)
+        assert relayed > 0, held
+
+
+def _linked_peers(ip: str) -> set[str]:
+    peers = _relay_status(ip)["peers"]  # type: ignore[index]
+    return {url for url, link in peers.items() if link["connected"]}
 
 
 def _relay_status(ip: str) -> object:
@@ -166,6 +184,9 @@ def test_fleet_lifecycle_scale_replace_and_mass_disconnect_within_every_limit(
         assert argocd_health(get_quota(api_client, namespace, "md"))[0] == "Healthy"
         _consumers_get_every_stream(api_client, namespace, core)
         _every_pod_relays_with_the_operators_peer_token(api_client, namespace, core)
+        # Relaying opened nothing upstream: each stream is subscribed once, as planned (I2).
+        upstream = sorted(s for streams in mock_exchange.open_streams().values() for s in streams)
+        assert upstream == sorted(STREAMS), upstream
         mock_exchange.assert_no_violation()
         assert mock_exchange.peak_fraction(LimitName.CONCURRENT_CONNECTIONS, LimitScope.IP) >= 0.9
 

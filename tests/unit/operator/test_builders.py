@@ -278,7 +278,9 @@ def test_role_names_only_its_own_plan_configmaps_and_leases(quota) -> None:
     leases = rules[("leases",)]
     assert leases["resourceNames"] == ["md-gw-0", "md-gw-1", "md-gw-2"]
     assert "create" not in leases["verbs"] and "delete" not in leases["verbs"]
-    assert ("pods",) not in rules and ("secrets",) not in rules
+    # Pods: only list and watch (peers by Pod IP); never get, patch or any Secret.
+    assert set(rules[("pods",)]["verbs"]) == {"list", "watch"}
+    assert ("secrets",) not in rules
     for rule in role["rules"]:
         assert "create" not in rule["verbs"]
 
