@@ -70,6 +70,8 @@ class Conn:
     frames_received: int = 0
     outbox_max: int = 20_000
     frame_builder: Any = None
+    snapshot_due: set[str] = field(default_factory=set)
+    """Book streams whose next push to this connection is a snapshot (just subscribed)."""
     on_overflow: Any = None
     attempt_over: bool = False
     """The attempt exceeded connectionAttempts when it was counted (refused at handshake)."""
@@ -90,6 +92,10 @@ class Conn:
         if self.closing or self.silent_until:
             return
         self.last_data_at = time.monotonic()
+        if self.snapshot_due and stream in self.snapshot_due and self.session is not None:
+            self.snapshot_due.discard(stream)
+            self.send_later(self.session.snapshot_frame(stream, seq, event_time_ms))
+            return
         self.send_later(self.frame_builder(stream, seq, event_time_ms))
 
     def send_later(self, text: str) -> None:

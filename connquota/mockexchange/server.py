@@ -39,6 +39,7 @@ from connquota.api.limits import (
 )
 from connquota.exchanges.dialects import wire_format
 from connquota.mockexchange.accept import CONTROL_PREFIXES, Accepting
+from connquota.mockexchange.books import MockBooks
 from connquota.mockexchange.connection import Conn
 from connquota.mockexchange.faults import Faults
 from connquota.mockexchange.feeds import FeedBook
@@ -99,6 +100,7 @@ class MockExchange(
         self._ip_messages: dict[str, SlidingLog] = {}
         self._forced: list[tuple[int, float]] = []
         self._frame_cache: dict[tuple[str, int, str], str] = {}
+        self.books = MockBooks()
         self._tasks: list[asyncio.Task[None]] = []
         self._socket_tasks: set[asyncio.Task[None]] = set()
         self._listener: socket.socket | None = None

@@ -121,6 +121,8 @@ class SessionServices(MockState):
         for stream in streams:
             if stream not in conn.streams:
                 conn.streams.add(stream)
+                if conn.session is not None and conn.session.opens_with_snapshot(stream):
+                    conn.snapshot_due.add(stream)
                 self.feeds.subscribe(stream, conn, now, private)
         conn.ever_subscribed = conn.ever_subscribed or bool(streams)
         limit = self.limit(LimitName.STREAMS_PER_CONNECTION)
@@ -132,6 +134,7 @@ class SessionServices(MockState):
         for stream in streams:
             if stream in conn.streams:
                 conn.streams.discard(stream)
+                conn.snapshot_due.discard(stream)
                 self.feeds.unsubscribe(stream, conn)
 
     def close_soon(self, conn: Conn, code: int, reason: str) -> asyncio.Task[None] | None:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from connquota.api.limits import Dialect, ExchangeProfile, Limit, LimitName, LimitScope
+from connquota.mockexchange.books import MockBooks
 from connquota.mockexchange.connection import Conn
 from connquota.mockexchange.feeds import FeedBook
 from connquota.mockexchange.ledger import Ban, Ledger, SlidingLog, SortedLog
@@ -38,6 +39,7 @@ class MockState:
     ssl_context: ssl.SSLContext | None
     ledger: Ledger
     feeds: FeedBook
+    books: MockBooks
     metrics: MockMetrics
     conns: dict[tuple[str, int], Conn]
     malformed_received: int

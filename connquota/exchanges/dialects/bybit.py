@@ -306,6 +306,32 @@ def handler_not_found(topic: str) -> str:
     return f"error:handler not found,topic:{topic}"
 
 
+def orderbook_depth(topic: str) -> int | None:
+    """``orderbook.50.BTCUSDT`` -> 50; None for any other topic."""
+    parts = topic.split(".")
+    if len(parts) >= 3 and parts[0] == "orderbook" and parts[1].isdigit():
+        return int(parts[1])
+    return None
+
+
+def build_orderbook(
+    stream: str,
+    kind: str,
+    bids: list[list[str]],
+    asks: list[list[str]],
+    event_time_ms: int,
+    update_id: int,
+    cross_seq: int,
+) -> str:
+    """One ``orderbook.<depth>.<symbol>`` push as documented: ``type`` ``snapshot`` or
+    ``delta``, ``data`` with ``s``, ``b``, ``a``, ``u`` (update id) and ``seq`` (cross
+    sequence), and ``cts``."""
+    book = {"s": parse_stream(stream).symbol, "b": bids, "a": asks, "u": update_id,
+            "seq": cross_seq}  # fmt: skip
+    return dumps({"topic": stream, "type": kind, "ts": event_time_ms, "data": book,
+                  "cts": event_time_ms})  # fmt: skip
+
+
 def build_data(stream: str, seq: int, event_time_ms: int) -> str:
     """One push: publicTrade ``seq``; orderbook ``u`` and ``seq``; tickers ``cs``; all = seq."""
     parsed = parse_stream(stream)

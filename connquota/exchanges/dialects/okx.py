@@ -63,6 +63,12 @@ PRIVATE_CHANNELS = frozenset(
      "account-greeks"}
 )  # fmt: skip
 LOGIN_CHANNELS = frozenset({"books-l2-tbt", "books50-l2-tbt"})
+BOOK_DEPTHS = {"books": 400, "books-l2-tbt": 400, "books50-l2-tbt": 50, "books5": 5, "bbo-tbt": 1}
+"""Order-book channels and the levels per side each carries."""
+INCREMENTAL_BOOKS = frozenset({"books", "books-l2-tbt", "books50-l2-tbt"})
+"""Book channels whose first push is a ``snapshot`` and the rest ``update``s (with checksum,
+``prevSeqId`` and ``seqId``); ``books5`` and ``bbo-tbt`` push their top levels whole every time,
+without ``action``."""
 """Public-endpoint channels that need login (VIP tiers)."""
 
 CLOSE_CODES = {
@@ -360,8 +366,40 @@ def build_channel_conn_count_error(channel: str, conn_count: int, conn_id: str) 
     )  # fmt: skip
 
 
+def build_book(
+    stream: str,
+    bids: list[list[str]],
+    asks: list[list[str]],
+    event_time_ms: int,
+    seq_id: int,
+    action: str | None = None,
+    prev_seq_id: int | None = None,
+    checksum: int | None = None,
+) -> str:
+    """One order-book push as documented: ``books``/``books-l2-tbt``/``books50-l2-tbt`` with
+    ``action`` (``snapshot``: ``prevSeqId`` -1; ``update``), ``checksum``, ``prevSeqId`` and
+    ``seqId``; ``books5`` (``instId``, ``ts``, ``seqId``) and ``bbo-tbt`` (``ts``, ``seqId``)
+    without ``action``. Levels are ``[price, size, "0", orders]``."""
+    arg = stream_to_arg(stream)
+    item: dict[str, Any] = {"asks": asks, "bids": bids}
+    if arg["channel"] == "books5":
+        item["instId"] = arg.get("instId", "")
+    item["ts"] = str(event_time_ms)
+    if checksum is not None:
+        item["checksum"] = checksum
+    if prev_seq_id is not None:
+        item["prevSeqId"] = prev_seq_id
+    item["seqId"] = seq_id
+    body: dict[str, Any] = {"arg": arg}
+    if action is not None:
+        body["action"] = action
+    body["data"] = [item]
+    return dumps(body)
+
+
 def build_data(stream: str, seq: int, event_time_ms: int) -> str:
-    """One push: trades carry ``tradeId``/``seqId`` = seq; books carry ``prevSeqId``/``seqId``."""
+    """One push: trades carry ``tradeId``/``seqId`` = seq; books carry ``prevSeqId``/``seqId``
+    (a one-level update without a book behind it: the mock sends `build_book` frames)."""
     arg = stream_to_arg(stream)
     inst = arg.get("instId", "")
     channel = arg["channel"]

@@ -61,6 +61,16 @@ class DialectSession:
         """The data frame of one event."""
         raise NotImplementedError
 
+    def opens_with_snapshot(self, stream: str) -> bool:
+        """Whether the first push of ``stream`` to a subscriber is a snapshot (order books that
+        send updates afterwards)."""
+        return False
+
+    def snapshot_frame(self, stream: str, seq: int, event_time_ms: int) -> str:
+        """The first push of ``stream`` to a new subscriber: a snapshot at event ``seq`` (a
+        stream that does not open with one gets its ordinary frame)."""
+        return self.frame(stream, seq, event_time_ms)
+
     def notice(self) -> str | None:
         """The notice sent before a planned disconnect (max age, shutdown), or None."""
         return None

@@ -134,7 +134,27 @@ class BybitSession(DialectSession):
         topic = stream.split("@", 1)[0]
         if topic in bybit.PRIVATE_TOPICS:
             return bybit.build_private_data(topic, seq, event_time_ms)
-        return bybit.build_data(stream, seq, event_time_ms)
+        depth = bybit.orderbook_depth(stream)
+        if depth is None:
+            return bybit.build_data(stream, seq, event_time_ms)
+        book = self.mx.books.book(stream, depth, okx_levels=False)
+        book.advance(seq)
+        return bybit.build_orderbook(
+            stream, "delta", book.changed_bids, book.changed_asks, event_time_ms, seq, seq
+        )
+
+    def opens_with_snapshot(self, stream: str) -> bool:
+        return bybit.orderbook_depth(stream) is not None
+
+    def snapshot_frame(self, stream: str, seq: int, event_time_ms: int) -> str:
+        depth = bybit.orderbook_depth(stream)
+        if depth is None:
+            return self.frame(stream, seq, event_time_ms)
+        book = self.mx.books.book(stream, depth, okx_levels=False)
+        book.advance(seq)
+        return bybit.build_orderbook(
+            stream, "snapshot", book.top_bids(), book.top_asks(), event_time_ms, seq, seq
+        )
 
     async def on_rate_exceeded(self, limit: LimitName) -> bool:
         self.send(

@@ -136,7 +136,30 @@ class OkxSession(DialectSession):
         return True
 
     def frame(self, stream: str, seq: int, event_time_ms: int) -> str:
-        return okx.build_data(stream, seq, event_time_ms)
+        channel = stream.partition(":")[0]
+        depth = okx.BOOK_DEPTHS.get(channel)
+        if depth is None:
+            return okx.build_data(stream, seq, event_time_ms)
+        book = self.mx.books.book(stream, depth, okx_levels=True)
+        book.advance(seq)
+        if channel in okx.INCREMENTAL_BOOKS:
+            return okx.build_book(
+                stream, book.changed_bids, book.changed_asks, event_time_ms, seq,
+                "update", seq - 1, book.okx_checksum(),
+            )  # fmt: skip
+        return okx.build_book(stream, book.top_bids(), book.top_asks(), event_time_ms, seq)
+
+    def opens_with_snapshot(self, stream: str) -> bool:
+        return stream.partition(":")[0] in okx.INCREMENTAL_BOOKS
+
+    def snapshot_frame(self, stream: str, seq: int, event_time_ms: int) -> str:
+        channel = stream.partition(":")[0]
+        book = self.mx.books.book(stream, okx.BOOK_DEPTHS[channel], okx_levels=True)
+        book.advance(seq)
+        return okx.build_book(
+            stream, book.top_bids(), book.top_asks(), event_time_ms, seq,
+            "snapshot", -1, book.okx_checksum(),
+        )  # fmt: skip
 
     def notice(self) -> str | None:
         return okx.build_upgrade_notice(self.conn.conn_id)

@@ -1,0 +1,165 @@
+"""The mock exchange's order books: one per book stream, moved one step per event.
+
+Every connection subscribed to a book stream sees the same book: the first push it gets is a
+snapshot of the book at that event, every later one the change of one event (levels whose size
+changed, new levels, removed levels with size 0), so a client that merges them as the exchange
+documents holds the mock's book, and OKX's checksum of it matches. The steps are drawn from a
+generator seeded by the stream name: the same stream moves the same way in every run.
+
+Prices stay in two bands that never cross (bids below asks); a book holds at most
+`MAX_LEVELS` per side (fewer when the stream carries fewer: ``books5``, ``bbo-tbt``,
+``orderbook.1``), so a client that truncates to the stream's depth never loses a level the mock
+still has.
+"""
+
+from __future__ import annotations
+
+import random
+import zlib
+from dataclasses import dataclass, field
+
+from connquota.exchanges.orderbook import L2Book, Level
+
+MAX_LEVELS = 40
+"""Levels per side of a mock book (real books are deeper; 40 keeps every step cheap)."""
+
+
+@dataclass
+class MockBook:
+    """The book of one stream and the change of its latest event."""
+
+    stream: str
+    depth: int
+    """Levels per side the stream carries."""
+    okx_levels: bool
+    """OKX levels ``[price, size, "0", orders]`` with 0.1 ticks; else Bybit ``[price, size]``
+    with 0.01 ticks written with two decimals."""
+    seq: int | None = None
+    """The event whose change was applied last (None: not started)."""
+    book: L2Book = field(default_factory=L2Book)
+    changed_bids: list[Level] = field(default_factory=list)
+    changed_asks: list[Level] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._rng = random.Random(zlib.crc32(self.stream.encode()))
+        self._cap = max(1, min(self.depth, MAX_LEVELS))
+        self._span = 3 * self._cap + 10
+        self._mid = 100_000 + self._rng.randrange(400_000)
+
+    @property
+    def cap(self) -> int:
+        """Most levels per side this book holds."""
+        return self._cap
+
+    def advance(self, seq: int) -> None:
+        """Move the book to event ``seq``: one step per call (events nobody received while the
+        stream had no subscriber are one step); an event already reached changes nothing."""
+        if self.seq is None:
+            self._fill()
+        elif seq > self.seq:
+            self._step()
+        else:
+            return
+        self.seq = seq
+
+    def top_bids(self) -> list[Level]:
+        """Bids, best first, at most the stream's depth."""
+        return self.book.sorted_bids(self.depth)
+
+    def top_asks(self) -> list[Level]:
+        """Asks, best first, at most the stream's depth."""
+        return self.book.sorted_asks(self.depth)
+
+    def okx_checksum(self) -> int:
+        """OKX's checksum of the book now."""
+        return self.book.okx_checksum()
+
+    # -- the generator ----------------------------------------------------------------------
+
+    def _price(self, tick: int) -> str:
+        if self.okx_levels:
+            whole, tenth = divmod(tick, 10)
+            return str(whole) if tenth == 0 else f"{whole}.{tenth}"
+        whole, cents = divmod(tick, 100)
+        return f"{whole}.{cents:02d}"
+
+    def _size(self) -> str:
+        return f"{self._rng.randint(1, 50_000) / 1000:.3f}"
+
+    def _level(self, price: str, size: str) -> Level:
+        if self.okx_levels:
+            return [price, size, "0", "0" if size == "0" else str(self._rng.randint(1, 20))]
+        return [price, size]
+
+    def _band(self, bid: bool) -> range:
+        if bid:
+            return range(self._mid - self._span, self._mid)
+        return range(self._mid + 1, self._mid + 1 + self._span)
+
+    def _free_price(self, bid: bool) -> str | None:
+        side = self.book.bids if bid else self.book.asks
+        for _ in range(8):
+            price = self._price(self._rng.choice(self._band(bid)))
+            if price not in side:
+                return price
+        return None
+
+    def _fill(self) -> None:
+        self.book.clear()
+        count = self._cap if self._cap <= 5 else self._cap - 5
+        for bid in (True, False):
+            side = self.book.bids if bid else self.book.asks
+            while len(side) < count:
+                price = self._free_price(bid)
+                if price is not None:
+                    side[price] = self._level(price, self._size())
+        self.changed_bids = self.book.sorted_bids()
+        self.changed_asks = self.book.sorted_asks()
+
+    def _step(self) -> None:
+        changes: dict[bool, dict[str, Level]] = {True: {}, False: {}}
+        for _ in range(self._rng.randint(1, 3)):
+            bid = self._rng.random() < 0.5
+            side = self.book.bids if bid else self.book.asks
+            roll = self._rng.random()
+            low = max(1, self._cap - 10)
+            if not side or (len(side) < self._cap and roll < 0.3):
+                self._insert(bid, changes[bid])
+            elif len(side) > low and roll < 0.55:
+                self._remove(bid, changes[bid])
+            elif self._cap <= 5 and roll < 0.7:
+                self._remove(bid, changes[bid])
+                self._insert(bid, changes[bid])
+            else:
+                price = self._rng.choice(sorted(side))
+                level = side[price] = self._level(price, self._size())
+                changes[bid][price] = level
+        self.changed_bids = list(changes[True].values())
+        self.changed_asks = list(changes[False].values())
+
+    def _insert(self, bid: bool, changes: dict[str, Level]) -> None:
+        price = self._free_price(bid)
+        if price is not None:
+            level = self._level(price, self._size())
+            (self.book.bids if bid else self.book.asks)[price] = level
+            changes[price] = level
+
+    def _remove(self, bid: bool, changes: dict[str, Level]) -> None:
+        side = self.book.bids if bid else self.book.asks
+        price = self._rng.choice(sorted(side))
+        del side[price]
+        changes[price] = self._level(price, "0")
+
+
+class MockBooks:
+    """Every book stream of one mock exchange."""
+
+    def __init__(self) -> None:
+        self.books: dict[str, MockBook] = {}
+
+    def book(self, stream: str, depth: int, okx_levels: bool) -> MockBook:
+        """The book of ``stream`` (created, not yet started, the first time)."""
+        book = self.books.get(stream)
+        if book is None:
+            book = self.books[stream] = MockBook(stream, depth, okx_levels)
+        return book
