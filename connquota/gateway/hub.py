@@ -5,7 +5,9 @@ Each stream has *holders*: the upstream sessions whose subscription the exchange
 two hold a stream, a message is delivered once: by the exchange's own sequence number when the
 dialect gives one (so the switch has neither gap nor duplicate), else from the older holder
 only. The hub numbers every delivered message per stream, so consumers see consecutive
-sequence numbers across rotations and reconnects.
+sequence numbers across rotations and reconnects. A consumer that subscribes to an order-book
+stream first gets the newest snapshot and the updates since (`books.py`), queued in the same
+step that registers it for live messages: no gap, no duplicate between the two.
 
 Each delivered message is encoded once per frame format some subscriber reads (JSON, then
 one WebSocket frame) and the same bytes go to every subscriber of that format: connquota's
@@ -25,6 +27,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
+from connquota.gateway.books import DEFAULT_MAX_DELTAS, BookReplays
 from connquota.gateway.wsframe import frame_payload, text_frame
 
 RESET_JUMP = 100_000
@@ -191,8 +194,15 @@ class StreamHub:
         queue_frames: int = 10_000,
         policy: str = SLOW_CONSUMER_CLOSE,
         last_values: bool = False,
+        books: BookReplays | None = None,
     ) -> None:
         self.queue_frames = queue_frames
+        self.books = (
+            books
+            if books is not None
+            else BookReplays(max_deltas=min(DEFAULT_MAX_DELTAS, max(1, queue_frames // 4)))
+        )
+        """Order-book streams' snapshots and updates since, replayed to each new consumer."""
         self.last_values: dict[str, tuple[int, str, int | None]] | None = (
             {} if last_values else None
         )
@@ -224,10 +234,11 @@ class StreamHub:
         """The streams this pod's plan holds upstream (and tells its peers of)."""
         new = set(streams)
         old, self.known = self.known, new
-        if self.last_values is not None:
-            for stream in old - new:
-                if stream not in self.subscribers:
+        for stream in old - new:
+            if stream not in self.subscribers:
+                if self.last_values is not None:
                     self.last_values.pop(stream, None)
+                self.books.forget(stream)
         if self.known_listeners and new != old:
             added, removed = sorted(new - old), sorted(old - new)
             for listener in list(self.known_listeners):
@@ -283,12 +294,17 @@ class StreamHub:
         if upstream_seq is None:
             if len(holders) > 1 and next(iter(holders)) is not source:
                 return False
-        elif last is not None and last - RESET_JUMP < upstream_seq <= last:
+        elif (
+            last is not None
+            and last - RESET_JUMP < upstream_seq <= last
+            and not self.books.restarts(stream, payload, raw)
+        ):
             return False  # already delivered (by the other session of a switch)
         if upstream_seq is not None:
             self.last_upstream_seq[stream] = upstream_seq
         seq = self.seq.get(stream, 0) + 1
         self.seq[stream] = seq
+        self.books.record(stream, seq, raw, payload, upstream_seq)
         subscribers = self.subscribers.get(stream)
         if not subscribers:
             if self.last_values is not None:
@@ -359,10 +375,21 @@ class StreamHub:
                 subs = self.subscribers[stream] = set()
             if not subs and stream not in self.known and self.router is not None:
                 self.router.want(stream)
+            if consumer not in subs:
+                self._replay_book(consumer, stream)  # no await until it is subscribed
             subs.add(consumer)
             consumer.streams.add(stream)
             accepted.append(stream)
         return accepted, unknown
+
+    def _replay_book(self, consumer: Consumer, stream: str) -> None:
+        """Queue, for a new consumer of a book stream, its snapshot and the updates since."""
+        kept = self.books.replay(stream)
+        if not kept:
+            return
+        now = time.monotonic()
+        for seq, data, useq in kept:
+            consumer.offer(self._frame(consumer.fmt, stream, seq, data, useq), now)
 
     def _drop_subscriber(self, stream: str, consumer: Consumer) -> None:
         subs = self.subscribers.get(stream)
@@ -371,12 +398,15 @@ class StreamHub:
         subs.discard(consumer)
         if not subs:
             del self.subscribers[stream]
+            if stream not in self.known:  # relayed: nothing more arrives, the book goes stale
+                self.books.forget(stream)
             if self.router is not None:  # also a stream relayed before this pod took it
                 self.router.unwant(stream)
 
     def replay_last(self, consumer: Consumer, streams: list[str]) -> int:
         """Queue, for `consumer`, the newest message of each of `streams` the hub has kept
-        (`/v1/ws` frames carry `"cached":true`); returns how many."""
+        (`/v1/ws` frames carry `"cached":true`); returns how many. Order-book streams with a
+        replay are left out: their subscribe already queued the snapshot and updates since."""
         cache = self.last_values
         if cache is None:
             return 0
@@ -384,7 +414,7 @@ class StreamHub:
         sent = 0
         for stream in streams:
             kept = cache.get(stream)
-            if kept is None:
+            if kept is None or self.books.has(stream):
                 continue
             seq, data, useq = kept
             if consumer.fmt == FMT_ENVELOPE:
