@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 import ccxt.pro as ccxtpro
 import pytest
-from conftest import GW_IP, shrunk
+from conftest import GW_IP, shrunk, wait_for
 
 from connquota.api.plan import ConnectionPlan
 from connquota.exchanges.orderbook import L2Book
@@ -187,3 +187,46 @@ async def _ccxt_book_moves(exchange: Any) -> None:
         assert [a[0] for a in asks] == sorted(a[0] for a in asks)
         assert all(level[1] > 0 for level in bids + asks), "levels of size 0 were removed"
     assert book["symbol"] == "BTC/USDT" and (start is None or book["nonce"] > start)
+
+
+@pytest.mark.slow
+async def test_a_relayed_book_starts_with_a_snapshot_each_time_a_consumer_wants_it(
+    harness, tmp_path
+):
+    await harness.start_mock(
+        "okx", shrunk("okx", connectionAttempts=(20, 20.0)), rate_per_stream_hz=RATE_HZ
+    )
+    token = tmp_path / "peer-token"
+    token.write_text("peer-token-0123456789abcdef\n")
+    held = [[OKX_BOOK], ["tickers:ETH-USDT"]]
+    gateways = []
+    for ordinal, streams in enumerate(held):
+        conns = [ConnectionPlan(id=f"p{ordinal}", address="a0", streams=streams)]
+        plan = pod_plan(harness.gateway_profile(), conns,
+                        addresses=[bind_address(0, harness.egress_check())], margin_s=0.2,
+                        ordinal=ordinal)  # fmt: skip
+        path = harness.write_plan(plan, f"plan-{ordinal}.json")
+        gateways.append(harness.gateway(path, ordinal=ordinal, state=f"state-{ordinal}"))
+    for gw in gateways:
+        peers = [a for other in gateways if other is not gw for a in ("--peer", other.base_url)]
+        gw.extra_args += ["--peer-token-file", str(token), *peers]
+        gw.start()
+    for gw, streams in zip(gateways, held, strict=True):
+        await harness.wait_live(gw, len(streams), timeout_s=30)
+    relaying = gateways[1]
+
+    async def announced() -> bool:
+        st = await harness.status(relaying)
+        peers = (st or {}).get("relay", {}).get("peers", {})
+        return bool(peers.get(gateways[0].base_url, {}).get("holds"))
+
+    await wait_for(announced, 20, "pod 1's link to pod 0 up with its announcement")
+    ws_base = relaying.base_url.replace("http://", "ws://")
+    for _ in range(2):  # the second time, the relayed book was forgotten and starts over
+        reader = BookReader("okx")
+        async with await _subscribe_native(ws_base, harness.http, "okx") as ws:
+            await _read_book(ws, reader, DEFAULT_MAX_DELTAS + 50)
+    assert sorted(s for c in harness.mock.websockets(GW_IP) for s in c.streams) == sorted(
+        s for streams in held for s in streams
+    )
+    harness.assert_no_violation()
