@@ -25,7 +25,7 @@ CHECK_PARALLEL := $(PARALLEL) and not slow
 SERIAL_FAST := serial and not cluster and $(OPT_IN)
 CLUSTER := cluster and $(OPT_IN)
 
-.PHONY: venv demo test check lint typecheck unit soak chaos controlplane crds clean
+.PHONY: venv demo test check lint typecheck unit soak chaos controlplane proxies crds clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,11 @@ venv: $(BIN)/.installed
 
 demo: venv
 	$(BIN)/connquota demo
+
+# Real forward proxies (tinyproxy, microsocks) for the proxy-egress tests, cached outside the
+# repository from pinned Debian packages (no root, no system change).
+proxies:
+	bash hack/install-proxies.sh >/dev/null
 
 controlplane:
 	bash hack/build-control-plane.sh
@@ -57,11 +62,11 @@ typecheck: venv
 unit: venv
 	$(TIER) unit empty-fails $(XDIST) -m "$(PARALLEL)" tests/unit
 
-check: lint
+check: lint proxies
 	$(TIER) check-parallel empty-fails $(XDIST) -m "$(CHECK_PARALLEL)" tests
 	$(TIER) check-serial empty-ok -m "$(SERIAL_FAST)" tests
 
-test: venv controlplane lint
+test: venv controlplane proxies lint
 	$(TIER) test-parallel empty-fails $(XDIST) -m "$(PARALLEL)" tests
 	$(TIER) test-serial empty-ok -m "$(SERIAL_FAST)" tests
 	$(TIER) test-cluster empty-fails -m "$(CLUSTER)" tests

@@ -28,6 +28,10 @@ FORMAT_VERSION = 1
 CREDENTIALS_MOUNT_DIR = "/var/run/connquota/credentials"
 """Where every credential's Secret is mounted in a gateway container, one directory each."""
 
+PROXY_CREDENTIALS_MOUNT_DIR = "/var/run/connquota/proxy"
+"""Where the `proxySecretRef` Secret of each proxy-mode address is mounted in a gateway
+container: one directory per address name, its keys as files."""
+
 
 Identities = tuple[tuple[LimitScope, str], ...]
 """What the exchange counts one credential by: ((account, accountId), (apiKey, keyId))."""

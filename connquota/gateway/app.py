@@ -231,6 +231,7 @@ class Gateway:
                 }
                 for n, c in self.egress.checks.items()
             },
+            "proxies": self.egress.proxy_status(),
         }
 
     # -- tasks --------------------------------------------------------------------------------

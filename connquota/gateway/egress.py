@@ -2,8 +2,11 @@
 
 One aiohttp ClientSession per pool address. `bind` mode binds the socket's source address
 (`TCPConnector(local_addr=(bindAddress, 0))`); `podLabel` connects plainly (the CNI policy
-NATs it); `proxy` is not supported yet. Every connect goes to one resolved address: the
-resolver returns a single IP and happy-eyeballs racing is off, so one attempt is one SYN.
+NATs it); `proxy` tunnels every connection through the address's HTTP CONNECT or SOCKS5
+proxy (`proxy_tunnel`: the proxy resolves the exchange host, TLS runs inside the tunnel) and
+keeps the proxy's health per address (`proxy_health`). Every direct connect goes to one
+resolved address: the resolver returns a single IP and happy-eyeballs racing is off, so one
+attempt is one SYN; through a proxy, one attempt is one CONNECT / SOCKS5 connect command.
 
 Before the first attempt on an address, the gateway verifies what the outside world sees of
 that address with the check the pool gives it (`EgressAddress.egressCheck`, the pool's default
@@ -22,13 +25,16 @@ import asyncio
 import ipaddress
 import json
 import logging
+import os
 import socket
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 
+from connquota.api.plan import PROXY_CREDENTIALS_MOUNT_DIR
 from connquota.api.pool import (
     UNCONFIGURED_EGRESS_CHECK,
     EgressAddress,
@@ -36,6 +42,15 @@ from connquota.api.pool import (
     EgressMode,
 )
 from connquota.api.report import EgressCheckResult, EgressCheckState
+from connquota.gateway.podroot import pod_path
+from connquota.gateway.proxy_health import ProxyHealth
+from connquota.gateway.proxy_tunnel import (
+    ProxyConfigError,
+    ProxyCredentialFiles,
+    ProxyFault,
+    make_tunnel_session,
+    parse_proxy_url,
+)
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +87,26 @@ def _family_of(address: str | None) -> int:
         return socket.AF_INET
 
 
-def make_session(address: EgressAddress) -> aiohttp.ClientSession:
-    """A ClientSession whose every connection leaves from `address`, to one resolved IP."""
+def default_proxy_credentials_dir() -> Path:
+    """Where proxy Secrets are mounted: $CONNQUOTA_PROXY_CREDENTIALS_DIR, else the pod's mount."""
+    configured = os.environ.get("CONNQUOTA_PROXY_CREDENTIALS_DIR")
+    return Path(configured) if configured else pod_path(PROXY_CREDENTIALS_MOUNT_DIR)
+
+
+def make_session(
+    address: EgressAddress, proxy_credentials_dir: Path | None = None
+) -> aiohttp.ClientSession:
+    """A ClientSession whose every connection leaves from `address` (one resolved IP, or one
+    tunnel through its proxy)."""
     if address.mode == EgressMode.PROXY:
-        raise EgressError(f"address {address.name}: proxy egress is not supported yet")
+        if not address.proxyUrl:
+            raise EgressError(f"address {address.name}: proxy mode without proxyUrl")
+        try:
+            return make_tunnel_session(
+                address, proxy_credentials_dir or default_proxy_credentials_dir()
+            )
+        except ProxyConfigError as exc:
+            raise EgressError(str(exc)) from None
     local_addr = None
     if address.mode == EgressMode.BIND:
         if not address.bindAddress:
@@ -143,6 +174,8 @@ class AddressCheck:
     checked_at: float | None = None
     failures: int = 0
     retry_at_mono: float = 0.0
+    proxy_blocked: bool = False
+    """The proxy refused the credentials: checked again as soon as its Secret files change."""
 
     @property
     def usable(self) -> bool:
@@ -182,6 +215,8 @@ async def fetch_echo(
                 body = await resp.text()
                 if resp.status != 200:
                     return None, f"the echo service {url} answered HTTP {resp.status}"
+    except ProxyFault:
+        raise
     except (aiohttp.ClientError, TimeoutError, OSError, UnicodeDecodeError) as exc:
         return None, f"the echo service {url} could not be reached ({type(exc).__name__})"
     seen = parse_echo(body)
@@ -195,7 +230,10 @@ async def fetch_echo(
 class EgressPool:
     """The pod's sessions per address and their egress checks (never against the exchange)."""
 
-    def __init__(self) -> None:
+    def __init__(self, proxy_credentials_dir: Path | None = None) -> None:
+        self.proxy_credentials_dir = proxy_credentials_dir or default_proxy_credentials_dir()
+        self.proxies: dict[str, ProxyHealth] = {}
+        """Proxy-mode addresses: the health of each one's proxy."""
         self.sessions: dict[str, aiohttp.ClientSession] = {}
         self.addresses: dict[str, EgressAddress] = {}
         self.checks: dict[str, AddressCheck] = {}
@@ -214,15 +252,71 @@ class EgressPool:
                     session = self.sessions.pop(a.name, None)
                     if session is not None:
                         asyncio.get_running_loop().create_task(session.close())
+                    self.proxies.pop(a.name, None)
             self.addresses[a.name] = a
+            if a.mode == EgressMode.PROXY and a.name not in self.proxies:
+                self.proxies[a.name] = self._proxy_health(a)
+
+    def _proxy_health(self, address: EgressAddress) -> ProxyHealth:
+        try:
+            label = parse_proxy_url(address).label
+        except ProxyConfigError:
+            label = "(invalid proxyUrl)"
+        fingerprint = None
+        if address.proxySecretRef is not None:
+            ref = address.proxySecretRef
+            files = ProxyCredentialFiles(
+                self.proxy_credentials_dir / address.name, ref.usernameKey, ref.passwordKey
+            )
+            fingerprint = files.fingerprint
+        return ProxyHealth(address.name, label, fingerprint)
+
+    def is_proxied(self, name: str) -> bool:
+        """Whether address `name` leaves through a proxy."""
+        address = self.addresses.get(name)
+        return address is not None and address.mode == EgressMode.PROXY
+
+    def proxy_wait(self, name: str) -> tuple[float, str]:
+        """(seconds before a tunnel through `name`'s proxy may be tried, why); (0, "") now."""
+        health = self.proxies.get(name)
+        return health.wait() if health is not None else (0.0, "")
+
+    def record_proxy_fault(self, name: str, fault: ProxyFault) -> None:
+        """A tunnel through `name`'s proxy failed; an auth fault also drops the egress check
+        (the next one waits for the Secret files to change)."""
+        health = self.proxies.get(name)
+        if health is None:
+            return
+        health.record_fault(fault)
+        log.warning(
+            "proxy fault: %s",
+            fault.message,
+            extra={"address": name, "proxyFault": fault.kind.value},
+        )
+
+    def record_tunnel_opened(self, name: str) -> None:
+        """A tunnel through `name`'s proxy opened (its exchange attempt reached the exchange)."""
+        health = self.proxies.get(name)
+        if health is not None:
+            health.record_opened()
+
+    def record_tunnel_closed(self, name: str) -> None:
+        """An established tunnel through `name`'s proxy ended uncleanly."""
+        health = self.proxies.get(name)
+        if health is not None:
+            health.record_tunnel_closed()
 
     def session(self, name: str) -> aiohttp.ClientSession:
         """The ClientSession leaving from address `name`."""
         session = self.sessions.get(name)
         if session is None:
-            session = make_session(self.addresses[name])
+            session = make_session(self.addresses[name], self.proxy_credentials_dir)
             self.sessions[name] = session
         return session
+
+    def proxy_status(self) -> dict[str, dict[str, object]]:
+        """Every proxy address's health, for /status (no credential in it)."""
+        return {n: self.proxies[n].to_json() for n in sorted(self.proxies)}
 
     def results(self) -> list[EgressCheckResult]:
         """Every address's last check, for the report (sorted by address name)."""
@@ -235,6 +329,11 @@ class EgressPool:
         process checks an address once, however many connections use it.
         """
         cached = self.checks.get(name)
+        health = self.proxies.get(name)
+        if cached is not None and health is not None and cached.proxy_blocked:
+            if health.blocked():
+                return cached
+            cached.retry_at_mono = 0.0  # the proxy Secret changed: check again now
         if cached is not None and (cached.usable or cached.retry_in_s() > 0):
             return cached
         lock = self._locks.setdefault(name, asyncio.Lock())
@@ -275,7 +374,23 @@ class EgressPool:
             seen, why = None, str(exc)
         else:
             self.echo_requests += 1
-            seen, why = await fetch_echo(session, spec.url or "", spec.timeoutSeconds)
+            try:
+                seen, why = await fetch_echo(session, spec.url or "", spec.timeoutSeconds)
+            except ProxyFault as fault:
+                self.record_proxy_fault(address.name, fault)
+                seen, why = None, f"through the proxy: {fault.message}"
+                health = self.proxies.get(address.name)
+                if health is not None and health.blocked():
+                    return AddressCheck(
+                        address.name,
+                        address.publicAddress,
+                        EgressCheckState.FAILED,
+                        reason=f"{why}; no attempt until the proxy Secret changes",
+                        checked_at=now,
+                        failures=failures + 1,
+                        retry_at_mono=time.monotonic() + RETRY_CAP_S,
+                        proxy_blocked=True,
+                    )
         if seen is not None and address_matches(seen, address.publicAddress):
             return AddressCheck(
                 address.name,

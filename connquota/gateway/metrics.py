@@ -16,6 +16,10 @@ Metric names (all prefixed `connquota_gateway_`):
 - `egress_check{address,state}`: 1 for each address's last egress check state (verified,
   mismatch, failed, unverified; see docs/egress.md), `egress_check_requests_total`: requests
   sent to IP-echo services (none of them to the exchange);
+- `proxy_faults_total{address,kind}`, `proxy_fault{address,kind}` (1 while unresolved) and
+  `proxy_attempts_total{address,outcome}` (`opened` or the fault kind) for proxy-mode
+  addresses (kinds: unreachable, auth-refused, credentials-unreadable, upstream-refused,
+  upstream-timeout, protocol, tunnel-closed);
 - `delivery_seconds` (histogram): from the moment the gateway published an exchange message to
   its write to a consumer's socket, for the oldest frame of each write;
 - `lease_held` (1 while this pod holds its ordinal's Lease), and for a Kubernetes Lease
@@ -160,6 +164,31 @@ class GatewayCollector(Collector):
         )
         echo.add_metric([], gw.egress.echo_requests)
         yield echo
+        proxy_faults = CounterMetricFamily(
+            P + "proxy_faults",
+            "Faults of each proxy-mode address's proxy, by kind",
+            labels=["address", "kind"],
+        )
+        proxy_attempts = CounterMetricFamily(
+            P + "proxy_attempts",
+            "Exchange attempts sent through each address's proxy, by outcome",
+            labels=["address", "outcome"],
+        )
+        proxy_down = GaugeMetricFamily(
+            P + "proxy_fault",
+            "1 while an address's proxy has an unresolved fault of this kind",
+            labels=["address", "kind"],
+        )
+        for name, health in sorted(gw.egress.proxies.items()):
+            for kind, n in sorted(health.faults.items()):
+                proxy_faults.add_metric([name, kind], n)
+            for outcome, n in sorted(health.attempts.items()):
+                proxy_attempts.add_metric([name, outcome], n)
+            if health.last_kind is not None:
+                proxy_down.add_metric([name, health.last_kind.value], 1)
+        yield proxy_faults
+        yield proxy_attempts
+        yield proxy_down
         yield from _lease_metrics(gw)
 
 

@@ -32,6 +32,7 @@ from connquota.gateway.private_wire import (
     PrivateWire,
 )
 from connquota.gateway.protocol import connect_url, wire_format
+from connquota.gateway.proxy_tunnel import TUNNEL_GATE, ProxyFault
 from connquota.gateway.upstream_policy import RATE_LIMIT_STATUSES, SessionEnded, retry_after_s
 
 if TYPE_CHECKING:
@@ -82,15 +83,32 @@ class Session:
             self.ended.set_result(SessionEnded(reason, clean))
 
     async def open(self) -> None:
-        """Take an attempt from the limiter and connect; raises SessionEnded on failure."""
+        """Take an attempt from the limiter and connect; raises SessionEnded on failure.
+
+        Through a proxy the attempt is taken inside the connect, once the proxy accepted a TCP
+        connection and before the CONNECT / SOCKS5 connect is sent (`proxy_tunnel`); the
+        connect timeout runs from that moment.
+        """
         conn, limiter = self.conn, self.ctx.limiter
         profile = conn.profile
-        self.slot = await limiter.acquire_attempt(self.slot_id, conn.address, conn.identities)
-        self.ctx.stats[("attempts", conn.address)] += 1
+        proxied = self.ctx.egress.is_proxied(conn.address)
+        timeout_s = profile.connectTimeoutSeconds
+        loop = asyncio.get_running_loop()
+        deadline: asyncio.Timeout | None = None
+
+        async def take_attempt() -> None:
+            self.slot = await limiter.acquire_attempt(self.slot_id, conn.address, conn.identities)
+            self.ctx.stats[("attempts", conn.address)] += 1
+            if deadline is not None:
+                deadline.reschedule(loop.time() + timeout_s)
+
+        if not proxied:
+            await take_attempt()
         url = connect_url(profile, private=conn.credential is not None)
+        gate = TUNNEL_GATE.set(take_attempt) if proxied else None
         try:
             session = self.ctx.egress.session(conn.address)
-            async with asyncio.timeout(profile.connectTimeoutSeconds):
+            async with asyncio.timeout(None if proxied else timeout_s) as deadline:
                 self.ws = await session.ws_connect(
                     url,
                     autoping=False,
@@ -99,23 +117,41 @@ class Session:
                     max_msg_size=MAX_MESSAGE_BYTES,
                     timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=2.0),
                 )
+        except ProxyFault as fault:
+            self.ctx.egress.record_proxy_fault(conn.address, fault)
+            self._release(clean=True)
+            raise SessionEnded(f"proxy-{fault.kind.value}", True) from None
         except aiohttp.WSServerHandshakeError as exc:
-            self.slot.release(clean=True)
+            self._tunnel_opened(proxied)
+            self._release(clean=True)
             if exc.status in RATE_LIMIT_STATUSES:
                 self._quarantine(exc.status, exc.headers, f"handshake answered {exc.status}")
                 raise SessionEnded(f"rate-limited-{exc.status}", True) from None
             raise SessionEnded(f"handshake-{exc.status}", True) from None
         except TimeoutError:
-            self.slot.release(clean=False)
+            self._release(clean=False)
             raise SessionEnded("connect-timeout", False) from None
         except (aiohttp.ClientError, OSError, EgressError) as exc:
-            self.slot.release(clean=True)
+            self._release(clean=True)
             log.info("connect failed: %s", type(exc).__name__, extra=self.extra)
             raise SessionEnded("connect-failed", True) from None
+        finally:
+            if gate is not None:
+                TUNNEL_GATE.reset(gate)
+        self._tunnel_opened(proxied)
         self.opened_mono = time.monotonic()
         self.last_rx_mono = self.opened_mono
         self.gate = limiter.message_gate(self.slot_id, conn.address, conn.identities)
         log.info("connected", extra=self.extra)
+
+    def _tunnel_opened(self, proxied: bool) -> None:
+        if proxied and self.slot is not None:
+            self.ctx.egress.record_tunnel_opened(self.conn.address)
+
+    def _release(self, clean: bool) -> None:
+        """Give back the attempt's slots (none taken when a proxy was unreachable)."""
+        if self.slot is not None:
+            self.slot.release(clean=clean)
 
     def _quarantine(self, status: int, headers: Any, reason: str) -> None:
         limiter = self.ctx.limiter

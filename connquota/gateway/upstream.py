@@ -163,7 +163,15 @@ class UpstreamConnection:
                 # The address is not verified: no attempt leaves from it. The check itself is
                 # shared by every connection of the address and retried on its own backoff.
                 self.state, self.status = ConnectionState.REFUSED, check.message
-                await asyncio.sleep(max(0.5, check.retry_in_s()))
+                retry_s = check.retry_in_s()
+                await asyncio.sleep(min(1.0, retry_s) if check.proxy_blocked else max(0.5, retry_s))
+                continue
+            proxy_wait_s, proxy_why = self.ctx.egress.proxy_wait(self.address)
+            if proxy_wait_s > 0:
+                # The proxy is down (backoff) or refused the credentials (until its Secret
+                # files change): no request is sent to it meanwhile.
+                self.state, self.status = ConnectionState.BACKOFF, f"proxy: {proxy_why}"
+                await asyncio.sleep(min(1.0, proxy_wait_s))
                 continue
             if self.credential is not None and not await self._credential_ready():
                 continue
@@ -196,6 +204,8 @@ class UpstreamConnection:
             failures = 0 if lived >= settings.stable_after_s else failures + 1
             self.ctx.stats[("reconnect", why.reason)] += 1
             log.info("session ended: %s", why.reason, extra=self.extra)
+            if not why.clean and self.ctx.egress.is_proxied(self.address):
+                self.ctx.egress.record_tunnel_closed(self.address)
             if why.reason == "login-refused":
                 await self._wait_after_refusal()
                 continue

@@ -1,0 +1,335 @@
+"""Proxy egress through real proxies: tinyproxy (HTTP CONNECT, Basic auth) and microsocks
+(SOCKS5, username/password), installed by hack/install-proxies.sh.
+
+Each proxy listens on its own loopback address and binds its outgoing connections to another,
+so the mock exchange sees one source IP per proxy. Every limit is the exchange's per-IP attempt
+limit, shrunk so start-up and a mass disconnect drive it to >= 90%.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import pytest
+from conftest import (
+    TIME_SCALE,
+    Consumer,
+    Harness,
+    _path_of,
+    mock_attempts,
+    shrunk,
+    stream_names,
+    wait_for,
+)
+
+from connquota.api.limits import LimitName, LimitScope
+from connquota.api.plan import ConnectionPlan
+from connquota.api.pool import EgressAddress, EgressMode, ProxySecretRef
+from connquota.demo.scaling import scaled_profile
+from connquota.testing.gateway_plans import pod_plan
+from connquota.testing.proxies import ProxyProcess, ProxyUnavailable, proxy_binaries
+from connquota.testing.tlsca import TestCA
+
+ATTEMPTS = 10
+WINDOW_PROFILE_S = 40.0  # 2 s at the test's time scale
+CONNS = 12
+USER, PASSWORD = "connquota", "tunnel-pass-1"
+KINDS = ["http", "socks5"]
+# Proxy listen and egress addresses: 127.0.0.3x listen, 127.0.0.4x egress (one per proxy).
+LISTEN = {"http": "127.0.0.31", "socks5": "127.0.0.32"}
+EGRESS = {"http": "127.0.0.41", "socks5": "127.0.0.42"}
+
+
+@pytest.fixture(scope="module")
+def binaries() -> Path:
+    try:
+        return proxy_binaries()
+    except ProxyUnavailable as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"proxy servers missing in CI: {exc}")
+        pytest.skip(f"proxy servers not installed ({exc}); run `make proxies`")
+
+
+class ProxyRig:
+    """The proxies of one test and the Secret files the gateway reads their credentials from."""
+
+    def __init__(self, harness: Harness, binaries: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.harness = harness
+        self.binaries = binaries
+        self.secrets = harness.tmp_path / "proxy-secrets"
+        monkeypatch.setenv("CONNQUOTA_PROXY_CREDENTIALS_DIR", str(self.secrets))
+        self.proxies: list[ProxyProcess] = []
+
+    async def start(self, kind: str, password: str = PASSWORD) -> ProxyProcess:
+        proxy = ProxyProcess(
+            kind,
+            self.binaries,
+            LISTEN[kind],
+            EGRESS[kind],
+            self.harness.tmp_path / "proxies",
+            USER,
+            password,
+        )
+        await proxy.start()
+        self.proxies.append(proxy)
+        return proxy
+
+    def write_secret(self, address: str, password: str) -> None:
+        """The mounted Secret of `address`: files written atomically, as the kubelet swaps them."""
+        directory = self.secrets / address
+        directory.mkdir(parents=True, exist_ok=True)
+        for key, value in (("username", USER), ("password", password)):
+            tmp = directory / f".{key}.tmp"
+            tmp.write_text(value)
+            tmp.replace(directory / key)
+
+    def address(self, name: str, proxy: ProxyProcess, public: str | None = None) -> EgressAddress:
+        return EgressAddress(
+            name=name,
+            publicAddress=public or proxy.egress_ip,
+            mode=EgressMode.PROXY,
+            proxyUrl=proxy.url,
+            proxySecretRef=ProxySecretRef(name="egress-proxy-credentials"),
+            egressCheck=self.harness.egress_check(),
+        )
+
+    async def close(self) -> None:
+        for proxy in self.proxies:
+            await proxy.kill()
+
+
+@pytest.fixture
+async def rig(harness, binaries, monkeypatch):
+    r = ProxyRig(harness, binaries, monkeypatch)
+    try:
+        yield r
+    finally:
+        await r.close()
+
+
+def attempt_limits(profile: str):
+    return shrunk(profile, connectionAttempts=(ATTEMPTS, WINDOW_PROFILE_S))
+
+
+async def start_mock(harness: Harness, tls: bool, monkeypatch: pytest.MonkeyPatch | None = None):
+    """The mock exchange; over TLS its certificate names `localhost` only (the exchange host
+    the gateway must check through the tunnel, never the proxy's address)."""
+    kw = {}
+    ca = None
+    if tls:
+        ca = TestCA.create()
+        kw["ssl_context"] = ca.server_context(["localhost"])
+    mock = await harness.start_mock("binance-spot", attempt_limits("binance-spot"), **kw)
+    if ca is None:
+        return mock, harness.gateway_profile()
+    ca_file = harness.tmp_path / "ca.pem"
+    ca_file.write_bytes(ca.cert_pem)
+    assert monkeypatch is not None
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))  # the gateway's default context trusts it
+    port = mock.url.rsplit(":", 1)[1]
+    endpoint = f"wss://localhost:{port}" + _path_of(mock.profile.endpoint)
+    return mock, scaled_profile(mock.profile, TIME_SCALE, endpoint)
+
+
+def plan_on(profile, addresses: list[EgressAddress], conns: int = CONNS, per_conn: int = 2):
+    names = stream_names("binance-spot", conns * per_conn * len(addresses))
+    connections = [
+        ConnectionPlan(
+            id=f"c{a.name}{i}",
+            address=a.name,
+            streams=names[(k * conns + i) * per_conn : (k * conns + i + 1) * per_conn],
+        )
+        for k, a in enumerate(addresses)
+        for i in range(conns)
+    ]
+    return pod_plan(profile, connections, addresses=addresses, margin_s=0.2), names
+
+
+async def gateway_attempts(harness: Harness, gw, address: str) -> int:
+    st = await harness.status(gw)
+    assert st is not None
+    return int(st["limiterCounts"]["attempts"].get(f"ip/{address}", 0))
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["ws", "wss"])
+async def test_start_up_and_a_mass_disconnect_through_http_and_socks5_proxies_stay_in_each_proxy_ips_limit(
+    harness, rig, tls, monkeypatch
+):
+    mock, profile = await start_mock(harness, tls, monkeypatch)
+    http = await rig.start("http")
+    socks = await rig.start("socks5")
+    rig.write_secret("p-http", PASSWORD)
+    rig.write_secret("p-socks", PASSWORD)
+    plan, names = plan_on(profile, [rig.address("p-http", http), rig.address("p-socks", socks)])
+    gw = harness.gateway(harness.write_plan(plan))
+    gw.start()
+    await harness.wait_live(gw, len(names), timeout_s=40)
+    # Every connection left through its proxy: the exchange sees each proxy's egress address.
+    assert len(mock.websockets(EGRESS["http"])) == CONNS
+    assert len(mock.websockets(EGRESS["socks5"])) == CONNS
+    assert harness.echo.requests[EGRESS["http"]] >= 1  # /whoami-style check through the proxy
+    assert harness.echo.requests[EGRESS["socks5"]] >= 1
+    consumer = Consumer(harness.http, gw.ws_url)
+    await consumer.connect(names)
+    await wait_for(
+        lambda: _true(consumer.streams_seen() >= set(names)), 20, "every stream at the consumer"
+    )
+    dropped = await mock.disconnect(abrupt=True)
+    assert dropped == 2 * CONNS
+    await harness.wait_live(gw, len(names), timeout_s=40)
+    for kind in KINDS:
+        assert mock.peak_fraction(LimitName.CONNECTION_ATTEMPTS, LimitScope.IP, EGRESS[kind]) >= 0.9
+
+    async def counts_match():
+        # The exchange is read first: whatever it counted, the gateway's log granted before.
+        seen = {k: mock_attempts(mock, EGRESS[k]) for k in KINDS}
+        granted = {
+            "http": await gateway_attempts(harness, gw, "p-http"),
+            "socks5": await gateway_attempts(harness, gw, "p-socks"),
+        }
+        assert all(seen[k] <= granted[k] for k in KINDS), (seen, granted)
+        return seen == granted
+
+    await wait_for(counts_match, 15, "the exchange's attempts per proxy IP to equal the log")
+    st = await harness.status(gw)
+    assert st["proxies"]["p-http"]["attempts"]["opened"] == await gateway_attempts(
+        harness, gw, "p-http"
+    )
+    assert st["proxies"]["p-http"]["faults"].get("tunnel-closed", 0) >= 1  # the mass disconnect
+    harness.assert_no_violation()
+    assert PASSWORD not in harness.logs()
+    await consumer.close()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_wrong_proxy_credentials_are_reported_without_a_retry_storm_and_recover_on_rotation(
+    harness, rig, kind
+):
+    mock, profile = await start_mock(harness, tls=False)
+    proxy = await rig.start(kind)
+    rig.write_secret("p0", "wrong-password")
+    plan, names = plan_on(profile, [rig.address("p0", proxy)], conns=4)
+    gw = harness.gateway(harness.write_plan(plan))
+    gw.start()
+
+    async def refused():
+        st = await harness.status(gw)
+        fault = st and st["proxies"]["p0"]["fault"]
+        return st if fault == "auth-refused" else None
+
+    st = await wait_for(refused, 20, "the proxy's credential refusal in the status")
+    assert "Secret" in st["egress"]["p0"]["message"] or "Secret" in st["proxies"]["p0"]["message"]
+    # No retry storm: while the Secret stays as it is, nothing more is sent to the proxy. The
+    # invariant is watched across 3 s, longer than a failed check's first retry (2 s) and the
+    # connections' backoff cap (1 s), so a retry loop would show.
+    faults_then = st["proxies"]["p0"]["faults"]["auth-refused"]
+
+    async def refusals_unchanged() -> bool:
+        now = await harness.status(gw)
+        assert now["proxies"]["p0"]["faults"]["auth-refused"] == faults_then, "retried"
+        return True
+
+    await holds_for(refusals_unchanged, 3.0)
+    st = await harness.status(gw)
+    assert mock_attempts(mock, EGRESS[kind]) == 0
+    assert all(c["state"] in ("refused", "backoff") for c in st["connections"])
+    # Rotation: the right password in the Secret files, and the address comes up.
+    rig.write_secret("p0", PASSWORD)
+    await harness.wait_live(gw, len(names), timeout_s=30)
+    assert len(mock.websockets(EGRESS[kind])) == 4
+    harness.assert_no_violation()
+    assert PASSWORD not in harness.logs() and "wrong-password" not in harness.logs()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_proxy_killed_and_restarted_mid_run_costs_no_attempt_while_down_and_recovers(
+    harness, rig, kind
+):
+    mock, profile = await start_mock(harness, tls=False)
+    proxy = await rig.start(kind)
+    rig.write_secret("p0", PASSWORD)
+    plan, names = plan_on(profile, [rig.address("p0", proxy)])
+    gw = harness.gateway(harness.write_plan(plan))
+    gw.start()
+    await harness.wait_live(gw, len(names), timeout_s=40)
+    await proxy.kill()
+
+    async def reported_down():
+        st = await harness.status(gw)
+        return st if st and st["proxies"]["p0"]["fault"] == "unreachable" else None
+
+    st = await wait_for(reported_down, 20, "the dead proxy in the status")
+    granted_down = await gateway_attempts(harness, gw, "p0")
+    assert st["proxies"]["p0"]["faults"].get("tunnel-closed", 0) >= 1
+    # While it is down, reaching it fails before any request: no attempt is spent.
+    await wait_for(
+        lambda: _more_faults(harness, gw, st["proxies"]["p0"]["faults"]["unreachable"]),
+        20,
+        "another unreachable try (the backoff runs)",
+    )
+    assert await gateway_attempts(harness, gw, "p0") == granted_down
+    await proxy.start()
+    await harness.wait_live(gw, len(names), timeout_s=40)
+    assert len(mock.websockets(EGRESS[kind])) == CONNS
+    assert mock.peak_fraction(LimitName.CONNECTION_ATTEMPTS, LimitScope.IP, EGRESS[kind]) >= 0.9
+
+    async def counts_match():
+        seen = mock_attempts(mock, EGRESS[kind])
+        granted = await gateway_attempts(harness, gw, "p0")
+        assert seen <= granted
+        return seen == granted
+
+    await wait_for(counts_match, 15, "the exchange's attempts to equal the gateway's log")
+    harness.assert_no_violation()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_public_address_that_is_not_the_proxys_egress_is_refused_before_any_attempt(
+    harness, rig, kind
+):
+    mock, profile = await start_mock(harness, tls=False)
+    proxy = await rig.start(kind)
+    rig.write_secret("p0", PASSWORD)
+    plan, _ = plan_on(profile, [rig.address("p0", proxy, public="127.0.0.99")], conns=2)
+    gw = harness.gateway(harness.write_plan(plan))
+    gw.start()
+
+    async def mismatch():
+        st = await harness.status(gw)
+        return st if st and st["egress"].get("p0", {}).get("state") == "mismatch" else None
+
+    st = await wait_for(mismatch, 20, "the egress check to find the mismatch")
+    assert EGRESS[kind] in st["egress"]["p0"]["message"]
+    assert "127.0.0.99" in st["egress"]["p0"]["message"]
+    await wait_for(
+        lambda: _all_refused(harness, gw), 10, "every connection refused before an attempt"
+    )
+    assert mock_attempts(mock, EGRESS[kind]) == 0
+    assert await gateway_attempts(harness, gw, "p0") == 0
+    assert harness.echo.requests[EGRESS[kind]] >= 1, "the check went through the proxy"
+
+
+async def _all_refused(harness: Harness, gw) -> bool:
+    st = await harness.status(gw)
+    return bool(st) and all(c["state"] == "refused" for c in st["connections"])
+
+
+async def _more_faults(harness: Harness, gw, before: int) -> bool:
+    st = await harness.status(gw)
+    return bool(st) and st["proxies"]["p0"]["faults"].get("unreachable", 0) > before
+
+
+async def holds_for(invariant, duration_s: float, step_s: float = 0.2) -> None:
+    """Check `invariant` (it asserts) every `step_s` for `duration_s`: a bounded observation."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + duration_s
+    while loop.time() < end:
+        assert await invariant()
+        await asyncio.sleep(step_s)
+
+
+async def _true(value: bool) -> bool:
+    await asyncio.sleep(0)
+    return value
