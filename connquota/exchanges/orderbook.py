@@ -46,9 +46,12 @@ def as_levels(value: Any) -> list[Level]:
     if not isinstance(value, list):
         return []
     return [
-        [str(x) for x in item]
+        item
         for item in value
-        if isinstance(item, list) and len(item) >= 2 and isinstance(item[0], str)
+        if isinstance(item, list)
+        and len(item) >= 2
+        and isinstance(item[0], str)
+        and isinstance(item[1], str)
     ]
 
 
@@ -65,13 +68,14 @@ class L2Book:
         self.asks.clear()
 
     def apply(self, bids: list[Level], asks: list[Level]) -> None:
-        """Merge one update: size 0 deletes the level, any other size replaces or inserts it."""
+        """Merge one update: size 0 deletes the level, any other size replaces or inserts it
+        (the level lists are kept as given, not copied)."""
         for side, levels in ((self.bids, bids), (self.asks, asks)):
             for level in levels:
                 if _is_zero(level[1]):
                     side.pop(level[0], None)
                 else:
-                    side[level[0]] = list(level)
+                    side[level[0]] = level
 
     def sorted_bids(self, depth: int | None = None) -> list[Level]:
         """Bids, best (highest price) first, at most ``depth``."""
