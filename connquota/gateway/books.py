@@ -167,6 +167,13 @@ class BookReplays:
         if len(book.deltas) >= self.max_deltas or book.delta_bytes >= self.max_bytes:
             self._compact(stream, book)
 
+    def compact(self, stream: str) -> None:
+        """Merge the updates kept for ``stream`` into its snapshot now (a consumer whose queue
+        could not take them all gets one message instead)."""
+        book = self.streams.get(stream)
+        if book is not None and book.base is not None and book.deltas:
+            self._compact(stream, book)
+
     def _compact(self, stream: str, book: StreamBook) -> None:
         seq, _, useq = book.deltas[-1]
         text = _snapshot_text(stream, book)

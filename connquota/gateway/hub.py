@@ -387,6 +387,9 @@ class StreamHub:
         kept = self.books.replay(stream)
         if not kept:
             return
+        if len(consumer.frames) + len(kept) > consumer.max_frames // 2:
+            self.books.compact(stream)  # many books at once: one snapshot each, not a flood
+            kept = self.books.replay(stream)
         now = time.monotonic()
         for seq, data, useq in kept:
             consumer.offer(self._frame(consumer.fmt, stream, seq, data, useq), now)

@@ -267,3 +267,40 @@ def test_a_relayed_book_wanted_again_starts_over_from_the_owners_replay() -> Non
     assert json.loads(texts[0])["action"] == "snapshot"
     book, last = merged_okx(texts)
     assert last == 139 and book == merged_okx(frames)[0]
+
+
+def test_a_consumer_subscribing_many_books_at_once_gets_one_snapshot_each() -> None:
+    hub = StreamHub(queue_frames=400)  # keeps up to 100 updates per stream
+    streams = [f"books:C{i}-USDT" for i in range(8)]
+    hub.set_known(streams)
+    source = object()
+    for stream in streams:
+        book = MockBooks().book(stream, 400, okx_levels=True)
+        book.advance(1)
+        snap = okx.build_book(
+            stream, book.top_bids(), book.top_asks(), 7, 1, "snapshot", -1, book.okx_checksum()
+        )
+        hub.publish(stream, json.loads(snap), source, 1, snap)
+        for seq in range(2, 91):
+            book.advance(seq)
+            text = okx.build_book(
+                stream,
+                book.changed_bids,
+                book.changed_asks,
+                7,
+                seq,
+                "update",
+                seq - 1,
+                book.okx_checksum(),
+            )
+            hub.publish(stream, json.loads(text), source, seq, text)
+    consumer = hub.add_consumer(FMT_PAYLOAD)
+    hub.subscribe(consumer, streams)
+    assert not consumer.too_slow
+    by_stream: dict[str, list[str]] = {}
+    for text in consumer.queued_texts():
+        by_stream.setdefault(json.loads(text)["arg"]["instId"], []).append(text)
+    assert len(by_stream) == 8
+    for texts in by_stream.values():
+        assert merged_okx(texts)[1] == 90
+    assert sum(len(t) for t in by_stream.values()) <= 200
