@@ -235,7 +235,10 @@ class StreamHub:
         new = set(streams)
         old, self.known = self.known, new
         for stream in old - new:
-            if stream not in self.subscribers:
+            if stream in self.subscribers:
+                if self.router is not None:  # moved to another pod: its consumers stay here
+                    self.router.want(stream)
+            else:
                 if self.last_values is not None:
                     self.last_values.pop(stream, None)
                 self.books.forget(stream)

@@ -251,11 +251,21 @@ class Relay:
         for stream in added:
             link.announced.add(stream)
             self.routes.setdefault(stream, {})[link] = None
+            if stream not in self.wanted and self._held_for_consumers(stream):
+                # Moving from this pod to the peer (the new owner announces before this pod's
+                # plan lets it go): subscribe it at the new owner now, so the consumers here
+                # see no gap when the local subscription closes.
+                self.wanted.add(stream)
             if stream not in self.wanted:
                 continue
             if stream not in self.active:
                 self._route(stream)
-                self.hub.notice(stream, _notice("relay_restored", stream, link))
+                if stream in self.hub.known:
+                    # Held here too: both deliver until the local one is released, each
+                    # message once (by the exchange's sequence); nothing was ever lost.
+                    self.hub.claim(stream, link)
+                else:
+                    self.hub.notice(stream, _notice("relay_restored", stream, link))
             elif self.active[stream] is not link:
                 # Make before break: the old owner still delivers; both hold the stream in
                 # the hub, which delivers each message once (by the exchange's sequence).
@@ -264,6 +274,10 @@ class Relay:
         for stream in removed:
             link.announced.discard(stream)
             self._forget(stream, link, unsubscribe=True)
+
+    def _held_for_consumers(self, stream: str) -> bool:
+        """Held upstream here, with local consumers."""
+        return stream in self.hub.known and bool(self.hub.subscribers.get(stream))
 
     def on_link_down(self, link: PeerLink) -> None:
         """The link dropped: everything it announced is gone until it announces again."""
@@ -288,7 +302,7 @@ class Relay:
         if successor is not None:
             self.active[stream] = successor
             successor.subscribe([stream])
-        elif stream in self.wanted:
+        elif stream in self.wanted and stream not in self.hub.known:
             self.hub.notice(stream, _notice("relay_lost", stream, link))
             log.warning("relayed stream %s lost with peer %s", stream, link.url,
                         extra=self.log_extra)  # fmt: skip

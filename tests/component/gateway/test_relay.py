@@ -5,6 +5,7 @@ per pair; the exchange sees every stream subscribed exactly once."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 from typing import Any
@@ -202,17 +203,23 @@ async def test_a_dead_peer_is_noticed_and_its_streams_resume_when_it_is_back(har
 async def test_a_stream_moving_between_peers_reaches_the_consumer_without_gap_or_duplicate(
     harness, tmp_path
 ):
+    """The stream moves from pod 1 to pod 2 (make, then break). Its consumers on every pod see
+    it without gap, duplicate or notice: on pod 0 (relayed, from 1 then 2), on pod 1 (held,
+    then relayed from 2) and on pod 2 (relayed from 1, then held)."""
     names = stream_names("binance-spot", 6)
     gateways = await _fleet(harness, tmp_path, [names[0:2], names[2:4], names[4:6]])
     moving = names[2]
-    async with harness.http.ws_connect(gateways[0].ws_url) as ws:
-        reader = Reader(ws)
-        await ws.send_str(json.dumps({"op": "subscribe", "streams": [moving]}))
+    async with contextlib.AsyncExitStack() as stack:
+        readers = []
+        for gw in gateways:
+            ws = await stack.enter_async_context(harness.http.ws_connect(gw.ws_url))
+            readers.append(Reader(ws))
+            await ws.send_str(json.dumps({"op": "subscribe", "streams": [moving]}))
 
         async def flowing() -> bool:
-            return reader.count(moving) >= 3
+            return all(r.count(moving) >= 3 for r in readers)
 
-        await wait_for(flowing, 15, "the stream flowing from pod 1")
+        await wait_for(flowing, 15, "the stream flowing from pod 1 to every pod's consumer")
         # make: pod 2 takes the stream too; break: then pod 1 lets it go
         harness.write_plan(_plan(harness, 2, [*names[4:6], moving], 2), "plan-2.json")
 
@@ -221,13 +228,19 @@ async def test_a_stream_moving_between_peers_reaches_the_consumer_without_gap_or
 
         await wait_for(both_hold, 15, "pod 2 holding the stream as well")
         harness.write_plan(_plan(harness, 1, names[3:4], 2), "plan-1.json")
-        before = reader.count(moving)
+        before = [r.count(moving) for r in readers]
 
         async def moved() -> bool:
-            return _upstream(harness).count(moving) == 1 and reader.count(moving) >= before + 20
+            return _upstream(harness).count(moving) == 1 and all(
+                r.count(moving) >= n + 20 for r, n in zip(readers, before, strict=True)
+            )
 
         await wait_for(moved, 30, "the stream served by pod 2 alone, still flowing")
-        reader.task.cancel()
-    assert _consecutive(reader.seqs[moving])
-    assert _consecutive(reader.useqs[moving])  # the exchange's trade ids: no gap, no duplicate
+        for reader in readers:
+            reader.task.cancel()
+    for ordinal, reader in enumerate(readers):
+        assert _consecutive(reader.seqs[moving]), ordinal
+        # the exchange's trade ids: no gap, no duplicate
+        assert _consecutive(reader.useqs[moving]), (ordinal, reader.useqs[moving])
+        assert reader.notices == [] and reader.errors == [], (ordinal, reader.notices)
     harness.assert_no_violation()

@@ -1,0 +1,254 @@
+"""Any pod serves any stream of its quota (issue 12): a 3-pod fleet run by the operator on the
+real API server, its pods finding each other by Pod IP, read by real exchange client
+libraries through each pod and by a `/v1/ws` consumer that stays connected through a pod
+deletion and a scale-down, with the mock exchange as referee.
+
+Each pod holds one connection of two streams (the limits of tests/cluster/operator/fleet.py:
+two streams per connection, four connections per IP), so every client reads streams that
+other pods hold upstream, relayed over the peer links.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import threading
+import uuid
+from typing import Any
+
+import ccxt.pro as ccxtpro
+import pytest
+from binance_common.configuration import ConfigurationWebSocketStreams
+from binance_sdk_spot import spot
+from kubernetes import client
+
+from cluster.conftest import wait_for
+from cluster.operator.conftest import OperatorProcess, custom_object
+from cluster.operator.fleet import (
+    GROUP,
+    VERSION,
+    MockThread,
+    pod_ips,
+    pool_body,
+    quota_body,
+    streams_by_pod,
+    wait_ready,
+)
+from connquota.testing.podharness import PodHarness
+
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(420)]
+
+SYMBOLS = ("btcusdt", "ethusdt", "bnbusdt")
+STREAMS = [f"{s}@{kind}" for s in SYMBOLS for kind in ("trade", "miniTicker")]
+WATCH_S = 20.0
+
+
+class Consumer:
+    """A `/v1/ws` consumer on one pod, in a thread: gateway seq and exchange trade id per
+    stream, and the relay notices, for as long as the test runs."""
+
+    def __init__(self, ip: str, streams: list[str]) -> None:
+        self.url = f"ws://{ip}:8080/v1/ws"
+        self.streams = streams
+        self.seqs: dict[str, list[int]] = {s: [] for s in streams}
+        self.trade_ids: dict[str, list[int]] = {s: [] for s in streams}
+        self.notices: list[dict[str, Any]] = []
+        self.errors: list[Any] = []
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="consumer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        from websockets.sync.client import connect
+
+        try:
+            with connect(self.url, open_timeout=5) as ws:
+                ws.send(json.dumps({"op": "subscribe", "streams": self.streams, "id": 1}))
+                while not self._stop.is_set():
+                    try:
+                        doc = json.loads(ws.recv(timeout=0.5))
+                    except TimeoutError:
+                        continue
+                    with self._lock:
+                        if "seq" in doc:
+                            self.seqs[doc["stream"]].append(doc["seq"])
+                            if "t" in doc["data"]:
+                                self.trade_ids[doc["stream"]].append(doc["data"]["t"])
+                        elif "notice" in doc:
+                            self.notices.append(doc)
+                        elif "error" in doc:
+                            self.errors.append(doc)
+        except Exception as exc:  # reported by the test, which expects the socket to stay up
+            self.errors.append(repr(exc))
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            return {s: len(v) for s, v in self.seqs.items()}
+
+    def noticed(self, kind: str) -> set[str]:
+        with self._lock:
+            return {n["stream"] for n in self.notices if n["notice"] == kind}
+
+    def all_grew(self, since: dict[str, int], by: int) -> bool:
+        now = self.counts()
+        return all(now[s] >= since[s] + by for s in self.streams)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        assert not self._thread.is_alive()
+
+
+def _linked_peers(ip: str) -> set[str]:
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://{ip}:8080/status", timeout=5) as resp:
+        relay = json.loads(resp.read())["relay"]
+    return {url for url, link in relay["peers"].items() if link["connected"]}
+
+
+def _every_pod_linked(api_client: Any, namespace: str, count: int) -> bool:
+    ips = pod_ips(api_client, namespace, "md")
+    if len(ips) != count:
+        return False
+    return all(
+        _linked_peers(ip) == {f"http://{o}:8080" for k, o in ips.items() if k != ordinal}
+        for ordinal, ip in ips.items()
+    )
+
+
+async def _ccxt_reads_every_symbol(ip: str, rest_url: str) -> None:
+    """ccxt's binance pro client, its WebSocket base URL the pod's: trades and tickers of
+    every symbol of the quota, parsed by ccxt."""
+    exchange = ccxtpro.binance({"options": {"fetchMarkets": {"types": ["spot"]}}})
+    exchange.urls["api"]["public"] = rest_url + "/api/v3"
+    exchange.urls["api"]["ws"]["spot"] = f"ws://{ip}:8080/ws"
+    try:
+        for symbol in ("BTC/USDT", "ETH/USDT", "BNB/USDT"):
+            trades = await asyncio.wait_for(exchange.watch_trades(symbol), WATCH_S)
+            assert trades and trades[-1]["symbol"] == symbol and trades[-1]["price"] > 0
+            ticker = await asyncio.wait_for(exchange.watch_ticker(symbol), WATCH_S)
+            assert ticker["symbol"] == symbol and ticker["last"] is not None
+    finally:
+        await exchange.close()
+
+
+async def _sdk_reads_trades(ip: str, symbols: list[str]) -> None:
+    """The official Binance SDK's trade streams, its stream URL the pod's."""
+    sdk = spot.Spot(config_ws_streams=ConfigurationWebSocketStreams(stream_url=f"ws://{ip}:8080"))
+    connection = await sdk.websocket_streams.create_connection()
+    got: dict[str, list[Any]] = {s.upper(): [] for s in symbols}
+    every = asyncio.Event()
+
+    def on_trade(event: Any) -> None:
+        got[event.s].append(event)
+        if all(got.values()):
+            every.set()
+
+    try:
+        for symbol in symbols:
+            stream = await connection.trade(symbol=symbol)
+            stream.on("message", on_trade)
+        await asyncio.wait_for(every.wait(), WATCH_S)
+    finally:
+        await connection.close_connection(close_session=True)
+    for symbol, events in got.items():
+        assert events[0].e == "trade" and float(events[0].p) > 0, symbol
+
+
+def _consecutive(values: list[int]) -> bool:
+    return all(b == a + 1 for a, b in itertools.pairwise(values))
+
+
+def _increasing(values: list[int]) -> bool:
+    return all(b > a for a, b in itertools.pairwise(values))
+
+
+def test_a_three_pod_fleet_serves_every_stream_through_any_pod_through_a_deletion_and_a_scale_down(
+    api_client: Any,
+    namespace: str,
+    pod_harness: PodHarness,
+    operator_process: OperatorProcess,
+    mock_exchange: MockThread,
+) -> None:
+    core = client.CoreV1Api(api_client)
+    apps = client.AppsV1Api(api_client)
+    objects = custom_object(api_client)
+    pool = f"p-{uuid.uuid4().hex[:8]}"
+    exchange = mock_exchange.quota_exchange(f"{pool}.test")
+    objects.create_cluster_custom_object(GROUP, VERSION, "exchangeegresspools", pool_body(pool))
+    body = quota_body(namespace, "md", pool, exchange, STREAMS, connections_per_pod=1)
+    objects.create_namespaced_custom_object(
+        GROUP, VERSION, namespace, "exchangeconnectionquotas", body
+    )
+    log = operator_process.log
+    wait_ready(api_client, namespace, "md", 120, log)
+    assert apps.read_namespaced_stateful_set("md-gw", namespace).spec.replicas == 3
+    held = streams_by_pod(core, namespace, "md")
+    assert sorted(s for v in held.values() for s in v) == sorted(STREAMS)
+    assert all(len(v) == 2 for v in held.values()) and len(held) == 3, held
+    wait_for(lambda: _every_pod_linked(api_client, namespace, 3), 60, "every pod linked")
+    ips = pod_ips(api_client, namespace, "md")
+
+    # Real client libraries through each pod: each reads the streams of all three pods.
+    for _, ip in sorted(ips.items()):
+        asyncio.run(_ccxt_reads_every_symbol(ip, mock_exchange.mock.http_url))
+        asyncio.run(_sdk_reads_trades(ip, list(SYMBOLS)))
+    mock_exchange.assert_no_violation()
+
+    # A consumer on pod 0 through a pod deletion and a scale-down.
+    consumer = Consumer(ips[0], STREAMS)
+    try:
+        wait_for(lambda: consumer.all_grew(dict.fromkeys(STREAMS, 0), 3), 30, "every stream")
+        # Pod 2 deleted: its streams pause with a relay_lost notice and resume, with
+        # relay_restored, from its replacement (a new pod, a new Pod IP).
+        lost = set(held[2])
+        core.delete_namespaced_pod("md-gw-2", namespace)
+        wait_for(lambda: consumer.noticed("relay_lost") >= lost, 60, "relay_lost notices")
+        wait_for(
+            lambda: consumer.noticed("relay_restored") >= lost,
+            120,
+            f"relay_restored notices\n{log()}",
+        )
+        wait_ready(api_client, namespace, "md", 120, log)
+        wait_for(lambda: _every_pod_linked(api_client, namespace, 3), 60, "relinked")
+        before = consumer.counts()
+        wait_for(lambda: consumer.all_grew(before, 5), 30, "every stream after the deletion")
+
+        # Scale-down: one pod of three connections, so pod 0 takes every connection (one at
+        # a time, each opened before the old one closes) and the StatefulSet shrinks to 1.
+        objects.patch_namespaced_custom_object(
+            GROUP,
+            VERSION,
+            namespace,
+            "exchangeconnectionquotas",
+            "md",
+            {"spec": {"gateway": {"connectionsPerPod": 3, "maxReplicas": 1}}},
+        )
+        wait_for(
+            lambda: apps.read_namespaced_stateful_set("md-gw", namespace).spec.replicas == 1,
+            120,
+            f"scale-down to one pod\n{log()}",
+        )
+        wait_ready(api_client, namespace, "md", 60, log)
+        before = consumer.counts()
+        wait_for(lambda: consumer.all_grew(before, 5), 30, "every stream after the scale-down")
+    finally:
+        consumer.stop()
+
+    assert consumer.errors == [], consumer.errors
+    # Only the deleted pod's streams were ever noticed lost; none after the scale-down.
+    assert consumer.noticed("relay_lost") == lost, consumer.notices
+    for stream in STREAMS:
+        # The gateway's own sequence: consecutive through both events.
+        assert _consecutive(consumer.seqs[stream]), (stream, consumer.seqs[stream])
+        ids = consumer.trade_ids[stream]
+        if stream.endswith("@trade"):
+            # The exchange's trade ids: no duplicate ever; no gap but while its pod was gone.
+            check = _increasing if stream in lost else _consecutive
+            assert ids and check(ids), (stream, ids)
+    upstream = sorted(s for v in mock_exchange.open_streams().values() for s in v)
+    assert upstream == sorted(STREAMS), upstream
+    mock_exchange.assert_no_violation()
