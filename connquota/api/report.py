@@ -63,6 +63,15 @@ class EgressCheckResult(ApiModel):
     checkedAt: float | None = Field(
         default=None, description="Wall-clock time (epoch seconds) of the last check."
     )
+    proxyFault: str | None = Field(
+        default=None,
+        description="proxy mode: the unresolved fault of the address's proxy (unreachable, "
+        "auth-refused, credentials-unreadable, upstream-refused, upstream-timeout, protocol, "
+        "tunnel-closed); absent while the proxy works (and in bind and podLabel mode).",
+    )
+    proxyFaultReason: str | None = Field(
+        default=None, description="proxy mode: what the proxy fault was (never a credential)."
+    )
 
 
 class GatewayReport(ApiModel):

@@ -320,7 +320,15 @@ class EgressPool:
 
     def results(self) -> list[EgressCheckResult]:
         """Every address's last check, for the report (sorted by address name)."""
-        return [self.checks[n].to_result() for n in sorted(self.checks)]
+        out = []
+        for name in sorted(self.checks):
+            result = self.checks[name].to_result()
+            health = self.proxies.get(name)
+            if health is not None and health.last_kind is not None:
+                result.proxyFault = health.last_kind.value
+                result.proxyFaultReason = health.last_message
+            out.append(result)
+        return out
 
     async def ensure_checked(self, name: str) -> AddressCheck:
         """The address's check: cached once usable; a failed one runs again after its backoff.

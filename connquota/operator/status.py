@@ -293,13 +293,18 @@ def validated(model: type[ApiModel], status: dict[str, Any]) -> dict[str, Any]:
 def egress_problems(
     reports: Mapping[int, GatewayReport], states: set[EgressCheckState]
 ) -> list[str]:
-    """'address (why)' for every address whose last egress check (any pod) is in `states`."""
+    """'address (why)' for every address whose last egress check (any pod) is in `states`, and
+    (with `failed`) every proxy address whose proxy reports a fault."""
     seen: dict[str, str] = {}
     for _, report in sorted(reports.items()):
         for check in report.egressChecks:
             if check.state in states and check.address not in seen:
                 why = check.reason or check.state.value
                 seen[check.address] = f"{check.address} ({check.state.value}: {why})"
+            elif check.proxyFault and EgressCheckState.FAILED in states:
+                # A verified proxy address whose proxy failed since (down, credentials refused).
+                why = check.proxyFaultReason or check.proxyFault
+                seen.setdefault(check.address, f"{check.address} (proxy {check.proxyFault}: {why})")
     return [seen[a] for a in sorted(seen)]
 
 

@@ -28,8 +28,10 @@ from connquota.api.limits import LimitName, LimitScope
 from connquota.api.plan import ConnectionPlan
 from connquota.api.pool import EgressAddress, EgressMode, ProxySecretRef
 from connquota.demo.scaling import scaled_profile
+from connquota.exchanges import get_profile
+from connquota.mockexchange.server import MockExchange
 from connquota.testing.gateway_plans import pod_plan
-from connquota.testing.proxies import ProxyProcess, ProxyUnavailable, proxy_binaries
+from connquota.testing.proxies import ProxyProcess, ProxyUnavailable, free_port, proxy_binaries
 from connquota.testing.tlsca import TestCA
 
 ATTEMPTS = 10
@@ -261,6 +263,8 @@ async def test_a_proxy_killed_and_restarted_mid_run_costs_no_attempt_while_down_
         return st if st and st["proxies"]["p0"]["fault"] == "unreachable" else None
 
     st = await wait_for(reported_down, 20, "the dead proxy in the status")
+    report = next(r for r in st["egressReport"] if r["address"] == "p0")
+    assert report["proxyFault"] == "unreachable"  # what the Lease report carries
     granted_down = await gateway_attempts(harness, gw, "p0")
     assert st["proxies"]["p0"]["faults"].get("tunnel-closed", 0) >= 1
     # While it is down, reaching it fails before any request: no attempt is spent.
@@ -282,6 +286,51 @@ async def test_a_proxy_killed_and_restarted_mid_run_costs_no_attempt_while_down_
         return seen == granted
 
     await wait_for(counts_match, 15, "the exchange's attempts to equal the gateway's log")
+    harness.assert_no_violation()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_proxy_that_fails_every_tunnel_has_each_one_counted_as_an_attempt_and_backs_off(
+    harness, rig, kind
+):
+    """The exchange is down behind the proxy: tinyproxy answers 500 to every CONNECT, microsocks
+    replies 0x05. Each tunnel request is an attempt (the proxy tried the exchange), inside the
+    slice; once the exchange is up the connections open, and it saw no more than the log."""
+    port = free_port("127.0.0.1")
+    mock = MockExchange(
+        get_profile("binance-spot"),
+        "127.0.0.1",
+        port,
+        time_scale=TIME_SCALE,
+        limits=attempt_limits("binance-spot"),
+    )
+    endpoint = f"ws://127.0.0.1:{port}" + _path_of(mock.profile.endpoint)
+    profile = scaled_profile(mock.profile, TIME_SCALE, endpoint)
+    proxy = await rig.start(kind)
+    rig.write_secret("p0", PASSWORD)
+    plan, names = plan_on(profile, [rig.address("p0", proxy)], conns=4)
+    gw = harness.gateway(harness.write_plan(plan))
+    gw.start()
+
+    async def refused_upstream():
+        st = await harness.status(gw)
+        proxies = st["proxies"]["p0"] if st else {}
+        return st if proxies.get("attempts", {}).get("upstream-refused", 0) >= 8 else None
+
+    st = await wait_for(refused_upstream, 30, "tunnels refused by the proxy, counted")
+    assert st["proxies"]["p0"]["fault"] == "upstream-refused"
+    spent = sum(st["proxies"]["p0"]["attempts"].values())
+    granted = int(st["limiterCounts"]["attempts"]["ip/p0"])
+    assert granted >= spent >= 8  # every failed tunnel is in the attempt log
+    usage = next(u for u in st["usage"] if u["scope"] == "ip" and u["key"] == "p0")
+    assert usage["attemptsInWindow"] <= usage["attemptSlice"] == ATTEMPTS, usage
+    report = next(r for r in st["egressReport"] if r["address"] == "p0")
+    assert report["proxyFault"] == "upstream-refused"
+    harness.mock = mock
+    await mock.start()
+    await harness.wait_live(gw, len(names), timeout_s=40)
+    assert len(mock.websockets(EGRESS[kind])) == 4
+    assert mock_attempts(mock, EGRESS[kind]) <= await gateway_attempts(harness, gw, "p0")
     harness.assert_no_violation()
 
 
