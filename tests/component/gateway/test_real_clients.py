@@ -19,13 +19,13 @@ import certifi
 import pytest
 from binance_common.configuration import ConfigurationWebSocketStreams
 from binance_sdk_spot import spot
+from client_libs import bounded_in_daemon_thread, pybit_client
 from conftest import GW_IP, shrunk
 from cryptofeed import FeedHandler
 from cryptofeed.connection import RestEndpoint, Routes, WebsocketEndpoint
 from cryptofeed.defines import TRADES
 from cryptofeed.exchanges import Binance as CryptofeedBinance
 from okx.websocket.WsPublicAsync import WsPublicAsync
-from pybit import unified_trading as unified
 
 from connquota.api.plan import ConnectionPlan
 from connquota.demo.processes import free_port
@@ -185,33 +185,9 @@ async def test_python_okx_reads_trades_over_wss_from_the_gateways_tls_listener(
 BYBIT_STREAMS = ["publicTrade.BTCUSDT", "tickers.ETHUSDT"]
 
 
-def _bounded_in_daemon_thread(call: Any, timeout_s: float) -> None:
-    """Run a blocking library call in a daemon thread, waiting at most `timeout_s`: pybit's
-    exit() polls until its socket is gone, and a thread of the event loop's executor that
-    never returns would keep the test process alive after the test."""
-    thread = threading.Thread(target=call, daemon=True)
-    thread.start()
-    thread.join(timeout_s)
-    assert not thread.is_alive(), f"{call} did not return in {timeout_s} s"
-
-
 async def test_pybit_streams_public_trades_and_tickers_through_the_gateway(harness):
     _, ws_base = await _gateway(harness, "bybit", BYBIT_STREAMS)
     url = ws_base + "/v5/public/spot"
-
-    class GatewayWebSocket(unified.WebSocket):
-        """pybit builds its URL from a host template: the URL is changed here, and pybit's
-        ack race is tolerated (docs/consumers.md: pybit stores a subscription's req_id only
-        after sending it, so an ack that comes back first, as it can from a gateway a few
-        hundred microseconds away, raised KeyError in its reader thread and ended the
-        connection)."""
-
-        def _connect(self, _url: str) -> None:
-            super()._connect(url)
-
-        def _process_subscription_message(self, message: dict) -> None:
-            if message.get("req_id") in self.subscriptions:
-                super()._process_subscription_message(message)
 
     got: dict[str, list[dict]] = {"publicTrade": [], "tickers": []}
     both = threading.Event()
@@ -224,13 +200,13 @@ async def test_pybit_streams_public_trades_and_tickers_through_the_gateway(harne
 
         return callback
 
-    ws = await asyncio.to_thread(GatewayWebSocket, testnet=False, channel_type="spot")
+    ws = await asyncio.to_thread(pybit_client, url)
     try:
         await asyncio.to_thread(ws.trade_stream, "BTCUSDT", on("publicTrade"))
         await asyncio.to_thread(ws.ticker_stream, "ETHUSDT", on("tickers"))
         assert await asyncio.to_thread(both.wait, WATCH_S), got
     finally:
-        _bounded_in_daemon_thread(ws.exit, 10.0)
+        bounded_in_daemon_thread(ws.exit, 10.0)
     assert got["publicTrade"][0]["topic"] == "publicTrade.BTCUSDT"
     assert got["tickers"][0]["topic"] == "tickers.ETHUSDT"
     assert _upstream(harness) == sorted(BYBIT_STREAMS)

@@ -13,73 +13,12 @@ from typing import Any
 import aiohttp
 import ccxt.pro as ccxtpro
 import pytest
-from conftest import GW_IP, shrunk, stream_names, wait_for
-
-from connquota.api.plan import ConnectionPlan
-from connquota.testing.gateway_plans import bind_address, pod_plan
+from conftest import stream_names, wait_for
+from relay_fleet import TOKEN, fleet_plan, start_fleet, upstream_streams
 
 pytestmark = pytest.mark.slow
 
-TOKEN = "peer-token-0123456789abcdef"
 RECEIVE_S = 10.0
-
-
-def _upstream(harness) -> list[str]:
-    """Every upstream subscription the exchange holds (duplicates kept)."""
-    return sorted(s for c in harness.mock.websockets(GW_IP) for s in c.streams)
-
-
-def _plan(harness, ordinal: int, streams: list[str], generation: int = 1):
-    conns = [
-        ConnectionPlan(id=f"p{ordinal}c{i}", address="a0", streams=streams[i : i + 2])
-        for i in range(0, len(streams), 2)
-    ]
-    return pod_plan(
-        harness.gateway_profile(),
-        conns,
-        addresses=[bind_address(0, harness.egress_check())],
-        margin_s=0.2,
-        ordinal=ordinal,
-        generation=generation,
-    )
-
-
-async def _fleet(harness, tmp_path, held: list[list[str]]):
-    """One gateway per entry of `held` (the streams it holds), all peers of each other."""
-    await harness.start_mock(
-        "binance-spot", shrunk("binance-spot", connectionAttempts=(20, 20.0)), rate_per_stream_hz=10
-    )
-    token = tmp_path / "peer-token"
-    token.write_text(TOKEN + "\n")
-    gateways = []
-    for ordinal, streams in enumerate(held):
-        path = harness.write_plan(_plan(harness, ordinal, streams), f"plan-{ordinal}.json")
-        gateways.append(harness.gateway(path, ordinal=ordinal, state=f"state-{ordinal}"))
-    for gw in gateways:
-        peers = [a for other in gateways if other is not gw for a in ("--peer", other.base_url)]
-        gw.extra_args += ["--peer-token-file", str(token), *peers]
-        gw.start()
-    for gw, streams in zip(gateways, held, strict=True):
-        await harness.wait_live(gw, len(streams), timeout_s=30)
-    await _links_up(harness, gateways, held)
-    return gateways
-
-
-async def _links_up(harness, gateways, held: list[list[str]]) -> None:
-    """Wait until every pod's link to every other pod is up and has its announcement."""
-    for gw in gateways:
-
-        async def linked(gw=gw) -> bool:
-            st = await harness.status(gw)
-            peers = (st or {}).get("relay", {}).get("peers", {})
-            holds = {p.base_url: len(h) for p, h in zip(gateways, held, strict=True)}
-            return all(
-                peers.get(url, {}).get("connected") and peers[url]["holds"] == n
-                for url, n in holds.items()
-                if url != gw.base_url
-            )
-
-        await wait_for(linked, 20, f"{gw.base_url}'s peer links up")
 
 
 class Reader:
@@ -115,7 +54,7 @@ def _consecutive(values: list[int]) -> bool:
 async def test_a_consumer_on_one_pod_reads_the_streams_every_other_pod_holds(harness, tmp_path):
     names = stream_names("binance-spot", 6)
     held = [names[0:2], names[2:4], names[4:6]]
-    gateways = await _fleet(harness, tmp_path, held)
+    gateways = await start_fleet(harness, tmp_path, held)
     gw0 = gateways[0]
     async with harness.http.ws_connect(gw0.ws_url) as ws:
         reader = Reader(ws)
@@ -131,7 +70,7 @@ async def test_a_consumer_on_one_pod_reads_the_streams_every_other_pod_holds(har
             assert _consecutive(reader.useqs[stream]), stream  # no gap, no duplicate
         reader.task.cancel()
     # relaying opened nothing upstream: each stream once, held where its plan says
-    assert _upstream(harness) == sorted(names)
+    assert upstream_streams(harness) == sorted(names)
 
     # the exchange's own protocol too: ccxt on pod 0 watches a trade stream pod 2 holds
     exchange = ccxtpro.binance({"options": {"fetchMarkets": {"types": ["spot"]}}})
@@ -143,13 +82,13 @@ async def test_a_consumer_on_one_pod_reads_the_streams_every_other_pod_holds(har
         assert trades[-1]["symbol"] == symbol
     finally:
         await exchange.close()
-    assert _upstream(harness) == sorted(names)
+    assert upstream_streams(harness) == sorted(names)
     harness.assert_no_violation()
 
 
 async def test_a_peer_link_needs_the_peer_token(harness, tmp_path):
     names = stream_names("binance-spot", 2)
-    (gw,) = await _fleet(harness, tmp_path, [names])
+    (gw,) = await start_fleet(harness, tmp_path, [names])
     url = gw.base_url.replace("http", "ws") + "/v1/peer"
     for headers in ({}, {"Authorization": "Bearer not-the-token"}):
         with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
@@ -167,7 +106,7 @@ async def test_a_peer_link_needs_the_peer_token(harness, tmp_path):
 
 async def test_a_dead_peer_is_noticed_and_its_streams_resume_when_it_is_back(harness, tmp_path):
     names = stream_names("binance-spot", 4)
-    gateways = await _fleet(harness, tmp_path, [names[0:2], names[2:4]])
+    gateways = await start_fleet(harness, tmp_path, [names[0:2], names[2:4]])
     gw0, gw1 = gateways
     relayed = names[2]
     async with harness.http.ws_connect(gw0.ws_url) as ws:
@@ -196,7 +135,7 @@ async def test_a_dead_peer_is_noticed_and_its_streams_resume_when_it_is_back(har
         # the gateway's own sequence stays consecutive for the consumer across the outage
         assert _consecutive(reader.seqs[relayed])
         reader.task.cancel()
-    assert _upstream(harness) == sorted(names)
+    assert upstream_streams(harness) == sorted(names)
     harness.assert_no_violation()
 
 
@@ -207,7 +146,7 @@ async def test_a_stream_moving_between_peers_reaches_the_consumer_without_gap_or
     it without gap, duplicate or notice: on pod 0 (relayed, from 1 then 2), on pod 1 (held,
     then relayed from 2) and on pod 2 (relayed from 1, then held)."""
     names = stream_names("binance-spot", 6)
-    gateways = await _fleet(harness, tmp_path, [names[0:2], names[2:4], names[4:6]])
+    gateways = await start_fleet(harness, tmp_path, [names[0:2], names[2:4], names[4:6]])
     moving = names[2]
     async with contextlib.AsyncExitStack() as stack:
         readers = []
@@ -221,17 +160,17 @@ async def test_a_stream_moving_between_peers_reaches_the_consumer_without_gap_or
 
         await wait_for(flowing, 15, "the stream flowing from pod 1 to every pod's consumer")
         # make: pod 2 takes the stream too; break: then pod 1 lets it go
-        harness.write_plan(_plan(harness, 2, [*names[4:6], moving], 2), "plan-2.json")
+        harness.write_plan(fleet_plan(harness, 2, [*names[4:6], moving], 2), "plan-2.json")
 
         async def both_hold() -> bool:
-            return _upstream(harness).count(moving) == 2
+            return upstream_streams(harness).count(moving) == 2
 
         await wait_for(both_hold, 15, "pod 2 holding the stream as well")
-        harness.write_plan(_plan(harness, 1, names[3:4], 2), "plan-1.json")
+        harness.write_plan(fleet_plan(harness, 1, names[3:4], 2), "plan-1.json")
         before = [r.count(moving) for r in readers]
 
         async def moved() -> bool:
-            return _upstream(harness).count(moving) == 1 and all(
+            return upstream_streams(harness).count(moving) == 1 and all(
                 r.count(moving) >= n + 20 for r, n in zip(readers, before, strict=True)
             )
 
