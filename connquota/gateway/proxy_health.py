@@ -58,10 +58,13 @@ class ProxyHealth:
             self.attempts[fault.kind.value] += 1
         self.last_kind, self.last_message = fault.kind, fault.message
         self.last_fault_wall = time.time()
-        if fault.kind == ProxyFaultKind.UNREACHABLE:
+        now = time.monotonic()
+        if fault.kind == ProxyFaultKind.UNREACHABLE and now >= self.retry_at_mono:
+            # One step per backoff period: the connections that tried together (before the
+            # backoff was set) fail together and count once.
             self.unreachable_in_row += 1
             delay = min(BACKOFF_CAP_S, BACKOFF_FIRST_S * 2 ** (self.unreachable_in_row - 1))
-            self.retry_at_mono = time.monotonic() + delay
+            self.retry_at_mono = now + delay
         if fault.kind in BLOCKING_KINDS:
             self.blocked_since = self.fingerprint() if self.fingerprint else None
 

@@ -90,6 +90,9 @@ def test_an_unreachable_proxy_backs_off_doubling_and_clears_on_the_next_tunnel()
     down = ProxyFault(ProxyFaultKind.UNREACHABLE, "http://10.0.0.5:3128 unreachable", False)
     health.record_fault(down)
     first = health.wait()[0]
+    health.record_fault(down)  # a connection that tried at the same time: the same step
+    assert health.wait()[0] <= first
+    health.retry_at_mono = 0.0  # the backoff has passed; the next try fails again
     health.record_fault(down)
     second = health.wait()[0]
     assert 0 < first <= 0.5 < second <= 1.0
