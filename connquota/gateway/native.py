@@ -270,7 +270,8 @@ async def native_ws(request: web.Request) -> web.StreamResponse:
         )
     except WireFormatError as exc:
         return _text_error(404, str(exc))
-    if endpoint.private or endpoint.kind == "api":
+    # OKX's /business carries public channels (candles, trades-all) beside private ones.
+    if (endpoint.private and endpoint.kind != "business") or endpoint.kind == "api":
         return _text_error(404, f"{request.path}: {NOT_SERVED}")
     refused = refusal(request, gw)
     if refused is not None:

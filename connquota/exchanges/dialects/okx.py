@@ -100,6 +100,7 @@ ERRORS = {
     "60024": "Wrong passphrase",
     "60031": "The WebSocket endpoint does not allow multiple or repeated logins.",
     "64001": "This channel has been migrated to the '/business' URL",
+    "64002": 'This channel is not supported by "/business" URL',
 }
 """Documented error codes used by the mock and their message templates."""
 
@@ -264,10 +265,14 @@ def parse_server_message(text: str, default_stream: str | None = None) -> Server
     if isinstance(obj.get("arg"), dict) and isinstance(obj.get("data"), list):
         stream = arg_to_stream(obj["arg"])
         items = obj["data"]
-        first = items[0] if items and isinstance(items[0], dict) else {}
-        ts = first.get("ts")
+        first = items[0] if items else None
+        seq, ts = None, None
+        if isinstance(first, dict):
+            seq, ts = _seq_of(first), first.get("ts")
+        elif isinstance(first, list) and first:
+            ts = first[0]  # a candle: [ts, o, h, l, c, vol, volCcy, volCcyQuote, confirm]
         event_ms = int(str(ts)) if str(ts).isdigit() else None
-        return Data(stream, _seq_of(first), event_ms, obj, text)
+        return Data(stream, seq, event_ms, obj, text)
     return Unknown(text)
 
 
@@ -412,5 +417,33 @@ def build_data(stream: str, seq: int, event_time_ms: int) -> str:
         item = {"instId": inst, "tradeId": str(seq), "px": "42219.9", "sz": "0.12060306",
                 "side": "buy", "ts": ts, "count": "1", "source": "0", "seqId": seq}  # fmt: skip
         return dumps({"arg": arg, "data": [item]})
+    if _is_candle(channel):
+        return dumps({"arg": arg, "data": [candle_row(channel, seq, event_time_ms)]})
     item = {"instId": inst, "last": "9999.99", "ts": ts, "seqId": seq}
     return dumps({"arg": arg, "data": [item]})
+
+
+_BAR_MS = {"s": 1_000, "m": 60_000, "H": 3_600_000, "D": 86_400_000, "W": 604_800_000,
+           "M": 2_592_000_000}  # fmt: skip
+"""Milliseconds per unit of an OKX bar (`candle1m`, `candle4H`, `candle1Dutc`; a month is
+taken as 30 days)."""
+
+
+def bar_ms(channel: str) -> int:
+    """The bar length of a candle channel (`candle15m` -> 900000); one minute if unreadable."""
+    bar = channel.removeprefix("candle").removesuffix("utc")
+    count, unit = bar[:-1], bar[-1:]
+    if not count.isdigit() or unit not in _BAR_MS:
+        return 60_000
+    return int(count) * _BAR_MS[unit]
+
+
+def candle_row(channel: str, seq: int, event_time_ms: int) -> list[str]:
+    """One candle as OKX pushes it: an array of strings `[ts, o, h, l, c, vol, volCcy,
+    volCcyQuote, confirm]`, `ts` the start of the bar the event falls in, still open."""
+    start = event_time_ms - event_time_ms % bar_ms(channel)
+    close = 42000 + (seq % 200) / 10
+    low, high = min(42000.0, close), max(42010.0, close)
+    volume = 1 + seq % 50
+    return [str(start), "42000", f"{high:.1f}", f"{low:.1f}", f"{close:.1f}", str(volume),
+            f"{volume * 0.001:.4f}", f"{volume * 42:.2f}", "0"]  # fmt: skip

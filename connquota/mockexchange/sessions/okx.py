@@ -56,7 +56,9 @@ class OkxSession(DialectSession):
         home = okx.endpoint_for_channel(channel)
         if home == "business" and kind != "business":
             return "64001" if kind == "public" and channel in okx.BUSINESS_CHANNELS else "60018"
-        if home != kind and not (home == "public" and kind == "business"):
+        if home == "public" and kind == "business":
+            return "64002"
+        if home != kind:
             return "60018"
         if (home == "private" or channel in okx.LOGIN_CHANNELS) and self.conn.account is None:
             return "60011"

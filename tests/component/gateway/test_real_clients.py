@@ -37,13 +37,24 @@ pytestmark = pytest.mark.slow
 WATCH_S = 20.0
 
 
-async def _gateway(harness, profile: str, streams: list[str], args: list[str] | None = None):
+async def _gateway(
+    harness,
+    profile: str,
+    streams: list[str],
+    args: list[str] | None = None,
+    endpoint_path: str | None = None,
+):
+    """One gateway holding `streams`, one per connection (`endpoint_path`: the quota's
+    endpoint on another path of the exchange's host, as a quota's endpoint override)."""
     await harness.start_mock(
         profile, shrunk(profile, connectionAttempts=(10, 20.0)), rate_per_stream_hz=10
     )
     conns = [ConnectionPlan(id=f"c{i}", address="a0", streams=[s]) for i, s in enumerate(streams)]
+    effective = harness.gateway_profile()
+    if endpoint_path is not None:
+        effective = effective.model_copy(update={"endpoint": harness.mock.url + endpoint_path})
     plan = pod_plan(
-        harness.gateway_profile(),
+        effective,
         conns,
         addresses=[bind_address(0, harness.egress_check())],
         margin_s=0.2,
@@ -139,6 +150,27 @@ async def test_ccxt_pro_okx_watches_trades_and_tickers_through_the_gateway(harne
     finally:
         await exchange.close()
     assert _upstream(harness) == sorted(OKX_STREAMS)
+    harness.assert_no_violation()
+
+
+OKX_CANDLE_STREAMS = ["candle1m:BTC-USDT", "candle1H:ETH-USDT"]
+
+
+async def test_ccxt_pro_okx_watches_candles_through_a_quota_on_okxs_business_endpoint(harness):
+    """OKX serves candles on `/ws/v5/business` only: a quota whose endpoint is that path holds
+    them upstream there, and ccxt, which opens `<ws>/business` for candles, reads them."""
+    _, ws_base = await _gateway(harness, "okx", OKX_CANDLE_STREAMS, endpoint_path="/ws/v5/business")
+    exchange = ccxtpro.okx({"options": {"fetchMarkets": {"types": ["spot"]}}})
+    exchange.urls["api"]["rest"] = harness.mock.http_url
+    exchange.urls["api"]["ws"] = ws_base + "/ws/v5"
+    try:
+        for symbol, timeframe in (("BTC/USDT", "1m"), ("ETH/USDT", "1h")):
+            candles = await asyncio.wait_for(exchange.watch_ohlcv(symbol, timeframe), WATCH_S)
+            assert candles and len(candles[-1]) == 6 and candles[-1][4] > 0, (symbol, candles)
+    finally:
+        await exchange.close()
+    assert _upstream(harness) == sorted(OKX_CANDLE_STREAMS)
+    assert {c.path for c in harness.mock.websockets(GW_IP)} == {"/ws/v5/business"}
     harness.assert_no_violation()
 
 

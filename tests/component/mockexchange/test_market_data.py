@@ -16,7 +16,7 @@ from mockexchange_clients import (
     sample_streams,
 )
 
-from connquota.exchanges.dialects.base import Data
+from connquota.exchanges.dialects.base import Data, Error
 
 
 async def _collect(ws, wire, count: int) -> dict[str, list[Data]]:
@@ -126,3 +126,33 @@ async def test_data_rate_is_configurable_at_runtime(start_mock) -> None:
     assert elapsed < 2.0, (
         "100 messages at 500/s arrive well within 2 s (at 10/s they would take 10 s)"
     )
+
+
+async def test_okx_candles_live_on_business_and_public_channels_are_refused_there(
+    start_mock,
+) -> None:
+    """OKX's documented split: candles on `/ws/v5/business` only (60018 on `/public`), and
+    `/business` refuses public channels with 64002."""
+    mx = await start_mock("okx", rate_per_stream_hz=100)
+    wire = WIRE["okx"]
+    async with client_from("127.0.0.44") as client:
+        business = await client.ws_connect(mx.url + "/ws/v5/business")
+        await business.send_str(wire.build_subscribe(["candle1m:BTC-USDT"], 1))
+        candles = await _collect(business, wire, 3)
+        assert set(candles) == {"candle1m:BTC-USDT"}
+        await business.send_str(wire.build_subscribe(["tickers:BTC-USDT"], 2))
+        refused = await _first_error(business, wire)
+        assert refused.code == "64002"
+        await business.close()
+        public = await client.ws_connect(mx.url + PUBLIC_PATH["okx"])
+        await public.send_str(wire.build_subscribe(["candle1m:BTC-USDT"], 3))
+        assert (await _first_error(public, wire)).code == "60018"
+        await public.close()
+
+
+async def _first_error(ws, wire) -> Error:
+    for _ in range(1000):
+        event = wire.parse_server_message(await receive_text(ws))
+        if isinstance(event, Error):
+            return event
+    raise AssertionError("no error frame in 1000 messages")

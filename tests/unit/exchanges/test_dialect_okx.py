@@ -169,3 +169,20 @@ def test_notices_and_connection_count_error() -> None:
         "connId": "a4d3ae55",
     }
     assert isinstance(okx.parse_server_message(text), Error)
+
+
+def test_candles_are_pushed_as_documented_arrays_of_strings_and_parse_with_their_bar_start() -> (
+    None
+):
+    """OKX's candle push: `data` holds `[ts, o, h, l, c, vol, volCcy, volCcyQuote, confirm]`,
+    every field a string, `ts` the start of the bar."""
+    assert okx.bar_ms("candle1m") == 60_000 and okx.bar_ms("candle4H") == 14_400_000
+    assert okx.bar_ms("candle1Dutc") == 86_400_000 and okx.bar_ms("candleX") == 60_000
+    text = okx.build_data("candle15m:BTC-USDT", 7, 1_700_000_123_456)
+    row = json.loads(text)["data"][0]
+    assert len(row) == 9 and all(isinstance(v, str) for v in row)
+    assert int(row[0]) == 1_700_000_123_456 - 1_700_000_123_456 % 900_000
+    assert float(row[3]) <= float(row[4]) <= float(row[2]) and row[8] == "0"
+    event = okx.parse_server_message(text)
+    assert isinstance(event, Data) and event.stream == "candle15m:BTC-USDT"
+    assert event.event_time_ms == int(row[0]) and event.seq is None
