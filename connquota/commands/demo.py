@@ -32,6 +32,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--attempts", type=int, default=20, help="connection attempts per window per address"
     )
     parser.add_argument("--workdir", type=Path, default=None, help="keep plan, state, logs here")
+    parser.add_argument(
+        "--egress",
+        choices=["bind", "proxy"],
+        default="bind",
+        help="bind: gateways bind the loopback addresses; proxy: through real tinyproxy "
+        "(HTTP CONNECT) and microsocks (SOCKS5) processes, one per address, installed by "
+        "hack/install-proxies.sh",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
         rate_hz=args.rate,
         attempts=args.attempts,
         workdir=args.workdir,
+        egress=args.egress,
     )
     try:
         return asyncio.run(run_demo(options))

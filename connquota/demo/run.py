@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import secrets
 import shutil
 import sys
 import tempfile
@@ -29,6 +31,7 @@ from connquota.demo.view import render_screen, render_summary
 from connquota.exchanges import get_profile
 from connquota.mockexchange.server import MockExchange
 from connquota.testing.ipecho import IpEchoServer
+from connquota.testing.proxies import ProxyProcess, proxy_binaries
 
 CONSUMER_BATCH = 400
 
@@ -47,6 +50,8 @@ class DemoOptions:
     attempts: int = 20
     workdir: Path | None = None
     keep: bool = False
+    egress: str = "bind"
+    """bind, or proxy: one real proxy process per address (tinyproxy and microsocks in turn)."""
 
 
 @dataclass
@@ -220,6 +225,29 @@ async def _view(state: DemoState, tty: bool) -> None:
         await asyncio.sleep(1.0)
 
 
+async def start_demo_proxies(
+    options: DemoOptions, workdir: Path, proxies: list[ProxyProcess]
+) -> None:
+    """One proxy per address, tinyproxy and microsocks in turn: listening on 127.0.0.<20+i>,
+    sending from 127.0.0.<2+i> (the address the exchange sees), with credentials the gateways
+    read from files, as from a mounted Secret."""
+    binaries = proxy_binaries()
+    password = secrets.token_urlsafe(12)
+    secret_dir = workdir / "proxy-secrets"
+    os.environ["CONNQUOTA_PROXY_CREDENTIALS_DIR"] = str(secret_dir)  # the gateways inherit it
+    for i in range(options.addresses):
+        kind = "http" if i % 2 == 0 else "socks5"
+        proxy = ProxyProcess(
+            kind, binaries, f"127.0.0.{20 + i}", f"127.0.0.{2 + i}", workdir, "demo", password
+        )
+        proxies.append(proxy)
+        await proxy.start()
+        files = secret_dir / f"px-{i + 2}"
+        files.mkdir(parents=True, exist_ok=True)
+        (files / "username").write_text("demo")
+        (files / "password").write_text(password)
+
+
 def default_time_scale(profile_name: str) -> float:
     """Scale so the attempt window lasts about 5 s and a connect timeout about 1 s (an attempt
     stays counted for connect timeout + window + margin), never slower than real time."""
@@ -231,6 +259,15 @@ def default_time_scale(profile_name: str) -> float:
 
 async def run_demo(options: DemoOptions) -> int:
     """Run the whole demo; returns 0 when the exchange recorded no violation."""
+    proxies: list[ProxyProcess] = []
+    try:
+        return await _run_demo(options, proxies)
+    finally:
+        for proxy in proxies:  # whatever happened: no proxy process outlives the demo
+            await proxy.kill()
+
+
+async def _run_demo(options: DemoOptions, proxies: list[ProxyProcess]) -> int:
     time_scale = options.time_scale or default_time_scale(options.profile)
     workdir = options.workdir or Path(tempfile.mkdtemp(prefix="connquota-demo-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -241,6 +278,8 @@ async def run_demo(options: DemoOptions) -> int:
     endpoint = f"ws://127.0.0.1:{port}{path}"
     echo = IpEchoServer("127.0.0.1", 0)
     await echo.start()
+    if options.egress == "proxy":
+        await start_demo_proxies(options, workdir, proxies)
     world = build_world(
         options.profile,
         options.streams,
@@ -250,6 +289,7 @@ async def run_demo(options: DemoOptions) -> int:
         endpoint,
         options.attempts,
         echo.url,
+        [p.url for p in proxies] or None,
     )
     mock = MockExchange(
         world.profile.model_copy(update={"endpoint": base.endpoint}),

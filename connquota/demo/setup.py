@@ -54,6 +54,30 @@ def _symbols(dialect: str, count: int) -> list[str]:
     return [f"C{i}USDT" for i in range(count)]
 
 
+PROXY_SECRET = "demo-proxy"
+"""The Secret name of the demo's proxy credentials (files under the proxy credentials dir)."""
+
+
+def _address(i: int, proxy_url: str | None) -> dict[str, object]:
+    """Loopback address 127.0.0.<i+2>: bound to directly, or the egress of a proxy."""
+    public = f"127.0.0.{i + 2}"
+    if proxy_url is None:
+        return {
+            "name": f"lo-{i + 2}",
+            "publicAddress": public,
+            "mode": "bind",
+            "bindAddress": public,
+            "node": "demo-node",
+        }
+    return {
+        "name": f"px-{i + 2}",
+        "publicAddress": public,
+        "mode": "proxy",
+        "proxyUrl": proxy_url,
+        "proxySecretRef": {"name": PROXY_SECRET},
+    }
+
+
 def build_world(
     profile_name: str,
     streams: int,
@@ -63,8 +87,12 @@ def build_world(
     endpoint: str,
     attempts_per_address: int,
     echo_url: str | None = None,
+    proxy_urls: list[str] | None = None,
 ) -> DemoWorld:
     """Plan a quota of `streams` streams over `addresses` loopback addresses and `gateways` pods.
+
+    With `proxy_urls` (one per address) each address is a proxy whose outgoing connections
+    leave from 127.0.0.<i+2>; otherwise the gateways bind 127.0.0.<i+2> themselves.
 
     The attempt limit is shrunk to `attempts_per_address` per window so that a mass disconnect
     of the demo's connections drives it past 90%; the streams per connection are capped so
@@ -99,14 +127,7 @@ def build_world(
     pool = ExchangeEgressPoolSpec.model_validate(
         {
             "addresses": [
-                {
-                    "name": f"lo-{i + 2}",
-                    "publicAddress": f"127.0.0.{i + 2}",
-                    "mode": "bind",
-                    "bindAddress": f"127.0.0.{i + 2}",
-                    "node": "demo-node",
-                }
-                for i in range(addresses)
+                _address(i, proxy_urls[i] if proxy_urls else None) for i in range(addresses)
             ],
             # Verified through an IP-echo service (never the exchange), as a real pool would be.
             "egressCheck": (
