@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import os
 import socket
+import ssl
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -40,9 +41,18 @@ from python_socks.async_.asyncio import Proxy
 
 from connquota.api.pool import EgressAddress
 
-TunnelGate = Callable[[], Awaitable[None]]
+
+@dataclass(frozen=True)
+class TunnelGate:
+    """What a session hands the connector for one connect: how to take the exchange attempt
+    (between steps 1 and 3), and whom to tell that the proxy opened the tunnel."""
+
+    take_attempt: Callable[[], Awaitable[None]]
+    opened: Callable[[], None]
+
+
 TUNNEL_GATE: ContextVar[TunnelGate | None] = ContextVar("connquota_tunnel_gate", default=None)
-"""Set by a session around its connect: takes the exchange attempt between steps 1 and 3."""
+"""Set by a session around its connect (unset: no attempt is taken, e.g. the egress check)."""
 
 SOCKS5_REPLIES = {
     1: "general SOCKS server failure",
@@ -269,7 +279,7 @@ class TunnelConnector(aiohttp.TCPConnector):
         await self._reach_proxy()
         gate = TUNNEL_GATE.get()
         if gate is not None:
-            await gate()
+            await gate.take_attempt()
         proxy = Proxy(ep.proxy_type, ep.host, ep.port, username, password, rdns=True)
         try:
             sock = await proxy.connect(dest_host, dest_port, timeout=self.connect_timeout_s)
@@ -286,8 +296,17 @@ class TunnelConnector(aiohttp.TCPConnector):
             ) from None
         except ProxyError as exc:
             raise _fault_of(exc, ep) from None
+        if gate is not None:
+            gate.opened()
         try:
+            # TLS (for wss://) inside the tunnel: aiohttp's context, SNI = the exchange host.
             return await self._loop.create_connection(*args, **kwargs, sock=sock)
+        except ssl.SSLCertVerificationError as exc:
+            sock.close()
+            raise aiohttp.ClientConnectorCertificateError(req.connection_key, exc) from exc
+        except ssl.SSLError as exc:
+            sock.close()
+            raise aiohttp.ClientConnectorSSLError(req.connection_key, exc) from exc
         except OSError as exc:
             sock.close()
             if isinstance(exc, TimeoutError):

@@ -32,7 +32,7 @@ from connquota.gateway.private_wire import (
     PrivateWire,
 )
 from connquota.gateway.protocol import connect_url, wire_format
-from connquota.gateway.proxy_tunnel import TUNNEL_GATE, ProxyFault
+from connquota.gateway.proxy_tunnel import TUNNEL_GATE, ProxyFault, TunnelGate
 from connquota.gateway.upstream_policy import RATE_LIMIT_STATUSES, SessionEnded, retry_after_s
 
 if TYPE_CHECKING:
@@ -105,7 +105,8 @@ class Session:
         if not proxied:
             await take_attempt()
         url = connect_url(profile, private=conn.credential is not None)
-        gate = TUNNEL_GATE.set(take_attempt) if proxied else None
+        opened = functools.partial(self.ctx.egress.record_tunnel_opened, conn.address)
+        gate = TUNNEL_GATE.set(TunnelGate(take_attempt, opened)) if proxied else None
         try:
             session = self.ctx.egress.session(conn.address)
             async with asyncio.timeout(None if proxied else timeout_s) as deadline:
@@ -122,7 +123,6 @@ class Session:
             self._release(clean=True)
             raise SessionEnded(f"proxy-{fault.kind.value}", True) from None
         except aiohttp.WSServerHandshakeError as exc:
-            self._tunnel_opened(proxied)
             self._release(clean=True)
             if exc.status in RATE_LIMIT_STATUSES:
                 self._quarantine(exc.status, exc.headers, f"handshake answered {exc.status}")
@@ -138,15 +138,10 @@ class Session:
         finally:
             if gate is not None:
                 TUNNEL_GATE.reset(gate)
-        self._tunnel_opened(proxied)
         self.opened_mono = time.monotonic()
         self.last_rx_mono = self.opened_mono
         self.gate = limiter.message_gate(self.slot_id, conn.address, conn.identities)
         log.info("connected", extra=self.extra)
-
-    def _tunnel_opened(self, proxied: bool) -> None:
-        if proxied and self.slot is not None:
-            self.ctx.egress.record_tunnel_opened(self.conn.address)
 
     def _release(self, clean: bool) -> None:
         """Give back the attempt's slots (none taken when a proxy was unreachable)."""

@@ -206,6 +206,35 @@ async def test_start_up_and_a_mass_disconnect_through_http_and_socks5_proxies_st
 
 
 @pytest.mark.parametrize("kind", KINDS)
+async def test_tls_inside_the_tunnel_refuses_a_certificate_for_another_host(
+    harness, rig, kind, monkeypatch
+):
+    """The mock's certificate names `localhost`; reached as 127.0.0.1 through the tunnel, the
+    gateway refuses it (verification is on, against the exchange host the URL names)."""
+    mock, profile = await start_mock(harness, True, monkeypatch)
+    wrong_host = profile.model_copy(
+        update={"endpoint": profile.endpoint.replace("wss://localhost:", "wss://127.0.0.1:")}
+    )
+    proxy = await rig.start(kind)
+    rig.write_secret("p0", PASSWORD)
+    plan, _ = plan_on(wrong_host, [rig.address("p0", proxy)], conns=2)
+    gw = harness.gateway(harness.write_plan(plan))
+    gw.start()
+
+    async def refused_twice():
+        st = await harness.status(gw)
+        opened = st["proxies"]["p0"]["attempts"].get("opened", 0) if st else 0
+        return st if opened >= 2 else None
+
+    st = await wait_for(refused_twice, 20, "two attempts ending in a refused certificate")
+    assert mock.websockets() == []
+    # The tunnels opened (each an attempt), then TLS refused the certificate: no WebSocket.
+    assert int(st["limiterCounts"]["attempts"]["ip/p0"]) >= 2
+    assert "ClientConnectorCertificateError" in harness.logs()
+    harness.assert_no_violation()
+
+
+@pytest.mark.parametrize("kind", KINDS)
 async def test_wrong_proxy_credentials_are_reported_without_a_retry_storm_and_recover_on_rotation(
     harness, rig, kind
 ):
