@@ -124,3 +124,32 @@ def test_the_pod_harness_package_keeps_its_public_names() -> None:
     pod["spec"]["containers"][0]["resources"] = burstable
     assert podharness.qos_class(pod) == "Burstable"
     assert podharness.qos_class({"spec": {"containers": [{"name": "c"}]}}) == "BestEffort"
+
+
+def test_the_service_proxy_sends_connections_only_to_ready_pods_its_service_selects() -> None:
+    from types import SimpleNamespace
+
+    from connquota.testing.service_proxy import ready_pod_ips
+
+    def pod(ip: str | None, ready: str, deleting: bool = False) -> SimpleNamespace:
+        return SimpleNamespace(
+            metadata=SimpleNamespace(deletion_timestamp="now" if deleting else None),
+            status=SimpleNamespace(
+                pod_ip=ip, conditions=[SimpleNamespace(type="Ready", status=ready)]
+            ),
+        )
+
+    asked: list[str] = []
+
+    class Core:
+        def read_namespaced_service(self, name: str, namespace: str) -> SimpleNamespace:
+            return SimpleNamespace(spec=SimpleNamespace(selector={"b": "2", "a": "1"}))
+
+        def list_namespaced_pod(self, namespace: str, label_selector: str) -> SimpleNamespace:
+            asked.append(label_selector)
+            pods = [pod("10.0.0.1", "True"), pod("10.0.0.2", "False"), pod(None, "False"),
+                    pod("10.0.0.3", "True", deleting=True), pod("10.0.0.4", "True")]  # fmt: skip
+            return SimpleNamespace(items=pods)
+
+    assert ready_pod_ips(Core(), "ns", "md-gw") == ["10.0.0.1", "10.0.0.4"]
+    assert asked == ["a=1,b=2"]

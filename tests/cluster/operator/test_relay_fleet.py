@@ -1,6 +1,6 @@
 """Any pod serves any stream of its quota (issue 12): a 3-pod fleet run by the operator on the
 real API server, its pods finding each other by Pod IP, read by real exchange client
-libraries through each pod and by a `/v1/ws` consumer that stays connected through a pod
+libraries through the client Service's address (landing on each pod in turn) and by a `/v1/ws` consumer that stays connected through a pod
 deletion and a scale-down, with the mock exchange as referee.
 
 Each pod holds one connection of two streams (the limits of tests/cluster/operator/fleet.py:
@@ -36,6 +36,7 @@ from cluster.operator.fleet import (
     wait_ready,
 )
 from connquota.testing.podharness import PodHarness
+from connquota.testing.service_proxy import ServiceProxy
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(420)]
 
@@ -119,12 +120,12 @@ def _every_pod_linked(api_client: Any, namespace: str, count: int) -> bool:
     )
 
 
-async def _ccxt_reads_every_symbol(ip: str, rest_url: str) -> None:
-    """ccxt's binance pro client, its WebSocket base URL the pod's: trades and tickers of
-    every symbol of the quota, parsed by ccxt."""
+async def _ccxt_reads_every_symbol(address: str, rest_url: str) -> None:
+    """ccxt's binance pro client, its WebSocket base URL the gateway's (`host:port`): trades
+    and tickers of every symbol of the quota, parsed by ccxt."""
     exchange = ccxtpro.binance({"options": {"fetchMarkets": {"types": ["spot"]}}})
     exchange.urls["api"]["public"] = rest_url + "/api/v3"
-    exchange.urls["api"]["ws"]["spot"] = f"ws://{ip}:8080/ws"
+    exchange.urls["api"]["ws"]["spot"] = f"ws://{address}/ws"
     try:
         for symbol in ("BTC/USDT", "ETH/USDT", "BNB/USDT"):
             trades = await asyncio.wait_for(exchange.watch_trades(symbol), WATCH_S)
@@ -135,9 +136,9 @@ async def _ccxt_reads_every_symbol(ip: str, rest_url: str) -> None:
         await exchange.close()
 
 
-async def _sdk_reads_trades(ip: str, symbols: list[str]) -> None:
-    """The official Binance SDK's trade streams, its stream URL the pod's."""
-    sdk = spot.Spot(config_ws_streams=ConfigurationWebSocketStreams(stream_url=f"ws://{ip}:8080"))
+async def _sdk_reads_trades(address: str, symbols: list[str]) -> None:
+    """The official Binance SDK's trade streams, its stream URL the gateway's (`host:port`)."""
+    sdk = spot.Spot(config_ws_streams=ConfigurationWebSocketStreams(stream_url=f"ws://{address}"))
     connection = await sdk.websocket_streams.create_connection()
     got: dict[str, list[Any]] = {s.upper(): [] for s in symbols}
     every = asyncio.Event()
@@ -192,10 +193,20 @@ def test_a_three_pod_fleet_serves_every_stream_through_any_pod_through_a_deletio
     wait_for(lambda: _every_pod_linked(api_client, namespace, 3), 60, "every pod linked")
     ips = pod_ips(api_client, namespace, "md")
 
-    # Real client libraries through each pod: each reads the streams of all three pods.
-    for _, ip in sorted(ips.items()):
-        asyncio.run(_ccxt_reads_every_symbol(ip, mock_exchange.mock.http_url))
-        asyncio.run(_sdk_reads_trades(ip, list(SYMBOLS)))
+    # Real client libraries through the client Service's address (the harness's kube-proxy
+    # stand-in sends each connection to a ready pod, here in turn so every pod is hit):
+    # whichever pod they land on, they read the streams of all three.
+    turn = itertools.count()
+    service = ServiceProxy(
+        api_client, namespace, "md-gw", 8080, choose=lambda ips: sorted(ips)[next(turn) % 3]
+    ).start()
+    try:
+        for _ in range(3):
+            asyncio.run(_ccxt_reads_every_symbol(service.address, mock_exchange.mock.http_url))
+            asyncio.run(_sdk_reads_trades(service.address, list(SYMBOLS)))
+    finally:
+        service.stop()
+    assert set(service.picked) == set(ips.values()), service.picked
     mock_exchange.assert_no_violation()
 
     # A consumer on pod 0 through a pod deletion and a scale-down.
