@@ -64,14 +64,15 @@ class ProxyRig:
         monkeypatch.setenv("CONNQUOTA_PROXY_CREDENTIALS_DIR", str(self.secrets))
         self.proxies: list[ProxyProcess] = []
 
-    async def start(self, kind: str, password: str = PASSWORD) -> ProxyProcess:
+    async def start(self, kind: str, password: str | None = PASSWORD) -> ProxyProcess:
+        """A proxy of `kind`; `password=None` starts it without authentication."""
         proxy = ProxyProcess(
             kind,
             self.binaries,
             LISTEN[kind],
             EGRESS[kind],
             self.harness.tmp_path / "proxies",
-            USER,
+            USER if password is not None else None,
             password,
         )
         await proxy.start()
@@ -88,12 +89,13 @@ class ProxyRig:
             tmp.replace(directory / key)
 
     def address(self, name: str, proxy: ProxyProcess, public: str | None = None) -> EgressAddress:
+        secret = ProxySecretRef(name="egress-proxy-credentials") if proxy.username else None
         return EgressAddress(
             name=name,
             publicAddress=public or proxy.egress_ip,
             mode=EgressMode.PROXY,
             proxyUrl=proxy.url,
-            proxySecretRef=ProxySecretRef(name="egress-proxy-credentials"),
+            proxySecretRef=secret,
             egressCheck=self.harness.egress_check(),
         )
 
@@ -203,6 +205,24 @@ async def test_start_up_and_a_mass_disconnect_through_http_and_socks5_proxies_st
     harness.assert_no_violation()
     assert PASSWORD not in harness.logs()
     await consumer.close()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_a_proxy_without_credentials_needs_no_secret_and_counts_the_same(harness, rig, kind):
+    mock, profile = await start_mock(harness, tls=False)
+    proxy = await rig.start(kind, password=None)
+    plan, names = plan_on(profile, [rig.address("p0", proxy)], conns=4)
+    assert plan.addresses[0].proxySecretRef is None
+    gw = harness.gateway(harness.write_plan(plan))
+    gw.start()
+    await harness.wait_live(gw, len(names), timeout_s=30)
+    assert len(mock.websockets(EGRESS[kind])) == 4
+
+    async def counts_match():
+        return mock_attempts(mock, EGRESS[kind]) == await gateway_attempts(harness, gw, "p0")
+
+    await wait_for(counts_match, 10, "the exchange's attempts to equal the gateway's log")
+    harness.assert_no_violation()
 
 
 @pytest.mark.parametrize("kind", KINDS)
