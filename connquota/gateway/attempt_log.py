@@ -43,6 +43,9 @@ class AttemptRecord:
     syn_mono_s: float
     syn_wall_s: float
     expires_mono_s: float
+    via: str = "direct"
+    """What the attempt was: `direct` (a SYN to the exchange), or `proxy` (a CONNECT / SOCKS5
+    connect sent to the address's proxy, which opens the exchange's connection)."""
 
     def to_json(self) -> dict[str, Any]:
         """The record as stored in the file."""
@@ -52,6 +55,7 @@ class AttemptRecord:
             "synMono": self.syn_mono_s,
             "synWall": self.syn_wall_s,
             "expiresMono": self.expires_mono_s,
+            "via": self.via,
         }
 
 
@@ -94,6 +98,7 @@ class AttemptLogFile:
                     syn_mono_s=float(r["synMono"]),
                     syn_wall_s=float(r["synWall"]),
                     expires_mono_s=float(r["expiresMono"]),
+                    via=str(r.get("via", "direct")),
                 )
                 for r in doc["attempts"]
             ]

@@ -317,14 +317,16 @@ class Limiter:
         rule = self._attempt_rule(LimitScope.IP, address)
         return rule.hold_s if rule is not None else None
 
-    def _take_attempt(self, conn_id: str, address: str, identities: Identities) -> ConnectionSlot:
+    def _take_attempt(
+        self, conn_id: str, address: str, identities: Identities, via: str = "direct"
+    ) -> ConnectionSlot:
         now, wall = self.clock.monotonic(), self.clock.wall()
         for scope, key in self._scopes(address, identities):
             rule = self._attempt_rule(scope, key)
             if rule is not None:
                 expiry = self._log_for(scope, key).record(now, rule.hold_s)
                 self._records.setdefault((scope, key), []).append(
-                    AttemptRecord(str(scope), key, now, wall, expiry)
+                    AttemptRecord(str(scope), key, now, wall, expiry, via)
                 )
                 self._records[(scope, key)] = [
                     r for r in self._records[(scope, key)] if r.expires_mono_s > now
@@ -334,18 +336,19 @@ class Limiter:
         return ConnectionSlot(conn_id, address, identities, self)
 
     async def acquire_attempt(
-        self, conn_id: str, address: str, identities: Identities = ()
+        self, conn_id: str, address: str, identities: Identities = (), via: str = "direct"
     ) -> ConnectionSlot:
         """Wait until an attempt fits every slice, count it, persist the log, grant it.
 
         The caller must start the SYN right after this returns and `release()` the slot when
-        the connection (or the failed attempt) ends. Cancellable while waiting.
+        the connection (or the failed attempt) ends. Cancellable while waiting. `via` is
+        recorded with the attempt: `direct`, or `proxy` (the request sent to a proxy).
         """
         try:
             while True:
                 wait = self.attempt_wait_reason(address, identities)
                 if wait.seconds <= 0:
-                    slot = self._take_attempt(conn_id, address, identities)
+                    slot = self._take_attempt(conn_id, address, identities, via)
                     break
                 if self.waiting.get(conn_id) != wait.text:
                     self.stats.waits[wait.kind.value] += 1

@@ -97,7 +97,9 @@ class Session:
         deadline: asyncio.Timeout | None = None
 
         async def take_attempt() -> None:
-            self.slot = await limiter.acquire_attempt(self.slot_id, conn.address, conn.identities)
+            self.slot = await limiter.acquire_attempt(
+                self.slot_id, conn.address, conn.identities, "proxy" if proxied else "direct"
+            )
             self.ctx.stats[("attempts", conn.address)] += 1
             if deadline is not None:
                 deadline.reschedule(loop.time() + timeout_s)

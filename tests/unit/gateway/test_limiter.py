@@ -103,6 +103,19 @@ async def test_attempt_log_survives_a_restart_with_the_same_boot(tmp_path):
     assert clock.monotonic() < t_last + 2 * (10 + 1.5 + 0.25)  # and not a fresh start
 
 
+async def test_the_attempt_log_records_which_attempts_were_sent_to_a_proxy(tmp_path):
+    profile = small_profile(attempts=4, attempt_window_s=10, connect_timeout_s=1, concurrent=100)
+    plan = pod_plan(profile, connections(1, 1), margin_s=0.5)
+    limiter, clock = limiter_with(plan, tmp_path)
+    await limiter.acquire_attempt("c0", "a0")
+    await limiter.acquire_attempt("c1", "a0", via="proxy")
+    doc = json.loads((tmp_path / "attempts.json").read_text())
+    assert [r["via"] for r in doc["attempts"]] == ["direct", "proxy"]
+    restarted, _ = limiter_with(plan, tmp_path, clock=clock)
+    loaded = restarted.load_state()
+    assert [r.via for r in loaded.records] == ["direct", "proxy"]
+
+
 @pytest.mark.parametrize("damage", ["missing", "corrupt", "other boot", "clock stepped back"])
 async def test_without_a_valid_record_the_gateway_waits_a_full_window(tmp_path, damage):
     profile = small_profile(attempts=4, attempt_window_s=10, connect_timeout_s=1, concurrent=100)
