@@ -37,14 +37,20 @@ class EgressMode(StrEnum):
 
 
 class ProxySecretRef(ApiModel):
-    """Proxy credentials in a Secret of the operator's namespace."""
+    """Proxy credentials: a Secret that must exist in the namespace of every quota using the
+    pool (pods mount only Secrets of their own namespace; the operator never reads or copies
+    Secret data). Its two keys are mounted read-only as files in each gateway pod."""
 
-    name: DnsLabel = Field(description="Secret name.")
+    name: DnsLabel = Field(
+        description="Secret name. A Secret of this name must exist in the namespace of every "
+        "quota that uses the pool (like a quota's credential Secrets); a quota whose namespace "
+        "lacks it is Stalled with reason SecretMissing."
+    )
     usernameKey: Annotated[str, Field(min_length=1, max_length=253)] = Field(
-        default="username", description="Key of the username in the Secret."
+        default="username", description="Key of the proxy username in the Secret."
     )
     passwordKey: Annotated[str, Field(min_length=1, max_length=253)] = Field(
-        default="password", description="Key of the password in the Secret."
+        default="password", description="Key of the proxy password in the Secret."
     )
 
 
@@ -139,7 +145,9 @@ class EgressAddress(ApiModel):
         description="proxy mode: http://host:port (HTTP CONNECT) or socks5://host:port.",
     )
     proxySecretRef: ProxySecretRef | None = Field(
-        default=None, description="proxy mode: optional proxy credentials."
+        default=None,
+        description="proxy mode: optional proxy credentials (HTTP Basic or SOCKS5 "
+        "username/password), from a Secret in each using quota's namespace.",
     )
     podLabel: Annotated[str, Field(min_length=1, max_length=63)] | None = Field(
         default=None,

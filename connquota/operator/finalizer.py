@@ -89,7 +89,9 @@ class Finalizer(ReconcilerBase):
                 current = accessors.sts_replicas(sts)
                 if sts is not None:
                     addresses = addresses_used(state, pool) if pool is not None else []
-                    sts_body = builders.build_statefulset(quota, 0, addresses)
+                    sts_body = builders.build_statefulset(
+                        quota, 0, addresses, pool.spec.addresses if pool is not None else ()
+                    )
                     if await self.api.apply(sts_body) and current:
                         await self._event(body, state, "ScaledDown", "quota deleted: replicas -> 0")
             if self.sources.pods_of_quota(key):

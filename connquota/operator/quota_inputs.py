@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from connquota.api.pool import ExchangeEgressPool
+from connquota.api.pool import EgressMode, ExchangeEgressPool
 from connquota.api.quota import ExchangeConnectionQuota
 from connquota.operator import names, planning
 from connquota.operator.planning import (
@@ -17,6 +17,42 @@ from connquota.operator.reconcile_state import (
 )
 
 log = logging.getLogger(__name__)
+
+
+def proxy_secrets(pool: ExchangeEgressPool) -> dict[str, list[str]]:
+    """Secret name -> the pool's proxy addresses whose `proxySecretRef` names it.
+
+    Every quota of the pool needs each of these Secrets in its own namespace: its gateway pods
+    mount them (a pod can mount only Secrets of its namespace).
+    """
+    out: dict[str, list[str]] = {}
+    for address in pool.spec.addresses:
+        if address.mode == EgressMode.PROXY and address.proxySecretRef is not None:
+            out.setdefault(address.proxySecretRef.name, []).append(address.name)
+    return out
+
+
+def missing_secrets_message(
+    namespace: str, missing: list[str], pool: ExchangeEgressPool, proxies: dict[str, list[str]]
+) -> str:
+    """The `SecretMissing` message: each Secret, the namespace, and for a proxy Secret the
+    pool addresses that need it and what to do."""
+    parts = []
+    for name in missing:
+        if name in proxies:
+            parts.append(
+                f"{name} (proxySecretRef of address(es) {', '.join(proxies[name])} of pool "
+                f"{pool.metadata.name})"
+            )
+        else:
+            parts.append(name)
+    message = f"Secret(s) {', '.join(parts)} not found in namespace {namespace}"
+    if any(name in proxies for name in missing):
+        message += (
+            f"; create the proxy credentials Secret in {namespace} (every namespace whose "
+            "quotas use the pool needs its own copy: gateway pods mount it from there)"
+        )
+    return message
 
 
 class QuotaInputs(ReconcilerBase):
@@ -44,11 +80,15 @@ class QuotaInputs(ReconcilerBase):
         auth = quota.spec.gateway.consumerAuthSecretRef
         if auth:
             secrets.add(auth.name)
-        missing = [s for s in sorted(secrets) if not await self._secret_exists(meta.namespace, s)]
+        proxies = proxy_secrets(pool)
+        missing = [
+            s
+            for s in sorted(secrets | proxies.keys())
+            if not await self._secret_exists(meta.namespace, s)
+        ]
         if missing:
             raise planning.QuotaProblem(
-                "SecretMissing",
-                f"Secret(s) {', '.join(missing)} not found in namespace {meta.namespace}",
+                "SecretMissing", missing_secrets_message(meta.namespace, missing, pool, proxies)
             )
         configmaps: dict[str, dict[str, str] | None] = {}
         for name, _, _ in planning.stream_sources_needed(quota):

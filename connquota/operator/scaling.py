@@ -55,7 +55,7 @@ class Scaling(ReconcilerBase):
                     break
                 replicas = ordinal
         addresses = addresses_used(state, pool)
-        sts = builders.build_statefulset(quota, replicas, addresses)
+        sts = builders.build_statefulset(quota, replicas, addresses, pool.spec.addresses)
         if await self.api.apply(sts) and replicas != current:
             crash_point("scale")
             verb = "ScaledUp" if replicas > current else "ScaledDown"
@@ -70,7 +70,7 @@ class Scaling(ReconcilerBase):
         current: int,
         body: dict[str, Any],
     ) -> None:
-        sts = builders.build_statefulset(quota, 0, addresses_used(state, pool))
+        sts = builders.build_statefulset(quota, 0, addresses_used(state, pool), pool.spec.addresses)
         if await self.api.apply(sts) and current:
             await self._event(body, state, "ScaledDown", "quota deleted: gateway replicas -> 0")
 

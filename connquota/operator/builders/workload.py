@@ -5,7 +5,11 @@ Choices (see docs/operator.md):
 - `podManagementPolicy: Parallel` and `updateStrategy: OnDelete`: the operator, not the
   StatefulSet controller, decides when a pod is replaced, draining it through the plan first.
 - Credentials are Secret volumes mounted read-only as files (one directory per credential);
-  no secret is ever an environment variable.
+  no secret is ever an environment variable. So are the proxy credentials of every `proxy`
+  address of the pool with a `proxySecretRef` (one directory per address, at the path the
+  gateway reads): the Secret is the one of that name in the quota's own namespace, since a pod
+  can mount no other. Every such address of the pool is mounted, not only the ones the plan
+  uses now: plans move connections between addresses without replacing pods (`OnDelete`).
 - An emptyDir holds the gateway's attempt log (it survives a container restart and is wiped
   when the pod is replaced, which is exactly when the gateway must start conservatively).
 - The restricted Pod Security profile: non-root, RuntimeDefault seccomp, no capabilities, no
@@ -21,9 +25,11 @@ Choices (see docs/operator.md):
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
 from typing import Any
 
-from connquota.api.plan import PodPlan, credential_mount_path
+from connquota.api.plan import PROXY_CREDENTIALS_MOUNT_DIR, PodPlan, credential_mount_path
 from connquota.api.pool import EgressAddress, EgressMode
 from connquota.api.quota import ExchangeConnectionQuota
 from connquota.operator import names
@@ -109,6 +115,53 @@ def _credential_volumes(
         )
         mounts.append(
             {"name": volume, "mountPath": credential_mount_path(cred.name), "readOnly": True}
+        )
+    return volumes, mounts
+
+
+def proxy_volume_name(address: str) -> str:
+    """The volume of `address`'s proxy Secret: `proxy-<address>` (a DNS label, at most 63
+    characters; a longer address name is shortened with a digest)."""
+    name = f"proxy-{address}"
+    if len(name) <= 63:
+        return name
+    digest = hashlib.sha256(address.encode()).hexdigest()[:10]
+    return f"proxy-{address[:46].rstrip('-')}-{digest}"
+
+
+def proxy_credential_volumes(
+    pool_addresses: Sequence[EgressAddress],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(volumes, mounts) for the `proxySecretRef` of every `proxy` address in the pool.
+
+    Each address gets its own Secret volume holding only the two referenced keys, as files
+    named after the keys (what the gateway reads), mounted read-only at
+    `PROXY_CREDENTIALS_MOUNT_DIR/<address name>` with the credential mounts' file mode.
+    """
+    volumes: list[dict[str, Any]] = []
+    mounts: list[dict[str, Any]] = []
+    for address in sorted(pool_addresses, key=lambda a: a.name):
+        ref = address.proxySecretRef
+        if address.mode != EgressMode.PROXY or ref is None:
+            continue
+        volume = proxy_volume_name(address.name)
+        keys = list(dict.fromkeys([ref.usernameKey, ref.passwordKey]))
+        volumes.append(
+            {
+                "name": volume,
+                "secret": {
+                    "secretName": ref.name,
+                    "items": [{"key": k, "path": k} for k in keys],
+                    "defaultMode": SECRET_FILE_MODE,
+                },
+            }
+        )
+        mounts.append(
+            {
+                "name": volume,
+                "mountPath": f"{PROXY_CREDENTIALS_MOUNT_DIR}/{address.name}",
+                "readOnly": True,
+            }
         )
     return volumes, mounts
 
@@ -204,16 +257,21 @@ def _container(quota: ExchangeConnectionQuota, mounts: list[dict[str, Any]]) -> 
 
 
 def build_statefulset(
-    quota: ExchangeConnectionQuota, replicas: int, addresses: list[EgressAddress]
+    quota: ExchangeConnectionQuota,
+    replicas: int,
+    addresses: list[EgressAddress],
+    pool_addresses: Sequence[EgressAddress] = (),
 ) -> dict[str, Any]:
     """The gateway StatefulSet of `quota` with `replicas` pods.
 
-    `addresses` are the pool addresses the quota's plan uses (for egress placement).
+    `addresses` are the pool addresses the quota's plan uses (for egress placement);
+    `pool_addresses` are all of the pool's (every proxy Secret among them is mounted).
     """
     _, quota_name, _ = quota_ids(quota)
     gw = quota.spec.gateway
     overrides = gw.podOverrides
     cred_volumes, cred_mounts = _credential_volumes(quota)
+    proxy_volumes, proxy_mounts = proxy_credential_volumes(pool_addresses)
     volumes: list[dict[str, Any]] = [
         {"name": "state", "emptyDir": {}},
         {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
@@ -226,12 +284,14 @@ def build_statefulset(
             },
         },
         *cred_volumes,
+        *proxy_volumes,
     ]
     mounts: list[dict[str, Any]] = [
         {"name": "state", "mountPath": STATE_DIR},
         {"name": "tmp", "mountPath": "/tmp"},
         {"name": "peer-token", "mountPath": PEER_TOKEN_DIR, "readOnly": True},
         *cred_mounts,
+        *proxy_mounts,
     ]
     if gw.consumerAuthSecretRef is not None:
         volumes.append(
