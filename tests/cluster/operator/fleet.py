@@ -58,6 +58,31 @@ class MockThread(ThreadedMockExchange[MockExchange]):
         """Open WebSocket connections (by id) and the streams subscribed on each."""
         return self.sync(lambda: {c.conn_id: frozenset(c.streams) for c in self.mock.websockets()})
 
+    def accepted_by_ip(self) -> dict[str, int]:
+        """Every TCP connection the exchange ever accepted (closed ones too), by source IP."""
+
+        def read() -> dict[str, int]:
+            return {
+                sample.labels["ip"]: int(sample.value)
+                for family in self.mock.metrics.registry.collect()
+                if family.name == "mockexchange_tcp_accepted"
+                for sample in family.samples
+                if sample.name == "mockexchange_tcp_accepted_total"
+            }
+
+        return self.sync(read)
+
+    def open_by_ip(self) -> dict[str, int]:
+        """Open WebSocket connections by source IP."""
+
+        def read() -> dict[str, int]:
+            out: dict[str, int] = {}
+            for c in self.mock.websockets():
+                out[c.ip] = out.get(c.ip, 0) + 1
+            return out
+
+        return self.sync(read)
+
     def disconnect_all(self) -> int:
         """A mass disconnect: the exchange drops every connection at once."""
         return self.call(self.mock.disconnect(abrupt=False, code=1001))
