@@ -40,9 +40,12 @@ def missing_secrets_message(
     parts = []
     for name in missing:
         if name in proxies:
+            addresses = proxies[name]
+            shown = ", ".join(addresses[:5])
+            if len(addresses) > 5:
+                shown += f" and {len(addresses) - 5} more"
             parts.append(
-                f"{name} (proxySecretRef of address(es) {', '.join(proxies[name])} of pool "
-                f"{pool.metadata.name})"
+                f"{name} (proxySecretRef of address(es) {shown} of pool {pool.metadata.name})"
             )
         else:
             parts.append(name)

@@ -15,7 +15,7 @@ from connquota.api.pool import ExchangeEgressPool
 from connquota.operator import builders
 from connquota.operator.builders.workload import SECRET_FILE_MODE, proxy_volume_name
 from connquota.operator.planning import QuotaProblem
-from connquota.operator.quota_inputs import QuotaInputs, proxy_secrets
+from connquota.operator.quota_inputs import QuotaInputs, missing_secrets_message, proxy_secrets
 from connquota.operator.settings import OperatorConfig
 from connquota.operator.status import QuotaObservation, quota_status
 
@@ -177,3 +177,26 @@ async def test_a_namespace_without_the_proxy_secret_stalls_the_quota_naming_secr
     # Once the Secret exists in the namespace, the quota plans.
     api.secrets.add(("trading", "egress-proxy-a"))
     await inputs._prepare(quota, proxy_pool())
+
+
+def test_the_message_for_a_secret_many_addresses_share_stays_short() -> None:
+    pool = ExchangeEgressPool.model_validate(
+        {
+            "metadata": {"name": "big"},
+            "spec": {
+                "addresses": [
+                    {
+                        "name": f"px-{i}",
+                        "publicAddress": f"198.51.100.{i + 1}",
+                        "mode": "proxy",
+                        "proxyUrl": f"http://10.20.0.{i + 1}:3128",
+                        "proxySecretRef": {"name": "shared"},
+                    }
+                    for i in range(40)
+                ]
+            },
+        }
+    )
+    message = missing_secrets_message("ns", ["shared"], pool, proxy_secrets(pool))
+    assert "px-0, px-1, px-2, px-3, px-4 and 35 more" in message
+    assert "namespace ns" in message and len(message) < 400
