@@ -186,12 +186,36 @@ async def _handle_request(
 async def _send_frames(
     gw: Gateway, request: web.Request, ws: web.WebSocketResponse, consumer: Consumer
 ) -> None:
-    """The consumer's writer: queued frames to the socket, a batch per write, flow-controlled."""
+    """The consumer's writer: queued frames to the socket, a batch per write, flow-controlled.
+    While idle with a writable socket it lends the consumer a direct write (`Consumer.offer`
+    writes a frame in the step that published it: no queue, no wake-up of this task)."""
     transport = request.transport
     protocol = request.protocol
+    delivery = gw.delivery_seconds
+
+    def direct(frame: bytes) -> bool:
+        if ws.closed or transport is None or transport.is_closing() or protocol.writing_paused:
+            consumer.direct = None
+            return False  # queued instead: this task sees the socket's state when it wakes
+        transport.write(frame)
+        delivery.observe_immediate()
+        if protocol.writing_paused:  # over the high-water mark: the next frames queue
+            consumer.direct = None
+        return True
+
     try:
         while True:
-            await consumer.wait()
+            if (
+                not consumer.frames
+                and transport is not None
+                and not transport.is_closing()
+                and not protocol.writing_paused
+            ):
+                consumer.direct = direct
+            try:
+                await consumer.wait()
+            finally:
+                consumer.direct = None
             if consumer.too_slow:
                 await _close_slow(gw, request, ws, consumer)
                 return
@@ -202,7 +226,7 @@ async def _send_frames(
             transport.write(batch[0] if len(batch) == 1 else b"".join(batch))
             # The oldest frame of the write; frames left behind a backlog keep the older time,
             # so the figure is an upper bound for them (docs/observability.md).
-            gw.delivery_seconds.observe(time.monotonic() - since)
+            delivery.observe(time.monotonic() - since)
             if protocol.writing_paused:  # the send buffer is over its high-water mark
                 await _writable_or_alarm(request, consumer)
     except (ConnectionError, RuntimeError):

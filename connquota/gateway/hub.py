@@ -32,6 +32,11 @@ from connquota.gateway.wsframe import frame_payload, text_frame
 
 RESET_JUMP = 100_000
 """A backward jump of the exchange's sequence larger than this is a reset, not a duplicate."""
+DIRECT_GAP_S = 0.001
+"""A consumer's frames are written directly (in the publishing step) at most once per this
+interval; frames closer together queue and leave in one write per batch, so a busy stream
+keeps its batching (one `send` per frame at saturation would cost more than the wake-up it
+saves)."""
 SLOW_CONSUMER_CLOSE = "close"
 SLOW_CONSUMER_DROP = "drop"
 
@@ -71,12 +76,18 @@ class Consumer:
     """One local consumer: its streams and its bounded queue of ready-to-send frames.
 
     `offer` never waits: it appends (or applies the slow-consumer policy when the queue is
-    full) and wakes the consumer's writer, which takes whole batches with `take`.
+    full) and wakes the consumer's writer, which takes whole batches with `take`. While the
+    writer is idle (nothing queued) and its socket takes data, it lends `offer` a `direct`
+    write: the frame goes to the socket at once, with no queue and no task wake-up (waking
+    one writer task per consumer per message cost more than the write itself at 1,000
+    consumers: docs/gateway.md).
     """
 
     __slots__ = (
         "_alarm",
         "_waiter",
+        "direct",
+        "direct_at",
         "dropped",
         "fmt",
         "frames",
@@ -110,6 +121,11 @@ class Consumer:
         """Monotonic time the oldest queued frame was published (for the delivery latency)."""
         self._waiter: asyncio.Future[None] | None = None
         self._alarm: asyncio.Future[None] | None = None
+        self.direct: Callable[[bytes], bool] | None = None
+        """Set by the idle writer: writes a frame to the socket now; False when it could not
+        (the frame is then queued)."""
+        self.direct_at = -DIRECT_GAP_S
+        """Publish time of the last frame written directly."""
 
     def offer(self, frame: bytes, now: float = 0.0) -> None:
         """Queue `frame` (published at monotonic `now`) without waiting; apply the
@@ -118,6 +134,10 @@ class Consumer:
             return
         frames = self.frames
         if not frames:
+            direct = self.direct
+            if direct is not None and now - self.direct_at >= DIRECT_GAP_S and direct(frame):
+                self.direct_at = now
+                return
             self.since = now
         if len(frames) >= self.max_frames:
             if self.policy == SLOW_CONSUMER_DROP:

@@ -178,3 +178,56 @@ def test_rotation_follows_the_plans_max_age_after_headroom_not_the_profiles():
         update={"slices": [s for s in plan.slices if s.limit != LimitName.MAX_CONNECTION_AGE]}
     )
     assert plan_max_age_s(bare) == 86400
+
+
+def test_an_idle_consumer_with_a_direct_write_gets_frames_at_once_and_in_order() -> None:
+    """`offer` uses the writer's direct write only with nothing queued; a refused direct
+    write queues the frame, and once anything is queued every later frame queues behind it."""
+    from connquota.gateway.hub import Consumer
+
+    written: list[bytes] = []
+    accept = [True]
+
+    def direct(frame: bytes) -> bool:
+        if accept[0]:
+            written.append(frame)
+        return accept[0]
+
+    consumer = Consumer(1, max_frames=10)
+    consumer.direct = direct
+    consumer.offer(b"a", 1.0)
+    assert written == [b"a"] and not consumer.frames
+    accept[0] = False
+    consumer.offer(b"b", 2.0)
+    accept[0] = True
+    consumer.offer(b"c", 3.0)
+    assert written == [b"a"] and list(consumer.frames) == [b"b", b"c"]
+    assert consumer.since == 2.0
+
+
+def test_the_delivery_histogram_counts_in_plain_integers_and_exposes_cumulative_buckets() -> None:
+    from connquota.gateway.metrics import DeliveryHistogram
+
+    histogram = DeliveryHistogram(buckets=(0.001, 0.01))
+    histogram.observe_immediate()
+    histogram.observe(0.001)
+    histogram.observe(0.005)
+    histogram.observe(3.0)
+    (family,) = histogram.collect()
+    samples = {(s.name, s.labels.get("le")): s.value for s in family.samples}
+    assert samples[("connquota_gateway_delivery_seconds_bucket", "0.001")] == 2
+    assert samples[("connquota_gateway_delivery_seconds_bucket", "0.01")] == 3
+    assert samples[("connquota_gateway_delivery_seconds_bucket", "+Inf")] == 4
+    assert samples[("connquota_gateway_delivery_seconds_count", None)] == 4
+    assert samples[("connquota_gateway_delivery_seconds_sum", None)] == 3.006
+
+
+def test_frames_closer_than_the_direct_gap_queue_to_leave_in_one_batch() -> None:
+    from connquota.gateway.hub import DIRECT_GAP_S, Consumer
+
+    written: list[bytes] = []
+    consumer = Consumer(1, max_frames=10)
+    consumer.direct = lambda frame: written.append(frame) is None
+    consumer.offer(b"x", 5.0)
+    consumer.offer(b"y", 5.0 + DIRECT_GAP_S / 2)
+    assert written == [b"x"] and list(consumer.frames) == [b"y"]
