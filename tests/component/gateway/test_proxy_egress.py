@@ -197,10 +197,18 @@ async def test_start_up_and_a_mass_disconnect_through_http_and_socks5_proxies_st
         return seen == granted
 
     await wait_for(counts_match, 15, "the exchange's attempts per proxy IP to equal the log")
+
+    async def outcomes_match():
+        # Every attempt has one outcome: a tunnel opened, or the fault that ended it after
+        # the CONNECT was sent (under load a tunnel may time out after the exchange counted it).
+        st = await harness.status(gw)
+        return sum(st["proxies"]["p-http"]["attempts"].values()) == await gateway_attempts(
+            harness, gw, "p-http"
+        )
+
+    await wait_for(outcomes_match, 15, "one outcome per attempt through the http proxy")
     st = await harness.status(gw)
-    assert st["proxies"]["p-http"]["attempts"]["opened"] == await gateway_attempts(
-        harness, gw, "p-http"
-    )
+    assert st["proxies"]["p-http"]["attempts"]["opened"] >= 2 * CONNS
     assert st["proxies"]["p-http"]["faults"].get("tunnel-closed", 0) >= 1  # the mass disconnect
     harness.assert_no_violation()
     assert PASSWORD not in harness.logs()
