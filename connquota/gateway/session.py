@@ -32,7 +32,7 @@ from connquota.gateway.private_wire import (
     PrivateWire,
 )
 from connquota.gateway.protocol import connect_url, wire_format
-from connquota.gateway.proxy_tunnel import TUNNEL_GATE, ProxyFault, TunnelGate
+from connquota.gateway.proxy_tunnel import TUNNEL_GATE, ProxyFault, ProxyFaultKind, TunnelGate
 from connquota.gateway.upstream_policy import RATE_LIMIT_STATUSES, SessionEnded, retry_after_s
 
 if TYPE_CHECKING:
@@ -107,7 +107,13 @@ class Session:
         if not proxied:
             await take_attempt()
         url = connect_url(profile, private=conn.credential is not None)
-        opened = functools.partial(self.ctx.egress.record_tunnel_opened, conn.address)
+        tunnel_opened = False
+
+        def opened() -> None:
+            nonlocal tunnel_opened
+            tunnel_opened = True
+            self.ctx.egress.record_tunnel_opened(conn.address)
+
         gate = TUNNEL_GATE.set(TunnelGate(take_attempt, opened)) if proxied else None
         try:
             session = self.ctx.egress.session(conn.address)
@@ -131,6 +137,17 @@ class Session:
                 raise SessionEnded(f"rate-limited-{exc.status}", True) from None
             raise SessionEnded(f"handshake-{exc.status}", True) from None
         except TimeoutError:
+            if proxied and self.slot is not None and not tunnel_opened:
+                # The connect timeout ended the CONNECT / SOCKS5 connect: the attempt was
+                # spent and its outcome is the proxy's, as when the proxy says it timed out.
+                self.ctx.egress.record_proxy_fault(
+                    conn.address,
+                    ProxyFault(
+                        ProxyFaultKind.UPSTREAM_TIMEOUT,
+                        f"no tunnel within the connect timeout ({timeout_s:g} s)",
+                        True,
+                    ),
+                )
             self._release(clean=False)
             raise SessionEnded("connect-timeout", False) from None
         except (aiohttp.ClientError, OSError, EgressError) as exc:
