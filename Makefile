@@ -38,8 +38,8 @@ venv: $(BIN)/.installed
 demo: venv
 	$(BIN)/connquota demo
 
-# Real forward proxies (tinyproxy, microsocks) for the proxy-egress tests, cached outside the
-# repository from pinned Debian packages (no root, no system change).
+# Real forward proxies (tinyproxy, squid, microsocks) for the proxy-egress tests, cached
+# outside the repository from pinned Debian packages (no root, no system change).
 proxies:
 	bash hack/install-proxies.sh >/dev/null
 
