@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,7 +35,7 @@ from connquota.api.limits import LimitName, LimitScope
 from connquota.api.report import REPORT_ANNOTATION, EgressCheckState, GatewayReport
 from connquota.testing.ipecho import ThreadedIpEcho
 from connquota.testing.podharness import PodHarness
-from connquota.testing.proxies import ProxyProcess, ProxyUnavailable, proxy_binaries
+from connquota.testing.proxies import ProxyProcess
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
 
@@ -51,25 +50,15 @@ SECRET = {"http": "egress-proxy-http", "socks5": "egress-proxy-socks"}
 ADDRESS = {"http": "px-http", "socks5": "px-socks"}
 
 
-@pytest.fixture(scope="module")
-def binaries() -> Path:
-    try:
-        return proxy_binaries()
-    except ProxyUnavailable as exc:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"proxy servers missing in CI: {exc}")
-        pytest.skip(f"proxy servers not installed ({exc}); run `make proxies`")
-
-
 @pytest.fixture
-def proxies(binaries: Path, tmp_path: Path) -> Iterator[dict[str, ProxyProcess]]:
+def proxies(proxy_servers: Path, tmp_path: Path) -> Iterator[dict[str, ProxyProcess]]:
     """tinyproxy and microsocks, each with its own user and password."""
     started: dict[str, ProxyProcess] = {}
     try:
         for kind in ("http", "socks5"):
             proxy = ProxyProcess(
                 kind,
-                binaries,
+                proxy_servers,
                 LISTEN[kind],
                 EGRESS[kind],
                 tmp_path / "proxies",

@@ -12,7 +12,6 @@ limit, shrunk so start-up and a mass disconnect drive it to >= 90%.
 from __future__ import annotations
 
 import asyncio
-import os
 from pathlib import Path
 
 import pytest
@@ -34,7 +33,7 @@ from connquota.demo.scaling import scaled_profile
 from connquota.exchanges import get_profile
 from connquota.mockexchange.server import MockExchange
 from connquota.testing.gateway_plans import pod_plan
-from connquota.testing.proxies import ProxyProcess, ProxyUnavailable, free_port, proxy_binaries
+from connquota.testing.proxies import ProxyProcess, free_port
 from connquota.testing.tlsca import TestCA
 
 ATTEMPTS = 10
@@ -47,22 +46,14 @@ LISTEN = {"http": "127.0.0.31", "socks5": "127.0.0.32", "squid": "127.0.0.33"}
 EGRESS = {"http": "127.0.0.41", "socks5": "127.0.0.42", "squid": "127.0.0.43"}
 
 
-@pytest.fixture(scope="module")
-def binaries() -> Path:
-    try:
-        return proxy_binaries()
-    except ProxyUnavailable as exc:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"proxy servers missing in CI: {exc}")
-        pytest.skip(f"proxy servers not installed ({exc}); run `make proxies`")
-
-
 class ProxyRig:
     """The proxies of one test and the Secret files the gateway reads their credentials from."""
 
-    def __init__(self, harness: Harness, binaries: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def __init__(
+        self, harness: Harness, proxy_servers: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
         self.harness = harness
-        self.binaries = binaries
+        self.proxy_servers = proxy_servers
         self.secrets = harness.tmp_path / "proxy-secrets"
         monkeypatch.setenv("CONNQUOTA_PROXY_CREDENTIALS_DIR", str(self.secrets))
         self.proxies: list[ProxyProcess] = []
@@ -71,7 +62,7 @@ class ProxyRig:
         """A proxy of `kind`; `password=None` starts it without authentication."""
         proxy = ProxyProcess(
             kind,
-            self.binaries,
+            self.proxy_servers,
             LISTEN[kind],
             EGRESS[kind],
             self.harness.tmp_path / "proxies",
@@ -108,8 +99,8 @@ class ProxyRig:
 
 
 @pytest.fixture
-async def rig(harness, binaries, monkeypatch):
-    r = ProxyRig(harness, binaries, monkeypatch)
+async def rig(harness, proxy_servers, monkeypatch):
+    r = ProxyRig(harness, proxy_servers, monkeypatch)
     try:
         yield r
     finally:
@@ -190,7 +181,7 @@ async def test_start_up_and_a_mass_disconnect_through_http_and_socks5_proxies_st
     consumer = Consumer(harness.http, gw.ws_url)
     await consumer.connect(names)
     await wait_for(
-        lambda: _true(consumer.streams_seen() >= set(names)), 20, "every stream at the consumer"
+        lambda: consumer.streams_seen() >= set(names), 20, "every stream at the consumer"
     )
     before = {name: await gateway_attempts(harness, gw, name) for name in kinds.values()}
     dropped = await mock.disconnect(abrupt=True)
@@ -456,8 +447,3 @@ async def holds_for(invariant, duration_s: float, step_s: float = 0.2) -> None:
     while loop.time() < end:
         assert await invariant()
         await asyncio.sleep(step_s)
-
-
-async def _true(value: bool) -> bool:
-    await asyncio.sleep(0)
-    return value
