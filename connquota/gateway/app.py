@@ -31,10 +31,12 @@ from connquota.gateway.egress import EgressPool
 from connquota.gateway.fleet import Fleet
 from connquota.gateway.http import build_app
 from connquota.gateway.hub import StreamHub
+from connquota.gateway.lease import KubeLease
 from connquota.gateway.limiter import Limiter
 from connquota.gateway.metrics import delivery_histogram, make_registry
 from connquota.gateway.plan_source import PlanError
 from connquota.gateway.relay import Relay
+from connquota.gateway.reservations import Inheritance, ReservationBook
 from connquota.gateway.tls import TlsFiles, keep_loaded, server_context
 from connquota.gateway.upstream import ConnectionState, UpstreamContext, UpstreamSettings
 
@@ -45,6 +47,8 @@ class OrdinalLease(Protocol):
     """FileLease or KubeLease."""
 
     held: bool
+    taken: Inheritance | None
+    """What the version of the fence this process replaced hands down (None standalone)."""
 
     async def acquire(self, on_wait: Any = None) -> None: ...
     async def keep(self, on_lost: Any, on_close: Any, on_regained: Any = None) -> None: ...
@@ -103,6 +107,11 @@ class Gateway:
             settings.state_dir / f"gateway-{settings.ordinal}.attempts.json", self.boot_id
         )
         self.limiter = Limiter(self.clock, log_file)
+        if isinstance(lease, KubeLease):
+            holder = lease.holder
+            self.limiter.book = ReservationBook(
+                self.clock, lease.write_record, lambda: holder, lease.renew_every_s
+            )
         self.hub = StreamHub(
             settings.consumer_queue_frames, settings.slow_consumer_policy, settings.last_value_cache
         )
@@ -203,6 +212,7 @@ class Gateway:
             "message": self.message,
             "planError": self.plan_error,
             "attemptLog": self.limiter.start_reason,
+            "leaseWrites": dict(getattr(self.lease, "writes", {})),
             "planGeneration": self.fleet.enforced_generation,
             "streams": {
                 "desired": self.fleet.desired_streams(),
@@ -284,7 +294,7 @@ class Gateway:
             self.limiter.set_attempts_allowed(False, "waiting for the lease")
             await self.lease.acquire(on_wait=waiting)
             # Only the holder reads the attempt log: a predecessor may have written it until now.
-            self.limiter.load_state()
+            self.limiter.load_state(self.lease.taken)
             self.limiter.set_attempts_allowed(True)
             self.lease_message = "held"
             if self.fleet.plan is not None and not self.fleet.connections:

@@ -66,6 +66,9 @@ class LoadedAttempts:
     records: list[AttemptRecord]
     valid: bool
     reason: str
+    blind_from_wall: float | None = None
+    """When set: the writer counted its whole rate slice as used from this wall-clock time
+    (its own full hold, not over when it wrote)."""
 
 
 class AttemptLogFile:
@@ -111,17 +114,31 @@ class AttemptLogFile:
         if abs(offset_now - offset_then) > CLOCK_STEP_TOLERANCE_S:
             return LoadedAttempts([], False, "wall clock stepped since the state file")
         live = [r for r in records if r.expires_mono_s > now_mono_s]
-        return LoadedAttempts(live, True, f"{len(live)} attempts still in their window")
+        blind = doc.get("blindFrom")
+        return LoadedAttempts(
+            live,
+            True,
+            f"{len(live)} attempts still in their window",
+            float(blind) if isinstance(blind, int | float) else None,
+        )
 
-    def write(self, records: list[AttemptRecord], now_mono_s: float, now_wall_s: float) -> None:
+    def write(
+        self,
+        records: list[AttemptRecord],
+        now_mono_s: float,
+        now_wall_s: float,
+        blind_from_wall: float | None = None,
+    ) -> None:
         """Write `records` atomically: a tmp file in the same dir, fsync, then rename."""
-        doc = {
+        doc: dict[str, Any] = {
             "format": STATE_FORMAT,
             "bootId": self.boot_id,
             "writtenMono": now_mono_s,
             "writtenWall": now_wall_s,
             "attempts": [r.to_json() for r in records],
         }
+        if blind_from_wall is not None:
+            doc["blindFrom"] = blind_from_wall
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         with open(tmp, "w") as fh:

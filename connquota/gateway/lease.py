@@ -24,11 +24,14 @@ import logging
 import os
 import secrets
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from connquota.api.lease_record import ATTEMPTS_ANNOTATION, AttemptReservations
 from connquota.api.report import REPORT_ANNOTATION
+from connquota.gateway.reservations import Inheritance, inheritance_from_lease
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +45,8 @@ class FileLease:
         self.poll_s = poll_s
         self.held = False
         self._fd: int | None = None
+        self.taken: Inheritance | None = None
+        """Standalone: nothing handed down (the state dir's attempt log is the record)."""
 
     async def acquire(self, on_wait: Callable[[str], None] | None = None) -> None:
         """Wait (polling, never blocking the loop) until this process holds the lock."""
@@ -145,7 +150,13 @@ class KubeLease:
         """Monotonic time the last successful renewal (or take) was sent."""
         self._report: str | None = None
         self._published: str | None = None
+        self._record: str | None = None
+        """The write-ahead attempt reservations to write (None: leave the Lease's as it is)."""
         self._write_lock = asyncio.Lock()
+        self.taken: Inheritance | None = None
+        """What the version this process replaced when it took the Lease hands down."""
+        self.writes: Counter[str] = Counter()
+        """Lease writes by reason (take, renew, report, reserve), for the metrics and bench."""
 
     # -- API calls (in threads, bounded) ------------------------------------------------------
 
@@ -175,16 +186,22 @@ class KubeLease:
         spec.lease_duration_seconds = self.duration_s
         spec.renew_time = now
         report = self._report
-        if report is not None:
+        record = self._record
+        if report is not None or record is not None:
             annotations = dict(lease.metadata.annotations or {})
-            annotations[REPORT_ANNOTATION] = report
+            if report is not None:
+                annotations[REPORT_ANNOTATION] = report
+            if record is not None:
+                annotations[ATTEMPTS_ANNOTATION] = record
             lease.metadata.annotations = annotations
         await self._call(
             self.api.replace_namespaced_lease, self.name, self.namespace, lease, timeout_s=timeout_s
         )
         self._published = report
 
-    async def _renew(self, timeout_s: float | None = None, report_only: bool = False) -> None:
+    async def _renew(
+        self, timeout_s: float | None = None, report_only: bool = False, reason: str = "renew"
+    ) -> None:
         """Read the Lease and write it as ours; LeaseTaken when it names another holder.
 
         On success `last_renew_mono` becomes the time the read was sent. A conflict (someone
@@ -207,6 +224,7 @@ class KubeLease:
                     if exc.status == 409 and attempt == 0:
                         continue
                     raise
+                self.writes[reason] += 1
             self.last_renew_mono = max(self.last_renew_mono, sent)
             return
 
@@ -234,7 +252,25 @@ class KubeLease:
                     duration = spec.lease_duration_seconds or self.duration_s
                     expired = time.monotonic() - seen_since > duration
                     if not holder or holder == self.holder or expired:
+                        never_held = (
+                            not holder and spec.acquire_time is None and not spec.lease_transitions
+                        )
+                        taken = inheritance_from_lease(
+                            dict(lease.metadata.annotations or {}),
+                            holder,
+                            never_held,
+                            time.time(),
+                        )
+                        # The take carries the record forward under this holder's name, so a
+                        # successor of this process inherits it even before its first batch.
+                        self._record = AttemptReservations(
+                            holder=self.holder,
+                            blindFrom=taken.blind_from,
+                            reservations=list(taken.reservations),
+                        ).model_dump_json(exclude_none=True)
                         await self._write(lease)
+                        self.writes["take"] += 1
+                        self.taken = taken
                         self.held = True
                         self.last_renew_mono = sent
                         log.info(
@@ -320,7 +356,20 @@ class KubeLease:
         self._report = report_json
         if self.held and self._published != report_json:
             with contextlib.suppress(Exception):
-                await self._renew(report_only=True)
+                await self._renew(report_only=True, reason="report")
+
+    async def write_record(self, record_json: str) -> None:
+        """Write the attempt reservations to the Lease now (write-ahead: before any attempt
+        they cover); raises when the Lease is not held or the write fails."""
+        if not self.held:
+            raise LeaseTaken("not held")
+        previous = self._record
+        self._record = record_json
+        try:
+            await self._renew(reason="reserve")
+        except BaseException:
+            self._record = previous
+            raise
 
     async def release(self) -> None:
         """Give the Lease up on a clean shutdown so a successor need not wait."""

@@ -25,6 +25,7 @@ from enum import StrEnum
 from typing import Any
 
 from connquota.api import timing
+from connquota.api.lease_record import CLOCK_SKEW_S
 from connquota.api.limits import LimitName, LimitScope
 from connquota.api.plan import CONNECTION_SCOPE_KEY, Identities, PodPlan, Slice
 from connquota.api.report import AttemptWindow, Quarantine
@@ -39,9 +40,13 @@ from connquota.gateway.rate_logs import (
     SlidingLog,
     rate_rule,
 )
+from connquota.gateway.reservations import Inheritance, ReservationBook, ScopeKey, seeds
 
 log = logging.getLogger(__name__)
 
+
+RESERVE_RETRY_S = 0.5
+"""How soon an attempt retries after its reservation could not be written to the Lease."""
 
 SHARED_MESSAGE_LIMITS = {
     LimitScope.IP: LimitName.MESSAGES_PER_IP,
@@ -132,6 +137,8 @@ class Limiter:
         self._attempts_block_reason = "no lease yet"
         self._changed = asyncio.Event()
         self._write_lock = asyncio.Lock()
+        self.book: ReservationBook | None = None
+        """In cluster: the write-ahead reservations on the Lease (None standalone)."""
         self.waiting: dict[str, str] = {}
         """Connection slot id -> why its attempt waits now (for /status)."""
         self.waiting_kind: dict[str, WaitKind] = {}
@@ -139,32 +146,63 @@ class Limiter:
 
     # -- state file -------------------------------------------------------------------------
 
-    def load_state(self) -> LoadedAttempts:
-        """Reload recent attempts; with no valid record, treat every attempt slice as used."""
+    def load_state(self, inheritance: Inheritance | None = None) -> LoadedAttempts:
+        """Reload recent attempts when this process holds the fence.
+
+        In order: a valid state file (this pod's own log: a container restart); else what the
+        Lease's previous version hands down (`inheritance`: a successor pod); else no record,
+        and every attempt slice counts as just used (a full hold from now)."""
         now, wall = self.clock.monotonic(), self.clock.wall()
         if self.log_file is None:
             loaded = LoadedAttempts([], False, "no state dir")
         else:
             loaded = self.log_file.load(now, wall)
-        if loaded.valid:
-            self._fresh_start_mono = None
+        if self.book is not None and inheritance is not None:
+            self.book.inherit(inheritance)
+        if loaded.valid or inheritance is not None:
             # The file holds every attempt this process made (written before each one).
             for sliding in self._attempt_logs.values():
                 sliding._expiries.clear()
             self._records.clear()
+        if loaded.valid:
             for r in loaded.records:
                 scope = LimitScope(r.scope)
                 self._records.setdefault((scope, r.key), []).append(r)
                 self._log_for(scope, r.key).seed(r.expires_mono_s)
+            blind = loaded.blind_from_wall
+            self._fresh_start_mono = None if blind is None else now - (wall - blind)
+            self.start_reason = loaded.reason
+        elif inheritance is not None:
+            for (scope, key), expiry in seeds(inheritance, now, wall):
+                self._records.setdefault((scope, key), []).append(
+                    AttemptRecord(str(scope), key, now, wall, expiry, "inherited")
+                )
+                self._log_for(scope, key).seed(expiry)
+            blind = inheritance.blind_from
+            self._fresh_start_mono = (
+                None if blind is None else min(now, now - (wall - blind)) + CLOCK_SKEW_S
+            )
+            self.start_reason = (
+                f"{inheritance.reason}"
+                if blind is None
+                else f"{inheritance.reason}: waiting one window"
+            )
         else:
             self._fresh_start_mono = now
-        self.start_reason = loaded.reason
+            self.start_reason = loaded.reason
+        if self.book is not None:
+            self.book.set_blind_from(self._blind_from_wall(now, wall))
         log.info(
             "attempt log %s: %s",
-            "reloaded" if loaded.valid else "not valid, waiting one full window",
-            loaded.reason,
+            "reloaded" if self._fresh_start_mono is None else "not complete",
+            self.start_reason,
         )
         return loaded
+
+    def _blind_from_wall(self, now: float, wall: float) -> float | None:
+        if self._fresh_start_mono is None:
+            return None
+        return wall - (now - self._fresh_start_mono)
 
     async def _persist(self) -> None:
         if self.log_file is None:
@@ -173,7 +211,9 @@ class Limiter:
             now, wall = self.clock.monotonic(), self.clock.wall()
             records = [r for rs in self._records.values() for r in rs if r.expires_mono_s > now]
             try:
-                await asyncio.to_thread(self.log_file.write, records, now, wall)
+                await asyncio.to_thread(
+                    self.log_file.write, records, now, wall, self._blind_from_wall(now, wall)
+                )
             except OSError as exc:
                 # A restart must not trust an incomplete log: remove it so it starts "fresh".
                 log.error("cannot write the attempt log (%s); removing it", exc.strerror)
@@ -195,6 +235,15 @@ class Limiter:
         for (scope, key), sliding in self._shared_msgs.items():
             name = SHARED_MESSAGE_LIMITS[scope]
             sliding.capacity, sliding.hold_s = self._shared_rule(name, scope, key)
+        if self.book is not None:
+            holds = [
+                rule.hold_s
+                for s in plan.slices
+                if s.limit == LimitName.CONNECTION_ATTEMPTS
+                for rule in [self._attempt_rule(s.scope, s.key)]
+                if rule is not None
+            ]
+            self.book.max_hold_s = max([self.book.max_hold_s, *holds])
         self._notify()
 
     def set_attempts_allowed(self, allowed: bool, reason: str = "") -> None:
@@ -317,6 +366,17 @@ class Limiter:
         rule = self._attempt_rule(LimitScope.IP, address)
         return rule.hold_s if rule is not None else None
 
+    def _reserved_keys(
+        self, address: str, identities: Identities
+    ) -> dict[ScopeKey, tuple[int, float]]:
+        """The keys an attempt counts on, with their attempt slice (capacity, hold)."""
+        out = {}
+        for scope, key in self._scopes(address, identities):
+            rule = self._attempt_rule(scope, key)
+            if rule is not None and rule.capacity > 0:
+                out[(scope, key)] = (rule.capacity, rule.hold_s)
+        return out
+
     def _take_attempt(
         self, conn_id: str, address: str, identities: Identities, via: str = "direct"
     ) -> ConnectionSlot:
@@ -348,8 +408,23 @@ class Limiter:
             while True:
                 wait = self.attempt_wait_reason(address, identities)
                 if wait.seconds <= 0:
-                    slot = self._take_attempt(conn_id, address, identities, via)
-                    break
+                    keys = self._reserved_keys(address, identities)
+                    if self.book is None or self.book.covers(keys):
+                        slot = self._take_attempt(conn_id, address, identities, via)
+                        if self.book is not None:
+                            self.book.consume(keys)
+                        break
+                    try:
+                        await self.book.reserve(keys)
+                        continue
+                    except Exception as exc:  # the Lease write failed: no attempt for now
+                        why = getattr(exc, "status", None) or type(exc).__name__
+                        log.warning("cannot reserve attempts on the Lease (%s)", why)
+                        wait = AttemptWait(
+                            RESERVE_RETRY_S,
+                            WaitKind.STOPPED,
+                            f"cannot reserve attempts on the Lease ({why})",
+                        )
                 if self.waiting.get(conn_id) != wait.text:
                     self.stats.waits[wait.kind.value] += 1
                 self.waiting[conn_id] = wait.text

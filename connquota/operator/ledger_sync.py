@@ -51,7 +51,9 @@ class LedgerSync(ReconcilerBase):
         now = round(self.monotonic(), 3)
         margin = self.config.windowMarginSeconds
         before = state.ledgers.ledger
-        ledger = before or QuotaLedger(quota=state.key)
+        ledger = before or QuotaLedger(quota=state.key, since=self._ledger_since(state))
+        if ledger.since is None:  # written before ledgers said since when they know
+            ledger = ledger.model_copy(update={"since": round(self.wall(), 3)})
         ledger = ledgers.reconcile_with_published(ledger, state.published_plan(), pool.spec)
         ledger = ledgers.record_reports(
             ledger, reports, state.plans.published, pool.spec, now, margin
@@ -77,6 +79,20 @@ class LedgerSync(ReconcilerBase):
             state.ledgers.ledger = ledger
             if before is None or ledgers.ledger_json(ledger) != ledgers.ledger_json(before):
                 state.ledgers.ledger_dirty = True
+
+    def _ledger_since(self, state: QuotaState) -> float:
+        """Since when a new ledger knows everything of the quota: from its beginning (0) when
+        nothing of the quota exists yet (no plan, StatefulSet, Pod or Lease: no pod can have
+        made an attempt), else from now (a lost ledger rebuilt while pods may run)."""
+        key = state.key
+        if (
+            state.plans.published
+            or self.sources.statefulset_of_quota(key) is not None
+            or any(True for _ in self.sources.pods_of_quota(key))
+            or any(True for _ in self.sources.leases_of_quota(key))
+        ):
+            return round(self.wall(), 3)
+        return 0.0
 
     async def _persist_ledger(self, quota: ExchangeConnectionQuota, state: QuotaState) -> None:
         """Write the ledger ConfigMap when the ledger changed (resourceVersion precondition)."""

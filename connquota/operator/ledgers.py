@@ -29,6 +29,7 @@ from collections.abc import Iterable, Mapping
 
 from pydantic import ValidationError
 
+from connquota.api import timing
 from connquota.api.plan import PodPlan, QuotaPlan, QuotaRef
 from connquota.api.pool import ExchangeEgressPoolSpec
 from connquota.api.report import GatewayReport
@@ -36,11 +37,42 @@ from connquota.operator.names import LEDGER_KEY
 from connquota.operator.planning import (
     LedgerSlice,
     QuotaLedger,
+    certifies,
     expire,
     ledger_slices,
+    rate_holders,
     record_ack,
     record_publication,
 )
+
+
+def longest_memory_s(plan: QuotaPlan, margin_s: float) -> float:
+    """The longest a use of any rate limit of the quota's profile keeps counting, plus the
+    margin: how long a ledger must have watched before it may vouch for what it did not see."""
+    out = 0.0
+    for pod in plan.pods:
+        profile = pod.profile
+        for limit in profile.limits:
+            if limit.windowSeconds is not None:
+                memory = timing.rate_memory_s(
+                    limit.name, limit.windowSeconds, profile.connectTimeoutSeconds
+                )
+                out = max(out, memory)
+    return out + margin_s
+
+
+def fresh_ordinals(
+    ledger: QuotaLedger, plan: QuotaPlan, now: float, wall_now: float, margin_s: float
+) -> set[int]:
+    """The ordinals of `plan` a new Lease may certify fresh (`FreshCertificate`): the ledger
+    (as it was before `plan` was recorded) vouches for the quota's past and shows no rate
+    slice of theirs that may still be enforced or still count.
+
+    Only an earlier pod of the same ordinal can have made attempts a new pod does not know of:
+    every other pod's use is counted in its own hold, which the budgets already subtract."""
+    if not certifies(ledger, wall_now, longest_memory_s(plan, margin_s)):
+        return set()
+    return {p.ordinal for p in plan.pods} - rate_holders(ledger, now)
 
 
 def ledger_json(ledger: QuotaLedger) -> str:

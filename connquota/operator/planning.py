@@ -307,9 +307,11 @@ def empty_pod_plan(quota: QuotaInput, ordinal: int, generation: int) -> PodPlan:
 # (an import-linter contract keeps every other operator module away from connquota.planner)
 from connquota.planner.ledger import (  # noqa: E402
     LedgerSlice,
+    certifies,
     expire,
     forgettable,
     ledger_slices,
+    rate_holders,
     rebase_clock,
     record_ack,
     record_publication,
@@ -327,9 +329,11 @@ __all__ = [
     "QuotaProblem",
     "QuotaShares",
     "budget_table",
+    "certifies",
     "expire",
     "forgettable",
     "ledger_slices",
+    "rate_holders",
     "rebase_clock",
     "record_ack",
     "record_publication",

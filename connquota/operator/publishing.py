@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from connquota.api.lease_record import FreshCertificate
 from connquota.api.plan import QuotaPlan
 from connquota.api.pool import ExchangeEgressPool
 from connquota.api.quota import ExchangeConnectionQuota
-from connquota.operator import accessors, builders, metrics, names
+from connquota.operator import accessors, builders, ledgers, metrics, names
 from connquota.operator.crash import crash_point
 from connquota.operator.kube import KubeError
 from connquota.operator.planning import (
@@ -39,12 +40,20 @@ class Publishing(ReconcilerBase):
     ) -> None:
         """Record `plan` in the ledger (written first), then write its plan ConfigMaps."""
         ledger = state.ledgers.ledger or QuotaLedger(quota=state.key)
+        fresh = ledgers.fresh_ordinals(
+            ledger,
+            plan,
+            round(self.monotonic(), 3),
+            self.wall(),
+            self.config.windowMarginSeconds,
+        )
+        certificate = FreshCertificate(issuedAt=round(self.wall(), 3), generation=plan.generation)
         state.ledgers.ledger = record_publication(ledger, plan, pool.spec)
         state.ledgers.ledger_dirty = True
         await self._persist_ledger(quota, state)
         sts = self.sources.statefulset_of_quota(state.key)
         current = accessors.sts_replicas(sts)
-        await self._ensure_objects(quota, plan, current)
+        await self._ensure_objects(quota, plan, current, fresh, certificate)
         if not state.peer_secret:
             # Created once, never rewritten: running pods keep a token their peers accept.
             await self.api.create(builders.build_peer_secret(quota))
@@ -66,7 +75,11 @@ class Publishing(ReconcilerBase):
         quota: ExchangeConnectionQuota,
         plan: QuotaPlan,
         current_replicas: int,
+        fresh: set[int],
+        certificate: FreshCertificate,
     ) -> None:
+        """The quota's owned objects; a missing Lease is created, with `certificate` when its
+        ordinal is in `fresh` (nothing an earlier pod of it did still counts)."""
         ordinals = max(quota.spec.gateway.maxReplicas, len(plan.pods), current_replicas)
         for obj in (
             builders.build_service_account(quota),
@@ -81,7 +94,8 @@ class Publishing(ReconcilerBase):
         wanted = {p.ordinal for p in plan.pods if p.connections} | set(range(current_replicas))
         for ordinal in sorted(wanted):
             if ordinal not in known:
-                await self.api.create(builders.build_lease(quota, ordinal))
+                cert = certificate if ordinal in fresh else None
+                await self.api.create(builders.build_lease(quota, ordinal, cert))
 
     def _lease_ordinals(self, key: str) -> list[int]:
         out = []

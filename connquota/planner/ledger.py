@@ -93,6 +93,12 @@ class QuotaLedger(ApiModel):
     """Everything the operator must persist about one quota to publish its next generation."""
 
     quota: str = Field(description="namespace/name.")
+    since: float | None = Field(
+        default=None,
+        description="Wall-clock time (epoch seconds) from which this ledger has recorded every "
+        "slice of the quota; 0: since the quota began (created before any of its pods). None: "
+        "unknown (a ledger written before this field).",
+    )
     published: list[LedgerGeneration] = Field(default_factory=list)
     acks: list[LedgerAck] = Field(default_factory=list)
     releases: list[LedgerRelease] = Field(default_factory=list)
@@ -222,6 +228,31 @@ def holds(ledger: QuotaLedger, now: float) -> dict[HoldKey, dict[int, int]]:
         if r.until > now:
             add(r.slice)
     return out
+
+
+def rate_holders(ledger: QuotaLedger, now: float) -> set[int]:
+    """The pod ordinals that may be enforcing a rate slice at `now`, or whose use of one may
+    still count at the exchange (a release not yet over)."""
+    out = set()
+    for g in ledger.published:
+        for s in g.slices:
+            ack = ledger.acked(s.ordinal)
+            enforceable = ack is None or g.generation >= ack.generation
+            if s.windowSeconds is not None and s.value > 0 and enforceable:
+                out.add(s.ordinal)
+    for r in ledger.releases:
+        if r.until > now and r.slice.value > 0:
+            out.add(r.slice.ordinal)
+    return out
+
+
+def certifies(ledger: QuotaLedger, wall_now: float, memory_s: float) -> bool:
+    """Whether the ledger may vouch that an ordinal outside `rate_holders` left nothing that
+    still counts: it has recorded the quota since the quota began, or for longer than
+    `memory_s` (the longest rate memory plus margin), so nothing it did not see can count."""
+    if ledger.since is None:
+        return False
+    return ledger.since == 0 or wall_now - ledger.since >= memory_s
 
 
 def forgettable(ledger: QuotaLedger, now: float) -> bool:

@@ -206,6 +206,56 @@ def check_budgets(
     return problems
 
 
+@dataclass(frozen=True)
+class Certificate:
+    """The operator's word (on a new Lease) that nothing pod `ordinal` of `quota` did before
+    `at` still counts, issued while publishing `generation`."""
+
+    quota: str
+    ordinal: int
+    generation: int
+    at: float
+
+
+def check_certificates(
+    pool: ExchangeEgressPoolSpec,
+    histories: Mapping[str, QuotaHistory],
+    certificates: Iterable[Certificate],
+    margin_s: float = MARGIN_S,
+) -> list[str]:
+    """Every certificate issued while its ordinal may still be enforcing a rate slice, or
+    while a rate slice it gave up may still count: from the generations published before the
+    certificate and the acknowledgements seen by then, by this checker's own formulas."""
+    public = {a.name: a.publicAddress for a in pool.addresses}
+    problems = []
+    for c in certificates:
+        history = histories.get(c.quota)
+        if history is None:
+            continue
+        past = QuotaHistory(
+            c.quota,
+            [p for p in history.published if p.generation < c.generation],
+            [a for a in history.acks if a.at <= c.at],
+        )
+        rates = {
+            s.limit.value
+            for plan in past.published
+            for pod in plan.pods
+            for s in pod.slices
+            if s.windowSeconds is not None and s.shape != LimitShape.CONCURRENT
+        }
+        holds, _ = _pod_holds(past, public, c.at, margin_s)
+        for key, holders in sorted(holds.items()):
+            for h in holders:
+                if h.ordinal == c.ordinal and key[3] in rates and h.value > 0:
+                    problems.append(
+                        f"{c.quota}#{c.ordinal} certified fresh at t={c.at} (g{c.generation}) "
+                        f"while it may still use {' '.join(key)}={h.value} from g{h.generation}"
+                        f"{' (released)' if h.released else ''}"
+                    )
+    return problems
+
+
 def check_plan_consistency(plan: QuotaPlan) -> list[str]:
     """Each pod's connections fit its own slices (per address, account and API key: a gateway
     never goes beyond them), and each

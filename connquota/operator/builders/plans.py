@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from connquota.api.lease_record import FRESH_ANNOTATION, FreshCertificate
 from connquota.api.plan import PlanCredential, PodPlan
 from connquota.api.quota import ExchangeConnectionQuota, ExchangeConnectionQuotaSpec
 from connquota.operator import names
@@ -56,24 +57,26 @@ def build_plan_configmap(quota: ExchangeConnectionQuota, pod_plan: PodPlan) -> d
     return with_hash(body)
 
 
-def build_lease(quota: ExchangeConnectionQuota, ordinal: int) -> dict[str, Any]:
+def build_lease(
+    quota: ExchangeConnectionQuota, ordinal: int, certificate: FreshCertificate | None = None
+) -> dict[str, Any]:
     """The ordinal's Lease, created empty by the operator (gateways may only get/update it).
 
     RBAC cannot restrict `create` by resource name, so the operator creates every Lease a
     gateway may need and the gateway's Role grants get/update on exactly those names. The
-    operator never overwrites a Lease: the gateway owns its spec and report annotation.
+    operator never overwrites a Lease: the gateway owns its spec and its annotations. A Lease
+    created for an ordinal whose earlier pods left nothing that still counts carries the
+    operator's `certificate` (`connquota.io/fresh`): its first holder starts at once.
     """
     _, quota_name, _ = quota_ids(quota)
-    return {
-        "apiVersion": "coordination.k8s.io/v1",
-        "kind": "Lease",
-        "metadata": object_meta(
-            quota,
-            names.lease_name(quota_name, ordinal),
-            labels={names.LABEL_COMPONENT: "lease", names.LABEL_ORDINAL: str(ordinal)},
-        ),
-        "spec": {},
-    }
+    meta = object_meta(
+        quota,
+        names.lease_name(quota_name, ordinal),
+        labels={names.LABEL_COMPONENT: "lease", names.LABEL_ORDINAL: str(ordinal)},
+    )
+    if certificate is not None:
+        meta.setdefault("annotations", {})[FRESH_ANNOTATION] = certificate.model_dump_json()
+    return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": meta, "spec": {}}
 
 
 def build_ledger_configmap(quota: ExchangeConnectionQuota, ledger_text: str) -> dict[str, Any]:
