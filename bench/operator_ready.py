@@ -26,7 +26,14 @@ by the time scale (20: the 300-per-5-minutes attempt window lasts 15 s, 5 messag
 every limit. 1,000 streams at 200 per connection and headroom 1.0 are 5 connections; with 2
 connections per pod that is 3 pods, on a pool of 2 addresses (each run its own pool and addresses).
 
-    .venv/bin/python bench/operator_ready.py [--streams 1000] [--runs 1]
+    .venv/bin/python bench/operator_ready.py [--streams 1000] [--runs 1] [--time-scale 1]
+        [--faults [--steady-s 30]]
+
+`--time-scale 1` runs Binance's real limits (300 attempts per 5 minutes per IP: a gateway
+that had to wait one full hold would connect after about 5 min 12 s). `--faults` then counts
+Lease writes per gateway in steady state, deletes pod 0 gracefully, SIGKILLs the replacement's
+process and force-deletes its Pod (wiped state: the successor waits out the Lease), drops every
+connection at the mock, and prints how long streams were missing each time and the violations.
 """
 
 from __future__ import annotations
@@ -35,16 +42,18 @@ import argparse
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from kubernetes import client
+from kubernetes import client, watch
 
 from connquota.api.limits import LimitName
 from connquota.demo.scaling import scaled_profile
@@ -84,7 +93,8 @@ MILESTONES = [
 class MockThread(ThreadedMockExchange[MockExchange]):
     """The mock exchange served by its own event loop in a daemon thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, time_scale: float = TIME_SCALE) -> None:
+        self.time_scale = time_scale
         base = get_profile("binance-spot")
         per_conn = base.limit(LimitName.STREAMS_PER_CONNECTION)
         assert per_conn is not None
@@ -93,7 +103,7 @@ class MockThread(ThreadedMockExchange[MockExchange]):
                 base,
                 "127.0.0.1",
                 0,
-                time_scale=TIME_SCALE,
+                time_scale=time_scale,
                 rate_per_stream_hz=RATE_PER_STREAM_HZ,
                 limits=[per_conn.model_copy(update={"value": float(STREAMS_PER_CONNECTION)})],
             )
@@ -110,7 +120,7 @@ class MockThread(ThreadedMockExchange[MockExchange]):
 
     def exchange(self, domain: str) -> dict[str, Any]:
         """`spec.custom` of a quota pointing at the mock, durations in wall-clock seconds."""
-        profile = scaled_profile(self.mock.profile, TIME_SCALE, self.mock.url)
+        profile = scaled_profile(self.mock.profile, self.time_scale, self.mock.url)
         return custom_exchange(profile, domain)
 
 
@@ -278,10 +288,141 @@ def _run_once(plane: Any, api: Any, mock: MockThread, files: Path, run: int, str
     return 0 if ok else 1
 
 
+class LeaseWrites:
+    """Counts writes to the quota's gateway Leases (watch events), per Lease."""
+
+    def __init__(self, api: Any, ns: str) -> None:
+        self.coordination = client.CoordinationV1Api(api)
+        self.ns = ns
+        self.counts: dict[str, int] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        rv = self.coordination.list_namespaced_lease(self.ns).metadata.resource_version
+        while not self._stop.is_set():
+            w = watch.Watch()
+            with contextlib.suppress(Exception):
+                for ev in w.stream(
+                    self.coordination.list_namespaced_lease,
+                    self.ns,
+                    resource_version=rv,
+                    timeout_seconds=2,
+                ):
+                    obj = ev["object"]
+                    rv = obj.metadata.resource_version
+                    if ev["type"] == "MODIFIED":
+                        name = obj.metadata.name
+                        self.counts[name] = self.counts.get(name, 0) + 1
+                    if self._stop.is_set():
+                        break
+
+    def snapshot(self) -> dict[str, int]:
+        return dict(self.counts)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
+def _per_minute(before: dict[str, int], after: dict[str, int], seconds: float) -> str:
+    rates = [
+        (after.get(k, 0) - before.get(k, 0)) * 60 / seconds
+        for k in sorted(set(after) | set(before))
+    ]
+    return ", ".join(f"{r:.1f}" for r in rates) or "none"
+
+
+def _outage(mock: MockThread, ips: set[str], streams: int, action: Any, limit_s: float) -> str:
+    """Run `action`, then poll the mock every 50 ms until every stream is subscribed again
+    after having been missing; the first missing and the return, in seconds after `action`."""
+    started = time.monotonic()
+    action()
+    dipped = back = None
+    deadline = started + limit_s
+    while time.monotonic() < deadline:
+        _, subscribed = mock.connections_and_streams(ips)
+        now = time.monotonic() - started
+        if subscribed < streams and dipped is None:
+            dipped = now
+        if dipped is not None and subscribed >= streams:
+            back = now
+            break
+        time.sleep(0.05)
+    if dipped is None:
+        return "no stream missing"
+    if back is None:
+        return f"streams missing from {dipped:.2f} s, not back within {limit_s:.0f} s"
+    return f"streams missing from {dipped:.2f} s, all back at {back:.2f} s ({back - dipped:.2f} s)"
+
+
+def _faults(
+    plane: Any, api: Any, harness: Any, mock: MockThread, run: int, streams: int, steady_s: float
+) -> int:
+    """After Ready: Lease writes in steady state, a pod deleted gracefully, a pod SIGKILLed and
+    force-deleted (state wiped, successor waits out its Lease), a mass disconnect."""
+    ns, name = f"ready{run}", "big"
+    core = client.CoreV1Api(api)
+    first = 2 + ADDRESSES * run
+    ips = {f"127.0.0.{first + i}" for i in range(ADDRESSES)}
+    writes = LeaseWrites(api, ns)
+    try:
+        time.sleep(1.0)
+        before, t0 = writes.snapshot(), time.monotonic()
+        time.sleep(steady_s)
+        steady = _per_minute(before, writes.snapshot(), time.monotonic() - t0)
+        print(f"  Lease writes per gateway, steady state ({steady_s:.0f} s): {steady}")
+        pod = f"{name}-gw-0"
+
+        def delete() -> None:
+            core.delete_namespaced_pod(pod, ns)
+
+        print(f"  pod deleted gracefully: {_outage(mock, ips, streams, delete, 120)}")
+
+        def kill() -> None:
+            live = [r for r in harness.processes(ns, pod) if r.exited_at is None]
+            for r in live:
+                os.kill(r.pid, signal.SIGKILL)
+            core.delete_namespaced_pod(pod, ns, grace_period_seconds=0)
+
+        print(f"  pod SIGKILLed and force-deleted: {_outage(mock, ips, streams, kill, 120)}")
+        before, t0 = writes.snapshot(), time.monotonic()
+
+        def storm() -> None:
+            mock.call(mock.mock.disconnect(abrupt=True))
+
+        print(f"  mass disconnect (TCP dropped): {_outage(mock, ips, streams, storm, 120)}")
+        spent = time.monotonic() - t0
+        print(
+            f"  Lease writes per gateway, mass disconnect to full recovery ({spent:.1f} s): "
+            f"{_per_minute(before, writes.snapshot(), spent)}"
+        )
+    finally:
+        writes.stop()
+    violations = mock.violations()
+    print(f"  mock violations after the faults: {len(violations)}")
+    for v in violations[:5]:
+        print(f"    {json.dumps(v)[:300]}")
+    return 1 if violations else 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--streams", type=int, default=1000)
     parser.add_argument("--runs", type=int, default=1, help="quotas applied one after another")
+    parser.add_argument(
+        "--time-scale",
+        type=float,
+        default=TIME_SCALE,
+        help="every limit duration divided by this (1: Binance's real limits)",
+    )
+    parser.add_argument(
+        "--faults",
+        action="store_true",
+        help="after Ready: Lease writes, a pod deleted, a pod killed, a mass disconnect",
+    )
+    parser.add_argument("--steady-s", type=float, default=30.0)
     args = parser.parse_args()
     files = Path(tempfile.mkdtemp(prefix="bench-operator-ready-"))
     plane = start_control_plane(find_binaries(expected_bin_dir(REPO)))
@@ -299,7 +440,7 @@ def main() -> int:
             lease_renew_interval_s=2.0,
             node_status_interval_s=20.0,
         ).start()
-        mock = MockThread()
+        mock = MockThread(args.time_scale)
         for run in range(args.runs):  # each run's own addresses: the runs' fleets stay apart
             pool = yaml.safe_dump(_pool(f"bench-{run}", 2 + ADDRESSES * run))  # as _run_once
             plane.kubectl("apply", "--server-side", "-f", "-", input=pool)
@@ -332,6 +473,8 @@ def main() -> int:
         code = 0
         for run in range(args.runs):
             code |= _run_once(plane, api, mock, files, run, args.streams)
+            if args.faults:
+                code |= _faults(plane, api, harness, mock, run, args.streams, args.steady_s)
         if code:
             print(f"operator log: {log_path}; pod roots under {harness.work_dir}")
         return code
