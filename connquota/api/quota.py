@@ -300,6 +300,12 @@ class GatewaySpec(ApiModel):
         "a restart.",
     )
     podOverrides: PodOverrides | None = Field(default=None, description="Extra pod settings.")
+    maxUnavailable: Annotated[int, Field(ge=1, le=MAX_REPLICAS)] = Field(
+        default=1,
+        description="Most gateway pods down at once for a rollout of a new pod template (the "
+        "operator replaces outdated pods, highest ordinal first, only while at most this many "
+        "pods are unavailable) and for evictions (the PodDisruptionBudget's maxUnavailable).",
+    )
 
 
 class ExchangeConnectionQuotaSpec(ApiModel):
@@ -513,6 +519,29 @@ class UnservedSample(ApiModel):
     reason: Annotated[str, Field(max_length=256)]
 
 
+class RolloutStatus(ApiModel):
+    """Progress of the rollout of the gateway pod template (docs/operator.md, "Rollouts")."""
+
+    template: Annotated[str, Field(max_length=64)] = Field(
+        default="", description="The desired pod template (its connquota.io/template-hash)."
+    )
+    updated: Annotated[int, Field(ge=0)] = Field(
+        default=0, description="Pods running the desired template."
+    )
+    total: Annotated[int, Field(ge=0)] = Field(default=0, description="Pods the fleet has.")
+    currentPod: Annotated[str, Field(max_length=253)] | None = Field(
+        default=None, description="The pod being replaced, or the next one."
+    )
+    waitingFor: Annotated[str, Field(max_length=1024)] | None = Field(
+        default=None, description="What the rollout waits for before it replaces a pod."
+    )
+    recoverySeconds: Annotated[float, Field(ge=0)] | None = Field(
+        default=None,
+        description="Bound on how long the current pod's connections are down (break-before-"
+        "make: its successor reopens them within its own attempt slice).",
+    )
+
+
 class ExchangeConnectionQuotaStatus(ApiModel):
     """What the operator observed of a quota."""
 
@@ -521,8 +550,8 @@ class ExchangeConnectionQuotaStatus(ApiModel):
     )
     conditions: Annotated[list[Condition], Field(max_length=16)] = Field(
         default_factory=list,
-        description="Ready, Reconciling, Stalled, Degraded, CapacityExceeded, RateLimited "
-        "(one per type).",
+        description="Ready, Reconciling, Stalled, Degraded, CapacityExceeded, RateLimited, "
+        "EgressUnverified, RolledOut (one per type).",
         json_schema_extra=list_map("type"),
     )
     replicas: Annotated[int, Field(ge=0)] = Field(default=0, description="Gateway pods planned.")
@@ -555,6 +584,9 @@ class ExchangeConnectionQuotaStatus(ApiModel):
     )
     assumedLimits: Annotated[list[Annotated[str, Field(max_length=64)]], Field(max_length=32)] = (
         Field(default_factory=list, description="Limits whose value is assumed, not published.")
+    )
+    rollout: RolloutStatus | None = Field(
+        default=None, description="Progress of the rollout of the gateway pod template."
     )
 
 

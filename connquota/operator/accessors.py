@@ -70,3 +70,42 @@ def lease_report_text(lease: Obj) -> str | None:
 def pod_egress_label(pod: Obj) -> str | None:
     """A gateway pod's connquota.io/egress label."""
     return labels(pod).get(names.LABEL_EGRESS)
+
+
+def uid(obj: Obj) -> str:
+    """metadata.uid ("" when absent)."""
+    return str(_path(obj, "metadata", "uid") or "")
+
+
+def pod_ordinal(pod: Obj) -> int | None:
+    """The StatefulSet ordinal of a gateway pod (the suffix of its name), or None."""
+    text = str(_path(pod, "metadata", "name") or "").rsplit("-", 1)[-1]
+    return int(text) if text.isdigit() else None
+
+
+def pod_ready(pod: Obj) -> bool:
+    """Whether a pod's Ready condition is True."""
+    for cond in _path(pod, "status", "conditions") or []:
+        if isinstance(cond, Mapping) and cond.get("type") == "Ready":
+            return cond.get("status") == "True"
+    return False
+
+
+def pod_template_hash(pod: Obj) -> str | None:
+    """The connquota.io/template-hash annotation a gateway pod was created with."""
+    return object_annotations(pod).get(names.ANNOTATION_TEMPLATE_HASH)
+
+
+def lease_holder(lease: Obj) -> str:
+    """A Lease's spec.holderIdentity ("" when free)."""
+    return str(_path(lease, "spec", "holderIdentity") or "")
+
+
+def sts_observed(sts: Obj, applied_hash: str) -> bool:
+    """Whether a StatefulSet carries the body of `applied_hash` and its controller observed
+    that generation (its updateRevision is then the desired template)."""
+    if sts is None or object_annotations(sts).get(names.ANNOTATION_HASH) != applied_hash:
+        return False
+    generation = int(_path(sts, "metadata", "generation") or 0)
+    observed = int(_path(sts, "status", "observedGeneration") or 0)
+    return observed >= generation > 0

@@ -357,6 +357,29 @@ class KubeApi:
         self.forget(kind, namespace or "", name)
         return True
 
+    async def evict(self, namespace: str, name: str, uid: str) -> str:
+        """Evict a Pod through the Eviction API (so its PodDisruptionBudget decides), only if it
+        is still the Pod `uid`. Sent once, never retried here (the caller decides again on its
+        next pass). Returns "evicted", "gone" (404, or another Pod of that name: 409), or
+        "refused" (429: the PodDisruptionBudget allows no disruption now)."""
+        path = object_path("Pod", namespace, name) + "/eviction"
+        body = {
+            "apiVersion": "policy/v1",
+            "kind": "Eviction",
+            "metadata": {"name": name, "namespace": namespace},
+            "deleteOptions": {"preconditions": {"uid": uid}},
+        }
+        try:
+            await asyncio.to_thread(self._call, "POST", path, body=body)
+        except KubeError as exc:
+            if exc.status in (404, 409):
+                return "gone"
+            if exc.status == 429:
+                return "refused"
+            raise
+        metrics.OBJECT_WRITES.labels(kind="Pod/eviction").inc()
+        return "evicted"
+
     async def post_event(
         self,
         involved: dict[str, Any],

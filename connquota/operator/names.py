@@ -51,6 +51,9 @@ MANAGED_BY = "connquota-operator"
 ANNOTATION_HASH = "connquota.io/applied-hash"
 """Hash of the body the operator last wrote: equal hash, no write."""
 ANNOTATION_PLAN_GENERATION = "connquota.io/plan-generation"
+ANNOTATION_TEMPLATE_HASH = "connquota.io/template-hash"
+"""On the gateway pod template (so on every pod): a digest of the template without its
+placement-only parts; a pod whose value differs from the desired one is rolled out."""
 ANNOTATION_STATUS_HASH = "connquota.io/status-hash"
 ANNOTATION_PREFIX = GROUP
 """kopf's progress and diff-base annotations live under this prefix."""

@@ -72,6 +72,8 @@ class QuotaPass(ReconcilerBase):
         waiting: str | None = None
         reached = True
         retry: float | None = None
+        # (status.rollout, rolled out) once the fleet's pod template was looked at.
+        rolling: tuple[dict[str, Any], bool] | None = None
 
         # spec.paused: nothing is planned, published or scaled; the gateways keep enforcing
         # their last plan (so every limit still holds) and the status keeps being reported.
@@ -135,6 +137,25 @@ class QuotaPass(ReconcilerBase):
                     quota, qin, pool, state, reports, current_replicas, body
                 )
                 await self._label_pods(key, state)
+                rolling = await self._roll(
+                    quota,
+                    pool,
+                    state,
+                    reports,
+                    current_replicas,
+                    body,
+                    settled=reached and waiting is None and plan is None,
+                )
+        if rolling is None and quota is not None and not deleting and state.plans.published:
+            # Nothing may change now: show the rollout, replace nothing.
+            hold = (
+                "spec.paused"
+                if paused
+                else (problem.message if problem else "the pool's budgets to be divided")
+            )
+            rolling = await self._roll(
+                quota, pool, state, reports, current_replicas, body, settled=False, hold=hold
+            )
         if deleting and quota is not None:
             await self._scale_to_zero(quota, pool, state, current_replicas, body)
             current_replicas = 0
@@ -176,6 +197,8 @@ class QuotaPass(ReconcilerBase):
             desired_streams=len(prepared[1]) if prepared else 0,
             reports=reports,
             quarantines=quarantines,
+            rollout=rolling[0] if rolling else None,
+            rolled_out=rolling[1] if rolling else None,
             assumed_limits=[
                 f"{lim.name.value}/{lim.scope.value}"
                 for lim in (prepared[0].profile.limits if prepared else [])

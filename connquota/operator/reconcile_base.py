@@ -117,6 +117,19 @@ class ReconcilerBase:
 
         async def _label_pods(self, key: str, state: QuotaState) -> None: ...
 
+        async def _roll(
+            self,
+            quota: ExchangeConnectionQuota,
+            pool: ExchangeEgressPool,
+            state: QuotaState,
+            reports: Mapping[int, GatewayReport],
+            replicas: int,
+            body: dict[str, Any],
+            *,
+            settled: bool,
+            hold: str | None = None,
+        ) -> tuple[dict[str, Any], bool]: ...
+
         async def _write_status(
             self, body: dict[str, Any], state: QuotaState, obs: QuotaObservation
         ) -> None: ...

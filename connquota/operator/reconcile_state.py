@@ -89,6 +89,17 @@ class ReportMemory:
 
 
 @dataclass
+class RolloutMemory:
+    """What the rollout of the gateway pod template remembers between passes."""
+
+    evicted: dict[int, str] = field(default_factory=dict)
+    """ordinal -> uid of the pod this operator evicted (terminating until another uid shows)."""
+    holders: dict[int, tuple[str, str]] = field(default_factory=dict)
+    """ordinal -> (pod uid, Lease holder seen while that pod ran): a new pod's report counts
+    only once its Lease names a holder other than its predecessor's."""
+
+
+@dataclass
 class QuotaState:
     """What the operator remembers of one quota between reconciles, one memory per concern."""
 
@@ -98,6 +109,7 @@ class QuotaState:
     plans: PlanMemory = field(default_factory=PlanMemory)
     ledgers: LedgerMemory = field(default_factory=LedgerMemory)
     reporting: ReportMemory = field(default_factory=ReportMemory)
+    rollout: RolloutMemory = field(default_factory=RolloutMemory)
     peer_secret: bool = False
     """The gateways' peer-token Secret exists (created, or found, by this process)."""
 

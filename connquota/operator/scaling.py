@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from typing import Any
 
 from connquota.api.pool import ExchangeEgressPool
 from connquota.api.quota import ExchangeConnectionQuota
 from connquota.api.report import GatewayReport
-from connquota.operator import accessors, builders, names
+from connquota.operator import accessors, builders, names, rollout
 from connquota.operator.crash import crash_point
 from connquota.operator.planning import (
     QuotaInput,
@@ -18,6 +19,7 @@ from connquota.operator.reconcile_base import ReconcilerBase
 from connquota.operator.reconcile_state import (
     QuotaState,
     addresses_used,
+    owned_by,
 )
 
 log = logging.getLogger(__name__)
@@ -90,3 +92,143 @@ class Scaling(ReconcilerBase):
                 await self.api.merge_patch(
                     "Pod", ns, name, {"metadata": {"labels": {names.LABEL_EGRESS: wanted}}}
                 )
+
+    async def _roll(
+        self,
+        quota: ExchangeConnectionQuota,
+        pool: ExchangeEgressPool,
+        state: QuotaState,
+        reports: Mapping[int, GatewayReport],
+        replicas: int,
+        body: dict[str, Any],
+        *,
+        settled: bool,
+        hold: str | None = None,
+    ) -> tuple[dict[str, Any], bool]:
+        """Roll the gateway pod template out (see `connquota.operator.rollout`): evict the pods
+        the decision names, unless `hold` says why nothing may change now (paused, a problem).
+        Returns (`status.rollout`, whether every pod runs the template and is Ready)."""
+        key = state.key
+        ns, _ = key.split("/", 1)
+        desired = builders.build_statefulset(
+            quota, replicas, addresses_used(state, pool), pool.spec.addresses
+        )
+        template = desired["spec"]["template"]["metadata"]["annotations"][
+            names.ANNOTATION_TEMPLATE_HASH
+        ]
+        sts = self.sources.statefulset_of_quota(key)
+        fleet = rollout.FleetView(
+            template=template,
+            replicas=replicas,
+            statefulset_current=accessors.sts_observed(
+                sts, desired["metadata"]["annotations"][names.ANNOTATION_HASH]
+            ),
+            max_unavailable=quota.spec.gateway.maxUnavailable,
+            plan_settled=settled,
+            pod_prefix=f"{names.statefulset_name(quota.metadata.name or '')}-",
+        )
+        pods, uids = self._pod_views(state, body, reports)
+        decision = rollout.decide(fleet, pods)
+        if decision.replace and hold is None:
+            evicted = []
+            for ordinal in decision.replace:
+                pod = pods[ordinal]
+                outcome = await self.api.evict(ns, pod.name, uids[ordinal])
+                log.info(
+                    "quota %s: rollout: evict %s (template %s -> %s): %s",
+                    key,
+                    pod.name,
+                    pod.template,
+                    template,
+                    outcome,
+                    extra={"quota": key},
+                )
+                if outcome == "refused":
+                    decision = rollout.RolloutDecision(
+                        updated=decision.updated,
+                        total=decision.total,
+                        current=ordinal,
+                        waiting=f"the PodDisruptionBudget to allow evicting {pod.name}",
+                        rolled_out=False,
+                    )
+                    break
+                state.rollout.evicted[ordinal] = uids[ordinal]
+                evicted.append(pod.name)
+            if evicted:
+                await self._event(
+                    body,
+                    state,
+                    "RollingOut",
+                    f"replacing {', '.join(evicted)} with the new pod template "
+                    f"({decision.updated}/{decision.total} pods updated; break-before-make)",
+                )
+        elif decision.replace:
+            decision = rollout.RolloutDecision(
+                updated=decision.updated,
+                total=decision.total,
+                current=decision.current,
+                waiting=hold,
+                rolled_out=False,
+            )
+        current = decision.current
+        plan = state.plans.published.get(current) if current is not None else None
+        recovery = rollout.pod_recovery_s(plan)
+        out: dict[str, Any] = {
+            "template": template,
+            "updated": decision.updated,
+            "total": decision.total,
+        }
+        if current is not None and not decision.rolled_out:
+            out["currentPod"] = (
+                pods[current].name if current in pods else f"{fleet.pod_prefix}{current}"
+            )
+            if recovery is not None and math.isfinite(recovery):
+                out["recoverySeconds"] = round(recovery, 1)
+        if decision.waiting and not decision.rolled_out:
+            out["waitingFor"] = decision.waiting[:1024]
+        return out, decision.rolled_out
+
+    def _pod_views(
+        self, state: QuotaState, body: dict[str, Any], reports: Mapping[int, GatewayReport]
+    ) -> tuple[dict[int, rollout.PodView], dict[int, str]]:
+        """(ordinal -> PodView, ordinal -> pod uid) of the quota's pods, from the indexes.
+
+        A pod's report counts only when the Lease names a holder other than the one seen while
+        an older pod of that ordinal ran (a predecessor's last report is not the new pod's)."""
+        key = state.key
+        memory = state.rollout
+        holders: dict[int, str] = {}
+        quota_uid = body["metadata"].get("uid", "")
+        for lease in self.sources.leases_of_quota(key):
+            ordinal = accessors.lease_ordinal(lease)
+            if ordinal is not None and owned_by(lease, quota_uid):
+                holders[ordinal] = accessors.lease_holder(lease)
+        views: dict[int, rollout.PodView] = {}
+        uids: dict[int, str] = {}
+        for pod in self.sources.pods_of_quota(key):
+            ordinal = accessors.pod_ordinal(pod)
+            if ordinal is None:
+                continue
+            uid = accessors.uid(pod)
+            if memory.evicted.get(ordinal) not in (None, uid):
+                del memory.evicted[ordinal]  # its successor shows
+            holder = holders.get(ordinal, "")
+            seen = memory.holders.get(ordinal)
+            fresh = bool(holder) and (seen is None or seen[0] == uid or seen[1] != holder)
+            if fresh:
+                memory.holders[ordinal] = (uid, holder)
+            report = reports.get(ordinal) if fresh else None
+            plan = state.plans.published.get(ordinal)
+            views[ordinal] = rollout.PodView(
+                ordinal=ordinal,
+                name=pod["metadata"]["name"],
+                template=accessors.pod_template_hash(pod),
+                ready=accessors.pod_ready(pod),
+                terminating=accessors.deleting(pod) or memory.evicted.get(ordinal) == uid,
+                generation_wanted=plan.generation if plan is not None else 0,
+                generation_acked=report.planGeneration if report is not None else None,
+                streams_planned=sum(len(c.streams) for c in plan.connections) if plan else 0,
+                streams_live=report.streams if report is not None else 0,
+            )
+            uids[ordinal] = uid
+        return views, uids

@@ -63,6 +63,10 @@ class QuotaObservation:
     accounts: list[dict[str, Any]] = field(default_factory=list)
     api_keys: list[dict[str, Any]] = field(default_factory=list)
     assumed_limits: list[str] = field(default_factory=list)
+    rollout: dict[str, Any] | None = None
+    """`status.rollout` (connquota.operator.rollout), None when the fleet was not looked at."""
+    rolled_out: bool | None = None
+    """Every pod runs the desired pod template and is Ready (None: not looked at)."""
 
 
 def timestamp(now: dt.datetime) -> str:
@@ -146,7 +150,8 @@ def quota_status(
     # Ready means serving: every pod enforces the newest plan, is ready, and every planned
     # stream is subscribed upstream (a new fleet waits out its attempt window first).
     streams_live = live_streams >= planned_streams
-    converging = not (
+    rolling = obs.rolled_out is False
+    converging = rolling or not (
         acked
         and obs.target_generation_reached
         and obs.ready_replicas >= obs.replicas
@@ -172,6 +177,8 @@ def quota_status(
     elif converging:
         if obs.waiting:
             why = obs.waiting
+        elif rolling:
+            why = rollout_message(obs.rollout)
         elif not acked:
             why = "gateways have not acknowledged the plan yet"
         elif obs.ready_replicas < obs.replicas:
@@ -186,7 +193,7 @@ def quota_status(
         drop(ConditionType.RECONCILING)
 
     blocked = egress_problems(obs.reports, {EgressCheckState.MISMATCH, EgressCheckState.FAILED})
-    if plan is not None and obs.ready_replicas < obs.replicas and acked:
+    if plan is not None and obs.ready_replicas < obs.replicas and acked and not rolling:
         put(
             ConditionType.DEGRADED,
             True,
@@ -228,6 +235,18 @@ def quota_status(
         )
     else:
         drop(ConditionType.EGRESS_UNVERIFIED)
+
+    if obs.rolled_out is None:
+        drop(ConditionType.ROLLED_OUT)
+    elif rolling:
+        put(ConditionType.ROLLED_OUT, False, "RollingOut", rollout_message(obs.rollout))
+    else:
+        put(
+            ConditionType.ROLLED_OUT,
+            True,
+            "RolledOut",
+            "every gateway pod runs the current pod template and is Ready",
+        )
 
     ready = obs.problem is None and not converging and plan is not None
     if ready:
@@ -279,7 +298,23 @@ def quota_status(
         ],
         "assumedLimits": sorted(obs.assumed_limits),
     }
+    if obs.rollout is not None:
+        status["rollout"] = dict(obs.rollout)
     return validated(ExchangeConnectionQuotaStatus, status)
+
+
+def rollout_message(rollout: Mapping[str, Any] | None) -> str:
+    """'rolling out the pod template: 1/3 pods updated, pod X (waiting for ...)'."""
+    r = dict(rollout or {})
+    text = f"rolling out the gateway pod template: {r.get('updated', 0)}/{r.get('total', 0)} pods"
+    text += " updated"
+    if r.get("currentPod"):
+        text += f"; current pod {r['currentPod']}"
+    if r.get("recoverySeconds") is not None:
+        text += f" (its connections back within {r['recoverySeconds']}s)"
+    if r.get("waitingFor"):
+        text += f"; waiting for {r['waitingFor']}"
+    return text
 
 
 def validated(model: type[ApiModel], status: dict[str, Any]) -> dict[str, Any]:

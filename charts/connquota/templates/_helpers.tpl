@@ -139,6 +139,11 @@ namespace. */ -}}
 - apiGroups: [""]
   resources: [pods]
   verbs: [list, watch]
+# Rollouts of a new gateway pod template: the operator evicts outdated gateway pods one by one
+# through the Eviction API (so their PodDisruptionBudget decides), never deletes a pod.
+- apiGroups: [""]
+  resources: [pods/eviction]
+  verbs: [create]
 {{- if .Values.podLabelEgress }}
 # podLabel pools: the operator labels each gateway pod with its egress address.
 - apiGroups: [""]

@@ -20,6 +20,7 @@ from connquota.operator.builders.workload import (
     build_pod_disruption_budget,
     build_statefulset,
     pod_egress_label,
+    template_hash,
 )
 
 __all__ = [
@@ -39,5 +40,6 @@ __all__ = [
     "plan_credentials",
     "plan_json",
     "pod_egress_label",
+    "template_hash",
     "with_hash",
 ]

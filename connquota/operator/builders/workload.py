@@ -26,6 +26,7 @@ Choices (see docs/operator.md):
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -354,6 +355,12 @@ def build_statefulset(
     template_meta: dict[str, Any] = {"labels": pod_labels}
     if overrides and overrides.annotations:
         template_meta["annotations"] = dict(overrides.annotations)
+    template_meta["annotations"] = {
+        **template_meta.get("annotations", {}),
+        names.ANNOTATION_TEMPLATE_HASH: template_hash(
+            {"metadata": template_meta, "spec": pod_spec}
+        ),
+    }
     body = {
         "apiVersion": "apps/v1",
         "kind": "StatefulSet",
@@ -371,15 +378,37 @@ def build_statefulset(
     return with_hash(body)
 
 
+def template_hash(template: dict[str, Any]) -> str:
+    """A digest of a gateway pod template without its placement-only parts: the
+    `connquota.io/egress` label and the node affinity follow the addresses the plan uses, and a
+    rebalance that changes them must not replace pods (the operator labels each pod itself, and
+    a pod placed by an older affinity keeps serving: its gateway checks its egress before any
+    attempt). Any other change (image, resources, env, mounts, podOverrides) is rolled out."""
+    meta = dict(template.get("metadata") or {})
+    labels = dict(meta.get("labels") or {})
+    labels.pop(names.LABEL_EGRESS, None)
+    annotations = dict(meta.get("annotations") or {})
+    annotations.pop(names.ANNOTATION_TEMPLATE_HASH, None)
+    spec = dict(template.get("spec") or {})
+    spec.pop("affinity", None)
+    canonical = json.dumps(
+        {"labels": labels, "annotations": annotations, "spec": spec},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
 def build_pod_disruption_budget(quota: ExchangeConnectionQuota) -> dict[str, Any]:
-    """At most one gateway pod of `quota` voluntarily evicted at a time."""
+    """At most `gateway.maxUnavailable` (default 1) gateway pods of `quota` voluntarily evicted
+    at a time (the operator's own rollouts evict through it too)."""
     _, quota_name, _ = quota_ids(quota)
     body = {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
         "metadata": object_meta(quota, names.statefulset_name(quota_name)),
         "spec": {
-            "maxUnavailable": 1,
+            "maxUnavailable": quota.spec.gateway.maxUnavailable,
             "selector": {"matchLabels": names.selector_labels(quota_name)},
             "unhealthyPodEvictionPolicy": "AlwaysAllow",
         },

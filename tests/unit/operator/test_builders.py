@@ -216,7 +216,9 @@ def test_pod_overrides_are_merged_without_replacing_selector_labels() -> None:
     template = builders.build_statefulset(quota, 1, [])["spec"]["template"]
     assert template["metadata"]["labels"]["team"] == "mm"
     assert template["metadata"]["labels"][names.LABEL_QUOTA] == "md"
-    assert template["metadata"]["annotations"] == {"a": "b"}
+    annotations = dict(template["metadata"]["annotations"])
+    assert annotations.pop(names.ANNOTATION_TEMPLATE_HASH)
+    assert annotations == {"a": "b"}
     assert template["spec"]["nodeSelector"] == {"pool": "egress"}
     assert template["spec"]["tolerations"] == [{"key": "egress", "operator": "Exists"}]
     assert template["spec"]["priorityClassName"] == "high"

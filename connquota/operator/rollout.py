@@ -1,0 +1,231 @@
+"""Operator-driven rollouts of the gateway pod template: pure decisions, no I/O.
+
+The gateway StatefulSet uses `updateStrategy: OnDelete`, so a new pod template (image,
+resources, podOverrides, a pool edit that changes the mounted proxy Secrets) reaches a pod only
+when that pod is replaced. `decide` says which pods to replace now, or what the rollout waits
+for; the reconciler (`Scaling._roll`) evicts the pods it names (through the
+PodDisruptionBudget) and shows the decision in `status.rollout` and the `RolledOut` condition.
+
+Which template a pod runs: every pod template carries `connquota.io/template-hash`
+(`builders.template_hash`), a digest of the template without what the operator changes for
+placement only (the per-address egress label and the node affinity of `bind` addresses): a
+rebalance that moves connections between addresses changes those, and must not replace pods
+(I3). A pod is *outdated* when its annotation differs from the desired template's.
+
+The rules (docs/operator.md, "Rollouts"):
+
+- Nothing is replaced until the StatefulSet carries the desired template and its controller
+  observed it (a replaced pod must come back at the new template, not the old one).
+- A pod is *available* when it exists, is not terminating, is Ready, enforces the plan
+  generation published for its ordinal (its own report, not its predecessor's) and has every
+  stream of that plan live upstream.
+- Outdated pods are replaced highest ordinal first, as long as the pods unavailable (counting
+  the ones being replaced) stay within `maxUnavailable`: with the default 1, a pod is replaced
+  only when every other pod is available.
+- An outdated pod that is not Ready serves nothing: it is replaced at once, whatever the budget.
+- Otherwise a pod is replaced only while the plan is settled (no transition in progress), so a
+  rollout never races a slice moving between pods.
+- Break-before-make: the replaced pod closes its connections on SIGTERM; its successor (same
+  ordinal) makes no attempt before the predecessor's Lease is released or expired, and then
+  spends only its own slices, starting as if its whole attempt slice had just been used. The
+  successor's connections are back within the recovery bound `pod_recovery_s` reports.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+
+from connquota.api import timing
+from connquota.api.limits import LimitName, LimitScope
+from connquota.api.plan import PodPlan
+
+
+@dataclass(frozen=True)
+class PodView:
+    """What the rollout needs to know of one gateway pod."""
+
+    ordinal: int
+    name: str
+    template: str | None
+    """Its `connquota.io/template-hash` annotation (None: unknown, treated as outdated)."""
+    ready: bool = False
+    """Its Ready condition is True."""
+    terminating: bool = False
+    """Deletion requested (deletionTimestamp set, or evicted by this operator)."""
+    generation_wanted: int = 0
+    """The plan generation published for its ordinal."""
+    generation_acked: int | None = None
+    """The plan generation its own gateway process reports enforcing (None: no report of this
+    pod's process yet; a predecessor's report does not count)."""
+    streams_planned: int = 0
+    streams_live: int = 0
+
+    @property
+    def acked(self) -> bool:
+        return self.generation_acked is not None and self.generation_acked >= self.generation_wanted
+
+    @property
+    def available(self) -> bool:
+        return (
+            not self.terminating
+            and self.ready
+            and self.acked
+            and self.streams_live >= self.streams_planned
+        )
+
+    def waits_for(self) -> str:
+        """Why the pod is not available (empty when it is)."""
+        if self.terminating:
+            return f"pod {self.name} to terminate"
+        if not self.ready:
+            return f"pod {self.name} to become Ready"
+        if not self.acked:
+            return f"pod {self.name} to enforce plan generation {self.generation_wanted}"
+        if self.streams_live < self.streams_planned:
+            return (
+                f"pod {self.name} to serve its streams "
+                f"({self.streams_live}/{self.streams_planned} live)"
+            )
+        return ""
+
+
+@dataclass(frozen=True)
+class FleetView:
+    """The StatefulSet side of a rollout."""
+
+    template: str
+    """The desired template hash (what the operator builds now)."""
+    replicas: int
+    """Pods 0..replicas-1 are rolled; pods above are being scaled away."""
+    statefulset_current: bool
+    """The StatefulSet carries the desired template and its controller observed it."""
+    max_unavailable: int = 1
+    plan_settled: bool = True
+    """No plan transition in progress (every step towards the target published)."""
+    pod_prefix: str = ""
+    """Pod names are `<pod_prefix><ordinal>` (names the missing ones in messages)."""
+
+
+@dataclass(frozen=True)
+class RolloutDecision:
+    """What to do now, and what the status shows."""
+
+    replace: tuple[int, ...] = ()
+    """Ordinals to evict now (highest first)."""
+    updated: int = 0
+    """Pods (of 0..replicas-1) that run the desired template and are not terminating."""
+    total: int = 0
+    current: int | None = None
+    """The pod being replaced (or the next one to be), None when nothing is rolling."""
+    waiting: str | None = None
+    """What the rollout waits for (None when it replaces pods now or is done)."""
+    rolled_out: bool = True
+    """Every pod runs the desired template and is Ready."""
+    outdated: tuple[int, ...] = field(default=())
+
+
+def decide(fleet: FleetView, pods: Mapping[int, PodView]) -> RolloutDecision:
+    """The next step of the rollout of `fleet` given its `pods` (by ordinal)."""
+    total = fleet.replicas
+    if total <= 0:
+        return RolloutDecision()
+    ordinals = range(total)
+
+    def name(o: int) -> str:
+        pod = pods.get(o)
+        return pod.name if pod is not None else f"{fleet.pod_prefix}{o}"
+
+    missing = [o for o in ordinals if o not in pods]
+    present = [pods[o] for o in ordinals if o in pods]
+    outdated = sorted(
+        (p.ordinal for p in present if not p.terminating and p.template != fleet.template),
+        reverse=True,
+    )
+    updated = sum(1 for p in present if not p.terminating and p.template == fleet.template)
+    # Pods not available: the ones being replaced, missing, starting, not yet serving.
+    unavailable = set(missing) | {p.ordinal for p in present if not p.available}
+    if not outdated:
+        not_ready = [o for o in ordinals if o in unavailable and not _ready(pods.get(o))]
+        if not not_ready:
+            return RolloutDecision(updated=updated, total=total)
+        first = not_ready[-1]
+        why = pods[first].waits_for() if first in pods else f"pod {name(first)} to be created"
+        return RolloutDecision(
+            updated=updated, total=total, current=first, waiting=why, rolled_out=False
+        )
+    base = RolloutDecision(updated=updated, total=total, rolled_out=False, outdated=tuple(outdated))
+    if not fleet.statefulset_current:
+        return replace(
+            base,
+            current=outdated[0],
+            waiting="the StatefulSet controller to take the new pod template",
+        )
+    # Outdated pods that are not Ready serve nothing: replacing them costs no availability.
+    broken = [o for o in outdated if not pods[o].ready]
+    chosen = list(broken)
+    budget_used = unavailable - set(broken)
+    blocked: str | None = None
+    for o in outdated:
+        if o in broken:
+            continue
+        if not fleet.plan_settled:
+            blocked = "the plan transition to finish"
+            break
+        if len(budget_used | {o}) > fleet.max_unavailable:
+            # Highest first, but a lower pod that is already unavailable still fits.
+            if blocked is None:
+                others = sorted(budget_used - {o}, reverse=True)
+                blocked = _why(pods, others[0], name(others[0]))
+            continue
+        chosen.append(o)
+        budget_used.add(o)
+    if chosen:
+        ordered = tuple(sorted(chosen, reverse=True))
+        return replace(base, replace=ordered, current=ordered[0])
+    # Nothing to replace now: the pod in flight (being replaced, or starting) is the current one.
+    in_flight = sorted(unavailable - set(outdated), reverse=True)
+    current = in_flight[0] if in_flight else outdated[0]
+    return replace(base, current=current, waiting=blocked)
+
+
+def _ready(pod: PodView | None) -> bool:
+    return pod is not None and pod.ready and not pod.terminating
+
+
+def _why(pods: Mapping[int, PodView], ordinal: int, name: str) -> str:
+    pod = pods.get(ordinal)
+    return pod.waits_for() if pod is not None else f"pod {name} to be created"
+
+
+def pod_recovery_s(plan: PodPlan | None) -> float | None:
+    """Upper bound, in seconds, on how long a replaced pod's successor takes to reopen every
+    connection of `plan` (break-before-make): it starts as if its whole attempt slice had just
+    been used (one attempt hold), then reopens ceil(N / R) batches per address, each held for
+    the attempt hold (the planner's per-address recovery bound, for this pod alone). None when
+    the pod holds no connection; inf when it has no attempt slice on an address it uses."""
+    if plan is None or not plan.connections:
+        return None
+    per_address: dict[str, int] = {}
+    for conn in plan.connections:
+        per_address[conn.address] = per_address.get(conn.address, 0) + 1
+    worst = 0.0
+    for address, count in per_address.items():
+        slice_ = plan.slice(LimitName.CONNECTION_ATTEMPTS, LimitScope.IP, address)
+        if slice_ is None or slice_.windowSeconds is None:
+            continue  # the exchange counts no attempts on this address: nothing to wait for
+        hold_s = timing.attempt_hold_s(
+            slice_.windowSeconds, plan.profile.connectTimeoutSeconds, plan.windowMarginSeconds
+        )
+        worst = max(worst, hold_s + timing.recovery_s(count, slice_.value, hold_s))
+    return worst
+
+
+def summary(decision: RolloutDecision, names: Sequence[str] = ()) -> str:
+    """One line for Events and logs."""
+    head = f"{decision.updated}/{decision.total} pods updated"
+    if decision.replace:
+        return f"{head}; replacing {', '.join(names) or decision.replace}"
+    if decision.waiting:
+        return f"{head}; waiting for {decision.waiting}"
+    return head

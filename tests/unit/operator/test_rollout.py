@@ -1,0 +1,248 @@
+"""Rollouts of the gateway pod template: which pod is replaced when, and what the status says."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+
+import pytest
+from operator_factories import make_pod_plan, make_quota
+
+from connquota.api.limits import LimitName, LimitScope, LimitShape
+from connquota.api.plan import Slice
+from connquota.api.timing import attempt_hold_s
+from connquota.operator import builders, names
+from connquota.operator.rollout import FleetView, PodView, RolloutDecision, decide, pod_recovery_s
+from connquota.operator.status import QuotaObservation, quota_status
+
+NEW, OLD = "new", "old"
+
+
+def pod(ordinal: int, template: str = OLD, **changes: object) -> PodView:
+    """A pod that is Ready, enforces generation 3 and serves its two streams."""
+    fields: dict[str, object] = {
+        "ordinal": ordinal,
+        "name": f"md-gw-{ordinal}",
+        "template": template,
+        "ready": True,
+        "generation_wanted": 3,
+        "generation_acked": 3,
+        "streams_planned": 2,
+        "streams_live": 2,
+    }
+    fields.update(changes)
+    return PodView(**fields)  # type: ignore[arg-type]
+
+
+def fleet(replicas: int = 3, **changes: object) -> FleetView:
+    fields: dict[str, object] = {
+        "template": NEW,
+        "replicas": replicas,
+        "statefulset_current": True,
+        "pod_prefix": "md-gw-",
+    }
+    fields.update(changes)
+    return FleetView(**fields)  # type: ignore[arg-type]
+
+
+def pods(*views: PodView) -> dict[int, PodView]:
+    return {p.ordinal: p for p in views}
+
+
+def test_a_fleet_on_the_desired_template_is_rolled_out_and_replaces_nothing() -> None:
+    decision = decide(fleet(), pods(pod(0, NEW), pod(1, NEW), pod(2, NEW)))
+    assert decision == RolloutDecision(updated=3, total=3)
+    assert decision.rolled_out and not decision.replace and decision.waiting is None
+
+
+def test_a_template_change_replaces_the_highest_ordinal_first_one_at_a_time() -> None:
+    decision = decide(fleet(), pods(pod(0), pod(1), pod(2)))
+    assert decision.replace == (2,)
+    assert decision.current == 2
+    assert (decision.updated, decision.total, decision.rolled_out) == (0, 3, False)
+
+
+def test_nothing_is_replaced_before_the_statefulset_controller_has_the_new_template() -> None:
+    decision = decide(fleet(statefulset_current=False), pods(pod(0), pod(1)))
+    assert decision.replace == ()
+    assert decision.waiting == "the StatefulSet controller to take the new pod template"
+    assert not decision.rolled_out
+
+
+def test_the_replaced_pod_is_waited_for_until_it_terminates() -> None:
+    decision = decide(fleet(), pods(pod(0), pod(1), pod(2, terminating=True)))
+    assert decision.replace == ()
+    assert decision.current == 2
+    assert decision.waiting == "pod md-gw-2 to terminate"
+
+
+def test_its_successor_is_waited_for_until_created_ready_acknowledged_and_serving() -> None:
+    base = pods(pod(0), pod(1))
+    steps = [
+        ({}, "pod md-gw-2 to be created"),
+        ({2: pod(2, NEW, ready=False)}, "pod md-gw-2 to become Ready"),
+        (
+            {2: pod(2, NEW, generation_acked=None)},
+            "pod md-gw-2 to enforce plan generation 3",
+        ),
+        ({2: pod(2, NEW, generation_acked=2)}, "pod md-gw-2 to enforce plan generation 3"),
+        ({2: pod(2, NEW, streams_live=1)}, "pod md-gw-2 to serve its streams (1/2 live)"),
+    ]
+    for extra, waiting in steps:
+        decision = decide(fleet(), {**base, **extra})
+        assert decision.replace == (), waiting
+        assert decision.waiting == waiting
+        assert decision.current == 2
+        assert decision.updated == (1 if extra else 0)
+    decision = decide(fleet(), {**base, 2: pod(2, NEW)})
+    assert decision.replace == (1,)
+    assert decision.updated == 1
+
+
+def test_a_lower_pod_that_is_not_serving_blocks_the_rollout() -> None:
+    decision = decide(fleet(), pods(pod(0, NEW, streams_live=0), pod(1), pod(2)))
+    assert decision.replace == ()
+    assert decision.waiting == "pod md-gw-0 to serve its streams (0/2 live)"
+
+
+def test_an_outdated_pod_that_is_already_unavailable_is_replaced_before_a_higher_one() -> None:
+    # Pod 1 has not acknowledged its plan: replacing it costs no further availability, while
+    # replacing pod 2 would make two pods unavailable at once.
+    decision = decide(fleet(), pods(pod(0), pod(1, generation_acked=2), pod(2)))
+    assert decision.replace == (1,)
+
+
+def test_outdated_pods_that_are_not_ready_are_replaced_at_once_whatever_the_budget() -> None:
+    # Pod 0 is still starting (new template); pods 1 and 2 run a broken old template.
+    decision = decide(
+        fleet(), pods(pod(0, NEW, ready=False), pod(1, ready=False), pod(2, ready=False))
+    )
+    assert decision.replace == (2, 1)
+
+
+def test_max_unavailable_replaces_that_many_pods_at_once() -> None:
+    views = pods(pod(0), pod(1), pod(2), pod(3))
+    assert decide(fleet(4, max_unavailable=2), views).replace == (3, 2)
+    assert decide(fleet(4, max_unavailable=10), views).replace == (3, 2, 1, 0)
+    # One already in flight leaves room for one more.
+    views[3] = pod(3, terminating=True)
+    assert decide(fleet(4, max_unavailable=2), views).replace == (2,)
+
+
+def test_no_pod_is_replaced_while_the_plan_is_in_transition_unless_it_is_broken() -> None:
+    decision = decide(fleet(plan_settled=False), pods(pod(0), pod(1)))
+    assert decision.replace == ()
+    assert decision.waiting == "the plan transition to finish"
+    decision = decide(fleet(plan_settled=False), pods(pod(0), pod(1, ready=False)))
+    assert decision.replace == (1,)
+
+
+def test_pods_above_the_replicas_are_left_to_the_scale_down() -> None:
+    decision = decide(fleet(2), pods(pod(0, NEW), pod(1, NEW), pod(2), pod(3, terminating=True)))
+    assert decision.rolled_out and decision.replace == () and decision.total == 2
+
+
+def test_a_pod_without_a_template_hash_is_outdated() -> None:
+    assert decide(fleet(1), pods(pod(0, None))).replace == (0,)
+
+
+def test_rolled_out_needs_every_pod_ready_on_the_new_template() -> None:
+    decision = decide(fleet(2), pods(pod(0, NEW), pod(1, NEW, ready=False)))
+    assert not decision.rolled_out
+    assert decision.waiting == "pod md-gw-1 to become Ready"
+    # Ready is enough to be rolled out: acknowledgements and live streams are Ready's business.
+    decision = decide(fleet(2), pods(pod(0, NEW), pod(1, NEW, streams_live=0)))
+    assert decision.rolled_out
+    assert decide(fleet(0), {}).rolled_out
+
+
+def test_recovery_bound_of_a_replaced_pod_is_a_blind_hold_plus_its_batches() -> None:
+    plan = make_pod_plan(0)
+    assert pod_recovery_s(None) is None
+    assert pod_recovery_s(plan.model_copy(update={"connections": []})) is None
+    assert pod_recovery_s(plan) == 0.0  # no attempt slice on a1: the exchange counts none
+    conns = [c.model_copy(update={"id": f"c{i}"}) for i in range(5) for c in plan.connections]
+    attempts = Slice(
+        limit=LimitName.CONNECTION_ATTEMPTS,
+        scope=LimitScope.IP,
+        key="a1",
+        value=2,
+        shape=LimitShape.SLIDING_WINDOW,
+        windowSeconds=300,
+    )
+    plan = plan.model_copy(update={"connections": conns, "slices": [attempts]})
+    hold = attempt_hold_s(300, plan.profile.connectTimeoutSeconds, plan.windowMarginSeconds)
+    assert pod_recovery_s(plan) == pytest.approx(hold + 3 * hold)
+    starved = plan.model_copy(update={"slices": [attempts.model_copy(update={"value": 0})]})
+    assert pod_recovery_s(starved) == math.inf
+
+
+def test_the_template_hash_ignores_placement_only_parts_and_follows_everything_else() -> None:
+    quota = make_quota()
+    pool = builders.build_statefulset(quota, 2, [])
+
+    def hash_of(sts: dict) -> str:
+        return sts["spec"]["template"]["metadata"]["annotations"][names.ANNOTATION_TEMPLATE_HASH]
+
+    from operator_factories import POOL
+
+    from connquota.api.pool import ExchangeEgressPool
+
+    addresses = ExchangeEgressPool.model_validate(POOL).spec.addresses
+    bind = [a for a in addresses if a.name == "a1"]
+    label = [a for a in addresses if a.name == "l1"]
+    placed = builders.build_statefulset(quota, 3, bind)
+    labelled = builders.build_statefulset(quota, 3, label)
+    assert "affinity" in placed["spec"]["template"]["spec"]
+    assert names.LABEL_EGRESS in labelled["spec"]["template"]["metadata"]["labels"]
+    assert hash_of(pool) == hash_of(placed) == hash_of(labelled)
+    for change in (
+        {"image": "connquota/gateway:0.2.0"},
+        {"resources": {"requests": {"cpu": "200m"}}},
+        {"podOverrides": {"annotations": {"rollout": "2"}}},
+        {"lastValueCache": True},
+    ):
+        changed = make_quota(gateway=change)
+        assert hash_of(builders.build_statefulset(changed, 2, [])) != hash_of(pool), change
+    # Proxy Secrets mounted from the pool are part of the template.
+    assert hash_of(builders.build_statefulset(quota, 2, [], addresses)) == hash_of(pool)
+
+
+def test_pdb_follows_max_unavailable() -> None:
+    assert builders.build_pod_disruption_budget(make_quota())["spec"]["maxUnavailable"] == 1
+    quota = make_quota(gateway={"maxUnavailable": 2})
+    assert builders.build_pod_disruption_budget(quota)["spec"]["maxUnavailable"] == 2
+
+
+def test_status_shows_rollout_progress_and_the_rolled_out_condition() -> None:
+    now = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
+    rolling = {
+        "template": NEW,
+        "updated": 1,
+        "total": 3,
+        "currentPod": "md-gw-1",
+        "waitingFor": "pod md-gw-2 to become Ready",
+        "recoverySeconds": 12.5,
+    }
+    obs = QuotaObservation(generation=2, rollout=rolling, rolled_out=False)
+    status = quota_status(None, obs, now)
+    assert status["rollout"] == rolling
+    cond = {c["type"]: c for c in status["conditions"]}
+    assert cond["RolledOut"]["status"] == "False"
+    assert cond["RolledOut"]["reason"] == "RollingOut"
+    assert "1/3 pods updated" in cond["RolledOut"]["message"]
+    assert "md-gw-1" in cond["RolledOut"]["message"]
+    assert "12.5s" in cond["RolledOut"]["message"]
+    assert cond["Reconciling"]["status"] == "True"
+    assert cond["Ready"]["status"] == "False"
+    assert "Degraded" not in cond  # a planned replacement is not a degradation
+    done = QuotaObservation(
+        generation=2, rollout={"template": NEW, "updated": 3, "total": 3}, rolled_out=True
+    )
+    status = quota_status(status, done, now)
+    cond = {c["type"]: c for c in status["conditions"]}
+    assert cond["RolledOut"]["status"] == "True"
+    assert cond["RolledOut"]["reason"] == "RolledOut"
+    # Not looked at (e.g. deleting): no condition.
+    status = quota_status(status, QuotaObservation(generation=2), now)
+    assert "RolledOut" not in {c["type"] for c in status["conditions"]}
