@@ -140,3 +140,52 @@ def test_a_quarantined_address_gets_no_share_so_the_plan_uses_the_other_addresse
     assert not any(s.key == "a1" and s.value > 0 for p in after.pods for s in p.slices)
     served = sorted(s for p in after.pods for c in p.connections for s in c.streams)
     assert served == sorted(f"s{i}@trade" for i in range(8))
+
+
+def test_fresh_certificates_only_for_ordinals_whose_rate_use_is_over(
+    pool: ExchangeEgressPool,
+) -> None:
+    """A new Lease is certified fresh only when the ledger has seen the quota from its start
+    (or longer than the longest rate memory) and the ordinal holds no rate slice that may still
+    be enforced or still count."""
+    margin = 1.0
+    target = _plan(1, _pod(0, 1, 4), _pod(1, 1, 4), _pod(2, 1, 4))
+    memory = ledgers.longest_memory_s(target, margin)
+    assert memory >= 300 + margin  # binance-spot: the 5-minute attempt window and more
+    new = QuotaLedger(quota="trading/md", since=0.0)
+    assert ledgers.fresh_ordinals(new, target, now=10.0, wall_now=1e9, margin_s=margin) == {
+        0,
+        1,
+        2,
+    }
+    # A ledger rebuilt while pods may run (since = now) vouches for nothing until every rate
+    # memory it could not see has passed; one written before `since` existed neither.
+    rebuilt = new.model_copy(update={"since": 1e9})
+    assert ledgers.fresh_ordinals(rebuilt, target, 10.0, 1e9 + memory - 1, margin) == set()
+    assert ledgers.fresh_ordinals(rebuilt, target, 10.0, 1e9 + memory, margin) == {0, 1, 2}
+    unknown = new.model_copy(update={"since": None})
+    assert ledgers.fresh_ordinals(unknown, target, 10.0, 1e9, margin) == set()
+    # Ordinals 0 and 1 hold rate slices (unacknowledged generation 1): not fresh; 2 is new.
+    held = record_publication(new, _plan(1, _pod(0, 1, 4), _pod(1, 1, 4)), pool.spec)
+    grown = _plan(2, _pod(0, 2, 4), _pod(1, 2, 4), _pod(2, 2, 4))
+    assert ledgers.fresh_ordinals(held, grown, 10.0, 1e9, margin) == {2}
+    # Ordinal 1 scaled away: its release counts until its memory + margin is over.
+    shrunk = record_publication(held, _plan(2, _pod(0, 2, 4)), pool.spec)
+    shrunk = planning.record_ack(shrunk, 1, 2, at=20.0, margin_s=margin)
+    release = next(r for r in shrunk.releases if r.slice.ordinal == 1)
+    back = _plan(3, _pod(0, 3, 4), _pod(1, 3, 4))
+    assert ledgers.fresh_ordinals(shrunk, back, release.until - 0.1, 1e9, margin) == set()
+    assert ledgers.fresh_ordinals(shrunk, back, release.until, 1e9, margin) == {1}
+
+
+def test_the_operator_writes_the_certificate_on_the_lease_it_creates() -> None:
+    from connquota.api.lease_record import FRESH_ANNOTATION, FreshCertificate, parse_certificate
+    from connquota.operator import builders
+
+    quota = make_quota()
+    plain = builders.build_lease(quota, 0)
+    assert FRESH_ANNOTATION not in (plain["metadata"].get("annotations") or {})
+    cert = FreshCertificate(issuedAt=1e9, generation=3)
+    lease = builders.build_lease(quota, 0, cert)
+    assert parse_certificate(lease["metadata"]["annotations"][FRESH_ANNOTATION]) == cert
+    assert lease["spec"] == {}
