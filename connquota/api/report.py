@@ -78,6 +78,11 @@ class GatewayReport(ApiModel):
     """What a gateway pod tells the operator: written only on change, at most every few seconds."""
 
     formatVersion: int = FORMAT_VERSION
+    planFormats: list[int] = Field(
+        default_factory=lambda: [1],
+        description="The plan formatVersions this gateway reads: the operator publishes no other "
+        "until the pod is replaced (reports without the field: format 1 only).",
+    )
     quota: QuotaRef
     pod: str
     ordinal: Annotated[int, Field(ge=0)]

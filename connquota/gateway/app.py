@@ -22,7 +22,7 @@ from typing import Any, Protocol
 
 from aiohttp import web
 
-from connquota.api.plan import QuotaRef
+from connquota.api.plan import FORMAT_VERSION, QuotaRef
 from connquota.api.report import GatewayReport
 from connquota.gateway.attempt_log import AttemptLogFile, read_boot_id
 from connquota.gateway.clock import SystemClock
@@ -163,6 +163,7 @@ class Gateway:
             else QuotaRef(namespace=self.settings.namespace or "-", name=self.settings.quota or "-")
         )
         return GatewayReport(
+            planFormats=[FORMAT_VERSION],
             quota=quota,
             pod=self.settings.pod,
             ordinal=self.settings.ordinal,

@@ -41,12 +41,12 @@ def parse_plan(text: str, ordinal: int) -> PodPlan:
         raise PlanError(f"unknown plan formatVersion {version!r} (this gateway: {FORMAT_VERSION})")
     try:
         if "pods" in doc:
-            quota_plan = QuotaPlan.model_validate(doc)
+            quota_plan = QuotaPlan.model_validate(doc, extra="ignore")
             for pod in quota_plan.pods:
                 if pod.ordinal == ordinal:
                     return pod
             raise PlanError(f"the quota plan has no pod with ordinal {ordinal}")
-        plan = PodPlan.model_validate(doc)
+        plan = PodPlan.model_validate(doc, extra="ignore")
     except ValidationError as exc:
         raise PlanError(f"plan does not validate: {exc.error_count()} errors") from None
     if plan.ordinal != ordinal:

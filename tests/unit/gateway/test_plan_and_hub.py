@@ -6,11 +6,14 @@ import asyncio
 import json
 import random
 
+import pytest
+
 from connquota.api.plan import QuotaPlan
+from connquota.api.report import GatewayReport
 from connquota.gateway.egress import address_matches, parse_echo
 from connquota.gateway.hub import SLOW_CONSUMER_DROP, StreamHub
 from connquota.gateway.lease import FileLease
-from connquota.gateway.plan_source import NewerPlans, parse_plan
+from connquota.gateway.plan_source import NewerPlans, PlanError, parse_plan
 from connquota.gateway.upstream import backoff_delay_s, retry_after_s
 from connquota.testing.gateway_plans import connections, pod_plan, small_profile
 
@@ -231,3 +234,25 @@ def test_frames_closer_than_the_direct_gap_queue_to_leave_in_one_batch() -> None
     consumer.offer(b"x", 5.0)
     consumer.offer(b"y", 5.0 + DIRECT_GAP_S / 2)
     assert written == [b"x"] and list(consumer.frames) == [b"y"]
+
+
+def test_an_older_gateway_reads_a_newer_operators_plan_of_the_same_format():
+    """The plan format rule: within one formatVersion, new fields are optional and a gateway
+    that does not know them ignores them (at every depth); a new formatVersion is refused and
+    the last good plan stays (the operator publishes one only when every running pod reports
+    that it reads it: GatewayReport.planFormats)."""
+    plan = pod_plan(small_profile(attempts=5, attempt_window_s=10), connections(1, 1))
+    doc = json.loads(plan.model_dump_json())
+    doc["rolloutHint"] = {"maxSurge": 1}  # fields a newer operator might add
+    doc["profile"]["limits"][0]["confidenceNote"] = "secondary"
+    doc["slices"][0]["burstSeconds"] = 2
+    doc["connections"][0]["priority"] = 3
+    assert parse_plan(json.dumps(doc), plan.ordinal) == plan
+    doc["formatVersion"] = 2
+    with pytest.raises(PlanError, match="unknown plan formatVersion 2"):
+        parse_plan(json.dumps(doc), plan.ordinal)
+    # Reports from gateways written before `planFormats` existed read format 1 only.
+    old = GatewayReport(
+        quota=plan.quota, pod="p-0", ordinal=0, bootId="b", planGeneration=1
+    ).model_dump(exclude={"planFormats"})
+    assert GatewayReport.model_validate(old).planFormats == [1]
