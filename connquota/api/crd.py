@@ -93,6 +93,13 @@ QUOTA_CRD = CrdSpec(
             "jsonPath": ".status.replicas",
             "description": "Gateway pods planned.",
         },
+        {
+            "name": "Updated",
+            "type": "integer",
+            "jsonPath": ".status.rollout.updated",
+            "description": "Gateway pods running the current pod template (rollouts).",
+            "priority": 1,
+        },
         _READY,
         _AGE,
     ],

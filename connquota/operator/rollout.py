@@ -198,6 +198,26 @@ def _why(pods: Mapping[int, PodView], ordinal: int, name: str) -> str:
     return pod.waits_for() if pod is not None else f"pod {name} to be created"
 
 
+Holder = tuple[str, str]
+"""(pod uid, Lease holder identity) seen together."""
+
+
+def own_report(seen: Holder | None, uid: str, holder: str) -> tuple[bool, Holder | None]:
+    """Whether the report on an ordinal's Lease is the pod `uid`'s own, given the Lease's
+    `holder` now and what was `seen` before; returns it with what to remember.
+
+    The predecessor's last report stays on the Lease until its successor (a new pod, a new
+    uid) takes the Lease and writes its own, so a new pod's report counts only once the Lease
+    names a holder other than the one seen while an older pod of the ordinal ran. A free Lease
+    (no holder) carries nobody's current report. With nothing seen (a restarted operator),
+    the holder is trusted."""
+    if not holder:
+        return False, seen
+    if seen is None or seen[0] == uid or seen[1] != holder:
+        return True, (uid, holder)
+    return False, seen
+
+
 def pod_recovery_s(plan: PodPlan | None) -> float | None:
     """Upper bound, in seconds, on how long a replaced pod's successor takes to reopen every
     connection of `plan` (break-before-make): it starts as if its whole attempt slice had just

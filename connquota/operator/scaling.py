@@ -212,11 +212,11 @@ class Scaling(ReconcilerBase):
             uid = accessors.uid(pod)
             if memory.evicted.get(ordinal) not in (None, uid):
                 del memory.evicted[ordinal]  # its successor shows
-            holder = holders.get(ordinal, "")
-            seen = memory.holders.get(ordinal)
-            fresh = bool(holder) and (seen is None or seen[0] == uid or seen[1] != holder)
-            if fresh:
-                memory.holders[ordinal] = (uid, holder)
+            fresh, seen = rollout.own_report(
+                memory.holders.get(ordinal), uid, holders.get(ordinal, "")
+            )
+            if seen is not None:
+                memory.holders[ordinal] = seen
             report = reports.get(ordinal) if fresh else None
             plan = state.plans.published.get(ordinal)
             views[ordinal] = rollout.PodView(

@@ -12,7 +12,14 @@ from connquota.api.limits import LimitName, LimitScope, LimitShape
 from connquota.api.plan import Slice
 from connquota.api.timing import attempt_hold_s
 from connquota.operator import builders, names
-from connquota.operator.rollout import FleetView, PodView, RolloutDecision, decide, pod_recovery_s
+from connquota.operator.rollout import (
+    FleetView,
+    PodView,
+    RolloutDecision,
+    decide,
+    own_report,
+    pod_recovery_s,
+)
 from connquota.operator.status import QuotaObservation, quota_status
 
 NEW, OLD = "new", "old"
@@ -246,3 +253,20 @@ def test_status_shows_rollout_progress_and_the_rolled_out_condition() -> None:
     # Not looked at (e.g. deleting): no condition.
     status = quota_status(status, QuotaObservation(generation=2), now)
     assert "RolledOut" not in {c["type"] for c in status["conditions"]}
+
+
+def test_a_new_pods_report_counts_only_once_the_lease_names_a_new_holder() -> None:
+    # The operator restarted: whoever holds the Lease now is trusted.
+    assert own_report(None, "uid-a", "md-gw-0/1111") == (True, ("uid-a", "md-gw-0/1111"))
+    assert own_report(None, "uid-a", "") == (False, None)
+    seen = ("uid-a", "md-gw-0/1111")
+    # The same pod, a restarted container: a new holder, still its own.
+    assert own_report(seen, "uid-a", "md-gw-0/2222") == (True, ("uid-a", "md-gw-0/2222"))
+    # A new pod while the Lease still names the predecessor (SIGKILLed, fence not expired),
+    # or is free (released on a graceful stop): the report there is not the new pod's.
+    assert own_report(seen, "uid-b", "md-gw-0/1111") == (False, seen)
+    assert own_report(seen, "uid-b", "") == (False, seen)
+    # The new pod took the Lease: from now on its holder is the one remembered.
+    fresh, seen = own_report(seen, "uid-b", "md-gw-0/3333")
+    assert fresh and seen == ("uid-b", "md-gw-0/3333")
+    assert own_report(seen, "uid-b", "md-gw-0/3333") == (True, seen)
