@@ -31,7 +31,7 @@ from typing import Any
 
 import orjson
 
-from connquota.exchanges.dialects import bybit, okx
+from connquota.exchanges.dialects import bybit, kraken, okx
 from connquota.exchanges.dialects.base import loads_object
 from connquota.exchanges.orderbook import L2Book, as_levels
 
@@ -44,19 +44,23 @@ DEFAULT_MAX_BYTES = 512 * 1024
 
 OKX = "okx"
 BYBIT = "bybit"
+KRAKEN = "kraken"
 
 Kept = tuple[int, str, int | None]
 """(hub sequence, payload JSON as sent, exchange sequence) of one message."""
 
 
 def book_dialect(stream: str) -> str | None:
-    """``okx`` or ``bybit`` when ``stream`` is an order-book stream of that exchange (by its
-    name: ``books:BTC-USDT``, ``orderbook.50.BTCUSDT``), else None."""
+    """``okx``, ``bybit`` or ``kraken`` when ``stream`` is an order-book stream of that exchange
+    (by its name: ``books:BTC-USDT``, ``orderbook.50.BTCUSDT``, ``book.25:BTC/USD``), else
+    None."""
     if bybit.orderbook_depth(stream) is not None:
         return BYBIT
     channel, sep, rest = stream.partition(":")
     if sep and rest and "=" not in rest and channel in okx.BOOK_DEPTHS:
         return OKX
+    if sep and rest and (channel == "book" or channel.startswith("book.")):
+        return KRAKEN
     return None
 
 
@@ -105,6 +109,12 @@ class BookReplays:
             book = StreamBook(OKX, okx.BOOK_DEPTHS[stream.partition(":")[0]])
         elif dialect == BYBIT:
             book = StreamBook(BYBIT, bybit.orderbook_depth(stream) or 0)
+        elif dialect == KRAKEN:
+            try:
+                depth = kraken.stream_parts(stream)[2] or kraken.DEFAULT_BOOK_DEPTH
+            except ValueError:
+                depth = None
+            book = StreamBook(KRAKEN, depth) if depth is not None else None
         self.streams[stream] = book
         return book
 
@@ -146,7 +156,9 @@ class BookReplays:
         book = self._book(stream)
         if book is None:
             return
-        message = _message(payload, data)
+        # Kraken: the checksum needs the numbers as sent
+        exact = book.dialect == KRAKEN
+        message = _exact(payload, data) if exact else _message(payload, data)
         if message is None:
             return
         text = data if data is not None else orjson.dumps(message).decode()
@@ -157,15 +169,44 @@ class BookReplays:
             book.delta_bytes = 0
             book.book.clear()
             _apply(book, message)
+            if book.dialect == KRAKEN:
+                book.last = message
+                self._verify(stream, book, message)
             return
         if book.base is None:
             return
         _apply(book, message)
+        if book.dialect == KRAKEN and not self._verify(stream, book, message):
+            return
         book.deltas.append(kept)
         book.delta_bytes += len(text)
         book.last = message
         if len(book.deltas) >= self.max_deltas or book.delta_bytes >= self.max_bytes:
             self._compact(stream, book)
+
+    def _verify(self, stream: str, book: StreamBook, message: dict[str, Any]) -> bool:
+        """Kraken: the merged book's checksum against the message's own (every snapshot and
+        update carries one); a book that disagrees is counted, dropped and not served to late
+        joiners until the exchange's next snapshot. True when it agrees."""
+        sent = _item(message).get("checksum")
+        try:
+            expected = int(sent) if sent is not None else None
+        except (TypeError, ValueError):
+            expected = None
+        got = kraken.book_checksum(book.book.sorted_bids(), book.book.sorted_asks())
+        if expected is None or expected == got:
+            return True
+        self.diverged += 1
+        log.warning(
+            "order book %s: checksum %s from the exchange, %s computed: the book is corrupt; "
+            "not served to late joiners until the exchange's next snapshot",
+            stream,
+            expected,
+            got,
+            extra={"stream": stream},
+        )
+        self.forget(stream)
+        return False
 
     def compact(self, stream: str) -> None:
         """Merge the updates kept for ``stream`` into its snapshot now (a consumer whose queue
@@ -199,8 +240,19 @@ def _message(payload: Any, data: str | None) -> dict[str, Any] | None:
     return loads_object(data) if data is not None else None
 
 
+def _exact(payload: Any, data: str | None) -> dict[str, Any] | None:
+    """A Kraken book message with its numbers as the exchange wrote them."""
+    if data is None:
+        return payload if isinstance(payload, dict) else None
+    try:
+        obj = kraken.loads_exact(data)
+    except (ValueError, RecursionError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
 def _item(message: dict[str, Any]) -> dict[str, Any]:
-    """OKX's ``data[0]``."""
+    """OKX's (and Kraken's) ``data[0]``."""
     data = message.get("data")
     if isinstance(data, list) and data and isinstance(data[0], dict):
         return data[0]
@@ -214,6 +266,17 @@ def _is_snapshot(book: StreamBook, message: dict[str, Any]) -> bool:
 
 
 def _apply(book: StreamBook, message: dict[str, Any]) -> None:
+    if book.dialect == KRAKEN:
+        item = _item(message)
+        book.book.apply(kraken.levels_of(item.get("bids")), kraken.levels_of(item.get("asks")))
+        # "the book should be truncated to your subscribed depth as you won't receive
+        # "qty": 0 for price levels that fall out of scope"
+        for side, best in ((book.book.bids, book.book.sorted_bids),
+                           (book.book.asks, book.book.sorted_asks)):  # fmt: skip
+            if len(side) > book.depth:
+                for level in best()[book.depth :]:
+                    side.pop(level[0], None)
+        return
     if book.dialect == OKX:
         item = _item(message)
         book.book.apply(as_levels(item.get("bids")), as_levels(item.get("asks")))
@@ -229,6 +292,9 @@ def _snapshot_text(stream: str, book: StreamBook) -> str | None:
     bids = book.book.sorted_bids(book.depth)
     asks = book.book.sorted_asks(book.depth)
     last = book.last
+    if book.dialect == KRAKEN:
+        checksum = kraken.book_checksum(bids, asks)
+        return kraken.build_book(stream, bids, asks, checksum, None, "snapshot")
     if book.dialect == OKX:
         item = _item(last)
         checksum = book.book.okx_checksum()

@@ -8,6 +8,7 @@ Metric names (all prefixed `connquota_gateway_`):
   the sliding log, against the slice; `attempts_total{scope,key}`: attempts granted;
 - `messages_in_total`, `messages_out_total{kind}` (control, heartbeat);
 - `reconnects_total{reason}`, `rate_limited_total{status}`, `quarantines{scope,key}`;
+- `exchange_frames_dropped_total{reason}`, `book_checksum_mismatches_total`;
 - `limiter_waits_total{reason}`: times a caller had to wait for a slice;
 - `streams{state}` (desired, live), `connections_planned`, `plan_generation`;
 - `consumers`, `consumer_frames_out_total`, `consumer_frames_dropped_total`,
@@ -112,13 +113,27 @@ class GatewayCollector(Collector):
         limited = CounterMetricFamily(
             P + "rate_limited", "429/418 answers from the exchange", labels=["status"]
         )
+        dropped = CounterMetricFamily(
+            P + "exchange_frames_dropped",
+            "Frames from the exchange not delivered: error answers, unrecognised or binary frames",
+            labels=["reason"],
+        )
         for stat, n in stats.items():
             if stat[0] == "reconnect":
                 reconnects.add_metric([stat[1]], n)
             elif stat[0] == "rate_limited":
                 limited.add_metric([stat[1]], n)
+            elif stat[0] == "dropped":
+                dropped.add_metric([stat[1]], n)
         yield reconnects
         yield limited
+        yield dropped
+        mismatches = CounterMetricFamily(
+            P + "book_checksum_mismatches",
+            "Order-book updates whose checksum disagreed with the merged book (book dropped)",
+        )
+        mismatches.add_metric([], hub.books.diverged)
+        yield mismatches
         quarantines = GaugeMetricFamily(
             P + "quarantines", "Quarantines in force (1)", labels=["scope", "key"]
         )

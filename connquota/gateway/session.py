@@ -275,6 +275,16 @@ class Session:
             self.subscribed.set()
 
     def _batches(self, streams: list[str]) -> list[list[str]]:
+        group = getattr(self.fmt, "subscribe_group", None)
+        if group is None:
+            return self._sized_batches(streams)
+        # Kraken: one channel (and depth or interval) per request, a symbol list in each.
+        groups: dict[str, list[str]] = {}
+        for stream in streams:
+            groups.setdefault(group(stream), []).append(stream)
+        return [batch for same in groups.values() for batch in self._sized_batches(same)]
+
+    def _sized_batches(self, streams: list[str]) -> list[list[str]]:
         limiter = self.ctx.limiter
         size = limiter.size_limit(LimitName.ARGS_PER_SUBSCRIBE) or 100
         max_bytes = limiter.size_limit(LimitName.SUBSCRIBE_PAYLOAD_BYTES)
@@ -312,11 +322,32 @@ class Session:
         except (ConnectionResetError, aiohttp.ClientError, RuntimeError):
             self.end("send-failed", False)
 
-    def _on_ack(self, ev: Ack) -> None:
-        entry = self.pending.pop(ev.request_id, None)
-        if entry is None and ev.request_id is not None:
+    def _pending_entry(self, request_id: Any, streams: tuple[str, ...]) -> Any:
+        """The pending request ``request_id`` answers (popped). Per-symbol acks (Kraken): only
+        the answered ``streams`` leave it; the entry stays until every stream is answered."""
+        key: Any = request_id
+        entry = self.pending.get(key)
+        if entry is None and request_id is not None:
             with contextlib.suppress(ValueError, TypeError):
-                entry = self.pending.pop(int(ev.request_id), None)
+                key = int(request_id)
+                entry = self.pending.get(key)
+        if entry is None:
+            return None
+        per_symbol = getattr(self.fmt, "PER_SYMBOL_ACKS", False)
+        if per_symbol and streams:
+            op, batch = entry
+            answered = [s for s in batch if s in streams]
+            rest = [s for s in batch if s not in streams]
+            if rest:
+                self.pending[key] = (op, rest)
+            else:
+                del self.pending[key]
+            return (op, answered)
+        del self.pending[key]
+        return entry
+
+    def _on_ack(self, ev: Ack) -> None:
+        entry = self._pending_entry(ev.request_id, ev.streams)
         if entry is not None:
             op, streams = entry
         else:
@@ -334,6 +365,9 @@ class Session:
         ws, ctx, hub = self.ws, self.ctx, self.ctx.hub
         # The dialect's data-frame fast path (Binance combined frames), if it has one.
         fast = getattr(self.fmt, "fast_data", None)
+        # Kraken book data does not say its depth: the subscribed stream it belongs to.
+        resolve = getattr(self.fmt, "resolve_stream", None)
+        stats = ctx.stats
         reason, clean = "closed-by-exchange", True
         try:
             while True:
@@ -348,7 +382,10 @@ class Session:
                             continue
                     ev = self.fmt.parse_server_message(msg.data)
                     if isinstance(ev, Data):
-                        hub.publish(ev.stream, ev.payload, self, ev.seq, ev.raw)
+                        stream = ev.stream
+                        if resolve is not None:
+                            stream = resolve(stream, self.wanted)
+                        hub.publish(stream, ev.payload, self, ev.seq, ev.raw)
                     elif isinstance(ev, Ack):
                         self._on_ack(ev)
                     elif isinstance(ev, LoginResult):
@@ -357,6 +394,9 @@ class Session:
                     elif isinstance(ev, Error):
                         self._on_error(ev)
                     elif isinstance(ev, Notice):
+                        if ev.kind == "heartbeat":  # Kraken's server heartbeat, once a second
+                            stats[("heartbeats_in",)] += 1
+                            continue
                         log.info("exchange notice %s %s", ev.kind, ev.msg, extra=self.extra)
                         if ev.kind == "serverShutdown":
                             self.conn.rotation_requested.set()
@@ -365,6 +405,11 @@ class Session:
                         self.ctx.stats[("pings_in",)] += 1
                     elif isinstance(ev, Pong):
                         self.ctx.stats[("pongs_in",)] += 1
+                    else:  # a frame the dialect does not recognise: counted and dropped
+                        stats[("dropped", "unrecognised")] += 1
+                        log.debug("dropped an unrecognised frame", extra=self.extra)
+                elif msg.type == aiohttp.WSMsgType.BINARY:
+                    stats[("dropped", "binary")] += 1
                 elif msg.type == aiohttp.WSMsgType.PING:
                     self.ctx.stats[("pings_in",)] += 1
                     assert self.gate is not None
@@ -395,7 +440,15 @@ class Session:
         if status in RATE_LIMIT_STATUSES or ev.code in ("-1003", "429", "418"):
             code = int(status) if isinstance(status, int) else 429
             self._quarantine(code, None, f"exchange error {ev.code}")
-        entry = self.pending.pop(ev.request_id, None)
+        refused: tuple[str, ...] = ()
+        symbol = raw.get("symbol")
+        if isinstance(symbol, str) and getattr(self.fmt, "PER_SYMBOL_ACKS", False):
+            # Kraken refuses symbol by symbol: the refused one of the request's streams
+            entry = self.pending.get(ev.request_id)
+            batch = entry[1] if entry else []
+            refused = tuple(s for s in batch if s.partition(":")[2] == symbol)
+        self.ctx.stats[("dropped", "error")] += 1
+        entry = self._pending_entry(ev.request_id, refused)
         streams = entry[1] if entry else []
         log.warning(
             "exchange refused a request: code %s %s (%d streams)",

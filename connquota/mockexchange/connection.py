@@ -58,6 +58,8 @@ class Conn:
     next_ping_at: float = 0.0
     last_inbound_at: float = 0.0
     last_data_at: float = 0.0
+    last_beat_at: float = 0.0
+    """When the server last sent a heartbeat message (``serverHeartbeat`` profiles)."""
     ever_subscribed: bool = False
     silent_until: float = 0.0
     notice_sent: bool = False

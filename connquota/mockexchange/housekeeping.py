@@ -72,8 +72,18 @@ class Housekeeping(MockState):
                 conn.next_ping_at = now + s.scaled_s(hb.intervalSeconds)
                 await ws.ping(payload)
         else:
+            if hb.direction == HeartbeatDirection.SERVER_HEARTBEAT and conn.ever_subscribed:
+                # Kraken: "approximately once every second in the absence of any other
+                # channel updates", once a channel is subscribed.
+                quiet_since = max(conn.last_data_at, conn.last_beat_at)
+                if now - quiet_since >= s.scaled_s(hb.intervalSeconds):
+                    beat = session.heartbeat_frame()
+                    if beat is not None:
+                        conn.last_beat_at = now
+                        conn.send_later(beat)
             timeout_s = conn.max_active_s or hb.timeoutSeconds
             last = max(conn.last_inbound_at, conn.last_data_at if conn.ever_subscribed else 0.0)
+            last = max(last, conn.last_beat_at)  # a server heartbeat is activity too
             if self.dialect.value == "okx":
                 # "break automatically if the subscription is not established or data has not
                 # been pushed for more than 30 seconds" (a client ping counts as activity)

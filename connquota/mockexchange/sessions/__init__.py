@@ -6,12 +6,14 @@ from connquota.api.limits import Dialect
 from connquota.mockexchange.sessions.base import DialectSession
 from connquota.mockexchange.sessions.binance import BinanceSession
 from connquota.mockexchange.sessions.bybit import BybitSession
+from connquota.mockexchange.sessions.kraken import KrakenSession
 from connquota.mockexchange.sessions.okx import OkxSession
 
 SESSIONS: dict[Dialect, type[DialectSession]] = {
     Dialect.BINANCE: BinanceSession,
     Dialect.OKX: OkxSession,
     Dialect.BYBIT: BybitSession,
+    Dialect.KRAKEN: KrakenSession,
 }
 """The session class of every dialect the mock exchange speaks."""
 

@@ -71,6 +71,11 @@ class DialectSession:
         stream that does not open with one gets its ordinary frame)."""
         return self.frame(stream, seq, event_time_ms)
 
+    def heartbeat_frame(self) -> str | None:
+        """The server heartbeat sent about every heartbeat interval without other updates once
+        subscribed (profiles whose heartbeat is ``serverHeartbeat``: Kraken), or None."""
+        return None
+
     def notice(self) -> str | None:
         """The notice sent before a planned disconnect (max age, shutdown), or None."""
         return None

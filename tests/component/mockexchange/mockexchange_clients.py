@@ -12,13 +12,14 @@ from typing import Any
 
 import aiohttp
 
-from connquota.exchanges.dialects import binance, bybit, okx
+from connquota.exchanges.dialects import binance, bybit, kraken, okx
 from connquota.testing.waiting import wait_until  # noqa: F401 (tests import it from here)
 
-DIALECTS = ["binance", "okx", "bybit"]
-PROFILE_OF = {"binance": "binance-spot", "okx": "okx", "bybit": "bybit"}
-WIRE: dict[str, ModuleType] = {"binance": binance, "okx": okx, "bybit": bybit}
-PUBLIC_PATH = {"binance": "/stream", "okx": "/ws/v5/public", "bybit": "/v5/public/linear"}
+DIALECTS = ["binance", "okx", "bybit", "kraken"]
+PROFILE_OF = {"binance": "binance-spot", "okx": "okx", "bybit": "bybit", "kraken": "kraken"}
+WIRE: dict[str, ModuleType] = {"binance": binance, "okx": okx, "bybit": bybit, "kraken": kraken}
+PUBLIC_PATH = {"binance": "/stream", "okx": "/ws/v5/public", "bybit": "/v5/public/linear",
+               "kraken": "/v2"}  # fmt: skip
 PRIVATE_PATH = {"binance": "/ws-api/v3", "okx": "/ws/v5/private", "bybit": "/v5/private"}
 
 
@@ -28,6 +29,8 @@ def sample_streams(dialect: str, count: int, start: int = 0) -> list[str]:
         return [f"sym{i}usdt@trade" for i in range(start, start + count)]
     if dialect == "okx":
         return [f"trades:SYM{i}-USDT" for i in range(start, start + count)]
+    if dialect == "kraken":
+        return [f"trade:SYM{i}/USD" for i in range(start, start + count)]
     return [f"publicTrade.SYM{i}USDT" for i in range(start, start + count)]
 
 

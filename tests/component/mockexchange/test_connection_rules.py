@@ -130,6 +130,10 @@ async def test_streams_per_connection_at_the_limit_pass_and_one_more_is_refused(
         await ws.send_str(wire.build_subscribe(sample_streams(dialect, 1, start=3), 2))
         if dialect == "okx":
             assert await wait_closed(ws) == 4009
+        elif dialect == "kraken":  # status, then one ack per symbol, then the error ack
+            frames = await receive_until(ws, lambda m: isinstance(m, dict) and "error" in m)
+            assert frames[-1]["success"] is False and frames[-1]["req_id"] == 2
+            assert frames[-1]["symbol"] == "SYM3/USD"
         else:
             reply = json.loads(await receive_text(ws))
             assert reply.get("error", {}).get("code") == 2 or reply.get("success") is False
