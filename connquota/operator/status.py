@@ -317,6 +317,24 @@ def rollout_message(rollout: Mapping[str, Any] | None) -> str:
     return text
 
 
+def status_patch(live: Mapping[str, Any] | None, desired: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON merge patch that makes the live status `desired`: a merge patch replaces lists
+    but merges objects, so a key an object of `desired` no longer has (`status.rollout`'s
+    `currentPod` once the rollout is done) is sent as null. Top-level keys are left alone
+    (only the operator writes status, and it writes every top-level field it owns)."""
+    return {k: _nulled(dict(live or {}).get(k), v) for k, v in desired.items()}
+
+
+def _nulled(live: Any, desired: Any) -> Any:
+    if not isinstance(live, Mapping) or not isinstance(desired, Mapping):
+        return desired
+    out: dict[str, Any] = {k: _nulled(live.get(k), v) for k, v in desired.items()}
+    for key in live:
+        if key not in desired:
+            out[key] = None
+    return out
+
+
 def validated(model: type[ApiModel], status: dict[str, Any]) -> dict[str, Any]:
     """`status` checked against its pydantic model and written back as the model serializes it.
 

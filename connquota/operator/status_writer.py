@@ -24,6 +24,7 @@ from connquota.operator.status import (
     set_condition,
     status_differs,
     status_hash,
+    status_patch,
 )
 
 log = logging.getLogger(__name__)
@@ -53,7 +54,11 @@ class StatusWriter(ReconcilerBase):
                 "quota %s: status changed: %s", state.key, changed, extra={"quota": state.key}
             )
         await self.api.merge_patch(
-            names.QUOTA_KIND, ns, name, {"status": desired}, subresource="status"
+            names.QUOTA_KIND,
+            ns,
+            name,
+            {"status": status_patch(live, desired)},
+            subresource="status",
         )
         state.reporting.status_digest = digest
         await self._condition_events(body, state, live, desired)

@@ -157,6 +157,9 @@ def test_a_new_pod_template_rolls_out_one_pod_at_a_time_highest_first_within_eve
             "wait", "--for=condition=RolledOut", "ecq/md", "-n", namespace, "--timeout=30s"
         )
         wait_ready(api_client, namespace, "md", 120, log)
+        # Done: nothing current, nothing waited for (a merge patch must null them).
+        final_rollout = (get_quota(api_client, namespace, "md") or {})["status"]["rollout"]
+        assert set(final_rollout) == {"template", "updated", "total"}, final_rollout
     finally:
         sampler.stop()
 

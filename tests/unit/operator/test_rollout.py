@@ -20,7 +20,7 @@ from connquota.operator.rollout import (
     own_report,
     pod_recovery_s,
 )
-from connquota.operator.status import QuotaObservation, quota_status
+from connquota.operator.status import QuotaObservation, quota_status, status_patch
 
 NEW, OLD = "new", "old"
 
@@ -270,3 +270,18 @@ def test_a_new_pods_report_counts_only_once_the_lease_names_a_new_holder() -> No
     fresh, seen = own_report(seen, "uid-b", "md-gw-0/3333")
     assert fresh and seen == ("uid-b", "md-gw-0/3333")
     assert own_report(seen, "uid-b", "md-gw-0/3333") == (True, seen)
+
+
+def test_a_finished_rollout_clears_the_current_pod_from_the_live_status() -> None:
+    # A JSON merge patch merges objects: keys the new status lacks must be sent as null.
+    live = {
+        "replicas": 3,
+        "rollout": {"template": NEW, "updated": 2, "total": 3, "currentPod": "md-gw-0"},
+        "streams": {"desired": 2},
+    }
+    desired = {"replicas": 3, "rollout": {"template": NEW, "updated": 3, "total": 3}}
+    assert status_patch(live, desired) == {
+        "replicas": 3,
+        "rollout": {"template": NEW, "updated": 3, "total": 3, "currentPod": None},
+    }
+    assert status_patch(None, desired) == desired
