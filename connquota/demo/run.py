@@ -29,6 +29,7 @@ from connquota.demo.processes import GatewayProcess, free_port
 from connquota.demo.setup import DEMO_ACCOUNTS, DemoWorld, build_world
 from connquota.demo.view import render_screen, render_summary
 from connquota.exchanges import get_profile
+from connquota.exchanges.dialects.kraken import parse_time_ms
 from connquota.mockexchange.server import MockExchange
 from connquota.testing.ipecho import IpEchoServer
 from connquota.testing.proxies import ProxyProcess, proxy_binaries
@@ -114,6 +115,9 @@ def _event_time_ms(data: Any) -> int | None:
             value = data.get(key)
             if isinstance(value, int) or (isinstance(value, str) and value.isdigit()):
                 return int(value)
+        stamp = parse_time_ms(data.get("timestamp"))  # Kraken: RFC3339
+        if stamp is not None:
+            return stamp
         inner = data.get("data")
         if isinstance(inner, list) and inner and isinstance(inner[0], dict):
             return _event_time_ms(inner[0])

@@ -43,6 +43,7 @@ SYMBOL_CHANNELS = {
     "binance": ["trade", "aggTrade", "bookTicker"],
     "okx": ["tickers", "trades", "bbo-tbt"],
     "bybit": ["publicTrade", "tickers", "orderbook.1"],
+    "kraken": ["trade", "ticker", "book"],
 }
 
 
@@ -51,6 +52,8 @@ def _symbols(dialect: str, count: int) -> list[str]:
         return [f"c{i}usdt" for i in range(count)]
     if dialect == "okx":
         return [f"C{i}-USDT" for i in range(count)]
+    if dialect == "kraken":
+        return [f"C{i}/USD" for i in range(count)]
     return [f"C{i}USDT" for i in range(count)]
 
 
