@@ -6,6 +6,8 @@ import datetime as dt
 import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from operator_factories import make_pod_plan, make_quota
 
 from connquota.api.limits import LimitName, LimitScope, LimitShape
@@ -285,3 +287,67 @@ def test_a_finished_rollout_clears_the_current_pod_from_the_live_status() -> Non
         "rollout": {"template": NEW, "updated": 3, "total": 3, "currentPod": None},
     }
     assert status_patch(None, desired) == desired
+
+
+LIFECYCLE = ("terminating", "missing", "starting", "unacked", "serving")
+"""An evicted pod's way back: terminating, gone, recreated (new template), Ready but not yet
+enforcing its plan, serving."""
+
+
+def _view(ordinal: int, stage: str, template: str) -> PodView | None:
+    if stage == "missing":
+        return None
+    return pod(
+        ordinal,
+        template,
+        terminating=stage == "terminating",
+        ready=stage in ("unacked", "serving", "terminating"),
+        generation_acked=3 if stage == "serving" else None,
+    )
+
+
+@given(
+    replicas=st.integers(1, 6),
+    max_unavailable=st.integers(1, 3),
+    steps=st.lists(st.integers(0, 6), min_size=1, max_size=80),
+)
+@settings(max_examples=200, deadline=None)
+def test_a_simulated_rollout_never_exceeds_max_unavailable_and_finishes(
+    replicas: int, max_unavailable: int, steps: list[int]
+) -> None:
+    """Pods advance through their lifecycle in any order while the operator acts on its
+    decisions: never more than maxUnavailable pods are down, and the rollout ends."""
+    stage = dict.fromkeys(range(replicas), "serving")
+    template = dict.fromkeys(range(replicas), OLD)
+
+    def operator_step() -> RolloutDecision:
+        views = {o: v for o in stage if (v := _view(o, stage[o], template[o])) is not None}
+        decision = decide(fleet(replicas, max_unavailable=max_unavailable), views)
+        for o in decision.replace:
+            assert stage[o] != "terminating" and template[o] == OLD
+            stage[o] = "terminating"
+        down = sum(1 for s in stage.values() if s != "serving")
+        assert down <= max_unavailable, (stage, decision)
+        return decision
+
+    def advance(o: int) -> None:
+        if stage[o] != "serving":
+            stage[o] = LIFECYCLE[LIFECYCLE.index(stage[o]) + 1]
+            if stage[o] == "starting":
+                template[o] = NEW
+
+    for step in steps:
+        if step == 0:
+            operator_step()
+        else:
+            advance(step % replicas)
+    # Then fairly: every pod advances, the operator acts, until done.
+    for _ in range(10 * replicas * len(LIFECYCLE)):
+        decision = operator_step()
+        if decision.rolled_out and all(t == NEW for t in template.values()):
+            break
+        for o in range(replicas):
+            advance(o)
+    else:
+        pytest.fail(f"the rollout did not finish: {stage} {template}")
+    assert decision.updated == replicas
