@@ -14,6 +14,9 @@ gateway enforces:
   `event` ack per argument and `event: error` frames; the text `ping` answered `pong`;
 - bybit: `/v5/public/<category>`; `op: subscribe` with the category's `success` ack shape;
   `{"op":"ping"}` answered in the category's pong shape.
+- kraken: `/v2` (WebSocket v2 public market data); `method: subscribe` with one answer per
+  symbol (`success: true` with `result`, or `success: false` with `error` and `symbol`),
+  `method: ping` answered `pong`; book streams open with their snapshot.
 
 Every payload is the exchange's message as the upstream session received it (re-encoded
 compactly, never altered). A stream this pod does not serve gets the exchange's own error for
@@ -38,7 +41,7 @@ from aiohttp import web
 
 from connquota.api.limits import Dialect
 from connquota.exchanges import dialects
-from connquota.exchanges.dialects import binance, bybit, okx
+from connquota.exchanges.dialects import binance, bybit, kraken, okx
 from connquota.exchanges.dialects.base import (
     ClientRequest,
     Endpoint,
@@ -65,7 +68,7 @@ TOO_MANY_PARAMS = "Invalid request: too many parameters"
 TOO_MANY_REQUESTS = f"Too many requests: at most {MAX_REQUESTS_PER_S} per second per connection"
 NOT_SERVED = "login and private data are not served on connquota's market-data endpoint"
 
-PATHS = ("/ws", "/ws/{tail:.*}", "/stream", "/v5/{tail:.*}")
+PATHS = ("/ws", "/ws/{tail:.*}", "/stream", "/v5/{tail:.*}", "/v2")
 """Routes at the consumer port's root; the plan's dialect decides which of them exist."""
 
 
@@ -240,10 +243,56 @@ class BybitSession(NativeSession):
         return [self._result("subscribe", rid, True, topics=tuple(streams))]
 
 
+class KrakenSession(NativeSession):
+    """Kraken spot WebSocket v2 public channels."""
+
+    wire = kraken
+
+    def too_many(self, request: ClientRequest) -> str:
+        return kraken.MSG_RATE_ERROR
+
+    def handle(self, request: ClientRequest) -> list[str]:
+        rid = _request_id(request)
+        if isinstance(request, PingRequest):
+            return [kraken.build_pong(rid)]
+        if isinstance(request, OtherRequest):  # private channels (token) are not served here
+            return [kraken.build_error(request.method, NOT_SERVED, rid)]
+        if not isinstance(request, SubscribeRequest):
+            return []
+        streams = list(dict.fromkeys(request.streams))
+        time_in = kraken.now_rfc3339()
+        if request.unsubscribe:
+            held = [s for s in streams if s in self.consumer.streams]
+            self.unsubscribe(held)
+            return [
+                kraken.build_ack("unsubscribe", s, rid, time_in=time_in)
+                if s in held
+                else kraken.build_error(
+                    "unsubscribe", kraken.NOT_SUBSCRIBED, rid, kraken.parse_stream(s).symbol
+                )
+                for s in streams
+            ]
+        unknown = set(self.unknown(streams))
+        served = [s for s in streams if s not in unknown]
+        if self.over_cap(served):
+            return [kraken.build_error("subscribe", TOO_MANY_PARAMS, rid, time_in=time_in)]
+        out = []
+        for stream in streams:  # one answer per symbol, in the request's order
+            if stream in unknown:
+                symbol = kraken.parse_stream(stream).symbol
+                error = f"{kraken.UNSUPPORTED_PAIR} {symbol}"
+                out.append(kraken.build_error("subscribe", error, rid, symbol, time_in))
+            else:
+                out.append(kraken.build_ack("subscribe", stream, rid, True, time_in))
+        self.subscribe(served)
+        return out
+
+
 SESSIONS: dict[Dialect, type[NativeSession]] = {
     Dialect.BINANCE: BinanceSession,
     Dialect.OKX: OkxSession,
     Dialect.BYBIT: BybitSession,
+    Dialect.KRAKEN: KrakenSession,
 }
 
 

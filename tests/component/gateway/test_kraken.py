@@ -5,10 +5,12 @@ and broken frames from the exchange are counted and dropped without ending the s
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
 import aiohttp
+import ccxt.pro as ccxtpro
 from conftest import GW_IP, shrunk, wait_for
 
 from connquota.api.plan import ConnectionPlan
@@ -180,3 +182,49 @@ async def test_refused_symbols_error_and_broken_frames_are_counted_and_dropped(h
     st = await harness.status(gw)
     assert st["streams"]["live"] == 2
     harness.assert_no_violation()
+
+
+async def test_kraken_clients_use_the_gateways_native_v2_endpoint(harness):
+    """A Kraken client changes only its URL to the gateway's `/v2`: per-symbol answers (a
+    symbol this pod does not serve gets Kraken's error and is never opened upstream), ping and
+    pong, and ccxt's async pro Kraken client parses trades, ticker, candles and the book."""
+    gw = await _gateway(harness, [STREAMS[:4], ["ticker:ETH/USD"]])
+    await harness.wait_live(gw, 5, timeout_s=30)
+    v2 = gw.base_url.replace("http://", "ws://") + "/v2"
+    async with harness.http.ws_connect(v2) as ws:
+        await ws.send_str(kraken.build_ping(5))
+        assert json.loads(await ws.receive_str(timeout=5))["method"] == "pong"
+        await ws.send_str(kraken.build_subscribe(["trade:BTC/USD", "trade:SOL/USD"], 6))
+        ack = json.loads(await ws.receive_str(timeout=5))
+        refused = json.loads(await ws.receive_str(timeout=5))
+        assert ack["success"] is True and ack["result"]["symbol"] == "BTC/USD"
+        assert refused["success"] is False and refused["symbol"] == "SOL/USD"
+        first = kraken.parse_server_message(await ws.receive_str(timeout=5))
+        assert first.stream == "trade:BTC/USD"
+    exchange = ccxtpro.kraken()
+    exchange.urls["api"]["ws"]["publicV2"] = v2
+    exchange.urls["api"]["rest"] = {"public": "http://127.0.0.1:9", "private": "http://127.0.0.1:9"}
+    exchange.set_markets([_market("BTC", "USD"), _market("ETH", "USD")])
+    try:
+        trades = await asyncio.wait_for(exchange.watch_trades("BTC/USD"), 10)
+        assert trades[-1]["symbol"] == "BTC/USD" and trades[-1]["price"] > 0
+        ticker = await asyncio.wait_for(exchange.watch_ticker("ETH/USD"), 10)
+        assert ticker["symbol"] == "ETH/USD" and ticker["last"] is not None
+        candles = await asyncio.wait_for(exchange.watch_ohlcv("BTC/USD", "5m"), 10)
+        assert candles[-1][0] % 300_000 == 0
+        for _ in range(20):
+            book = await asyncio.wait_for(exchange.watch_order_book("BTC/USD", 25), 10)
+        assert 10 < len(book["bids"]) <= 25 and book["bids"][0][0] < book["asks"][0][0]
+    finally:
+        await exchange.close()
+    upstream = sorted(s for c in harness.mock.websockets(GW_IP) for s in c.streams)
+    assert upstream == sorted([*STREAMS[:4], "ticker:ETH/USD"]), "consumers opened nothing"
+    harness.assert_no_violation()
+
+
+def _market(base: str, quote: str) -> dict[str, Any]:
+    """A market as ccxt's Kraken client keeps it (its REST market list is not loaded)."""
+    return {"id": f"{base}{quote}", "symbol": f"{base}/{quote}", "base": base, "quote": quote,
+            "baseId": base, "quoteId": quote, "type": "spot", "spot": True, "active": True,
+            "altname": f"{base}{quote}", "wsId": f"{base}/{quote}",
+            "precision": {"amount": 1e-8, "price": 0.01}, "limits": {}, "info": {}}  # fmt: skip
