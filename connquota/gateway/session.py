@@ -191,8 +191,14 @@ class Session:
             return
         self._tasks.append(asyncio.create_task(self._reader(), name=f"{self.slot_id}-reader"))
         self._tasks.append(asyncio.create_task(self._watchdog(), name=f"{self.slot_id}-watch"))
-        if self.conn.profile.heartbeat.direction == HeartbeatDirection.CLIENT_PING:
+        direction = self.conn.profile.heartbeat.direction
+        if direction == HeartbeatDirection.CLIENT_PING:
             self._tasks.append(asyncio.create_task(self._pinger(), name=f"{self.slot_id}-ping"))
+        elif direction == HeartbeatDirection.SERVER_HEARTBEAT and getattr(
+            self.fmt, "PING_WHEN_QUIET", False
+        ):
+            task = asyncio.create_task(self._quiet_pinger(), name=f"{self.slot_id}-ping")
+            self._tasks.append(task)
         if self.private is not None:
             await self._login_now()
             if self.ended.done():
@@ -470,6 +476,26 @@ class Session:
                     await self.ws.ping(b"")
                 else:
                     await self._send(frame, MessageKind.HEARTBEAT)
+                self.ctx.stats[("pings_out",)] += 1
+        except (ConnectionResetError, aiohttp.ClientError, RuntimeError):
+            self.end("send-failed", False)
+
+    async def _quiet_pinger(self) -> None:
+        """Kraken sends heartbeats only once a channel is subscribed: a connection that holds
+        no stream (or whose server went quiet) pings after half the heartbeat timeout without
+        a frame, so the exchange keeps it and the pong feeds the watchdog. Costs no message
+        while data or heartbeats flow."""
+        hb = self.conn.profile.heartbeat
+        quiet_s = max(hb.intervalSeconds, hb.timeoutSeconds / 2)
+        last_ping = 0.0
+        try:
+            while True:
+                await asyncio.sleep(max(0.05, quiet_s / 4))
+                now = time.monotonic()
+                if now - self.last_rx_mono < quiet_s or now - last_ping < quiet_s:
+                    continue
+                last_ping = now
+                await self._send(self.fmt.build_ping(next(self._ids)), MessageKind.HEARTBEAT)
                 self.ctx.stats[("pings_out",)] += 1
         except (ConnectionResetError, aiohttp.ClientError, RuntimeError):
             self.end("send-failed", False)

@@ -50,6 +50,9 @@ from connquota.exchanges.dialects.base import (
 
 name = "kraken"
 
+PING_WHEN_QUIET = True
+"""Heartbeats start with the first subscription ("Any, for example a ping, request can be used
+to keep the connection alive"): a client pings a connection that has been quiet."""
 PER_SYMBOL_ACKS = True
 """Every symbol of a subscribe request gets its own acknowledgement or error (same ``req_id``)."""
 

@@ -276,3 +276,23 @@ async def test_max_age_rotation_is_make_before_break_without_a_gap_in_trade_ids(
         for code in (1000, 1001, 1006, 1008)
     ), "the exchange had to close a connection for its age"
     harness.assert_no_violation()
+
+
+async def test_a_connection_without_a_subscription_pings_when_quiet_and_stays_open(harness):
+    """Kraken starts heartbeats with the first subscription: a connection whose only symbol is
+    refused gets none, so the gateway pings it after half the heartbeat timeout of quiet (the
+    mock, like Kraken, closes a connection idle for the timeout)."""
+    gw = await _gateway(harness, [["trade:not-a-pair"], ["trade:BTC/USD"]])
+    await harness.wait_live(gw, 1, timeout_s=30)
+    mock = harness.mock
+    opened = {c.conn_id for c in mock.websockets(GW_IP)}
+
+    async def pinged():
+        frames = [c.frames_received for c in mock.websockets(GW_IP)]
+        return len(frames) == 2 and max(frames) >= 8  # the subscribe, then pings
+
+    # timeout 10 s at scale 20: the mock closes after 0.5 s idle; 8 pings take about 2 s
+    await wait_for(pinged, 10, "pings on the quiet connection")
+    assert {c.conn_id for c in mock.websockets(GW_IP)} == opened, "nothing was reopened"
+    assert await _metric(harness, gw, "reconnects_total") == {}
+    harness.assert_no_violation()
