@@ -360,6 +360,7 @@ class Gateway:
             asyncio.create_task(self._take_lease(), name="lease"),
             asyncio.create_task(self._apply_plans(), name="plans"),
             asyncio.create_task(self._report_loop(), name="report"),
+            asyncio.create_task(self.egress.probe_unreachable_proxies(), name="proxy-probe"),
         ]
         if self.settings.tls is not None:
             tasks.append(await self._serve_tls(runner, self.settings.tls))

@@ -48,6 +48,7 @@ from connquota.gateway.proxy_tunnel import (
     ProxyConfigError,
     ProxyCredentialFiles,
     ProxyFault,
+    ProxyFaultKind,
     make_tunnel_session,
     parse_proxy_url,
 )
@@ -227,6 +228,10 @@ async def fetch_echo(
     return seen, ""
 
 
+PROBE_INTERVAL_S = 2.0
+PROBE_TIMEOUT_S = 2.0
+
+
 class EgressPool:
     """The pod's sessions per address and their egress checks (never against the exchange)."""
 
@@ -313,6 +318,28 @@ class EgressPool:
             session = make_session(self.addresses[name], self.proxy_credentials_dir)
             self.sessions[name] = session
         return session
+
+    async def probe_unreachable_proxies(self, interval_s: float = PROBE_INTERVAL_S) -> None:
+        """Forever: every `interval_s`, a TCP connect to each proxy whose last fault is
+        `unreachable`, closed at once with nothing sent (no tunnel, so no exchange attempt).
+        When it answers, the fault clears: the report stops naming it and the operator plans
+        the address again (it plans without an address whose proxy is down, so no connection
+        of this pod would find out otherwise)."""
+        while True:
+            await asyncio.sleep(interval_s)
+            for name, health in list(self.proxies.items()):
+                address = self.addresses.get(name)
+                if health.last_kind != ProxyFaultKind.UNREACHABLE or address is None:
+                    continue
+                try:
+                    endpoint = parse_proxy_url(address)
+                    async with asyncio.timeout(PROBE_TIMEOUT_S):
+                        _, writer = await asyncio.open_connection(endpoint.host, endpoint.port)
+                    writer.close()
+                except (OSError, TimeoutError, ProxyConfigError):
+                    continue
+                health.record_reachable()
+                log.info("proxy %s answers again", health.proxy, extra={"address": name})
 
     def proxy_status(self) -> dict[str, dict[str, object]]:
         """Every proxy address's health, for /status (no credential in it)."""

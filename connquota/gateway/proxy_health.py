@@ -68,6 +68,13 @@ class ProxyHealth:
         if fault.kind in BLOCKING_KINDS:
             self.blocked_since = self.fingerprint() if self.fingerprint else None
 
+    def record_reachable(self) -> None:
+        """A probe reached the proxy (TCP only, nothing sent): an `unreachable` fault is over."""
+        if self.last_kind == ProxyFaultKind.UNREACHABLE:
+            self.last_kind = None
+            self.unreachable_in_row = 0
+            self.retry_at_mono = 0.0
+
     def record_tunnel_closed(self) -> None:
         """An established tunnel ended uncleanly (the proxy, or the path behind it, dropped it)."""
         self.record_fault(

@@ -214,6 +214,28 @@ def forget_quota(uid: str) -> None:
     PLAN_INDEXES.forget(uid)
 
 
+def without_addresses(shares: QuotaShares, down: Mapping[str, str]) -> QuotaShares:
+    """`shares` with nothing on the addresses in `down` (address -> why: a proxy fault).
+
+    The planner then places no connection there: those of the previous plan move to other
+    addresses with room (the usual ordered transitions) or their streams are reported
+    unserved; the other addresses' shares are unchanged."""
+    if not down:
+        return shares
+    return dataclasses.replace(
+        shares,
+        ip={k: (0 if k[0] in down else v) for k, v in shares.ip.items()},
+        bursts={
+            k: (0 if k[0] == LimitScope.IP and k[1] in down else v)
+            for k, v in shares.bursts.items()
+        },
+        reasons=[
+            *shares.reasons,
+            *(f"address {a}: its proxy is down ({why})" for a, why in sorted(down.items())),
+        ],
+    )
+
+
 def quarantined(shares: QuotaShares, quarantines: Iterable[Quarantine]) -> QuotaShares:
     """`shares` with nothing on a quarantined address, account or API key.
 

@@ -135,6 +135,12 @@ class PoolPass(ReconcilerBase):
                     if q.until > wall and domain is not None:
                         quarantines.setdefault(domain, []).append(q)
 
+        # Proxy addresses whose proxy any gateway of the pool reports down: planned without.
+        self.proxy_outages.observe(
+            pool_name, (r for reports in reports_of.values() for r in reports.values()), wall
+        )
+        proxy_down = self.proxy_outages.down(pool_name, wall)
+
         # 2. Per quota: target, next safe step, publish, scale, status.
         generations = {
             k: s.ledgers.ledger.last_generation if s.ledgers.ledger else 0
@@ -158,6 +164,7 @@ class PoolPass(ReconcilerBase):
                         frozen=frozen,
                         reports=reports_of[key],
                         quarantines=quarantines.get(domain or "", []),
+                        proxy_down=proxy_down,
                     )
                 )
             except KubeError as exc:

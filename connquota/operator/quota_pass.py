@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from connquota.api.limits import LimitScope
@@ -55,6 +55,8 @@ class QuotaRound:
     reports: dict[int, GatewayReport]
     quarantines: list[Quarantine]
     """Quarantines reported by any gateway of the quota's limit domain on the pool."""
+    proxy_down: dict[str, str] = field(default_factory=dict)
+    """Proxy addresses of the pool planned without now (address -> the proxy's fault)."""
 
 
 class QuotaPass(ReconcilerBase):
@@ -98,6 +100,7 @@ class QuotaPass(ReconcilerBase):
                 if own is None:
                     raise planning.QuotaProblem("ImpossibleQuota", f"no share computed for {key}")
                 own = planning.quarantined(own, quarantines)
+                own = planning.without_addresses(own, round_.proxy_down)
                 target = planning.plan_target(qin, streams, pool.spec, own, published)
                 state.plans.target = target
                 now = round(self.monotonic(), 3)
@@ -209,6 +212,9 @@ class QuotaPass(ReconcilerBase):
         if quarantines:
             until = min(q.until for q in quarantines) - self.wall() + 0.5
             retry = min(retry or until, until)
+        lapse = self.proxy_outages.next_change_s(pool.metadata.name or "", self.wall())
+        if round_.proxy_down and lapse is not None:
+            retry = min(retry or lapse, lapse)
         return retry
 
     def _reports(self, key: str, body: dict[str, Any]) -> dict[int, GatewayReport]:

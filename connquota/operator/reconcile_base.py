@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from connquota.operator.kube import KubeApi
+from connquota.operator.proxy_outages import ProxyOutages
 from connquota.operator.reconcile_state import QuotaState, Sources
 from connquota.operator.settings import OperatorConfig
 
@@ -48,6 +49,8 @@ class ReconcilerBase:
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._secrets_seen: dict[tuple[str, str], float] = {}
         """(namespace, name) -> monotonic time a Secret was last seen to exist."""
+        self.proxy_outages = ProxyOutages()
+        """Proxy addresses planned without while their proxy is down."""
         self.last_progress = monotonic()
 
     if TYPE_CHECKING:

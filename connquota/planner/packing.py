@@ -290,7 +290,7 @@ class _Packer:
         used = 0
         used_account: Counter[str] = Counter()
         gateway_bound = sum(min(r.max_connections, INFINITE) for r in self.usable) > total
-        for s in _in_order(streams):
+        for s in self._sticky_order(streams):
             cred = s.credential
             idents = self._identities(cred) or ()
             opens = in_group[cred] % self.cap == 0
@@ -327,6 +327,25 @@ class _Packer:
             in_group[cred] += 1
             served.append(s)
         return served, {s.name for s in served}
+
+    def _sticky_order(self, streams: Sequence[DesiredStream]) -> list[DesiredStream]:
+        """Highest priority first; within a priority, the streams the previous plan serves on
+        an address still usable first (less than everything fits: keep what runs, I3), then
+        by name."""
+        previous = self.inp.previous
+        if previous is None:
+            return _in_order(streams)
+        usable = {r.key for r in self.usable}
+        running = {
+            name
+            for pod in previous.pods
+            for c in pod.connections
+            if c.address in usable
+            for name in c.streams
+        }
+        out = _in_order(streams)
+        out.sort(key=lambda s: (-s.priority, s.name not in running))  # stable: names stay
+        return out
 
     # -- keep ------------------------------------------------------------------------------
 

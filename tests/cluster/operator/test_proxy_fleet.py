@@ -7,10 +7,13 @@ address's `publicAddress`: the exchange sees one source IP per proxy. The proxy 
 are Secrets in the quota's namespace (the pool's `proxySecretRef`), mounted by the operator
 into the gateway pods; a quota in a namespace without them is Stalled, naming the Secret.
 
-On that fleet the exchange drops every connection at once, then tinyproxy is killed and
-restarted: each time every planned connection comes back through its own proxy (the exchange
-sees each connection's streams from its address's egress IP), with no violation and the proxy
-IPs' attempt limit used to >= 90% in that phase alone (4 attempts per 5 s).
+On that fleet the exchange drops every connection at once, then tinyproxy is killed (the
+operator plans without its address while the gateways report it down: its streams unserved,
+as the other address has no room) and restarted (the gateways' probe sees it answer, the
+address is planned again): each time every planned connection comes back through its own
+proxy (the exchange sees each connection's streams from its address's egress IP), with no
+violation and the proxy IPs' attempt limit used to >= 90% in that phase alone (4 attempts
+per 5 s).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import asyncio
 import contextlib
 import json
 import time
+import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -245,6 +249,20 @@ def _plan_addresses(core: client.CoreV1Api, namespace: str) -> dict[int, set[str
     return out
 
 
+def _gateway_proxies(api_client: Any, namespace: str) -> dict[int, Any]:
+    """Each gateway's own view of its proxies and connections (/status), for failure messages."""
+    out: dict[int, Any] = {}
+    for ordinal, ip in pod_ips(api_client, namespace, "md").items():
+        try:
+            with urllib.request.urlopen(f"http://{ip}:8080/status", timeout=5) as resp:
+                status = json.loads(resp.read())
+        except OSError as exc:
+            out[ordinal] = repr(exc)
+            continue
+        out[ordinal] = {k: status.get(k) for k in ("proxies", "lease", "message", "connections")}
+    return out
+
+
 def _consumers_get_every_stream(api_client: Any, namespace: str, core: Any) -> None:
     """A consumer on each gateway pod gets every stream the pod's plan holds, consecutively."""
     ips = pod_ips(api_client, namespace, "md")
@@ -373,7 +391,8 @@ def test_a_proxy_pool_fleet_leaves_through_its_planned_proxies_across_a_mass_dis
             ),
             30,
             f"pods {sorted(users)} reporting {ADDRESS['http']}'s proxy unreachable: "
-            f"{_proxy_faults(api_client, namespace, replicas)}",
+            f"{_proxy_faults(api_client, namespace, replicas)}; gateways: "
+            f"{_gateway_proxies(api_client, namespace)}",
             interval_s=0.3,
         )
 
@@ -403,6 +422,28 @@ def test_a_proxy_pool_fleet_leaves_through_its_planned_proxies_across_a_mass_dis
         for cond in (degraded, verified):
             assert ADDRESS["socks5"] not in cond["message"], cond
         assert _open_ids_by_ip(mock_exchange) == {EGRESS["socks5"]: socks_ids}
+
+        # While the proxy is down the operator plans without its address: the SOCKS5 address
+        # has no room (its 4 connections are its whole concurrent limit), so nothing moves
+        # there and the address's 8 streams are reported unserved, naming the proxy.
+        def planned_without_the_address() -> dict[str, Any] | None:
+            if any(ADDRESS["http"] in a for a in _plan_addresses(core, namespace).values()):
+                return None
+            quota_now = get_quota(api_client, namespace, "md")
+            capacity = condition(quota_now, "CapacityExceeded")
+            if capacity is None or capacity["status"] != "True":
+                return None
+            return quota_now
+
+        unserved = wait_for(
+            planned_without_the_address,
+            30,
+            f"plans without {ADDRESS['http']} and its streams unserved\n{log()}",
+            interval_s=0.3,
+        )
+        assert unserved["status"]["streams"]["unserved"] == len(STREAMS) // 2, unserved["status"]
+        assert _open_ids_by_ip(mock_exchange) == {EGRESS["socks5"]: socks_ids}
+        mock_exchange.assert_no_violation()
         asyncio.run(http.start())
         restarted_at = time.monotonic()
         wait_for(

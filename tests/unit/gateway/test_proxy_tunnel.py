@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import socket
+
 import pytest
 from python_socks import ProxyError, ProxyType
 
 from connquota.api.pool import EgressAddress, EgressMode, ProxySecretRef
 from connquota.api.report import EgressCheckResult, EgressCheckState, GatewayReport
+from connquota.gateway.egress import EgressPool
 from connquota.gateway.proxy_health import ProxyHealth
 from connquota.gateway.proxy_tunnel import (
     ProxyConfigError,
@@ -146,3 +150,42 @@ def test_a_proxy_secret_ref_names_the_files_the_gateway_reads():
         update={"proxySecretRef": ProxySecretRef(name="px", usernameKey="user", passwordKey="pw")}
     )
     assert a.proxySecretRef is not None and a.proxySecretRef.passwordKey == "pw"
+
+
+async def test_an_unreachable_proxy_is_probed_until_it_answers_and_its_fault_clears():
+    """The operator plans without an address whose proxy is down, so no tunnel would find out
+    it is back: the gateway probes it (TCP connect, nothing sent) and clears the fault."""
+    with socket.socket() as s:  # a free port on loopback, nothing listening yet
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    pool = EgressPool()
+    pool.set_addresses([address(f"http://127.0.0.1:{port}")])
+    name = next(iter(pool.proxies))
+    pool.record_proxy_fault(
+        name, ProxyFault(ProxyFaultKind.UNREACHABLE, "connection refused", False)
+    )
+    accepted: list[bytes] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(await reader.read(100))  # the probe sends nothing
+        writer.close()
+
+    probe = asyncio.create_task(pool.probe_unreachable_proxies(interval_s=0.05))
+    try:
+        await asyncio.sleep(0.2)  # probes fail while nothing listens
+        assert pool.proxies[name].last_kind == ProxyFaultKind.UNREACHABLE
+        server = await asyncio.start_server(serve, "127.0.0.1", port)
+        async with server:
+            for _ in range(100):
+                if pool.proxies[name].last_kind is None:
+                    break
+                await asyncio.sleep(0.02)
+            assert pool.proxies[name].last_kind is None
+            for _ in range(100):
+                if accepted:
+                    break
+                await asyncio.sleep(0.02)
+            assert accepted and accepted[0] == b""
+    finally:
+        probe.cancel()
+        await pool.close()

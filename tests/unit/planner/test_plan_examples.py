@@ -6,6 +6,7 @@ import pytest
 from planner_factories import (
     N,
     S,
+    address,
     connections,
     credential,
     independent_budgets,
@@ -200,3 +201,20 @@ def test_namespace_not_admitted_serves_nothing_and_says_why():
     plan = plan_one(quota(), p, streams(2))
     assert len(plan.unserved) == 2
     assert "does not admit" in plan.unserved[0].reason
+
+
+def test_when_an_address_is_lost_the_streams_running_elsewhere_keep_running():
+    """Less than everything fits after an address is lost: among equal priorities the streams
+    the previous plan serves on a still-usable address are kept (I3), not the first by name."""
+    prof = profile(concurrent_ip=2, streams_per_connection=2)
+    q = quota(prof=prof, connections_per_pod=4, max_replicas=2, headroom=1.0)
+    both = pool(2)
+    desired = streams(8)
+    first = plan_one(q, both, desired)
+    on_a1 = {cid: c for cid, c in connections(first).items() if c[1] == "a1"}
+    assert len(on_a1) == 2 and not first.unserved
+    only_a1 = both.model_copy(update={"addresses": [address(1)]})
+    second = plan_one(q, only_a1, desired, previous=first, generation=2)
+    assert connections(second) == on_a1  # the same connections, same streams, nothing reopened
+    served = {s for c in on_a1.values() for s in c[3]}
+    assert {u.stream for u in second.unserved} == {s.name for s in desired} - served
