@@ -93,7 +93,8 @@ class RolloutMemory:
     """What the rollout of the gateway pod template remembers between passes."""
 
     evicted: dict[int, str] = field(default_factory=dict)
-    """ordinal -> uid of the pod this operator evicted (terminating until another uid shows)."""
+    """ordinal -> uid of the pod this operator evicted: that pod counts as terminating, and the
+    rollout is not over, until another pod of the ordinal is Ready on the desired template."""
     holders: dict[int, tuple[str, str]] = field(default_factory=dict)
     """ordinal -> (pod uid, Lease holder seen while that pod ran): a new pod's report counts
     only once its Lease names a holder other than its predecessor's."""

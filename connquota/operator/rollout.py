@@ -105,6 +105,11 @@ class FleetView:
     """No plan transition in progress (every step towards the target published)."""
     pod_prefix: str = ""
     """Pod names are `<pod_prefix><ordinal>` (names the missing ones in messages)."""
+    replacing: frozenset[int] = frozenset()
+    """Ordinals this rollout replaced (the operator remembers its evictions) whose successor
+    may not be Ready on the desired template yet: the rollout is not over before they are.
+    Other pods that are missing or not Ready (a new fleet, a scale-up, a crash) are not the
+    rollout's business."""
 
 
 @dataclass(frozen=True)
@@ -114,14 +119,15 @@ class RolloutDecision:
     replace: tuple[int, ...] = ()
     """Ordinals to evict now (highest first)."""
     updated: int = 0
-    """Pods (of 0..replicas-1) that run the desired template and are not terminating."""
+    """Pods (of 0..replicas-1) not outdated and not being replaced: they run the desired
+    template, or will when created (the StatefulSet creates missing pods at it)."""
     total: int = 0
     current: int | None = None
     """The pod being replaced (or the next one to be), None when nothing is rolling."""
     waiting: str | None = None
     """What the rollout waits for (None when it replaces pods now or is done)."""
     rolled_out: bool = True
-    """Every pod runs the desired template and is Ready."""
+    """No pod runs an older template, and every pod this rollout replaced is Ready again."""
     outdated: tuple[int, ...] = field(default=())
 
 
@@ -142,17 +148,26 @@ def decide(fleet: FleetView, pods: Mapping[int, PodView]) -> RolloutDecision:
         (p.ordinal for p in present if not p.terminating and p.template != fleet.template),
         reverse=True,
     )
-    updated = sum(1 for p in present if not p.terminating and p.template == fleet.template)
+
+    def done(o: int) -> bool:
+        pod = pods.get(o)
+        return _ready(pod) and pod is not None and pod.template == fleet.template
+
+    # Replaced by this rollout, successor not yet Ready on the desired template.
+    pending = sorted((o for o in fleet.replacing if o < total and not done(o)), reverse=True)
+    updated = sum(1 for o in ordinals if o not in outdated and o not in pending)
     # Pods not available: the ones being replaced, missing, starting, not yet serving.
     unavailable = set(missing) | {p.ordinal for p in present if not p.available}
     if not outdated:
-        not_ready = [o for o in ordinals if o in unavailable and not _ready(pods.get(o))]
-        if not not_ready:
+        if not pending:
             return RolloutDecision(updated=updated, total=total)
-        first = not_ready[-1]
-        why = pods[first].waits_for() if first in pods else f"pod {name(first)} to be created"
+        first = pending[0]
         return RolloutDecision(
-            updated=updated, total=total, current=first, waiting=why, rolled_out=False
+            updated=updated,
+            total=total,
+            current=first,
+            waiting=_why(pods, first, name(first)),
+            rolled_out=False,
         )
     base = RolloutDecision(updated=updated, total=total, rolled_out=False, outdated=tuple(outdated))
     if not fleet.statefulset_current:

@@ -107,7 +107,8 @@ class Scaling(ReconcilerBase):
     ) -> tuple[dict[str, Any], bool]:
         """Roll the gateway pod template out (see `connquota.operator.rollout`): evict the pods
         the decision names, unless `hold` says why nothing may change now (paused, a problem).
-        Returns (`status.rollout`, whether every pod runs the template and is Ready)."""
+        Returns (`status.rollout`, whether it is rolled out: no pod on an older template, every
+        pod it replaced Ready again)."""
         key = state.key
         ns, _ = key.split("/", 1)
         desired = builders.build_statefulset(
@@ -117,6 +118,18 @@ class Scaling(ReconcilerBase):
             names.ANNOTATION_TEMPLATE_HASH
         ]
         sts = self.sources.statefulset_of_quota(key)
+        pods, uids = self._pod_views(state, body, reports)
+        evicted = state.rollout.evicted
+        for ordinal, old_uid in list(evicted.items()):
+            successor = pods.get(ordinal)
+            if ordinal >= replicas or (
+                successor is not None
+                and uids[ordinal] != old_uid
+                and successor.ready
+                and not successor.terminating
+                and successor.template == template
+            ):
+                del evicted[ordinal]  # replaced: its successor is Ready on the new template
         fleet = rollout.FleetView(
             template=template,
             replicas=replicas,
@@ -126,11 +139,11 @@ class Scaling(ReconcilerBase):
             max_unavailable=quota.spec.gateway.maxUnavailable,
             plan_settled=settled,
             pod_prefix=f"{names.statefulset_name(quota.metadata.name or '')}-",
+            replacing=frozenset(evicted),
         )
-        pods, uids = self._pod_views(state, body, reports)
         decision = rollout.decide(fleet, pods)
         if decision.replace and hold is None:
-            evicted = []
+            names_evicted = []
             for ordinal in decision.replace:
                 pod = pods[ordinal]
                 outcome = await self.api.evict(ns, pod.name, uids[ordinal])
@@ -152,14 +165,14 @@ class Scaling(ReconcilerBase):
                         rolled_out=False,
                     )
                     break
-                state.rollout.evicted[ordinal] = uids[ordinal]
-                evicted.append(pod.name)
-            if evicted:
+                evicted[ordinal] = uids[ordinal]
+                names_evicted.append(pod.name)
+            if names_evicted:
                 await self._event(
                     body,
                     state,
                     "RollingOut",
-                    f"replacing {', '.join(evicted)} with the new pod template "
+                    f"replacing {', '.join(names_evicted)} with the new pod template "
                     f"({decision.updated}/{decision.total} pods updated; break-before-make)",
                 )
         elif decision.replace:
@@ -210,8 +223,6 @@ class Scaling(ReconcilerBase):
             if ordinal is None:
                 continue
             uid = accessors.uid(pod)
-            if memory.evicted.get(ordinal) not in (None, uid):
-                del memory.evicted[ordinal]  # its successor shows
             fresh, seen = rollout.own_report(
                 memory.holders.get(ordinal), uid, holders.get(ordinal, "")
             )

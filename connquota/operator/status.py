@@ -66,7 +66,8 @@ class QuotaObservation:
     rollout: dict[str, Any] | None = None
     """`status.rollout` (connquota.operator.rollout), None when the fleet was not looked at."""
     rolled_out: bool | None = None
-    """Every pod runs the desired pod template and is Ready (None: not looked at)."""
+    """No pod runs an older pod template and every pod the rollout replaced is Ready again
+    (None: not looked at)."""
 
 
 def timestamp(now: dt.datetime) -> str:
@@ -245,7 +246,7 @@ def quota_status(
             ConditionType.ROLLED_OUT,
             True,
             "RolledOut",
-            "every gateway pod runs the current pod template and is Ready",
+            "no gateway pod runs an older pod template; every replaced pod is Ready again",
         )
 
     ready = obs.problem is None and not converging and plan is not None

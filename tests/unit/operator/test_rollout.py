@@ -88,22 +88,21 @@ def test_the_replaced_pod_is_waited_for_until_it_terminates() -> None:
 def test_its_successor_is_waited_for_until_created_ready_acknowledged_and_serving() -> None:
     base = pods(pod(0), pod(1))
     steps = [
-        ({}, "pod md-gw-2 to be created"),
-        ({2: pod(2, NEW, ready=False)}, "pod md-gw-2 to become Ready"),
-        (
-            {2: pod(2, NEW, generation_acked=None)},
-            "pod md-gw-2 to enforce plan generation 3",
-        ),
-        ({2: pod(2, NEW, generation_acked=2)}, "pod md-gw-2 to enforce plan generation 3"),
-        ({2: pod(2, NEW, streams_live=1)}, "pod md-gw-2 to serve its streams (1/2 live)"),
+        ({}, "pod md-gw-2 to be created", 0),
+        ({2: pod(2, NEW, ready=False)}, "pod md-gw-2 to become Ready", 0),
+        ({2: pod(2, NEW, generation_acked=None)}, "pod md-gw-2 to enforce plan generation 3", 1),
+        ({2: pod(2, NEW, generation_acked=2)}, "pod md-gw-2 to enforce plan generation 3", 1),
+        ({2: pod(2, NEW, streams_live=1)}, "pod md-gw-2 to serve its streams (1/2 live)", 1),
     ]
-    for extra, waiting in steps:
-        decision = decide(fleet(), {**base, **extra})
+    replacing = fleet(replacing=frozenset({2}))
+    for extra, waiting, updated in steps:
+        decision = decide(replacing, {**base, **extra})
         assert decision.replace == (), waiting
         assert decision.waiting == waiting
         assert decision.current == 2
-        assert decision.updated == (1 if extra else 0)
-    decision = decide(fleet(), {**base, 2: pod(2, NEW)})
+        # Updated once Ready on the new template.
+        assert decision.updated == updated, waiting
+    decision = decide(replacing, {**base, 2: pod(2, NEW)})
     assert decision.replace == (1,)
     assert decision.updated == 1
 
@@ -155,14 +154,28 @@ def test_a_pod_without_a_template_hash_is_outdated() -> None:
     assert decide(fleet(1), pods(pod(0, None))).replace == (0,)
 
 
-def test_rolled_out_needs_every_pod_ready_on_the_new_template() -> None:
-    decision = decide(fleet(2), pods(pod(0, NEW), pod(1, NEW, ready=False)))
-    assert not decision.rolled_out
-    assert decision.waiting == "pod md-gw-1 to become Ready"
-    # Ready is enough to be rolled out: acknowledgements and live streams are Ready's business.
-    decision = decide(fleet(2), pods(pod(0, NEW), pod(1, NEW, streams_live=0)))
-    assert decision.rolled_out
+def test_rolled_out_needs_every_replaced_pod_ready_on_the_new_template() -> None:
+    replacing = fleet(2, replacing=frozenset({1}))
+    for successor, waiting in (
+        (None, "pod md-gw-1 to be created"),
+        (pod(1, NEW, ready=False), "pod md-gw-1 to become Ready"),
+        (pod(1, OLD, terminating=True), "pod md-gw-1 to terminate"),
+    ):
+        views = pods(pod(0, NEW), *([successor] if successor else []))
+        decision = decide(replacing, views)
+        assert not decision.rolled_out and decision.waiting == waiting
+        assert (decision.updated, decision.current) == (1, 1)
+    # Ready is enough: acknowledgements and live streams are the Ready condition's business.
+    decision = decide(replacing, pods(pod(0, NEW), pod(1, NEW, streams_live=0)))
+    assert decision.rolled_out and decision.updated == 2
     assert decide(fleet(0), {}).rolled_out
+
+
+def test_pods_missing_or_not_ready_outside_a_rollout_are_not_the_rollouts_business() -> None:
+    # A new fleet, a scale-up, a crash: the StatefulSet creates pods at the desired template,
+    # and the status does not change with every pod the controller creates.
+    for views in ({}, pods(pod(0, NEW, ready=False)), pods(pod(0, NEW), pod(1, NEW, ready=False))):
+        assert decide(fleet(3), views) == RolloutDecision(updated=3, total=3)
 
 
 def test_recovery_bound_of_a_replaced_pod_is_a_blind_hold_plus_its_batches() -> None:
@@ -319,13 +332,21 @@ def test_a_simulated_rollout_never_exceeds_max_unavailable_and_finishes(
     decisions: never more than maxUnavailable pods are down, and the rollout ends."""
     stage = dict.fromkeys(range(replicas), "serving")
     template = dict.fromkeys(range(replicas), OLD)
+    replacing: set[int] = set()
 
     def operator_step() -> RolloutDecision:
         views = {o: v for o in stage if (v := _view(o, stage[o], template[o])) is not None}
-        decision = decide(fleet(replicas, max_unavailable=max_unavailable), views)
+        replacing.difference_update(
+            o for o in list(replacing) if template[o] == NEW and stage[o] in ("unacked", "serving")
+        )
+        decision = decide(
+            fleet(replicas, max_unavailable=max_unavailable, replacing=frozenset(replacing)),
+            views,
+        )
         for o in decision.replace:
             assert stage[o] != "terminating" and template[o] == OLD
             stage[o] = "terminating"
+            replacing.add(o)
         down = sum(1 for s in stage.values() if s != "serving")
         assert down <= max_unavailable, (stage, decision)
         return decision
