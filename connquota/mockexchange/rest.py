@@ -12,6 +12,9 @@ exchangeFilters and one entry per symbol with its assets, precisions, order type
 sets and filters. The mock trades any symbol: the list is `DEFAULT_SYMBOLS`, every symbol some
 connection subscribed to, and any asked for by name.
 
+Kraken (`/0/public/Time`, `/0/public/Assets`, `/0/public/AssetPairs`): the `{"error": [],
+"result": ..}` envelope, pairs keyed by Kraken's ids (`XXBTZUSD`, altname `XBTUSD`).
+
 These requests are outside what connquota plans (it manages WebSocket connections only): the
 mock answers them without counting them against any limit (docs/mock-exchange.md).
 """
@@ -139,6 +142,7 @@ def add_rest_routes(app: web.Application, mx: MockExchange) -> None:
         Dialect.BINANCE: _binance_routes,
         Dialect.OKX: _okx_routes,
         Dialect.BYBIT: _bybit_routes,
+        Dialect.KRAKEN: _kraken_routes,
     }.get(mx.dialect)
     if routes is not None:
         routes(app, mx)
@@ -286,3 +290,101 @@ def _bybit_routes(app: web.Application, mx: MockExchange) -> None:
 
     app.router.add_get("/v5/market/instruments-info", instruments)
     app.router.add_get("/v5/market/time", server_time)
+
+
+KRAKEN_PAIRS = ("BTC/USD", "ETH/USD", "SOL/USD", "ETH/BTC", "BTC/EUR")
+"""Pairs the Kraken mock lists besides every pair some connection subscribed to."""
+KRAKEN_ASSET_IDS = {"BTC": ("XXBT", "XBT"), "ETH": ("XETH", "ETH"), "USD": ("ZUSD", "USD"),
+                    "EUR": ("ZEUR", "EUR")}  # fmt: skip
+"""Assets whose Kraken id and altname differ from the code (legacy X/Z ids, XBT for BTC)."""
+
+
+def kraken_asset(code: str) -> tuple[str, str]:
+    """(Kraken asset id, altname) of ``code``: ``BTC`` -> (``XXBT``, ``XBT``)."""
+    return KRAKEN_ASSET_IDS.get(code, (code, code))
+
+
+def kraken_asset_pair(pair: str) -> tuple[str, dict[str, Any]] | None:
+    """(pair id, entry) of `GET /0/public/AssetPairs` for ``BASE/QUOTE`` in Kraken's documented
+    shape (https://docs.kraken.com/api-reference/market-data/get-tradable-asset-pairs)."""
+    base, slash, quote = pair.partition("/")
+    if not slash or not base.isalnum() or not quote.isalnum():
+        return None
+    (base_id, base_alt), (quote_id, quote_alt) = kraken_asset(base), kraken_asset(quote)
+    legacy = base_id != base_alt and quote_id != quote_alt
+    pair_id = base_id + quote_id if legacy else base_alt + quote_alt
+    fees = [
+        [0, 0.26],
+        [50000, 0.24],
+        [100000, 0.22],
+        [250000, 0.2],
+        [500000, 0.18],
+        [1000000, 0.16],
+        [2500000, 0.14],
+        [5000000, 0.12],
+        [10000000, 0.1],
+    ]
+    fees_maker = [
+        [0, 0.16],
+        [50000, 0.14],
+        [100000, 0.12],
+        [250000, 0.1],
+        [500000, 0.08],
+        [1000000, 0.06],
+        [2500000, 0.04],
+        [5000000, 0.02],
+        [10000000, 0],
+    ]
+    return pair_id, {
+        "altname": base_alt + quote_alt, "wsname": f"{base_alt}/{quote_alt}",
+        "aclass_base": "currency", "base": base_id, "aclass_quote": "currency",
+        "quote": quote_id, "lot": "unit", "cost_decimals": 5, "pair_decimals": 2,
+        "lot_decimals": 8, "lot_multiplier": 1, "leverage_buy": [], "leverage_sell": [],
+        "fees": fees, "fees_maker": fees_maker, "fee_volume_currency": "ZUSD",
+        "margin_call": 80, "margin_stop": 40, "ordermin": "0.0001", "costmin": "0.5",
+        "tick_size": "0.01", "status": "online",
+    }  # fmt: skip
+
+
+def _kraken_pairs(mx: MockExchange) -> list[str]:
+    subscribed = {name.split(":", 1)[1] for name in list(mx.feeds.feeds) if ":" in name}
+    return list(dict.fromkeys([*KRAKEN_PAIRS, *sorted(subscribed)]))
+
+
+def _kraken_routes(app: web.Application, mx: MockExchange) -> None:
+    """Kraken spot public REST (https://docs.kraken.com/api-reference/market-data/): server
+    time, assets and tradable asset pairs, in the ``{"error": [], "result": ..}`` envelope."""
+
+    def envelope(result: Any, errors: list[str] | None = None) -> web.Response:
+        return web.json_response({"error": errors or [], "result": result})
+
+    async def server_time(_: web.Request) -> web.Response:
+        now = time.time()
+        rfc1123 = time.strftime("%a, %d %b %y %H:%M:%S +0000", time.gmtime(now))
+        return envelope({"unixtime": int(now), "rfc1123": rfc1123})
+
+    async def assets(_: web.Request) -> web.Response:
+        codes = dict.fromkeys(c for p in _kraken_pairs(mx) for c in p.split("/"))
+        result = {}
+        for code in codes:
+            asset_id, altname = kraken_asset(code)
+            result[asset_id] = {"aclass": "currency", "altname": altname, "decimals": 10,
+                                "display_decimals": 5, "collateral_value": 1.0,
+                                "status": "enabled"}  # fmt: skip
+        return envelope(result)
+
+    async def asset_pairs(request: web.Request) -> web.Response:
+        rows = [kraken_asset_pair(p) for p in _kraken_pairs(mx)]
+        result = {pair_id: entry for pair_id, entry in (r for r in rows if r is not None)}
+        asked = request.query.get("pair")
+        if asked:
+            wanted = set(asked.split(","))
+            result = {k: v for k, v in result.items()
+                      if k in wanted or v["altname"] in wanted or v["wsname"] in wanted}  # fmt: skip
+            if not result:
+                return envelope({}, ["EQuery:Unknown asset pair"])
+        return envelope(result)
+
+    app.router.add_get("/0/public/Time", server_time)
+    app.router.add_get("/0/public/Assets", assets)
+    app.router.add_get("/0/public/AssetPairs", asset_pairs)

@@ -203,8 +203,8 @@ async def test_kraken_clients_use_the_gateways_native_v2_endpoint(harness):
         assert first.stream == "trade:BTC/USD"
     exchange = ccxtpro.kraken()
     exchange.urls["api"]["ws"]["publicV2"] = v2
-    exchange.urls["api"]["rest"] = {"public": "http://127.0.0.1:9", "private": "http://127.0.0.1:9"}
-    exchange.set_markets([_market("BTC", "USD"), _market("ETH", "USD")])
+    exchange.urls["api"]["public"] = harness.mock.http_url  # the market list, as from Kraken
+    exchange.urls["api"]["private"] = "http://127.0.0.1:9"
     try:
         trades = await asyncio.wait_for(exchange.watch_trades("BTC/USD"), 10)
         assert trades[-1]["symbol"] == "BTC/USD" and trades[-1]["price"] > 0
@@ -220,14 +220,6 @@ async def test_kraken_clients_use_the_gateways_native_v2_endpoint(harness):
     upstream = sorted(s for c in harness.mock.websockets(GW_IP) for s in c.streams)
     assert upstream == sorted([*STREAMS[:4], "ticker:ETH/USD"]), "consumers opened nothing"
     harness.assert_no_violation()
-
-
-def _market(base: str, quote: str) -> dict[str, Any]:
-    """A market as ccxt's Kraken client keeps it (its REST market list is not loaded)."""
-    return {"id": f"{base}{quote}", "symbol": f"{base}/{quote}", "base": base, "quote": quote,
-            "baseId": base, "quoteId": quote, "type": "spot", "spot": True, "active": True,
-            "altname": f"{base}{quote}", "wsId": f"{base}/{quote}",
-            "precision": {"amount": 1e-8, "price": 0.01}, "limits": {}, "info": {}}  # fmt: skip
 
 
 async def test_max_age_rotation_is_make_before_break_without_a_gap_in_trade_ids(harness):

@@ -193,3 +193,38 @@ async def test_max_connection_age_closes_at_the_limit(start_mock) -> None:
         closed = time.monotonic() - started
     assert code == 1001
     assert 0.8 < closed < 2.5, "60 s at scale 60"
+
+
+async def test_public_rest_lists_assets_and_pairs_in_krakens_envelope(start_mock) -> None:
+    mx = await start_mock("kraken", limits=["messagesPerConnection=50/1"])
+    async with client_from("127.0.0.56") as client:
+        ws = await client.ws_connect(mx.url + "/v2")
+        await ws.send_str(kraken.build_subscribe(["trade:DOT/USD"], 1))
+        await receive_until(ws, lambda m: isinstance(m, dict) and "result" in m)
+        async with client.get(mx.http_url + "/0/public/AssetPairs") as resp:
+            pairs = await resp.json()
+        async with client.get(mx.http_url + "/0/public/AssetPairs?pair=XBTUSD") as resp:
+            one = await resp.json()
+        async with client.get(mx.http_url + "/0/public/AssetPairs?pair=NOPE") as resp:
+            unknown = await resp.json()
+        async with client.get(mx.http_url + "/0/public/Assets") as resp:
+            assets = await resp.json()
+        async with client.get(mx.http_url + "/0/public/Time") as resp:
+            now = await resp.json()
+        await ws.close()
+    assert pairs["error"] == []
+    btc = pairs["result"]["XXBTZUSD"]
+    assert (btc["altname"], btc["wsname"], btc["base"], btc["quote"]) == (
+        "XBTUSD",
+        "XBT/USD",
+        "XXBT",
+        "ZUSD",
+    )
+    assert {"lot_decimals", "pair_decimals", "fees", "fees_maker", "ordermin", "costmin",
+            "tick_size", "status"} <= set(btc)  # fmt: skip
+    assert "DOTUSD" in pairs["result"], "a pair some connection subscribed to is listed"
+    assert list(one["result"]) == ["XXBTZUSD"]
+    assert unknown == {"error": ["EQuery:Unknown asset pair"], "result": {}}
+    assert assets["result"]["XXBT"]["altname"] == "XBT"
+    assert abs(now["result"]["unixtime"] - time.time()) < 5
+    assert mx.violations() == []

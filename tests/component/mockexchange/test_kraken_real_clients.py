@@ -1,15 +1,11 @@
 """ccxt's async pro Kraken client (WebSocket v2 for public data) pointed at the mock exchange
-by URL only: it subscribes in Kraken's protocol and parses what the mock sends into its unified
-trades, ticker, candles and order book without error.
-
-ccxt loads Kraken's markets over REST (``/0/public/AssetPairs``), which the mock does not serve:
-the two markets are set on the client instead, and its REST URL points at a closed port so that
-nothing can leave the machine."""
+by URL only: it loads the market list from the mock's REST (``/0/public/Assets`` and
+``/0/public/AssetPairs``), subscribes in Kraken's protocol and parses what the mock sends into
+its unified trades, ticker, candles and order book without error."""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import ccxt.pro as ccxtpro
 import pytest
@@ -19,21 +15,17 @@ pytestmark = pytest.mark.slow
 WATCH_S = 10.0
 
 
-def _market(base: str, quote: str) -> dict[str, Any]:
-    return {"id": f"{base}{quote}", "symbol": f"{base}/{quote}", "base": base, "quote": quote,
-            "baseId": base, "quoteId": quote, "type": "spot", "spot": True, "active": True,
-            "altname": f"{base}{quote}", "wsId": f"{base}/{quote}",
-            "precision": {"amount": 1e-8, "price": 0.01}, "limits": {}, "info": {}}  # fmt: skip
-
-
 async def test_ccxt_pro_kraken_watches_trades_ticker_candles_and_the_book_on_the_mock(
     start_mock,
 ) -> None:
     mx = await start_mock("kraken", rate_per_stream_hz=20, limits=["messagesPerConnection=50/1"])
     exchange = ccxtpro.kraken()
     exchange.urls["api"]["ws"]["publicV2"] = mx.url + "/v2"
-    exchange.urls["api"]["rest"] = {"public": "http://127.0.0.1:9", "private": "http://127.0.0.1:9"}
-    exchange.set_markets([_market("BTC", "USD"), _market("ETH", "USD")])
+    exchange.urls["api"]["public"] = mx.http_url
+    exchange.urls["api"]["private"] = "http://127.0.0.1:9"  # a closed port: nothing leaves
+    markets = await asyncio.wait_for(exchange.load_markets(), WATCH_S)
+    assert {"BTC/USD", "ETH/USD", "ETH/BTC"} <= set(markets)
+    assert markets["BTC/USD"]["id"] == "XXBTZUSD" and markets["BTC/USD"]["active"]
     try:
         trades = await asyncio.wait_for(exchange.watch_trades("BTC/USD"), WATCH_S)
         trade = trades[-1]
