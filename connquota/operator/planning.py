@@ -26,7 +26,7 @@ from connquota.api.limits import SHARED_SCOPES, LimitScope
 from connquota.api.plan import PodPlan, QuotaPlan
 from connquota.api.pool import ExchangeEgressPoolSpec
 from connquota.api.quota import ExchangeConnectionQuota
-from connquota.api.report import Quarantine
+from connquota.api.report import GatewayReport, Quarantine
 from connquota.exchanges import ProfileError, effective_profile
 from connquota.operator.status import Problem
 from connquota.planner.budgets import BudgetKey
@@ -212,6 +212,15 @@ def plan_target(
 def forget_quota(uid: str) -> None:
     """Drop what planning keeps in memory for a deleted quota (its plan index)."""
     PLAN_INDEXES.forget(uid)
+
+
+def cannot_read(reports: Mapping[int, GatewayReport], plan: QuotaPlan | None) -> list[int]:
+    """The pods whose gateway reports it does not read `plan`'s formatVersion (the plan
+    format rule: new fields are optional and ignored within a version; a new version goes
+    out only when every running pod reads it, i.e. once the rollout replaced the others)."""
+    if plan is None:
+        return []
+    return sorted(o for o, r in reports.items() if plan.formatVersion not in r.planFormats)
 
 
 def without_addresses(shares: QuotaShares, down: Mapping[str, str]) -> QuotaShares:

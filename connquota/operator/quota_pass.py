@@ -119,6 +119,18 @@ class QuotaPass(ReconcilerBase):
                     plan = planning.complete(step.plan, state.plans.published, qin)
                     if not plan_changes(state.plans.published, plan):
                         plan = None
+                    unreadable = planning.cannot_read(reports, plan)
+                    if plan is not None and unreadable:
+                        # The plan format rule: never a formatVersion a running pod does not
+                        # read; the rollout replaces those pods (the plan settles meanwhile).
+                        log.warning(
+                            "quota %s: plan formatVersion %s held back: pods %s do not read it",
+                            key,
+                            plan.formatVersion,
+                            unreadable,
+                            extra={"quota": key},
+                        )
+                        plan = None
                 if step.waiting:
                     metrics.TRANSITION_WAITS.inc()
                     waiting = planning.waiting_message(step.waiting, now, self.wall())

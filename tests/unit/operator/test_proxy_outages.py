@@ -57,3 +57,15 @@ def test_planning_without_an_address_zeroes_only_its_shares():
     assert out.bursts == {(LimitScope.IP, "a", LimitName.CONNECTION_ATTEMPTS): 0}
     assert out.reasons == ["address a: its proxy is down (unreachable)"]
     assert without_addresses(shares, {}) is shares
+
+
+def test_a_plan_format_a_running_pod_does_not_read_is_held_back():
+    from connquota.api.plan import QuotaPlan
+    from connquota.operator.planning import cannot_read
+
+    plan = QuotaPlan(generation=2, quota=QuotaRef(namespace="t", name="q"), replicas=2)
+    old = report({}).model_copy(update={"planFormats": [1]})
+    assert cannot_read({0: old, 1: old}, plan) == []
+    newer = plan.model_copy(update={"formatVersion": 2})
+    assert cannot_read({0: old, 1: old.model_copy(update={"planFormats": [1, 2]})}, newer) == [0]
+    assert cannot_read({0: old}, None) == []
