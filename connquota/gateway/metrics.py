@@ -130,7 +130,7 @@ class GatewayCollector(Collector):
         yield dropped
         mismatches = CounterMetricFamily(
             P + "book_checksum_mismatches",
-            "Order-book updates whose checksum disagreed with the merged book (book dropped)",
+            "Order-book checksums that disagreed with the merged book (the replay is dropped)",
         )
         mismatches.add_metric([], hub.books.diverged)
         yield mismatches
