@@ -111,7 +111,12 @@ def attempt_limits(profile: str):
     return shrunk(profile, connectionAttempts=(ATTEMPTS, WINDOW_PROFILE_S))
 
 
-async def start_mock(harness: Harness, tls: bool, monkeypatch: pytest.MonkeyPatch | None = None):
+async def start_mock(
+    harness: Harness,
+    tls: bool,
+    monkeypatch: pytest.MonkeyPatch | None = None,
+    profile: str = "binance-spot",
+):
     """The mock exchange; over TLS its certificate names `localhost` only (the exchange host
     the gateway must check through the tunnel, never the proxy's address)."""
     kw = {}
@@ -119,7 +124,7 @@ async def start_mock(harness: Harness, tls: bool, monkeypatch: pytest.MonkeyPatc
     if tls:
         ca = TestCA.create()
         kw["ssl_context"] = ca.server_context(["localhost"])
-    mock = await harness.start_mock("binance-spot", attempt_limits("binance-spot"), **kw)
+    mock = await harness.start_mock(profile, attempt_limits(profile), **kw)
     if ca is None:
         return mock, harness.gateway_profile()
     ca_file = harness.tmp_path / "ca.pem"
@@ -131,8 +136,14 @@ async def start_mock(harness: Harness, tls: bool, monkeypatch: pytest.MonkeyPatc
     return mock, scaled_profile(mock.profile, TIME_SCALE, endpoint)
 
 
-def plan_on(profile, addresses: list[EgressAddress], conns: int = CONNS, per_conn: int = 2):
-    names = stream_names("binance-spot", conns * per_conn * len(addresses))
+def plan_on(
+    profile,
+    addresses: list[EgressAddress],
+    conns: int = CONNS,
+    per_conn: int = 2,
+    dialect_of: str = "binance-spot",
+):
+    names = stream_names(dialect_of, conns * per_conn * len(addresses))
     connections = [
         ConnectionPlan(
             id=f"c{a.name}{i}",
@@ -156,19 +167,31 @@ START_UP_SETS = {
     "tinyproxy+microsocks": {"http": "p-http", "socks5": "p-socks"},
     "squid": {"squid": "p-squid"},
 }
+# Binance through every proxy set; each other dialect through tinyproxy and microsocks.
+START_UP_CASES = [
+    pytest.param("binance-spot", kinds, id=f"binance-spot-{name}")
+    for name, kinds in START_UP_SETS.items()
+] + [
+    pytest.param(
+        dialect, START_UP_SETS["tinyproxy+microsocks"], id=f"{dialect}-tinyproxy+microsocks"
+    )
+    for dialect in ("okx", "bybit", "kraken")
+]
 
 
 @pytest.mark.parametrize("tls", [False, True], ids=["ws", "wss"])
-@pytest.mark.parametrize("kinds", list(START_UP_SETS.values()), ids=list(START_UP_SETS))
+@pytest.mark.parametrize(("dialect", "kinds"), START_UP_CASES)
 async def test_start_up_and_a_mass_disconnect_through_http_and_socks5_proxies_stay_in_each_proxy_ips_limit(
-    harness, rig, tls, kinds, monkeypatch
+    harness, rig, tls, dialect, kinds, monkeypatch
 ):
-    mock, profile = await start_mock(harness, tls, monkeypatch)
+    mock, profile = await start_mock(harness, tls, monkeypatch, dialect)
     proxies = {kind: await rig.start(kind) for kind in kinds}
     for name in kinds.values():
         rig.write_secret(name, PASSWORD)
     plan, names = plan_on(
-        profile, [rig.address(name, proxies[kind]) for kind, name in kinds.items()]
+        profile,
+        [rig.address(name, proxies[kind]) for kind, name in kinds.items()],
+        dialect_of=dialect,
     )
     gw = harness.gateway(harness.write_plan(plan))
     gw.start()
