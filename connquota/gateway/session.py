@@ -64,6 +64,10 @@ class Session:
         self.subscribed = asyncio.Event()
         self.wanted: set[str] = set()
         self.control: asyncio.Queue[tuple[str, list[str]]] = asyncio.Queue()
+        self.book_ids: dict[str, int] = {}
+        """Deribit: book stream -> the last ``change_id`` published."""
+        self.book_gaps: set[str] = set()
+        """Deribit: book streams dropped since a continuity gap, until a fresh snapshot."""
         self.ended: asyncio.Future[SessionEnded] = asyncio.get_running_loop().create_future()
         self._tasks: list[asyncio.Task[None]] = []
         self._ids = itertools.count(1)
@@ -203,6 +207,13 @@ class Session:
             await self._login_now()
             if self.ended.done():
                 return
+        set_heartbeat = getattr(self.fmt, "build_set_heartbeat", None)
+        if set_heartbeat is not None and direction == HeartbeatDirection.SERVER_PING:
+            # Deribit: heartbeats are opt-in (public/set_heartbeat); the server then sends
+            # test_request, answered with public/test (see the reader)
+            interval = self.conn.profile.heartbeat.intervalSeconds
+            frame = functools.partial(set_heartbeat, interval, next(self._ids))
+            await self._send(frame, MessageKind.HEARTBEAT)
         self.want(streams)
         self._tasks.append(asyncio.create_task(self._controller(), name=f"{self.slot_id}-ctl"))
 
@@ -311,6 +322,9 @@ class Session:
         try:
             while True:
                 op, streams = await self.control.get()
+                if op == "resub":
+                    await self._resubscribe(streams)
+                    continue
                 if op == "sub":
                     streams = [s for s in streams if s in self.wanted and s not in self.acked]
                 else:
@@ -327,6 +341,50 @@ class Session:
                     await self._send(frame, MessageKind.CONTROL)
         except (ConnectionResetError, aiohttp.ClientError, RuntimeError):
             self.end("send-failed", False)
+
+    async def _resubscribe(self, streams: list[str]) -> None:
+        """Deribit: a book whose ``change_id`` continuity broke is unsubscribed and subscribed
+        again, so the exchange sends a fresh snapshot (the hub keeps the stream claimed)."""
+        streams = [s for s in streams if s in self.wanted and s in self.acked]
+        for batch in self._batches(streams):
+            for op, build in (("resub-unsub", self.fmt.build_unsubscribe),
+                              ("sub", self.fmt.build_subscribe)):  # fmt: skip
+                request_id = next(self._ids)
+                self.pending[request_id] = (op, batch)
+                await self._send(functools.partial(build, batch, request_id), MessageKind.CONTROL)
+
+    def _continuous(self, stream: str, payload: Any, cont: Callable[[Any], Any]) -> bool:
+        """Deribit books: whether this message follows the last one (its ``prev_change_id`` is
+        the last ``change_id``). A gap is counted (``exchange_frames_dropped_total{reason=
+        "book-gap"}``), the message and the ones after it are dropped until a fresh snapshot,
+        which a resubscription asks for."""
+        ids = cont(payload)
+        if ids is None:
+            return True
+        prev, change = ids
+        if prev is None:  # a snapshot starts the chain again
+            self.book_gaps.discard(stream)
+            self.book_ids[stream] = change
+            return True
+        if stream in self.book_gaps:
+            self.ctx.stats[("dropped", "book-gap")] += 1
+            return False
+        last = self.book_ids.get(stream)
+        if last is None or prev == last:
+            self.book_ids[stream] = change
+            return True
+        self.ctx.stats[("dropped", "book-gap")] += 1
+        self.book_gaps.add(stream)
+        log.warning(
+            "order book %s: prev_change_id %s after change_id %s: messages were missed; "
+            "dropped until a fresh snapshot (resubscribing)",
+            stream,
+            prev,
+            last,
+            extra=self.extra,
+        )
+        self.control.put_nowait(("resub", [stream]))
+        return False
 
     def _pending_entry(self, request_id: Any, streams: tuple[str, ...]) -> Any:
         """The pending request ``request_id`` answers (popped). Per-symbol acks (Kraken): only
@@ -358,6 +416,19 @@ class Session:
             op, streams = entry
         else:
             op, streams = ev.op, list(ev.streams)
+        if op in ("sub", "subscribe") and getattr(self.fmt, "ACK_LISTS_ACCEPTED", False):
+            # Deribit: a channel left out of the result was not subscribed
+            refused = [s for s in streams if s not in ev.streams]
+            if refused:
+                self.ctx.stats[("dropped", "error")] += 1
+                log.warning(
+                    "exchange left %d of %d channels out of its subscribe result: %s",
+                    len(refused),
+                    len(streams),
+                    ",".join(refused[:5]),
+                    extra=self.extra,
+                )
+                streams = [s for s in streams if s in ev.streams]
         if op in ("sub", "subscribe"):
             for s in streams:
                 if s in self.wanted:
@@ -373,6 +444,10 @@ class Session:
         fast = getattr(self.fmt, "fast_data", None)
         # Kraken book data does not say its depth: the subscribed stream it belongs to.
         resolve = getattr(self.fmt, "resolve_stream", None)
+        # Deribit books: change_id / prev_change_id continuity.
+        cont = getattr(self.fmt, "continuity", None)
+        # Deribit's test_request is answered with a request (public/test).
+        ping_reply = getattr(self.fmt, "build_ping_reply", None)
         stats = ctx.stats
         reason, clean = "closed-by-exchange", True
         try:
@@ -391,6 +466,8 @@ class Session:
                         stream = ev.stream
                         if resolve is not None:
                             stream = resolve(stream, self.wanted)
+                        if cont is not None and not self._continuous(stream, ev.payload, cont):
+                            continue
                         hub.publish(stream, ev.payload, self, ev.seq, ev.raw)
                     elif isinstance(ev, Ack):
                         self._on_ack(ev)
@@ -407,8 +484,10 @@ class Session:
                         if ev.kind == "serverShutdown":
                             self.conn.rotation_requested.set()
                     elif isinstance(ev, Ping):
-                        # No dialect the gateway speaks pings in JSON from the server yet.
                         self.ctx.stats[("pings_in",)] += 1
+                        if ping_reply is not None:  # Deribit: test_request -> public/test
+                            await self._send(ping_reply(next(self._ids)), MessageKind.HEARTBEAT)
+                            stats[("messages_out", "heartbeat")] += 1
                     elif isinstance(ev, Pong):
                         self.ctx.stats[("pongs_in",)] += 1
                     else:  # a frame the dialect does not recognise: counted and dropped

@@ -63,14 +63,21 @@ class Housekeeping(MockState):
                 self.close_soon(conn, *session.age_close)
                 return
         if hb.direction == HeartbeatDirection.SERVER_PING:
+            interval_s = session.ping_interval_s(hb.intervalSeconds)
+            if interval_s is None:  # Deribit: no heartbeats until public/set_heartbeat
+                return
             if conn.pings and now - conn.pings[0][1] > s.scaled_s(hb.timeoutSeconds):
                 self.close_soon(conn, *session.heartbeat_close)
                 return
             if now >= conn.next_ping_at:
                 payload = str(int(time.time() * 1000)).encode()
                 conn.pings.append((payload, now))
-                conn.next_ping_at = now + s.scaled_s(hb.intervalSeconds)
-                await ws.ping(payload)
+                conn.next_ping_at = now + s.scaled_s(interval_s)
+                text = session.ping_text()
+                if text is None:
+                    await ws.ping(payload)
+                else:
+                    conn.send_later(text)
         else:
             if hb.direction == HeartbeatDirection.SERVER_HEARTBEAT and conn.ever_subscribed:
                 # Kraken: "approximately once every second in the absence of any other

@@ -1,6 +1,6 @@
 """Exchange wire formats: pure functions that build and parse each exchange's frames.
 
-``formats[Dialect.BINANCE]`` (and okx, bybit, kraken) is the module implementing the
+``formats[Dialect.BINANCE]`` (and okx, bybit, kraken, deribit) is the module implementing the
 ``base.WireFormat`` shape. The gateway uses the client half, the mock exchange the server half.
 """
 
@@ -9,13 +9,14 @@ from __future__ import annotations
 from types import ModuleType
 
 from connquota.api.limits import Dialect
-from connquota.exchanges.dialects import binance, bybit, kraken, okx
+from connquota.exchanges.dialects import binance, bybit, deribit, kraken, okx
 
 formats: dict[Dialect, ModuleType] = {
     Dialect.BINANCE: binance,
     Dialect.OKX: okx,
     Dialect.BYBIT: bybit,
     Dialect.KRAKEN: kraken,
+    Dialect.DERIBIT: deribit,
 }
 
 
@@ -24,4 +25,4 @@ def wire_format(dialect: Dialect | str) -> ModuleType:
     return formats[Dialect(dialect)]
 
 
-__all__ = ["binance", "bybit", "formats", "kraken", "okx", "wire_format"]
+__all__ = ["binance", "bybit", "deribit", "formats", "kraken", "okx", "wire_format"]

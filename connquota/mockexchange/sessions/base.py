@@ -76,6 +76,17 @@ class DialectSession:
         subscribed (profiles whose heartbeat is ``serverHeartbeat``: Kraken), or None."""
         return None
 
+    def ping_interval_s(self, profile_s: float) -> float | None:
+        """Seconds between server pings (``serverPing`` profiles): the profile's by default;
+        None while this connection has not asked for heartbeats (Deribit's opt-in
+        ``public/set_heartbeat``)."""
+        return profile_s
+
+    def ping_text(self) -> str | None:
+        """The server ping as a text frame (Deribit's ``test_request``, answered by a request
+        that pops ``conn.pings``), or None for a WebSocket ping frame."""
+        return None
+
     def notice(self) -> str | None:
         """The notice sent before a planned disconnect (max age, shutdown), or None."""
         return None

@@ -134,6 +134,10 @@ async def test_streams_per_connection_at_the_limit_pass_and_one_more_is_refused(
             frames = await receive_until(ws, lambda m: isinstance(m, dict) and "error" in m)
             assert frames[-1]["success"] is False and frames[-1]["req_id"] == 2
             assert frames[-1]["symbol"] == "SYM3/USD"
+        elif dialect == "deribit":  # a JSON-RPC error answers the request; the socket stays
+            reply = json.loads(await receive_text(ws))
+            assert reply["error"]["code"] == -32602 and reply["id"] == 2
+            assert not ws.closed
         else:
             reply = json.loads(await receive_text(ws))
             assert reply.get("error", {}).get("code") == 2 or reply.get("success") is False

@@ -1,0 +1,219 @@
+"""Deribit API v2 on the mock: JSON-RPC 2.0 at ``/ws/api/v2`` (public market data)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from connquota.api.limits import Limit, LimitName, LimitScope
+from connquota.exchanges.dialects import deribit
+from connquota.exchanges.dialects.base import (
+    InvalidRequest,
+    OtherRequest,
+    PingRequest,
+    SubscribeRequest,
+    WireFormatError,
+)
+from connquota.mockexchange.books import MockBook
+from connquota.mockexchange.sessions.base import DialectSession, wall_ms
+
+BOOK_DEPTH = 20
+"""Levels per side of a mock Deribit book (``book.<instrument>.100ms`` is the full book)."""
+VERSION = "1.2.26"
+"""What ``public/test`` answers (``{"version": ..}``)."""
+
+
+class CreditBucket:
+    """Deribit's credits as a token bucket: ``burst`` requests at once, refilled at ``rate``
+    requests per wall second (500 credits a request, 50,000 at most, 10,000 a second)."""
+
+    def __init__(self, burst: float, rate_per_s: float) -> None:
+        self.burst = burst
+        self.rate = rate_per_s
+        self.tokens = burst
+        self.at = time.monotonic()
+
+    def take(self, now: float) -> bool:
+        """One request: True when a token was left (and taken)."""
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens >= 1.0:
+            self.tokens -= 1.0
+            return True
+        return False
+
+    @property
+    def used(self) -> float:
+        """Requests' worth of credits in use (what the ledger observes)."""
+        return self.burst - self.tokens
+
+
+def _levels(levels: list[Any], snapshot: bool) -> list[list[Any]]:
+    """Mock levels ``[price, size]`` as Deribit's ``[action, price, amount]``."""
+    out: list[list[Any]] = []
+    for level in levels:
+        price, size = float(level[0]), float(level[1])
+        action = "new" if snapshot else ("delete" if size == 0 else "change")
+        out.append([action, price, size])
+    return out
+
+
+class DeribitSession(DialectSession):
+    """Deribit: one JSON-RPC answer per request (a subscribe's result lists the channels
+    subscribed; an unknown channel is left out), opt-in heartbeats (``test_request`` until the
+    client answers with ``public/test``), snapshots then changes with ``change_id`` continuity,
+    every request charged to the credit bucket of its account (its IP when not logged in)."""
+
+    heartbeat_close = (1000, "heartbeat: test_request not answered")
+
+    def __init__(self, *args: object, **kw: object) -> None:
+        super().__init__(*args, **kw)  # type: ignore[arg-type]
+        self.heartbeat_s: float | None = None
+        """The interval ``public/set_heartbeat`` asked for (None: heartbeats off)."""
+
+    # -- heartbeats (housekeeping asks) ------------------------------------------------------
+
+    def ping_interval_s(self, profile_s: float) -> float | None:
+        return self.heartbeat_s
+
+    def ping_text(self) -> str | None:
+        return deribit.build_heartbeat("test_request")
+
+    # -- requests ----------------------------------------------------------------------------
+
+    def _bucket_limit(self) -> Limit | None:
+        return self.mx.limit(LimitName.MESSAGES_PER_ACCOUNT, LimitScope.ACCOUNT)
+
+    def _charge(self) -> bool:
+        """Charge one request to the credit bucket; False (and the violation recorded) when
+        no credit was left."""
+        limit = self._bucket_limit()
+        if limit is None:
+            return True
+        key = self.conn.account or f"ip:{self.conn.ip}"
+        buckets: dict[str, CreditBucket] = self.mx.__dict__.setdefault("_deribit_credits", {})
+        bucket = buckets.get(key)
+        if bucket is None:
+            burst = float(limit.burst if limit.burst is not None else limit.value)
+            rate = limit.value / self.mx.settings.scaled_s(limit.windowSeconds or 1.0)
+            bucket = buckets[key] = CreditBucket(burst, rate)
+        ok = bucket.take(time.monotonic())
+        self.mx.ledger.observe(limit.name, limit.scope, key, bucket.used + (0 if ok else 1))
+        if not ok:
+            self.mx.violate(self.conn, limit, bucket.used + 1, "error 10028 and session closed")
+        return ok
+
+    async def on_text(self, text: str) -> None:
+        us_in = deribit.now_us()
+        request = deribit.parse_client_message(text)
+        if not self._charge():
+            rid = getattr(request, "request_id", None)
+            self.send(deribit.build_error(rid, *deribit.TOO_MANY_REQUESTS, us_in=us_in))
+            self.mx.close_soon(self.conn, 1000, "too_many_requests")
+            return
+        if isinstance(request, PingRequest):
+            if self.conn.pings:  # the oldest test_request is answered
+                self.conn.pings.popleft()
+            self.send(deribit.build_result(request.request_id, {"version": VERSION}, us_in))
+        elif isinstance(request, InvalidRequest):
+            self.mx.note_malformed(self.conn)
+            self.send(request.reply)
+        elif isinstance(request, OtherRequest):
+            self._on_other(request, us_in)
+        elif isinstance(request, SubscribeRequest):
+            self._on_subscribe(request, us_in)
+
+    def _on_other(self, request: OtherRequest, us_in: int) -> None:
+        rid, method, params = request.request_id, request.method, request.params or {}
+        if method == "public/set_heartbeat":
+            interval = params.get("interval")
+            if not isinstance(interval, (int, float)) or interval < deribit.MIN_HEARTBEAT_S:
+                reason = f"must be at least {deribit.MIN_HEARTBEAT_S}"
+                data = {"reason": reason, "param": "interval"}
+                self.send(deribit.build_error(rid, *deribit.INVALID_PARAMS, data, us_in))
+                return
+            profile_s = self.mx.profile.heartbeat.intervalSeconds
+            # the profile's interval in the mock's time: a test at time scale 20 asks for 30 s
+            self.heartbeat_s = float(profile_s if interval == profile_s else interval)
+            self.conn.next_ping_at = time.monotonic() + self.mx.settings.scaled_s(self.heartbeat_s)
+            self.send(deribit.build_result(rid, "ok", us_in))
+        elif method == "public/disable_heartbeat":
+            self.heartbeat_s = None
+            self.conn.pings.clear()
+            self.send(deribit.build_result(rid, "ok", us_in))
+        elif method == "public/get_time":
+            self.send(deribit.build_result(rid, wall_ms(), us_in))
+        elif method == "public/hello":
+            self.send(deribit.build_result(rid, {"version": VERSION}, us_in))
+        elif method == "public/unsubscribe_all":
+            self.mx.unsubscribe(self.conn, list(self.conn.streams))
+            self.send(deribit.build_result(rid, "ok", us_in))
+        else:  # public/auth, private/*: not modelled
+            self.send(deribit.build_error(rid, *deribit.AUTHORIZATION_REQUIRED, None, us_in))
+
+    def _on_subscribe(self, request: SubscribeRequest, us_in: int) -> None:
+        rid = request.request_id
+        channels = list(dict.fromkeys(request.streams))
+        if request.unsubscribe:
+            gone = [c for c in channels if c in self.conn.streams]
+            self.mx.unsubscribe(self.conn, gone)
+            self.send(deribit.build_result(rid, gone, us_in))
+            return
+        accepted = []
+        for channel in channels:
+            try:
+                _, _, interval = deribit.stream_parts(channel)
+            except WireFormatError:
+                continue  # "silently left out of result"
+            if interval == "raw":
+                continue  # "raw interval is only available to authorized users"
+            accepted.append(channel)
+        new = [c for c in accepted if c not in self.conn.streams]
+        total = len(self.conn.streams) + len(new)
+        if new and self.mx.over_stream_limit(self.conn, total, "error reply"):
+            data = {"reason": "too many subscriptions on this connection", "param": "channels"}
+            self.send(deribit.build_error(rid, *deribit.INVALID_PARAMS, data, us_in))
+            return
+        self.send(deribit.build_result(rid, accepted, us_in))
+        self.mx.subscribe(self.conn, new)
+
+    # -- data --------------------------------------------------------------------------------
+
+    def _book(self, stream: str) -> MockBook:
+        return self.mx.books.book(stream, BOOK_DEPTH, okx_levels=False)
+
+    def _book_frame(self, stream: str, seq: int, event_time_ms: int, snapshot: bool) -> str:
+        book = self._book(stream)
+        book.advance(seq)
+        if snapshot:
+            bids = _levels(book.top_bids(), True)
+            asks = _levels(book.top_asks(), True)
+            return deribit.build_book(stream, "snapshot", seq, None, bids, asks, event_time_ms)
+        bids = _levels(book.changed_bids, False)
+        asks = _levels(book.changed_asks, False)
+        # events are gapless per stream and every subscriber gets each one after its snapshot:
+        # the change of event seq follows the change_id seq - 1 (frames are shared)
+        return deribit.build_book(stream, "change", seq, seq - 1, bids, asks, event_time_ms)
+
+    def frame(self, stream: str, seq: int, event_time_ms: int) -> str:
+        try:
+            kind = deribit.stream_parts(stream)[0]
+        except WireFormatError:
+            kind = ""
+        if kind == "book":
+            return self._book_frame(stream, seq, event_time_ms, snapshot=False)
+        return deribit.build_data(stream, seq, event_time_ms)
+
+    def opens_with_snapshot(self, stream: str) -> bool:
+        return stream.startswith("book.")
+
+    def snapshot_frame(self, stream: str, seq: int, event_time_ms: int) -> str:
+        if stream.startswith("book."):
+            return self._book_frame(stream, seq, event_time_ms, snapshot=True)
+        return self.frame(stream, seq, event_time_ms)
+
+    async def on_rate_exceeded(self, limit: LimitName) -> bool:
+        """Over the per-connection message rate: error 10028, then the session ends."""
+        self.send(deribit.build_error(None, *deribit.TOO_MANY_REQUESTS))
+        self.mx.close_soon(self.conn, 1000, "too_many_requests")
+        return True
