@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -70,6 +71,9 @@ class DeribitSession(DialectSession):
         super().__init__(*args, **kw)  # type: ignore[arg-type]
         self.heartbeat_s: float | None = None
         """The interval ``public/set_heartbeat`` asked for (None: heartbeats off)."""
+        self.terminating = False
+        """Out of credits: the session ends once the 10028 error has gone out."""
+        self._closer: asyncio.Task[None] | None = None
 
     # -- heartbeats (housekeeping asks) ------------------------------------------------------
 
@@ -84,9 +88,9 @@ class DeribitSession(DialectSession):
     def _bucket_limit(self) -> Limit | None:
         return self.mx.limit(LimitName.MESSAGES_PER_ACCOUNT, LimitScope.ACCOUNT)
 
-    def _charge(self) -> bool:
-        """Charge one request to the credit bucket; False (and the violation recorded) when
-        no credit was left."""
+    def _charge(self, request: object, us_in: int) -> bool:
+        """Charge one request to the credit bucket; False when no credit was left: error
+        10028 sent, the violation recorded, the session closed."""
         limit = self._bucket_limit()
         if limit is None:
             return True
@@ -100,16 +104,33 @@ class DeribitSession(DialectSession):
         ok = bucket.take(time.monotonic())
         self.mx.ledger.observe(limit.name, limit.scope, key, bucket.used + (0 if ok else 1))
         if not ok:
-            self.mx.violate(self.conn, limit, bucket.used + 1, "error 10028 and session closed")
-        return ok
-
-    async def on_text(self, text: str) -> None:
-        us_in = deribit.now_us()
-        request = deribit.parse_client_message(text)
-        if not self._charge():
             rid = getattr(request, "request_id", None)
             self.send(deribit.build_error(rid, *deribit.TOO_MANY_REQUESTS, us_in=us_in))
+            self.mx.violate(self.conn, limit, bucket.used + 1, "error 10028 and session closed")
+            self._terminate()
+        return ok
+
+    def _terminate(self) -> None:
+        """End the session once what is queued (the 10028 error) has gone out."""
+        if self.terminating:
+            return
+        self.terminating = True
+
+        async def close_after_flush() -> None:
+            for _ in range(100):
+                if not self.conn.outbox:
+                    break
+                await asyncio.sleep(0.01)
             self.mx.close_soon(self.conn, 1000, "too_many_requests")
+
+        self._closer = asyncio.get_running_loop().create_task(close_after_flush())
+
+    async def on_text(self, text: str) -> None:
+        if self.terminating:
+            return
+        us_in = deribit.now_us()
+        request = deribit.parse_client_message(text)
+        if not self._charge(request, us_in):
             return
         if isinstance(request, PingRequest):
             if self.conn.pings:  # the oldest test_request is answered
@@ -214,6 +235,7 @@ class DeribitSession(DialectSession):
 
     async def on_rate_exceeded(self, limit: LimitName) -> bool:
         """Over the per-connection message rate: error 10028, then the session ends."""
-        self.send(deribit.build_error(None, *deribit.TOO_MANY_REQUESTS))
-        self.mx.close_soon(self.conn, 1000, "too_many_requests")
+        if not self.terminating:
+            self.send(deribit.build_error(None, *deribit.TOO_MANY_REQUESTS))
+            self._terminate()
         return True
