@@ -74,6 +74,9 @@ class Conn:
     frame_builder: Any = None
     snapshot_due: set[str] = field(default_factory=set)
     """Book streams whose next push to this connection is a snapshot (just subscribed)."""
+    stamp: Any = None
+    """Coinbase: a function applied to every frame as it is queued (the connection's
+    ``sequence_num``), or None."""
     on_overflow: Any = None
     attempt_over: bool = False
     """The attempt exceeded connectionAttempts when it was counted (refused at handshake)."""
@@ -104,6 +107,8 @@ class Conn:
         """Queue a text frame; a client that lets the outbox overflow is dropped."""
         if self.closing:
             return
+        if self.stamp is not None:
+            text = self.stamp(text)
         self.outbox.append(text)
         if len(self.outbox) > self.outbox_max and self.on_overflow is not None:
             self.outbox.clear()

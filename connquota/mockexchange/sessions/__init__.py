@@ -6,6 +6,7 @@ from connquota.api.limits import Dialect
 from connquota.mockexchange.sessions.base import DialectSession
 from connquota.mockexchange.sessions.binance import BinanceSession
 from connquota.mockexchange.sessions.bybit import BybitSession
+from connquota.mockexchange.sessions.coinbase import CoinbaseSession
 from connquota.mockexchange.sessions.deribit import DeribitSession
 from connquota.mockexchange.sessions.kraken import KrakenSession
 from connquota.mockexchange.sessions.okx import OkxSession
@@ -15,6 +16,7 @@ SESSIONS: dict[Dialect, type[DialectSession]] = {
     Dialect.OKX: OkxSession,
     Dialect.BYBIT: BybitSession,
     Dialect.KRAKEN: KrakenSession,
+    Dialect.COINBASE: CoinbaseSession,
     Dialect.DERIBIT: DeribitSession,
 }
 """The session class of every dialect the mock exchange speaks."""

@@ -12,16 +12,17 @@ from typing import Any
 
 import aiohttp
 
-from connquota.exchanges.dialects import binance, bybit, deribit, kraken, okx
+from connquota.exchanges.dialects import binance, bybit, coinbase, deribit, kraken, okx
 from connquota.testing.waiting import wait_until  # noqa: F401 (tests import it from here)
 
-DIALECTS = ["binance", "okx", "bybit", "kraken", "deribit"]
+DIALECTS = ["binance", "okx", "bybit", "kraken", "deribit", "coinbase"]
 PROFILE_OF = {"binance": "binance-spot", "okx": "okx", "bybit": "bybit", "kraken": "kraken",
-              "deribit": "deribit"}  # fmt: skip
+              "deribit": "deribit", "coinbase": "coinbase"}  # fmt: skip
 WIRE: dict[str, ModuleType] = {"binance": binance, "okx": okx, "bybit": bybit, "kraken": kraken,
-                               "deribit": deribit}  # fmt: skip
+                               "deribit": deribit, "coinbase": coinbase}  # fmt: skip
 PUBLIC_PATH = {"binance": "/stream", "okx": "/ws/v5/public", "bybit": "/v5/public/linear",
-               "kraken": "/v2", "deribit": "/ws/api/v2"}  # fmt: skip
+               "kraken": "/v2", "deribit": "/ws/api/v2",
+               "coinbase": "/"}  # fmt: skip
 PRIVATE_PATH = {"binance": "/ws-api/v3", "okx": "/ws/v5/private", "bybit": "/v5/private"}
 
 
@@ -33,6 +34,8 @@ def sample_streams(dialect: str, count: int, start: int = 0) -> list[str]:
         return [f"trades:SYM{i}-USDT" for i in range(start, start + count)]
     if dialect == "kraken":
         return [f"trade:SYM{i}/USD" for i in range(start, start + count)]
+    if dialect == "coinbase":
+        return [f"market_trades:SYM{i}-USD" for i in range(start, start + count)]
     if dialect == "deribit":
         return [f"trades.SYM{i}-PERPETUAL.100ms" for i in range(start, start + count)]
     return [f"publicTrade.SYM{i}USDT" for i in range(start, start + count)]

@@ -134,6 +134,9 @@ async def test_streams_per_connection_at_the_limit_pass_and_one_more_is_refused(
             frames = await receive_until(ws, lambda m: isinstance(m, dict) and "error" in m)
             assert frames[-1]["success"] is False and frames[-1]["req_id"] == 2
             assert frames[-1]["symbol"] == "SYM3/USD"
+        elif dialect == "coinbase":  # the subscriptions ack, snapshots, then an error frame
+            frames = await receive_until(ws, lambda m: isinstance(m, dict) and "type" in m)
+            assert frames[-1]["type"] == "error" and not ws.closed
         elif dialect == "deribit":  # a JSON-RPC error answers the request; the socket stays
             reply = json.loads(await receive_text(ws))
             assert reply["error"]["code"] == -32602 and reply["id"] == 2
