@@ -118,9 +118,17 @@ def _event_time_ms(data: Any) -> int | None:
         stamp = parse_time_ms(data.get("timestamp"))  # Kraken: RFC3339
         if stamp is not None:
             return stamp
+        stamp_ms = data.get("timestamp")  # Deribit: epoch milliseconds
+        if isinstance(stamp_ms, int) and not isinstance(stamp_ms, bool):
+            return stamp_ms
+        params = data.get("params")  # Deribit: {"method":"subscription","params":{"data":..}}
+        if isinstance(params, dict):
+            return _event_time_ms(params.get("data"))
         inner = data.get("data")
         if isinstance(inner, list) and inner and isinstance(inner[0], dict):
             return _event_time_ms(inner[0])
+    if isinstance(data, list) and data and isinstance(data[0], dict):  # Deribit trades
+        return _event_time_ms(data[0])
     return None
 
 

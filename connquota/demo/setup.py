@@ -44,6 +44,7 @@ SYMBOL_CHANNELS = {
     "okx": ["tickers", "trades", "bbo-tbt"],
     "bybit": ["publicTrade", "tickers", "orderbook.1"],
     "kraken": ["trade", "ticker", "book"],
+    "deribit": ["trades", "ticker", "book"],
 }
 
 
@@ -54,6 +55,8 @@ def _symbols(dialect: str, count: int) -> list[str]:
         return [f"C{i}-USDT" for i in range(count)]
     if dialect == "kraken":
         return [f"C{i}/USD" for i in range(count)]
+    if dialect == "deribit":
+        return [f"C{i}-PERPETUAL" for i in range(count)]
     return [f"C{i}USDT" for i in range(count)]
 
 

@@ -487,7 +487,6 @@ class Session:
                         self.ctx.stats[("pings_in",)] += 1
                         if ping_reply is not None:  # Deribit: test_request -> public/test
                             await self._send(ping_reply(next(self._ids)), MessageKind.HEARTBEAT)
-                            stats[("messages_out", "heartbeat")] += 1
                     elif isinstance(ev, Pong):
                         self.ctx.stats[("pongs_in",)] += 1
                     else:  # a frame the dialect does not recognise: counted and dropped

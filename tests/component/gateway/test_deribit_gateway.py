@@ -1,0 +1,180 @@
+"""Deribit JSON-RPC through the gateway (issue 15): every public channel reaches consumers over
+/v1/ws with consecutive sequence numbers; heartbeats are set up and every test_request is
+answered; a book whose change_id chain breaks is detected, dropped and resubscribed; channels
+left out of a result, error objects and broken frames are counted and dropped without ending
+the session."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from typing import Any
+
+import aiohttp
+from conftest import GW_IP, shrunk, wait_for
+
+from connquota.api.plan import ConnectionPlan
+from connquota.exchanges.dialects import deribit
+from connquota.testing.gateway_plans import bind_address, pod_plan
+
+RATE_HZ = 50
+STREAMS = ["trades.BTC-PERPETUAL.100ms", "ticker.BTC-PERPETUAL.100ms", "book.BTC-PERPETUAL.100ms",
+           "chart.trades.BTC-PERPETUAL.1", "trades.ETH-PERPETUAL.100ms",
+           "book.ETH-PERPETUAL.100ms"]  # fmt: skip
+
+
+async def _gateway(harness, streams: list[list[str]], rate_hz: float = RATE_HZ):
+    await harness.start_mock(
+        "deribit", shrunk("deribit", connectionAttempts=(10, 20.0)), rate_per_stream_hz=rate_hz
+    )
+    conns = [ConnectionPlan(id=f"c{i}", address="a0", streams=s) for i, s in enumerate(streams)]
+    plan = pod_plan(
+        harness.gateway_profile(),
+        conns,
+        addresses=[bind_address(0, harness.egress_check())],
+        margin_s=0.2,
+    )
+    gw = harness.gateway(harness.write_plan(plan))
+    gw.start()
+    return gw
+
+
+class Reader:
+    """A /v1/ws consumer keeping every frame's seq and Deribit data per stream."""
+
+    def __init__(self) -> None:
+        self.seqs: dict[str, list[int]] = {}
+        self.data: dict[str, list[Any]] = {}
+
+    def take(self, text: str) -> None:
+        doc = json.loads(text)
+        stream = doc.get("stream")
+        if stream is None:
+            return
+        self.seqs.setdefault(stream, []).append(int(doc["seq"]))
+        message = doc["data"]
+        assert message["jsonrpc"] == "2.0" and message["method"] == "subscription"
+        assert message["params"]["channel"] == stream
+        self.data.setdefault(stream, []).append(message["params"]["data"])
+
+
+async def _read(ws: aiohttp.ClientWebSocketResponse, reader: Reader, done) -> None:
+    while not done():
+        msg = await ws.receive(timeout=10)
+        assert msg.type == aiohttp.WSMsgType.TEXT, msg
+        reader.take(msg.data)
+
+
+async def _metric(harness, gw, name: str) -> dict[str, float]:
+    """Samples of ``connquota_gateway_<name>`` by their label text."""
+    async with harness.http.get(gw.base_url + "/metrics") as resp:
+        text = await resp.text()
+    out: dict[str, float] = {}
+    prefix = "connquota_gateway_" + name
+    for line in text.splitlines():
+        if line.startswith(prefix):
+            key, _, value = line.rpartition(" ")
+            out[key[len(prefix) :]] = float(value)
+    return out
+
+
+async def test_every_channel_reaches_consumers_with_consecutive_seq_and_heartbeats(harness):
+    gw = await _gateway(harness, [STREAMS[:4], STREAMS[4:]])
+    await harness.wait_live(gw, len(STREAMS), timeout_s=30)
+    ws_url = gw.base_url.replace("http://", "ws://") + "/v1/ws"
+    reader = Reader()
+    async with harness.http.ws_connect(ws_url) as ws:
+        await ws.send_str(json.dumps({"op": "subscribe", "streams": STREAMS}))
+        await _read(ws, reader, lambda: all(len(reader.seqs.get(s, [])) >= 40 for s in STREAMS))
+    for stream, seqs in reader.seqs.items():
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), f"gap in {stream}"
+    for stream in ("book.BTC-PERPETUAL.100ms", "book.ETH-PERPETUAL.100ms"):
+        changes = [d for d in reader.data[stream] if d["type"] == "change"]
+        for prev, message in itertools.pairwise(changes):
+            assert message["prev_change_id"] == prev["change_id"], f"{stream} chain broken"
+    trades = [d[0]["trade_seq"] for d in reader.data["trades.BTC-PERPETUAL.100ms"]]
+    assert trades == list(range(trades[0], trades[0] + len(trades)))
+    # public/set_heartbeat was sent and every test_request answered: 30 s at scale 20 is
+    # 1.5 s, an unanswered one closes the connection after 3 s
+
+    async def heartbeats_answered():
+        heartbeat_on = [c for c in harness.mock.websockets(GW_IP) if c.session.heartbeat_s]
+        sent = await _metric(harness, gw, "messages_out_total")
+        # 2 set_heartbeat + at least 2 public/test answers per connection
+        return len(heartbeat_on) == 2 and sent.get('{kind="heartbeat"}', 0) >= 6
+
+    await wait_for(heartbeats_answered, 20, "several test_requests answered")
+    assert await _metric(harness, gw, "reconnects_total") == {}, "no session ended"
+    harness.assert_no_violation()
+
+
+async def test_a_book_change_id_gap_is_detected_dropped_and_resubscribed(harness):
+    gw = await _gateway(harness, [["book.BTC-PERPETUAL.100ms"]], rate_hz=20)
+    await harness.wait_live(gw, 1, timeout_s=30)
+    mock = harness.mock
+
+    async def flowing():
+        return (await _metric(harness, gw, "messages_in_total")).get("", 0) >= 5
+
+    await wait_for(flowing, 10, "the book's first messages at the gateway")
+    # A change whose prev_change_id is not the last change_id: messages were missed.
+    bogus = deribit.build_book("book.BTC-PERPETUAL.100ms", "change", 10**9 + 7, 10**9,
+                               [["new", 1.0, 1.0]], [], 0)  # fmt: skip
+    for conn in mock.websockets(GW_IP):
+        conn.send_later(bogus)
+
+    async def detected():
+        found = await _metric(harness, gw, "exchange_frames_dropped_total")
+        return found.get('{reason="book-gap"}', 0) >= 1
+
+    await wait_for(detected, 10, "the gateway to count the gap")
+    assert "prev_change_id 1000000000 after change_id" in harness.logs()
+    # resubscribed: a fresh snapshot, then changes that chain again reach a consumer
+    reader = Reader()
+    ws_url = gw.base_url.replace("http://", "ws://") + "/v1/ws"
+    async with harness.http.ws_connect(ws_url) as ws:
+        await ws.send_str(json.dumps({"op": "subscribe", "streams": ["book.BTC-PERPETUAL.100ms"]}))
+        await _read(ws, reader, lambda: len(reader.data.get("book.BTC-PERPETUAL.100ms", [])) >= 20)
+    data = reader.data["book.BTC-PERPETUAL.100ms"]
+    assert all(d["change_id"] != 10**9 + 7 for d in data), "the broken change never reaches"
+    seqs = reader.seqs["book.BTC-PERPETUAL.100ms"]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+    st = await harness.status(gw)
+    assert st["streams"]["live"] == 1, "the session goes on"
+    assert await _metric(harness, gw, "reconnects_total") == {}
+    harness.assert_no_violation()
+
+
+async def test_left_out_channels_errors_and_broken_frames_are_counted_and_dropped(harness):
+    streams = ["trades.BTC-PERPETUAL.100ms", "trades.BTC-PERPETUAL.raw", "ticker.ETH-PERPETUAL.100ms"]  # fmt: skip
+    gw = await _gateway(harness, [streams])
+    await harness.wait_live(gw, 2, timeout_s=30)
+    mock = harness.mock
+    assert mock.send_malformed(ip=GW_IP, count=3) == 1
+    for conn in mock.websockets(GW_IP):
+        conn.send_later(deribit.build_error(None, *deribit.TOO_MANY_REQUESTS))
+        conn.send_later('{"jsonrpc":"2.0","method":"subscription","params":{"data":1}}')
+        conn.send_later("[1, 2, 3]")
+
+    async def counted():
+        found = await _metric(harness, gw, "exchange_frames_dropped_total")
+        # the raw channel left out of the result and the error object; 3 broken JSON frames,
+        # a notification without a channel and a JSON array
+        return (
+            found.get('{reason="error"}', 0) >= 2 and found.get('{reason="unrecognised"}', 0) >= 5
+        )
+
+    await wait_for(counted, 10, "the gateway to count every dropped frame")
+    reader = Reader()
+    ws_url = gw.base_url.replace("http://", "ws://") + "/v1/ws"
+    async with harness.http.ws_connect(ws_url) as ws:
+        await ws.send_str(json.dumps({"op": "subscribe", "streams": streams[::2]}))
+        await _read(
+            ws, reader, lambda: all(len(reader.seqs.get(s, [])) >= 20 for s in streams[::2])
+        )
+    for stream, seqs in reader.seqs.items():
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), f"gap in {stream}"
+    assert await _metric(harness, gw, "reconnects_total") == {}, "no session ended"
+    st = await harness.status(gw)
+    assert st["streams"]["live"] == 2
+    harness.assert_no_violation()
