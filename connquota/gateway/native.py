@@ -17,6 +17,12 @@ gateway enforces:
 - kraken: `/v2` (WebSocket v2 public market data); `method: subscribe` with one answer per
   symbol (`success: true` with `result`, or `success: false` with `error` and `symbol`),
   `method: ping` answered `pong`; book streams open with their snapshot.
+- deribit: `/ws/api/v2` (JSON-RPC 2.0 public market data); `public/subscribe` and
+  `public/unsubscribe` whose `result` lists the channels subscribed (a channel this pod does not
+  serve is left out, as Deribit leaves out an unknown one), `public/test`,
+  `public/set_heartbeat` and `public/disable_heartbeat` acknowledged (liveness is the
+  WebSocket's own ping), `public/get_time`, `public/hello`; JSON-RPC error objects otherwise.
+  Deribit books are not replayed to late consumers: a book opens with the next change.
 
 Every payload is the exchange's message as the upstream session received it (re-encoded
 compactly, never altered). A stream this pod does not serve gets the exchange's own error for
@@ -41,7 +47,7 @@ from aiohttp import web
 
 from connquota.api.limits import Dialect
 from connquota.exchanges import dialects
-from connquota.exchanges.dialects import binance, bybit, kraken, okx
+from connquota.exchanges.dialects import binance, bybit, deribit, kraken, okx
 from connquota.exchanges.dialects.base import (
     ClientRequest,
     Endpoint,
@@ -288,11 +294,56 @@ class KrakenSession(NativeSession):
         return out
 
 
+class DeribitSession(NativeSession):
+    """Deribit API v2 public channels over JSON-RPC 2.0."""
+
+    wire = deribit
+
+    def too_many(self, request: ClientRequest) -> str:
+        return deribit.build_error(_request_id(request), *deribit.TOO_MANY_REQUESTS)
+
+    def handle(self, request: ClientRequest) -> list[str]:
+        rid = _request_id(request)
+        if isinstance(request, PingRequest):
+            return [deribit.build_result(rid, {"version": DERIBIT_VERSION})]
+        if isinstance(request, OtherRequest):
+            if request.method in ("public/set_heartbeat", "public/disable_heartbeat"):
+                return [deribit.build_result(rid, "ok")]
+            if request.method == "public/get_time":
+                return [deribit.build_result(rid, int(time.time() * 1000))]
+            if request.method == "public/hello":
+                return [deribit.build_result(rid, {"version": DERIBIT_VERSION})]
+            if request.method == "public/unsubscribe_all":
+                self.unsubscribe(list(self.consumer.streams))
+                return [deribit.build_result(rid, "ok")]
+            data = {"reason": NOT_SERVED}
+            return [deribit.build_error(rid, *deribit.AUTHORIZATION_REQUIRED, data)]
+        if not isinstance(request, SubscribeRequest):
+            return []
+        channels = list(dict.fromkeys(request.streams))
+        if request.unsubscribe:
+            held = [c for c in channels if c in self.consumer.streams]
+            self.unsubscribe(held)
+            return [deribit.build_result(rid, held)]
+        unknown = set(self.unknown(channels))
+        served = [c for c in channels if c not in unknown]
+        if self.over_cap(served):
+            data = {"reason": TOO_MANY_PARAMS, "param": "channels"}
+            return [deribit.build_error(rid, *deribit.INVALID_PARAMS, data)]
+        self.subscribe(served)
+        return [deribit.build_result(rid, served)]
+
+
+DERIBIT_VERSION = "1.2.26"
+"""What ``public/test`` and ``public/hello`` answer on the gateway's Deribit endpoint."""
+
+
 SESSIONS: dict[Dialect, type[NativeSession]] = {
     Dialect.BINANCE: BinanceSession,
     Dialect.OKX: OkxSession,
     Dialect.BYBIT: BybitSession,
     Dialect.KRAKEN: KrakenSession,
+    Dialect.DERIBIT: DeribitSession,
 }
 
 

@@ -6,11 +6,13 @@ the session."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 from typing import Any
 
 import aiohttp
+import ccxt.pro as ccxtpro
 from conftest import GW_IP, shrunk, wait_for
 
 from connquota.api.plan import ConnectionPlan
@@ -178,3 +180,54 @@ async def test_left_out_channels_errors_and_broken_frames_are_counted_and_droppe
     st = await harness.status(gw)
     assert st["streams"]["live"] == 2
     harness.assert_no_violation()
+
+
+async def test_deribit_clients_use_the_gateways_native_endpoint(harness):
+    """A Deribit client changes only its URL to the gateway's `/ws/api/v2`: results list the
+    channels served (one this pod does not serve is left out and never opened upstream),
+    public/test answers, and ccxt's async pro Deribit client parses trades, ticker and candles
+    through it."""
+    served = ["trades.BTC-PERPETUAL.100ms", "ticker.BTC-PERPETUAL.100ms",
+              "chart.trades.BTC-PERPETUAL.1"]  # fmt: skip
+    gw = await _gateway(harness, [served])
+    await harness.wait_live(gw, 3, timeout_s=30)
+    url = gw.base_url.replace("http://", "ws://") + "/ws/api/v2"
+    async with harness.http.ws_connect(url) as ws:
+        await ws.send_str(deribit.build_ping(5))
+        assert json.loads(await ws.receive_str(timeout=5))["result"] == {"version": "1.2.26"}
+        await ws.send_str(deribit.build_subscribe([served[0], "trades.SOL-PERPETUAL.100ms"], 6))
+        answer = json.loads(await ws.receive_str(timeout=5))
+        assert answer["id"] == 6 and answer["result"] == [served[0]]
+        first = deribit.parse_server_message(await ws.receive_str(timeout=5))
+        assert first.stream == served[0]
+        await ws.send_str('{"jsonrpc":"2.0","id":7,"method":"private/subscribe","params":{}}')
+        while True:
+            frame = json.loads(await ws.receive_str(timeout=5))
+            if frame.get("id") == 7:
+                break
+        assert frame["error"]["code"] == 10000
+    upstream = {s for c in harness.mock.websockets(GW_IP) for s in c.streams}
+    assert upstream == set(served), "the unserved channel is never opened upstream"
+    exchange = ccxtpro.deribit()
+    exchange.urls["api"]["ws"] = url
+    exchange.urls["api"]["rest"] = "http://127.0.0.1:9"  # a closed port: nothing leaves
+    exchange.set_markets([MARKET])
+    try:
+        trades = await asyncio.wait_for(exchange.watch_trades("BTC/USD:BTC"), 10)
+        assert trades[-1]["symbol"] == "BTC/USD:BTC" and trades[-1]["price"] > 0
+        ticker = await asyncio.wait_for(exchange.watch_ticker("BTC/USD:BTC"), 10)
+        assert ticker["bid"] < ticker["ask"]
+        candles = await asyncio.wait_for(exchange.watch_ohlcv("BTC/USD:BTC", "1m"), 10)
+        assert candles[-1][0] % 60_000 == 0
+    finally:
+        await exchange.close()
+    harness.assert_no_violation()
+
+
+MARKET = {
+    "id": "BTC-PERPETUAL", "symbol": "BTC/USD:BTC", "base": "BTC", "quote": "USD", "settle": "BTC",
+    "baseId": "BTC", "quoteId": "USD", "settleId": "BTC", "type": "swap", "spot": False,
+    "margin": False, "swap": True, "future": False, "option": False, "contract": True,
+    "linear": False, "inverse": True, "active": True, "contractSize": 10.0,
+    "precision": {"amount": 10.0, "price": 0.5}, "limits": {}, "info": {},
+}  # fmt: skip
