@@ -224,6 +224,59 @@ async def test_deribit_clients_use_the_gateways_native_endpoint(harness):
     harness.assert_no_violation()
 
 
+async def test_max_age_rotation_is_make_before_break_without_a_gap_in_trade_seq(harness):
+    max_age_profile_s = 100.0  # 5 s at the test's time scale
+    limits = shrunk(
+        "deribit", connectionAttempts=(10, 40.0), maxConnectionAge=(max_age_profile_s, None)
+    )
+    await harness.start_mock("deribit", limits, rate_per_stream_hz=20.0)
+    profile = harness.gateway_profile().model_copy(update={"connectTimeoutSeconds": 0.1})
+    names = [f"trades.R{i}-PERPETUAL.100ms" for i in range(6)]
+    names += ["book.R0-PERPETUAL.100ms", "book.R1-PERPETUAL.100ms"]
+    conns = [
+        ConnectionPlan(id=f"c{i}", address="a0", streams=names[i * 2 : i * 2 + 2]) for i in range(4)
+    ]
+    plan = pod_plan(
+        profile, conns, addresses=[bind_address(0, harness.egress_check())], margin_s=0.2
+    )
+    gw = harness.gateway(harness.write_plan(plan))
+    gw.start()
+    await harness.wait_live(gw, len(names), timeout_s=30)
+    reader = Reader()
+    ws = await harness.http.ws_connect(gw.ws_url)
+    await ws.send_str(json.dumps({"op": "subscribe", "streams": names}))
+
+    async def rotated():
+        while True:  # drain what arrived, then ask the gateway
+            try:
+                msg = await ws.receive(timeout=0.01)
+            except TimeoutError:
+                break
+            reader.take(msg.data)
+        st = await harness.status(gw)
+        return all(c["sessionsOpened"] >= 2 for c in st["connections"])
+
+    await wait_for(rotated, 30, "every connection rotated", step_s=0.02)
+    await ws.close()
+    for stream, seqs in reader.seqs.items():
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), stream
+    for stream in names[:6]:  # Deribit's own trade_seq: no gap and no duplicate
+        ids = [d[0]["trade_seq"] for d in reader.data[stream]]
+        assert ids == list(range(ids[0], ids[0] + len(ids))), stream
+    for stream in names[6:]:  # every change follows the message before it
+        for prev, message in itertools.pairwise(reader.data[stream]):
+            if message["type"] == "change":
+                assert message["prev_change_id"] == prev["change_id"], stream
+    assert await _metric(harness, gw, "exchange_frames_dropped_total") in ({}, {
+        '{reason="book-gap"}': 0.0})  # fmt: skip
+    closes = harness.mock.metrics.registry.get_sample_value
+    assert not any(
+        (closes("mockexchange_server_closes_total", {"code": str(code)}) or 0)
+        for code in (1000, 1001, 1006, 1008)
+    ), "the exchange had to close a connection for its age"
+    harness.assert_no_violation()
+
+
 MARKET = {
     "id": "BTC-PERPETUAL", "symbol": "BTC/USD:BTC", "base": "BTC", "quote": "USD", "settle": "BTC",
     "baseId": "BTC", "quoteId": "USD", "settleId": "BTC", "type": "swap", "spot": False,
