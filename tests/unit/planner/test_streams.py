@@ -10,7 +10,6 @@ from connquota.api.quota import StreamSet, StreamsFromRef, StreamSpec
 from connquota.planner.errors import (
     DuplicateStreamError,
     MissingStreamSourceError,
-    StreamSpecError,
     TooManyStreamsError,
     UnknownCredentialError,
 )
@@ -56,12 +55,17 @@ def test_stream_sets_are_spelled_the_way_the_quotas_exchange_spells_them(
     assert [x.name for x in expand_streams(s, dialect)] == [name]
 
 
-def test_stream_sets_on_deribit_are_refused_with_what_to_do_instead():
+def test_stream_sets_on_deribit_put_the_instrument_inside_the_channel_name():
+    # the deribit wire format spells them (the default interval 100ms, candles 1 minute)
+    channels = ["trades", "book.agg2", "chart.trades"]
     s = spec().model_copy(
-        update={"streamSets": [StreamSet(symbols=["BTC-PERPETUAL"], channels=["trades"])]}
+        update={"streamSets": [StreamSet(symbols=["BTC-PERPETUAL"], channels=channels)]}
     )
-    with pytest.raises(StreamSpecError, match=r"list them in spec\.streams"):
-        expand_streams(s, Dialect.DERIBIT)
+    assert [x.name for x in expand_streams(s, Dialect.DERIBIT)] == [
+        "trades.BTC-PERPETUAL.100ms",
+        "book.BTC-PERPETUAL.agg2",
+        "chart.trades.BTC-PERPETUAL.1",
+    ]
 
 
 def test_expanding_stream_sets_needs_the_dialect():
