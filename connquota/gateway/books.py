@@ -1,7 +1,8 @@
 """Order-book replays: what a consumer that joins a book stream late gets first.
 
 For every order-book stream the hub delivers (OKX ``books``, ``books-l2-tbt``,
-``books50-l2-tbt``, ``books5``, ``bbo-tbt``; Bybit ``orderbook.<depth>.<symbol>``), `BookReplays`
+``books50-l2-tbt``, ``books5``, ``bbo-tbt``; Bybit ``orderbook.<depth>.<symbol>``; Kraken
+``book``; Coinbase ``level2``, the whole book), `BookReplays`
 keeps the newest snapshot the exchange sent and the exchange's updates since, as the exchange
 sent them (payload JSON, never re-encoded), with the hub's sequence numbers and the exchange's
 own. A new consumer of the stream gets them, in order, before any live message: snapshot, then
@@ -15,6 +16,7 @@ document it, becomes a snapshot in the exchange's format: OKX ``action: snapshot
 (checked against the last update's own checksum: a book that disagrees is dropped, not served);
 Bybit ``type: snapshot`` with the ``u``, ``seq``, ``ts`` and ``cts`` of the last update. Its
 sequence numbers are those of the last update it contains, so the updates after it follow on.
+Coinbase: an ``l2_data`` ``snapshot`` of every level, with the last update's ``timestamp``.
 
 A new snapshot from the exchange (a reconnected upstream connection starts with one; Bybit
 re-sends one after a problem on its side) replaces everything kept. ``books5`` and ``bbo-tbt``
@@ -31,7 +33,7 @@ from typing import Any
 
 import orjson
 
-from connquota.exchanges.dialects import bybit, kraken, okx
+from connquota.exchanges.dialects import bybit, coinbase, kraken, okx
 from connquota.exchanges.dialects.base import loads_object
 from connquota.exchanges.orderbook import L2Book, as_levels
 
@@ -45,6 +47,9 @@ DEFAULT_MAX_BYTES = 512 * 1024
 OKX = "okx"
 BYBIT = "bybit"
 KRAKEN = "kraken"
+COINBASE = "coinbase"
+COINBASE_DEPTH = 1_000_000
+"""Coinbase level2 is the whole book (no depth): every level is kept."""
 
 Kept = tuple[int, str, int | None]
 """(hub sequence, payload JSON as sent, exchange sequence) of one message."""
@@ -61,6 +66,8 @@ def book_dialect(stream: str) -> str | None:
         return OKX
     if sep and rest and (channel == "book" or channel.startswith("book.")):
         return KRAKEN
+    if sep and rest and channel == "level2":
+        return COINBASE
     return None
 
 
@@ -115,6 +122,8 @@ class BookReplays:
             except ValueError:
                 depth = None
             book = StreamBook(KRAKEN, depth) if depth is not None else None
+        elif dialect == COINBASE:
+            book = StreamBook(COINBASE, COINBASE_DEPTH)
         self.streams[stream] = book
         return book
 
@@ -262,10 +271,15 @@ def _item(message: dict[str, Any]) -> dict[str, Any]:
 def _is_snapshot(book: StreamBook, message: dict[str, Any]) -> bool:
     if book.dialect == OKX:
         return message.get("action") != "update"  # books5, bbo-tbt: no action, whole each time
+    if book.dialect == COINBASE:
+        return coinbase.is_snapshot(message)
     return message.get("type") == "snapshot"
 
 
 def _apply(book: StreamBook, message: dict[str, Any]) -> None:
+    if book.dialect == COINBASE:  # level2 ``updates``: side, price_level, new_quantity
+        book.book.apply(*coinbase.levels_of(message))
+        return
     if book.dialect == KRAKEN:
         item = _item(message)
         book.book.apply(kraken.levels_of(item.get("bids")), kraken.levels_of(item.get("asks")))
@@ -295,6 +309,9 @@ def _snapshot_text(stream: str, book: StreamBook) -> str | None:
     if book.dialect == KRAKEN:
         checksum = kraken.book_checksum(bids, asks)
         return kraken.build_book(stream, bids, asks, checksum, None, "snapshot")
+    if book.dialect == COINBASE:
+        event_ms = coinbase.parse_time_ms(last.get("timestamp")) or 0
+        return coinbase.build_level2(stream, bids, asks, event_ms, "snapshot")
     if book.dialect == OKX:
         item = _item(last)
         checksum = book.book.okx_checksum()

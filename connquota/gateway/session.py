@@ -68,6 +68,8 @@ class Session:
         """Deribit: book stream -> the last ``change_id`` published."""
         self.book_gaps: set[str] = set()
         """Deribit: book streams dropped since a continuity gap, until a fresh snapshot."""
+        self.last_sequence: int | None = None
+        """Coinbase: the last ``sequence_num`` of this connection (counted per connection)."""
         self.ended: asyncio.Future[SessionEnded] = asyncio.get_running_loop().create_future()
         self._tasks: list[asyncio.Task[None]] = []
         self._ids = itertools.count(1)
@@ -214,6 +216,11 @@ class Session:
             interval = self.conn.profile.heartbeat.intervalSeconds
             frame = functools.partial(set_heartbeat, interval, next(self._ids))
             await self._send(frame, MessageKind.HEARTBEAT)
+        heartbeats = getattr(self.fmt, "build_heartbeats_subscribe", None)
+        if heartbeats is not None:
+            # Coinbase: no client ping; the heartbeats channel (once a second) keeps quiet
+            # connections open. A subscribe: it counts against the message limits.
+            await self._send(functools.partial(heartbeats, next(self._ids)), MessageKind.CONTROL)
         self.want(streams)
         self._tasks.append(asyncio.create_task(self._controller(), name=f"{self.slot_id}-ctl"))
 
@@ -410,7 +417,35 @@ class Session:
         del self.pending[key]
         return entry
 
+    def _check_sequence(self, number: int | None) -> None:
+        """Coinbase: ``sequence_num`` counts every message of the connection; a number other
+        than the last + 1 means messages were lost (or came out of order): counted
+        (``exchange_frames_dropped_total{reason="sequence-gap"}``, the messages missed) and
+        logged; the data itself is still forwarded."""
+        if number is None:
+            return
+        last, self.last_sequence = self.last_sequence, number
+        if last is None or number == last + 1:
+            return
+        missed = number - last - 1 if number > last else 1
+        self.ctx.stats[("dropped", "sequence-gap")] += missed
+        log.warning(
+            "sequence_num %d after %d: %d messages lost or out of order",
+            number,
+            last,
+            missed,
+            extra=self.extra,
+        )
+
     def _on_ack(self, ev: Ack) -> None:
+        if ev.request_id is None and getattr(self.fmt, "ACKS_LIST_ALL", False):
+            # Coinbase: `subscriptions` lists everything held, answering no request by id:
+            # the requests it settles leave `pending`
+            held = set(ev.streams)
+            for key, (op, batch) in list(self.pending.items()):
+                settled = held.issuperset(batch) if op == "sub" else held.isdisjoint(batch)
+                if settled:
+                    del self.pending[key]
         entry = self._pending_entry(ev.request_id, ev.streams)
         if entry is not None:
             op, streams = entry
@@ -448,6 +483,8 @@ class Session:
         cont = getattr(self.fmt, "continuity", None)
         # Deribit's test_request is answered with a request (public/test).
         ping_reply = getattr(self.fmt, "build_ping_reply", None)
+        # Coinbase: sequence_num per connection (gap detection).
+        conn_seq = getattr(self.fmt, "sequence_of", None)
         stats = ctx.stats
         reason, clean = "closed-by-exchange", True
         try:
@@ -462,6 +499,8 @@ class Session:
                             hub.publish(hit[0], None, self, hit[1], hit[2])
                             continue
                     ev = self.fmt.parse_server_message(msg.data)
+                    if conn_seq is not None:
+                        self._check_sequence(conn_seq(ev))
                     if isinstance(ev, Data):
                         stream = ev.stream
                         if resolve is not None:

@@ -26,7 +26,7 @@ from connquota.testing.ipecho import IpEchoServer
 from connquota.testing.waiting import wait_until
 
 TIME_SCALE = 20.0
-DIALECT_PROFILES = ["binance-spot", "okx", "bybit", "kraken", "deribit"]
+DIALECT_PROFILES = ["binance-spot", "okx", "bybit", "kraken", "deribit", "coinbase"]
 
 
 def stream_names(profile: str, count: int, tag: str = "s") -> list[str]:
@@ -37,6 +37,8 @@ def stream_names(profile: str, count: int, tag: str = "s") -> list[str]:
         return [f"tickers:{tag.upper()}{i}-USDT" for i in range(count)]
     if profile == "kraken":
         return [f"ticker:{tag.upper()}{i}/USD" for i in range(count)]
+    if profile == "coinbase":
+        return [f"ticker:{tag.upper()}{i}-USD" for i in range(count)]
     if profile == "deribit":
         return [f"ticker.{tag.upper()}{i}-PERPETUAL.100ms" for i in range(count)]
     return [f"publicTrade.{tag.upper()}{i}USDT" for i in range(count)]

@@ -1,0 +1,204 @@
+"""Coinbase Advanced Trade WebSocket through the gateway (issue 15): every public channel
+reaches consumers over /v1/ws with consecutive sequence numbers, one channel per subscribe and
+the heartbeats channel upstream; the per-IP message limit driven to >= 90% with 0 violations;
+a ``sequence_num`` gap is detected and counted; error frames and broken frames from the
+exchange are counted and dropped without ending the session."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import aiohttp
+from conftest import GW_IP, shrunk, wait_for
+
+from connquota.api.limits import LimitName, LimitScope
+from connquota.api.plan import ConnectionPlan
+from connquota.exchanges.dialects import coinbase
+from connquota.exchanges.orderbook import L2Book
+from connquota.testing.gateway_plans import bind_address, pod_plan
+
+RATE_HZ = 50
+STREAMS = ["market_trades:BTC-USD", "ticker:BTC-USD", "level2:BTC-USD", "candles:BTC-USD",
+           "market_trades:ETH-USD", "level2:ETH-USD"]  # fmt: skip
+
+
+async def _gateway(harness, streams: list[list[str]], rate_hz: float = RATE_HZ, **limits: Any):
+    await harness.start_mock(
+        "coinbase",
+        shrunk("coinbase", **{"connectionAttempts": (10, 20.0), **limits}),
+        rate_per_stream_hz=rate_hz,
+    )
+    conns = [ConnectionPlan(id=f"c{i}", address="a0", streams=s) for i, s in enumerate(streams)]
+    plan = pod_plan(
+        harness.gateway_profile(),
+        conns,
+        addresses=[bind_address(0, harness.egress_check())],
+        margin_s=0.2,
+    )
+    gw = harness.gateway(harness.write_plan(plan))
+    gw.start()
+    return gw
+
+
+class Reader:
+    """A /v1/ws consumer keeping every frame's seq and payload per stream, merging level2."""
+
+    def __init__(self) -> None:
+        self.seqs: dict[str, list[int]] = {}
+        self.payloads: dict[str, list[dict[str, Any]]] = {}
+        self.books: dict[str, L2Book] = {}
+
+    def take(self, text: str) -> None:
+        doc = json.loads(text)
+        stream = doc.get("stream")
+        if stream is None:
+            return
+        self.seqs.setdefault(stream, []).append(int(doc["seq"]))
+        message = doc["data"]
+        self.payloads.setdefault(stream, []).append(message)
+        if message.get("channel") != "l2_data":
+            return
+        book = self.books.setdefault(stream, L2Book())
+        if coinbase.is_snapshot(message):
+            book.clear()
+        book.apply(*coinbase.levels_of(message))
+        bids, asks = book.sorted_bids(), book.sorted_asks()
+        assert bids and asks and float(bids[0][0]) < float(asks[0][0]), f"{stream} crossed"
+
+
+async def _read(ws: aiohttp.ClientWebSocketResponse, reader: Reader, done) -> None:
+    while not done():
+        msg = await ws.receive(timeout=10)
+        assert msg.type == aiohttp.WSMsgType.TEXT, msg
+        reader.take(msg.data)
+
+
+async def _metric(harness, gw, name: str) -> dict[str, float]:
+    """Samples of ``connquota_gateway_<name>`` by their label text."""
+    async with harness.http.get(gw.base_url + "/metrics") as resp:
+        text = await resp.text()
+    out: dict[str, float] = {}
+    prefix = "connquota_gateway_" + name
+    for line in text.splitlines():
+        if line.startswith(prefix):
+            key, _, value = line.rpartition(" ")
+            out[key[len(prefix) :]] = float(value)
+    return out
+
+
+def _sessions(harness) -> list[Any]:
+    return [c.session for c in harness.mock.websockets(GW_IP)]
+
+
+async def test_every_channel_reaches_consumers_with_consecutive_seq(harness):
+    gw = await _gateway(harness, [STREAMS[:4], STREAMS[4:]])
+    await harness.wait_live(gw, len(STREAMS), timeout_s=30)
+    for session in _sessions(harness):
+        assert session.heartbeats, "every connection subscribed to the heartbeats channel"
+    reader = Reader()
+    async with harness.http.ws_connect(gw.ws_url) as ws:
+        await ws.send_str(json.dumps({"op": "subscribe", "streams": STREAMS}))
+        await _read(ws, reader, lambda: all(len(reader.seqs.get(s, [])) >= 40 for s in STREAMS))
+    for stream, seqs in reader.seqs.items():
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), f"gap in {stream}"
+    first = reader.payloads["level2:BTC-USD"][0]
+    assert first["channel"] == "l2_data" and coinbase.is_snapshot(first)
+    trades = [
+        int(p["events"][0]["trades"][0]["trade_id"])
+        for p in reader.payloads["market_trades:BTC-USD"]
+    ]
+    assert trades == list(range(trades[0], trades[0] + len(trades)))
+    candle = reader.payloads["candles:BTC-USD"][-1]["events"][0]["candles"][0]
+    assert int(candle["start"]) % 300 == 0
+    # A consumer that joins late gets the gateway's level2 snapshot first, then the updates.
+    late = Reader()
+    async with harness.http.ws_connect(gw.ws_url) as ws:
+        await ws.send_str(json.dumps({"op": "subscribe", "streams": ["level2:BTC-USD"]}))
+        await _read(ws, late, lambda: len(late.seqs.get("level2:BTC-USD", [])) >= 30)
+    assert coinbase.is_snapshot(late.payloads["level2:BTC-USD"][0])
+    dropped = await _metric(harness, gw, "exchange_frames_dropped_total")
+    assert dropped.get('{reason="sequence-gap"}', 0) == 0, "sequence_num consecutive"
+    harness.assert_no_violation()
+
+
+async def test_start_up_and_a_mass_disconnect_keep_the_per_ip_message_limit(harness):
+    """12 connections need 24 messages (heartbeats and one subscribe each) against 10 per IP
+    per window: the gateway paces them over the address's shared budget, >= 90%, 0 violations,
+    at start-up and again after every connection is dropped at once."""
+    streams = [[f"ticker:M{i}-USD"] for i in range(12)]
+    gw = await _gateway(
+        harness,
+        streams,
+        rate_hz=20,
+        messagesPerIp=(10, 4.0),
+        connectionAttempts=(12, 1.0),
+    )
+    await harness.wait_live(gw, 12, timeout_s=40)
+    harness.assert_no_violation()
+    harness.assert_peak_at_least(LimitName.MESSAGES_PER_IP, LimitScope.IP)
+    dropped = await harness.mock.disconnect(abrupt=True)
+    assert dropped == 12
+    await wait_for(
+        lambda: _true(len(harness.mock.websockets(GW_IP)) == 12), 40, "12 connections back"
+    )
+    await harness.wait_live(gw, 12, timeout_s=40)
+    harness.assert_no_violation()
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def test_a_sequence_num_gap_is_detected_and_counted(harness):
+    gw = await _gateway(harness, [["market_trades:BTC-USD"]], rate_hz=20)
+    await harness.wait_live(gw, 1, timeout_s=30)
+    (session,) = _sessions(harness)
+    session.skip_sequence(3)  # the exchange lost three messages of this connection
+
+    async def counted():
+        found = await _metric(harness, gw, "exchange_frames_dropped_total")
+        return found.get('{reason="sequence-gap"}', 0) >= 3
+
+    await wait_for(counted, 10, "the gateway to count the sequence_num gap")
+    assert "3 messages lost or out of order" in harness.logs()
+    st = await harness.status(gw)
+    assert st["streams"]["live"] == 1, "the session goes on"
+    assert await _metric(harness, gw, "reconnects_total") == {}
+    harness.assert_no_violation()
+
+
+async def test_refused_products_error_and_broken_frames_are_counted_and_dropped(harness):
+    # one channel per subscribe: the refused product takes only its own channel's message
+    streams = ["market_trades:BTC-USD", "candles:not-a-product", "ticker:ETH-USD"]
+    gw = await _gateway(harness, [streams])
+    await harness.wait_live(gw, 2, timeout_s=30)
+    mock = harness.mock
+    assert mock.send_malformed(ip=GW_IP, count=3) == 1
+    for conn in mock.websockets(GW_IP):
+        conn.send_later(coinbase.build_error("rate limit exceeded"))
+        conn.send_later('{"channel":"market_trades","events":[{"type":"update","trades":[]}]}')
+        conn.send_later("[1, 2, 3]")
+
+    async def counted():
+        found = await _metric(harness, gw, "exchange_frames_dropped_total")
+        # the refused product's error and the injected error; 3 broken JSON frames, trades
+        # without a product and a JSON array
+        return (
+            found.get('{reason="error"}', 0) >= 2 and found.get('{reason="unrecognised"}', 0) >= 5
+        )
+
+    await wait_for(counted, 10, "the gateway to count every dropped frame")
+    reader = Reader()
+    live = streams[::2]
+    async with harness.http.ws_connect(gw.ws_url) as ws:
+        await ws.send_str(json.dumps({"op": "subscribe", "streams": live}))
+        await _read(ws, reader, lambda: all(len(reader.seqs.get(s, [])) >= 20 for s in live))
+    for stream, seqs in reader.seqs.items():
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), f"gap in {stream}"
+    assert await _metric(harness, gw, "reconnects_total") == {}, "no session ended"
+    dropped = await _metric(harness, gw, "exchange_frames_dropped_total")
+    assert dropped.get('{reason="sequence-gap"}', 0) == 0, "error frames carry no sequence_num"
+    st = await harness.status(gw)
+    assert st["streams"]["live"] == 2
+    harness.assert_no_violation()
