@@ -7,10 +7,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import time
 
 from mockexchange_clients import client_from, receive_text, receive_until, wait_closed
 
-from connquota.api.limits import LimitName
+from connquota.api.limits import LimitName, LimitScope
 from connquota.exchanges.dialects import deribit
 from connquota.exchanges.dialects.base import Data
 from connquota.exchanges.orderbook import L2Book
@@ -159,3 +160,31 @@ async def test_a_broken_frame_gets_a_parse_error(start_mock) -> None:
         assert not ws.closed
         await ws.close()
     assert mx.malformed_received == 2
+
+
+async def test_message_rate_at_the_limit_passes_and_one_more_gets_10028(start_mock) -> None:
+    mx = await start_mock("deribit", limits=["messagesPerConnection=3/30"])
+    async with client_from("127.0.0.65") as client:
+        ws = await client.ws_connect(mx.url + PATH)
+        for n in range(3):
+            await ws.send_str(deribit.build_ping(n))
+            assert json.loads(await receive_text(ws))["result"] == {"version": "1.2.26"}
+        assert mx.violations() == []
+        await ws.send_str(deribit.build_ping(4))
+        reply = json.loads(await receive_text(ws))
+        assert reply["error"] == {"code": 10028, "message": "too_many_requests"}
+        assert await wait_closed(ws) == 1000, "the session is terminated"
+    assert [v.limit for v in mx.violations()] == ["messagesPerConnection"]
+    assert mx.peak(LimitName.MESSAGES_PER_CONNECTION, LimitScope.CONNECTION) == 4
+
+
+async def test_max_connection_age_closes_at_the_limit(start_mock) -> None:
+    mx = await start_mock("deribit", limits=["maxConnectionAge=60", *LOOSE], time_scale=60)
+    async with client_from("127.0.0.66") as client:
+        ws = await client.ws_connect(mx.url + PATH)
+        started = time.monotonic()
+        await ws.send_str(deribit.build_subscribe(["trades.BTC-PERPETUAL.100ms"], 1))
+        code = await wait_closed(ws, timeout_s=4)
+        closed = time.monotonic() - started
+    assert code == 1001
+    assert 0.8 < closed < 2.5, "60 s at scale 60"
