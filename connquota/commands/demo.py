@@ -18,7 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The demo's options."""
     parser.add_argument("--duration", type=float, default=60.0, help="seconds (default 60)")
     parser.add_argument(
-        "--profile", default="binance-spot", help="binance-spot, okx, bybit, kraken or deribit"
+        "--profile",
+        default="binance-spot",
+        help="binance-spot, okx, bybit, kraken, deribit or coinbase",
     )
     parser.add_argument("--streams", type=int, default=3000, help="streams in the quota")
     parser.add_argument("--gateways", type=int, default=3, help="gateway processes")

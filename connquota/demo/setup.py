@@ -45,6 +45,7 @@ SYMBOL_CHANNELS = {
     "bybit": ["publicTrade", "tickers", "orderbook.1"],
     "kraken": ["trade", "ticker", "book"],
     "deribit": ["trades", "ticker", "book"],
+    "coinbase": ["market_trades", "ticker", "level2"],
 }
 
 
@@ -57,6 +58,8 @@ def _symbols(dialect: str, count: int) -> list[str]:
         return [f"C{i}/USD" for i in range(count)]
     if dialect == "deribit":
         return [f"C{i}-PERPETUAL" for i in range(count)]
+    if dialect == "coinbase":
+        return [f"C{i}-USD" for i in range(count)]
     return [f"C{i}USDT" for i in range(count)]
 
 

@@ -79,3 +79,20 @@ def test_demo_with_the_deribit_profile_keeps_every_limit_and_exits_0(tmp_path):
     peaks = [int(p) for p in re.findall(r"= (\d+)% of the limit", out)]
     assert len(peaks) == 3 and min(peaks) >= 90, peaks
     assert "streams delivered to consumers: 600/600" in out
+
+
+@pytest.mark.soak
+@pytest.mark.timeout(240)
+def test_demo_with_the_coinbase_profile_keeps_every_limit_and_exits_0(tmp_path):
+    """Coinbase's tightest limit is its per-IP message budget (8/s for the heartbeats and one
+    subscribe per channel of every connection), so the attempt peaks stay lower (62-75% in a
+    run) and are not asserted here."""
+    result = subprocess.run(
+        [sys.executable, "-m", "connquota.cli", "demo", "--profile", "coinbase", "--duration",
+         "50", "--streams", "600", "--workdir", str(tmp_path)],
+        capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    out = result.stdout
+    assert result.returncode == 0, out[-3000:] + result.stderr[-3000:]
+    assert "violations recorded by the exchange: 0" in out
+    assert "streams delivered to consumers: 600/600" in out
