@@ -2,7 +2,8 @@
 
 For every order-book stream the hub delivers (OKX ``books``, ``books-l2-tbt``,
 ``books50-l2-tbt``, ``books5``, ``bbo-tbt``; Bybit ``orderbook.<depth>.<symbol>``; Kraken
-``book``; Coinbase ``level2``, the whole book), `BookReplays`
+``book``; Coinbase ``level2``, the whole book; Deribit ``book.<instrument>.<interval>``, the
+whole book), `BookReplays`
 keeps the newest snapshot the exchange sent and the exchange's updates since, as the exchange
 sent them (payload JSON, never re-encoded), with the hub's sequence numbers and the exchange's
 own. A new consumer of the stream gets them, in order, before any live message: snapshot, then
@@ -17,6 +18,8 @@ document it, becomes a snapshot in the exchange's format: OKX ``action: snapshot
 Bybit ``type: snapshot`` with the ``u``, ``seq``, ``ts`` and ``cts`` of the last update. Its
 sequence numbers are those of the last update it contains, so the updates after it follow on.
 Coinbase: an ``l2_data`` ``snapshot`` of every level, with the last update's ``timestamp``.
+Deribit: a ``type: snapshot`` of every level (``["new", price, amount]``) with the ``change_id``
+and ``timestamp`` of the last change, so the next change's ``prev_change_id`` follows it.
 
 A new snapshot from the exchange (a reconnected upstream connection starts with one; Bybit
 re-sends one after a problem on its side) replaces everything kept. ``books5`` and ``bbo-tbt``
@@ -33,7 +36,7 @@ from typing import Any
 
 import orjson
 
-from connquota.exchanges.dialects import bybit, coinbase, kraken, okx
+from connquota.exchanges.dialects import bybit, coinbase, deribit, kraken, okx
 from connquota.exchanges.dialects.base import loads_object
 from connquota.exchanges.orderbook import L2Book, as_levels
 
@@ -50,6 +53,9 @@ KRAKEN = "kraken"
 COINBASE = "coinbase"
 COINBASE_DEPTH = 1_000_000
 """Coinbase level2 is the whole book (no depth): every level is kept."""
+DERIBIT = "deribit"
+DERIBIT_DEPTH = 1_000_000
+"""Deribit ``book.<instrument>.<interval>`` is the whole book: every level is kept."""
 
 Kept = tuple[int, str, int | None]
 """(hub sequence, payload JSON as sent, exchange sequence) of one message."""
@@ -68,6 +74,12 @@ def book_dialect(stream: str) -> str | None:
         return KRAKEN
     if sep and rest and channel == "level2":
         return COINBASE
+    if not sep and stream.startswith("book."):
+        try:
+            deribit.stream_parts(stream)
+        except ValueError:
+            return None
+        return DERIBIT
     return None
 
 
@@ -124,6 +136,8 @@ class BookReplays:
             book = StreamBook(KRAKEN, depth) if depth is not None else None
         elif dialect == COINBASE:
             book = StreamBook(COINBASE, COINBASE_DEPTH)
+        elif dialect == DERIBIT:
+            book = StreamBook(DERIBIT, DERIBIT_DEPTH)
         self.streams[stream] = book
         return book
 
@@ -273,10 +287,35 @@ def _is_snapshot(book: StreamBook, message: dict[str, Any]) -> bool:
         return message.get("action") != "update"  # books5, bbo-tbt: no action, whole each time
     if book.dialect == COINBASE:
         return coinbase.is_snapshot(message)
+    if book.dialect == DERIBIT:
+        return _deribit_data(message).get("type") == "snapshot"
     return message.get("type") == "snapshot"
 
 
+def _deribit_data(message: dict[str, Any]) -> dict[str, Any]:
+    """Deribit's ``params.data``."""
+    params = message.get("params")
+    data = params.get("data") if isinstance(params, dict) else None
+    return data if isinstance(data, dict) else {}
+
+
+def _deribit_levels(value: Any) -> list[list[str]]:
+    """``[["new"|"change"|"delete", price, amount], ..]`` -> ``[[price, amount]]`` (a deleted
+    level's amount is ``0``); malformed entries are skipped."""
+    out: list[list[str]] = []
+    for level in value if isinstance(value, list) else ():
+        if isinstance(level, list) and len(level) == 3:
+            action, price, amount = level
+            if isinstance(price, (int, float)) and isinstance(amount, (int, float)):
+                out.append([str(price), "0" if action == "delete" else str(amount)])
+    return out
+
+
 def _apply(book: StreamBook, message: dict[str, Any]) -> None:
+    if book.dialect == DERIBIT:
+        change = _deribit_data(message)
+        book.book.apply(_deribit_levels(change.get("bids")), _deribit_levels(change.get("asks")))
+        return
     if book.dialect == COINBASE:  # level2 ``updates``: side, price_level, new_quantity
         book.book.apply(*coinbase.levels_of(message))
         return
@@ -309,6 +348,19 @@ def _snapshot_text(stream: str, book: StreamBook) -> str | None:
     if book.dialect == KRAKEN:
         checksum = kraken.book_checksum(bids, asks)
         return kraken.build_book(stream, bids, asks, checksum, None, "snapshot")
+    if book.dialect == DERIBIT:  # the change_id of the last change: the next one follows it
+        newest = _deribit_data(last)
+        change_id = newest.get("change_id")
+        stamp = newest.get("timestamp")
+        return deribit.build_book(
+            stream,
+            "snapshot",
+            change_id if isinstance(change_id, int) else 0,
+            None,
+            [["new", float(p), float(q)] for p, q, *_ in bids],
+            [["new", float(p), float(q)] for p, q, *_ in asks],
+            stamp if isinstance(stamp, int) else 0,
+        )
     if book.dialect == COINBASE:
         event_ms = coinbase.parse_time_ms(last.get("timestamp")) or 0
         return coinbase.build_level2(stream, bids, asks, event_ms, "snapshot")

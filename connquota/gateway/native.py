@@ -22,7 +22,7 @@ gateway enforces:
   serve is left out, as Deribit leaves out an unknown one), `public/test`,
   `public/set_heartbeat` and `public/disable_heartbeat` acknowledged (liveness is the
   WebSocket's own ping), `public/get_time`, `public/hello`; JSON-RPC error objects otherwise.
-  Deribit books are not replayed to late consumers: a book opens with the next change.
+  A book opens with the gateway's replay (snapshot, then the changes since).
 
 Every payload is the exchange's message as the upstream session received it (re-encoded
 compactly, never altered). A stream this pod does not serve gets the exchange's own error for

@@ -96,6 +96,16 @@ async def test_every_channel_reaches_consumers_with_consecutive_seq_and_heartbea
             assert message["prev_change_id"] == prev["change_id"], f"{stream} chain broken"
     trades = [d[0]["trade_seq"] for d in reader.data["trades.BTC-PERPETUAL.100ms"]]
     assert trades == list(range(trades[0], trades[0] + len(trades)))
+    # A consumer that joins a book late gets the gateway's replay first (the snapshot, then
+    # the changes since), then live changes that chain on without a gap.
+    late = Reader()
+    async with harness.http.ws_connect(ws_url) as ws:
+        await ws.send_str(json.dumps({"op": "subscribe", "streams": [STREAMS[2]]}))
+        await _read(ws, late, lambda: len(late.data.get(STREAMS[2], [])) >= 30)
+    book = late.data[STREAMS[2]]
+    assert book[0]["type"] == "snapshot" and len(book[0]["bids"]) > 5
+    for prev, message in itertools.pairwise(book):
+        assert message["type"] == "change" and message["prev_change_id"] == prev["change_id"]
     # public/set_heartbeat was sent and every test_request answered: 30 s at scale 20 is
     # 1.5 s, an unanswered one closes the connection after 3 s
 
