@@ -158,17 +158,24 @@ class Fleet(RuleBasedStateMachine):
             generation=generation,
             others=[x for x in quotas if x.key != key],
         )
-        self._unserved_means_it_does_not_fit(q, quotas, target)
+        self._unserved_means_it_does_not_fit(q, quotas, target, sticky=prev is not None)
         t = next_publication(
             self.pool, budget_table(shares.budgets), self.ledgers, key, prev, target, self.now
         )
         if t.plan is not None:
             self._publish(key, t.plan)
 
-    def _unserved_means_it_does_not_fit(self, q, quotas, target) -> None:
-        """Whenever the plan leaves streams unserved, each of them added to a fresh plan of the
-        served streams with the same capacity does not fit either (checked for the first 3)."""
+    def _unserved_means_it_does_not_fit(self, q, quotas, target, sticky: bool) -> None:
+        """Whenever a fresh plan leaves streams unserved, each of them added to a fresh plan of
+        the served streams with the same capacity does not fit either (checked for the first 3).
+
+        A replan that sticks to its previous plan (I3) may leave a stream unserved that a full
+        repack would place (connections kept where they are fragment a tight pool's pod and
+        attempt shares): a known gap between I2 and I3, counted here, not asserted."""
         if not target.unserved:
+            return
+        if sticky:
+            event("a sticky replan left streams unserved (not checked against a repack)")
             return
         event("a plan left streams unserved: each checked against a fresh plan")
         served = [n for p in target.pods for c in p.connections for n in c.streams]
@@ -302,5 +309,8 @@ def test_a_wrong_certificate_is_caught():
                 suppress_health_check=[HealthCheck.too_slow],
                 report_multiple_bugs=False,
                 phases=[Phase.generate],
+                # Every machine run by run_state_machine_as_test shares one database key: a
+                # failure saved here would be replayed by the real fleet machines.
+                database=None,
             ),
         )
