@@ -23,6 +23,12 @@ gateway enforces:
   `public/set_heartbeat` and `public/disable_heartbeat` acknowledged (liveness is the
   WebSocket's own ping), `public/get_time`, `public/hello`; JSON-RPC error objects otherwise.
   A book opens with the gateway's replay (snapshot, then the changes since).
+- coinbase: `/` (Advanced Trade public market data); `{"type":"subscribe","product_ids":[..],
+  "channel":..}` one channel per message, answered by a `subscriptions` message listing what the
+  connection holds; `heartbeats` acknowledged (liveness is the WebSocket's own ping: no
+  heartbeat messages are generated); a product this pod does not serve refuses the message with
+  Coinbase's error frame. Payloads keep the upstream connection's `sequence_num` (it numbers
+  that connection's messages, not the consumer's: a consumer must not read gaps from it).
 
 Every payload is the exchange's message as the upstream session received it (re-encoded
 compactly, never altered). A stream this pod does not serve gets the exchange's own error for
@@ -47,7 +53,7 @@ from aiohttp import web
 
 from connquota.api.limits import Dialect
 from connquota.exchanges import dialects
-from connquota.exchanges.dialects import binance, bybit, deribit, kraken, okx
+from connquota.exchanges.dialects import binance, bybit, coinbase, deribit, kraken, okx
 from connquota.exchanges.dialects.base import (
     ClientRequest,
     Endpoint,
@@ -74,7 +80,7 @@ TOO_MANY_PARAMS = "Invalid request: too many parameters"
 TOO_MANY_REQUESTS = f"Too many requests: at most {MAX_REQUESTS_PER_S} per second per connection"
 NOT_SERVED = "login and private data are not served on connquota's market-data endpoint"
 
-PATHS = ("/ws", "/ws/{tail:.*}", "/stream", "/v5/{tail:.*}", "/v2")
+PATHS = ("/ws", "/ws/{tail:.*}", "/stream", "/v5/{tail:.*}", "/v2", "/")
 """Routes at the consumer port's root; the plan's dialect decides which of them exist."""
 
 
@@ -334,6 +340,52 @@ class DeribitSession(NativeSession):
         return [deribit.build_result(rid, served)]
 
 
+class CoinbaseSession(NativeSession):
+    """Coinbase Advanced Trade public channels."""
+
+    wire = coinbase
+
+    def __init__(self, gw: Gateway, endpoint: Endpoint, consumer: Consumer) -> None:
+        super().__init__(gw, endpoint, consumer)
+        self.heartbeats = False
+
+    def too_many(self, request: ClientRequest) -> str:
+        return coinbase.build_error(coinbase.RATE_LIMITED)
+
+    def _subscriptions(self) -> str:
+        subs: dict[str, list[str]] = {}
+        for stream in sorted(self.consumer.streams):
+            name = coinbase.parse_stream(stream)
+            subs.setdefault(name.channel, []).append(name.symbol)
+        if self.heartbeats:
+            subs[coinbase.HEARTBEATS] = [coinbase.HEARTBEATS]
+        return coinbase.build_subscriptions(subs)
+
+    def handle(self, request: ClientRequest) -> list[str]:
+        if isinstance(request, OtherRequest):  # heartbeats, status, a whole-channel unsubscribe
+            channel = str(request.params)
+            if channel == coinbase.HEARTBEATS:
+                self.heartbeats = request.method == "subscribe"
+            elif request.method == "unsubscribe":
+                prefix = channel + ":"
+                self.unsubscribe([s for s in self.consumer.streams if s.startswith(prefix)])
+            return [self._subscriptions()]
+        if not isinstance(request, SubscribeRequest):
+            return []
+        streams = list(dict.fromkeys(request.streams))
+        if request.unsubscribe:
+            self.unsubscribe([s for s in streams if s in self.consumer.streams])
+            return [self._subscriptions()]
+        unknown = self.unknown(streams)
+        if unknown:
+            product = coinbase.parse_stream(unknown[0]).symbol
+            return [coinbase.build_error(coinbase.FAILED, f"{coinbase.UNKNOWN_PRODUCT} {product}")]
+        if self.over_cap(streams):
+            return [coinbase.build_error(coinbase.FAILED, TOO_MANY_PARAMS)]
+        self.subscribe(streams)
+        return [self._subscriptions()]
+
+
 DERIBIT_VERSION = "1.2.26"
 """What ``public/test`` and ``public/hello`` answer on the gateway's Deribit endpoint."""
 
@@ -344,6 +396,7 @@ SESSIONS: dict[Dialect, type[NativeSession]] = {
     Dialect.BYBIT: BybitSession,
     Dialect.KRAKEN: KrakenSession,
     Dialect.DERIBIT: DeribitSession,
+    Dialect.COINBASE: CoinbaseSession,
 }
 
 

@@ -6,10 +6,12 @@ exchange are counted and dropped without ending the session."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
 import aiohttp
+import ccxt.pro as ccxtpro
 from conftest import GW_IP, shrunk, wait_for
 
 from connquota.api.limits import LimitName, LimitScope
@@ -85,6 +87,16 @@ async def _metric(harness, gw, name: str) -> dict[str, float]:
             key, _, value = line.rpartition(" ")
             out[key[len(prefix) :]] = float(value)
     return out
+
+
+def _market(base: str, quote: str) -> dict:
+    """A ccxt market entry (the mock serves no Coinbase REST: markets are set on the client)."""
+    return {
+        "id": f"{base}-{quote}", "symbol": f"{base}/{quote}", "base": base, "quote": quote,
+        "baseId": base, "quoteId": quote, "type": "spot", "spot": True, "margin": False,
+        "swap": False, "future": False, "option": False, "contract": False, "active": True,
+        "precision": {"amount": 1e-8, "price": 0.01}, "limits": {}, "info": {},
+    }  # fmt: skip
 
 
 def _sessions(harness) -> list[Any]:
@@ -201,4 +213,43 @@ async def test_refused_products_error_and_broken_frames_are_counted_and_dropped(
     assert dropped.get('{reason="sequence-gap"}', 0) == 0, "error frames carry no sequence_num"
     st = await harness.status(gw)
     assert st["streams"]["live"] == 2
+    harness.assert_no_violation()
+
+
+async def test_coinbase_clients_use_the_gateways_native_endpoint(harness):
+    """A Coinbase client changes only its URL to the gateway's `/`: one channel per subscribe
+    answered by `subscriptions`, heartbeats acknowledged, a product this pod does not serve
+    gets Coinbase's error frame and is never opened upstream; ccxt's async pro Coinbase client
+    parses trades, the ticker and the level2 book through it."""
+    gw = await _gateway(harness, [STREAMS[:4], ["ticker:ETH-USD"]])
+    await harness.wait_live(gw, 5, timeout_s=30)
+    root = gw.base_url.replace("http://", "ws://") + "/"
+    async with harness.http.ws_connect(root) as ws:
+        await ws.send_str(coinbase.build_heartbeats_subscribe())
+        ack = json.loads(await ws.receive_str(timeout=5))
+        assert ack["events"][0]["subscriptions"] == {"heartbeats": ["heartbeats"]}
+        await ws.send_str(coinbase.build_subscribe(["market_trades:SOL-USD"], None))
+        refused = json.loads(await ws.receive_str(timeout=5))
+        assert refused["type"] == "error" and "SOL-USD" in refused["reason"]
+        await ws.send_str(coinbase.build_subscribe(["market_trades:BTC-USD"], None))
+        ack = json.loads(await ws.receive_str(timeout=5))
+        assert ack["events"][0]["subscriptions"]["market_trades"] == ["BTC-USD"]
+        first = coinbase.parse_server_message(await ws.receive_str(timeout=5))
+        assert first.stream == "market_trades:BTC-USD"
+    exchange = ccxtpro.coinbase()
+    exchange.urls["api"]["ws"] = root
+    exchange.urls["api"]["rest"] = "http://127.0.0.1:9"
+    exchange.set_markets([_market("BTC", "USD"), _market("ETH", "USD")])
+    try:
+        trades = await asyncio.wait_for(exchange.watch_trades("BTC/USD"), 10)
+        assert trades[-1]["symbol"] == "BTC/USD" and trades[-1]["price"] > 0
+        ticker = await asyncio.wait_for(exchange.watch_ticker("ETH/USD"), 10)
+        assert ticker["symbol"] == "ETH/USD" and ticker["last"] is not None
+        for _ in range(20):
+            book = await asyncio.wait_for(exchange.watch_order_book("BTC/USD"), 10)
+        assert len(book["bids"]) > 10 and book["bids"][0][0] < book["asks"][0][0]
+    finally:
+        await exchange.close()
+    upstream = sorted(s for c in harness.mock.websockets(GW_IP) for s in c.streams)
+    assert upstream == sorted([*STREAMS[:4], "ticker:ETH-USD"]), "consumers opened nothing"
     harness.assert_no_violation()
