@@ -253,3 +253,51 @@ async def test_coinbase_clients_use_the_gateways_native_endpoint(harness):
     upstream = sorted(s for c in harness.mock.websockets(GW_IP) for s in c.streams)
     assert upstream == sorted([*STREAMS[:4], "ticker:ETH-USD"]), "consumers opened nothing"
     harness.assert_no_violation()
+
+
+async def test_max_age_rotation_is_make_before_break_without_a_gap_in_trade_ids(harness):
+    max_age_profile_s = 100.0  # 5 s at the test's time scale
+    limits = shrunk(
+        "coinbase", connectionAttempts=(10, 40.0), maxConnectionAge=(max_age_profile_s, None)
+    )
+    await harness.start_mock("coinbase", limits, rate_per_stream_hz=20.0)
+    profile = harness.gateway_profile().model_copy(update={"connectTimeoutSeconds": 0.1})
+    names = [f"market_trades:R{i}-USD" for i in range(6)] + ["level2:R0-USD", "level2:R1-USD"]
+    conns = [
+        ConnectionPlan(id=f"c{i}", address="a0", streams=names[i * 2 : i * 2 + 2]) for i in range(4)
+    ]
+    plan = pod_plan(
+        profile, conns, addresses=[bind_address(0, harness.egress_check())], margin_s=0.2
+    )
+    gw = harness.gateway(harness.write_plan(plan))
+    gw.start()
+    await harness.wait_live(gw, len(names), timeout_s=30)
+    reader = Reader()
+    ws = await harness.http.ws_connect(gw.ws_url)
+    await ws.send_str(json.dumps({"op": "subscribe", "streams": names}))
+
+    async def rotated():
+        while True:  # drain what arrived, then ask the gateway
+            try:
+                msg = await ws.receive(timeout=0.01)
+            except TimeoutError:
+                break
+            reader.take(msg.data)
+        st = await harness.status(gw)
+        return all(c["sessionsOpened"] >= 2 for c in st["connections"])
+
+    await wait_for(rotated, 30, "every connection rotated", step_s=0.02)
+    await ws.close()
+    for stream, seqs in reader.seqs.items():
+        assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), stream
+    for stream in names[:6]:  # Coinbase's trade ids: no gap and no duplicate across the switch
+        ids = [int(p["events"][0]["trades"][0]["trade_id"]) for p in reader.payloads[stream]]
+        assert ids == list(range(ids[0], ids[0] + len(ids))), stream
+    closes = harness.mock.metrics.registry.get_sample_value
+    assert not any(
+        (closes("mockexchange_server_closes_total", {"code": str(code)}) or 0)
+        for code in (1000, 1001, 1006, 1008)
+    ), "the exchange had to close a connection for its age"
+    dropped = await _metric(harness, gw, "exchange_frames_dropped_total")
+    assert dropped.get('{reason="sequence-gap"}', 0) == 0, "each connection numbers its own"
+    harness.assert_no_violation()
