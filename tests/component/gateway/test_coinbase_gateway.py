@@ -287,7 +287,20 @@ async def test_max_age_rotation_is_make_before_break_without_a_gap_in_trade_ids(
         return all(c["sessionsOpened"] >= 2 for c in st["connections"])
 
     await wait_for(rotated, 30, "every connection rotated", step_s=0.02)
+    # The books across the switch: with the feeds stopped, the consumer's merged level2 books
+    # equal the exchange's.
+    harness.mock.set_rate(0.0001)
+    while True:
+        try:
+            msg = await ws.receive(timeout=0.5)
+        except TimeoutError:
+            break
+        reader.take(msg.data)
     await ws.close()
+    for stream in names[6:]:
+        exchange_book = harness.mock.books.book(stream, 40, okx_levels=False).book
+        assert reader.books[stream].sorted_bids() == exchange_book.sorted_bids(), stream
+        assert reader.books[stream].sorted_asks() == exchange_book.sorted_asks(), stream
     for stream, seqs in reader.seqs.items():
         assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), stream
     for stream in names[:6]:  # Coinbase's trade ids: no gap and no duplicate across the switch
