@@ -33,7 +33,8 @@ def connect_url(profile: ExchangeProfile, private: bool = False) -> str:
 
     Binance: `<endpoint>/stream` (combined payloads, tagged with their stream) or the WebSocket
     API for private data; OKX and Bybit: the endpoint as given (public), or its `private`
-    sibling for connections that log in; Kraken: the endpoint as given (public data only). A profile's `privateEndpoint`, when set, is the URL of
+    sibling for connections that log in; Kraken and Coinbase: the endpoint as given (public data
+    only). A profile's `privateEndpoint`, when set, is the URL of
     every private connection.
     """
     if private and profile.privateEndpoint:
