@@ -25,7 +25,7 @@ CHECK_PARALLEL := $(PARALLEL) and not slow
 SERIAL_FAST := serial and not cluster and $(OPT_IN)
 CLUSTER := cluster and $(OPT_IN)
 
-.PHONY: venv demo test check lint typecheck unit soak chaos controlplane proxies crds clean
+.PHONY: venv demo test check lint typecheck unit soak chaos controlplane proxies wheelhouse crds clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,9 @@ proxies:
 
 controlplane:
 	bash hack/build-control-plane.sh
+
+wheelhouse: venv
+	bash hack/image-wheelhouse.sh >/dev/null
 	bash hack/build-kstatus.sh
 	bash hack/build-promtool.sh
 	bash hack/prometheus-operator-crds.sh
@@ -66,7 +69,7 @@ check: lint proxies
 	$(TIER) check-parallel empty-fails $(XDIST) -m "$(CHECK_PARALLEL)" tests
 	$(TIER) check-serial empty-ok -m "$(SERIAL_FAST)" tests
 
-test: venv controlplane proxies lint
+test: venv controlplane proxies wheelhouse lint
 	$(TIER) test-parallel empty-fails $(XDIST) -m "$(PARALLEL)" tests
 	$(TIER) test-serial empty-ok -m "$(SERIAL_FAST)" tests
 	$(TIER) test-cluster empty-fails -m "$(CLUSTER)" tests

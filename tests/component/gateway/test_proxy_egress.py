@@ -156,6 +156,12 @@ def plan_on(
     return pod_plan(profile, connections, addresses=addresses, margin_s=0.2), names
 
 
+def proxy_state(status: dict | None, address: str) -> dict:
+    """The gateway's view of `address`'s proxy in its /status ({} before the plan that names it
+    is applied: under load the status may be read first)."""
+    return ((status or {}).get("proxies") or {}).get(address) or {}
+
+
 async def gateway_attempts(harness: Harness, gw, address: str) -> int:
     st = await harness.status(gw)
     assert st is not None
@@ -285,7 +291,7 @@ async def test_tls_inside_the_tunnel_refuses_a_certificate_for_another_host(
 
     async def refused_twice():
         st = await harness.status(gw)
-        opened = st["proxies"]["p0"]["attempts"].get("opened", 0) if st else 0
+        opened = proxy_state(st, "p0").get("attempts", {}).get("opened", 0)
         return st if opened >= 2 else None
 
     st = await wait_for(refused_twice, 20, "two attempts ending in a refused certificate")
@@ -309,7 +315,7 @@ async def test_wrong_proxy_credentials_are_reported_without_a_retry_storm_and_re
 
     async def refused():
         st = await harness.status(gw)
-        fault = st and st["proxies"]["p0"]["fault"]
+        fault = proxy_state(st, "p0").get("fault")
         # The proxy's fault is recorded while the egress check still runs; its result (the
         # message asserted below) is stored when the check returns.
         return st if fault == "auth-refused" and "p0" in st["egress"] else None
@@ -353,7 +359,7 @@ async def test_a_proxy_killed_and_restarted_mid_run_costs_no_attempt_while_down_
 
     async def reported_down():
         st = await harness.status(gw)
-        return st if st and st["proxies"]["p0"]["fault"] == "unreachable" else None
+        return st if proxy_state(st, "p0").get("fault") == "unreachable" else None
 
     st = await wait_for(reported_down, 20, "the dead proxy in the status")
     report = next(r for r in st["egressReport"] if r["address"] == "p0")
