@@ -22,6 +22,7 @@ from connquota.gateway.proxy_tunnel import (
     parse_proxy_url,
 )
 from connquota.operator.status import egress_problems
+from connquota.testing.waiting import wait_until
 
 
 def address(url: str) -> EgressAddress:
@@ -152,7 +153,9 @@ def test_a_proxy_secret_ref_names_the_files_the_gateway_reads():
     assert a.proxySecretRef is not None and a.proxySecretRef.passwordKey == "pw"
 
 
-async def test_an_unreachable_proxy_is_probed_until_it_answers_and_its_fault_clears():
+async def test_an_unreachable_proxy_is_probed_until_it_answers_and_its_fault_clears(
+    monkeypatch,
+):
     """The operator plans without an address whose proxy is down, so no tunnel would find out
     it is back: the gateway probes it (TCP connect, nothing sent) and clears the fault."""
     with socket.socket() as s:  # a free port on loopback, nothing listening yet
@@ -165,6 +168,14 @@ async def test_an_unreachable_proxy_is_probed_until_it_answers_and_its_fault_cle
         name, ProxyFault(ProxyFaultKind.UNREACHABLE, "connection refused", False)
     )
     accepted: list[bytes] = []
+    probes: list[int] = []
+    open_connection = asyncio.open_connection
+
+    async def counted(host, port_):
+        probes.append(port_)
+        return await open_connection(host, port_)
+
+    monkeypatch.setattr(asyncio, "open_connection", counted)
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         accepted.append(await reader.read(100))  # the probe sends nothing
@@ -172,20 +183,13 @@ async def test_an_unreachable_proxy_is_probed_until_it_answers_and_its_fault_cle
 
     probe = asyncio.create_task(pool.probe_unreachable_proxies(interval_s=0.05))
     try:
-        await asyncio.sleep(0.2)  # probes fail while nothing listens
+        await wait_until(lambda: len(probes) >= 3, 5, "three probes while nothing listens")
         assert pool.proxies[name].last_kind == ProxyFaultKind.UNREACHABLE
         server = await asyncio.start_server(serve, "127.0.0.1", port)
         async with server:
-            for _ in range(100):
-                if pool.proxies[name].last_kind is None:
-                    break
-                await asyncio.sleep(0.02)
-            assert pool.proxies[name].last_kind is None
-            for _ in range(100):
-                if accepted:
-                    break
-                await asyncio.sleep(0.02)
-            assert accepted and accepted[0] == b""
+            await wait_until(lambda: pool.proxies[name].last_kind is None, 5, "fault cleared")
+            await wait_until(lambda: accepted, 5, "the probe's connection at the proxy")
+            assert accepted[0] == b""
     finally:
         probe.cancel()
         await pool.close()

@@ -9,7 +9,7 @@ import asyncio
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_limiter import starts_in_any_window
+from test_limiter import starts_in_any_window, wait_until
 
 from connquota.api.lease_record import (
     ATTEMPTS_ANNOTATION,
@@ -126,11 +126,7 @@ async def test_no_attempt_when_its_reservation_cannot_be_written():
     limiter = start_pod(lease, clock, 0)
     lease.fail = True
     task = asyncio.create_task(limiter.acquire_attempt("c0", "a0"))
-    for _ in range(50):
-        await asyncio.sleep(0)
-        if limiter.waiting_kind.get("c0") == WaitKind.STOPPED:
-            break
-    assert limiter.waiting_kind.get("c0") == WaitKind.STOPPED
+    await wait_until(lambda: limiter.waiting_kind.get("c0") == WaitKind.STOPPED)
     assert limiter.stats.attempts == {}
     lease.fail = False
     await asyncio.wait_for(task, 5)
