@@ -223,25 +223,34 @@ def cannot_read(reports: Mapping[int, GatewayReport], plan: QuotaPlan | None) ->
     return sorted(o for o, r in reports.items() if plan.formatVersion not in r.planFormats)
 
 
+def _without(
+    shares: QuotaShares, keys: Mapping[LimitScope, set[str]], reasons: Iterable[str]
+) -> QuotaShares:
+    """`shares` with nothing on `keys` (per shared scope: addresses, accounts, API keys)."""
+    if not any(keys.values()):
+        return shares
+    empty: set[str] = set()
+    ips, accounts, api_keys = (keys.get(s, empty) for s in SHARED_SCOPES)
+    return dataclasses.replace(
+        shares,
+        ip={k: (0 if k[0] in ips else v) for k, v in shares.ip.items()},
+        account={k: (0 if k[0] in accounts else v) for k, v in shares.account.items()},
+        api_key={k: (0 if k[0] in api_keys else v) for k, v in shares.api_key.items()},
+        bursts={k: (0 if k[1] in keys.get(k[0], empty) else v) for k, v in shares.bursts.items()},
+        reasons=[*shares.reasons, *reasons],
+    )
+
+
 def without_addresses(shares: QuotaShares, down: Mapping[str, str]) -> QuotaShares:
     """`shares` with nothing on the addresses in `down` (address -> why: a proxy fault).
 
     The planner then places no connection there: those of the previous plan move to other
     addresses with room (the usual ordered transitions) or their streams are reported
     unserved; the other addresses' shares are unchanged."""
-    if not down:
-        return shares
-    return dataclasses.replace(
+    return _without(
         shares,
-        ip={k: (0 if k[0] in down else v) for k, v in shares.ip.items()},
-        bursts={
-            k: (0 if k[0] == LimitScope.IP and k[1] in down else v)
-            for k, v in shares.bursts.items()
-        },
-        reasons=[
-            *shares.reasons,
-            *(f"address {a}: its proxy is down ({why})" for a, why in sorted(down.items())),
-        ],
+        {LimitScope.IP: set(down)},
+        (f"address {a}: its proxy is down ({why})" for a, why in sorted(down.items())),
     )
 
 
@@ -255,24 +264,15 @@ def quarantined(shares: QuotaShares, quarantines: Iterable[Quarantine]) -> Quota
     for q in quarantines:
         if q.scope in out:
             out[q.scope].add(q.key)
-    if not any(out.values()):
-        return shares
-    ips, accounts, keys = (out[s] for s in SHARED_SCOPES)
     what = {LimitScope.IP: "address", LimitScope.ACCOUNT: "account", LimitScope.API_KEY: "API key"}
-    return dataclasses.replace(
+    return _without(
         shares,
-        ip={k: (0 if k[0] in ips else v) for k, v in shares.ip.items()},
-        account={k: (0 if k[0] in accounts else v) for k, v in shares.account.items()},
-        api_key={k: (0 if k[0] in keys else v) for k, v in shares.api_key.items()},
-        bursts={k: (0 if k[1] in out.get(k[0], ()) else v) for k, v in shares.bursts.items()},
-        reasons=[
-            *shares.reasons,
-            *(
-                f"{what[scope]} {k} is quarantined by the exchange"
-                for scope in SHARED_SCOPES
-                for k in sorted(out[scope])
-            ),
-        ],
+        out,
+        (
+            f"{what[scope]} {k} is quarantined by the exchange"
+            for scope in SHARED_SCOPES
+            for k in sorted(out[scope])
+        ),
     )
 
 

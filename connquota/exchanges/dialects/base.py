@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -229,6 +230,15 @@ class WireFormat(Protocol):
     def parse_client_message(self, text: str) -> ClientRequest:
         """Classify one text frame from a client (the mock exchange's side)."""
         ...
+
+
+def endpoint_at(paths: Mapping[str, str], exchange: str, path: str) -> Endpoint:
+    """The endpoint `path` selects in a dialect served at fixed `paths` (path -> kind; every
+    kind but ``public`` carries private data); WireFormatError for a path it does not serve."""
+    kind = paths.get(path.rstrip("/"))
+    if kind is None:
+        raise WireFormatError(f"{exchange} serves no WebSocket at {path!r}")
+    return Endpoint(kind=kind, private=kind != "public")
 
 
 def hmac_sha256(secret: str, message: str) -> bytes:

@@ -44,6 +44,7 @@ from connquota.exchanges.dialects.base import (
     Unknown,
     WireFormatError,
     dumps,
+    endpoint_at,
     loads_object,
 )
 
@@ -122,10 +123,7 @@ def path_for(kind: str) -> str:
 
 def parse_endpoint(path: str, query: str = "") -> Endpoint:
     """What a connection path selects; WireFormatError for a path Coinbase does not serve."""
-    kind = PATHS.get(path.rstrip("/"))
-    if kind is None:
-        raise WireFormatError(f"Coinbase serves no WebSocket at {path!r}")
-    return Endpoint(kind=kind)
+    return endpoint_at(PATHS, "Coinbase", path)
 
 
 # --- time ---------------------------------------------------------------------------------------

@@ -46,6 +46,7 @@ from connquota.exchanges.dialects.base import (
     Unknown,
     WireFormatError,
     dumps,
+    endpoint_at,
     loads_object,
 )
 
@@ -136,10 +137,7 @@ def path_for(kind: str) -> str:
 
 def parse_endpoint(path: str, query: str = "") -> Endpoint:
     """What a connection path selects; WireFormatError for a path Deribit does not serve."""
-    kind = PATHS.get(path.rstrip("/"))
-    if kind is None:
-        raise WireFormatError(f"Deribit serves no WebSocket at {path!r}")
-    return Endpoint(kind=kind)
+    return endpoint_at(PATHS, "Deribit", path)
 
 
 # --- client side --------------------------------------------------------------------------------

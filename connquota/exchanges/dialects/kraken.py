@@ -45,6 +45,7 @@ from connquota.exchanges.dialects.base import (
     Unknown,
     WireFormatError,
     dumps,
+    endpoint_at,
     loads_object,
 )
 
@@ -148,10 +149,7 @@ def path_for(kind: str) -> str:
 
 def parse_endpoint(path: str, query: str = "") -> Endpoint:
     """What a connection path selects; WireFormatError for a path Kraken does not serve."""
-    kind = PATHS.get(path.rstrip("/"))
-    if kind is None:
-        raise WireFormatError(f"Kraken serves no WebSocket at {path!r}")
-    return Endpoint(kind=kind)
+    return endpoint_at(PATHS, "Kraken", path)
 
 
 def resolve_stream(stream: str, wanted: set[str] | frozenset[str]) -> str:

@@ -37,6 +37,7 @@ from connquota.exchanges.dialects.base import (
     Unknown,
     WireFormatError,
     dumps,
+    endpoint_at,
     hmac_sha256,
     loads_object,
 )
@@ -174,10 +175,7 @@ def path_for(kind: str) -> str:
 
 def parse_endpoint(path: str, query: str = "") -> Endpoint:
     """What a connection path selects; WireFormatError for a path OKX does not serve."""
-    kind = PATHS.get(path.rstrip("/"))
-    if kind is None:
-        raise WireFormatError(f"OKX serves no WebSocket at {path!r}")
-    return Endpoint(kind=kind, private=kind != "public")
+    return endpoint_at(PATHS, "OKX", path)
 
 
 # --- client side ------------------------------------------------------------------------------
