@@ -22,6 +22,11 @@ process per part, holding the paced stream upstream):
    straight from the source while the same client, in another process, reads it through the
    gateway (at the same time, so that other work on the machine weighs on both); prints both
    p50/p99 and the added p99 (target < 2 ms).
+3. The machine's floor for the fan-out: a bare fan-out server (an asyncio Protocol per
+   consumer, uvloop when installed, no routing, no envelope, no accounting: one prebuilt frame
+   written to every socket per message) fed by the same source and read by the same readers,
+   10 then `--consumers`. Its 1,000/10 ratio is what any single-process server reaches on this
+   machine; the gateway's 1,000-consumer p99 over the floor's is how far the gateway is from it.
 
 Prints, with two event loops, uvloop / asyncio of each p99.
 """
@@ -31,6 +36,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import hashlib
 import json
 import os
 import socket
@@ -43,14 +49,24 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from connquota.demo.processes import GatewayProcess
+from connquota.gateway.wsframe import text_frame
 
 sys.path.insert(0, str(Path(__file__).parent))
-from saturation import EVENT_LOOPS, SEND_TIME, gateways, paced_stream, run_child, source_process
+from saturation import (
+    EVENT_LOOPS,
+    SEND_TIME,
+    gateways,
+    paced_stream,
+    run_child,
+    source_process,
+)
 
 from gateway import Window, pct
 
 SLOW_RCVBUF = 4096
 """Receive buffer of a slow consumer's socket (bytes): the gateway's backlog builds at once."""
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC11B65"
+"""RFC 6455's handshake GUID (the floor server answers handshakes by hand)."""
 CONNECTS_AT_ONCE = 50
 """Handshakes a consumer process runs concurrently (the gateway's accept backlog is 128)."""
 
@@ -209,6 +225,85 @@ async def bare_main(args: argparse.Namespace) -> None:
     print(json.dumps({"lat": lat}))
 
 
+class FloorConsumer(asyncio.Protocol):
+    """One consumer of the bare fan-out server: a WebSocket handshake answered by hand, then
+    frames written by the server; nothing read after the handshake but pings' pongs, ignored."""
+
+    def __init__(self, consumers: set[asyncio.Transport]) -> None:
+        self.consumers = consumers
+        self.transport: asyncio.Transport | None = None
+        self.buf = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self.transport is None or self.transport in self.consumers:
+            return
+        self.buf += data
+        head, sep, _ = self.buf.partition(b"\r\n\r\n")
+        if not sep:
+            return
+        key = next(
+            line.split(b":", 1)[1].strip()
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"sec-websocket-key:")
+        )
+        accept = base64.b64encode(hashlib.sha1(key + WS_GUID).digest())
+        self.transport.write(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+        )
+        self.consumers.add(self.transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.consumers.discard(cast(asyncio.Transport, self.transport))
+
+
+async def floor_main(args: argparse.Namespace) -> None:
+    """Child process: the bare fan-out server. Prints its port, then relays every text frame
+    of `--url` to every consumer as one prebuilt frame, until its stdin closes."""
+    loop = asyncio.get_running_loop()
+    consumers: set[asyncio.Transport] = set()
+    server = await loop.create_server(lambda: FloorConsumer(consumers), "127.0.0.1", 0)
+    print(server.sockets[0].getsockname()[1], flush=True)
+    stdin = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdin), sys.stdin)
+    async with aiohttp.ClientSession() as http, http.ws_connect(args.url, max_msg_size=0) as ws:
+
+        async def relay() -> None:
+            async for msg in ws:
+                if msg.type == aiohttp.WSMsgType.TEXT:
+                    frame = text_frame(msg.data.encode())
+                    for transport in consumers:
+                        transport.write(frame)
+
+        task = asyncio.create_task(relay())
+        await stdin.read()
+        task.cancel()
+    server.close()
+
+
+async def floor(url: str, args: argparse.Namespace) -> dict[int, dict[str, Any]]:
+    """The fan-out of the bare server: 10 then `--consumers` consumers of `url`."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, __file__, "--floor", "--url", url,
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stdin is not None
+    try:
+        port = int(await asyncio.wait_for(proc.stdout.readline(), 30))
+        floor_url = f"ws://127.0.0.1:{port}/"
+        return {k: await fanout(floor_url, k, 0, args) for k in (10, args.consumers)}
+    finally:
+        proc.stdin.close()
+        try:
+            await asyncio.wait_for(proc.wait(), 10)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
 async def fanout(url: str, k: int, slow: int, args: argparse.Namespace) -> dict[str, Any]:
     """`k` consumers of `url` (`slow` of them slow) in `--client-procs` processes."""
     procs = max(1, min(args.client_procs, k))
@@ -316,6 +411,17 @@ async def main(args: argparse.Namespace) -> None:
     async with source_process() as base:
         for loop in loops:
             figures[loop] = await measure(base, loop, args)
+        bare_fanout = await floor(f"{base}/stream?streams={paced_stream(args.fanout_rate)}", args)
+    ten, many = bare_fanout[10], bare_fanout[args.consumers]
+    print(f"floor: a bare fan-out server (no gateway work) at {args.fanout_rate} msg/s "
+          f"(load {os.getloadavg()[0]:.2f}):")  # fmt: skip
+    print(f"  10 consumers p50 {ten['p50']:.2f} ms, p99 {ten['p99']:.2f} ms; {args.consumers} "
+          f"consumers p50 {many['p50']:.2f} ms, p99 {many['p99']:.2f} ms: "
+          f"{many['p99'] / ten['p99']:.2f}x its 10-consumer p99")  # fmt: skip
+    for loop in loops:
+        gw_p99 = figures[loop][f"fanout p99 {args.consumers}"]
+        print(f"  gateway on {loop}, {args.consumers} consumers: p99 {gw_p99:.2f} ms = "
+              f"{gw_p99 / many['p99']:.2f}x the floor's")  # fmt: skip
     if set(loops) == set(EVENT_LOOPS):
         print("uvloop / asyncio:", ", ".join(
             f"{name} {figures['uvloop'][name] / figures['asyncio'][name]:.2f}"
@@ -339,6 +445,7 @@ def parse_args() -> argparse.Namespace:
     # internal: the child processes
     ap.add_argument("--fanout", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--bare", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--floor", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--url", help=argparse.SUPPRESS)
     ap.add_argument("--k", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--slow-k", type=int, default=0, help=argparse.SUPPRESS)
@@ -347,14 +454,14 @@ def parse_args() -> argparse.Namespace:
 
 if __name__ == "__main__":
     ns = parse_args()
-    if ns.fanout:
+    if ns.fanout or ns.floor:
         try:  # the consumers' side is cheaper on uvloop when it is installed
             import uvloop
 
             asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
         except ImportError:
             pass
-        asyncio.run(fanout_main(ns))
+        asyncio.run(fanout_main(ns) if ns.fanout else floor_main(ns))
     elif ns.bare:
         asyncio.run(bare_main(ns))
     else:
