@@ -316,14 +316,16 @@ def build_user_data_unsubscribe(request_id: RequestId, subscription_id: int | No
 # --- client side: parsing server messages -------------------------------------------------------
 
 
+_SEQ_FIELD = {"trade": "t", "aggTrade": "a", "depthUpdate": "u"}
+"""The field that numbers an event type's messages (klines: `k.L`; others: the first of
+`u`, `lastUpdateId`, `L` they carry)."""
+
+
 def _seq_of(payload: dict[str, Any]) -> int | None:
     event = payload.get("e")
-    if event == "trade":
-        return _int(payload.get("t"))
-    if event == "aggTrade":
-        return _int(payload.get("a"))
-    if event == "depthUpdate":
-        return _int(payload.get("u"))
+    field = _SEQ_FIELD.get(event) if type(event) is str else None
+    if field is not None:
+        return _int(payload.get(field))
     if event == "kline" and isinstance(payload.get("k"), dict):
         return _int(payload["k"].get("L"))
     for key in ("u", "lastUpdateId", "L"):
@@ -372,11 +374,20 @@ def _wrapped_data(text: str, obj: dict[str, Any]) -> str | None:
     return text[len(head) : -1]
 
 
+_COMBINED_HEAD = '{"stream":"'
+_DATA_KEY = '","data":'
+
+
 def fast_data(text: str) -> tuple[str, int | None, str] | None:
     """(stream, exchange sequence, payload JSON as sent) of a combined market-data frame, with
     one parse and no event object: what the gateway needs of each message. None for every
-    other frame (acks, errors, notices, other shapes): `parse_server_message` decides those."""
-    if not text.startswith('{"stream":"'):
+    other frame (acks, errors, notices, other shapes): `parse_server_message` decides those.
+
+    The one parse (orjson) is the validation: a frame that is not JSON is never forwarded.
+    The payload's text is cut out of the frame by position, which is exact when the frame is
+    `{"stream":"<name>","data":<data>}` with a name that needs no escaping (Binance's compact
+    order): checked against the parsed object, so no other shape passes."""
+    if not text.startswith(_COMBINED_HEAD):
         return None
     try:
         obj = orjson.loads(text)
@@ -387,12 +398,16 @@ def fast_data(text: str) -> tuple[str, int | None, str] | None:
     stream, data = obj.get("stream"), obj.get("data")
     if type(stream) is not str or type(data) is not dict or stream.startswith("!"):
         return None
+    start = len(_COMBINED_HEAD) + len(stream)
+    if (
+        not text.startswith(_DATA_KEY, start)
+        or text[len(_COMBINED_HEAD) : start] != stream
+        or text[-1] != "}"
+    ):
+        return None  # escaped characters, spaces or another key order: the slow path
     if data.get("e") == "serverShutdown":
         return None
-    raw = _wrapped_data(text, obj)
-    if raw is None:
-        return None
-    return stream, _seq_of(data), raw
+    return stream, _seq_of(data), text[start + len(_DATA_KEY) : -1]
 
 
 def parse_server_message(text: str, default_stream: str | None = None) -> ServerEvent:
