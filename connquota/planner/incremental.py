@@ -36,13 +36,14 @@ from dataclasses import dataclass
 
 from connquota.api.plan import QuotaPlan
 from connquota.planner.inputs import DesiredStream
-from connquota.planner.packing import Packing, pack, repack
+from connquota.planner.packing import Packing, repack
 from connquota.planner.plan import (
     Assembled,
     Frame,
     PlanRequest,
     assemble,
     longest_name,
+    pack_request,
     packing_input,
     plan_frame,
 )
@@ -251,12 +252,12 @@ def plan_quota_indexed(req: PlanRequest, index: PlanIndex | None = None) -> Inde
     were added or removed costs time in proportion to the connections and the changed streams
     (plus a C-speed comparison of the stream lists) instead of all the streams."""
     streams = tuple(req.streams)
-    if index is not None:
+    if index is not None and not req.draining:
         fast = _fast(req, index, streams)
         if fast is not None:
             return fast
     frame = plan_frame(req)
-    packing = pack(packing_input(req, frame))
+    packing = pack_request(req, frame)
     assembled = assemble(req, frame, packing)
     counts, names = _served(req, packing, assembled.plan)
     new_index = PlanIndex(

@@ -91,6 +91,10 @@ class PackingInput:
     max_replicas: int
     generation: int
     previous: QuotaPlan | None = None
+    draining: frozenset[int] = frozenset()
+    """Ordinals being drained (a rollout or a cordoned node replaces them): none of their
+    connections is kept and no connection is opened on them (see `plan.pack_request` for the
+    fallback when the other pods have no room)."""
 
 
 _name_of = attrgetter("name")
@@ -356,7 +360,7 @@ class _Packer:
         if previous is None:
             return placed
         for pod in sorted(previous.pods, key=lambda p: p.ordinal):
-            if pod.ordinal >= self.inp.max_replicas:
+            if pod.ordinal >= self.inp.max_replicas or pod.ordinal in self.inp.draining:
                 continue
             identities_of = {c.name: credential_identities(c) for c in pod.credentials}
             target = self.pods.get(pod.ordinal) or Pod(pod.ordinal)
@@ -442,8 +446,10 @@ class _Packer:
         best_key = None
         per_pod = self.inp.connections_per_pod
         # A full pod never fits (`_fits`): leave it out of the scan over every address.
+        draining = self.inp.draining
         pods = sorted(
-            (p for p in self.pods.values() if 0 < p.conns < per_pod), key=lambda p: p.ordinal
+            (p for p in self.pods.values() if 0 < p.conns < per_pod and p.ordinal not in draining),
+            key=lambda p: p.ordinal,
         )
         for r in self.usable:
             if self.addr_conns[r.key] >= r.max_connections:
@@ -468,6 +474,8 @@ class _Packer:
 
     def _free_ordinal(self, address: str, credential: str | None) -> int | None:
         for ordinal in range(self.inp.max_replicas):
+            if ordinal in self.inp.draining:
+                continue
             pod = self.pods.get(ordinal)
             if pod is None or pod.conns == 0:
                 if self._fits(address, credential, pod or Pod(ordinal)):
@@ -552,6 +560,8 @@ class _Packer:
         `keep` would decide; False when `keep` would close one (its streams would move)."""
         previous = self.inp.previous
         assert previous is not None
+        if self.inp.draining:
+            return False  # `keep` moves the draining pods' connections: the full path
         for pod in sorted(previous.pods, key=lambda p: p.ordinal):
             identities_of = {c.name: credential_identities(c) for c in pod.credentials}
             target = self.pods.get(pod.ordinal) or Pod(pod.ordinal)

@@ -20,6 +20,7 @@ packing into `PodPlan`s:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -74,6 +75,9 @@ class PlanRequest:
     streams: Sequence[DesiredStream]
     generation: int
     previous: QuotaPlan | None = None
+    draining: frozenset[int] = frozenset()
+    """Pod ordinals being drained: the plan keeps no connection on them and opens none there,
+    when the other pods have room for their streams (else as if none were draining)."""
 
 
 def _need(name: LimitName, pooled: PooledLimit, profile: ExchangeProfile, conns: int) -> int:
@@ -197,14 +201,28 @@ def packing_input(req: PlanRequest, frame: Frame) -> PackingInput:
         max_replicas=frame.max_replicas,
         generation=req.generation,
         previous=req.previous,
+        draining=req.draining,
     )
+
+
+def pack_request(req: PlanRequest, frame: Frame) -> Packing:
+    """The packing of `req` within `frame`. With draining ordinals, their streams move to the
+    other pods when those have room for them; when that would leave more streams unserved than
+    packing without the drain, the drain is ignored (the pods are then replaced
+    break-before-make)."""
+    inp = packing_input(req, frame)
+    packing = pack(inp)
+    if inp.draining and packing.unserved:
+        plain = pack(dataclasses.replace(inp, draining=frozenset()))
+        if len(plain.unserved) < len(packing.unserved):
+            return plain
+    return packing
 
 
 def plan_quota(req: PlanRequest) -> QuotaPlan:
     """The quota's plan at `req.generation`, sticking to `req.previous` where it can."""
     frame = plan_frame(req)
-    packing = pack(packing_input(req, frame))
-    return assemble(req, frame, packing).plan
+    return assemble(req, frame, pack_request(req, frame)).plan
 
 
 PodLayout = tuple[tuple[tuple[str, int], ...], tuple[tuple[str, int], ...], tuple[str, ...]]

@@ -29,6 +29,7 @@ from planner_factories import (
     streams,
 )
 
+from connquota.planner.draining import DrainSteps, drain_steps
 from connquota.planner.inputs import DesiredStream
 from connquota.planner.ledger import (
     QuotaLedger,
@@ -288,6 +289,40 @@ class TightFleet(Fleet):
 
 TightFleet.TestCase.settings = Fleet.TestCase.settings
 test_tight_fleet_serves_what_fits_and_never_exceeds_a_budget = TightFleet.TestCase
+
+
+class DrainingFleet(Fleet):
+    """`Fleet` with rollouts draining pods make-before-break (`planner.draining`) between its
+    other steps (a subclass, so the other machines' derandomized searches stay as they were).
+    Concurrent budgets wider than `Fleet`'s, so pods have spare room to drain into."""
+
+    prof = profile(attempts=12, attempts_window_s=30, concurrent_ip=40, streams_per_connection=10)
+
+    @precondition(lambda self: any(k in self.published for k in self.params))
+    @rule(data=st.data(), ordinal=st.integers(0, 4), step=st.sampled_from(["make", "drained"]))
+    def drain(self, data, ordinal, step):
+        """A rollout drains a pod make-before-break: the copies' step or the drained step of
+        the published plan, through `next_publication` (acknowledged or not, later replans
+        stick to it)."""
+        key = data.draw(st.sampled_from(sorted(k for k in self.params if k in self.published)))
+        prev = self.published[key]
+        steps = drain_steps(prev, ordinal, self.params[key]["cpp"] + 2)
+        if not isinstance(steps, DrainSteps):
+            event("a drain found no room")
+            return
+        event(f"a pod drained ({step})")
+        quotas = [self._quota(k) for k in sorted(self.params)]
+        shares = divide_budgets(self.pool, quotas)
+        target = steps.make if step == "make" else steps.drained
+        t = next_publication(
+            self.pool, budget_table(shares.budgets), self.ledgers, key, prev, target, self.now
+        )
+        if t.plan is not None:
+            self._publish(key, t.plan)
+
+
+DrainingFleet.TestCase.settings = Fleet.TestCase.settings
+test_a_fleet_draining_pods_never_exceeds_a_budget = DrainingFleet.TestCase
 
 
 class CarelessOperator(Fleet):
