@@ -246,6 +246,8 @@ class StreamHub:
         """Called with (added, removed) whenever this pod's own streams change (peers)."""
         self._ids = itertools.count(1)
         self._prefixes: dict[str, str] = {}
+        self._plain: set[str] = set()
+        """Streams known not to be order books (nothing to keep for late joiners)."""
         """stream -> the start of its frames' JSON (`{"stream":"<name>"`), encoded once."""
 
     # -- upstream side ------------------------------------------------------------------------
@@ -313,30 +315,39 @@ class StreamHub:
             holders = self.holders[stream] = {source: None}  # data before the ack: it holds
         elif source not in holders:
             return False  # subscribed, not yet acknowledged, while another session delivers
-        last = self.last_upstream_seq.get(stream)
         if upstream_seq is None:
             if len(holders) > 1 and next(iter(holders)) is not source:
                 return False
-        elif (
-            last is not None
-            and last - RESET_JUMP < upstream_seq <= last
-            and not self.books.restarts(stream, payload, raw)
-        ):
-            return False  # already delivered (by the other session of a switch)
-        if upstream_seq is not None:
+        else:
+            last = self.last_upstream_seq.get(stream)
+            if (
+                last is not None
+                and last - RESET_JUMP < upstream_seq <= last
+                and not self.books.restarts(stream, payload, raw)
+            ):
+                return False  # already delivered (by the other session of a switch)
             self.last_upstream_seq[stream] = upstream_seq
-        seq = self.seq.get(stream, 0) + 1
-        self.seq[stream] = seq
-        self.books.record(stream, seq, raw, payload, upstream_seq)
+        seq = self.seq[stream] = self.seq.get(stream, 0) + 1
+        if stream not in self._plain:
+            if self.books.tracks(stream):
+                self.books.record(stream, seq, raw, payload, upstream_seq)
+            else:
+                self._plain.add(stream)
         subscribers = self.subscribers.get(stream)
-        if not subscribers:
-            if self.last_values is not None:
-                data = raw if raw is not None else _encode(payload)
-                self.last_values[stream] = (seq, data, upstream_seq)
-            return True
-        data = raw if raw is not None else _encode(payload)
         if self.last_values is not None:
+            data = raw if raw is not None else _encode(payload)
             self.last_values[stream] = (seq, data, upstream_seq)
+        elif not subscribers:
+            return True
+        else:
+            data = raw if raw is not None else _encode(payload)
+        if not subscribers:
+            return True
+        if len(subscribers) == 1:
+            for consumer in subscribers:
+                consumer.offer(self._frame(consumer.fmt, stream, seq, data, upstream_seq), now)
+            self.frames_out += 1
+            return True
         frames: list[bytes | None] = [None] * FORMATS
         for consumer in subscribers:
             fmt = consumer.fmt
