@@ -26,7 +26,7 @@ import re
 from typing import Any
 from urllib.parse import parse_qs
 
-import orjson
+import msgspec
 
 from connquota.exchanges.dialects.base import (
     Ack,
@@ -378,36 +378,87 @@ _COMBINED_HEAD = '{"stream":"'
 _DATA_KEY = '","data":'
 
 
+_ABSENT = msgspec.Raw()
+
+
+class _KlineFields(msgspec.Struct):
+    L: msgspec.Raw = _ABSENT
+
+
+class _DataFields(msgspec.Struct):
+    """What the gateway reads of a market-data payload: its event type and the fields that
+    may number it, kept as their JSON text (`a` is an aggTrade id but a depth event's asks);
+    every other field is checked to be JSON and skipped."""
+
+    e: str | None = None
+    t: msgspec.Raw = _ABSENT
+    a: msgspec.Raw = _ABSENT
+    u: msgspec.Raw = _ABSENT
+    lastUpdateId: msgspec.Raw = _ABSENT
+    L: msgspec.Raw = _ABSENT
+    k: msgspec.Raw = _ABSENT
+
+
+class _Combined(msgspec.Struct, forbid_unknown_fields=True):
+    stream: str
+    data: _DataFields
+
+
+_COMBINED = msgspec.json.Decoder(_Combined)
+_KLINE = msgspec.json.Decoder(_KlineFields)
+
+
+def _fast_seq(data: _DataFields) -> int | None:
+    """`_seq_of` on the decoded fields (the same rule); ValueError when the numbering field
+    is not a JSON integer (the full parse then decides)."""
+    event = data.e
+    if event == "trade":
+        field = data.t
+    elif event == "aggTrade":
+        field = data.a
+    elif event == "depthUpdate":
+        field = data.u
+    elif event == "kline" and data.k:
+        field = _KLINE.decode(data.k).L
+    else:
+        field = data.u or data.lastUpdateId or data.L
+    return int(field) if field else None
+
+
 def fast_data(text: str) -> tuple[str, int | None, str] | None:
     """(stream, exchange sequence, payload JSON as sent) of a combined market-data frame, with
-    one parse and no event object: what the gateway needs of each message. None for every
-    other frame (acks, errors, notices, other shapes): `parse_server_message` decides those.
+    one pass over the text and no event object: what the gateway needs of each message. None
+    for every other frame (acks, errors, notices, other shapes, numbering fields that are not
+    integers): `parse_server_message` decides those.
 
-    The one parse (orjson) is the validation: a frame that is not JSON is never forwarded.
-    The payload's text is cut out of the frame by position, which is exact when the frame is
-    `{"stream":"<name>","data":<data>}` with a name that needs no escaping (Binance's compact
-    order): checked against the parsed object, so no other shape passes."""
+    The one pass (msgspec, decoding only the fields above) is the validation: a frame that is
+    not JSON is never forwarded. The payload's text is cut out of the frame by position, which
+    is exact when the frame is `{"stream":"<name>","data":<data>}` with a name that needs no
+    escaping (Binance's compact order): checked against the decoded name, so no other shape
+    passes."""
     if not text.startswith(_COMBINED_HEAD):
         return None
     try:
-        obj = orjson.loads(text)
-    except orjson.JSONDecodeError:
+        frame = _COMBINED.decode(text)
+    except msgspec.DecodeError:  # not JSON, another shape, or fields of other types
         return None
-    if type(obj) is not dict or len(obj) != 2:
-        return None
-    stream, data = obj.get("stream"), obj.get("data")
-    if type(stream) is not str or type(data) is not dict or stream.startswith("!"):
-        return None
+    stream = frame.stream
     start = len(_COMBINED_HEAD) + len(stream)
     if (
-        not text.startswith(_DATA_KEY, start)
+        stream.startswith("!")
+        or not text.startswith(_DATA_KEY, start)
         or text[len(_COMBINED_HEAD) : start] != stream
         or text[-1] != "}"
     ):
         return None  # escaped characters, spaces or another key order: the slow path
-    if data.get("e") == "serverShutdown":
+    data = frame.data
+    if data.e == "serverShutdown":
         return None
-    return stream, _seq_of(data), text[start + len(_DATA_KEY) : -1]
+    try:
+        seq = _fast_seq(data)
+    except (ValueError, msgspec.DecodeError):
+        return None
+    return stream, seq, text[start + len(_DATA_KEY) : -1]
 
 
 def parse_server_message(text: str, default_stream: str | None = None) -> ServerEvent:
