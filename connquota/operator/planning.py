@@ -2,7 +2,8 @@
 the planner's public functions. No planning logic lives here.
 
 Planner functions used: `expand_streams`, `divide_budgets`, `plan_quota_indexed` (the target)
-and `next_publication` (the next generation safe to publish now, from every quota's ledger).
+and `next_publication` (the next generation safe to publish now, from every quota's ledger);
+`drain_steps` (a pod drained make-before-break before a rollout replaces it).
 Quarantines are applied here as zero shares on the quarantined address or account.
 
 Targets are planned incrementally: `PLAN_INDEXES` keeps, per quota object (its uid), the
@@ -179,8 +180,10 @@ def plan_target(
     shares: QuotaShares,
     published: QuotaPlan | None,
     indexes: PlanIndexes | None = None,
+    draining: frozenset[int] = frozenset(),
 ) -> QuotaPlan:
-    """The quota's target plan: its share of the pool, sticky to the published plan.
+    """The quota's target plan: its share of the pool, sticky to the published plan, with no
+    connection on the `draining` ordinals when the other pods have room.
 
     Planned through `indexes` (default `PLAN_INDEXES`): the same plan `plan_quota` gives, in
     time proportional to the changed streams when only streams changed since the last call."""
@@ -194,6 +197,7 @@ def plan_target(
         streams=streams,
         generation=generation,
         previous=published,
+        draining=draining,
     )
     try:
         plan, incremental = (PLAN_INDEXES if indexes is None else indexes).plan(quota.uid, request)
@@ -336,6 +340,13 @@ def empty_pod_plan(quota: QuotaInput, ordinal: int, generation: int) -> PodPlan:
 
 # --- The rest of the planner the operator uses, through this one door --------------------------
 # (an import-linter contract keeps every other operator module away from connquota.planner)
+from connquota.planner.draining import (  # noqa: E402
+    DrainSteps,
+    NoRoom,
+    drain_steps,
+    same_connections,
+    same_plan,
+)
 from connquota.planner.ledger import (  # noqa: E402
     LedgerSlice,
     certifies,
@@ -352,8 +363,10 @@ from connquota.planner.transitions import budget_table  # noqa: E402
 __all__ = [
     "BudgetKey",
     "DesiredStream",
+    "DrainSteps",
     "HoldKey",
     "LedgerSlice",
+    "NoRoom",
     "PoolShares",
     "QuotaInput",
     "QuotaLedger",
@@ -361,6 +374,7 @@ __all__ = [
     "QuotaShares",
     "budget_table",
     "certifies",
+    "drain_steps",
     "expire",
     "forgettable",
     "ledger_slices",
@@ -368,4 +382,6 @@ __all__ = [
     "rebase_clock",
     "record_ack",
     "record_publication",
+    "same_connections",
+    "same_plan",
 ]

@@ -12,11 +12,12 @@ from connquota.api.plan import QuotaPlan
 from connquota.api.pool import ExchangeEgressPool
 from connquota.api.quota import ExchangeConnectionQuota
 from connquota.api.report import GatewayReport, Quarantine
-from connquota.operator import accessors, metrics, planning, usage
+from connquota.operator import accessors, metrics, planning, rollout, usage
 from connquota.operator.planning import (
     DesiredStream,
     PoolShares,
     QuotaInput,
+    QuotaShares,
     budget_table,
 )
 from connquota.operator.reconcile_base import ReconcilerBase
@@ -101,7 +102,7 @@ class QuotaPass(ReconcilerBase):
                     raise planning.QuotaProblem("ImpossibleQuota", f"no share computed for {key}")
                 own = planning.quarantined(own, quarantines)
                 own = planning.without_addresses(own, round_.proxy_down)
-                target = planning.plan_target(qin, streams, pool.spec, own, published)
+                target = self._target(state, qin, streams, pool, own, published)
                 state.plans.target = target
                 now = round(self.monotonic(), 3)
                 assert shares is not None  # `own` came from it
@@ -161,6 +162,8 @@ class QuotaPass(ReconcilerBase):
                     body,
                     settled=reached and waiting is None and plan is None,
                 )
+        if state.rollout.drain is not None or (rolling is not None and not rolling[1]):
+            retry = min(retry, 1.0) if retry is not None else 1.0  # the next rollout step
         if rolling is None and quota is not None and not deleting and state.plans.published:
             # Nothing may change now: show the rollout, replace nothing.
             hold = (
@@ -228,6 +231,43 @@ class QuotaPass(ReconcilerBase):
         if round_.proxy_down and lapse is not None:
             retry = min(retry or lapse, lapse)
         return retry
+
+    def _target(
+        self,
+        state: QuotaState,
+        qin: QuotaInput,
+        streams: list[DesiredStream],
+        pool: ExchangeEgressPool,
+        own: QuotaShares,
+        published: QuotaPlan | None,
+    ) -> QuotaPlan:
+        """The plan to move towards: during a make-before-break drain, the drain's step, as
+        long as a replan of the plan the drain started from changes nothing; else (an edit, a
+        share or a quarantine changed it) the drain is given up and the quota replanned from
+        what is published, keeping the drained pod empty while it is being replaced."""
+        drain = state.rollout.drain
+        if drain is None:
+            return planning.plan_target(qin, streams, pool.spec, own, published)
+        base = drain.steps.base
+        if planning.same_plan(planning.plan_target(qin, streams, pool.spec, own, base), base):
+            return drain.target()
+        log.info(
+            "quota %s: rollout: the drain of pod %d given up in its %s step: the plan changed",
+            state.key,
+            drain.ordinal,
+            drain.phase.value,
+            extra={"quota": state.key},
+        )
+        state.rollout.drain = None
+        keep_empty = drain.phase in (rollout.DrainPhase.DRAINED, rollout.DrainPhase.REPLACING)
+        return planning.plan_target(
+            qin,
+            streams,
+            pool.spec,
+            own,
+            published,
+            draining=frozenset({drain.ordinal}) if keep_empty else frozenset(),
+        )
 
     def _reports(self, key: str, body: dict[str, Any]) -> dict[int, GatewayReport]:
         uid = body["metadata"].get("uid", "")

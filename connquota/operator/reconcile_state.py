@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from connquota.api.plan import PodPlan, QuotaPlan, QuotaRef
 from connquota.api.pool import ExchangeEgressPool
 from connquota.api.report import GatewayReport
-from connquota.operator import accessors, planning
+from connquota.operator import accessors, planning, rollout
 from connquota.operator.planning import (
     DesiredStream,
     QuotaInput,
@@ -98,6 +98,11 @@ class RolloutMemory:
     holders: dict[int, tuple[str, str]] = field(default_factory=dict)
     """ordinal -> (pod uid, Lease holder seen while that pod ran): a new pod's report counts
     only once its Lease names a holder other than its predecessor's."""
+    drain: rollout.Drain | None = None
+    """The pod being drained make-before-break before its replacement (one at a time; in
+    memory only: after an operator restart the published step is replanned as any plan)."""
+    break_before_make: dict[int, str] = field(default_factory=dict)
+    """ordinal -> why the pod being replaced could not be drained first (for status)."""
 
 
 @dataclass

@@ -25,20 +25,27 @@ The rules (docs/operator.md, "Rollouts"):
 - An outdated pod that is not Ready serves nothing: it is replaced at once, whatever the budget.
 - Otherwise a pod is replaced only while the plan is settled (no transition in progress), so a
   rollout never races a slice moving between pods.
-- Break-before-make: the replaced pod closes its connections on SIGTERM; its successor (same
-  ordinal) makes no attempt before the predecessor's Lease is released or expired, and then
-  spends only its own slices, starting as if its whole attempt slice had just been used. The
-  successor's connections are back within the recovery bound `pod_recovery_s` reports.
+- Make-before-break when the plan has room (`Drain`, `advance_drain`): before an available
+  pod is evicted, copies of its connections open in the other pods' spare room, the pod lets
+  its own go, is evicted, its successor reopens them beside the copies, and the copies close
+  (`planner.draining`; no slice changes in any step). One pod at a time.
+- Otherwise break-before-make: the replaced pod closes its connections on SIGTERM; its
+  successor (same ordinal) makes no attempt before the predecessor's Lease is released or
+  expired, and then spends only its own slices, starting as if its whole attempt slice had
+  just been used. The successor's connections are back within the recovery bound
+  `pod_recovery_s` reports.
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from connquota.api import timing
 from connquota.api.limits import LimitName, LimitScope
-from connquota.api.plan import PodPlan
+from connquota.api.plan import PodPlan, QuotaPlan
+from connquota.operator.planning import DrainSteps, same_connections
 
 
 @dataclass(frozen=True)
@@ -264,3 +271,121 @@ def summary(decision: RolloutDecision, names: Sequence[str] = ()) -> str:
     if decision.waiting:
         return f"{head}; waiting for {decision.waiting}"
     return head
+
+
+# --- Make-before-break: the pod's connections moved to other pods before it is replaced -------
+
+
+class DrainPhase(enum.StrEnum):
+    """Where a drain is (docs/operator.md, "Rollouts"); each phase publishes one plan."""
+
+    MAKE = "make"
+    """Copies of the pod's connections open on other pods (`steps.make` published)."""
+    DRAINED = "drained"
+    """The pod lets its connections go (`steps.drained`); then it is evicted."""
+    REPLACING = "replacing"
+    """The pod was evicted; its successor comes up with the drained plan (its slices only)."""
+    RETURN = "return"
+    """The successor reopens the pod's connections beside the copies (`steps.make` again)."""
+    RESTORE = "restore"
+    """The copies close (`steps.base`): the fleet is back to the plan the drain started from."""
+
+
+@dataclass
+class Drain:
+    """A pod being drained make-before-break, remembered between passes."""
+
+    ordinal: int
+    uid: str
+    """The pod being drained (its successor has another uid)."""
+    steps: DrainSteps
+    phase: DrainPhase = DrainPhase.MAKE
+
+    def target(self) -> QuotaPlan:
+        """The plan this phase publishes."""
+        if self.phase in (DrainPhase.MAKE, DrainPhase.RETURN):
+            return self.steps.make
+        if self.phase == DrainPhase.RESTORE:
+            return self.steps.base
+        return self.steps.drained
+
+
+@dataclass(frozen=True)
+class DrainStep:
+    """What the drain does now: evict the pod (once), wait (saying for what), or finish."""
+
+    evict: bool = False
+    waiting: str | None = None
+    done: bool = False
+
+
+def _published(published: Mapping[int, PodPlan], plan: QuotaPlan) -> bool:
+    return same_connections(published, plan)
+
+
+def _unavailable(pods: Mapping[int, PodView], plan: QuotaPlan, pod_prefix: str) -> str | None:
+    """Why a pod of `plan` does not serve it yet (None: every pod acknowledged its part and
+    serves every stream of it)."""
+    for pod_plan in plan.pods:
+        if not pod_plan.connections:
+            continue
+        view = pods.get(pod_plan.ordinal)
+        if view is None:
+            return f"pod {pod_prefix}{pod_plan.ordinal} to be created"
+        if not view.available:
+            return view.waits_for()
+    return None
+
+
+def advance_drain(
+    drain: Drain,
+    published: Mapping[int, PodPlan],
+    pods: Mapping[int, PodView],
+    uids: Mapping[int, str],
+    template: str,
+    pod_prefix: str = "",
+) -> DrainStep:
+    """The next step of `drain` (its phase is advanced in place) given the published pod
+    plans and the pods (their views and uids): every phase waits until its plan is published,
+    acknowledged by the pods it concerns and, for the pods that open connections, served."""
+    name = f"{pod_prefix}{drain.ordinal}"
+    target = drain.target()
+    if not _published(published, target):
+        return DrainStep(waiting=f"the {drain.phase.value} step of {name}'s drain to be published")
+    if drain.phase == DrainPhase.MAKE:
+        why = _unavailable(pods, target, pod_prefix)
+        if why is not None:
+            return DrainStep(waiting=f"{why} (copies of {name}'s connections opening first)")
+        drain.phase = DrainPhase.DRAINED
+        return DrainStep(waiting=f"pod {name} to let its connections go (copies serve them)")
+    if drain.phase == DrainPhase.DRAINED:
+        view = pods.get(drain.ordinal)
+        if view is None or uids.get(drain.ordinal) != drain.uid:
+            drain.phase = DrainPhase.REPLACING  # gone already (deleted by someone else)
+            return DrainStep(waiting=f"pod {name} to be created")
+        if not view.acked:
+            return DrainStep(
+                waiting=f"pod {name} to let its connections go (plan generation "
+                f"{view.generation_wanted}; copies serve them)"
+            )
+        drain.phase = DrainPhase.REPLACING
+        return DrainStep(evict=True)
+    if drain.phase == DrainPhase.REPLACING:
+        view = pods.get(drain.ordinal)
+        if view is None or uids.get(drain.ordinal) == drain.uid:
+            return DrainStep(waiting=f"pod {name} to be replaced")
+        if view.template != template or not view.available:
+            why = view.waits_for() or f"pod {name} to run the new pod template"
+            return DrainStep(waiting=why)
+        drain.phase = DrainPhase.RETURN
+        return DrainStep(waiting=f"pod {name} to reopen its connections (copies serve them)")
+    if drain.phase == DrainPhase.RETURN:
+        why = _unavailable(pods, target, pod_prefix)
+        if why is not None:
+            return DrainStep(waiting=f"{why} (reopening beside the copies)")
+        drain.phase = DrainPhase.RESTORE
+        return DrainStep(waiting=f"the copies of {name}'s connections to close")
+    why = _unavailable(pods, target, pod_prefix)
+    if why is not None:
+        return DrainStep(waiting=why)
+    return DrainStep(done=True)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from connquota.api.pool import ExchangeEgressPool
 from connquota.api.quota import ExchangeConnectionQuota
 from connquota.api.report import GatewayReport
-from connquota.operator import accessors, builders, names, rollout
+from connquota.operator import accessors, builders, names, planning, rollout
 from connquota.operator.crash import crash_point
 from connquota.operator.planning import (
     QuotaInput,
@@ -41,6 +42,8 @@ class Scaling(ReconcilerBase):
         """Raise replicas to cover every published pod with connections; lower them only past
         pods that acknowledged their empty plan (highest ordinals first)."""
         used = [o for o, p in state.plans.published.items() if p.connections]
+        if state.rollout.drain is not None:
+            used.append(state.rollout.drain.ordinal)  # drained for its replacement, not gone
         needed = max(qin.spec.gateway.minReplicas, 1 + max(used, default=-1))
         replicas = needed
         if needed < current:
@@ -142,39 +145,44 @@ class Scaling(ReconcilerBase):
             replacing=frozenset(evicted),
         )
         decision = rollout.decide(fleet, pods)
-        if decision.replace and hold is None:
-            names_evicted = []
-            for ordinal in decision.replace:
-                pod = pods[ordinal]
-                outcome = await self.api.evict(ns, pod.name, uids[ordinal])
-                log.info(
-                    "quota %s: rollout: evict %s (template %s -> %s): %s",
-                    key,
-                    pod.name,
-                    pod.template,
-                    template,
-                    outcome,
-                    extra={"quota": key},
+        memory = state.rollout
+        for ordinal in list(memory.break_before_make):
+            if ordinal not in evicted:
+                del memory.break_before_make[ordinal]
+        drain = memory.drain
+        if drain is not None and hold is None:
+            decision = await self._drain(
+                quota, state, body, drain, decision, pods, uids, template, fleet.pod_prefix
+            )
+        elif decision.replace and hold is None:
+            first = decision.replace[0]
+            steps: planning.DrainSteps | planning.NoRoom | None = None
+            published = state.published_plan()
+            if pods[first].available and published is not None:
+                steps = planning.drain_steps(
+                    published, first, quota.spec.gateway.connectionsPerPod + 1
                 )
-                if outcome == "refused":
-                    decision = rollout.RolloutDecision(
-                        updated=decision.updated,
-                        total=decision.total,
-                        current=ordinal,
-                        waiting=f"the PodDisruptionBudget to allow evicting {pod.name}",
-                        rolled_out=False,
-                    )
-                    break
-                evicted[ordinal] = uids[ordinal]
-                names_evicted.append(pod.name)
-            if names_evicted:
+            if isinstance(steps, planning.DrainSteps):
+                # Make-before-break: the pod's connections move first, then it is evicted.
+                memory.drain = rollout.Drain(first, uids[first], steps)
                 await self._event(
                     body,
                     state,
-                    "RollingOut",
-                    f"replacing {', '.join(names_evicted)} with the new pod template "
-                    f"({decision.updated}/{decision.total} pods updated; break-before-make)",
+                    "Draining",
+                    f"moving the connections of {pods[first].name} to spare room on other "
+                    "pods before replacing it with the new pod template (make-before-break)",
                 )
+                decision = rollout.RolloutDecision(
+                    updated=decision.updated,
+                    total=decision.total,
+                    current=first,
+                    waiting=f"the make step of {pods[first].name}'s drain to be published",
+                    rolled_out=False,
+                )
+            else:
+                if isinstance(steps, planning.NoRoom):
+                    memory.break_before_make[first] = steps.reason
+                decision = await self._evict(ns, state, body, decision, pods, uids, template)
         elif decision.replace:
             decision = rollout.RolloutDecision(
                 updated=decision.updated,
@@ -185,6 +193,29 @@ class Scaling(ReconcilerBase):
             )
         current = decision.current
         plan = state.plans.published.get(current) if current is not None else None
+        if memory.drain is not None and memory.drain.ordinal == current:
+            plan = None  # drained make-before-break: its streams are never down
+        elif (
+            plan is not None
+            and (whole := state.published_plan()) is not None
+            and current not in memory.break_before_make
+            and current not in evicted
+            and isinstance(
+                planning.drain_steps(
+                    whole,
+                    plan.ordinal,
+                    quota.spec.gateway.connectionsPerPod + 1,
+                ),
+                planning.DrainSteps,
+            )
+        ):
+            plan = None  # the next pod has room to be drained first: no recovery to wait for
+        elif current is not None and current in memory.break_before_make and decision.waiting:
+            decision = replace(
+                decision,
+                waiting=f"{decision.waiting} (replaced break-before-make: "
+                f"{memory.break_before_make[current]})",
+            )
         recovery = rollout.pod_recovery_s(plan)
         out: dict[str, Any] = {
             "template": template,
@@ -200,6 +231,120 @@ class Scaling(ReconcilerBase):
         if decision.waiting and not decision.rolled_out:
             out["waitingFor"] = decision.waiting[:1024]
         return out, decision.rolled_out
+
+    async def _evict(
+        self,
+        ns: str,
+        state: QuotaState,
+        body: dict[str, Any],
+        decision: rollout.RolloutDecision,
+        pods: Mapping[int, rollout.PodView],
+        uids: Mapping[int, str],
+        template: str,
+    ) -> rollout.RolloutDecision:
+        """Evict the pods `decision` names (break-before-make: nothing was moved first)."""
+        key = state.key
+        evicted = state.rollout.evicted
+        names_evicted = []
+        for ordinal in decision.replace:
+            pod = pods[ordinal]
+            outcome = await self.api.evict(ns, pod.name, uids[ordinal])
+            log.info(
+                "quota %s: rollout: evict %s (template %s -> %s): %s",
+                key,
+                pod.name,
+                pod.template,
+                template,
+                outcome,
+                extra={"quota": key},
+            )
+            if outcome == "refused":
+                decision = rollout.RolloutDecision(
+                    updated=decision.updated,
+                    total=decision.total,
+                    current=ordinal,
+                    waiting=f"the PodDisruptionBudget to allow evicting {pod.name}",
+                    rolled_out=False,
+                )
+                break
+            evicted[ordinal] = uids[ordinal]
+            names_evicted.append(pod.name)
+        if names_evicted:
+            why = "; ".join(
+                f"{pods[o].name}: {state.rollout.break_before_make[o]}"
+                for o in decision.replace
+                if o in state.rollout.break_before_make
+            )
+            await self._event(
+                body,
+                state,
+                "RollingOut",
+                f"replacing {', '.join(names_evicted)} with the new pod template "
+                f"({decision.updated}/{decision.total} pods updated; break-before-make"
+                + (f": {why}" if why else "")
+                + ")",
+            )
+        return decision
+
+    async def _drain(
+        self,
+        quota: ExchangeConnectionQuota,
+        state: QuotaState,
+        body: dict[str, Any],
+        drain: rollout.Drain,
+        decision: rollout.RolloutDecision,
+        pods: Mapping[int, rollout.PodView],
+        uids: Mapping[int, str],
+        template: str,
+        pod_prefix: str,
+    ) -> rollout.RolloutDecision:
+        """One step of the make-before-break drain in progress (see `rollout.advance_drain`):
+        evict the pod once its connections are served by the copies, finish once the copies
+        closed again."""
+        key = state.key
+        ns = key.split("/", 1)[0]
+        name = f"{pod_prefix}{drain.ordinal}"
+        step = rollout.advance_drain(drain, state.plans.published, pods, uids, template, pod_prefix)
+        waiting = step.waiting
+        if step.evict:
+            outcome = await self.api.evict(ns, name, drain.uid)
+            log.info(
+                "quota %s: rollout: evict %s after its drain (make-before-break): %s",
+                key,
+                name,
+                outcome,
+                extra={"quota": key},
+            )
+            if outcome == "refused":
+                drain.phase = rollout.DrainPhase.DRAINED  # tried again on a later pass
+                waiting = f"the PodDisruptionBudget to allow evicting {name}"
+            else:
+                state.rollout.evicted[drain.ordinal] = drain.uid
+                waiting = f"pod {name} to be replaced"
+                await self._event(
+                    body,
+                    state,
+                    "RollingOut",
+                    f"replacing {name} with the new pod template ({decision.updated}/"
+                    f"{decision.total} pods updated; make-before-break: its connections were "
+                    "moved to other pods first)",
+                )
+        if step.done:
+            log.info(
+                "quota %s: rollout: %s drained, replaced and restored",
+                key,
+                name,
+                extra={"quota": key},
+            )
+            state.rollout.drain = None
+            return replace(decision, replace=())
+        return rollout.RolloutDecision(
+            updated=decision.updated,
+            total=decision.total,
+            current=drain.ordinal,
+            waiting=waiting,
+            rolled_out=False,
+        )
 
     def _pod_views(
         self, state: QuotaState, body: dict[str, Any], reports: Mapping[int, GatewayReport]

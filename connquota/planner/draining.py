@@ -174,3 +174,20 @@ def same_connections(a: QuotaPlan | Mapping[int, PodPlan], b: QuotaPlan) -> bool
         if (x.connections if x else []) != (y.connections if y else []):
             return False
     return True
+
+
+def same_plan(a: QuotaPlan, b: QuotaPlan) -> bool:
+    """Whether `a` and `b` give every pod the same connections and slices (generations and
+    pods with neither ignored): `a` replans nothing of `b`."""
+
+    def body(plan: QuotaPlan) -> dict[int, tuple[str, str]]:
+        return {
+            p.ordinal: (
+                "|".join(c.model_dump_json() for c in p.connections),
+                "|".join(s.model_dump_json() for s in p.slices),
+            )
+            for p in plan.pods
+            if p.connections or p.slices
+        }
+
+    return body(a) == body(b)

@@ -199,3 +199,68 @@ def test_the_draining_input_keeps_no_connection_on_the_pod_when_the_others_have_
     assert all(after[c] == v for c, v in before.items())
     # Without draining, the same replan keeps everything (the input is what moves them).
     assert connections(replan(frozenset(), roomy)) == connections(base)
+
+
+def test_a_rollout_drains_a_pod_in_order_make_drained_evict_return_restore():
+    """`rollout.advance_drain`: each phase waits for its plan to be published, acknowledged
+    and served; the pod is evicted only once it let its connections go, and the drain ends
+    when the fleet is back on the plan it started from."""
+    from connquota.operator.rollout import Drain, DrainPhase, PodView, advance_drain
+
+    _, base = _fleet()
+    steps = drain_steps(base, 4, connections_per_pod=3)
+    assert isinstance(steps, DrainSteps)
+    drain = Drain(4, "uid-4", steps)
+    uids = {o: f"uid-{o}" for o in range(5)}
+
+    def published(plan: QuotaPlan, generation: int) -> dict:
+        return {p.ordinal: p.model_copy(update={"generation": generation}) for p in plan.pods}
+
+    def views(plan: QuotaPlan, generation: int, acked: int, new: tuple[int, ...] = ()) -> dict:
+        out = {}
+        for p in plan.pods:
+            planned = sum(len(c.streams) for c in p.connections)
+            out[p.ordinal] = PodView(
+                ordinal=p.ordinal,
+                name=f"md-gw-{p.ordinal}",
+                template="new" if p.ordinal in new else "old",
+                ready=True,
+                generation_wanted=generation,
+                generation_acked=acked,
+                streams_planned=planned,
+                streams_live=planned,
+            )
+        return out
+
+    def step(pub, pods, ids=uids):
+        return advance_drain(drain, pub, pods, ids, "new", "md-gw-")
+
+    # make: not published yet, then published but the copies not live: waits.
+    s = step(published(base, 5), views(base, 5, 5))
+    assert drain.phase == DrainPhase.MAKE and "make step" in (s.waiting or "")
+    s = step(published(steps.make, 6), views(steps.make, 6, 5))
+    assert drain.phase == DrainPhase.MAKE and not s.evict, s
+    s = step(published(steps.make, 6), views(steps.make, 6, 6))
+    assert drain.phase == DrainPhase.DRAINED and not s.evict
+    # drained: evicted only once the pod acknowledged letting its connections go.
+    s = step(published(steps.drained, 7), views(steps.drained, 7, 6))
+    assert (
+        drain.phase == DrainPhase.DRAINED
+        and not s.evict
+        and "let its connections go" in (s.waiting or "")
+    )
+    s = step(published(steps.drained, 7), views(steps.drained, 7, 7))
+    assert s.evict and drain.phase == DrainPhase.REPLACING
+    # replacing: the old pod (same uid) still there, then its successor on the new template.
+    s = step(published(steps.drained, 7), views(steps.drained, 7, 7))
+    assert drain.phase == DrainPhase.REPLACING and not s.evict
+    successor = {**uids, 4: "uid-4b"}
+    s = step(published(steps.drained, 7), views(steps.drained, 7, 7, new=(4,)), successor)
+    assert drain.phase == DrainPhase.RETURN
+    # return: the successor reopens beside the copies; restore: the copies close.
+    s = step(published(steps.make, 8), views(steps.make, 8, 8, new=(4,)), successor)
+    assert drain.phase == DrainPhase.RESTORE
+    s = step(published(base, 9), views(base, 9, 8, new=(4,)), successor)
+    assert not s.done
+    s = step(published(base, 9), views(base, 9, 9, new=(4,)), successor)
+    assert s.done
