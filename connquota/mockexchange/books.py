@@ -156,6 +156,7 @@ class MockBooks:
 
     def __init__(self) -> None:
         self.books: dict[str, MockBook] = {}
+        self.binance_books: dict[str, BinanceBook] = {}
 
     def book(self, stream: str, depth: int, okx_levels: bool) -> MockBook:
         """The book of ``stream`` (created, not yet started, the first time)."""
@@ -163,3 +164,149 @@ class MockBooks:
         if book is None:
             book = self.books[stream] = MockBook(stream, depth, okx_levels)
         return book
+
+    def binance(self, symbol: str) -> BinanceBook:
+        """The book of Binance symbol ``symbol`` (upper case), created the first time."""
+        book = self.binance_books.get(symbol)
+        if book is None:
+            book = self.binance_books[symbol] = BinanceBook(symbol)
+        return book
+
+
+BINANCE_LEVELS = 200
+"""Most levels per side of a Binance symbol's book (a REST ``limit`` above it returns them
+all); it keeps between 180 and 200."""
+BINANCE_TOUCH_MEMORY = 100_000
+"""Update ids a price change is remembered for (a diff covers at most this many)."""
+
+
+@dataclass
+class BinanceDiff:
+    """One diff event of a Binance depth stream: first and final update id, changed levels."""
+
+    seq: int
+    first_id: int
+    final_id: int
+    prev_final_id: int
+    """The final update id of the stream's previous event (USD-M ``pu``)."""
+    bids: list[Level]
+    asks: list[Level]
+
+
+class BinanceBook:
+    """The order book of one Binance symbol, shared by every depth stream of that symbol
+    (``@depth``, ``@depth@100ms``, ``@depth5``...) and by REST ``/api/v3/depth``.
+
+    Each update changes one level and takes the next update id (``lastUpdateId``). A stream's
+    event covers every update since the stream's previous event: ``U`` = previous ``u`` + 1,
+    ``u`` = the book's update id, levels = every price changed in between at its quantity now
+    (``0`` when removed), so a client that applies Binance's "How to manage a local order book
+    correctly" procedure to the stream and a REST snapshot holds this book."""
+
+    def __init__(self, symbol: str) -> None:
+        self.symbol = symbol
+        self._rng = random.Random(zlib.crc32(("binance:" + symbol).encode()))
+        self._mid = 2_000_000 + self._rng.randrange(4_000_000)  # in 0.01 ticks
+        self.update_id = 1_000_000 + self._rng.randrange(1_000_000)
+        self.book = L2Book()
+        self._touched: tuple[dict[str, int], dict[str, int]] = ({}, {})
+        """(bids, asks): price -> the update id that changed it last."""
+        self._events: dict[str, BinanceDiff] = {}
+        """Depth stream -> its latest event."""
+        self._fill()
+
+    @staticmethod
+    def _price(tick: int) -> str:
+        whole, cents = divmod(tick, 100)
+        return f"{whole}.{cents:02d}000000"
+
+    def _qty(self) -> str:
+        return f"{self._rng.randint(1, 500_000) / 100_000:.8f}"
+
+    def _band(self, bid: bool) -> range:
+        span = 3 * BINANCE_LEVELS
+        return range(self._mid - span, self._mid) if bid else range(self._mid + 1, self._mid + span)
+
+    def _fill(self) -> None:
+        for bid in (True, False):
+            side = self.book.bids if bid else self.book.asks
+            while len(side) < BINANCE_LEVELS - 10:
+                price = self._price(self._rng.choice(self._band(bid)))
+                side[price] = [price, self._qty()]
+
+    def step(self) -> None:
+        """One update: a level inserted, removed or resized (the next update id)."""
+        bid = self._rng.random() < 0.5
+        side = self.book.bids if bid else self.book.asks
+        roll = self._rng.random()
+        if len(side) < BINANCE_LEVELS and (roll < 0.3 or len(side) < BINANCE_LEVELS - 20):
+            price = self._price(self._rng.choice(self._band(bid)))
+            side[price] = [price, self._qty()]
+        elif roll < 0.55 and len(side) > BINANCE_LEVELS - 20:
+            price = self._rng.choice(sorted(side))
+            del side[price]
+        else:
+            price = self._rng.choice(sorted(side))
+            side[price] = [price, self._qty()]
+        self.update_id += 1
+        touched = self._touched[0 if bid else 1]
+        touched[price] = self.update_id
+        if len(touched) > 4 * BINANCE_LEVELS:
+            oldest = self.update_id - BINANCE_TOUCH_MEMORY
+            for key in [k for k, v in touched.items() if v <= oldest and k not in side]:
+                del touched[key]
+
+    def changed_after(self, after_id: int) -> tuple[list[Level], list[Level]]:
+        """Every level changed by an update after ``after_id``, as it is now (removed: 0)."""
+        out: tuple[list[Level], list[Level]] = ([], [])
+        for index, side in enumerate((self.book.bids, self.book.asks)):
+            for price, uid in self._touched[index].items():
+                if uid > after_id:
+                    level = side.get(price)
+                    out[index].append(list(level) if level else [price, "0.00000000"])
+        out[0].sort(key=lambda lv: float(lv[0]), reverse=True)
+        out[1].sort(key=lambda lv: float(lv[0]))
+        return out
+
+    def diff(self, stream: str, seq: int) -> BinanceDiff:
+        """The event ``seq`` of diff stream ``stream``: the book moves 1-3 updates, the event
+        covers every update since the stream's previous event (the same event for every
+        connection that asks again for ``seq``)."""
+        last = self._events.get(stream)
+        if last is not None and last.seq == seq:
+            return last
+        start = self.update_id
+        for _ in range(self._rng.randint(1, 3)):
+            self.step()
+        # a stream whose previous event was not the one just before (nobody listened in
+        # between) starts over: its event covers the updates made now
+        after = last.final_id if last is not None and seq == last.seq + 1 else start
+        if self.update_id - after > BINANCE_TOUCH_MEMORY:
+            after = start
+        bids, asks = self.changed_after(after)
+        event = BinanceDiff(seq, after + 1, self.update_id, after, bids, asks)
+        self._events[stream] = event
+        return event
+
+    def partial(self, stream: str, seq: int, depth: int) -> tuple[int, list[Level], list[Level]]:
+        """Event ``seq`` of partial-depth stream ``stream``: (lastUpdateId, top bids, top asks)
+        after the book moved 1-3 updates."""
+        last = self._events.get(stream)
+        if last is None or last.seq != seq:
+            for _ in range(self._rng.randint(1, 3)):
+                self.step()
+            last = BinanceDiff(seq, self.update_id, self.update_id, self.update_id, [], [])
+            self._events[stream] = last
+        return last.final_id, self.top_bids(depth), self.top_asks(depth)
+
+    def top_bids(self, depth: int) -> list[Level]:
+        """Bids, best first, at most ``depth``."""
+        return self.book.sorted_bids(depth)
+
+    def top_asks(self, depth: int) -> list[Level]:
+        """Asks, best first, at most ``depth``."""
+        return self.book.sorted_asks(depth)
+
+    def best(self) -> tuple[str, str]:
+        """(best bid price, best ask price)."""
+        return self.top_bids(1)[0][0], self.top_asks(1)[0][0]

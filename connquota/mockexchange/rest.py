@@ -183,9 +183,49 @@ def _binance_routes(app: web.Application, mx: MockExchange) -> None:
             }
         )
 
+    async def depth(request: web.Request) -> web.Response:
+        return _binance_depth(request, mx, futures=False)
+
     app.router.add_get("/api/v3/ping", ping)
     app.router.add_get("/api/v3/time", server_time)
     app.router.add_get("/api/v3/exchangeInfo", exchange_info)
+    app.router.add_get("/api/v3/depth", depth)
+
+
+SPOT_DEPTH_LIMIT = (100, 5000)
+"""``GET /api/v3/depth``: default and maximum ``limit`` ("If limit > 5000, then the response
+will truncate to 5000")."""
+FUTURES_DEPTH_LIMITS = (5, 10, 20, 50, 100, 500, 1000)
+"""``GET /fapi/v1/depth``: valid ``limit`` values (default 500)."""
+
+
+def _binance_depth(request: web.Request, mx: MockExchange, futures: bool) -> web.Response:
+    """The order book of a symbol now, ``lastUpdateId`` aligned with the depth streams (the
+    same `books.BinanceBook`): Binance's "How to manage a local order book correctly" works
+    with it. Not counted against REST weight (the mock models no REST weight)."""
+    symbol = request.query.get("symbol", "")
+    if not symbol:
+        msg = "Mandatory parameter 'symbol' was not sent, was empty/null, or malformed."
+        return _binance_error(-1102, msg)
+    if split_symbol(symbol) is None or not symbol.isalnum() or not symbol.isupper():
+        return _binance_error(-1121, "Invalid symbol.")
+    try:
+        limit = int(request.query.get("limit", 500 if futures else SPOT_DEPTH_LIMIT[0]))
+    except ValueError:
+        return _binance_error(-1100, "Illegal characters found in parameter 'limit'.")
+    if futures and limit not in FUTURES_DEPTH_LIMITS:
+        return _binance_error(-1100, "Illegal characters found in parameter 'limit'.")
+    if limit < 1:
+        return _binance_error(-1100, "Illegal characters found in parameter 'limit'.")
+    book = mx.books.binance(symbol)
+    limit = min(limit, SPOT_DEPTH_LIMIT[1])
+    body: dict[str, Any] = {"lastUpdateId": book.update_id}
+    if futures:
+        now = int(time.time() * 1000)
+        body.update({"E": now, "T": now})
+    body["bids"] = book.top_bids(limit)
+    body["asks"] = book.top_asks(limit)
+    return web.json_response(body)
 
 
 def _listed(mx: MockExchange, symbols: set[str]) -> list[str]:

@@ -706,3 +706,56 @@ def build_data(stream: str, seq: int, event_time_ms: int, combined: bool) -> str
     if combined:
         return dumps({"stream": stream, "data": payload})
     return dumps(payload)
+
+
+# --- order books (depth streams) -----------------------------------------------------------
+
+_PARTIAL_DEPTH_RE = re.compile(r"^depth(5|10|20)(@\d+ms)?$")
+_DIFF_DEPTH_RE = re.compile(r"^depth(@\d+ms)?$")
+
+
+def depth_kind(stream: str) -> tuple[str, int] | None:
+    """``("diff", 0)`` for ``<symbol>@depth[@100ms]``, ``("partial", 5)`` for
+    ``<symbol>@depth5[@100ms]`` (10, 20), else None."""
+    _, sep, channel = stream.partition("@")
+    if not sep or stream.startswith("!"):
+        return None
+    if _DIFF_DEPTH_RE.match(channel):
+        return ("diff", 0)
+    match = _PARTIAL_DEPTH_RE.match(channel)
+    if match:
+        return ("partial", int(match.group(1)))
+    return None
+
+
+def build_depth_update(
+    symbol: str,
+    first_id: int,
+    final_id: int,
+    bids: list[list[str]],
+    asks: list[list[str]],
+    event_time_ms: int,
+    prev_final_id: int | None = None,
+) -> dict[str, Any]:
+    """A diff depth event (``depthUpdate``): spot's fields ``e E s U u b a``; USD-M futures add
+    the transaction time ``T`` and ``pu`` (the previous event's ``u``), given ``prev_final_id``."""
+    if prev_final_id is None:
+        return {"e": "depthUpdate", "E": event_time_ms, "s": symbol, "U": first_id,
+                "u": final_id, "b": bids, "a": asks}  # fmt: skip
+    return {"e": "depthUpdate", "E": event_time_ms, "T": event_time_ms, "s": symbol,
+            "U": first_id, "u": final_id, "pu": prev_final_id, "b": bids, "a": asks}  # fmt: skip
+
+
+def build_partial_depth(
+    last_update_id: int, bids: list[list[str]], asks: list[list[str]]
+) -> dict[str, Any]:
+    """A spot partial book depth event: ``{"lastUpdateId":..,"bids":..,"asks":..}``."""
+    return {"lastUpdateId": last_update_id, "bids": bids, "asks": asks}
+
+
+FUTURES_DOMAIN_PREFIX = "fstream"
+
+
+def is_futures_domain(domain: str) -> bool:
+    """Whether a profile's limit domain is Binance USD-M futures (``fstream.binance.com``)."""
+    return domain.startswith(FUTURES_DOMAIN_PREFIX)

@@ -20,6 +20,7 @@ from connquota.exchanges.dialects.base import (
     PingRequest,
     RequestId,
     SubscribeRequest,
+    dumps,
 )
 from connquota.mockexchange.sessions.base import DialectSession, wall_ms
 from connquota.mockexchange.settings import TestAccount
@@ -232,7 +233,41 @@ class BinanceSession(DialectSession):
         if stream.startswith(USER_DATA_PREFIX):
             subscription_id = self.user_subs.get(stream[len(USER_DATA_PREFIX) :], 0)
             return binance.build_user_data_event(subscription_id, seq, event_time_ms)
-        return binance.build_data(stream, seq, event_time_ms, self.combined)
+        depth = binance.depth_kind(stream)
+        if depth is None:
+            return binance.build_data(stream, seq, event_time_ms, self.combined)
+        payload = self._depth_payload(stream, seq, event_time_ms, *depth)
+        if self.combined:
+            return dumps({"stream": stream, "data": payload})
+        return dumps(payload)
+
+    def _depth_payload(
+        self, stream: str, seq: int, event_time_ms: int, kind: str, levels: int
+    ) -> dict[str, object]:
+        """A depth event from the symbol's book (books.BinanceBook): diffs numbered by update
+        id (``U`` = the stream's previous ``u`` + 1), partial books with ``lastUpdateId``."""
+        symbol = stream.split("@", 1)[0].upper()
+        book = self.mx.books.binance(symbol)
+        futures = self.futures
+        if kind == "partial" and not futures:
+            last_id, bids, asks = book.partial(stream, seq, levels)
+            return binance.build_partial_depth(last_id, bids, asks)
+        if kind == "partial":
+            # USD-M partial depth: a depthUpdate-shaped event carrying the top levels
+            event = book.diff(stream, seq)
+            bids, asks = book.top_bids(levels), book.top_asks(levels)
+        else:
+            event = book.diff(stream, seq)
+            bids, asks = event.bids, event.asks
+        return binance.build_depth_update(
+            symbol, event.first_id, event.final_id, bids, asks, event_time_ms,
+            event.prev_final_id if futures else None,
+        )  # fmt: skip
+
+    @property
+    def futures(self) -> bool:
+        """Whether this mock serves Binance USD-M futures (fstream) rather than spot."""
+        return binance.is_futures_domain(self.mx.profile.domain)
 
     def notice(self) -> str | None:
         return binance.build_shutdown_notice(wall_ms(), self.combined, api=self.api)
