@@ -167,6 +167,7 @@ def _plan(
     sources: dict[str, str],
     previous: QuotaPlan | None,
 ) -> tuple[QuotaPlan, QuotaShares, dict[BudgetKey, Budget]]:
+    from connquota.planner.endpoints import split_by_endpoint, with_refused
     from connquota.planner.inputs import QuotaInput
     from connquota.planner.plan import PlanRequest, plan_quota
     from connquota.planner.shares import divide_budgets
@@ -177,12 +178,20 @@ def _plan(
     desired = expand_streams(quota.spec, profile.dialect, sources)
     shares = divide_budgets(pool_spec, [q])
     generation = previous.generation + 1 if previous else 1
+    split = split_by_endpoint(profile, desired)
     plan = plan_quota(
         PlanRequest(
-            q.ref, q.spec, profile, pool_spec, shares.quotas[q.key], desired, generation, previous
+            q.ref,
+            q.spec,
+            profile,
+            pool_spec,
+            shares.quotas[q.key],
+            split.served,
+            generation,
+            previous,
         )
     )
-    return plan, shares.quotas[q.key], shares.budgets
+    return with_refused(plan, split.refused), shares.quotas[q.key], shares.budgets
 
 
 def _rows(headers: list[str], rows: list[list[Any]]) -> str:

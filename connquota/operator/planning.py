@@ -31,6 +31,7 @@ from connquota.api.report import GatewayReport, Quarantine
 from connquota.exchanges import ProfileError, effective_profile
 from connquota.operator.status import Problem
 from connquota.planner.budgets import BudgetKey
+from connquota.planner.endpoints import split_by_endpoint, with_refused
 from connquota.planner.errors import PlanningError
 from connquota.planner.incremental import PlanIndex, plan_quota_indexed
 from connquota.planner.inputs import DesiredStream, QuotaInput
@@ -188,13 +189,16 @@ def plan_target(
     Planned through `indexes` (default `PLAN_INDEXES`): the same plan `plan_quota` gives, in
     time proportional to the changed streams when only streams changed since the last call."""
     generation = (published.generation + 1) if published else 1
+    # Streams the quota's endpoint does not serve (OKX candles on /ws/v5/public) are never
+    # placed: the plan lists them unserved with the reason.
+    split = split_by_endpoint(quota.profile, streams)
     request = PlanRequest(
         quota=quota.ref,
         spec=quota.spec,
         profile=quota.profile,
         pool=pool,
         shares=shares,
-        streams=streams,
+        streams=split.served,
         generation=generation,
         previous=published,
         draining=draining,
@@ -210,7 +214,7 @@ def plan_target(
         "from its kept index (incremental)" if incremental else "in full",
         extra={"quota": quota.key},
     )
-    return plan
+    return with_refused(plan, split.refused)
 
 
 def forget_quota(uid: str) -> None:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from connquota.api.plan import QuotaPlan
 from connquota.api.pool import ExchangeEgressPoolSpec
 from connquota.planner.budgets import Budget, BudgetKey
+from connquota.planner.endpoints import split_by_endpoint, with_refused
 from connquota.planner.incremental import PlanIndex, plan_quota_indexed
 from connquota.planner.inputs import DesiredStream, QuotaInput
 from connquota.planner.plan import PlanRequest, plan_quota
@@ -43,21 +44,22 @@ def plan_pool(
     plans = {}
     new_indexes: dict[str, PlanIndex] = {}
     for q in sorted(quotas, key=lambda q: q.key):
+        split = split_by_endpoint(q.profile, streams[q.key])
         req = PlanRequest(
             quota=q.ref,
             spec=q.spec,
             profile=q.profile,
             pool=pool,
             shares=shares.quotas[q.key],
-            streams=streams[q.key],
+            streams=split.served,
             generation=generations[q.key],
             previous=previous.get(q.key),
         )
         if indexes is None:
-            plans[q.key] = plan_quota(req)
+            plans[q.key] = with_refused(plan_quota(req), split.refused)
         else:
             result = plan_quota_indexed(req, indexes.get(q.key))
-            plans[q.key] = result.plan
+            plans[q.key] = with_refused(result.plan, split.refused)
             new_indexes[q.key] = result.index
     return PoolPlan(budgets=shares.budgets, shares=shares, plans=plans, indexes=new_indexes)
 

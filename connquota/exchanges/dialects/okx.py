@@ -166,6 +166,55 @@ def endpoint_for_channel(channel: str) -> str:
     return "public"
 
 
+BUSINESS_PREFIXES = ("candle", "mark-price-candle", "index-candle")
+"""Channel families OKX serves on ``/ws/v5/business`` only, one channel per bar size
+(``candle1m``, ``candle1H``, ``mark-price-candle3M``...)."""
+
+
+def home_endpoint(channel: str) -> str | None:
+    """The one socket OKX serves ``channel`` on (``public``, ``private`` or ``business``), for
+    the channels this dialect knows; None for a channel it does not know (OKX has more)."""
+    if channel in BUSINESS_CHANNELS or channel.startswith(BUSINESS_PREFIXES):
+        return "business"
+    if channel in PUBLIC_CHANNELS:
+        return "public"
+    if channel in PRIVATE_CHANNELS:
+        return "private"
+    return None
+
+
+def channel_of(stream: str) -> str:
+    """``candle1m:BTC-USDT`` -> ``candle1m`` (no validation: `stream_to_arg` validates)."""
+    return stream.partition(":")[0]
+
+
+def endpoint_refusal(path: str, channel: str) -> str | None:
+    """Why a public (not logged-in) connection opened at ``path`` cannot subscribe to
+    ``channel``, naming the endpoint that serves it; None when it can, or when the path or the
+    channel is one this dialect does not know (then the exchange decides). OKX answers such a
+    subscription with 60018, 64001 or 64002 (docs/exchange-dialects.md section 3)."""
+    kind = PATHS.get(path.rstrip("/"))
+    home = home_endpoint(channel)
+    if kind is None or home is None or home == kind:
+        return None
+    where = path_for(home)
+    if home == "private":
+        return (
+            f"OKX serves {channel} on {where} only, to a logged-in connection: give the "
+            "stream a credential"
+        )
+    if kind == "business":
+        code = "64002"
+    elif kind == "public" and channel in BUSINESS_CHANNELS:
+        code = "64001"
+    else:
+        code = "60018"
+    return (
+        f"OKX serves {channel} on {where} only, not on the quota's endpoint {path} (it "
+        f"answers {code}): declare the stream in a quota whose endpoint is {where}"
+    )
+
+
 def path_for(kind: str) -> str:
     """``public`` -> ``/ws/v5/public`` (and private, business)."""
     if kind not in PATHS.values():

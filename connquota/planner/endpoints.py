@@ -1,0 +1,78 @@
+"""Streams the quota's endpoint does not serve: refused at planning, reported unserved.
+
+Some exchanges serve a channel on one of their WebSocket paths only (OKX: candles and
+`trades-all` on `/ws/v5/business`, tickers, trades and books on `/ws/v5/public`). A quota has one
+endpoint, so a stream whose channel lives on another path would be subscribed upstream only to
+be refused there (OKX answers 60018, 64001 or 64002). The dialect knows which channel lives
+where (`endpoint_refusal` of its wire format); this module asks it before packing, so such
+streams are never placed on a connection and the plan lists them unserved with the dialect's
+reason (which names the endpoint that serves them). Pure: no I/O.
+
+Only public streams (no credential) are judged: a stream with a credential goes to the
+profile's private endpoint, whose channels the exchange checks after login.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from connquota.api.limits import Dialect, ExchangeProfile
+from connquota.api.plan import QuotaPlan, UnservedStream
+from connquota.exchanges.dialects import okx
+from connquota.planner.inputs import DesiredStream
+
+ChannelOf = Callable[[str], str]
+"""A stream name -> its channel."""
+EndpointRule = Callable[[str, str], "str | None"]
+"""(endpoint path, channel) -> why a public connection there cannot subscribe to it."""
+
+RULES: dict[Dialect, tuple[ChannelOf, EndpointRule]] = {
+    Dialect.OKX: (okx.channel_of, okx.endpoint_refusal)
+}
+"""The dialects whose channels are each served on one path of the exchange."""
+
+
+@dataclass(frozen=True)
+class EndpointSplit:
+    """A quota's desired streams split by whether its endpoint serves them."""
+
+    served: list[DesiredStream]
+    """The streams to plan (those the endpoint serves or the dialect cannot judge), in order."""
+    refused: list[UnservedStream]
+    """The others, in declaration order, each with the dialect's reason."""
+
+
+def split_by_endpoint(profile: ExchangeProfile, streams: Sequence[DesiredStream]) -> EndpointSplit:
+    """Split `streams` by whether `profile.endpoint` serves them (one judgement per channel,
+    so a quota of 10^5 streams costs a string split and a dict lookup per stream)."""
+    rules = RULES.get(profile.dialect)
+    if rules is None:
+        return EndpointSplit(list(streams), [])
+    channel_of, rule = rules
+    path = urlsplit(profile.endpoint).path
+    verdicts: dict[str, str | None] = {}
+    served: list[DesiredStream] = []
+    refused: list[UnservedStream] = []
+    for s in streams:
+        if s.credential is not None:
+            served.append(s)
+            continue
+        channel = channel_of(s.name)
+        if channel not in verdicts:
+            verdicts[channel] = rule(path, channel)
+        reason = verdicts[channel]
+        if reason is None:
+            served.append(s)
+        else:
+            refused.append(UnservedStream(stream=s.name, priority=s.priority, reason=reason))
+    return EndpointSplit(served, refused)
+
+
+def with_refused(plan: QuotaPlan, refused: Sequence[UnservedStream]) -> QuotaPlan:
+    """`plan` listing the `refused` streams unserved too, ahead of those the limits left out
+    (a declaration error comes before a capacity one)."""
+    if not refused:
+        return plan
+    return plan.model_copy(update={"unserved": [*refused, *plan.unserved]})
