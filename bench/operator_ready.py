@@ -27,19 +27,28 @@ every limit. 1,000 streams at 200 per connection and headroom 1.0 are 5 connecti
 connections per pod that is 3 pods, on a pool of 2 addresses (each run its own pool and addresses).
 
     .venv/bin/python bench/operator_ready.py [--streams 1000] [--runs 1] [--time-scale 1]
-        [--faults [--steady-s 30]]
+        [--faults [--steady-s 30]] [--rollout]
 
 `--time-scale 1` runs Binance's real limits (300 attempts per 5 minutes per IP: a gateway
 that had to wait one full hold would connect after about 5 min 12 s). `--faults` then counts
 Lease writes per gateway in steady state, deletes pod 0 gracefully, SIGKILLs the replacement's
 process and force-deletes its Pod (wiped state: the successor waits out the Lease), drops every
 connection at the mock, and prints how long streams were missing each time and the violations.
+
+`--rollout` then sets `connectionsPerPod` 1 (the 5 connections on 5 pods), waits for Ready and
+rolls a new pod template out (a `podOverrides` annotation) while the mock is sampled every
+50 ms and a `/v1/ws` consumer on pod 0 reads every stream until pod 0's own turn: prints the
+rollout's duration, the most declared streams without a subscription at the mock in any
+sample (the streams down at that moment), the consumer's gaps in the gateway's `seq` and in
+the exchange's trade ids, the most connections open at once (the copies' overlap), the peak
+attempt use of any pod slice's address, and the violations.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import signal
@@ -55,7 +64,7 @@ from typing import Any, TypeVar
 import yaml
 from kubernetes import client, watch
 
-from connquota.api.limits import LimitName
+from connquota.api.limits import LimitName, LimitScope
 from connquota.demo.scaling import scaled_profile
 from connquota.exchanges import get_profile
 from connquota.mockexchange.server import MockExchange
@@ -117,6 +126,15 @@ class MockThread(ThreadedMockExchange[MockExchange]):
             return len(conns), sum(len(c.streams) for c in conns)
 
         return self.sync(count)
+
+    def subscribed(self, ips: set[str]) -> tuple[set[str], int]:
+        """The distinct streams subscribed from `ips`, and the connections open from them."""
+
+        def read() -> tuple[set[str], int]:
+            conns = [c for c in self.mock.websockets() if c.ip in ips]
+            return {s for c in conns for s in c.streams}, len(conns)
+
+        return self.sync(read)
 
     def exchange(self, domain: str) -> dict[str, Any]:
         """`spec.custom` of a quota pointing at the mock, durations in wall-clock seconds."""
@@ -407,6 +425,184 @@ def _faults(
     return 1 if violations else 0
 
 
+class RolloutConsumer:
+    """A `/v1/ws` consumer on one pod, in a thread: per stream the gateway's seq and the
+    exchange's trade ids."""
+
+    def __init__(self, ip: str, streams: list[str]) -> None:
+        self.url = f"ws://{ip}:8080/v1/ws"
+        self.streams = streams
+        self.seqs: dict[str, list[int]] = {s: [] for s in streams}
+        self.trade_ids: dict[str, list[int]] = {s: [] for s in streams}
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        from websockets.sync.client import connect
+
+        try:
+            with connect(self.url, open_timeout=5, max_size=None) as ws:
+                ws.send(json.dumps({"op": "subscribe", "streams": self.streams, "id": 1}))
+                while not self._stop.is_set():
+                    try:
+                        doc = json.loads(ws.recv(timeout=0.5))
+                    except TimeoutError:
+                        continue
+                    if "seq" in doc:
+                        self.seqs[doc["stream"]].append(doc["seq"])
+                        if "t" in doc["data"]:
+                            self.trade_ids[doc["stream"]].append(doc["data"]["t"])
+        except Exception as exc:
+            self.errors.append(repr(exc))
+
+    def messages(self) -> int:
+        return sum(len(v) for v in self.seqs.values())
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
+def _gaps(values: list[int]) -> int:
+    """Missing numbers between consecutive values (a duplicate or a step back counts 1)."""
+    return sum((b - a - 1) if b > a else 1 for a, b in itertools.pairwise(values) if b != a + 1)
+
+
+def _rollout(plane: Any, api: Any, mock: MockThread, run: int, streams: int) -> int:
+    """A 5-pod fleet rolled out to a new pod template, watched from the mock and a consumer."""
+    ns, name = f"ready{run}", "big"
+    core = client.CoreV1Api(api)
+    objects = client.CustomObjectsApi(api)
+    first = 2 + ADDRESSES * run
+    ips = {f"127.0.0.{first + i}" for i in range(ADDRESSES)}
+    names = [f"s{i}usdt@trade" for i in range(streams)]
+
+    def quota() -> dict[str, Any]:
+        return objects.get_namespaced_custom_object(
+            GROUP, VERSION, ns, "exchangeconnectionquotas", name
+        )
+
+    def patch(gateway: dict[str, Any]) -> None:
+        objects.patch_namespaced_custom_object(
+            GROUP, VERSION, ns, "exchangeconnectionquotas", name, {"spec": {"gateway": gateway}}
+        )
+
+    def pods() -> dict[int, Any]:
+        items = core.list_namespaced_pod(ns, label_selector=f"connquota.io/quota={name}").items
+        return {
+            int(p.metadata.name.rsplit("-", 1)[-1]): p
+            for p in items
+            if p.metadata.deletion_timestamp is None
+        }
+
+    def ready() -> bool:
+        q = quota()
+        status = q.get("status") or {}
+        cond = [c for c in status.get("conditions") or [] if c["type"] == "Ready"]
+        return (
+            bool(cond)
+            and cond[0]["status"] == "True"
+            and status.get("observedGeneration") == q["metadata"]["generation"]
+        )
+
+    def wait(predicate: Any, timeout_s: float, what: str) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not predicate():
+            if time.monotonic() > deadline:
+                raise SystemExit(f"rollout bench: {what} not within {timeout_s:.0f} s")
+            time.sleep(0.3)
+
+    patch({"connectionsPerPod": 1})
+    wait(lambda: ready() and len(pods()) == 5, 300, "a Ready fleet of 5 pods")
+    wait(lambda: len(mock.subscribed(ips)[0]) == streams, 60, "every stream at the mock")
+    old = {o: p.metadata.uid for o, p in pods().items()}
+    pod0 = pods()[0].status.pod_ip
+    samples: list[int] = []
+    most_open = 0
+    stop = threading.Event()
+
+    def sample() -> None:
+        nonlocal most_open
+        while not stop.is_set():
+            up, conns = mock.subscribed(ips)
+            samples.append(streams - len(names_set & up))
+            most_open = max(most_open, conns)
+            stop.wait(0.05)
+
+    names_set = set(names)
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    consumer = RolloutConsumer(pod0, names)
+    wait(lambda: consumer.messages() > streams, 60, "the consumer's first messages")
+    started = time.monotonic()
+    patch(
+        {
+            "podOverrides": {
+                "labels": {HARNESS_LABEL: "true"},
+                "annotations": {"example.com/rollout": "2"},
+            }
+        }
+    )
+    try:
+        wait(
+            lambda: (
+                ((quota().get("status") or {}).get("rollout") or {}).get("currentPod")
+                == f"{name}-gw-0"
+            ),
+            600,
+            "pods 4..1 replaced",
+        )
+        consumer.stop()
+
+        def rolled_out() -> bool:
+            q = quota()
+            status = q.get("status") or {}
+            cond = [c for c in status.get("conditions") or [] if c["type"] == "RolledOut"]
+            now = pods()
+            return (
+                bool(cond)
+                and cond[0]["status"] == "True"
+                and status.get("observedGeneration") == q["metadata"]["generation"]
+                and len(now) == 5
+                and all(p.metadata.uid != old[o] for o, p in now.items())
+            )
+
+        wait(rolled_out, 600, "the rollout")
+        elapsed = time.monotonic() - started
+        wait(lambda: len(mock.subscribed(ips)[0]) == streams, 60, "every stream after it")
+    finally:
+        stop.set()
+        sampler.join(timeout=10)
+        consumer.stop()
+    seq_gaps = sum(_gaps(v) for v in consumer.seqs.values())
+    id_gaps = sum(_gaps(v) for v in consumer.trade_ids.values())
+    violations = mock.violations()
+    attempts = mock.sync(
+        lambda: mock.mock.peak_fraction(LimitName.CONNECTION_ATTEMPTS, LimitScope.IP)
+    )
+    print(
+        f"  rollout of a 5-pod fleet ({streams} streams, 1 connection per pod) to a new template:"
+    )
+    print(f"    rolled out in                          {elapsed:.1f} s")
+    print(
+        f"    streams down at any moment (mock)      max {max(samples, default=-1)} "
+        f"over {len(samples)} samples every 50 ms"
+    )
+    print(f"    most connections open at once          {most_open} (5 planned)")
+    print(
+        f"    consumer on pod 0 through pods 4..1    {consumer.messages()} messages, "
+        f"seq gaps {seq_gaps}, trade-id gaps {id_gaps}, errors {len(consumer.errors)}"
+    )
+    print(f"    peak attempts per IP (of the limit)    {attempts:.0%}")
+    print(f"    mock violations                        {len(violations)}")
+    for v in violations[:5]:
+        print(f"      {json.dumps(v)[:300]}")
+    bad = violations or max(samples, default=1) > 0 or seq_gaps or id_gaps or consumer.errors
+    return 1 if bad else 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--streams", type=int, default=1000)
@@ -423,6 +619,11 @@ def main() -> int:
         help="after Ready: Lease writes, a pod deleted, a pod killed, a mass disconnect",
     )
     parser.add_argument("--steady-s", type=float, default=30.0)
+    parser.add_argument(
+        "--rollout",
+        action="store_true",
+        help="after Ready: 5 pods rolled out to a new template (streams down, seq gaps)",
+    )
     args = parser.parse_args()
     files = Path(tempfile.mkdtemp(prefix="bench-operator-ready-"))
     plane = start_control_plane(find_binaries(expected_bin_dir(REPO)))
@@ -475,6 +676,8 @@ def main() -> int:
             code |= _run_once(plane, api, mock, files, run, args.streams)
             if args.faults:
                 code |= _faults(plane, api, harness, mock, run, args.streams, args.steady_s)
+            if args.rollout:
+                code |= _rollout(plane, api, mock, run, args.streams)
         if code:
             print(f"operator log: {log_path}; pod roots under {harness.work_dir}")
         return code
