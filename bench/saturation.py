@@ -20,6 +20,9 @@ cores lowers every figure; the ratios are what compares).
 
 `--event-loops asyncio,uvloop` measures 3-5 once per event loop of the gateways (a pair of
 gateway processes each; the readers and the source stay on asyncio) and prints uvloop / asyncio.
+`--rounds N` then measures bare aiohttp, gateway and relay hop again N times in turn (the
+first event loop's gateways) and prints the median of the rounds' ratios: on a machine whose
+load comes and goes, the figures of one round see the same load.
 `--profile` then samples the (first) owner gateway with py-spy while the raw counter reads it
 again, and prints its top functions (own and total share of the samples).
 
@@ -37,6 +40,7 @@ import contextlib
 import json
 import os
 import re
+import statistics
 import struct
 import sys
 import tempfile
@@ -375,6 +379,7 @@ async def main(args: argparse.Namespace) -> None:
         print(f"load average at start: {os.getloadavg()[0]:.2f}; {len(streams)} stream(s), "
               f"{args.seconds:g} s per figure")  # fmt: skip
         rates: dict[str, float] = {}
+        paired: list[tuple[float, float, float]] = []
         for loop in loops:
             suffix = "" if loops == ["asyncio"] else f" ({loop})"
             async with gateways(base, streams, event_loop=loop) as (owner, hop):
@@ -393,6 +398,8 @@ async def main(args: argparse.Namespace) -> None:
                 rates["relay hop" + suffix] = await child(
                     "--raw", relayed, json.dumps(sub), *timing
                 )
+                if args.rounds > 1 and loop == loops[0]:
+                    paired = await alternate(base, streams[0], native, relayed, sub, args)
                 if args.profile and loop == loops[0]:
                     await profile_gateway(owner, native, sub, args.seconds)
         for name, rate in rates.items():
@@ -403,11 +410,35 @@ async def main(args: argparse.Namespace) -> None:
             gw, hop_rate = rates["gateway" + suffix], rates["relay hop" + suffix]
             print(f"gateway / bare aiohttp{suffix}: {gw / bare:.2f} (target >= 0.5)")
             print(f"relay hop / gateway{suffix}:    {hop_rate / gw:.2f} (target >= 0.6)")
+        if args.rounds > 1:
+            gw_bare = statistics.median(r[1] / r[0] for r in paired)
+            hop_gw = statistics.median(r[2] / r[1] for r in paired)
+            print(f"{args.rounds} alternating rounds (bare, gateway, relay hop; msg/s): "
+                  + "; ".join(f"{b:.0f} {g:.0f} {h:.0f}" for b, g, h in paired))  # fmt: skip
+            print(f"median of the rounds' ratios ({loops[0]}): gateway / bare aiohttp "
+                  f"{gw_bare:.2f} (target >= 0.5), relay hop / gateway {hop_gw:.2f} "
+                  "(target >= 0.6)")  # fmt: skip
         if set(loops) == set(EVENT_LOOPS):
             for name in ("gateway", "gateway /v1/ws", "relay hop"):
                 gain = rates[f"{name} (uvloop)"] / rates[f"{name} (asyncio)"]
                 print(f"{name} uvloop / asyncio: {gain:.2f}")
         print(f"load average at end: {os.getloadavg()[0]:.2f}")
+
+
+async def alternate(
+    base: str, stream: str, native: str, relayed: str, sub: list[str], args: argparse.Namespace
+) -> list[tuple[float, float, float]]:
+    """`--rounds` rounds of (bare aiohttp, gateway, relay hop), each figure right after the
+    other, so that load that comes and goes on the machine weighs on the three of a round
+    alike: the median of the rounds' ratios is what a busy machine can still compare."""
+    timing = ["--warmup", str(args.warmup), "--seconds", str(args.seconds)]
+    rounds = []
+    for _ in range(args.rounds):
+        bare = await child("--bare", f"{base}/stream?streams={stream}", *timing)
+        gw = await child("--raw", native, json.dumps(sub), *timing)
+        hop = await child("--raw", relayed, json.dumps(sub), *timing)
+        rounds.append((bare, gw, hop))
+    return rounds
 
 
 def parse_args() -> argparse.Namespace:
@@ -417,6 +448,9 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--streams", type=int, default=1)
     ap.add_argument("--event-loops", default="asyncio", help="asyncio, uvloop or both (a,b)")
     ap.add_argument("--profile", action="store_true", help="py-spy the owner gateway")
+    ap.add_argument(
+        "--rounds", type=int, default=1, help="then alternate bare/gateway/hop N times (median)"
+    )
     # internal: the child processes
     ap.add_argument("--source", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--bare", nargs=1, help=argparse.SUPPRESS)
