@@ -32,12 +32,13 @@ T = TypeVar("T")
 
 
 class MockThread(ThreadedMockExchange[MockExchange]):
-    """A MockExchange served by its own event loop in a daemon thread."""
+    """A MockExchange served by its own event loop in a daemon thread, speaking the dialect of
+    `profile` (a built-in profile's name)."""
 
-    def __init__(self, limits: list[Limit]) -> None:
+    def __init__(self, limits: list[Limit], profile: str = "binance-spot") -> None:
         super().__init__(
             MockExchange(
-                get_profile("binance-spot"),
+                get_profile(profile),
                 "127.0.0.1",
                 0,
                 time_scale=TIME_SCALE,
@@ -96,18 +97,25 @@ class MockThread(ThreadedMockExchange[MockExchange]):
         found = self.violations()
         assert found == [], json.dumps(found, indent=1)[:3000]
 
-    def quota_exchange(self, domain: str) -> dict[str, Any]:
-        """`spec.custom` of a quota pointing at this mock, durations in wall-clock seconds."""
-        profile = scaled_profile(self.mock.profile, TIME_SCALE, self.mock.url)
+    def quota_exchange(self, domain: str, path: str = "") -> dict[str, Any]:
+        """`spec.custom` of a quota pointing at this mock (at `path` on it: OKX's
+        `/ws/v5/public`, Bybit's `/v5/public/spot`), durations in wall-clock seconds."""
+        profile = scaled_profile(self.mock.profile, TIME_SCALE, self.mock.url + path)
         return custom_exchange(profile, domain)
 
 
 def shrunk_limits(**values: tuple[float, float | None]) -> list[Limit]:
     """Overrides of binance-spot limits: name=(value, window in profile seconds)."""
-    base = get_profile("binance-spot")
+    return profile_limits("binance-spot", **values)
+
+
+def profile_limits(profile: str, **values: tuple[float, float | None]) -> list[Limit]:
+    """Overrides of a built-in profile's limits: name=(value, window in profile seconds); the
+    per-IP limit of a name the profile also has per account (OKX's concurrentConnections)."""
+    base = get_profile(profile)
     out = []
     for name, (value, window) in values.items():
-        limit = base.limit(LimitName(name))
+        limit = base.limit(LimitName(name), LimitScope.IP) or base.limit(LimitName(name))
         assert limit is not None, name
         update: dict[str, Any] = {"value": value}
         if window is not None:
@@ -163,8 +171,10 @@ def quota_body(
     *,
     max_replicas: int = 3,
     connections_per_pod: int = 2,
+    gateway: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A quota on the mock exchange whose gateway pods the harness runs."""
+    """A quota on the mock exchange whose gateway pods the harness runs (`gateway`: more
+    `spec.gateway` fields, e.g. `consumerTLSSecretRef`)."""
     return {
         "apiVersion": f"{GROUP}/{VERSION}",
         "kind": "ExchangeConnectionQuota",
@@ -180,6 +190,7 @@ def quota_body(
                 "minReplicas": 1,
                 "connectionsPerPod": connections_per_pod,
                 "podOverrides": {"labels": {HARNESS_LABEL: "true"}},
+                **(gateway or {}),
             },
         },
     }
