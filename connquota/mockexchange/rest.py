@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from connquota.api.limits import Dialect
+from connquota.exchanges.dialects import binance
 
 if TYPE_CHECKING:
     from connquota.mockexchange.server import MockExchange
@@ -149,6 +150,10 @@ def add_rest_routes(app: web.Application, mx: MockExchange) -> None:
 
 
 def _binance_routes(app: web.Application, mx: MockExchange) -> None:
+    if binance.is_futures_domain(mx.profile.domain):
+        _binance_futures_routes(app, mx)
+        return
+
     async def ping(_: web.Request) -> web.Response:
         return web.json_response({})
 
@@ -226,6 +231,77 @@ def _binance_depth(request: web.Request, mx: MockExchange, futures: bool) -> web
     body["bids"] = book.top_bids(limit)
     body["asks"] = book.top_asks(limit)
     return web.json_response(body)
+
+
+def binance_futures_symbol_info(symbol: str) -> dict[str, Any] | None:
+    """One `symbols[]` entry of `GET /fapi/v1/exchangeInfo`: a USD-M perpetual in Binance's
+    documented shape (https://developers.binance.com/docs/derivatives/usds-margined-futures/
+    market-data/rest-api/Exchange-Information)."""
+    assets = split_symbol(symbol)
+    if assets is None:
+        return None
+    base, quote = assets
+    return {
+        "symbol": symbol, "pair": symbol, "contractType": "PERPETUAL",
+        "deliveryDate": 4133404800000, "onboardDate": 1569398400000, "status": "TRADING",
+        "maintMarginPercent": "2.5000", "requiredMarginPercent": "5.0000",
+        "baseAsset": base, "quoteAsset": quote, "marginAsset": quote,
+        "pricePrecision": 2, "quantityPrecision": 3, "baseAssetPrecision": 8,
+        "quotePrecision": 8, "underlyingType": "COIN", "underlyingSubType": [],
+        "settlePlan": 0, "triggerProtect": "0.0500", "liquidationFee": "0.012500",
+        "marketTakeBound": "0.05", "maxMoveOrderLimit": 10000,
+        "filters": [
+            {"filterType": "PRICE_FILTER", "minPrice": "0.10", "maxPrice": "4529764",
+             "tickSize": "0.10"},
+            {"filterType": "LOT_SIZE", "minQty": "0.001", "maxQty": "1000",
+             "stepSize": "0.001"},
+            {"filterType": "MARKET_LOT_SIZE", "minQty": "0.001", "maxQty": "120",
+             "stepSize": "0.001"},
+            {"filterType": "MAX_NUM_ORDERS", "limit": 200},
+            {"filterType": "MAX_NUM_ALGO_ORDERS", "limit": 10},
+            {"filterType": "MIN_NOTIONAL", "notional": "100"},
+            {"filterType": "PERCENT_PRICE", "multiplierUp": "1.0500",
+             "multiplierDown": "0.9500", "multiplierDecimal": "4"},
+        ],
+        "orderTypes": ["LIMIT", "MARKET", "STOP", "STOP_MARKET", "TAKE_PROFIT",
+                       "TAKE_PROFIT_MARKET", "TRAILING_STOP_MARKET"],
+        "timeInForce": ["GTC", "IOC", "FOK", "GTX", "GTD"],
+    }  # fmt: skip
+
+
+def _binance_futures_routes(app: web.Application, mx: MockExchange) -> None:
+    """USD-M futures public REST (`/fapi/v1/ping`, `/time`, `/exchangeInfo`, `/depth`): what
+    ccxt's binanceusdm calls before its WebSockets (markets) and for its order-book snapshot."""
+
+    async def ping(_: web.Request) -> web.Response:
+        return web.json_response({})
+
+    async def server_time(_: web.Request) -> web.Response:
+        return web.json_response({"serverTime": int(time.time() * 1000)})
+
+    async def exchange_info(_: web.Request) -> web.Response:
+        infos = [binance_futures_symbol_info(s) for s in _listed(mx, subscribed_symbols(mx))]
+        return web.json_response(
+            {"timezone": "UTC", "serverTime": int(time.time() * 1000),
+             "futuresType": "U_MARGINED", "rateLimits": FUTURES_RATE_LIMITS,
+             "exchangeFilters": [], "assets": [],
+             "symbols": [i for i in infos if i is not None]}
+        )  # fmt: skip
+
+    async def depth(request: web.Request) -> web.Response:
+        return _binance_depth(request, mx, futures=True)
+
+    app.router.add_get("/fapi/v1/ping", ping)
+    app.router.add_get("/fapi/v1/time", server_time)
+    app.router.add_get("/fapi/v1/exchangeInfo", exchange_info)
+    app.router.add_get("/fapi/v1/depth", depth)
+
+
+FUTURES_RATE_LIMITS = [
+    {"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1, "limit": 2400},
+    {"rateLimitType": "ORDERS", "interval": "MINUTE", "intervalNum": 1, "limit": 1200},
+    {"rateLimitType": "ORDERS", "interval": "SECOND", "intervalNum": 10, "limit": 300},
+]
 
 
 def _listed(mx: MockExchange, symbols: set[str]) -> list[str]:

@@ -23,6 +23,7 @@ import base64
 import hmac
 import json
 import re
+from functools import partial
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -78,6 +79,26 @@ _CHANNEL_PATTERNS = (
 )
 _STREAM_RE = re.compile(rf"^{_SYMBOL}@({'|'.join(_CHANNEL_PATTERNS)})$")
 _MARKET_WIDE_RE = re.compile(r"^!(miniTicker|ticker_(1h|4h|1d))@arr$")
+_FUTURES_INTERVAL = r"(1m|3m|5m|15m|30m|1h|2h|4h|6h|8h|12h|1d|3d|1w|1M)"
+_FUTURES_CHANNEL_PATTERNS = (
+    r"aggTrade",
+    r"trade",  # ccxt's binanceusdm subscribes <symbol>@trade on /public (secondary)
+    r"markPrice(@1s)?",
+    rf"kline_{_FUTURES_INTERVAL}",
+    r"miniTicker",
+    r"ticker",
+    r"bookTicker",
+    r"forceOrder",
+    r"depth(@500ms|@100ms)?",
+    r"depth(5|10|20)(@500ms|@100ms)?",
+)
+_FUTURES_STREAM_RE = re.compile(rf"^{_SYMBOL}@({'|'.join(_FUTURES_CHANNEL_PATTERNS)})$")
+_FUTURES_MARKET_WIDE_RE = re.compile(
+    r"^!(markPrice@arr(@1s)?|forceOrder@arr|miniTicker@arr|ticker@arr|bookTicker)$"
+)
+FUTURES_ROUTES = ("/public", "/market")
+"""USD-M's market-data base paths (the Important WebSocket Change Notice): ``/public`` for
+high-frequency book data (depth, bookTicker), ``/market`` for the rest."""
 
 
 # --- streams and URLs -------------------------------------------------------------------------
@@ -101,8 +122,36 @@ def parse_stream(stream: str) -> StreamName:
 
 
 def is_valid_stream(stream: str) -> bool:
-    """Whether ``stream`` is a documented Binance spot stream name."""
+    """Whether ``stream`` is a documented Binance stream name, spot or USD-M futures (the
+    gateway serves either product; the exchange checks its own: `is_valid_stream_for`)."""
+    return is_valid_stream_for(stream, False) or is_valid_stream_for(stream, True)
+
+
+def is_valid_stream_for(stream: str, futures: bool) -> bool:
+    """Whether ``stream`` is a stream name of spot (``futures`` False) or of USD-M futures:
+    ``@markPrice[@1s]``, ``@forceOrder``, ``!markPrice@arr[@1s]``, ``!forceOrder@arr`` and
+    ``@depth@500ms`` are futures only; ``@depth@100ms`` is both; ``@avgPrice``, ``@ticker_1h``
+    and ``@kline_1s`` are spot only."""
+    if futures:
+        return bool(_FUTURES_STREAM_RE.match(stream) or _FUTURES_MARKET_WIDE_RE.match(stream))
     return bool(_STREAM_RE.match(stream) or _MARKET_WIDE_RE.match(stream))
+
+
+def futures_route(stream: str) -> str:
+    """The USD-M base path serving ``stream``: ``/public`` for depth and bookTicker streams
+    (secondary sources: go-binance, jesse), ``/market`` for every other market stream."""
+    channel = stream.split("@", 1)[1] if "@" in stream and not stream.startswith("!") else stream
+    if channel.startswith("depth") or channel in ("bookTicker", "!bookTicker", "trade"):
+        return "/public"
+    return "/market"
+
+
+def split_route(path: str) -> tuple[str, str]:
+    """(``/public`` or ``/market`` or ``""``, the rest): USD-M's route prefix of a path."""
+    for route in FUTURES_ROUTES:
+        if path == route or path.startswith(route + "/"):
+            return route, path[len(route) :] or "/"
+    return "", path
 
 
 def raw_stream_path(stream: str) -> str:
@@ -122,7 +171,14 @@ WS_API_PATH = "/ws-api/v3"
 
 
 def parse_endpoint(path: str, query: str = "") -> Endpoint:
-    """What a connection path selects; WireFormatError for a path Binance does not serve."""
+    """What a connection path selects; WireFormatError for a path Binance does not serve.
+    USD-M's route prefixes (``/public/ws/..``, ``/market/stream?streams=..``) select the same
+    endpoints as spot's paths (`split_route` says which route)."""
+    route, rest = split_route(path)
+    if route:
+        if rest in ("/", WS_API_PATH):
+            raise WireFormatError(f"Binance serves no WebSocket at {path!r}")
+        return parse_endpoint(rest, query)
     if path == WS_API_PATH:
         return Endpoint(kind="api", private=True)
     if path in ("/ws", "/ws/"):
@@ -469,6 +525,8 @@ def parse_server_message(text: str, default_stream: str | None = None) -> Server
     obj = loads_object(text)
     if obj is None:
         return Unknown(text)
+    if "stream" in obj and isinstance(obj.get("data"), list):  # !markPrice@arr, ...@arr
+        return Data(str(obj["stream"]), None, None, obj["data"], _wrapped_data(text, obj))
     if "stream" in obj and isinstance(obj.get("data"), dict):
         data = obj["data"]
         if data.get("e") == "serverShutdown":
@@ -519,8 +577,16 @@ def _error_reply(code: int, msg: str, request_id: RequestId) -> InvalidRequest:
     return InvalidRequest(request_id, str(code), msg, build_error(code, msg, request_id))
 
 
-def parse_client_message(text: str) -> ClientRequest:
-    """Classify a client frame on the stream host (SUBSCRIBE, UNSUBSCRIBE, ...)."""
+def _unsigned_int(value: Any) -> bool:
+    return type(value) is int and 0 <= value < 2**64
+
+
+def parse_client_message(text: str, futures: bool | None = None) -> ClientRequest:
+    """Classify a client frame on the stream host (SUBSCRIBE, UNSUBSCRIBE, ...). Spot takes
+    an int64, an alphanumeric string (at most 36) or null as ``id``; USD-M futures ("The id
+    used in the JSON payloads is an unsigned INT") only an unsigned integer. ``futures``: True
+    for USD-M, False for spot (stream names of that product only), None for either (the
+    gateway's consumer endpoint, which serves what its plan holds)."""
     try:
         obj = json.loads(text)
     except (ValueError, RecursionError):
@@ -528,7 +594,9 @@ def parse_client_message(text: str) -> ClientRequest:
     if not isinstance(obj, dict):
         return _error_reply(3, "Invalid JSON: expected value at line 1 column 1", None)
     request_id = obj.get("id")
-    if not valid_request_id(request_id, MAX_REQUEST_ID_CHARS):
+    if (futures and not _unsigned_int(request_id)) or not valid_request_id(
+        request_id, MAX_REQUEST_ID_CHARS
+    ):
         return _error_reply(2, "Invalid request: request ID must be an unsigned integer", None)
     method = obj.get("method")
     if method is None:
@@ -546,7 +614,10 @@ def parse_client_message(text: str) -> ClientRequest:
     if method in ("SUBSCRIBE", "UNSUBSCRIBE"):
         if not isinstance(params, list) or not all(isinstance(p, str) for p in params):
             return _error_reply(2, "Invalid request: invalid stream", request_id)
-        if not all(is_valid_stream(p) for p in params):
+        valid = (
+            is_valid_stream if futures is None else partial(is_valid_stream_for, futures=futures)
+        )
+        if not all(valid(p) for p in params):
             return _error_reply(2, "Invalid request: invalid stream", request_id)
         return SubscribeRequest(request_id, tuple(params), unsubscribe=method == "UNSUBSCRIBE")
     if method in ("SET_PROPERTY", "GET_PROPERTY"):
@@ -759,3 +830,46 @@ FUTURES_DOMAIN_PREFIX = "fstream"
 def is_futures_domain(domain: str) -> bool:
     """Whether a profile's limit domain is Binance USD-M futures (``fstream.binance.com``)."""
     return domain.startswith(FUTURES_DOMAIN_PREFIX)
+
+
+# --- USD-M futures payloads --------------------------------------------------------------------
+
+
+def _mark_price(symbol: str, seq: int, event_time_ms: int) -> dict[str, Any]:
+    """``markPriceUpdate`` (Mark Price Stream): mark, index and estimated settle price, funding
+    rate and next funding time."""
+    mark = 60000 + seq % 1000
+    next_funding = (event_time_ms // 28_800_000 + 1) * 28_800_000
+    return {"e": "markPriceUpdate", "E": event_time_ms, "s": symbol,
+            "p": f"{mark}.10000000", "i": f"{mark}.02659091", "P": f"{mark}.25641265",
+            "r": "0.00010000", "T": next_funding}  # fmt: skip
+
+
+def _force_order(symbol: str, seq: int, event_time_ms: int) -> dict[str, Any]:
+    """``forceOrder`` (Liquidation Order Stream): the liquidation order in ``o``."""
+    order = {"s": symbol, "S": "SELL" if seq % 2 else "BUY", "o": "LIMIT", "f": "IOC",
+             "q": "0.014", "p": "9910", "ap": "9910", "X": "FILLED", "l": "0.014",
+             "z": "0.014", "T": event_time_ms}  # fmt: skip
+    return {"e": "forceOrder", "E": event_time_ms, "o": order}
+
+
+_ARR_SYMBOLS = ("BTCUSDT", "ETHUSDT")
+"""Symbols in the mock's market-wide arrays (``!markPrice@arr``, ``!forceOrder@arr``)."""
+
+
+def build_futures_payload(stream: str, seq: int, event_time_ms: int) -> Any:
+    """The raw payload of one USD-M market-data event (a list for ``!markPrice@arr``). Streams
+    spot also has keep spot's payload except aggTrade, which has no ``M`` on futures."""
+    if stream.startswith("!markPrice@arr"):
+        return [_mark_price(s, seq, event_time_ms) for s in _ARR_SYMBOLS]
+    if stream == "!forceOrder@arr":
+        return _force_order(_ARR_SYMBOLS[seq % len(_ARR_SYMBOLS)], seq, event_time_ms)
+    symbol, _, channel = stream.partition("@")
+    if channel.startswith("markPrice"):
+        return _mark_price(symbol.upper(), seq, event_time_ms)
+    if channel == "forceOrder":
+        return _force_order(symbol.upper(), seq, event_time_ms)
+    payload = build_payload(stream, seq, event_time_ms)
+    if channel == "aggTrade":
+        payload.pop("M", None)
+    return payload

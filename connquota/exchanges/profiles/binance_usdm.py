@@ -30,9 +30,10 @@ PROFILE = ExchangeProfile(
     displayName="Binance USD-M futures",
     # A separate host from spot with its own published per-connection limits: its own domain.
     domain="fstream.binance.com",
-    # Legacy fstream URLs were retired 2026-04-23; regular market data lives under /market.
+    # Legacy fstream URLs were retired 2026-04-23; regular market data lives under /market
+    # (combined streams: /market/stream; depth and bookTicker under /public/stream).
     # -- URL_CHANGE_DOC
-    endpoint="wss://fstream.binance.com/market",
+    endpoint="wss://fstream.binance.com/market/stream",
     dialect=Dialect.BINANCE,
     limits=[
         # No published new-connection rate for fstream (exchange-limits.md: "not found").

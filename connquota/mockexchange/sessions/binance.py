@@ -34,6 +34,7 @@ MAX_ACTIVE_SUBSCRIPTIONS = 1000
 """Active user-data subscriptions per session (web-socket-api.md)."""
 MAX_LIFETIME_SUBSCRIPTIONS = 65535
 """User-data subscriptions over a session's lifetime (web-socket-api.md)."""
+RETIRED_PATH = "USD-M's legacy market-data URLs were retired on 2026-04-23; use /public or /market"
 USER_DATA_PREFIX = "userData:"
 """The mock's feed of an account's user data is ``userData:<account>``."""
 
@@ -58,8 +59,14 @@ class BinanceSession(DialectSession):
         return "combined" if self.combined else "raw"
 
     def handshake_error(self) -> web.Response | None:
+        route, _ = binance.split_route(self.conn.path)
+        if self.futures and not route:
+            # "Legacy URLs decommissioned 2026-04-23": market data lives under /public, /market
+            return web.Response(status=404, text=f"{self.conn.path}: {RETIRED_PATH}")
+        if route and not self.futures:
+            return web.Response(status=404, text=f"Binance spot serves no {route} path")
         streams = self.endpoint.initial_streams
-        if not all(binance.is_valid_stream(s) for s in streams):
+        if not all(binance.is_valid_stream_for(s, self.futures) for s in streams):
             return web.Response(
                 status=400, text=binance.build_error(2, "Invalid request: invalid stream", None)
             )
@@ -69,13 +76,22 @@ class BinanceSession(DialectSession):
 
     async def on_open(self) -> None:
         if self.endpoint.initial_streams:
-            self.mx.subscribe(self.conn, list(self.endpoint.initial_streams))
+            self.mx.subscribe(self.conn, self._on_route(list(self.endpoint.initial_streams)))
+
+    def _on_route(self, streams: list[str]) -> list[str]:
+        """The streams this connection's USD-M route serves (all of them on spot). A stream on
+        the wrong route (depth on /market, aggTrade on /public) is acknowledged and never
+        delivers, as clients report of Binance."""
+        if not self.futures:
+            return streams
+        route, _ = binance.split_route(self.conn.path)
+        return [s for s in streams if binance.futures_route(s) == route]
 
     async def on_text(self, text: str) -> None:
         if self.api:
             await self._on_api_text(text)
             return
-        request = binance.parse_client_message(text)
+        request = binance.parse_client_message(text, futures=self.futures)
         if isinstance(request, InvalidRequest):
             self.mx.note_malformed(self.conn)
             self.send(request.reply)
@@ -97,7 +113,7 @@ class BinanceSession(DialectSession):
         if self.mx.over_stream_limit(self.conn, new, "error code 2 (too many parameters)"):
             self.send(binance.build_error(2, TOO_MANY_PARAMS, request.request_id))
             return
-        self.mx.subscribe(self.conn, streams)
+        self.mx.subscribe(self.conn, self._on_route(streams))
         self.send(binance.build_ack(request.request_id))
 
     def _on_other(self, request: OtherRequest) -> None:
@@ -234,9 +250,13 @@ class BinanceSession(DialectSession):
             subscription_id = self.user_subs.get(stream[len(USER_DATA_PREFIX) :], 0)
             return binance.build_user_data_event(subscription_id, seq, event_time_ms)
         depth = binance.depth_kind(stream)
-        if depth is None:
+        if depth is None and not self.futures:
             return binance.build_data(stream, seq, event_time_ms, self.combined)
-        payload = self._depth_payload(stream, seq, event_time_ms, *depth)
+        payload: object
+        if depth is None:
+            payload = binance.build_futures_payload(stream, seq, event_time_ms)
+        else:
+            payload = self._depth_payload(stream, seq, event_time_ms, *depth)
         if self.combined:
             return dumps({"stream": stream, "data": payload})
         return dumps(payload)
