@@ -202,6 +202,34 @@ class Heartbeat(ApiModel):
     )
 
 
+class EndpointDomain(StrEnum):
+    """Whether an alternate endpoint counts against the primary endpoint's limits."""
+
+    SHARED = "shared"
+    """Published as sharing the primary's limits (or the same host on another port)."""
+    SEPARATE = "separate"
+    """Published as a separate limit domain."""
+    UNKNOWN = "unknown"
+    """Nothing published: planned as shared (every attempt there counts against the same
+    budgets)."""
+
+
+class AlternateEndpoint(ApiModel):
+    """Another published WebSocket endpoint serving the same public data as `endpoint`."""
+
+    url: Annotated[str, Field(min_length=6, max_length=2048, pattern=r"^wss?://")] = Field(
+        description="WebSocket base URL, read like `endpoint` (the dialect adds its path)."
+    )
+    limitDomain: EndpointDomain = Field(
+        default=EndpointDomain.UNKNOWN,
+        description="shared, separate or unknown; unknown is planned as shared.",
+    )
+    source: Annotated[str, Field(max_length=2048)] = Field(
+        default="", description="Where the exchange documents the endpoint."
+    )
+    note: Annotated[str, Field(max_length=1024)] = Field(default="", description="Remarks.")
+
+
 class ExchangeProfile(ApiModel):
     """Everything connquota knows about one exchange product: where, how, and within what limits."""
 
@@ -227,6 +255,14 @@ class ExchangeProfile(ApiModel):
         "`with_endpoint`). None: derived from `endpoint` by the dialect.",
     )
     dialect: Dialect = Field(description="Wire protocol spoken at the endpoint.")
+    alternateEndpoints: Annotated[list[AlternateEndpoint], Field(max_length=8)] = Field(
+        default_factory=list,
+        description="Other endpoints of the same public data, in order of preference: the "
+        "gateway fails over to the next one when `endpoint` is unreachable or answers 5xx "
+        "(never on 429/418), and comes back when it recovers. Every one is planned within "
+        "the primary's limit domain (`limitDomain: separate` is recorded, not yet planned as "
+        "a budget of its own). Public connections only; private ones use `privateEndpoint`.",
+    )
     limits: Annotated[list[Limit], Field(min_length=1, max_length=32)] = Field(
         description="Every limit of the profile, each with scope, shape and confidence."
     )
@@ -258,10 +294,14 @@ class ExchangeProfile(ApiModel):
                 return limit
         return None
 
-    def with_endpoint(self, endpoint: str) -> ExchangeProfile:
+    def with_endpoint(
+        self, endpoint: str, alternates: list[AlternateEndpoint] | None = None
+    ) -> ExchangeProfile:
         """A copy pointing at `endpoint`; `privateEndpoint` (when set) keeps its path and query
-        but takes the scheme, host and port of `endpoint` (the demo, tests, a regional host)."""
-        update: dict[str, str | None] = {"endpoint": endpoint}
+        but takes the scheme, host and port of `endpoint` (the demo, tests, a regional host).
+        The exchange's alternate endpoints are dropped (they are the exchange's, not the
+        override's) unless `alternates` are given."""
+        update: dict[str, object] = {"endpoint": endpoint, "alternateEndpoints": alternates or []}
         if self.privateEndpoint:
             new, old = urlsplit(endpoint), urlsplit(self.privateEndpoint)
             update["privateEndpoint"] = urlunsplit(

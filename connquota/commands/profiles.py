@@ -1,8 +1,9 @@
-"""Print the built-in exchange profiles and their limits.
+"""Print the built-in exchange profiles, their limits and their endpoints.
 
 Every limit shows its value, window, scope (ip, account, apiKey, connection, message), shape
 (slidingWindow, tokenBucket, minSpacing, concurrent, duration, size) and confidence
-(published, secondary, assumed). `-o json` and `-o yaml` print whole profiles, sources and notes
+(published, secondary, assumed). A second table lists every endpoint (primary, alternates the
+gateway fails over to, private) with the limit domain it counts against. `-o json` and `-o yaml` print whole profiles, sources and notes
 included.
 """
 
@@ -45,7 +46,7 @@ def _window(limit: object) -> str:
 def render_table(profiles: list[ExchangeProfile]) -> str:
     """The profiles as an aligned text table, one row per limit."""
     header = ("PROFILE", "LIMIT", "VALUE", "WINDOW", "SCOPE", "SHAPE", "CONFIDENCE")
-    rows = [header]
+    rows: list[tuple[str, ...]] = [header]
     for profile in profiles:
         for limit in profile.limits:
             rows.append(
@@ -59,7 +60,27 @@ def render_table(profiles: list[ExchangeProfile]) -> str:
                     str(limit.confidence),
                 )
             )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return _aligned(rows)
+
+
+def render_endpoints(profiles: list[ExchangeProfile]) -> str:
+    """Each profile's endpoints (primary, alternates, private) and their limit domain."""
+    header = ("PROFILE", "ENDPOINT", "ROLE", "LIMIT DOMAIN")
+    rows: list[tuple[str, ...]] = [header]
+    for profile in profiles:
+        rows.append((profile.name, profile.endpoint, "primary", profile.domain))
+        for alt in profile.alternateEndpoints:
+            domain = {"separate": "separate (published)", "shared": profile.domain}.get(
+                str(alt.limitDomain), f"{profile.domain} (assumed: not published)"
+            )
+            rows.append((profile.name, alt.url, "alternate", domain))
+        if profile.privateEndpoint:
+            rows.append((profile.name, profile.privateEndpoint, "private", profile.domain))
+    return _aligned(rows)
+
+
+def _aligned(rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join(
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
         for row in rows
@@ -77,6 +98,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if args.output == "table":
         print(render_table(profiles))
+        print()
+        print(render_endpoints(profiles))
         return 0
     data = [profile.to_wire() for profile in profiles]
     if args.output == "json":

@@ -243,6 +243,7 @@ class Gateway:
                 for n, c in self.egress.checks.items()
             },
             "proxies": self.egress.proxy_status(),
+            "upstreamEndpoints": self.ctx.endpoints.status(),
         }
 
     # -- tasks --------------------------------------------------------------------------------

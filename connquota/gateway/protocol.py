@@ -28,6 +28,19 @@ def wire_format(dialect: Dialect) -> ModuleType:
         ) from exc
 
 
+def connect_urls(profile: ExchangeProfile, private: bool = False) -> list[str]:
+    """Every URL one upstream connection of `profile` may open, in order of preference: the
+    primary endpoint's, then each alternate endpoint's (public connections only)."""
+    url = connect_url(profile, private)
+    if private or not profile.alternateEndpoints:
+        return [url]
+    others = [
+        connect_url(profile.model_copy(update={"endpoint": alt.url, "privateEndpoint": None}))
+        for alt in profile.alternateEndpoints
+    ]
+    return [url, *(u for u in dict.fromkeys(others) if u != url)]
+
+
 def connect_url(profile: ExchangeProfile, private: bool = False) -> str:
     """The WebSocket URL one upstream connection of `profile` opens.
 

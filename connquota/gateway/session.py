@@ -26,18 +26,21 @@ from connquota.exchanges.dialects.base import (
 )
 from connquota.gateway.credentials import CredentialError, load_credentials
 from connquota.gateway.egress import EgressError
+from connquota.gateway.endpoints import EndpointChooser
 from connquota.gateway.limiter import ConnectionSlot
 from connquota.gateway.message_gate import MessageGate, MessageKind
 from connquota.gateway.private_wire import (
     PrivateWire,
 )
-from connquota.gateway.protocol import connect_url, wire_format
+from connquota.gateway.protocol import connect_urls, wire_format
 from connquota.gateway.proxy_tunnel import TUNNEL_GATE, ProxyFault, ProxyFaultKind, TunnelGate
 from connquota.gateway.upstream_policy import RATE_LIMIT_STATUSES, SessionEnded, retry_after_s
 
 if TYPE_CHECKING:
     from connquota.gateway.upstream import UpstreamConnection
 
+ENDPOINT_FAULTS = frozenset({ProxyFaultKind.UPSTREAM_REFUSED, ProxyFaultKind.UPSTREAM_TIMEOUT})
+"""Proxy faults that say the exchange endpoint could not be reached (it fails over)."""
 log = logging.getLogger("connquota.gateway.upstream")
 
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -75,6 +78,10 @@ class Session:
         self._ids = itertools.count(1)
         self._login: asyncio.Future[LoginResult] | None = None
         self.fmt: Any = wire_format(conn.profile.dialect)
+        self.url = ""
+        """The URL this session opened (or tried)."""
+        self.chooser: EndpointChooser | None = None
+        """The profile's endpoints, when it has alternates (`endpoints.py`)."""
         self.private: PrivateWire | None = None
         """Set on private sessions: login and private-stream frames (see private_wire.py)."""
 
@@ -112,7 +119,9 @@ class Session:
 
         if not proxied:
             await take_attempt()
-        url = connect_url(profile, private=conn.credential is not None)
+        urls = connect_urls(profile, private=conn.credential is not None)
+        chooser = self.chooser = self.ctx.endpoints.chooser(urls) if len(urls) > 1 else None
+        url = self.url = urls[0] if chooser is None else chooser.pick()
         tunnel_opened = False
 
         def opened() -> None:
@@ -134,6 +143,8 @@ class Session:
                 )
         except ProxyFault as fault:
             self.ctx.egress.record_proxy_fault(conn.address, fault)
+            if chooser is not None and fault.kind in ENDPOINT_FAULTS:
+                chooser.failed(url, f"proxy: {fault.kind.value}")
             self._release(clean=True)
             raise SessionEnded(f"proxy-{fault.kind.value}", True) from None
         except aiohttp.WSServerHandshakeError as exc:
@@ -141,6 +152,8 @@ class Session:
             if exc.status in RATE_LIMIT_STATUSES:
                 self._quarantine(exc.status, exc.headers, f"handshake answered {exc.status}")
                 raise SessionEnded(f"rate-limited-{exc.status}", True) from None
+            if chooser is not None and exc.status >= 500:
+                chooser.failed(url, f"handshake answered {exc.status}")
             raise SessionEnded(f"handshake-{exc.status}", True) from None
         except TimeoutError:
             if proxied and self.slot is not None and not tunnel_opened:
@@ -154,15 +167,23 @@ class Session:
                         True,
                     ),
                 )
+            elif chooser is not None and not proxied:
+                chooser.failed(url, "connect timeout")
             self._release(clean=False)
             raise SessionEnded("connect-timeout", False) from None
         except (aiohttp.ClientError, OSError, EgressError) as exc:
+            if chooser is not None and not isinstance(exc, EgressError) and not proxied:
+                chooser.failed(url, f"unreachable: {type(exc).__name__}")
             self._release(clean=True)
             log.info("connect failed: %s", type(exc).__name__, extra=self.extra)
             raise SessionEnded("connect-failed", True) from None
         finally:
             if gate is not None:
                 TUNNEL_GATE.reset(gate)
+        if chooser is not None:
+            chooser.opened(url)
+            if url != urls[0]:
+                log.info("connected to an alternate endpoint %s", url, extra=self.extra)
         self.opened_mono = time.monotonic()
         self.last_rx_mono = self.opened_mono
         self.gate = limiter.message_gate(self.slot_id, conn.address, conn.identities)

@@ -27,6 +27,7 @@ from connquota.api.limits import ExchangeProfile
 from connquota.api.plan import ConnectionPlan, PlanCredential, identities_of
 from connquota.gateway.credentials import CredentialError, load_credentials
 from connquota.gateway.egress import EgressPool
+from connquota.gateway.endpoints import EndpointBook
 from connquota.gateway.hub import StreamHub
 from connquota.gateway.limiter import INF, Limiter, WaitKind
 from connquota.gateway.private_wire import (
@@ -85,6 +86,8 @@ class UpstreamContext:
     """('reconnect', reason) / ('rate_limited', status) ... counters."""
     text_in: int = 0
     """Text messages from the exchange (a plain integer: counted once per message)."""
+    endpoints: EndpointBook = field(default_factory=EndpointBook)
+    """The profile's endpoints and their health (failover to alternates, `endpoints.py`)."""
     log_extra: dict[str, str] = field(default_factory=dict)
 
 
@@ -275,6 +278,14 @@ class UpstreamConnection:
         while True:
             if session.subscribed.is_set() and self.state == ConnectionState.SUBSCRIBING:
                 self.state = ConnectionState.LIVE
+            if (
+                session.chooser is not None
+                and self.state == ConnectionState.LIVE
+                and not self.rotation_requested.is_set()
+                and session.chooser.should_return(session.url)
+            ):
+                log.info("the primary endpoint is back: rotating to it", extra=self.extra)
+                self.rotation_requested.set()
             deadline = self._rotation_deadline(session)
             timeout = 1.0 if deadline is None else max(0.0, min(1.0, deadline - time.monotonic()))
             waiters: list[asyncio.Future[Any]] = [

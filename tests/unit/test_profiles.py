@@ -188,8 +188,15 @@ def test_profiles_command_prints_a_row_per_limit(capsys: pytest.CaptureFixture[s
         "SHAPE",
         "CONFIDENCE",
     ]
-    assert len(lines) == 1 + len(ALL_LIMITS)
+    blank = lines.index("")
+    assert blank == 1 + len(ALL_LIMITS)
     assert any(line.split()[:3] == ["okx", "connectionAttempts", "3"] for line in lines)
+    endpoints = [line.split() for line in lines[blank + 1 :]]
+    assert endpoints[0] == ["PROFILE", "ENDPOINT", "ROLE", "LIMIT", "DOMAIN"]
+    assert ["binance-spot", "wss://stream.binance.com:443", "alternate", "stream.binance.com"] in (
+        endpoints
+    )
+    assert sum(row[2] == "primary" for row in endpoints[1:]) == len(PROFILES)
 
 
 @pytest.mark.parametrize("fmt", ["json", "yaml"])

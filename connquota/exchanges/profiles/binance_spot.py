@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from connquota.api.limits import (
+    AlternateEndpoint,
     Confidence,
     Dialect,
+    EndpointDomain,
     ExchangeProfile,
     Heartbeat,
     HeartbeatDirection,
@@ -17,6 +19,9 @@ from connquota.api.limits import (
 STREAMS_DOC = "https://github.com/binance/binance-spot-api-docs/blob/master/web-socket-streams.md"
 WS_API_DOC = "https://github.com/binance/binance-spot-api-docs/blob/master/web-socket-api.md"
 CHANGELOG = "https://github.com/binance/binance-spot-api-docs/blob/master/CHANGELOG.md"
+MARKET_DATA_ONLY_DOC = (
+    "https://github.com/binance/binance-spot-api-docs/blob/master/faqs/market_data_only.md"
+)
 
 PROFILE = ExchangeProfile(
     name="binance-spot",
@@ -30,6 +35,23 @@ PROFILE = ExchangeProfile(
     # listenKey streams on stream.binance.com were removed on 2026-02-20 -- WS_API_DOC, CHANGELOG.
     privateEndpoint="wss://ws-api.binance.com:443/ws-api/v3",
     dialect=Dialect.BINANCE,
+    # "The base endpoint is: wss://stream.binance.com:9443 or wss://stream.binance.com:443";
+    # "wss://data-stream.binance.vision can be subscribed to receive only market data
+    # messages" -- STREAMS_DOC, MARKET_DATA_ONLY_DOC. Neither is said to have limits of its own.
+    alternateEndpoints=[
+        AlternateEndpoint(
+            url="wss://stream.binance.com:443",
+            limitDomain=EndpointDomain.SHARED,
+            source=STREAMS_DOC,
+            note="The same host on port 443.",
+        ),
+        AlternateEndpoint(
+            url="wss://data-stream.binance.vision",
+            limitDomain=EndpointDomain.UNKNOWN,
+            source=MARKET_DATA_ONLY_DOC,
+            note="Market data only (no user data); its limits are not published apart.",
+        ),
+    ],
     limits=[
         # 300 connection attempts per 5 minutes per IP -- STREAMS_DOC "WebSocket Limits".
         Limit(
