@@ -80,8 +80,10 @@ TOO_MANY_PARAMS = "Invalid request: too many parameters"
 TOO_MANY_REQUESTS = f"Too many requests: at most {MAX_REQUESTS_PER_S} per second per connection"
 NOT_SERVED = "login and private data are not served on connquota's market-data endpoint"
 
-PATHS = ("/ws", "/ws/{tail:.*}", "/stream", "/v5/{tail:.*}", "/v2", "/")
-"""Routes at the consumer port's root; the plan's dialect decides which of them exist."""
+PATHS = ("/ws", "/ws/{tail:.*}", "/stream", "/v5/{tail:.*}", "/v2", "/", "/public/{tail:.*}",
+         "/market/{tail:.*}")  # fmt: skip
+"""Routes at the consumer port's root; the plan's dialect decides which of them exist
+(``/public/..`` and ``/market/..``: Binance USD-M's routes, as ccxt's binanceusdm opens them)."""
 
 
 class NativeSession:
