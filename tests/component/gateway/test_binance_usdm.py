@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import time
 from typing import Any
 
 import aiohttp
@@ -18,7 +19,10 @@ import pytest
 from conftest import GW_IP, shrunk
 
 from connquota.api.plan import ConnectionPlan
+from connquota.exchanges import get_profile
+from connquota.mockexchange.server import MockExchange
 from connquota.testing.gateway_plans import bind_address, pod_plan
+from connquota.testing.waiting import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -128,4 +132,31 @@ async def test_usdm_depth_through_the_gateway_chains_by_pu(harness) -> None:
         await ws.close()
     for previous, event in itertools.pairwise(events):
         assert event["pu"] == previous["u"] and event["U"] == previous["u"] + 1
+    harness.assert_no_violation()
+
+
+async def test_the_gateway_answers_usdm_pings_past_the_pong_deadline(harness) -> None:
+    """USD-M's server ping every 180 s and pong deadline of 600 s, the mock's time scaled to
+    300 (0.6 s and 2 s): the gateway's connection outlives several deadlines, answering every
+    ping, with no violation."""
+    harness.mock = MockExchange(
+        get_profile("binance-usdm"), "127.0.0.1", 0, time_scale=300.0, rate_per_stream_hz=5
+    )
+    await harness.mock.start()
+    profile = harness.gateway_profile()
+    conns = [ConnectionPlan(id="c0", address="a0", streams=["btcusdt@aggTrade"])]
+    plan = pod_plan(
+        profile, conns, addresses=[bind_address(0, harness.egress_check())], margin_s=0.2
+    )
+    gw = harness.gateway(harness.write_plan(plan))
+    gw.start()
+    await harness.wait_live(gw, 1, timeout_s=30)
+    [conn] = harness.mock.websockets(GW_IP)
+    assert conn.path == "/market/stream"
+    await wait_until(
+        lambda: time.monotonic() - conn.opened_at > 6.5, 10, "3 pong deadlines", 0.1
+    )  # the condition is elapsed time itself: 3 deadlines of 2 s with pings every 0.6 s
+    assert harness.mock.websockets(GW_IP) == [conn] and not conn.closing
+    assert conn.frames_received >= 9  # pongs (every ping answered) and the subscribe
+    assert len(conn.pings) <= 1  # at most the ping in flight is unanswered
     harness.assert_no_violation()
