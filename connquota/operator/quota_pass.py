@@ -77,6 +77,7 @@ class QuotaPass(ReconcilerBase):
         retry: float | None = None
         # (status.rollout, rolled out) once the fleet's pod template was looked at.
         rolling: tuple[dict[str, Any], bool] | None = None
+        draining = state.rollout.drain is not None
 
         # spec.paused: nothing is planned, published or scaled; the gateways keep enforcing
         # their last plan (so every limit still holds) and the status keeps being reported.
@@ -162,8 +163,10 @@ class QuotaPass(ReconcilerBase):
                     body,
                     settled=reached and waiting is None and plan is None,
                 )
-        if state.rollout.drain is not None or (rolling is not None and not rolling[1]):
-            retry = min(retry, 1.0) if retry is not None else 1.0  # the next rollout step
+        if draining or state.rollout.drain is not None:
+            # The next step of a drain (or the next pod's, once one ended): nothing in the
+            # cluster may change to trigger the pass that publishes it.
+            retry = min(retry, 1.0) if retry is not None else 1.0
         if rolling is None and quota is not None and not deleting and state.plans.published:
             # Nothing may change now: show the rollout, replace nothing.
             hold = (

@@ -264,3 +264,22 @@ def test_a_rollout_drains_a_pod_in_order_make_drained_evict_return_restore():
     assert not s.done
     s = step(published(base, 9), views(base, 9, 9, new=(4,)), successor)
     assert s.done
+
+
+def test_a_drained_pod_deleted_by_someone_else_is_not_evicted_again_and_the_drain_goes_on():
+    from connquota.operator.rollout import Drain, DrainPhase, PodView, advance_drain
+
+    _, base = _fleet()
+    steps = drain_steps(base, 4, connections_per_pod=3)
+    assert isinstance(steps, DrainSteps)
+    drain = Drain(4, "uid-4", steps, DrainPhase.DRAINED)
+    published = {p.ordinal: p.model_copy(update={"generation": 7}) for p in steps.drained.pods}
+    views = {
+        o: PodView(o, f"md-gw-{o}", "old", True, False, 7, 7, 1, 1) for o in range(4)
+    }  # pod 4 is gone: deleted (a kubectl delete, a crash) before the operator evicted it
+    s = advance_drain(drain, published, views, {o: f"uid-{o}" for o in range(4)}, "new")
+    assert not s.evict and drain.phase == DrainPhase.REPLACING and "created" in (s.waiting or "")
+    # Its successor, not yet Ready: the drain waits and the copies keep serving.
+    views[4] = PodView(4, "md-gw-4", "new", False, False, 7, None, 0, 0)
+    s = advance_drain(drain, published, views, {o: f"uid-{o}b" for o in range(5)}, "new")
+    assert drain.phase == DrainPhase.REPLACING and "Ready" in (s.waiting or ""), s
