@@ -24,6 +24,7 @@ import contextlib
 import itertools
 import json
 import threading
+import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -347,8 +348,10 @@ async def _ccxt_bybit(ws_base: str, rest: str) -> None:
 
 
 def _pybit_client(url: str) -> Any:
-    """pybit's public WebSocket at `url`, pybit's ack race tolerated (as in
-    tests/component/gateway/client_libs.py, docs/consumers.md)."""
+    """pybit's public WebSocket at `url`, with pybit's two races with a fast server tolerated
+    (docs/consumers.md): the ack before its req_id is stored (as in
+    tests/component/gateway/client_libs.py), and a topic's first message (an order book's
+    snapshot, which the gateway sends at once) before its callback is stored."""
 
     class GatewayWebSocket(unified_trading.WebSocket):  # type: ignore[misc]
         def _connect(self, _url: str) -> None:
@@ -358,11 +361,36 @@ def _pybit_client(url: str) -> Any:
             if message.get("req_id") in self.subscriptions:
                 super()._process_subscription_message(message)
 
+        def _get_callback(self, topic: str) -> Any:
+            deadline = time.monotonic() + 2.0
+            while topic not in self.callback_directory and time.monotonic() < deadline:
+                time.sleep(0.001)  # the subscribing thread stores it right after its send
+            return super()._get_callback(topic)
+
     return GatewayWebSocket(testnet=False, channel_type="spot")
 
 
+def _bounded(call: Any, timeout_s: float) -> None:
+    """Run a blocking library call in a daemon thread for at most `timeout_s` (pybit waits for
+    its connection without a bound), raising what it raised."""
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as exc:  # re-raised in the test's thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    assert not thread.is_alive(), f"{call} did not return within {timeout_s} s"
+    if errors:
+        raise errors[0]
+
+
 def _pybit(ws_base: str) -> None:
-    """pybit: every topic of the quota, in pybit's callbacks (blocking: run in a thread)."""
+    """pybit: every topic of the quota, in pybit's callbacks (blocking: run it `_bounded`)."""
     got: dict[str, list[dict[str, Any]]] = {t: [] for t in BYBIT}
     every = threading.Event()
 
@@ -501,7 +529,7 @@ def test_a_bybit_fleet_serves_every_stream_through_any_pod_to_ccxt_pybit_and_cry
     try:
         for _ in range(3):
             asyncio.run(_ccxt_bybit(f"ws://{http.address}", rest))
-            _pybit(f"ws://{http.address}")
+            _bounded(lambda: _pybit(f"ws://{http.address}"), WATCH_S + 20)
         asyncio.run(_cryptofeed_bybit(wss.address, rest))
     finally:
         for proxy in (http, wss):
