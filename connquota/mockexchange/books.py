@@ -213,6 +213,9 @@ class BinanceBook:
         """(bids, asks): price -> the update id that changed it last."""
         self._events: dict[str, BinanceDiff] = {}
         """Depth stream -> its latest event."""
+        self.payloads: dict[str, tuple[int, dict[str, object]]] = {}
+        """Other streams of the symbol (trades, tickers, klines) -> (seq, payload) of their
+        latest event (the same event for every connection; a kline's next event reads it)."""
         self._fill()
 
     @staticmethod

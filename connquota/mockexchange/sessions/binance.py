@@ -22,6 +22,7 @@ from connquota.exchanges.dialects.base import (
     SubscribeRequest,
     dumps,
 )
+from connquota.mockexchange.books import BinanceBook
 from connquota.mockexchange.sessions.base import DialectSession, wall_ms
 from connquota.mockexchange.settings import TestAccount
 
@@ -250,13 +251,15 @@ class BinanceSession(DialectSession):
             subscription_id = self.user_subs.get(stream[len(USER_DATA_PREFIX) :], 0)
             return binance.build_user_data_event(subscription_id, seq, event_time_ms)
         depth = binance.depth_kind(stream)
-        if depth is None and not self.futures:
-            return binance.build_data(stream, seq, event_time_ms, self.combined)
         payload: object
-        if depth is None:
-            payload = binance.build_futures_payload(stream, seq, event_time_ms)
-        else:
+        if depth is not None:
             payload = self._depth_payload(stream, seq, event_time_ms, *depth)
+        else:
+            payload = self._market_payload(stream, seq, event_time_ms)
+            if payload is None and self.futures:
+                payload = binance.build_futures_payload(stream, seq, event_time_ms)
+            elif payload is None:
+                return binance.build_data(stream, seq, event_time_ms, self.combined)
         if self.combined:
             return dumps({"stream": stream, "data": payload})
         return dumps(payload)
@@ -284,6 +287,27 @@ class BinanceSession(DialectSession):
             event.prev_final_id if futures else None,
         )  # fmt: skip
 
+    def _market_payload(self, stream: str, seq: int, event_time_ms: int) -> object | None:
+        """Spot's trade, aggTrade, bookTicker, ticker, miniTicker and kline payloads with every
+        documented field, priced from the symbol's book (`books.BinanceBook`); None for other
+        streams. The event of ``seq`` is the same for every connection that asks for it."""
+        if stream.startswith("!") or "@" not in stream:
+            return None
+        symbol, channel = stream.split("@", 1)
+        channel = channel.split("@", 1)[0] if channel.startswith("kline_") else channel
+        if channel not in MARKET_CHANNELS and not channel.startswith("kline_"):
+            return None
+        if self.futures and channel in ("aggTrade", "markPrice"):
+            return None
+        symbol = symbol.upper()
+        book = self.mx.books.binance(symbol)
+        cached = book.payloads.get(stream)
+        if cached is not None and cached[0] == seq:
+            return cached[1]
+        payload = market_payload(book, stream, channel, seq, event_time_ms, cached)
+        book.payloads[stream] = (seq, payload)
+        return payload
+
     @property
     def futures(self) -> bool:
         """Whether this mock serves Binance USD-M futures (fstream) rather than spot."""
@@ -296,3 +320,82 @@ class BinanceSession(DialectSession):
         # "A connection that goes beyond the limit will be disconnected"
         await self.mx.close_conn(self.conn, 1008, "Too many messages")
         return True
+
+
+MARKET_CHANNELS = ("trade", "aggTrade", "bookTicker", "ticker", "miniTicker")
+INTERVAL_MS = {"1s": 1000, "1m": 60_000, "3m": 180_000, "5m": 300_000, "15m": 900_000,
+               "30m": 1_800_000, "1h": 3_600_000, "2h": 7_200_000, "4h": 14_400_000,
+               "6h": 21_600_000, "8h": 28_800_000, "12h": 43_200_000, "1d": 86_400_000,
+               "3d": 259_200_000, "1w": 604_800_000, "1M": 2_592_000_000}  # fmt: skip
+"""Kline intervals in ms (``1M`` as 30 days: the mock does not follow calendar months)."""
+DAY_MS = 86_400_000
+
+
+def _num(value: float) -> str:
+    return f"{value:.8f}"
+
+
+def market_payload(
+    book: BinanceBook,
+    stream: str,
+    channel: str,
+    seq: int,
+    event_time_ms: int,
+    previous: tuple[int, dict[str, object]] | None,
+) -> dict[str, object]:
+    """One spot payload (web-socket-streams.md) priced from ``book``: trades at the best ask
+    (the buyer takes: ``m`` false) or the best bid (``m`` true); tickers around the book's mid
+    with consistent open/high/low/last, volumes and trade counts; a kline per interval whose
+    last event in the interval has ``x`` true (the first event past it closes it)."""
+    symbol = book.symbol
+    bid, ask = book.best()
+    buyer_maker = seq % 2 == 1
+    price = bid if buyer_maker else ask
+    qty = _num(0.001 * (1 + seq % 50))
+    if channel == "trade":
+        return {"e": "trade", "E": event_time_ms, "s": symbol, "t": seq, "p": price, "q": qty,
+                "T": event_time_ms, "m": buyer_maker, "M": True}  # fmt: skip
+    if channel == "aggTrade":
+        return {"e": "aggTrade", "E": event_time_ms, "s": symbol, "a": seq, "p": price,
+                "q": qty, "f": seq, "l": seq, "T": event_time_ms, "m": buyer_maker,
+                "M": True}  # fmt: skip
+    if channel == "bookTicker":
+        book.diff(stream, seq)  # the best levels move: a push per change
+        bids, asks = book.top_bids(1), book.top_asks(1)
+        return {"u": book.update_id, "s": symbol, "b": bids[0][0], "B": bids[0][1],
+                "a": asks[0][0], "A": asks[0][1]}  # fmt: skip
+    last = (float(bid) + float(ask)) / 2
+    open_ = last * 0.98
+    high, low = max(last, open_) * 1.01, min(last, open_) * 0.99
+    volume = 1000.0 + seq % 1000
+    quote = volume * (open_ + last) / 2
+    if channel == "miniTicker":
+        return {"e": "24hrMiniTicker", "E": event_time_ms, "s": symbol, "c": _num(last),
+                "o": _num(open_), "h": _num(high), "l": _num(low), "v": _num(volume),
+                "q": _num(quote), "L": seq}  # fmt: skip
+    if channel == "ticker":
+        first = max(0, seq - 18150)
+        return {"e": "24hrTicker", "E": event_time_ms, "s": symbol,
+                "p": _num(last - open_), "P": f"{(last - open_) / open_ * 100:.3f}",
+                "w": _num(quote / volume), "x": _num(open_ * 0.999), "c": _num(last),
+                "Q": qty, "b": bid, "B": book.top_bids(1)[0][1], "a": ask,
+                "A": book.top_asks(1)[0][1], "o": _num(open_), "h": _num(high),
+                "l": _num(low), "v": _num(volume), "q": _num(quote),
+                "O": event_time_ms - DAY_MS, "C": event_time_ms, "F": first, "L": seq,
+                "n": seq - first + 1}  # fmt: skip
+    interval = channel[len("kline_") :]
+    span = INTERVAL_MS[interval]
+    start = event_time_ms - event_time_ms % span
+    prior = previous[1].get("k") if previous is not None else None
+    closed = False
+    if isinstance(prior, dict) and not prior.get("x") and int(str(prior["t"])) < start:
+        # the first event past the interval's end closes the kline it was building
+        start, closed = int(str(prior["t"])), True
+    kline = {"t": start, "T": start + span - 1, "s": symbol, "i": interval, "f": seq,
+             "L": seq, "o": _num(open_), "c": _num(last), "h": _num(high), "l": _num(low),
+             "v": _num(volume), "n": 1 + seq % 100, "x": closed, "q": _num(quote),
+             "V": _num(volume / 2), "Q": _num(quote / 2), "B": "0"}  # fmt: skip
+    if isinstance(prior, dict) and int(str(prior["t"])) == start:
+        kline["f"] = prior["f"]
+        kline["n"] = int(str(prior["n"])) + 1
+    return {"e": "kline", "E": event_time_ms, "s": symbol, "k": kline}
