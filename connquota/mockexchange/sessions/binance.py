@@ -291,6 +291,8 @@ class BinanceSession(DialectSession):
         """Spot's trade, aggTrade, bookTicker, ticker, miniTicker and kline payloads with every
         documented field, priced from the symbol's book (`books.BinanceBook`); None for other
         streams. The event of ``seq`` is the same for every connection that asks for it."""
+        if stream.startswith("!") and not self.futures:
+            return self._market_wide(stream, seq, event_time_ms)
         if stream.startswith("!") or "@" not in stream:
             return None
         symbol, channel = stream.split("@", 1)
@@ -308,6 +310,23 @@ class BinanceSession(DialectSession):
         book.payloads[stream] = (seq, payload)
         return payload
 
+    def _market_wide(self, stream: str, seq: int, event_time_ms: int) -> object | None:
+        """``!miniTicker@arr`` and ``!ticker_<window>@arr``: an array of the symbols' payloads
+        ("Same as <symbol>@miniTicker payload", one per symbol)."""
+        channel = stream[1:].split("@", 1)[0]
+        if channel != "miniTicker" and not channel.startswith("ticker_"):
+            return None
+        cache = self.mx.books.binance(ARR_SYMBOLS[0]).payloads
+        cached = cache.get(stream)
+        if cached is not None and cached[0] == seq:
+            return cached[1]["arr"]
+        items = []
+        for symbol in ARR_SYMBOLS:
+            book = self.mx.books.binance(symbol)
+            items.append(market_payload(book, stream, channel, seq, event_time_ms, None))
+        cache[stream] = (seq, {"arr": items})
+        return items
+
     @property
     def futures(self) -> bool:
         """Whether this mock serves Binance USD-M futures (fstream) rather than spot."""
@@ -322,13 +341,17 @@ class BinanceSession(DialectSession):
         return True
 
 
-MARKET_CHANNELS = ("trade", "aggTrade", "bookTicker", "ticker", "miniTicker")
+MARKET_CHANNELS = ("trade", "aggTrade", "bookTicker", "ticker", "miniTicker", "ticker_1h",
+                   "ticker_4h", "ticker_1d")  # fmt: skip
+ARR_SYMBOLS = ("BTCUSDT", "ETHUSDT", "BNBUSDT")
+"""Symbols in the mock's market-wide arrays (``!miniTicker@arr``, ``!ticker_1h@arr``)."""
 INTERVAL_MS = {"1s": 1000, "1m": 60_000, "3m": 180_000, "5m": 300_000, "15m": 900_000,
                "30m": 1_800_000, "1h": 3_600_000, "2h": 7_200_000, "4h": 14_400_000,
                "6h": 21_600_000, "8h": 28_800_000, "12h": 43_200_000, "1d": 86_400_000,
                "3d": 259_200_000, "1w": 604_800_000, "1M": 2_592_000_000}  # fmt: skip
 """Kline intervals in ms (``1M`` as 30 days: the mock does not follow calendar months)."""
 DAY_MS = 86_400_000
+WINDOW_MS = {"1h": 3_600_000, "4h": 14_400_000, "1d": DAY_MS}
 
 
 def _num(value: float) -> str:
@@ -373,6 +396,15 @@ def market_payload(
         return {"e": "24hrMiniTicker", "E": event_time_ms, "s": symbol, "c": _num(last),
                 "o": _num(open_), "h": _num(high), "l": _num(low), "v": _num(volume),
                 "q": _num(quote), "L": seq}  # fmt: skip
+    if channel.startswith("ticker_"):  # rolling window: O on a minute, C the update time
+        window = channel[len("ticker_") :]
+        first = max(0, seq - 18150)
+        return {"e": f"{window}Ticker", "E": event_time_ms, "s": symbol,
+                "p": _num(last - open_), "P": f"{(last - open_) / open_ * 100:.3f}",
+                "o": _num(open_), "h": _num(high), "l": _num(low), "c": _num(last),
+                "w": _num(quote / volume), "v": _num(volume), "q": _num(quote),
+                "O": event_time_ms - event_time_ms % 60_000 - WINDOW_MS[window],
+                "C": event_time_ms, "F": first, "L": seq, "n": seq - first + 1}  # fmt: skip
     if channel == "ticker":
         first = max(0, seq - 18150)
         return {"e": "24hrTicker", "E": event_time_ms, "s": symbol,

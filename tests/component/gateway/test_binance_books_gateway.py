@@ -138,3 +138,20 @@ async def test_the_official_binance_sdk_parses_the_diff_depth_stream_through_the
     assert event.b is not None and event.a is not None
     assert all(float(level[0]) > 0 for level in [*event.b, *event.a])
     harness.assert_no_violation()
+
+
+async def test_market_wide_arrays_are_forwarded_whole(harness) -> None:
+    ws_base = await _gateway(harness, ["!miniTicker@arr", "btcusdt@bookTicker"])
+    async with aiohttp.ClientSession() as http:
+        ws = await http.ws_connect(ws_base + "/stream?streams=!miniTicker@arr/btcusdt@bookTicker")
+        frames: dict[str, list[Any]] = {"!miniTicker@arr": [], "btcusdt@bookTicker": []}
+        while min(len(v) for v in frames.values()) < 5:
+            msg = await ws.receive(timeout=WATCH_S)
+            frame = json.loads(msg.data)
+            frames[frame["stream"]].append(frame["data"])
+        await ws.close()
+    for minis in frames["!miniTicker@arr"]:
+        assert isinstance(minis, list) and minis and minis[0]["e"] == "24hrMiniTicker"
+    updates = [b["u"] for b in frames["btcusdt@bookTicker"]]
+    assert updates == sorted(updates) and len(set(updates)) == len(updates)
+    harness.assert_no_violation()

@@ -105,3 +105,24 @@ async def test_a_kline_closes_on_its_interval_with_x_then_the_next_one_opens(sta
     for a, b in itertools.pairwise(klines):
         if a["t"] == b["t"]:
             assert b["f"] == a["f"] and b["n"] == a["n"] + 1 and not a["x"]
+
+
+async def test_market_wide_streams_are_arrays_and_window_tickers_have_their_fields(
+    start_mock,
+) -> None:
+    mx = await start_mock("binance", rate_per_stream_hz=20)
+    streams = ["!miniTicker@arr", "!ticker_1h@arr", "btcusdt@ticker_4h"]
+    got = await _by_stream(mx, streams, 3)
+    for minis in got["!miniTicker@arr"]:
+        assert isinstance(minis, list) and len({m["s"] for m in minis}) == len(minis) >= 2
+        for mini in minis:
+            assert set(mini) >= DOCUMENTED["miniTicker"] and mini["e"] == "24hrMiniTicker"
+    window = {"e", "E", "s", "p", "P", "o", "h", "l", "c", "w", "v", "q", "O", "C", "F", "L", "n"}
+    for tickers in got["!ticker_1h@arr"]:
+        assert isinstance(tickers, list)
+        for ticker in tickers:
+            assert set(ticker) >= window and ticker["e"] == "1hTicker"
+            assert ticker["O"] % 60_000 == 0 and ticker["C"] == ticker["E"]
+            assert 3_600_000 <= ticker["C"] - ticker["O"] < 3_600_000 + 60_000
+    for ticker in got["btcusdt@ticker_4h"]:
+        assert set(ticker) >= window and ticker["e"] == "4hTicker" and ticker["s"] == "BTCUSDT"
