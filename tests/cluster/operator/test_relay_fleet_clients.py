@@ -499,6 +499,8 @@ def test_okx_fleets_serve_every_stream_through_any_pod_to_ccxt_python_okx_and_cr
     assert _upstream(okx_mock) == sorted(
         [("/ws/v5/public", s) for s in OKX_PUBLIC] + [("/ws/v5/business", s) for s in OKX_CANDLES]
     )
+    ever = okx_mock.sync(lambda: set(okx_mock.mock.feeds.feeds))  # every stream ever subscribed
+    assert ever == {*OKX_PUBLIC, *OKX_CANDLES}, ever
     okx_mock.assert_no_violation()
 
 
