@@ -873,3 +873,29 @@ def build_futures_payload(stream: str, seq: int, event_time_ms: int) -> Any:
     if channel == "aggTrade":
         payload.pop("M", None)
     return payload
+
+
+def channel_of(stream: str) -> str:
+    """``btcusdt@depth@100ms`` -> ``depth@100ms``; a market-wide stream is its own channel."""
+    if stream.startswith("!") or "@" not in stream:
+        return stream
+    return stream.split("@", 1)[1]
+
+
+def endpoint_refusal(path: str, channel: str) -> str | None:
+    """Why a connection opened at ``path`` gets no data for ``channel``, naming the route that
+    serves it: USD-M serves depth and bookTicker on ``/public`` and the other market streams on
+    ``/market``, and acknowledges a stream on the other route without ever delivering it (a
+    client's report, docs/exchange-dialects.md 2.3). None for spot's paths (no route) or when
+    the route serves the channel. For the planner's endpoint rules (`planner.endpoints`)."""
+    route, _ = split_route(path)
+    if not route:
+        return None
+    home = futures_route(channel if channel.startswith("!") else "x@" + channel)
+    if home == route:
+        return None
+    return (
+        f"Binance USD-M serves {channel} on {home} only, not on the quota's endpoint {path} "
+        f"(it acknowledges the subscription and never delivers data): declare the stream in "
+        f"a quota whose endpoint is wss://fstream.binance.com{home}/stream"
+    )

@@ -250,3 +250,20 @@ async def test_depth_diffs_chain_by_pu_and_rest_fapi_depth_rebuilds_the_book(sta
         assert {"BTCUSDT", "ETHUSDT"} <= {s["symbol"] for s in info["symbols"]}
         async with client.get(f"{mx.http_url}/fapi/v1/time") as r:
             assert abs((await r.json())["serverTime"] - time.time() * 1000) < 5000
+
+
+def test_the_dialect_names_the_route_that_serves_a_channel() -> None:
+    """`binance.endpoint_refusal`, for the planner's endpoint rules: what the mock does on the
+    wrong route (acknowledged, no data) said before a stream is placed."""
+    from connquota.exchanges.dialects import binance
+
+    assert binance.channel_of("btcusdt@depth@100ms") == "depth@100ms"
+    assert binance.channel_of("!markPrice@arr") == "!markPrice@arr"
+    assert binance.endpoint_refusal("/market/stream", "aggTrade") is None
+    assert binance.endpoint_refusal("/public/stream", "depth@100ms") is None
+    assert binance.endpoint_refusal("/public/stream", "bookTicker") is None
+    assert binance.endpoint_refusal("/stream", "depth") is None  # spot: no routes
+    reason = binance.endpoint_refusal("/market/stream", "depth@100ms")
+    assert reason is not None and "/public" in reason
+    reason = binance.endpoint_refusal("/public/stream", "!markPrice@arr")
+    assert reason is not None and "/market" in reason
