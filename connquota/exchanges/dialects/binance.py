@@ -13,8 +13,14 @@ with any key type. Signatures cover the request params sorted by name, ``k=v`` j
 HMAC-SHA-256 as hex, RSA (PKCS#1 v1.5, SHA-256) and Ed25519 as base64; a secret holding a PEM
 private key is signed as RSA or Ed25519, anything else as an HMAC secret key.
 
-Source: exchange-dialects.md section 1 (binance/binance-spot-api-docs, web-socket-streams.md,
-web-socket-api.md).
+USD-M futures (fstream) speaks the same protocol with the differences of section 2: market
+data under the routes ``/public`` (depth, bookTicker) and ``/market`` (the rest), futures
+stream names (``@markPrice[@1s]``, ``@forceOrder``, ``!markPrice@arr``...), unsigned-integer
+request ids only, depth diffs with ``pu``; `is_futures_domain` tells a profile's product,
+`is_valid_stream_for` and `parse_client_message(futures=..)` judge per product.
+
+Source: exchange-dialects.md sections 1 and 2 (binance/binance-spot-api-docs,
+web-socket-streams.md, web-socket-api.md; the USD-M pages of developers.binance.com).
 """
 
 from __future__ import annotations
