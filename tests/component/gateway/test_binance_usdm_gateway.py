@@ -72,6 +72,8 @@ async def test_the_gateway_opens_the_market_route_and_serves_futures_streams(har
         await ws.close()
     assert frame["stream"] == "!markPrice@arr" and frame["data"][0]["e"] == "markPriceUpdate"
     assert _upstream(harness) == sorted(MARKET)
+    # the gateway's SUBSCRIBE ids are unsigned integers, as USD-M requires: none refused
+    assert harness.mock.malformed_received == 0
     harness.assert_no_violation()
 
 
