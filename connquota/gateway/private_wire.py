@@ -11,6 +11,14 @@ wraps the dialect module in a `PrivateWire` for the session's life:
   such as `orders:instType=ANY`.
 - **bybit**: `auth` (HMAC of GET/realtime + expires, expires 5 s ahead), then subscribe topics
   such as `order`, `execution`, `position`, `wallet`.
+- **deribit**: `public/auth` with `client_credentials` (the key is the client_id, the secret
+  the client_secret), then `private/subscribe` of user channels (`user.orders.any.any.raw`,
+  `user.trades.BTC-PERPETUAL.100ms`, `user.portfolio.btc`). The token is renewed with the
+  `refresh_token` grant once half its `expires_in` has passed. The session sends frames only
+  when asked, so the renewal rides on the heartbeat: the `public/test` answering a
+  `test_request` is followed, once its answer arrives, by the `refresh_token` request (the
+  answer is turned into a `Ping` the session replies to); with heartbeats every 30 s and
+  tokens of 900 s that renews at about 450 s.
 
 A private stream's name is the exchange's name, optionally followed by `#<anything>` (e.g.
 `userData#alice`), so one quota may want the same private stream with two credentials: the part
@@ -25,14 +33,25 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import time
 from pathlib import Path
 from types import ModuleType
 from typing import Any, cast
 
 from connquota.api.plan import PlanCredential
-from connquota.exchanges.dialects import binance, bybit
-from connquota.exchanges.dialects.base import ApiCredentials, Data, Error, ServerEvent
+from connquota.exchanges.dialects import binance, bybit, deribit
+from connquota.exchanges.dialects.base import (
+    Ack,
+    ApiCredentials,
+    Data,
+    Error,
+    LoginResult,
+    Ping,
+    Pong,
+    RequestId,
+    ServerEvent,
+)
 from connquota.gateway.podroot import pod_path
 
 NAME_SEPARATOR = "#"
@@ -44,6 +63,7 @@ AUTH_ERROR_CODES = {
     "binance": frozenset({"-2015", "-1022", "-1021", "-1102"}),
     "okx": frozenset({"60004", "60005", "60006", "60007", "60009", "60024", "4001"}),
     "bybit": frozenset({"auth", "10004", "10001"}),
+    "deribit": deribit.AUTH_ERROR_CODES,
 }
 """Error codes that mean the exchange refused the key, its signature or its timestamp."""
 
@@ -72,6 +92,13 @@ class PrivateWire:
         """Exchange name -> the plan's stream name, for streams subscribed on this session."""
         self.logs_on = self.name != "binance" or binance.supports_session_logon(credentials)
         """False for Binance keys that cannot `session.logon` (they subscribe with a signature)."""
+        self.token: DeribitToken | None = None
+        """Deribit: the session's tokens (from `public/auth`)."""
+        self._refresh_due = False
+        self._refreshing: RequestId = None
+        """The id of the renewal in flight (its answer is not a login)."""
+        if self.name == "deribit":
+            self.build_ping_reply = self._deribit_ping_reply
 
     def __getattr__(self, attr: str) -> Any:
         return getattr(self.fmt, attr)
@@ -104,6 +131,8 @@ class PrivateWire:
             return binance.build_user_data_subscribe_signature(
                 self._credentials, _now_ms(), request_id, BINANCE_RECV_WINDOW_MS
             )
+        if self.name == "deribit":
+            return deribit.build_private_subscribe([wire_name(s) for s in streams], request_id)
         return cast(
             str | None, self.fmt.build_subscribe([wire_name(s) for s in streams], request_id)
         )
@@ -115,6 +144,8 @@ class PrivateWire:
             return None
         if self.name == "binance":
             return binance.build_user_data_unsubscribe(request_id)
+        if self.name == "deribit":
+            return deribit.build_private_unsubscribe([wire_name(s) for s in streams], request_id)
         return cast(
             str | None, self.fmt.build_unsubscribe([wire_name(s) for s in streams], request_id)
         )
@@ -126,11 +157,59 @@ class PrivateWire:
             name = self.names.get(event.stream)
             if name is not None and name != event.stream:
                 return dataclasses.replace(event, stream=name)
+        if self.name == "deribit":
+            return self._deribit_event(event, text)
         return event
+
+    def _deribit_event(self, event: ServerEvent, text: str) -> ServerEvent:
+        """Deribit: keep the tokens of auth results (a renewal's answer is an `Ack`, the
+        login's a `LoginResult`), name acked channels as the plan does, and ask for the
+        renewal once a `public/test` is answered and half the token's life has passed."""
+        if isinstance(event, LoginResult) and event.ok:
+            raw = json.loads(text).get("result")
+            tokens = deribit.auth_result(raw)
+            if tokens is not None:
+                self.token = DeribitToken(tokens[0], tokens[1], tokens[2], time.monotonic())
+            if self._refreshing is not None and event.request_id == self._refreshing:
+                self._refreshing = None
+                return Ack(event.request_id, "refresh", (), raw)
+            return event
+        if isinstance(event, Ack) and event.op == "subscribe":
+            streams = tuple(self.names.get(s, s) for s in event.streams)
+            return dataclasses.replace(event, streams=streams)
+        if isinstance(event, Pong) and self._refreshing is None:
+            token = self.token
+            if token is not None and token.due(time.monotonic()):
+                self._refresh_due = True
+                return Ping("token-refresh")
+        return event
+
+    def _deribit_ping_reply(self, request_id: RequestId = None) -> str | None:
+        """What answers a `Ping`: `public/test` (a `test_request`), or the token renewal (the
+        `Ping` made of a `public/test` answer once the renewal is due)."""
+        if self._refresh_due and self.token is not None:
+            self._refresh_due = False
+            self._refreshing = request_id
+            return deribit.build_refresh(self.token.refresh, request_id)
+        return deribit.build_ping_reply(request_id)
 
     def is_auth_error(self, event: Error) -> bool:
         """Whether `event` says the exchange refused the key, signature or timestamp."""
         return event.code in AUTH_ERROR_CODES.get(self.name, frozenset())
+
+
+@dataclasses.dataclass(frozen=True)
+class DeribitToken:
+    """A Deribit session's tokens (never logged: `repr` hides them)."""
+
+    access: str = dataclasses.field(repr=False)
+    refresh: str = dataclasses.field(repr=False)
+    expires_in_s: float
+    at_mono: float
+
+    def due(self, now_mono: float) -> bool:
+        """Whether half the token's life has passed (time to renew it)."""
+        return now_mono - self.at_mono >= self.expires_in_s / 2
 
 
 def _fingerprint(cred: PlanCredential) -> tuple[tuple[str, float, int], ...]:

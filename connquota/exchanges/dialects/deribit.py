@@ -1,5 +1,5 @@
 """Deribit API v2 wire format: JSON-RPC 2.0 over ``wss://www.deribit.com/ws/api/v2`` (public
-market data).
+market data, and user channels after ``public/auth``).
 
 Deribit names a subscription with a dot-separated channel that carries the instrument and the
 notification interval: ``trades.BTC-PERPETUAL.100ms``, ``ticker.BTC-PERPETUAL.100ms``,
@@ -16,6 +16,13 @@ Notifications have no ``id``: ``{"jsonrpc":"2.0","method":"subscription","params
 ``{"method":"heartbeat","params":{"type":"test_request"}}`` and the client must call
 ``public/test``. Books carry ``change_id`` and, after the snapshot, ``prev_change_id`` (equal to
 the previous message's ``change_id`` when nothing was missed).
+
+Private side (same socket): ``public/auth`` with ``grant_type`` ``client_credentials``
+(``client_id`` / ``client_secret``) answers ``access_token``, ``expires_in`` (seconds) and
+``refresh_token``; ``public/auth`` with ``grant_type`` ``refresh_token`` renews them before expiry.
+User channels (``user.orders.<instrument>.<interval>``, ``user.orders.<kind>.<currency>.
+<interval>``, ``user.trades.`` likewise, ``user.portfolio.<currency>``) are subscribed with
+``private/subscribe`` (same shape as ``public/subscribe``).
 
 Source: exchange-dialects.md section 7 (https://docs.deribit.com/).
 """
@@ -34,6 +41,7 @@ from connquota.exchanges.dialects.base import (
     Endpoint,
     Error,
     InvalidRequest,
+    LoginResult,
     Notice,
     OtherRequest,
     Ping,
@@ -74,9 +82,24 @@ PUBLIC_METHODS = frozenset(
      "public/auth", "private/subscribe", "private/unsubscribe"}
 )  # fmt: skip
 
+USER_KINDS = ("user.orders", "user.trades", "user.portfolio")
+"""The user (private) channels connquota speaks."""
+USER_INSTRUMENT_KINDS = ("future", "option", "spot", "future_combo", "option_combo", "combo",
+                         "any")  # fmt: skip
+"""``user.orders.<kind>.<currency>.<interval>``: the instrument kinds."""
+
 # error codes (https://docs.deribit.com/articles/errors and JSON-RPC 2.0)
 TOO_MANY_REQUESTS = (10028, "too_many_requests")
 AUTHORIZATION_REQUIRED = (10000, "authorization_required")
+INVALID_CREDENTIALS = (13004, "invalid_credentials")
+"""What a wrong client_id / client_secret gets (the older v2 code list; the newer one says
+10001, see exchange-dialects.md 7.7)."""
+INVALID_TOKEN = (13009, "invalid_token")
+TOKEN_REVOKED = (13010, "token_revoked")
+TOO_MANY_SESSIONS = (10066, "too_many_concurrent_requests")
+"""The mock's answer to a login over the sessions per API key (Deribit documents no code)."""
+AUTH_ERROR_CODES = frozenset({"13004", "10001", "13009", "13010", "13011", "10000"})
+"""Error codes that say the key, its secret or its token were refused."""
 INVALID_PARAMS = (-32602, "Invalid params")
 METHOD_NOT_FOUND = (-32601, "Method not found")
 PARSE_ERROR = (-32700, "Parse error")
@@ -100,6 +123,40 @@ def stream_parts(stream: str) -> tuple[str, str, str]:
     if kind not in KINDS or not dot or not valid_instrument(instrument) or interval not in allowed:
         raise WireFormatError(f"not a Deribit public channel: {stream!r}")
     return kind, instrument, interval
+
+
+def user_channel_parts(stream: str) -> tuple[str, str]:
+    """``user.orders.BTC-PERPETUAL.raw`` -> (``user.orders``, ``BTC-PERPETUAL.raw``);
+    ``user.portfolio.btc`` -> (``user.portfolio``, ``btc``). WireFormatError for anything that
+    is not a user channel connquota speaks."""
+    for kind in USER_KINDS:
+        if stream.startswith(kind + "."):
+            rest = stream[len(kind) + 1 :]
+            parts = rest.split(".")
+            if kind == "user.portfolio":
+                ok = len(parts) == 1 and parts[0].isalnum()
+            elif len(parts) == 2:
+                ok = valid_instrument(parts[0]) and parts[1] in INTERVALS
+            else:
+                ok = (
+                    len(parts) == 3
+                    and parts[0] in USER_INSTRUMENT_KINDS
+                    and parts[1].replace("_", "").isalnum()
+                    and parts[2] in INTERVALS
+                )
+            if ok:
+                return kind, rest
+    raise WireFormatError(f"not a Deribit user channel: {stream!r}")
+
+
+def is_user_channel(stream: str) -> bool:
+    """Whether ``stream`` is a user (private) channel: ``user.orders.``, ``user.trades.``,
+    ``user.portfolio.``."""
+    try:
+        user_channel_parts(stream)
+    except WireFormatError:
+        return False
+    return True
 
 
 def stream_name(symbol: str, channel: str) -> str:
@@ -185,9 +242,44 @@ def build_set_heartbeat(interval_s: float, request_id: RequestId) -> str:
     return build_request("public/set_heartbeat", {"interval": interval}, request_id)
 
 
+def build_private_subscribe(streams: list[str], request_id: RequestId) -> str:
+    """``private/subscribe`` with ``params.channels`` (public and user channels alike)."""
+    if not streams:
+        raise WireFormatError("a Deribit subscribe names at least one channel")
+    return build_request("private/subscribe", {"channels": list(streams)}, request_id)
+
+
+def build_private_unsubscribe(streams: list[str], request_id: RequestId) -> str:
+    """``private/unsubscribe`` with ``params.channels``."""
+    return build_request("private/unsubscribe", {"channels": list(streams)}, request_id)
+
+
 def build_login(credentials: ApiCredentials, now_ms: int, request_id: RequestId) -> str:
-    """``public/auth``: not spoken yet (public market data only)."""
-    raise WireFormatError("Deribit public/auth: not spoken yet (public market data only)")
+    """``public/auth`` with ``grant_type`` ``client_credentials``: the API key is the
+    ``client_id``, its secret the ``client_secret`` (``now_ms`` unused: nothing is signed)."""
+    params = {"grant_type": "client_credentials", "client_id": credentials.api_key,
+              "client_secret": credentials.secret}  # fmt: skip
+    return build_request("public/auth", params, request_id)
+
+
+def build_refresh(refresh_token: str, request_id: RequestId) -> str:
+    """``public/auth`` with ``grant_type`` ``refresh_token``: new tokens before expiry."""
+    params = {"grant_type": "refresh_token", "refresh_token": refresh_token}
+    return build_request("public/auth", params, request_id)
+
+
+def auth_result(result: Any) -> tuple[str, str, float] | None:
+    """``(access_token, refresh_token, expires_in seconds)`` of a ``public/auth`` result, or
+    None when ``result`` is not one."""
+    if not isinstance(result, dict):
+        return None
+    access, refresh = result.get("access_token"), result.get("refresh_token")
+    expires = result.get("expires_in")
+    if not isinstance(access, str) or not isinstance(refresh, str):
+        return None
+    if not isinstance(expires, (int, float)) or isinstance(expires, bool):
+        return None
+    return access, refresh, float(expires)
 
 
 def _seq_and_time(kind: str, data: Any) -> tuple[int | None, int | None]:
@@ -235,7 +327,8 @@ def parse_server_message(text: str, default_stream: str | None = None) -> Server
         try:
             kind = stream_parts(channel)[0]
         except WireFormatError:
-            kind = channel.partition(".")[0]
+            kind = channel.rpartition(".")[0] if channel.startswith("user.") else ""
+            kind = "trades" if kind.startswith("user.trades") else kind.partition(".")[0]
         seq, ts = _seq_and_time(kind, data)
         return Data(channel, seq, ts, obj, text)
     if method == "heartbeat" and isinstance(params, dict):
@@ -255,6 +348,8 @@ def parse_server_message(text: str, default_stream: str | None = None) -> Server
             return Ack(request_id, "set_heartbeat", (), result)
         if isinstance(result, dict) and "version" in result:
             return Pong(request_id, "public/test")
+        if auth_result(result) is not None:
+            return LoginResult(True, request_id)
         return Ack(request_id, "result", (), result)
     return Unknown(text)
 
@@ -428,3 +523,45 @@ def build_data(stream: str, seq: int, event_time_ms: int) -> str:
     if kind == "chart.trades":
         return build_chart(stream, seq, event_time_ms)
     raise WireFormatError(f"no data builder for {stream!r}")
+
+
+def build_auth_result(
+    request_id: RequestId, access: str, refresh: str, expires_in_s: int, us_in: int | None = None
+) -> str:
+    """The ``public/auth`` result: tokens, ``expires_in`` (s), ``scope``, ``token_type``."""
+    result = {"access_token": access, "expires_in": expires_in_s, "refresh_token": refresh,
+              "scope": "connection mainaccount", "enabled_features": [],
+              "token_type": "bearer"}  # fmt: skip
+    return build_result(request_id, result, us_in)
+
+
+def build_user_data(stream: str, seq: int, event_time_ms: int) -> str:
+    """One notification of a user channel: ``user.orders`` an order (a list of one unless the
+    interval is ``raw``), ``user.trades`` a list of one trade (``trade_seq`` = seq),
+    ``user.portfolio`` the currency's portfolio."""
+    kind, rest = user_channel_parts(stream)
+    parts = rest.split(".")
+    instrument = parts[0] if len(parts) == 2 else "BTC-PERPETUAL"
+    price = _price(seq)
+    data: Any
+    if kind == "user.portfolio":
+        data = {"currency": parts[0].upper(), "equity": 10.0 + seq % 7, "balance": 10.0,
+                "available_funds": 9.5, "margin_balance": 10.0, "initial_margin": 0.4,
+                "maintenance_margin": 0.2, "total_pl": round((seq % 11) * 0.01, 2),
+                "session_upl": 0.0, "delta_total": 0.0}  # fmt: skip
+    elif kind == "user.orders":
+        data = {"order_id": str(seq), "order_state": "open" if seq % 3 else "filled",
+                "instrument_name": instrument, "direction": "buy" if seq % 2 else "sell",
+                "price": price, "amount": 10.0, "filled_amount": 0.0 if seq % 3 else 10.0,
+                "order_type": "limit", "time_in_force": "good_til_cancelled",
+                "post_only": False, "reduce_only": False, "label": "", "api": True,
+                "creation_timestamp": event_time_ms,
+                "last_update_timestamp": event_time_ms}  # fmt: skip
+        if parts[-1] != "raw":
+            data = [data]
+    else:
+        data = [{"trade_seq": seq, "trade_id": str(200_000_000 + seq), "timestamp": event_time_ms,
+                 "instrument_name": instrument, "order_id": str(seq), "price": price,
+                 "amount": 10.0, "direction": "buy" if seq % 2 else "sell", "fee": 0.0,
+                 "fee_currency": "BTC", "state": "filled", "liquidity": "M"}]  # fmt: skip
+    return build_notification(stream, data)

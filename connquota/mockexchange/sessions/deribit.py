@@ -1,8 +1,11 @@
-"""Deribit API v2 on the mock: JSON-RPC 2.0 at ``/ws/api/v2`` (public market data)."""
+"""Deribit API v2 on the mock: JSON-RPC 2.0 at ``/ws/api/v2`` (public market data; user
+channels after ``public/auth``)."""
 
 from __future__ import annotations
 
 import asyncio
+import hmac
+import secrets
 import time
 from typing import Any
 
@@ -12,9 +15,11 @@ from connquota.exchanges.dialects.base import (
     InvalidRequest,
     OtherRequest,
     PingRequest,
+    RequestId,
     SubscribeRequest,
     WireFormatError,
 )
+from connquota.mockexchange import connection as cstate
 from connquota.mockexchange.books import MockBook
 from connquota.mockexchange.sessions.base import DialectSession, wall_ms
 
@@ -22,6 +27,10 @@ BOOK_DEPTH = 20
 """Levels per side of a mock Deribit book (``book.<instrument>.100ms`` is the full book)."""
 VERSION = "1.2.26"
 """What ``public/test`` answers (``{"version": ..}``)."""
+TOKEN_TTL_S = 900
+"""Exchange seconds an access token lives (``expires_in``) unless renewed; a test may set
+``mock.deribit_token_ttl_s`` to a shorter life. The answer's ``expires_in`` is in the mock's
+(scaled) wall seconds, as every duration a gateway under test sees."""
 
 
 class CreditBucket:
@@ -74,6 +83,9 @@ class DeribitSession(DialectSession):
         self.terminating = False
         """Out of credits: the session ends once the 10028 error has gone out."""
         self._closer: asyncio.Task[None] | None = None
+        self.refresh_token: str | None = None
+        """The refresh token this connection's login was given (renewals must present it)."""
+        self._expiry: asyncio.TimerHandle | None = None
 
     # -- heartbeats (housekeeping asks) ------------------------------------------------------
 
@@ -169,10 +181,116 @@ class DeribitSession(DialectSession):
         elif method == "public/unsubscribe_all":
             self.mx.unsubscribe(self.conn, list(self.conn.streams))
             self.send(deribit.build_result(rid, "ok", us_in))
-        else:  # public/auth, private/*: not modelled
+        elif method == "public/auth":
+            self._on_auth(rid, params, us_in)
+        elif method in ("private/subscribe", "private/unsubscribe"):
+            self._on_private_subscribe(rid, method, params, us_in)
+        else:  # other private methods: not modelled
             self.send(deribit.build_error(rid, *deribit.AUTHORIZATION_REQUIRED, None, us_in))
 
-    def _on_subscribe(self, request: SubscribeRequest, us_in: int) -> None:
+    # -- authentication ----------------------------------------------------------------------
+
+    def _on_auth(self, rid: RequestId, params: dict[str, Any], us_in: int) -> None:
+        """``client_credentials`` logs the connection in (sessions per API key enforced);
+        ``refresh_token`` renews the tokens of this connection's login."""
+        grant = params.get("grant_type")
+        if grant == "client_credentials":
+            account = self.mx.settings.account_for_key(str(params.get("client_id", "")))
+            secret = str(params.get("client_secret", ""))
+            if account is None or not hmac.compare_digest(secret, account.secret):
+                self.send(deribit.build_error(rid, *deribit.INVALID_CREDENTIALS, None, us_in))
+                return
+            refused = self.conn.account is None and (
+                self.mx.login(self.conn, account, "error 10066 reply") is not None
+            )
+            if refused:
+                reason = {"reason": "too many sessions for this API key"}
+                self.send(deribit.build_error(rid, *deribit.TOO_MANY_SESSIONS, reason, us_in))
+                return
+            self._issue(rid, us_in)
+        elif grant == "refresh_token":
+            token = str(params.get("refresh_token", ""))
+            live = self.conn.api_key is not None and (
+                self.mx.settings.account_for_key(self.conn.api_key) is not None
+            )
+            known = self.refresh_token is not None and hmac.compare_digest(
+                token, self.refresh_token
+            )
+            if not (live and known):
+                data = {"reason": "invalid refresh token", "param": "refresh_token"}
+                self.send(deribit.build_error(rid, *deribit.INVALID_TOKEN, data, us_in))
+                return
+            self.mx.__dict__.setdefault("deribit_refreshes", []).append(self.conn.conn_id)
+            self._issue(rid, us_in)
+        else:
+            data = {"reason": "unsupported grant_type", "param": "grant_type"}
+            self.send(deribit.build_error(rid, *deribit.INVALID_PARAMS, data, us_in))
+
+    def _issue(self, rid: RequestId, us_in: int) -> None:
+        """New tokens for this connection; its private feeds end when they expire unrenewed."""
+        ttl = float(getattr(self.mx, "deribit_token_ttl_s", TOKEN_TTL_S))
+        wall_s = max(1, round(self.mx.settings.scaled_s(ttl)))
+        self.refresh_token = secrets.token_urlsafe(16)
+        if self._expiry is not None:
+            self._expiry.cancel()
+        self._expiry = asyncio.get_running_loop().call_later(wall_s, self._expired)
+        access = secrets.token_urlsafe(16)
+        self.send(deribit.build_auth_result(rid, access, self.refresh_token, wall_s, us_in))
+
+    def _expired(self) -> None:
+        """The token was not renewed in time: the mock, as referee, ends the session and notes
+        it (``mock.deribit_expired`` lists such connections)."""
+        if self.conn.state != cstate.WEBSOCKET:
+            return
+        self.mx.__dict__.setdefault("deribit_expired", []).append(self.conn.conn_id)
+        self.mx.close_soon(self.conn, 1000, "access token expired")
+
+    def _on_private_subscribe(
+        self, rid: RequestId, method: str, params: dict[str, Any], us_in: int
+    ) -> None:
+        """``private/subscribe``: public and user channels (the user channels of the
+        connection's account, each its own feed ``<channel>@<account>``)."""
+        channels = params.get("channels")
+        if not isinstance(channels, list) or not all(isinstance(c, str) for c in channels):
+            data = {"reason": "value must be a list", "param": "channels"}
+            self.send(deribit.build_error(rid, *deribit.INVALID_PARAMS, data, us_in))
+            return
+        if self.conn.account is None:
+            self.send(deribit.build_error(rid, *deribit.AUTHORIZATION_REQUIRED, None, us_in))
+            return
+        channels = list(dict.fromkeys(channels))
+        user = [c for c in channels if deribit.is_user_channel(c)]
+        public = [c for c in channels if c not in user]
+        if method == "private/unsubscribe":
+            feeds = [self._feed(c) for c in channels if self._feed(c) in self.conn.streams]
+            self.mx.unsubscribe(self.conn, feeds)
+            self.send(deribit.build_result(rid, [f.split("@", 1)[0] for f in feeds], us_in))
+            return
+        if public:
+            self._on_subscribe(SubscribeRequest(rid, tuple(public)), us_in, extra=user)
+            return
+        self._subscribe_user(rid, user, [], us_in)
+
+    def _subscribe_user(
+        self, rid: RequestId, user: list[str], public: list[str], us_in: int
+    ) -> None:
+        feeds = [self._feed(c) for c in user if self._feed(c) not in self.conn.streams]
+        total = len(self.conn.streams) + len(feeds)
+        if feeds and self.mx.over_stream_limit(self.conn, total, "error reply"):
+            data = {"reason": "too many subscriptions on this connection", "param": "channels"}
+            self.send(deribit.build_error(rid, *deribit.INVALID_PARAMS, data, us_in))
+            return
+        self.send(deribit.build_result(rid, public + user, us_in))
+        self.mx.subscribe(self.conn, feeds, private=True)
+
+    def _feed(self, channel: str) -> str:
+        return f"{channel}@{self.conn.account}"
+
+    def _on_subscribe(
+        self, request: SubscribeRequest, us_in: int, extra: list[str] | None = None
+    ) -> None:
+        """``public/subscribe``; ``extra``: user channels of a ``private/subscribe`` that also
+        named these public ones (one result for both)."""
         rid = request.request_id
         channels = list(dict.fromkeys(request.streams))
         if request.unsubscribe:
@@ -194,6 +312,10 @@ class DeribitSession(DialectSession):
         if new and self.mx.over_stream_limit(self.conn, total, "error reply"):
             data = {"reason": "too many subscriptions on this connection", "param": "channels"}
             self.send(deribit.build_error(rid, *deribit.INVALID_PARAMS, data, us_in))
+            return
+        if extra is not None:
+            self.mx.subscribe(self.conn, new)
+            self._subscribe_user(rid, extra, accepted, us_in)
             return
         self.send(deribit.build_result(rid, accepted, us_in))
         self.mx.subscribe(self.conn, new)
@@ -217,6 +339,8 @@ class DeribitSession(DialectSession):
         return deribit.build_book(stream, "change", seq, seq - 1, bids, asks, event_time_ms)
 
     def frame(self, stream: str, seq: int, event_time_ms: int) -> str:
+        if "@" in stream:  # an account's user channel
+            return deribit.build_user_data(stream.split("@", 1)[0], seq, event_time_ms)
         try:
             kind = deribit.stream_parts(stream)[0]
         except WireFormatError:
