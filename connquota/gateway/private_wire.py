@@ -19,6 +19,10 @@ wraps the dialect module in a `PrivateWire` for the session's life:
   `test_request` is followed, once its answer arrives, by the `refresh_token` request (the
   answer is turned into a `Ping` the session replies to); with heartbeats every 30 s and
   tokens of 900 s that renews at about 450 s.
+- **coinbase**: no login; the private endpoint (`advanced-trade-ws-user`) takes `user`
+  subscribes (`user:BTC-USD`), each carrying a fresh ES256 JWT (the key name is the key file,
+  the EC private key PEM the secret file) built when the limiter lets the frame go. A refused
+  JWT is `{"type":"error","message":"authentication failure"}`.
 
 A private stream's name is the exchange's name, optionally followed by `#<anything>` (e.g.
 `userData#alice`), so one quota may want the same private stream with two credentials: the part
@@ -34,13 +38,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import secrets
 import time
 from pathlib import Path
 from types import ModuleType
 from typing import Any, cast
 
 from connquota.api.plan import PlanCredential
-from connquota.exchanges.dialects import binance, bybit, deribit
+from connquota.exchanges.dialects import binance, bybit, coinbase, deribit
 from connquota.exchanges.dialects.base import (
     Ack,
     ApiCredentials,
@@ -51,6 +56,7 @@ from connquota.exchanges.dialects.base import (
     Pong,
     RequestId,
     ServerEvent,
+    WireFormatError,
 )
 from connquota.gateway.podroot import pod_path
 
@@ -66,6 +72,10 @@ AUTH_ERROR_CODES = {
     "deribit": deribit.AUTH_ERROR_CODES,
 }
 """Error codes that mean the exchange refused the key, its signature or its timestamp."""
+
+
+UNSIGNED_JWT = "unsigned"
+"""What a Coinbase message carries when the secret is no EC key (the exchange refuses it)."""
 
 
 def wire_name(stream: str) -> str:
@@ -90,8 +100,11 @@ class PrivateWire:
         self._credentials = credentials
         self.names: dict[str, str] = {}
         """Exchange name -> the plan's stream name, for streams subscribed on this session."""
-        self.logs_on = self.name != "binance" or binance.supports_session_logon(credentials)
-        """False for Binance keys that cannot `session.logon` (they subscribe with a signature)."""
+        self.logs_on = self.name != "coinbase" and (
+            self.name != "binance" or binance.supports_session_logon(credentials)
+        )
+        """False for Binance keys that cannot `session.logon` (they subscribe with a signature)
+        and for Coinbase (every subscribe carries its own JWT)."""
         self.token: DeribitToken | None = None
         """Deribit: the session's tokens (from `public/auth`)."""
         self._refresh_due = False
@@ -133,6 +146,8 @@ class PrivateWire:
             )
         if self.name == "deribit":
             return deribit.build_private_subscribe([wire_name(s) for s in streams], request_id)
+        if self.name == "coinbase":
+            return self._coinbase_signed("subscribe", streams)
         return cast(
             str | None, self.fmt.build_subscribe([wire_name(s) for s in streams], request_id)
         )
@@ -146,9 +161,24 @@ class PrivateWire:
             return binance.build_user_data_unsubscribe(request_id)
         if self.name == "deribit":
             return deribit.build_private_unsubscribe([wire_name(s) for s in streams], request_id)
+        if self.name == "coinbase":
+            return self._coinbase_signed("unsubscribe", streams)
         return cast(
             str | None, self.fmt.build_unsubscribe([wire_name(s) for s in streams], request_id)
         )
+
+    def _coinbase_signed(self, kind: str, streams: list[str]) -> str:
+        """A Coinbase subscribe / unsubscribe with a JWT made now (one per message)."""
+        creds = self._credentials
+        try:
+            jwt = coinbase.build_jwt(
+                creds.api_key, creds.secret, int(time.time()), secrets.token_hex(16)
+            )
+        except (ValueError, TypeError, WireFormatError):
+            # the secret file holds no EC private key: the message goes without a valid JWT,
+            # the exchange answers "authentication failure" and the connection is refused
+            jwt = UNSIGNED_JWT
+        return coinbase.build_authenticated(kind, [wire_name(s) for s in streams], jwt)
 
     def parse_server_message(self, text: str, default_stream: str | None = None) -> ServerEvent:
         """The dialect's parse, with data renamed to the plan's stream name."""
@@ -159,7 +189,12 @@ class PrivateWire:
                 return dataclasses.replace(event, stream=name)
         if self.name == "deribit":
             return self._deribit_event(event, text)
+        if self.name == "coinbase" and isinstance(event, Ack):
+            return dataclasses.replace(event, streams=self._plan_names(event.streams))
         return event
+
+    def _plan_names(self, streams: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(self.names.get(s, s) for s in streams)
 
     def _deribit_event(self, event: ServerEvent, text: str) -> ServerEvent:
         """Deribit: keep the tokens of auth results (a renewal's answer is an `Ack`, the
@@ -175,8 +210,7 @@ class PrivateWire:
                 return Ack(event.request_id, "refresh", (), raw)
             return event
         if isinstance(event, Ack) and event.op == "subscribe":
-            streams = tuple(self.names.get(s, s) for s in event.streams)
-            return dataclasses.replace(event, streams=streams)
+            return dataclasses.replace(event, streams=self._plan_names(event.streams))
         if isinstance(event, Pong) and self._refreshing is None:
             token = self.token
             if token is not None and token.due(time.monotonic()):
@@ -195,6 +229,8 @@ class PrivateWire:
 
     def is_auth_error(self, event: Error) -> bool:
         """Whether `event` says the exchange refused the key, signature or timestamp."""
+        if self.name == "coinbase":  # every Coinbase error has the code `error`
+            return event.msg.startswith(coinbase.AUTH_FAILURE)
         return event.code in AUTH_ERROR_CODES.get(self.name, frozenset())
 
 

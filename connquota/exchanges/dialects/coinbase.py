@@ -1,5 +1,5 @@
 """Coinbase Advanced Trade WebSocket wire format: ``wss://advanced-trade-ws.coinbase.com``
-(public market data).
+(public market data) and ``wss://advanced-trade-ws-user.coinbase.com`` (the ``user`` channel).
 
 Coinbase subscribes one channel per message with a product list
 (``{"type":"subscribe","product_ids":["BTC-USD"],"channel":"market_trades"}``) and answers
@@ -16,6 +16,13 @@ message was lost (`sequence_of`). There is no client ping: a client subscribes t
 ``heartbeats`` channel (one message a second) to keep quiet connections open
 (`build_heartbeats_subscribe`). Errors are ``{"type":"error","message":..}``.
 
+Authenticated channels (``user``) carry a ``jwt`` in every subscribe and unsubscribe: a fresh
+ES256 JWT per message (`build_jwt`: header ``kid`` = the key name and a random ``nonce``; claims
+``sub`` = the key name, ``iss`` ``cdp``, ``nbf`` now and ``exp`` 120 s later, no ``uri`` for
+WebSocket), signed with the key's EC P-256 private key. ``user`` data messages list
+``orders`` (``order_id``, ``status``, ``product_id``, ...); a refused JWT gets
+``{"type":"error","message":"authentication failure"}``.
+
 Source: exchange-dialects.md section 5
 (https://docs.cdp.coinbase.com/coinbase-app/advanced-trade-apis/websocket/websocket-overview,
 .../websocket-channels).
@@ -23,6 +30,7 @@ Source: exchange-dialects.md section 5
 
 from __future__ import annotations
 
+import base64
 import json
 from datetime import UTC, datetime
 from typing import Any
@@ -62,7 +70,11 @@ PUBLIC_CHANNELS = frozenset({"market_trades", "ticker", "ticker_batch", "level2"
 PRODUCTLESS_CHANNELS = frozenset({"heartbeats", "status"})
 """Channels subscribed without products (connquota uses ``heartbeats``)."""
 PRIVATE_CHANNELS = frozenset({"user", "futures_balance_summary"})
-"""JWT-authenticated channels (not spoken yet)."""
+"""JWT-authenticated channels (connquota speaks ``user``)."""
+USER = "user"
+JWT_LIFETIME_S = 120
+"""``exp`` - ``nbf`` of a JWT: "Your JWT expires after 2 minutes"."""
+JWT_ISSUER = "cdp"
 WIRE_CHANNEL = {"level2": "l2_data"}
 """The ``channel`` a subscribed channel's data messages carry, where it differs [S]."""
 SUBSCRIBED_CHANNEL = {wire: sub for sub, wire in WIRE_CHANNEL.items()}
@@ -163,6 +175,81 @@ def _request(kind: str, streams: list[str]) -> str:
     return dumps({"type": kind, "product_ids": [p.symbol for p in parts], "channel": channel})
 
 
+def _b64url(raw: bytes) -> str:
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+def _b64url_decode(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def build_jwt(key_name: str, private_pem: str, now_s: int, nonce: str) -> str:
+    """An ES256 JWT for one WebSocket message, as the official SDK builds it: header
+    ``{"alg":"ES256","kid":<key name>,"nonce":..,"typ":"JWT"}``, claims ``{"sub":<key name>,
+    "iss":"cdp","nbf":now,"exp":now+120}`` (no ``uri``: WebSocket JWTs are built with no
+    request method or path)."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    key = load_pem_private_key(private_pem.encode(), password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise WireFormatError("a Coinbase CDP key for ES256 is an EC (P-256) private key")
+    header = {"alg": "ES256", "kid": key_name, "nonce": nonce, "typ": "JWT"}
+    claims = {"sub": key_name, "iss": JWT_ISSUER, "nbf": now_s, "exp": now_s + JWT_LIFETIME_S}
+    signing_input = f"{_b64url(dumps(header).encode())}.{_b64url(dumps(claims).encode())}"
+    der = key.sign(signing_input.encode(), ec.ECDSA(hashes.SHA256()))
+    r, s = decode_dss_signature(der)
+    return f"{signing_input}.{_b64url(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))}"
+
+
+def jwt_parts(token: str) -> tuple[dict[str, Any], dict[str, Any], bytes, str] | None:
+    """``(header, claims, raw signature, signing input)`` of a compact JWT, or None."""
+    pieces = token.split(".")
+    if len(pieces) != 3:
+        return None
+    try:
+        header = json.loads(_b64url_decode(pieces[0]))
+        claims = json.loads(_b64url_decode(pieces[1]))
+        signature = _b64url_decode(pieces[2])
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(header, dict) or not isinstance(claims, dict):
+        return None
+    return header, claims, signature, f"{pieces[0]}.{pieces[1]}"
+
+
+def verify_es256(public_pem: str, signing_input: str, signature: bytes) -> bool:
+    """Whether ``signature`` (raw r || s, 64 bytes) signs ``signing_input`` under the EC
+    public key ``public_pem``."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    key = load_pem_public_key(public_pem.encode())
+    if not isinstance(key, ec.EllipticCurvePublicKey) or len(signature) != 64:
+        return False
+    der = encode_dss_signature(
+        int.from_bytes(signature[:32], "big"), int.from_bytes(signature[32:], "big")
+    )
+    try:
+        key.verify(der, signing_input.encode(), ec.ECDSA(hashes.SHA256()))
+    except InvalidSignature:
+        return False
+    return True
+
+
+def build_authenticated(kind: str, streams: list[str], jwt: str) -> str:
+    """A subscribe / unsubscribe carrying ``jwt``: ``{"type":..,"product_ids":[..],
+    "channel":"user","jwt":..}``."""
+    doc = json.loads(_request(kind, streams))
+    doc["jwt"] = jwt
+    return dumps(doc)
+
+
 def build_subscribe(streams: list[str], request_id: RequestId) -> str:
     """``{"type":"subscribe","product_ids":[..],"channel":"market_trades"}`` (Coinbase has no
     request id: ``request_id`` is not sent)."""
@@ -245,6 +332,13 @@ def parse_server_message(text: str, default_stream: str | None = None) -> Server
     if wire == "subscriptions":
         return Ack(None, "subscribe", _ack_streams(events), obj)
     channel = SUBSCRIBED_CHANNEL.get(wire, wire)
+    if channel == USER and events and isinstance(events[0], dict):
+        orders = events[0].get("orders")
+        first = orders[0] if isinstance(orders, list) and orders else None
+        product = first.get("product_id") if isinstance(first, dict) else None
+        if not isinstance(product, str):
+            return Unknown(text)
+        return Data(f"{USER}:{product}", None, parse_time_ms(obj.get("timestamp")), obj, text)
     if channel not in PUBLIC_CHANNELS or not events or not isinstance(events[0], dict):
         return Unknown(text)
     product = _product_of(channel, events[0])
@@ -355,7 +449,7 @@ def parse_client_message(text: str) -> ClientRequest:
         return InvalidRequest(None, kind, AUTH_FAILURE, build_error(AUTH_FAILURE))
     if channel in PRODUCTLESS_CHANNELS:
         return OtherRequest(None, kind, channel)
-    if channel not in PUBLIC_CHANNELS:
+    if channel not in PUBLIC_CHANNELS | {USER}:
         reason = f"channel {channel} is not valid"
         return InvalidRequest(None, kind, FAILED, build_error(FAILED, reason))
     products = obj.get("product_ids")
@@ -446,3 +540,18 @@ def build_data(stream: str, seq: int, event_time_ms: int, kind: str = "update") 
 def loads(text: str) -> Any:
     """JSON of a Coinbase frame (tests)."""
     return json.loads(text)
+
+
+def build_user(stream: str, seq: int, event_time_ms: int, kind: str = "update") -> str:
+    """One ``user`` message: an event listing one order of the stream's product (``order_id``
+    = seq), the fields of Coinbase's user channel."""
+    product = parse_stream(stream).symbol
+    order = {"order_id": f"order-{seq}", "client_order_id": f"client-{seq}",
+             "cumulative_quantity": "0" if seq % 3 else "0.001",
+             "leaves_quantity": "0.001" if seq % 3 else "0", "avg_price": "0",
+             "total_fees": "0", "status": "OPEN" if seq % 3 else "FILLED",
+             "product_id": product, "creation_time": rfc3339(event_time_ms),
+             "order_side": "BUY" if seq % 2 else "SELL", "order_type": "Limit",
+             "cancel_reason": "", "reject_reason": "", "product_type": "SPOT",
+             "time_in_force": "GOOD_UNTIL_CANCELLED"}  # fmt: skip
+    return _envelope(USER, [{"type": kind, "orders": [order]}], rfc3339(event_time_ms))

@@ -35,6 +35,8 @@ PROFILE = ExchangeProfile(
     # budgets; unclear, so use one domain for both.
     domain="advanced-trade-ws.coinbase.com",
     endpoint="wss://advanced-trade-ws.coinbase.com",
+    # "User Order Data Endpoint": the user channel (JWT per message) and heartbeats.
+    privateEndpoint="wss://advanced-trade-ws-user.coinbase.com",
     dialect=Dialect.COINBASE,
     limits=[
         # 8 connections per second per IP (APP_RATE_DOC) vs 750 per second (BUSINESS_RATE_DOC):

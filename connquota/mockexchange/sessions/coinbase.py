@@ -1,6 +1,11 @@
-"""Coinbase Advanced Trade WebSocket on the mock: the market-data host's root (public data)."""
+"""Coinbase Advanced Trade WebSocket on the mock: the market-data host's root (public data) and
+the ``user`` channel of the user-data host (every subscribe with its own ES256 JWT)."""
 
 from __future__ import annotations
+
+import json
+import time
+from typing import Any
 
 from connquota.api.limits import LimitName
 from connquota.exchanges.dialects import coinbase
@@ -12,11 +17,14 @@ from connquota.exchanges.dialects.base import (
 )
 from connquota.mockexchange.books import MAX_LEVELS, MockBook
 from connquota.mockexchange.sessions.base import DialectSession
+from connquota.mockexchange.settings import TestAccount
 
 STREAMS_OVER = "Failed to subscribe"
 STREAMS_OVER_REASON = "subscription limit exceeded"
 """The error of a subscribe over the streams-per-connection limit (Coinbase publishes none:
 the profile's assumed limit, answered in Coinbase's error shape)."""
+JWT_SKEW_S = 5
+"""Seconds of clock skew the mock allows on ``nbf``."""
 
 
 class CoinbaseSession(DialectSession):
@@ -51,7 +59,7 @@ class CoinbaseSession(DialectSession):
     def _subscriptions(self) -> str:
         subs: dict[str, list[str]] = {}
         for stream in sorted(self.conn.streams):
-            name = coinbase.parse_stream(stream)
+            name = coinbase.parse_stream(stream.split("@", 1)[0])
             subs.setdefault(name.channel, []).append(name.symbol)
         if self.heartbeats:
             subs[coinbase.HEARTBEATS] = [coinbase.HEARTBEATS]
@@ -59,6 +67,9 @@ class CoinbaseSession(DialectSession):
 
     async def on_text(self, text: str) -> None:
         request = coinbase.parse_client_message(text)
+        if isinstance(request, SubscribeRequest) and request.streams[0].startswith("user:"):
+            self._on_user(request, text)
+            return
         if isinstance(request, InvalidRequest):
             self.mx.note_malformed(self.conn)
             self.send(request.reply)
@@ -98,6 +109,67 @@ class CoinbaseSession(DialectSession):
         self.mx.subscribe(self.conn, streams)
         self.send(self._subscriptions())
 
+    # -- the user channel --------------------------------------------------------------------
+
+    def _on_user(self, request: SubscribeRequest, text: str) -> None:
+        """A ``user`` subscribe or unsubscribe: its JWT must verify (one JWT, one message);
+        the products' orders are the account's own feeds ``user:<product>@<account>``."""
+        doc = json.loads(text)
+        account = self._verify_jwt(doc.get("jwt"))
+        if account is None:
+            self.send(coinbase.build_error(coinbase.AUTH_FAILURE))
+            return
+        if self.conn.account is None:
+            self.mx.login(self.conn, account, None)
+        feeds = [f"{s}@{account.account}" for s in dict.fromkeys(request.streams)]
+        if request.unsubscribe:
+            self.mx.unsubscribe(self.conn, feeds)
+        else:
+            new = len(self.conn.streams | set(feeds))
+            if self.mx.over_stream_limit(self.conn, new, "error reply"):
+                self.send(coinbase.build_error(STREAMS_OVER, STREAMS_OVER_REASON))
+                return
+            self.mx.subscribe(self.conn, feeds, private=True)
+        self.send(self._subscriptions())
+
+    def _verify_jwt(self, token: Any) -> TestAccount | None:
+        """The account whose EC key signed ``token`` as Coinbase documents a WebSocket JWT
+        (ES256; ``kid`` = ``sub`` = the key name; ``iss`` cdp; ``nbf`` <= now < ``exp``, at
+        most 120 s apart; no ``uri``; a nonce never seen before), or None."""
+        parts = coinbase.jwt_parts(token) if isinstance(token, str) else None
+        if parts is None:
+            return None
+        header, claims, signature, signing_input = parts
+        kid, nonce = header.get("kid"), header.get("nonce")
+        nbf, exp = claims.get("nbf"), claims.get("exp")
+        now = time.time()
+        shaped = (
+            header.get("alg") == "ES256"
+            and isinstance(kid, str)
+            and isinstance(nonce, str)
+            and nonce != ""
+            and claims.get("sub") == kid
+            and claims.get("iss") == coinbase.JWT_ISSUER
+            and "uri" not in claims
+            and isinstance(nbf, int)
+            and isinstance(exp, int)
+            and nbf <= now + JWT_SKEW_S < exp + JWT_SKEW_S
+            and exp - nbf <= coinbase.JWT_LIFETIME_S
+        )
+        if not shaped:
+            return None
+        assert isinstance(kid, str)
+        account = self.mx.settings.account_for_key(kid)
+        if account is None or account.public_key is None:
+            return None
+        if not coinbase.verify_es256(account.public_key, signing_input, signature):
+            return None
+        seen: set[tuple[str, str]] = self.mx.__dict__.setdefault("_coinbase_nonces", set())
+        if (kid, str(nonce)) in seen:  # "a different JWT for each websocket message"
+            return None
+        seen.add((kid, str(nonce)))
+        return account
+
     def _book(self, stream: str) -> MockBook:
         return self.mx.books.book(stream, MAX_LEVELS, okx_levels=False)
 
@@ -119,6 +191,8 @@ class CoinbaseSession(DialectSession):
             return ""
 
     def frame(self, stream: str, seq: int, event_time_ms: int) -> str:
+        if "@" in stream:  # an account's user channel
+            return coinbase.build_user(stream.split("@", 1)[0], seq, event_time_ms)
         if self._channel(stream) == "level2":
             return self._level2(stream, seq, event_time_ms, snapshot=False)
         return coinbase.build_data(stream, seq, event_time_ms)
@@ -127,6 +201,8 @@ class CoinbaseSession(DialectSession):
         return True  # every channel's first message is a ``snapshot`` event
 
     def snapshot_frame(self, stream: str, seq: int, event_time_ms: int) -> str:
+        if "@" in stream:
+            return coinbase.build_user(stream.split("@", 1)[0], seq, event_time_ms, "snapshot")
         if self._channel(stream) == "level2":
             return self._level2(stream, seq, event_time_ms, snapshot=True)
         return coinbase.build_data(stream, seq, event_time_ms, kind="snapshot")
