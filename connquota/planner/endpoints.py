@@ -1,7 +1,9 @@
 """Streams the quota's endpoint does not serve: refused at planning, reported unserved.
 
 Some exchanges serve a channel on one of their WebSocket paths only (OKX: candles and
-`trades-all` on `/ws/v5/business`, tickers, trades and books on `/ws/v5/public`). A quota has one
+`trades-all` on `/ws/v5/business`, tickers, trades and books on `/ws/v5/public`; Binance USD-M:
+depth and bookTicker on `/public`, the other market streams on `/market`, where a stream on the
+wrong route is acknowledged and never delivers). A quota has one
 endpoint, so a stream whose channel lives on another path would be subscribed upstream only to
 be refused there (OKX answers 60018, 64001 or 64002). The dialect knows which channel lives
 where (`endpoint_refusal` of its wire format); this module asks it before packing, so such
@@ -20,7 +22,7 @@ from urllib.parse import urlsplit
 
 from connquota.api.limits import Dialect, ExchangeProfile
 from connquota.api.plan import QuotaPlan, UnservedStream
-from connquota.exchanges.dialects import okx
+from connquota.exchanges.dialects import binance, okx
 from connquota.planner.inputs import DesiredStream
 
 ChannelOf = Callable[[str], str]
@@ -29,7 +31,8 @@ EndpointRule = Callable[[str, str], "str | None"]
 """(endpoint path, channel) -> why a public connection there cannot subscribe to it."""
 
 RULES: dict[Dialect, tuple[ChannelOf, EndpointRule]] = {
-    Dialect.OKX: (okx.channel_of, okx.endpoint_refusal)
+    Dialect.OKX: (okx.channel_of, okx.endpoint_refusal),
+    Dialect.BINANCE: (binance.channel_of, binance.endpoint_refusal),
 }
 """The dialects whose channels are each served on one path of the exchange."""
 

@@ -143,3 +143,23 @@ def test_pool_plans_refuse_them_too_and_other_dialects_are_not_judged() -> None:
     okx_profile = get_profile("okx")
     private = [DesiredStream("orders:instType=ANY", 0, "k1")]
     assert split_by_endpoint(okx_profile, private).served == private
+
+
+def test_binance_usdm_routes_refuse_each_others_streams() -> None:
+    """USD-M's /market route acknowledges depth subscriptions and never delivers them (and
+    /public the reverse): such streams are refused at planning, naming the route that serves
+    them; spot's paths have no routes and refuse nothing."""
+    usdm = get_profile("binance-usdm")
+    assert usdm.endpoint.endswith("/market/stream")
+    streams = [DesiredStream(name=n) for n in ("btcusdt@aggTrade", "btcusdt@depth@100ms")]
+    split = split_by_endpoint(usdm, streams)
+    assert [s.name for s in split.served] == ["btcusdt@aggTrade"]
+    ((refused),) = split.refused
+    assert refused.stream == "btcusdt@depth@100ms"
+    assert "/public" in refused.reason
+    public = usdm.with_endpoint("wss://fstream.binance.com/public/stream")
+    split = split_by_endpoint(public, streams)
+    assert [s.name for s in split.served] == ["btcusdt@depth@100ms"]
+    assert [s.stream for s in split.refused] == ["btcusdt@aggTrade"]
+    spot = get_profile("binance-spot")
+    assert split_by_endpoint(spot, streams).refused == []
