@@ -215,7 +215,9 @@ def quota_status(
             ConditionType.CAPACITY_EXCEEDED,
             True,
             "StreamsUnserved",
-            f"{unserved} of {obs.desired_streams} streams cannot be served within the limits",
+            f"{unserved} of {obs.desired_streams} streams are not served: status.unserved "
+            "gives each one's reason (a limit that ran out, or an endpoint that does not "
+            "carry the stream)",
         )
     else:
         drop(ConditionType.CAPACITY_EXCEEDED)
