@@ -19,6 +19,11 @@ wraps the dialect module in a `PrivateWire` for the session's life:
   `test_request` is followed, once its answer arrives, by the `refresh_token` request (the
   answer is turned into a `Ping` the session replies to); with heartbeats every 30 s and
   tokens of 900 s that renews at about 450 s.
+- **kraken**: no login frame; `prepare` asks REST `GetWebSocketsToken` (signed with the key,
+  from the connection's own address) for a token, and every private subscribe (`executions`,
+  `balances`, on `wss://ws-auth.kraken.com/v2`) carries it in `params.token`. The token must
+  be used within 15 minutes and then lasts while the connection does: one per session. NOTE:
+  the session must await `prepare` before it subscribes (see `prepare`).
 - **coinbase**: no login; the private endpoint (`advanced-trade-ws-user`) takes `user`
   subscribes (`user:BTC-USD`), each carrying a fresh ES256 JWT (the key name is the key file,
   the EC private key PEM the secret file) built when the limiter lets the frame go. A refused
@@ -44,8 +49,10 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, cast
 
+import aiohttp
+
 from connquota.api.plan import PlanCredential
-from connquota.exchanges.dialects import binance, bybit, coinbase, deribit
+from connquota.exchanges.dialects import binance, bybit, coinbase, deribit, kraken
 from connquota.exchanges.dialects.base import (
     Ack,
     ApiCredentials,
@@ -100,11 +107,13 @@ class PrivateWire:
         self._credentials = credentials
         self.names: dict[str, str] = {}
         """Exchange name -> the plan's stream name, for streams subscribed on this session."""
-        self.logs_on = self.name != "coinbase" and (
+        self.logs_on = self.name not in ("coinbase", "kraken") and (
             self.name != "binance" or binance.supports_session_logon(credentials)
         )
         """False for Binance keys that cannot `session.logon` (they subscribe with a signature)
-        and for Coinbase (every subscribe carries its own JWT)."""
+        and for Coinbase and Kraken (every subscribe carries its own JWT or token)."""
+        self.kraken_token: str | None = None
+        """Kraken: the WebSocket token of this session (from `prepare`)."""
         self.token: DeribitToken | None = None
         """Deribit: the session's tokens (from `public/auth`)."""
         self._refresh_due = False
@@ -115,6 +124,27 @@ class PrivateWire:
 
     def __getattr__(self, attr: str) -> Any:
         return getattr(self.fmt, attr)
+
+    async def prepare(self, http: aiohttp.ClientSession, ws_url: str) -> LoginResult | None:
+        """What a session must do before it logs in or subscribes: Kraken's REST call
+        `GetWebSocketsToken` (POST, `API-Key` / `API-Sign`, the token kept for this session);
+        None for the other dialects and when the token came, a refused `LoginResult` (code:
+        the exchange's error, e.g. `EAPI:Invalid key`) when the exchange refused the key.
+        aiohttp errors and timeouts propagate (a transient failure, not a refusal).
+
+        The session must call it with its egress session and the URL it connected to (the
+        token URL is derived from it: `kraken.token_url`)."""
+        if self.name != "kraken":
+            return None
+        headers, body = kraken.token_request(self._credentials, _now_ms())
+        url = kraken.token_url(ws_url)
+        async with http.post(url, data=body, headers=headers) as resp:
+            doc = await resp.json(content_type=None)
+        token, error = kraken.parse_token_answer(doc)
+        if token is None:
+            return LoginResult(False, None, error, "GetWebSocketsToken refused")
+        self.kraken_token = token
+        return None
 
     def login_frame(self, request_id: Any) -> str | None:
         """The signed login frame, or None when the session needs none (Binance HMAC/RSA)."""
@@ -148,6 +178,9 @@ class PrivateWire:
             return deribit.build_private_subscribe([wire_name(s) for s in streams], request_id)
         if self.name == "coinbase":
             return self._coinbase_signed("subscribe", streams)
+        if self.name == "kraken":  # one channel per request (`subscribe_group`)
+            token = self.kraken_token or ""  # none: the exchange refuses the subscribe
+            return kraken.build_private_subscribe(wire_name(streams[0]), token, request_id)
         return cast(
             str | None, self.fmt.build_subscribe([wire_name(s) for s in streams], request_id)
         )
@@ -163,6 +196,11 @@ class PrivateWire:
             return deribit.build_private_unsubscribe([wire_name(s) for s in streams], request_id)
         if self.name == "coinbase":
             return self._coinbase_signed("unsubscribe", streams)
+        if self.name == "kraken":
+            token = self.kraken_token or ""
+            return kraken.build_private_subscribe(
+                wire_name(streams[0]), token, request_id, unsubscribe=True
+            )
         return cast(
             str | None, self.fmt.build_unsubscribe([wire_name(s) for s in streams], request_id)
         )
@@ -189,7 +227,7 @@ class PrivateWire:
                 return dataclasses.replace(event, stream=name)
         if self.name == "deribit":
             return self._deribit_event(event, text)
-        if self.name == "coinbase" and isinstance(event, Ack):
+        if self.name in ("coinbase", "kraken") and isinstance(event, Ack):
             return dataclasses.replace(event, streams=self._plan_names(event.streams))
         return event
 
@@ -231,6 +269,8 @@ class PrivateWire:
         """Whether `event` says the exchange refused the key, signature or timestamp."""
         if self.name == "coinbase":  # every Coinbase error has the code `error`
             return event.msg.startswith(coinbase.AUTH_FAILURE)
+        if self.name == "kraken":  # Kraken's code is the request's method
+            return event.msg.startswith(kraken.AUTH_ERRORS)
         return event.code in AUTH_ERROR_CODES.get(self.name, frozenset())
 
 

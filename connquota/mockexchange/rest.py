@@ -13,7 +13,9 @@ sets and filters. The mock trades any symbol: the list is `DEFAULT_SYMBOLS`, eve
 connection subscribed to, and any asked for by name.
 
 Kraken (`/0/public/Time`, `/0/public/Assets`, `/0/public/AssetPairs`): the `{"error": [],
-"result": ..}` envelope, pairs keyed by Kraken's ids (`XXBTZUSD`, altname `XBTUSD`).
+"result": ..}` envelope, pairs keyed by Kraken's ids (`XXBTZUSD`, altname `XBTUSD`); and the one
+private call, `POST /0/private/GetWebSocketsToken` (API-Key / API-Sign of a test account, a
+token the Kraken session accepts in private subscribes within 15 minutes, scaled).
 
 These requests are outside what connquota plans (it manages WebSocket connections only): the
 mock answers them without counting them against any limit (docs/mock-exchange.md).
@@ -21,14 +23,18 @@ mock answers them without counting them against any limit (docs/mock-exchange.md
 
 from __future__ import annotations
 
+import hmac
 import json
+import secrets
 import time
+import urllib.parse
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from connquota.api.limits import Dialect
-from connquota.exchanges.dialects import binance
+from connquota.exchanges.dialects import binance, kraken
 
 if TYPE_CHECKING:
     from connquota.mockexchange.server import MockExchange
@@ -501,6 +507,60 @@ def _kraken_routes(app: web.Application, mx: MockExchange) -> None:
                 return envelope({}, ["EQuery:Unknown asset pair"])
         return envelope(result)
 
+    async def websockets_token(request: web.Request) -> web.Response:
+        """``POST /0/private/GetWebSocketsToken``: a token for the test account whose key
+        signed the request (API-Sign as Kraken documents it, the nonce above the key's last)."""
+        body = await request.text()
+        token, error = kraken_issue_token(
+            mx, request.headers.get("API-Key", ""), request.headers.get("API-Sign", ""), body
+        )
+        if token is None:
+            return envelope({}, [error])
+        return envelope({"token": token, "expires": kraken.TOKEN_TTL_S})
+
     app.router.add_get("/0/public/Time", server_time)
     app.router.add_get("/0/public/Assets", assets)
     app.router.add_get("/0/public/AssetPairs", asset_pairs)
+    app.router.add_post(kraken.TOKEN_PATH, websockets_token)
+
+
+@dataclass
+class KrakenToken:
+    """A WebSocket token the mock issued: whose key, when (monotonic), and the connections a
+    private subscription bound it to (then it does not expire while one of them is open)."""
+
+    api_key: str
+    issued_mono: float
+    bound: set[str] = field(default_factory=set)
+
+
+def kraken_tokens(mx: MockExchange) -> dict[str, KrakenToken]:
+    """The tokens the mock issued (``token -> KrakenToken``)."""
+    tokens: dict[str, KrakenToken] = mx.__dict__.setdefault("kraken_tokens", {})
+    return tokens
+
+
+def kraken_issue_token(
+    mx: MockExchange, api_key: str, api_sign: str, body: str
+) -> tuple[str | None, str]:
+    """(token, "") for a correctly signed ``GetWebSocketsToken``; (None, the error) else:
+    ``EAPI:Invalid key`` (unknown or revoked key), ``EAPI:Invalid signature``,
+    ``EAPI:Invalid nonce`` (not above the key's last)."""
+    account = mx.settings.account_for_key(api_key)
+    if account is None:
+        return None, kraken.INVALID_KEY
+    form = dict(urllib.parse.parse_qsl(body))
+    nonce = form.get("nonce", "")
+    try:
+        expected = kraken.api_sign(kraken.TOKEN_PATH, nonce, body, account.secret)
+    except ValueError:  # the account's secret is not base64
+        return None, kraken.INVALID_SIGNATURE
+    if not nonce.isdigit() or not hmac.compare_digest(expected, api_sign):
+        return None, kraken.INVALID_SIGNATURE
+    nonces: dict[str, int] = mx.__dict__.setdefault("_kraken_nonces", {})
+    if int(nonce) <= nonces.get(api_key, 0):
+        return None, kraken.INVALID_NONCE
+    nonces[api_key] = int(nonce)
+    token = secrets.token_urlsafe(32)
+    kraken_tokens(mx)[token] = KrakenToken(api_key, time.monotonic())
+    return token, ""

@@ -16,11 +16,23 @@ Books carry a CRC32 ``checksum`` of the top 10 levels of each side after every s
 update (`book_checksum`). Prices and quantities are JSON numbers: the checksum is computed from
 their text as sent, so books are read with a decimal-preserving parser (`loads_exact`).
 
+Private data (``wss://ws-auth.kraken.com/v2``): the channels ``executions`` and ``balances``
+(connquota's stream strings are the bare channel names), each subscribed with a ``token`` in
+its params. The token comes from the REST call ``POST /0/private/GetWebSocketsToken`` (form
+body ``nonce=<ms>``, headers ``API-Key`` and ``API-Sign`` = base64 HMAC-SHA512, keyed with the
+base64-decoded secret, of the URL path + SHA-256(nonce + body): `api_sign`); it "should be used
+within 15 minutes of creation, but it does not expire once a successful Websockets connection
+and private subscription has been made and is maintained". Private data messages carry a
+``sequence`` number.
+
 Source: exchange-dialects.md section 6 (https://docs.kraken.com/api/docs/websocket-v2/).
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import zlib
 from datetime import UTC, datetime
@@ -63,7 +75,21 @@ PATHS = {"/v2": "public"}
 PUBLIC_CHANNELS = frozenset({"trade", "ticker", "book", "ohlc"})
 """Public market-data channels connquota subscribes (``instrument``, ``level3`` not yet)."""
 PRIVATE_CHANNELS = frozenset({"executions", "balances"})
-"""Token-authenticated channels (not spoken yet)."""
+"""Token-authenticated channels (stream strings: the channel names themselves)."""
+TOKEN_PATH = "/0/private/GetWebSocketsToken"
+"""The REST call that issues WebSocket tokens."""
+TOKEN_TTL_S = 900
+"""A token "should be used within 15 minutes of creation" (``expires`` in the answer)."""
+REST_HOSTS = {"ws-auth.kraken.com": "api.kraken.com", "beta-ws-auth.kraken.com": "api.kraken.com"}
+"""The REST host of a private WebSocket host (any other host, e.g. a mock, serves both)."""
+INVALID_KEY = "EAPI:Invalid key"
+INVALID_SIGNATURE = "EAPI:Invalid signature"
+INVALID_NONCE = "EAPI:Invalid nonce"
+INVALID_SESSION = "ESession:Invalid session"
+"""The mock's error for a private subscribe with an unknown, expired or revoked token (the
+exact text Kraken sends was not found in the sources: exchange-dialects.md 6.6)."""
+AUTH_ERRORS = (INVALID_KEY, INVALID_SIGNATURE, INVALID_SESSION, "EGeneral:Permission denied")
+"""Errors that mean the key or its token was refused."""
 
 BOOK_DEPTHS = (10, 25, 100, 500, 1000)
 DEFAULT_BOOK_DEPTH = 10
@@ -242,11 +268,80 @@ def build_ping(request_id: RequestId = None) -> str | None:
 
 def build_login(credentials: ApiCredentials, now_ms: int, request_id: RequestId) -> str:
     """Kraken has no login frame: private subscriptions carry a REST-issued token."""
-    raise WireFormatError("Kraken private channels (token from GetWebSocketsToken): not spoken")
+    raise WireFormatError("Kraken has no login frame: private subscribes carry a token")
+
+
+def api_sign(url_path: str, nonce: str, body: str, secret_b64: str) -> str:
+    """``API-Sign``: base64(HMAC-SHA512(base64decode(secret), path + SHA256(nonce + body))),
+    as Kraken's own Python example computes it."""
+    digest = hashlib.sha256((nonce + body).encode()).digest()
+    mac = hmac.new(base64.b64decode(secret_b64), url_path.encode() + digest, hashlib.sha512)
+    return base64.b64encode(mac.digest()).decode()
+
+
+def token_request(credentials: ApiCredentials, nonce_ms: int) -> tuple[dict[str, str], str]:
+    """Headers and form body of ``GetWebSocketsToken`` (the nonce: epoch ms, increasing)."""
+    nonce = str(nonce_ms)
+    body = f"nonce={nonce}"
+    sign = api_sign(TOKEN_PATH, nonce, body, credentials.secret)
+    headers = {"API-Key": credentials.api_key, "API-Sign": sign,
+               "Content-Type": "application/x-www-form-urlencoded"}  # fmt: skip
+    return headers, body
+
+
+def token_url(private_ws_url: str) -> str:
+    """The ``GetWebSocketsToken`` URL beside a private WebSocket URL: ``wss://ws-auth.kraken.
+    com/v2`` -> ``https://api.kraken.com/0/private/GetWebSocketsToken``; any other host (a
+    mock, a relay) is asked itself."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(private_ws_url)
+    scheme = "https" if parts.scheme == "wss" else "http"
+    host = parts.hostname or ""
+    netloc = REST_HOSTS.get(host) or parts.netloc
+    return f"{scheme}://{netloc}{TOKEN_PATH}"
+
+
+def parse_token_answer(doc: Any) -> tuple[str | None, str]:
+    """``{"error":[],"result":{"token":..,"expires":900}}`` -> (token, ""); an answer with
+    errors -> (None, the first error)."""
+    if not isinstance(doc, dict):
+        return None, "not a Kraken REST answer"
+    errors = doc.get("error")
+    if isinstance(errors, list) and errors:
+        return None, str(errors[0])
+    result = doc.get("result")
+    token = result.get("token") if isinstance(result, dict) else None
+    if not isinstance(token, str) or not token:
+        return None, "no token in the answer"
+    return token, ""
+
+
+def build_private_subscribe(
+    channel: str, token: str, request_id: RequestId, unsubscribe: bool = False
+) -> str:
+    """``{"method":"subscribe","params":{"channel":"executions","token":..,"snap_orders":true,
+    "snap_trades":true},"req_id":N}`` (``balances``: ``snapshot``)."""
+    if channel not in PRIVATE_CHANNELS:
+        raise WireFormatError(f"not a Kraken private channel: {channel!r}")
+    params: dict[str, Any] = {"channel": channel, "token": token}
+    if not unsubscribe:
+        if channel == "executions":
+            params.update(snap_orders=True, snap_trades=True)
+        else:
+            params["snapshot"] = True
+    body: dict[str, Any] = {"method": "unsubscribe" if unsubscribe else "subscribe",
+                            "params": params}  # fmt: skip
+    rid = _request_id(request_id)
+    if rid is not None:
+        body["req_id"] = rid
+    return dumps(body)
 
 
 def _result_stream(result: dict[str, Any]) -> str | None:
     channel, symbol = result.get("channel"), result.get("symbol")
+    if channel in PRIVATE_CHANNELS:
+        return str(channel)
     if not isinstance(channel, str) or not isinstance(symbol, str):
         return None
     spec = _PARAM.get(channel)
@@ -292,6 +387,12 @@ def parse_server_message(text: str, default_stream: str | None = None) -> Server
         items = obj.get("data")
         item = items[0] if isinstance(items, list) and items and isinstance(items[0], dict) else {}
         return Notice("status", str(item.get("system", "")), dumps(item), raw=obj)
+    if channel in PRIVATE_CHANNELS and isinstance(obj.get("data"), list):
+        sequence = obj.get("sequence")
+        seq = sequence if isinstance(sequence, int) and not isinstance(sequence, bool) else None
+        entries = obj["data"]
+        head = entries[0] if entries and isinstance(entries[0], dict) else {}
+        return Data(str(channel), seq, parse_time_ms(head.get("timestamp")), obj, text)
     if channel in PUBLIC_CHANNELS and isinstance(obj.get("data"), list):
         items = obj["data"]
         first = items[0] if items and isinstance(items[0], dict) else None
@@ -402,6 +503,23 @@ def build_ack(
     if method == "subscribe":
         result["snapshot"] = snapshot
     result["symbol"] = symbol
+    body: dict[str, Any] = {"method": method, "result": result, "success": True}
+    body["time_in"] = time_in or now_rfc3339()
+    body["time_out"] = now_rfc3339()
+    rid = _request_id(request_id)
+    if rid is not None:
+        body["req_id"] = rid
+    return dumps(body)
+
+
+def build_private_ack(
+    method: str, channel: str, request_id: RequestId = None, time_in: str | None = None
+) -> str:
+    """The acknowledgement of a private subscribe: ``{"method":"subscribe","result":
+    {"channel":"executions","snapshot":true},"success":true,..}`` (no symbol)."""
+    result: dict[str, Any] = {"channel": channel}
+    if method == "subscribe":
+        result["snapshot"] = True
     body: dict[str, Any] = {"method": method, "result": result, "success": True}
     body["time_in"] = time_in or now_rfc3339()
     body["time_out"] = now_rfc3339()
@@ -546,3 +664,22 @@ def build_data(stream: str, seq: int, event_time_ms: int, kind: str = "update") 
     if channel == "ohlc":
         return build_ohlc(stream, seq, event_time_ms, kind)
     raise WireFormatError(f"no data builder for {stream!r}")
+
+
+def build_private_data(channel: str, seq: int, event_time_ms: int, kind: str = "update") -> str:
+    """One ``executions`` (an order's execution report) or ``balances`` (a ledger entry)
+    message with ``sequence`` = seq."""
+    ts = rfc3339(event_time_ms)
+    if channel == "executions":
+        item: dict[str, Any] = {"order_id": f"O{seq:06d}-ABCDE-FGHIJK", "exec_id": f"T{seq:06d}",
+                                "exec_type": "trade" if seq % 2 else "new",
+                                "order_status": "filled" if seq % 2 else "new",
+                                "symbol": "BTC/USD", "side": "buy", "order_type": "limit",
+                                "order_qty": 0.001, "limit_price": 42000.0,
+                                "timestamp": ts}  # fmt: skip
+    else:
+        item = {"ledger_id": f"L{seq:06d}-ABCDE-FGHIJK", "ref_id": f"T{seq:06d}",
+                "timestamp": ts, "type": "trade", "asset": "BTC", "asset_class": "currency",
+                "category": "trade", "wallet_type": "spot", "wallet_id": "main",
+                "amount": 0.001, "fee": 0.0, "balance": round(1 + seq * 0.001, 6)}  # fmt: skip
+    return dumps({"channel": channel, "type": kind, "data": [item], "sequence": seq})

@@ -1,8 +1,11 @@
-"""Kraken spot WebSocket v2 on the mock: ``/v2`` (public market data)."""
+"""Kraken spot WebSocket v2 on the mock: ``/v2`` (public market data, and the private channels
+``executions`` / ``balances`` with a token from the mock's ``GetWebSocketsToken``)."""
 
 from __future__ import annotations
 
+import time
 import zlib
+from typing import Any
 
 from connquota.api.limits import LimitName
 from connquota.exchanges.dialects import kraken
@@ -13,7 +16,9 @@ from connquota.exchanges.dialects.base import (
     SubscribeRequest,
     WireFormatError,
 )
+from connquota.mockexchange import connection as cstate
 from connquota.mockexchange.books import MockBook
+from connquota.mockexchange.rest import kraken_tokens
 from connquota.mockexchange.sessions.base import DialectSession
 
 STREAMS_OVER = "Exceeded subscription limit"
@@ -58,7 +63,11 @@ class KrakenSession(DialectSession):
             self.mx.note_malformed(self.conn)
             self.send(request.reply)
         elif isinstance(request, OtherRequest):
-            self.send(kraken.build_error(request.method, TOKEN_REQUIRED, request.request_id))
+            params = request.params if isinstance(request.params, dict) else {}
+            if params.get("channel") in kraken.PRIVATE_CHANNELS:
+                self._on_private(request.method, params, request.request_id, time_in)
+            else:
+                self.send(kraken.build_error(request.method, TOKEN_REQUIRED, request.request_id))
         elif isinstance(request, SubscribeRequest):
             await self._on_subscribe(request, text, time_in)
 
@@ -97,6 +106,41 @@ class KrakenSession(DialectSession):
             self.send(kraken.build_ack("subscribe", stream, rid, snapshot, time_in))
         self.mx.subscribe(self.conn, accepted)
 
+    # -- private channels --------------------------------------------------------------------
+
+    def _token_account(self, token: Any) -> str | None:
+        """The API key of a usable token: issued by the mock's REST, its key not revoked, and
+        either used within 15 minutes (scaled) of creation or bound to an open connection."""
+        issued = kraken_tokens(self.mx).get(token) if isinstance(token, str) else None
+        if issued is None or self.mx.settings.account_for_key(issued.api_key) is None:
+            return None
+        fresh = time.monotonic() - issued.issued_mono < self.mx.settings.scaled_s(
+            kraken.TOKEN_TTL_S
+        )
+        open_ids = {c.conn_id for c in self.mx.websockets() if c.state == cstate.WEBSOCKET}
+        if not fresh and not (issued.bound & open_ids):
+            return None
+        return issued.api_key
+
+    def _on_private(self, method: str, params: dict[str, Any], rid: Any, time_in: str) -> None:
+        """A private subscribe / unsubscribe: the token must be usable; the channel is the
+        account's own feed ``<channel>@<account>``; the token is bound to this connection."""
+        channel = str(params["channel"])
+        api_key = self._token_account(params.get("token"))
+        account = self.mx.settings.account_for_key(api_key) if api_key else None
+        if account is None:
+            self.send(kraken.build_error(method, kraken.INVALID_SESSION, rid, None, time_in))
+            return
+        if self.conn.account is None:
+            self.mx.login(self.conn, account, None)
+        kraken_tokens(self.mx)[params["token"]].bound.add(self.conn.conn_id)
+        feed = f"{channel}@{account.account}"
+        if method == "unsubscribe":
+            self.mx.unsubscribe(self.conn, [feed])
+        elif feed not in self.conn.streams:
+            self.mx.subscribe(self.conn, [feed], private=True)
+        self.send(kraken.build_private_ack(method, channel, rid, time_in))
+
     def _book(self, stream: str) -> tuple[MockBook, int]:
         _, _, depth = kraken.stream_parts(stream)
         depth = depth or kraken.DEFAULT_BOOK_DEPTH
@@ -116,6 +160,8 @@ class KrakenSession(DialectSession):
         return kraken.build_book(stream, bids, asks, checksum, event_time_ms, "update")
 
     def frame(self, stream: str, seq: int, event_time_ms: int) -> str:
+        if "@" in stream:  # an account's private channel
+            return kraken.build_private_data(stream.split("@", 1)[0], seq, event_time_ms)
         try:
             channel = kraken.stream_parts(stream)[0]
         except WireFormatError:
@@ -128,6 +174,9 @@ class KrakenSession(DialectSession):
         return stream not in self.no_snapshot
 
     def snapshot_frame(self, stream: str, seq: int, event_time_ms: int) -> str:
+        if "@" in stream:
+            channel = stream.split("@", 1)[0]
+            return kraken.build_private_data(channel, seq, event_time_ms, "snapshot")
         if kraken.stream_parts(stream)[0] == "book":
             return self._book_frame(stream, seq, event_time_ms, snapshot=True)
         return kraken.build_data(stream, seq, event_time_ms, kind="snapshot")
