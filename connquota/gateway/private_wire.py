@@ -81,6 +81,8 @@ AUTH_ERROR_CODES = {
 """Error codes that mean the exchange refused the key, its signature or its timestamp."""
 
 
+DERIBIT_LOGIN_ID_BASE = 1_000_000_000
+"""Deribit login ids: this plus the session generation (the session's own ids count from 1)."""
 UNSIGNED_JWT = "unsigned"
 """What a Coinbase message carries when the secret is no EC key (the exchange refuses it)."""
 
@@ -121,6 +123,8 @@ class PrivateWire:
         """The id of the renewal in flight (its answer is not a login)."""
         if self.name == "deribit":
             self.build_ping_reply = self._deribit_ping_reply
+        if self.name == "coinbase":
+            self.build_heartbeats_subscribe = self._coinbase_heartbeats
 
     def __getattr__(self, attr: str) -> Any:
         return getattr(self.fmt, attr)
@@ -155,6 +159,9 @@ class PrivateWire:
             return binance.build_login(creds, now, request_id, BINANCE_RECV_WINDOW_MS)
         if self.name == "bybit":
             return bybit.build_login(creds, now, request_id, BYBIT_EXPIRES_AHEAD_MS)
+        if self.name == "deribit":  # a numeric JSON-RPC id, apart from the session's counter
+            digits = "".join(ch for ch in str(request_id) if ch.isdigit())
+            return deribit.build_login(creds, now, DERIBIT_LOGIN_ID_BASE + int(digits or 0))
         return cast(str | None, self.fmt.build_login(creds, now, request_id))
 
     def serves(self, stream: str) -> bool:
@@ -205,17 +212,27 @@ class PrivateWire:
             str | None, self.fmt.build_unsubscribe([wire_name(s) for s in streams], request_id)
         )
 
-    def _coinbase_signed(self, kind: str, streams: list[str]) -> str:
-        """A Coinbase subscribe / unsubscribe with a JWT made now (one per message)."""
+    def _coinbase_heartbeats(self, request_id: RequestId = None) -> str:
+        """The `heartbeats` subscribe with a JWT, as the documented request carries one on the
+        user-data endpoint."""
+        doc = json.loads(coinbase.build_heartbeats_subscribe(request_id))
+        doc["jwt"] = self._coinbase_jwt()
+        return json.dumps(doc, separators=(",", ":"))
+
+    def _coinbase_jwt(self) -> str:
         creds = self._credentials
         try:
-            jwt = coinbase.build_jwt(
+            return coinbase.build_jwt(
                 creds.api_key, creds.secret, int(time.time()), secrets.token_hex(16)
             )
         except (ValueError, TypeError, WireFormatError):
             # the secret file holds no EC private key: the message goes without a valid JWT,
             # the exchange answers "authentication failure" and the connection is refused
-            jwt = UNSIGNED_JWT
+            return UNSIGNED_JWT
+
+    def _coinbase_signed(self, kind: str, streams: list[str]) -> str:
+        """A Coinbase subscribe / unsubscribe with a JWT made now (one per message)."""
+        jwt = self._coinbase_jwt()
         return coinbase.build_authenticated(kind, [wire_name(s) for s in streams], jwt)
 
     def parse_server_message(self, text: str, default_stream: str | None = None) -> ServerEvent:

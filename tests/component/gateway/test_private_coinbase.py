@@ -7,6 +7,7 @@ when the Secret changes; a revoked key ends the session and is reported; 0 viola
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 from conftest import GW_IP, mock_attempts, shrunk, wait_for
@@ -19,6 +20,9 @@ from test_private_streams import (
 
 from connquota.api.plan import PlanCredential
 from connquota.exchanges import get_profile
+from connquota.exchanges.dialects import coinbase
+from connquota.exchanges.dialects.base import ApiCredentials
+from connquota.gateway.private_wire import PrivateWire
 from connquota.gateway.protocol import connect_url
 from connquota.mockexchange.keys import asymmetric_account, generate_key_pair
 from connquota.mockexchange.settings import MockSettings, TestAccount
@@ -46,10 +50,28 @@ async def start(harness, tmp_path: Path, account: TestAccount, private_pem: str)
     return mock, gw, cred
 
 
-def test_private_connections_go_to_the_user_data_endpoint():
+def test_private_connections_go_to_the_user_data_endpoint_and_sign_every_message():
     profile = get_profile("coinbase")
     assert connect_url(profile, private=True) == "wss://advanced-trade-ws-user.coinbase.com"
     assert connect_url(profile, private=False) == "wss://advanced-trade-ws.coinbase.com"
+    private_pem, public_pem = generate_key_pair("ec")
+    wire = PrivateWire(coinbase, ApiCredentials(KEY_NAME, private_pem))
+    assert not wire.logs_on
+    frames = [
+        json.loads(wire.build_heartbeats_subscribe(None)),
+        json.loads(wire.build_subscribe(["user:BTC-USD#a"], 1) or "{}"),
+        json.loads(wire.build_subscribe(["user:BTC-USD#a"], 2) or "{}"),
+    ]
+    assert frames[1]["channel"] == "user" and frames[1]["product_ids"] == ["BTC-USD"]
+    nonces = set()
+    for frame in frames:
+        header, claims, signature, signed = coinbase.jwt_parts(frame["jwt"]) or ({}, {}, b"", "")
+        assert header["alg"] == "ES256" and header["kid"] == KEY_NAME == claims["sub"]
+        assert claims["iss"] == "cdp" and claims["exp"] - claims["nbf"] == 120
+        assert "uri" not in claims
+        assert coinbase.verify_es256(public_pem, signed, signature)
+        nonces.add(header["nonce"])
+    assert len(nonces) == 3, "a fresh JWT per message"
 
 
 async def test_user_orders_reach_consumers_with_a_fresh_jwt_per_subscribe(harness, tmp_path):
