@@ -28,6 +28,7 @@ import random
 from typing import Any
 
 import aiohttp
+import orjson
 
 from connquota.gateway.hub import StreamHub
 
@@ -123,8 +124,10 @@ class PeerLink:
             try:
                 # A data frame ends with its payload (peers.py builds it so): parse only the
                 # head, splice the payload through as the exchange sent it.
-                body = json.loads(text[:cut] + "}" if cut > 0 else text)
-            except ValueError:
+                body = orjson.loads(text[:cut] + "}" if cut > 0 else text)
+            except orjson.JSONDecodeError:
+                continue
+            if type(body) is not dict:
                 continue
             if cut > 0:
                 publish(
