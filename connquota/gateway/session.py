@@ -260,6 +260,19 @@ class Session:
             return False
         self.private = PrivateWire(self.fmt, creds)
         self.fmt = self.private
+        # Kraken: the WebSocket token from REST GetWebSocketsToken, through the same egress.
+        try:
+            async with asyncio.timeout(self.conn.profile.connectTimeoutSeconds):
+                refused = await self.private.prepare(
+                    self.ctx.egress.session(self.conn.address), self.url
+                )
+        except (aiohttp.ClientError, OSError, TimeoutError, ValueError) as exc:
+            log.warning("no private session token: %s", type(exc).__name__, extra=self.extra)
+            self.end("token-unavailable", True)
+            return False
+        if refused is not None:
+            self._auth_refused(refused.code, refused.msg)
+            return False
         return True
 
     async def _login_now(self) -> None:

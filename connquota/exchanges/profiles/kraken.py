@@ -26,6 +26,9 @@ PROFILE = ExchangeProfile(
     # they share budgets is unknown, so they are one domain.
     domain="ws.kraken.com",
     endpoint="wss://ws.kraken.com/v2",
+    # Private channels (executions, balances) on ws-auth, each subscribe carrying the token
+    # from REST GetWebSocketsToken -- docs/exchange-dialects.md (Kraken private).
+    privateEndpoint="wss://ws-auth.kraken.com/v2",
     dialect=Dialect.KRAKEN,
     limits=[
         # No published connection rate; handshakes go through Cloudflare, which answers 429 --

@@ -4,9 +4,7 @@ to `executions` and `balances` carry it, their data and acks come back under the
 names; a wrong key is refused by the REST call (EAPI:Invalid signature / key); a revoked key's
 session is closed by the exchange, its token then refused (an auth error to the session).
 
-Not through a gateway process yet: the session must await `PrivateWire.prepare` (the REST
-call) before it subscribes, which connquota/gateway/session.py does not do yet (see
-docs/exchange-dialects.md, Kraken private)."""
+Through a gateway process: test_private_kraken_gateway.py."""
 
 from __future__ import annotations
 
