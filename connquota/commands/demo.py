@@ -20,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--profile",
         default="binance-spot",
-        help="binance-spot, okx, bybit, kraken, deribit or coinbase",
+        help="binance-spot, binance-usdm, okx, bybit, kraken, deribit or coinbase",
     )
     parser.add_argument("--streams", type=int, default=3000, help="streams in the quota")
     parser.add_argument("--gateways", type=int, default=3, help="gateway processes")

@@ -48,6 +48,13 @@ SYMBOL_CHANNELS = {
     "coinbase": ["market_trades", "ticker", "level2"],
 }
 
+PROFILE_CHANNELS = {
+    # USD-M serves trades, mark prices and klines on /market (the profile's endpoint) and books
+    # on /public: the demo's quota is one endpoint, so /market channels only.
+    "binance-usdm": ["aggTrade", "markPrice@1s", "kline_1m"],
+}
+"""Channels of a profile whose endpoint serves other channels than its dialect's default."""
+
 
 def _symbols(dialect: str, count: int) -> list[str]:
     if dialect == "binance":
@@ -109,7 +116,7 @@ def build_world(
     """
     base = get_profile(profile_name)
     dialect = base.dialect.value
-    channels = SYMBOL_CHANNELS[dialect]
+    channels = PROFILE_CHANNELS.get(profile_name, SYMBOL_CHANNELS[dialect])
     symbols = _symbols(dialect, math.ceil(streams / len(channels)))
     attempts = base.limit(LimitName.CONNECTION_ATTEMPTS)
     per_conn_limit = base.limit(LimitName.STREAMS_PER_CONNECTION)

@@ -96,3 +96,21 @@ def test_demo_with_the_coinbase_profile_keeps_every_limit_and_exits_0(tmp_path):
     assert result.returncode == 0, out[-3000:] + result.stderr[-3000:]
     assert "violations recorded by the exchange: 0" in out
     assert "streams delivered to consumers: 600/600" in out
+
+
+@pytest.mark.soak
+@pytest.mark.timeout(240)
+def test_demo_with_the_binance_usdm_profile_keeps_every_limit_and_exits_0(tmp_path):
+    """USD-M's own limit domain and its /market route: every stream of the demo's quota is a
+    /market channel, so every one reaches the consumers."""
+    result = subprocess.run(
+        [sys.executable, "-m", "connquota.cli", "demo", "--profile", "binance-usdm",
+         "--duration", "50", "--streams", "600", "--workdir", str(tmp_path)],
+        capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    out = result.stdout
+    assert result.returncode == 0, out[-3000:] + result.stderr[-3000:]
+    assert "violations recorded by the exchange: 0" in out
+    peaks = [int(p) for p in re.findall(r"= (\d+)% of the limit", out)]
+    assert len(peaks) == 3 and min(peaks) >= 90, peaks
+    assert "streams delivered to consumers: 600/600" in out
