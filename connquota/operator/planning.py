@@ -347,6 +347,7 @@ def empty_pod_plan(quota: QuotaInput, ordinal: int, generation: int) -> PodPlan:
 from connquota.planner.draining import (  # noqa: E402
     DrainSteps,
     NoRoom,
+    drain_leaving,
     drain_steps,
     same_connections,
     same_plan,
@@ -378,6 +379,7 @@ __all__ = [
     "QuotaShares",
     "budget_table",
     "certifies",
+    "drain_leaving",
     "drain_steps",
     "expire",
     "forgettable",

@@ -77,7 +77,7 @@ class QuotaPass(ReconcilerBase):
         retry: float | None = None
         # (status.rollout, rolled out) once the fleet's pod template was looked at.
         rolling: tuple[dict[str, Any], bool] | None = None
-        draining = state.rollout.drain is not None
+        draining = state.rollout.drain is not None or state.rollout.scale_drain is not None
 
         # spec.paused: nothing is planned, published or scaled; the gateways keep enforcing
         # their last plan (so every limit still holds) and the status keeps being reported.
@@ -103,7 +103,10 @@ class QuotaPass(ReconcilerBase):
                     raise planning.QuotaProblem("ImpossibleQuota", f"no share computed for {key}")
                 own = planning.quarantined(own, quarantines)
                 own = planning.without_addresses(own, round_.proxy_down)
-                target = self._target(state, qin, streams, pool, own, published)
+                notes: list[tuple[str, str]] = []
+                target = self._target(state, qin, streams, pool, own, published, notes)
+                for reason, message in notes:
+                    await self._event(body, state, reason, message)
                 state.plans.target = target
                 now = round(self.monotonic(), 3)
                 assert shares is not None  # `own` came from it
@@ -161,9 +164,12 @@ class QuotaPass(ReconcilerBase):
                     reports,
                     current_replicas,
                     body,
-                    settled=reached and waiting is None and plan is None,
+                    settled=reached
+                    and waiting is None
+                    and plan is None
+                    and state.rollout.scale_drain is None,
                 )
-        if draining or state.rollout.drain is not None:
+        if draining or state.rollout.drain is not None or state.rollout.scale_drain is not None:
             # The next step of a drain (or the next pod's, once one ended): nothing in the
             # cluster may change to trigger the pass that publishes it.
             retry = min(retry, 1.0) if retry is not None else 1.0
@@ -243,14 +249,20 @@ class QuotaPass(ReconcilerBase):
         pool: ExchangeEgressPool,
         own: QuotaShares,
         published: QuotaPlan | None,
+        notes: list[tuple[str, str]],
     ) -> QuotaPlan:
         """The plan to move towards: during a make-before-break drain, the drain's step, as
         long as a replan of the plan the drain started from changes nothing; else (an edit, a
         share or a quarantine changed it) the drain is given up and the quota replanned from
-        what is published, keeping the drained pod empty while it is being replaced."""
+        what is published, keeping the drained pod empty while it is being replaced.
+
+        A replan that removes ordinals (a scale-down) starts a scale-down drain
+        (`planning.drain_leaving`) when the staying pods have room for the leaving pods'
+        connections; else it is published as it is (the leaving pods close theirs as the
+        staying ones open them) and `notes` gets an Event saying why."""
         drain = state.rollout.drain
         if drain is None:
-            return planning.plan_target(qin, streams, pool.spec, own, published)
+            return self._scale_down_target(state, qin, streams, pool, own, published, notes)
         base = drain.steps.base
         if planning.same_plan(planning.plan_target(qin, streams, pool.spec, own, base), base):
             return drain.target()
@@ -271,6 +283,73 @@ class QuotaPass(ReconcilerBase):
             published,
             draining=frozenset({drain.ordinal}) if keep_empty else frozenset(),
         )
+
+    def _scale_down_target(
+        self,
+        state: QuotaState,
+        qin: QuotaInput,
+        streams: list[DesiredStream],
+        pool: ExchangeEgressPool,
+        own: QuotaShares,
+        published: QuotaPlan | None,
+        notes: list[tuple[str, str]],
+    ) -> QuotaPlan:
+        """The target outside a rollout drain: a scale-down drain's step while one runs (and
+        the replan it started for still stands), else the replan, or the first step of the
+        scale-down drain it needs."""
+        key = state.key
+        memory = state.rollout
+        scale = memory.scale_drain
+        if scale is not None:
+            fresh = planning.plan_target(qin, streams, pool.spec, own, scale.steps.base)
+            if planning.same_plan(fresh, scale.target):
+                return scale.plan()
+            log.info(
+                "quota %s: scale-down drain of pods %s given up in its %s step: the plan changed",
+                key,
+                sorted(scale.steps.leaving),
+                scale.phase.value,
+                extra={"quota": key},
+            )
+            memory.scale_drain = None
+        target = planning.plan_target(qin, streams, pool.spec, own, published)
+        if published is None:
+            return target
+        staying = [p.ordinal for p in target.pods if p.connections]
+        if not staying:
+            return target
+        leaving = frozenset(
+            p.ordinal for p in published.pods if p.connections and p.ordinal > max(staying)
+        )
+        if not leaving:
+            return target
+        steps = planning.drain_leaving(published, leaving, qin.spec.gateway.connectionsPerPod + 1)
+        pods = ", ".join(str(o) for o in sorted(leaving))
+        if isinstance(steps, planning.NoRoom):
+            log.info(
+                "quota %s: scale-down of pods %s break-before-make: %s",
+                key,
+                pods,
+                steps.reason,
+                extra={"quota": key},
+            )
+            notes.append(
+                (
+                    "ScalingDown",
+                    f"scaling down past pods {pods} break-before-make (their connections "
+                    f"close as the staying pods open them): {steps.reason}",
+                )
+            )
+            return target
+        memory.scale_drain = rollout.ScaleDrain(steps, target)
+        notes.append(
+            (
+                "Draining",
+                f"moving the connections of pods {pods} to spare room on the staying pods "
+                "before scaling down (make-before-break)",
+            )
+        )
+        return steps.make
 
     def _reports(self, key: str, body: dict[str, Any]) -> dict[int, GatewayReport]:
         uid = body["metadata"].get("uid", "")

@@ -103,6 +103,8 @@ class RolloutMemory:
     memory only: after an operator restart the published step is replanned as any plan)."""
     break_before_make: dict[int, str] = field(default_factory=dict)
     """ordinal -> why the pod being replaced could not be drained first (for status)."""
+    scale_drain: rollout.ScaleDrain | None = None
+    """The scale-down being drained make-before-break (in memory only, as `drain`)."""
 
 
 @dataclass

@@ -389,3 +389,56 @@ def advance_drain(
     if why is not None:
         return DrainStep(waiting=why)
     return DrainStep(done=True)
+
+
+# --- Make-before-break scale-down: the leaving pods' connections moved before they go --------
+
+
+@dataclass
+class ScaleDrain:
+    """A scale-down drained make-before-break, remembered between passes (docs/operator.md,
+    "Scaling down make-before-break"): `steps.make` (copies of the leaving pods' connections
+    open on the staying pods), then `steps.drained` (the leaving pods let theirs go); then the
+    quota is replanned from the drained plan and the StatefulSet scaled down past the leaving
+    pods once they acknowledged their empty plans (`Scaling._scale`)."""
+
+    steps: DrainSteps
+    target: QuotaPlan
+    """The replan that removes the leaving ordinals: the drain goes on while a replan of
+    `steps.base` still gives exactly this plan (an edit meanwhile gives it up)."""
+    phase: DrainPhase = DrainPhase.MAKE
+    """MAKE or DRAINED."""
+
+    def plan(self) -> QuotaPlan:
+        """The plan this phase publishes."""
+        return self.steps.make if self.phase == DrainPhase.MAKE else self.steps.drained
+
+
+def advance_scale_drain(
+    drain: ScaleDrain,
+    published: Mapping[int, PodPlan],
+    pods: Mapping[int, PodView],
+    pod_prefix: str = "",
+) -> DrainStep:
+    """The next step of the scale-down `drain` (its phase is advanced in place): the make
+    step waits until published, acknowledged by every pod and served (the copies live); the
+    drained step until published and acknowledged by every leaving pod still there; then done."""
+    leaving = ", ".join(f"{pod_prefix}{o}" for o in sorted(drain.steps.leaving))
+    if not _published(published, drain.plan()):
+        return DrainStep(
+            waiting=f"the {drain.phase.value} step of the scale-down of {leaving} to be published"
+        )
+    if drain.phase == DrainPhase.MAKE:
+        why = _unavailable(pods, drain.plan(), pod_prefix)
+        if why is not None:
+            return DrainStep(waiting=f"{why} (copies of {leaving}'s connections opening first)")
+        drain.phase = DrainPhase.DRAINED
+        return DrainStep(waiting=f"{leaving} to let their connections go (copies serve them)")
+    for o in sorted(drain.steps.leaving):
+        view = pods.get(o)
+        if view is not None and not view.terminating and not view.acked:
+            return DrainStep(
+                waiting=f"pod {view.name} to let its connections go (plan generation "
+                f"{view.generation_wanted}; copies serve them)"
+            )
+    return DrainStep(done=True)

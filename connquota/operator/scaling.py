@@ -40,7 +40,9 @@ class Scaling(ReconcilerBase):
         body: dict[str, Any],
     ) -> int:
         """Raise replicas to cover every published pod with connections; lower them only past
-        pods that acknowledged their empty plan (highest ordinals first)."""
+        pods that acknowledged their empty plan (highest ordinals first). A scale-down drain
+        in progress is advanced first (`_advance_scale_drain`)."""
+        await self._advance_scale_drain(quota, state, reports, body)
         used = [o for o, p in state.plans.published.items() if p.connections]
         if state.rollout.drain is not None:
             used.append(state.rollout.drain.ordinal)  # drained for its replacement, not gone
@@ -66,6 +68,46 @@ class Scaling(ReconcilerBase):
             verb = "ScaledUp" if replicas > current else "ScaledDown"
             await self._event(body, state, verb, f"gateway replicas {current} -> {replicas}")
         return replicas
+
+    async def _advance_scale_drain(
+        self,
+        quota: ExchangeConnectionQuota,
+        state: QuotaState,
+        reports: Mapping[int, GatewayReport],
+        body: dict[str, Any],
+    ) -> None:
+        """One step of the scale-down drain in progress (`rollout.advance_scale_drain`): once
+        the leaving pods acknowledged letting their connections go, the drain ends, the quota
+        is replanned from the drained plan and `_scale` scales down past them."""
+        scale = state.rollout.scale_drain
+        if scale is None:
+            return
+        prefix = f"{names.statefulset_name(quota.metadata.name or '')}-"
+        pods, _ = self._pod_views(state, body, reports)
+        step = rollout.advance_scale_drain(scale, state.plans.published, pods, prefix)
+        if step.done:
+            leaving = ", ".join(f"{prefix}{o}" for o in sorted(scale.steps.leaving))
+            log.info(
+                "quota %s: scale-down: %s drained (their connections moved first)",
+                state.key,
+                leaving,
+                extra={"quota": state.key},
+            )
+            await self._event(
+                body,
+                state,
+                "Drained",
+                f"{leaving} let their connections go after copies opened on the staying pods; "
+                "scaling down past them (make-before-break)",
+            )
+            state.rollout.scale_drain = None
+        elif step.waiting:
+            log.info(
+                "quota %s: scale-down: waiting for %s",
+                state.key,
+                step.waiting,
+                extra={"quota": state.key},
+            )
 
     async def _scale_to_zero(
         self,

@@ -1,6 +1,6 @@
 """Draining a pod make-before-break: its connections copied into other pods' spare room first.
 
-A pod about to be replaced (a rollout, a cordoned node) holds connections whose streams would
+A pod about to be replaced (a rollout, a cordoned node) or scaled away (`drain_leaving`) holds connections whose streams would
 be down until its successor reopens them (break-before-make). When the settled plan leaves
 room, `drain_steps` gives the two plans that move them first, without changing any slice:
 
@@ -48,6 +48,9 @@ class DrainSteps:
     """`make` without the pod's own connections (its slices kept)."""
     copies: Mapping[str, tuple[int, str]]
     """The pod's connection id -> (ordinal, id) of its copy."""
+    leaving: frozenset[int] = frozenset()
+    """Every ordinal drained: {ordinal} for one pod's drain, the ordinals a scale-down removes
+    for `drain_leaving`."""
 
 
 @dataclass(frozen=True)
@@ -123,13 +126,37 @@ def drain_steps(base: QuotaPlan, ordinal: int, connections_per_pod: int) -> Drai
     leaving = pods.get(ordinal)
     if leaving is None or not leaving.connections:
         return NoRoom(ordinal, f"pod {ordinal} holds no connection: nothing to move")
+    return _steps(base, frozenset({ordinal}), connections_per_pod)
+
+
+def drain_leaving(
+    base: QuotaPlan, leaving: frozenset[int], connections_per_pod: int
+) -> DrainSteps | NoRoom:
+    """The plans that drain every pod of `leaving` (the ordinals a scale-down removes) of the
+    settled plan `base` make-before-break into the staying pods' spare room, or why it cannot
+    take them all. Same placement and steps as `drain_steps`; copies never go to a leaving pod.
+    `DrainSteps.ordinal` is the highest leaving ordinal."""
+    pods = {p.ordinal: p for p in base.pods}
+    holding = sorted((o for o in leaving if o in pods and pods[o].connections), reverse=True)
+    if not holding:
+        top = max(leaving, default=-1)
+        return NoRoom(top, "the leaving pods hold no connection: nothing to move")
+    return _steps(base, frozenset(holding), connections_per_pod)
+
+
+def _steps(
+    base: QuotaPlan, leaving: frozenset[int], connections_per_pod: int
+) -> DrainSteps | NoRoom:
+    pods = {p.ordinal: p for p in base.pods}
+    ordinal = max(leaving)
     rooms = {
         o: _Room(p, connections_per_pod)
         for o, p in sorted(pods.items())
-        if o != ordinal and p.connections
+        if o not in leaving and p.connections
     }
     copies: dict[str, tuple[int, str]] = {}
-    for n, conn in enumerate(leaving.connections):
+    moving = [(o, c) for o in sorted(leaving, reverse=True) for c in pods[o].connections]
+    for n, (source, conn) in enumerate(moving):
         order = sorted(
             rooms.values(), key=lambda r: (len(r.pod.connections) + len(r.copies), r.pod.ordinal)
         )
@@ -139,11 +166,11 @@ def drain_steps(base: QuotaPlan, ordinal: int, connections_per_pod: int) -> Drai
                 f", credential {conn.credential}" if conn.credential else ""
             )
             return NoRoom(
-                ordinal,
+                source,
                 f"no other pod has spare room for connection {conn.id} ({where}): "
                 "concurrent and attempt slices or connectionsPerPod used up",
             )
-        copy_id = f"g{base.generation}-d{ordinal}-{n}"
+        copy_id = f"g{base.generation}-d{source}-{n}"
         room.copies.append(
             ConnectionPlan(
                 id=copy_id, address=conn.address, credential=conn.credential, streams=conn.streams
@@ -157,10 +184,10 @@ def drain_steps(base: QuotaPlan, ordinal: int, connections_per_pod: int) -> Drai
         if room is not None and room.copies:
             pod = pod.model_copy(update={"connections": [*pod.connections, *room.copies]})
         make_pods.append(pod)
-        drained_pods.append(pod.model_copy(update={"connections": []}) if o == ordinal else pod)
+        drained_pods.append(pod.model_copy(update={"connections": []}) if o in leaving else pod)
     make = base.model_copy(update={"pods": make_pods})
     drained = base.model_copy(update={"pods": drained_pods})
-    return DrainSteps(ordinal, base, make, drained, copies)
+    return DrainSteps(ordinal, base, make, drained, copies, leaving)
 
 
 def same_connections(a: QuotaPlan | Mapping[int, PodPlan], b: QuotaPlan) -> bool:
