@@ -205,7 +205,50 @@ async def pod_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     _gateway_event(body, memo)
 
 
+@kopf.on.event("", "v1", "configmaps", labels=GATEWAY_LABELS)
+async def configmap_event(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
+    """A quota's plan or ledger ConfigMap deleted (by hand, by a cleanup script): what the
+    operator remembers of it is dropped, so the next reconcile writes it again (the ledger
+    from the operator's memory, which is what every pod may still enforce)."""
+    if type != "DELETED":
+        return
+    reconciler: Reconciler | None = memo.get("reconciler")
+    key = _quota_of(body)
+    if reconciler is None or key is None:
+        return
+    labels = accessors.labels(body)
+    state = reconciler.quotas.get(key)
+    if state is None:
+        return
+    meta = body.get("metadata") or {}
+    reconciler.api.forget("ConfigMap", meta.get("namespace", ""), meta.get("name", ""))
+    component = labels.get(names.LABEL_COMPONENT)
+    ordinal = labels.get(names.LABEL_ORDINAL, "")
+    if component == "plan" and ordinal.isdigit():
+        state.plans.published.pop(int(ordinal), None)
+        state.plans.plan_rv.pop(int(ordinal), None)
+    elif component == "ledger":
+        state.ledgers.ledger_rv = None
+        state.ledgers.ledger_dirty = True
+    else:
+        return
+    log.warning(
+        "quota %s: its %s ConfigMap %s was deleted: writing it again",
+        key,
+        component,
+        meta.get("name"),
+        extra={"quota": key},
+    )
+    if state.pool:
+        reconciler.request(state.pool)
+
+
 @kopf.on.event("apps", "v1", "statefulsets", labels=GATEWAY_LABELS)
-async def statefulset_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
-    """A gateway StatefulSet changed (ready replicas, or drift)."""
+async def statefulset_event(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
+    """A gateway StatefulSet changed (ready replicas, or drift); deleted, it is written again
+    (the operator forgets what it last applied)."""
+    reconciler: Reconciler | None = memo.get("reconciler")
+    if type == "DELETED" and reconciler is not None:
+        meta = body.get("metadata") or {}
+        reconciler.api.forget("StatefulSet", meta.get("namespace", ""), meta.get("name", ""))
     _gateway_event(body, memo)

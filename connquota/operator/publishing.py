@@ -97,6 +97,27 @@ class Publishing(ReconcilerBase):
                 cert = certificate if ordinal in fresh else None
                 await self.api.create(builders.build_lease(quota, ordinal, cert))
 
+    async def _ensure_leases(
+        self, quota: ExchangeConnectionQuota, state: QuotaState, current_replicas: int
+    ) -> None:
+        """Leases that went missing since the plan was published (deleted by hand): created
+        again, empty and never certified (a pod of that ordinal may still enforce its slice;
+        the running gateway takes the Lease again once it exists, with its attempt log)."""
+        published = {o for o, pod in state.plans.published.items() if pod.connections}
+        wanted = published | set(range(current_replicas))
+        if not wanted:
+            return
+        key = f"{quota.metadata.namespace}/{quota.metadata.name}"
+        known = set(self._lease_ordinals(key))
+        for ordinal in sorted(wanted - known):
+            if await self.api.create(builders.build_lease(quota, ordinal)):
+                log.warning(
+                    "quota %s: Lease of pod %d was missing: created again (not certified)",
+                    key,
+                    ordinal,
+                    extra={"quota": key},
+                )
+
     def _lease_ordinals(self, key: str) -> list[int]:
         out = []
         for lease in self.sources.leases_of_quota(key):

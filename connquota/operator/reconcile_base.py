@@ -120,6 +120,10 @@ class ReconcilerBase:
 
         async def _label_pods(self, key: str, state: QuotaState) -> None: ...
 
+        async def _ensure_leases(
+            self, quota: ExchangeConnectionQuota, state: QuotaState, current_replicas: int
+        ) -> None: ...
+
         async def _roll(
             self,
             quota: ExchangeConnectionQuota,

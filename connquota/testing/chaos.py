@@ -1,0 +1,202 @@
+"""The chaos suite's instruments (issue 17): what a scenario measures while it breaks things,
+and the row it leaves in the table docs/reliability.md keeps.
+
+- `StreamWatch` samples the mock exchange (the referee) every 50 ms from its own thread: which
+  planned streams are subscribed upstream, on how many connections at once. It gives the most
+  streams down at one moment, each stream's longest outage, and upstream duplicates (a stream
+  subscribed on more than one connection beyond a make-before-break overlap).
+- `SeqConsumer` reads a gateway pod's `/v1/ws` in a thread and counts gaps in each stream's
+  `seq` (the gap detector) and the relay notices it gets.
+- `ChaosRow` is one scenario's result; `record_row` appends it (one JSON line) to the file
+  named by `CONNQUOTA_CHAOS_RESULTS` (default `.chaos-results.jsonl` at the repository root),
+  which `hack/chaos-table.py` renders into docs/reliability.md.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+SAMPLE_S = 0.05
+"""How often the watch samples the referee."""
+OVERLAP_S = 5.0
+"""How long a stream may be subscribed twice (a make-before-break move) before it counts as an
+upstream duplicate."""
+RESULTS_ENV = "CONNQUOTA_CHAOS_RESULTS"
+
+
+class StreamWatch:
+    """Planned streams as the exchange sees them, sampled every `SAMPLE_S` in a thread.
+
+    `subscriptions` returns {connection id: streams subscribed on it} (the mock's view)."""
+
+    def __init__(
+        self, subscriptions: Callable[[], dict[str, frozenset[str]]], planned: Iterable[str]
+    ) -> None:
+        self._subscriptions = subscriptions
+        self.planned = frozenset(planned)
+        self.samples = 0
+        self.max_down = 0
+        self.longest_outage_s = 0.0
+        self.duplicates = 0
+        """Streams seen subscribed twice for longer than `OVERLAP_S` (each counted once)."""
+        self._down_since: dict[str, float] = {}
+        self._twice_since: dict[str, float] = {}
+        self._duplicated: set[str] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="stream-watch", daemon=True)
+
+    def __enter__(self) -> StreamWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+
+    def down_now(self) -> set[str]:
+        """Planned streams not subscribed upstream at the last sample."""
+        return set(self._down_since)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                subs = self._subscriptions()
+            except Exception:  # the referee busy or stopping: the next sample decides
+                self._stop.wait(SAMPLE_S)
+                continue
+            self._observe(subs, time.monotonic())
+            self._stop.wait(SAMPLE_S)
+
+    def _observe(self, subs: dict[str, frozenset[str]], now: float) -> None:
+        counts: dict[str, int] = {}
+        for streams in subs.values():
+            for stream in streams:
+                counts[stream] = counts.get(stream, 0) + 1
+        self.samples += 1
+        down = [s for s in self.planned if counts.get(s, 0) == 0]
+        self.max_down = max(self.max_down, len(down))
+        for stream in self.planned:
+            if counts.get(stream, 0) == 0:
+                self._down_since.setdefault(stream, now)
+            elif stream in self._down_since:
+                self.longest_outage_s = max(
+                    self.longest_outage_s, now - self._down_since.pop(stream)
+                )
+            if counts.get(stream, 0) > 1:
+                since = self._twice_since.setdefault(stream, now)
+                if now - since > OVERLAP_S and stream not in self._duplicated:
+                    self._duplicated.add(stream)
+                    self.duplicates += 1
+            else:
+                self._twice_since.pop(stream, None)
+        for since in self._down_since.values():
+            self.longest_outage_s = max(self.longest_outage_s, now - since)
+
+
+class SeqConsumer:
+    """A `/v1/ws` consumer of `streams` on one gateway pod, in a thread: each stream's `seq`
+    gaps (a jump of more than one) and the notices it received."""
+
+    def __init__(self, url: str, streams: list[str]) -> None:
+        self.url = url
+        self.streams = streams
+        self.last: dict[str, int] = {}
+        self.frames = 0
+        self.gaps = 0
+        self.notices: list[dict[str, Any]] = []
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="seq-consumer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        from websockets.sync.client import connect
+
+        try:
+            with connect(self.url, open_timeout=10) as ws:
+                ws.send(json.dumps({"op": "subscribe", "streams": self.streams, "id": 1}))
+                while not self._stop.is_set():
+                    try:
+                        doc = json.loads(ws.recv(timeout=0.5))
+                    except TimeoutError:
+                        continue
+                    if "seq" in doc:
+                        stream, seq = doc["stream"], doc["seq"]
+                        last = self.last.get(stream)
+                        if last is not None and seq != last + 1:
+                            self.gaps += 1
+                        self.last[stream] = seq
+                        self.frames += 1
+                    elif "notice" in doc:
+                        self.notices.append(doc)
+        except Exception as exc:  # the pod went away: reported, the scenario decides
+            self.errors.append(f"{type(exc).__name__}: {exc}")
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
+class ChaosRow(BaseModel):
+    """One scenario's line in docs/reliability.md."""
+
+    scenario: str
+    tightestLimit: str
+    peakPercent: float
+    violations: int
+    maxStreamsDown: int
+    longestOutageSeconds: float
+    boundSeconds: float
+    upstreamDuplicates: int
+    consumerGaps: int
+    notes: str = ""
+
+
+def results_path() -> Path:
+    default = Path(__file__).resolve().parents[2] / ".chaos-results.jsonl"
+    return Path(os.environ.get(RESULTS_ENV) or default)
+
+
+def record_row(row: ChaosRow) -> None:
+    """Append `row` to the results file (one JSON document per line)."""
+    path = results_path()
+    with path.open("a", encoding="utf-8") as out:
+        out.write(row.model_dump_json() + "\n")
+
+
+def read_rows(path: Path) -> list[ChaosRow]:
+    """The rows in `path`, the last one of each scenario (a rerun replaces its row)."""
+    rows: dict[str, ChaosRow] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            row = ChaosRow.model_validate_json(line)
+            rows[row.scenario] = row
+    return list(rows.values())
+
+
+def render_table(rows: list[ChaosRow]) -> str:
+    """The rows as the markdown table docs/reliability.md keeps."""
+    head = (
+        "| scenario | tightest limit | peak use | violations | streams down at most | longest "
+        "outage | recovery bound | upstream duplicates | consumer seq gaps | notes |\n"
+        "|---|---|---|---|---|---|---|---|---|---|\n"
+    )
+    body = "".join(
+        f"| {r.scenario} | {r.tightestLimit} | {r.peakPercent:.0f}% | {r.violations} | "
+        f"{r.maxStreamsDown} | {r.longestOutageSeconds:.1f} s | {r.boundSeconds:.1f} s | "
+        f"{r.upstreamDuplicates} | {r.consumerGaps} | {r.notes} |\n"
+        for r in rows
+    )
+    return head + body

@@ -1,0 +1,296 @@
+"""The chaos suite (issue 17): whole scenarios on the real API server, the operator and real
+gateway processes run by the pod harness, the mock exchange as referee. Each scenario runs the
+fleet at its tightest limit (4 connections per IP, all 4 open: 100%), breaks something, and
+leaves a row in the table docs/reliability.md keeps (`connquota.testing.chaos`,
+`hack/chaos-table.py`): peak use of the tightest limit, violations, streams down at most and
+the longest outage against the planned recovery bound, upstream duplicates, consumer seq gaps.
+
+Marked `chaos`: `make chaos` runs them (CI runs the tier after the soak tier).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from cluster.conftest import wait_for
+from cluster.operator.conftest import OperatorProcess, custom_object
+from cluster.operator.fleet import (
+    GROUP,
+    VERSION,
+    MockThread,
+    get_quota,
+    pod_ips,
+    pool_body,
+    quota_body,
+    wait_ready,
+)
+from connquota.api.limits import LimitName, LimitScope
+from connquota.testing.chaos import ChaosRow, SeqConsumer, StreamWatch, record_row
+from connquota.testing.ipecho import ThreadedIpEcho
+from connquota.testing.podharness import PodHarness
+
+pytestmark = [pytest.mark.chaos, pytest.mark.timeout(420)]
+
+STREAMS = [f"s{i}usdt@trade" for i in range(8)]
+QUOTA = "md"
+LEASE_S = 15.0
+"""The gateways' Lease duration (a SIGKILLed pod's successor waits it out)."""
+
+
+class Fleet:
+    """One quota of 8 streams on 2 pods (4 connections: the IP's whole concurrent limit)."""
+
+    def __init__(
+        self, api_client: Any, namespace: str, operator: OperatorProcess, mock: MockThread
+    ) -> None:
+        self.api, self.ns, self.operator, self.mock = api_client, namespace, operator, mock
+        self.core = client.CoreV1Api(api_client)
+        self.apps = client.AppsV1Api(api_client)
+
+    def log(self) -> str:
+        return self.operator.log()
+
+    def ready(self, timeout_s: float = 120) -> None:
+        wait_ready(self.api, self.ns, QUOTA, timeout_s, self.log)
+
+    def bound_s(self) -> float:
+        """The planned recovery bound: the slowest address's, from the quota's status."""
+        quota = get_quota(self.api, self.ns, QUOTA) or {}
+        bounds = (quota.get("status") or {}).get("recoveryBounds") or []
+        return max((b["seconds"] for b in bounds), default=0.0)
+
+    def all_up(self, watch: StreamWatch, timeout_s: float, what: str) -> float:
+        """Wait until every planned stream is subscribed upstream; seconds it took."""
+        started = time.monotonic()
+        wait_for(
+            lambda: watch.samples > 0 and not watch.down_now(),
+            timeout_s,
+            f"every stream back upstream ({what})\n{self.log()}",
+            interval_s=0.1,
+        )
+        return time.monotonic() - started
+
+    def consumer(self) -> SeqConsumer:
+        ips = pod_ips(self.api, self.ns, QUOTA)
+        return SeqConsumer(f"ws://{ips[min(ips)]}:8080/v1/ws", STREAMS)
+
+    def row(
+        self, scenario: str, watch: StreamWatch, bound_s: float, gaps: int, notes: str = ""
+    ) -> ChaosRow:
+        return ChaosRow(
+            scenario=scenario,
+            tightestLimit="concurrentConnections per IP (4)",
+            peakPercent=100
+            * self.mock.peak_fraction(LimitName.CONCURRENT_CONNECTIONS, LimitScope.IP),
+            violations=len(self.mock.violations()),
+            maxStreamsDown=watch.max_down,
+            longestOutageSeconds=watch.longest_outage_s,
+            boundSeconds=bound_s,
+            upstreamDuplicates=watch.duplicates,
+            consumerGaps=gaps,
+            notes=notes,
+        )
+
+
+@pytest.fixture
+def fleet(
+    api_client: Any,
+    namespace: str,
+    pod_harness: PodHarness,
+    operator_process: OperatorProcess,
+    mock_exchange: MockThread,
+    ip_echo: ThreadedIpEcho,
+) -> Iterator[Fleet]:
+    objects = custom_object(api_client)
+    pool = f"p-{uuid.uuid4().hex[:8]}"
+    objects.create_cluster_custom_object(
+        GROUP, VERSION, "exchangeegresspools", pool_body(pool, echo_url=ip_echo.url)
+    )
+    body = quota_body(namespace, QUOTA, pool, mock_exchange.quota_exchange(f"{pool}.test"), STREAMS)
+    objects.create_namespaced_custom_object(
+        GROUP, VERSION, namespace, "exchangeconnectionquotas", body
+    )
+    f = Fleet(api_client, namespace, operator_process, mock_exchange)
+    f.ready()
+    try:
+        yield f
+    finally:
+        objects.delete_namespaced_custom_object(
+            GROUP, VERSION, namespace, "exchangeconnectionquotas", QUOTA
+        )
+        wait_for(lambda: get_quota(api_client, namespace, QUOTA) is None, 120, "deletion")
+        objects.delete_cluster_custom_object(GROUP, VERSION, "exchangeegresspools", pool)
+
+
+def _sigkill_and_replace(harness: PodHarness, core: Any, namespace: str, pod: str) -> None:
+    """SIGKILL the pod's process and force-delete the Pod: the StatefulSet makes a new one
+    with a fresh root (state wiped)."""
+    for record in harness.processes(namespace, pod):
+        if record.exited_at is None:
+            os.kill(record.pid, signal.SIGKILL)
+    core.delete_namespaced_pod(pod, namespace, grace_period_seconds=0)
+
+
+def test_gateways_sigkilled_at_random_for_a_minute(fleet: Fleet, pod_harness: PodHarness) -> None:
+    """Scenario 2: a random gateway SIGKILLed and its Pod force-deleted every 4-8 s for 60 s;
+    every stream back within a Lease duration plus the recovery bound after the last kill."""
+    rng = random.Random(17)
+    bound = LEASE_S + fleet.bound_s()
+    with StreamWatch(fleet.mock.open_streams, STREAMS) as watch:
+        fleet.all_up(watch, 30, "before the kills")
+        deadline = time.monotonic() + 60
+        kills = 0
+        while time.monotonic() < deadline:
+            ips = pod_ips(fleet.api, fleet.ns, QUOTA)
+            if ips:
+                _sigkill_and_replace(
+                    pod_harness, fleet.core, fleet.ns, f"{QUOTA}-gw-{rng.choice(sorted(ips))}"
+                )
+                kills += 1
+            time.sleep(rng.uniform(4, 8))
+        back_s = fleet.all_up(watch, bound + 30, "after the last kill")
+        fleet.ready()
+    fleet.mock.assert_no_violation()
+    assert back_s <= bound + 5, (back_s, bound)
+    assert watch.duplicates == 0
+    record_row(
+        fleet.row(
+            "2. gateways SIGKILLed at random for 60 s",
+            watch,
+            bound,
+            0,
+            f"{kills} kills; back {back_s:.1f} s after the last",
+        )
+    )
+
+
+def test_operator_down_while_the_exchange_drops_every_connection(fleet: Fleet) -> None:
+    """Scenario 3: the operator stopped for 60 s; meanwhile the exchange drops every
+    connection. The gateways reconnect on their own within their slices (the plan they hold),
+    every stream back within the recovery bound with no operator; the operator comes back to a
+    fleet that needs nothing."""
+    bound = fleet.bound_s()
+    consumer = fleet.consumer()
+    try:
+        with StreamWatch(fleet.mock.open_streams, STREAMS) as watch:
+            fleet.all_up(watch, 30, "before")
+            wait_for(lambda: consumer.frames > 0, 30, "the consumer's first frames")
+            fleet.operator.stop()
+            down_at = time.monotonic()
+            assert fleet.mock.disconnect_all() == 4
+            wait_for(lambda: bool(watch.down_now()), 10, "the drop seen at the exchange")
+            back_s = fleet.all_up(watch, bound + 30, "with the operator down")
+            left = 60 - (time.monotonic() - down_at)
+            if left > 0:  # the operator stays down for its whole minute
+                wait_for(lambda: time.monotonic() - down_at >= 60, left + 5, "a minute down")
+            fleet.operator.start()
+            fleet.ready()
+    finally:
+        consumer.stop()
+    fleet.mock.assert_no_violation()
+    assert back_s <= bound + 5, (back_s, bound)
+    assert watch.duplicates == 0
+    assert consumer.errors == []
+    record_row(
+        fleet.row(
+            "3. operator down 60 s while the exchange drops every connection",
+            watch,
+            bound,
+            consumer.gaps,
+            f"back {back_s:.1f} s after the drop, operator still down",
+        )
+    )
+
+
+def test_plan_lease_ledger_and_statefulset_deleted(fleet: Fleet) -> None:
+    """Scenario 5: a plan ConfigMap, a Lease, the ledger ConfigMap and then the StatefulSet
+    deleted, one after the other: the operator restores each, and no slice is exceeded."""
+    core, apps, ns = fleet.core, fleet.apps, fleet.ns
+
+    def plan_maps() -> list[Any]:
+        selector = f"connquota.io/quota={QUOTA},app.kubernetes.io/component=plan"
+        return list(core.list_namespaced_config_map(ns, label_selector=selector).items)
+
+    def ledger_maps() -> list[Any]:
+        return [
+            cm for cm in core.list_namespaced_config_map(ns).items
+            if cm.metadata.name.endswith("ledger")
+        ]  # fmt: skip
+
+    steps: list[tuple[str, Callable[[], None], Callable[[], bool]]] = [
+        (
+            "plan ConfigMap",
+            lambda: core.delete_namespaced_config_map(plan_maps()[0].metadata.name, ns),
+            lambda: len(plan_maps()) >= 2,
+        ),
+        (
+            "Lease",
+            lambda: client.CoordinationV1Api(fleet.api).delete_namespaced_lease(
+                f"{QUOTA}-gw-1", ns
+            ),
+            lambda: _lease_exists(fleet.api, ns, f"{QUOTA}-gw-1"),
+        ),
+        (
+            "ledger ConfigMap",
+            lambda: (
+                [core.delete_namespaced_config_map(cm.metadata.name, ns) for cm in ledger_maps()]
+                and None
+            ),
+            lambda: bool(ledger_maps()),
+        ),
+        (
+            "StatefulSet",
+            lambda: apps.delete_namespaced_stateful_set(f"{QUOTA}-gw", ns),
+            lambda: _statefulset_exists(apps, ns, f"{QUOTA}-gw"),
+        ),
+    ]
+    bound = LEASE_S + fleet.bound_s()
+    notes = []
+    with StreamWatch(fleet.mock.open_streams, STREAMS) as watch:
+        fleet.all_up(watch, 30, "before")
+        for what, delete, restored in steps:
+            delete()
+            wait_for(restored, 60, f"the {what} restored\n{fleet.log()}", interval_s=0.2)
+            back_s = fleet.all_up(watch, bound + 60, f"after the {what} was deleted")
+            fleet.ready()
+            fleet.mock.assert_no_violation()
+            notes.append(f"{what} {back_s:.1f} s")
+    assert watch.duplicates == 0
+    record_row(
+        fleet.row(
+            "5. plan ConfigMap, Lease, ledger, StatefulSet deleted",
+            watch,
+            bound,
+            0,
+            "streams back after: " + ", ".join(notes),
+        )
+    )
+
+
+def _lease_exists(api: Any, ns: str, name: str) -> bool:
+    try:
+        client.CoordinationV1Api(api).read_namespaced_lease(name, ns)
+    except client.ApiException as exc:
+        if exc.status == 404:
+            return False
+        raise
+    return True
+
+
+def _statefulset_exists(apps: Any, ns: str, name: str) -> bool:
+    try:
+        sts = apps.read_namespaced_stateful_set(name, ns)
+    except client.ApiException as exc:
+        if exc.status == 404:
+            return False
+        raise
+    return sts.metadata.deletion_timestamp is None
