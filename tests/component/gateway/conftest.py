@@ -26,11 +26,13 @@ from connquota.testing.ipecho import IpEchoServer
 from connquota.testing.waiting import wait_until
 
 TIME_SCALE = 20.0
-DIALECT_PROFILES = ["binance-spot", "okx", "bybit", "kraken", "deribit", "coinbase"]
+DIALECT_PROFILES = ["binance-spot", "binance-usdm", "okx", "bybit", "kraken", "deribit", "coinbase"]
 
 
 def stream_names(profile: str, count: int, tag: str = "s") -> list[str]:
     """`count` valid public stream names for `profile`'s dialect."""
+    if profile == "binance-usdm":  # a /market channel (the profile's endpoint)
+        return [f"{tag}{i}usdt@aggTrade" for i in range(count)]
     if profile.startswith("binance"):
         return [f"{tag}{i}usdt@trade" for i in range(count)]
     if profile == "okx":
