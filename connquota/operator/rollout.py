@@ -67,6 +67,11 @@ class PodView:
     pod's process yet; a predecessor's report does not count)."""
     streams_planned: int = 0
     streams_live: int = 0
+    connections_planned: int = 0
+    connections_live: int = 0
+    """Upstream connections with an open session (its report): a relayed stream counts as
+    live in `streams_live`, so a connection still waiting for its attempt slice shows only
+    here."""
 
     @property
     def acked(self) -> bool:
@@ -79,6 +84,7 @@ class PodView:
             and self.ready
             and self.acked
             and self.streams_live >= self.streams_planned
+            and self.connections_live >= self.connections_planned
         )
 
     def waits_for(self) -> str:
@@ -93,6 +99,11 @@ class PodView:
             return (
                 f"pod {self.name} to serve its streams "
                 f"({self.streams_live}/{self.streams_planned} live)"
+            )
+        if self.connections_live < self.connections_planned:
+            return (
+                f"pod {self.name} to open its connections "
+                f"({self.connections_live}/{self.connections_planned} open)"
             )
         return ""
 

@@ -427,6 +427,8 @@ class Scaling(ReconcilerBase):
                 generation_acked=report.planGeneration if report is not None else None,
                 streams_planned=sum(len(c.streams) for c in plan.connections) if plan else 0,
                 streams_live=report.streams if report is not None else 0,
+                connections_planned=len(plan.connections) if plan else 0,
+                connections_live=report.connections if report is not None else 0,
             )
             uids[ordinal] = uid
         return views, uids
