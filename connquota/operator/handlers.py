@@ -225,8 +225,9 @@ async def configmap_event(body: kopf.Body, type: str | None, memo: kopf.Memo, **
     component = labels.get(names.LABEL_COMPONENT)
     ordinal = labels.get(names.LABEL_ORDINAL, "")
     if component == "plan" and ordinal.isdigit():
-        state.plans.published.pop(int(ordinal), None)
         state.plans.plan_rv.pop(int(ordinal), None)
+        if int(ordinal) in state.plans.published:
+            state.plans.deleted.add(int(ordinal))
     elif component == "ledger":
         state.ledgers.ledger_rv = None
         state.ledgers.ledger_dirty = True

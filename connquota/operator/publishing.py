@@ -100,9 +100,23 @@ class Publishing(ReconcilerBase):
     async def _ensure_leases(
         self, quota: ExchangeConnectionQuota, state: QuotaState, current_replicas: int
     ) -> None:
-        """Leases that went missing since the plan was published (deleted by hand): created
-        again, empty and never certified (a pod of that ordinal may still enforce its slice;
-        the running gateway takes the Lease again once it exists, with its attempt log)."""
+        """Objects deleted behind the operator's back, written again as they were: a plan
+        ConfigMap with the plan it last published (the same generation: the pod sees no
+        change), and a missing Lease, empty and never certified (a pod of that ordinal may
+        still enforce its slice; the running gateway takes the Lease again, with its attempt
+        log)."""
+        for ordinal in sorted(state.plans.deleted):
+            pod = state.plans.published.get(ordinal)
+            if pod is not None:
+                await self.api.apply(builders.build_plan_configmap(quota, pod))
+                log.warning(
+                    "quota %s: plan ConfigMap of pod %d written again (generation %d)",
+                    state.key,
+                    ordinal,
+                    pod.generation,
+                    extra={"quota": state.key},
+                )
+            state.plans.deleted.discard(ordinal)
         published = {o for o, pod in state.plans.published.items() if pod.connections}
         wanted = published | set(range(current_replicas))
         if not wanted:

@@ -58,6 +58,9 @@ class PlanMemory:
     """ordinal -> the ConfigMap's resourceVersion (the precondition of the next write)."""
     loaded: bool = False
     """True once the ConfigMaps were read (again after a failed write)."""
+    deleted: set[int] = field(default_factory=set)
+    """Ordinals whose plan ConfigMap was deleted behind the operator's back: written again with
+    the content it last published (the pod still runs that plan)."""
     target: QuotaPlan | None = None
     """The newest target plan (its unserved streams and recovery bounds go to status)."""
     last_good: tuple[QuotaInput, list[DesiredStream]] | None = None
