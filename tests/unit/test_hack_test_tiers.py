@@ -51,16 +51,18 @@ def test_an_empty_selection_passes_a_tier_that_may_be_empty_and_says_so(tmp_path
 
 
 @pytest.mark.parametrize(
-    ("test_rc", "soak_rc", "expected"), [(0, 0, 0), (2, 0, 2), (0, 5, 5), (1, 2, 1)]
+    ("test_rc", "soak_rc", "chaos_rc", "expected"),
+    [(0, 0, 0, 0), (2, 0, 0, 2), (0, 5, 0, 5), (1, 2, 0, 1), (0, 0, 3, 3), (0, 4, 3, 4)],
 )
-def test_ci_runs_test_then_soak_and_fails_with_the_first_failure(
-    tmp_path: Path, test_rc: int, soak_rc: int, expected: int
+def test_ci_runs_test_soak_and_chaos_and_fails_with_the_first_failure(
+    tmp_path: Path, test_rc: int, soak_rc: int, chaos_rc: int, expected: int
 ) -> None:
     log = tmp_path / "make.log"
     fake(
         tmp_path,
         "make",
-        f'echo "$1 CI=$CI" >> {log}; case "$1" in test) exit {test_rc};; soak) exit {soak_rc};; esac',
+        f'echo "$1 CI=$CI" >> {log}; case "$1" in test) exit {test_rc};; '
+        f"soak) exit {soak_rc};; chaos) exit {chaos_rc};; esac",
     )
     result = subprocess.run(
         ["bash", str(REPO / ".ci" / "run")],
@@ -71,4 +73,4 @@ def test_ci_runs_test_then_soak_and_fails_with_the_first_failure(
         check=False,
     )
     assert result.returncode == expected, result.stdout + result.stderr
-    assert log.read_text().splitlines() == ["test CI=true", "soak CI=true"]
+    assert log.read_text().splitlines() == ["test CI=true", "soak CI=true", "chaos CI=true"]
