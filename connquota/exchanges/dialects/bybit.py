@@ -332,8 +332,9 @@ def build_orderbook(
                   "cts": event_time_ms})  # fmt: skip
 
 
-def build_data(stream: str, seq: int, event_time_ms: int) -> str:
-    """One push: publicTrade ``seq``; orderbook ``u`` and ``seq``; tickers ``cs``; all = seq."""
+def build_data(stream: str, seq: int, event_time_ms: int, category: str = "spot") -> str:
+    """One push: publicTrade ``seq``; orderbook ``u`` and ``seq``; tickers ``cs``; kline
+    ``seq``; all = seq. ``category`` (spot, linear, inverse, option) shapes ``tickers``."""
     parsed = parse_stream(stream)
     symbol = parsed.symbol
     channel = parsed.channel
@@ -347,11 +348,60 @@ def build_data(stream: str, seq: int, event_time_ms: int) -> str:
         return dumps({"topic": stream, "type": "delta", "ts": event_time_ms, "data": book,
                       "cts": event_time_ms})  # fmt: skip
     if channel == "tickers":
-        ticker = {"symbol": symbol, "lastPrice": "17216.00", "cs": seq}
+        ticker = ticker_item(symbol, seq, linear=category != "spot")
         return dumps({"topic": stream, "type": "snapshot", "ts": event_time_ms, "cs": seq,
                       "data": ticker})  # fmt: skip
+    if channel.startswith("kline"):
+        item = kline_item(channel.split(".")[1], seq, event_time_ms)
+        return dumps({"topic": stream, "type": "snapshot", "ts": event_time_ms, "data": [item]})
     item = {"start": event_time_ms, "symbol": symbol, "seq": seq}
     return dumps({"topic": stream, "type": "snapshot", "ts": event_time_ms, "data": [item]})
+
+
+_INTERVAL_MS = {"D": 86_400_000, "W": 604_800_000, "M": 2_592_000_000}
+"""Milliseconds per Bybit kline interval that is not a number of minutes (a month = 30 days)."""
+
+
+def interval_ms(interval: str) -> int:
+    """``5`` -> 300000, ``D`` -> 86400000; one minute if unreadable."""
+    if interval.isdigit():
+        return int(interval) * 60_000
+    return _INTERVAL_MS.get(interval, 60_000)
+
+
+def kline_item(interval: str, seq: int, event_time_ms: int) -> dict[str, Any]:
+    """One closed bar (``confirm`` true): the last whole interval before the event, ``start``
+    on the interval, ``end`` = start + interval - 1, low <= open, close <= high; ``seq`` is the
+    mock's sequence."""
+    length = interval_ms(interval)
+    start = event_time_ms - event_time_ms % length - length
+    close = 42000 + (seq % 200) / 10
+    low, high = min(42000.0, close), max(42010.0, close)
+    volume = 1 + seq % 50
+    return {"start": start, "end": start + length - 1, "interval": interval, "open": "42000",
+            "close": f"{close:.1f}", "high": f"{high:.1f}", "low": f"{low:.1f}",
+            "volume": str(volume), "turnover": f"{volume * close:.2f}", "confirm": True,
+            "timestamp": event_time_ms, "seq": seq}  # fmt: skip
+
+
+def ticker_item(symbol: str, seq: int, linear: bool) -> dict[str, Any]:
+    """A ``tickers`` item with the documented spot fields; ``linear`` adds the derivative ones
+    (mark/index price, open interest, funding, best bid/ask); ``cs`` is the mock's sequence."""
+    last = 42000 + (seq % 200) / 10
+    item: dict[str, Any] = {
+        "symbol": symbol, "lastPrice": f"{last:.1f}", "highPrice24h": "42100",
+        "lowPrice24h": "41400", "prevPrice24h": "41500", "volume24h": "1234.5",
+        "turnover24h": f"{1234.5 * last:.2f}", "price24hPcnt": f"{(last - 41500) / 41500:.4f}",
+        "usdIndexPrice": f"{last:.1f}", "cs": seq}  # fmt: skip
+    if linear:
+        del item["usdIndexPrice"]
+        item.update({
+            "tickDirection": "PlusTick", "prevPrice1h": "41900", "markPrice": f"{last:.1f}",
+            "indexPrice": f"{last - 0.5:.1f}", "openInterest": "5000",
+            "openInterestValue": f"{5000 * last:.2f}", "fundingRate": "0.0001",
+            "nextFundingTime": "1673280000000", "bid1Price": f"{last - 0.1:.1f}",
+            "bid1Size": "1.5", "ask1Price": f"{last + 0.1:.1f}", "ask1Size": "2.0"})  # fmt: skip
+    return item
 
 
 def new_conn_id() -> str:

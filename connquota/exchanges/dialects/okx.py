@@ -466,8 +466,23 @@ def build_data(stream: str, seq: int, event_time_ms: int) -> str:
         return dumps({"arg": arg, "data": [item]})
     if _is_candle(channel):
         return dumps({"arg": arg, "data": [candle_row(channel, seq, event_time_ms)]})
+    if channel == "tickers":
+        return dumps({"arg": arg, "data": [ticker_item(inst, seq, event_time_ms)]})
     item = {"instId": inst, "last": "9999.99", "ts": ts, "seqId": seq}
     return dumps({"arg": arg, "data": [item]})
+
+
+def ticker_item(inst: str, seq: int, event_time_ms: int) -> dict[str, Any]:
+    """A `tickers` item with every documented field (last, lastSz, best bid/ask with sizes,
+    the 24 h open/high/low/volumes and the UTC+0/UTC+8 day opens) plus the mock's ``seqId``;
+    bid < last < ask and low24h <= every price <= high24h."""
+    last = 42000 + (seq % 200) / 10
+    inst_type = "SWAP" if inst.endswith("-SWAP") else "SPOT"
+    return {"instType": inst_type, "instId": inst, "last": f"{last:.1f}", "lastSz": "0.1",
+            "askPx": f"{last + 0.1:.1f}", "askSz": "11", "bidPx": f"{last - 0.1:.1f}",
+            "bidSz": "5", "open24h": "41500", "high24h": "42100", "low24h": "41400",
+            "volCcy24h": "2222", "vol24h": "0.0529", "sodUtc0": "41800", "sodUtc8": "41700",
+            "ts": str(event_time_ms), "seqId": seq}  # fmt: skip
 
 
 _BAR_MS = {"s": 1_000, "m": 60_000, "H": 3_600_000, "D": 86_400_000, "W": 604_800_000,

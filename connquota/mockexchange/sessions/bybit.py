@@ -136,7 +136,7 @@ class BybitSession(DialectSession):
             return bybit.build_private_data(topic, seq, event_time_ms)
         depth = bybit.orderbook_depth(stream)
         if depth is None:
-            return bybit.build_data(stream, seq, event_time_ms)
+            return bybit.build_data(stream, seq, event_time_ms, self.category)
         book = self.mx.books.book(stream, depth, okx_levels=False)
         book.advance(seq)
         return bybit.build_orderbook(
