@@ -284,14 +284,22 @@ def parse_client_message(text: str) -> ClientRequest:
             not isinstance(args, list)
             or len(args) != 3
             or not isinstance(args[0], str)
-            or not isinstance(args[1], int)
+            or not _is_expires(args[1])
             or not isinstance(args[2], str)
         ):
             return _invalid(request_id, "auth", "Params Error")
-        return LoginRequest(request_id, args[0], {"expires": args[1], "signature": args[2]})
+        expires = int(args[1])
+        return LoginRequest(request_id, args[0], {"expires": expires, "signature": args[2]})
     if op in ("pong",):
         return OtherRequest(request_id, op)
     return _invalid(request_id, str(op or ""), "error:invalid op")
+
+
+def _is_expires(value: Any) -> bool:
+    """Bybit takes ``expires`` as a number or as a string of digits (clients send both)."""
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (isinstance(value, str) and value.isdigit())
 
 
 def _invalid(request_id: RequestId, op: str, ret_msg: str) -> InvalidRequest:

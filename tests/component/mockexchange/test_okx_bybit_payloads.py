@@ -6,9 +6,12 @@ bid < last < ask inside the 24 h range, klines that close on their interval (`co
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 from mockexchange_clients import client_from, receive_text
+
+from connquota.exchanges.dialects import bybit
 
 OKX_TICKER = {"instType", "instId", "last", "lastSz", "askPx", "askSz", "bidPx", "bidSz",
               "open24h", "high24h", "low24h", "volCcy24h", "vol24h", "sodUtc0", "sodUtc8",
@@ -88,3 +91,21 @@ async def test_bybit_tickers_carry_the_fields_of_their_category(start_mock) -> N
         assert float(item["bid1Price"]) < float(item["lastPrice"]) < float(item["ask1Price"])
     seqs = [f["cs"] for f in linear]
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+
+
+async def test_bybit_auth_takes_expires_as_a_number_or_a_string_of_digits(start_mock) -> None:
+    """Clients in production send ``expires`` as a string (ccxt); Bybit accepts both forms; a
+    string that is not digits stays ``Params Error``."""
+    mx = await start_mock("bybit")
+    replies = []
+    async with client_from("127.0.0.85") as client:
+        for form in (int, str, lambda e: f"x{e}"):
+            ws = await client.ws_connect(mx.url + "/v5/private")
+            expires = int(time.time() * 1000) + 10_000
+            signature = bybit.auth_signature("test-secret-1", expires)
+            args = ["test-key-1", form(expires), signature]
+            await ws.send_str(json.dumps({"op": "auth", "args": args, "req_id": "a"}))
+            replies.append(json.loads(await receive_text(ws)))
+            await ws.close()
+    assert [r["success"] for r in replies] == [True, True, False]
+    assert replies[2]["ret_msg"] == "Params Error"
