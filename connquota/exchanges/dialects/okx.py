@@ -49,7 +49,11 @@ PONG_TEXT = "pong"
 IDLE_TIMEOUT_S = 30.0
 LOGIN_TIMESTAMP_VALID_S = 30.0
 MAX_REQUEST_ID_CHARS = 32
-ARG_KEYS = ("channel", "instType", "instFamily", "instId")
+ARG_KEYS = ("channel", "instType", "instFamily", "instId", "ccy")
+
+ACCOUNT_WIDE_CHANNELS = frozenset({"account", "balance_and_position", "account-greeks"})
+"""Private channels OKX takes with no argument but the channel (``ccy`` optional): their stream
+string is ``<channel>:*`` (``account:*``), or ``account:ccy=BTC`` with a currency."""
 
 PATHS = {"/ws/v5/public": "public", "/ws/v5/private": "private", "/ws/v5/business": "business"}
 
@@ -126,6 +130,8 @@ def stream_to_arg(stream: str) -> dict[str, str]:
     if not channel or not sep or not rest:
         raise WireFormatError(f"not an OKX stream string: {stream!r}")
     arg = {"channel": channel}
+    if rest == "*" and channel in ACCOUNT_WIDE_CHANNELS:
+        return arg
     if "=" not in rest:
         arg["instId"] = rest
         return arg
@@ -145,6 +151,8 @@ def arg_to_stream(arg: dict[str, Any]) -> str:
     keys = [k for k in ARG_KEYS[1:] if k in arg]
     if keys == ["instId"]:
         return f"{channel}:{arg['instId']}"
+    if not keys and channel in ACCOUNT_WIDE_CHANNELS:
+        return f"{channel}:*"
     if not keys:
         raise WireFormatError(f"OKX argument without instType/instFamily/instId: {arg!r}")
     return channel + ":" + ",".join(f"{k}={arg[k]}" for k in keys)
@@ -468,8 +476,32 @@ def build_data(stream: str, seq: int, event_time_ms: int) -> str:
         return dumps({"arg": arg, "data": [candle_row(channel, seq, event_time_ms)]})
     if channel == "tickers":
         return dumps({"arg": arg, "data": [ticker_item(inst, seq, event_time_ms)]})
+    if channel == "orders":
+        return dumps({"arg": arg, "data": [order_item(inst or "BTC-USDT", seq, event_time_ms)]})
+    if channel == "account":
+        ccy = arg.get("ccy", "USDT")
+        details = {"ccy": ccy, "eq": "1000", "cashBal": "1000", "availBal": "990",
+                   "frozenBal": "10", "ordFrozen": "10", "uTime": ts}  # fmt: skip
+        item = {"uTime": ts, "totalEq": "1000", "details": [details], "seqId": seq}
+        return dumps({"arg": arg, "data": [item]})
     item = {"instId": inst, "last": "9999.99", "ts": ts, "seqId": seq}
     return dumps({"arg": arg, "data": [item]})
+
+
+def order_item(inst: str, seq: int, event_time_ms: int) -> dict[str, Any]:
+    """An ``orders`` item: a limit buy of 0.02 filled 0.01 at a time (``state`` partially_filled
+    then filled, ``accFillSz`` the running total, ``fillPx``/``fillSz`` the last fill); one order
+    per pair of pushes; ``seqId`` is the mock's sequence."""
+    ts = str(event_time_ms)
+    order = seq // 2
+    filled = "0.02" if seq % 2 else "0.01"
+    return {"instType": "SPOT", "instId": inst, "ordId": str(300_000_000 + order),
+            "clOrdId": f"mock{order}", "tag": "", "px": "42000.0", "sz": "0.02",
+            "ordType": "limit", "side": "buy", "posSide": "net", "tdMode": "cash",
+            "fillPx": "42000.0", "fillSz": "0.01", "fillTime": ts, "tradeId": str(seq),
+            "accFillSz": filled, "avgPx": "42000.0", "state": "filled" if seq % 2 else
+            "partially_filled", "fee": "-0.00001", "feeCcy": "BTC", "execType": "M",
+            "uTime": ts, "cTime": str(event_time_ms - 1_000), "seqId": seq}  # fmt: skip
 
 
 def ticker_item(inst: str, seq: int, event_time_ms: int) -> dict[str, Any]:

@@ -11,7 +11,8 @@ from typing import Any
 
 from mockexchange_clients import client_from, receive_text
 
-from connquota.exchanges.dialects import bybit
+from connquota.exchanges.dialects import bybit, okx
+from connquota.exchanges.dialects.base import ApiCredentials
 
 OKX_TICKER = {"instType", "instId", "last", "lastSz", "askPx", "askSz", "bidPx", "bidSz",
               "open24h", "high24h", "low24h", "volCcy24h", "vol24h", "sodUtc0", "sodUtc8",
@@ -109,3 +110,40 @@ async def test_bybit_auth_takes_expires_as_a_number_or_a_string_of_digits(start_
             await ws.close()
     assert [r["success"] for r in replies] == [True, True, False]
     assert replies[2]["ret_msg"] == "Params Error"
+
+
+OKX_ORDER = {"instId", "ordId", "clOrdId", "px", "sz", "side", "ordType", "state", "fillPx",
+             "fillSz", "accFillSz", "avgPx", "uTime", "cTime"}  # fmt: skip
+
+
+async def test_okx_account_without_ccy_and_orders_with_their_fields(start_mock) -> None:
+    """OKX takes ``{"channel":"account"}`` without ``ccy``; ``orders`` pushes carry the order."""
+    mx = await start_mock("okx", rate_per_stream_hz=50)
+    async with client_from("127.0.0.86") as client:
+        ws = await client.ws_connect(mx.url + "/ws/v5/private")
+        await ws.send_str(okx.build_login(ApiCredentials("test-key-1", "test-secret-1",
+                                                          "test-passphrase"),
+                                           int(time.time() * 1000), "l1"))  # fmt: skip
+        assert json.loads(await receive_text(ws))["event"] == "login"
+        args = [{"channel": "account"}, {"channel": "orders", "instType": "SPOT"}]
+        await ws.send_str(json.dumps({"op": "subscribe", "args": args}))
+        acks, account, orders = [], [], []
+        while len(acks) < 2 or len(account) < 2 or len(orders) < 4:
+            frame = json.loads(await receive_text(ws))
+            if frame.get("event"):
+                acks.append(frame)
+            elif frame["arg"]["channel"] == "account":
+                account.append(frame["data"][0])
+            else:
+                orders.append(frame["data"][0])
+        await ws.close()
+    assert [a["event"] for a in acks] == ["subscribe", "subscribe"]
+    assert acks[0]["arg"] == {"channel": "account"}
+    assert account[0]["details"] and "totalEq" in account[0]
+    for item in orders:
+        assert item.keys() >= OKX_ORDER, OKX_ORDER - item.keys()
+        assert float(item["accFillSz"]) <= float(item["sz"])
+        assert item["state"] in ("partially_filled", "filled")
+        assert int(item["cTime"]) <= int(item["uTime"])
+    seqs = [item["seqId"] for item in orders]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
