@@ -420,5 +420,28 @@ def new_conn_id() -> str:
 def build_private_data(topic: str, seq: int, event_time_ms: int) -> str:
     """A private push (order, execution, position, wallet): ``id``, ``creationTime``, ``data``;
     the mock puts ``seq`` in each item."""
-    item = {"category": "spot", "symbol": "BTCUSDT", "seq": seq, "updatedTime": str(event_time_ms)}
+    ts = str(event_time_ms)
+    kind, _, category = topic.partition(".")
+    category = category if category in ("spot", "linear", "inverse", "option") else "linear"
+    item: dict[str, Any] = {"category": category, "symbol": "BTCUSDT", "seq": seq,
+                            "updatedTime": ts}  # fmt: skip
+    order = {"orderId": str(uuid.UUID(int=seq // 2)), "orderLinkId": f"mock{seq // 2}",
+             "side": "Buy", "orderType": "Limit", "price": "42000.0", "qty": "0.02"}  # fmt: skip
+    if kind == "order":
+        item.update(order, orderStatus="Filled" if seq % 2 else "PartiallyFilled",
+                    cumExecQty="0.02" if seq % 2 else "0.01", cumExecValue="840.0",
+                    leavesQty="0" if seq % 2 else "0.01", avgPrice="42000.0",
+                    timeInForce="GTC", createdTime=str(event_time_ms - 1_000))  # fmt: skip
+    elif kind == "execution":
+        item.update(order, execId=str(uuid.UUID(int=seq)), execPrice="42000.0",
+                    execQty="0.01", execFee="0.0042", execTime=ts, isMaker=True,
+                    leavesQty="0" if seq % 2 else "0.01", execType="Trade")  # fmt: skip
+    elif kind == "position":
+        item.update(side="Buy", size="0.02", entryPrice="42000.0", markPrice="42010.0",
+                    positionValue="840.0", unrealisedPnl="0.2", leverage="10",
+                    positionIdx=0, positionStatus="Normal")  # fmt: skip
+    elif kind == "wallet":
+        item = {"accountType": "UNIFIED", "totalEquity": "1000", "totalWalletBalance": "1000",
+                "totalAvailableBalance": "990", "coin": [{"coin": "USDT", "equity": "1000",
+                "walletBalance": "1000", "locked": "10"}], "seq": seq}  # fmt: skip
     return dumps({"id": f"{seq}", "topic": topic, "creationTime": event_time_ms, "data": [item]})

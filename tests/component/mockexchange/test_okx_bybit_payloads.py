@@ -147,3 +147,28 @@ async def test_okx_account_without_ccy_and_orders_with_their_fields(start_mock) 
         assert int(item["cTime"]) <= int(item["uTime"])
     seqs = [item["seqId"] for item in orders]
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+
+
+async def test_bybit_private_items_carry_their_fields(start_mock) -> None:
+    """order, execution, position and wallet pushes are not shells: each carries its topic's
+    documented fields."""
+    mx = await start_mock("bybit", rate_per_stream_hz=50)
+    wanted = {"order": {"orderId", "orderLinkId", "side", "price", "qty", "orderStatus",
+                        "cumExecQty", "leavesQty", "avgPrice", "createdTime", "updatedTime"},
+              "execution": {"execId", "orderId", "execPrice", "execQty", "execFee", "execTime"},
+              "position": {"symbol", "side", "size", "entryPrice", "markPrice", "positionIdx"},
+              "wallet": {"accountType", "totalEquity", "coin"}}  # fmt: skip
+    got: dict[str, dict] = {}
+    async with client_from("127.0.0.87") as client:
+        ws = await client.ws_connect(mx.url + "/v5/private")
+        creds = ApiCredentials("test-key-1", "test-secret-1", "test-passphrase")
+        await ws.send_str(bybit.build_login(creds, int(time.time() * 1000), "l1"))
+        assert json.loads(await receive_text(ws))["success"] is True
+        await ws.send_str(json.dumps({"op": "subscribe", "args": sorted(wanted)}))
+        while len(got) < len(wanted):
+            frame = json.loads(await receive_text(ws))
+            if "data" in frame:
+                got[frame["topic"]] = frame["data"][0]
+        await ws.close()
+    for topic, fields in wanted.items():
+        assert got[topic].keys() >= fields, (topic, fields - got[topic].keys())
