@@ -67,7 +67,7 @@ def test_the_gitops_overlays_apply_with_kubectl_apply_k_and_are_planned(
                 assert kstatus(quota)[0] == "InProgress", quota["status"]
                 health, message = argocd_health(quota)
                 assert health == "Progressing" or (
-                    health == "Degraded" and "cannot be served" in message
+                    health == "Degraded" and "streams are not served" in message
                 ), (health, message)
             table = control_plane.kubectl("get", "ecq", "-n", ns).stdout
             assert "spot-books" in table and "spot-trades" in table and "binance-spot" in table
