@@ -5,15 +5,17 @@ connection stays open; without a usable token a private subscribe is refused."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
+import time
 
 import aiohttp
 from mockexchange_clients import client_from, receive_until
 
 from connquota.exchanges.dialects import kraken
 from connquota.exchanges.dialects.base import ApiCredentials
+from connquota.mockexchange.rest import kraken_tokens
 from connquota.mockexchange.settings import TestAccount
+from connquota.testing.waiting import wait_until
 
 SECRET = base64.b64encode(b"kraken-test-secret-0123456789abcdef" * 2).decode()
 ACCOUNT = TestAccount("kraken-key-1", SECRET, account_id="acct-kr")
@@ -64,7 +66,11 @@ async def test_tokens_are_signed_short_lived_unless_used(start_mock) -> None:
         assert data[-1]["type"] == "snapshot" and isinstance(data[-1]["sequence"], int)
         # 15 minutes pass (1 s at time scale 900): the unused token is no longer accepted;
         # the used one keeps working on its open connection
-        await asyncio.sleep(1.2)
+        issued = kraken_tokens(mx)[unused["token"]].issued_mono
+        ttl_s = mx.settings.scaled_s(kraken.TOKEN_TTL_S)
+        await wait_until(
+            lambda: _true(time.monotonic() - issued > ttl_s), 5, "the unused token's 15 minutes"
+        )
         await ws.send_str(kraken.build_private_subscribe("balances", unused["token"], 8))
         refused = (await receive_until(ws, _answer("subscribe")))[-1]
         assert refused["success"] is False and refused["error"] == "ESession:Invalid session"
@@ -72,3 +78,7 @@ async def test_tokens_are_signed_short_lived_unless_used(start_mock) -> None:
         assert (await receive_until(ws, _answer("subscribe")))[-1]["success"] is True
         await ws.close()
     assert mx.violations() == []
+
+
+async def _true(value: bool) -> bool:
+    return value
