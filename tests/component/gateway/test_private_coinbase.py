@@ -15,6 +15,7 @@ from test_private_streams import (
     PrivateConsumer,
     assert_no_secret_anywhere,
     private_plan,
+    refused_probe,
     write_secret,
 )
 
@@ -112,10 +113,7 @@ async def test_a_wrong_key_is_refused_and_retried_only_when_the_secret_changes(h
     wrong = generate_key_pair("ec")[0]
     mock, gw, cred = await start(harness, tmp_path, account, wrong)
 
-    async def refused():
-        st = await harness.status(gw)
-        conn = st["connections"][0] if st and st["connections"] else {}
-        return conn if conn.get("state") == "auth-refused" else None
+    refused = refused_probe(harness, gw)
 
     conn = await wait_for(refused, 20, "the connection reported as refused")
     assert "authentication failure" in conn["status"], conn
@@ -139,10 +137,7 @@ async def test_a_key_revoked_mid_session_ends_the_session_and_is_reported(harnes
     await harness.wait_live(gw, len(STREAMS), timeout_s=30)
     assert mock.revoke_key(KEY_NAME) == 1
 
-    async def refused():
-        st = await harness.status(gw)
-        conn = st["connections"][0]
-        return conn if conn["state"] == "auth-refused" else None
+    refused = refused_probe(harness, gw)
 
     conn = await wait_for(refused, 20, "the connection reported as refused")
     assert "authentication failure" in conn["status"], conn

@@ -15,6 +15,7 @@ from test_private_streams import (
     PrivateConsumer,
     assert_no_secret_anywhere,
     private_plan,
+    refused_probe,
     write_secret,
 )
 
@@ -131,10 +132,7 @@ async def test_a_wrong_secret_is_refused_and_retried_only_when_the_secret_change
     cred = credential(tmp_path, "d", "fo7WAPRm4P", WRONG, "sub")
     mock, gw = await start(harness, tmp_path, [(cred, USER_STREAMS)], [])
 
-    async def refused():
-        st = await harness.status(gw)
-        conn = st["connections"][0] if st and st["connections"] else {}
-        return conn if conn.get("state") == "auth-refused" else None
+    refused = refused_probe(harness, gw)
 
     conn = await wait_for(refused, 20, "the connection reported as refused")
     assert "code 13004: invalid_credentials" in conn["status"], conn
@@ -158,10 +156,7 @@ async def test_a_key_revoked_mid_session_ends_the_session_and_is_reported(harnes
     await harness.wait_live(gw, len(USER_STREAMS), timeout_s=30)
     assert mock.revoke_key("fo7WAPRm4P") == 1
 
-    async def refused():
-        st = await harness.status(gw)
-        conn = st["connections"][0]
-        return conn if conn["state"] == "auth-refused" else None
+    refused = refused_probe(harness, gw)
 
     conn = await wait_for(refused, 20, "the connection reported as refused")
     assert "13004" in conn["status"], conn

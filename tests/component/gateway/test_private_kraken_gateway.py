@@ -15,6 +15,7 @@ from test_private_streams import (
     PrivateConsumer,
     assert_no_secret_anywhere,
     private_plan,
+    refused_probe,
     write_secret,
 )
 
@@ -48,12 +49,6 @@ async def start(harness, tmp_path: Path, secret: str):
     return mock, gw, cred
 
 
-async def refused_connection(harness, gw) -> dict | None:
-    st = await harness.status(gw)
-    conn = st["connections"][0] if st and st["connections"] else {}
-    return conn if conn.get("state") == "auth-refused" else None
-
-
 async def test_private_channels_reach_consumers_with_a_rest_token(harness, tmp_path):
     mock, gw, _ = await start(harness, tmp_path, SECRET)
     await harness.wait_live(gw, len(STREAMS), timeout_s=30)
@@ -77,15 +72,13 @@ async def test_a_wrong_key_is_refused_by_the_token_call_and_retried_when_the_sec
     harness, tmp_path
 ):
     mock, gw, cred = await start(harness, tmp_path, WRONG)
-    conn = await wait_for(
-        lambda: refused_connection(harness, gw), 20, "the connection reported as refused"
-    )
+    conn = await wait_for(refused_probe(harness, gw), 20, "the connection reported as refused")
     assert "EAPI:Invalid" in conn["status"], conn
     assert "credential files change" in conn["status"], conn
     attempts = mock_attempts(mock)
     for _ in range(20):  # with a 1 s backoff cap a retrying gateway would try again here
         await asyncio.sleep(0.1)
-        assert (await refused_connection(harness, gw)) is not None
+        assert (await refused_probe(harness, gw)()) is not None
     assert mock_attempts(mock) == attempts
     write_secret(tmp_path, cred.name, {"apiSecret": SECRET})
     await harness.wait_live(gw, len(STREAMS), timeout_s=20)
@@ -97,9 +90,7 @@ async def test_a_key_revoked_mid_session_ends_the_session_and_is_reported(harnes
     mock, gw, _ = await start(harness, tmp_path, SECRET)
     await harness.wait_live(gw, len(STREAMS), timeout_s=30)
     mock.revoke_key(KEY)
-    conn = await wait_for(
-        lambda: refused_connection(harness, gw), 20, "the connection reported as refused"
-    )
+    conn = await wait_for(refused_probe(harness, gw), 20, "the connection reported as refused")
     assert conn["status"], conn
     assert [c for c in mock.websockets(GW_IP) if c.account is not None] == []
     harness.assert_no_violation()

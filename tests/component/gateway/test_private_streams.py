@@ -90,6 +90,17 @@ async def text_of(harness, gw, path: str) -> str:
         return await resp.text()
 
 
+def refused_probe(harness, gw):
+    """A probe for wait_for: the gateway's first connection once it reports `auth-refused`."""
+
+    async def refused() -> dict | None:
+        st = await harness.status(gw)
+        conn = st["connections"][0] if st and st["connections"] else {}
+        return conn if conn.get("state") == "auth-refused" else None
+
+    return refused
+
+
 async def assert_no_secret_anywhere(harness, gw, secrets: list[str]) -> None:
     """Grep the gateway's logs, /status and /metrics for every secret (and PEM key line)."""
     places = {
