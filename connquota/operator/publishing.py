@@ -97,10 +97,10 @@ class Publishing(ReconcilerBase):
                 cert = certificate if ordinal in fresh else None
                 await self.api.create(builders.build_lease(quota, ordinal, cert))
 
-    async def _ensure_leases(
+    async def _restore_deleted(
         self, quota: ExchangeConnectionQuota, state: QuotaState, current_replicas: int
     ) -> None:
-        """Objects deleted behind the operator's back, written again as they were: a plan
+        """Objects deleted behind the operator's back, restored as they were: a plan
         ConfigMap with the plan it last published (the same generation: the pod sees no
         change), and a missing Lease, empty and never certified (a pod of that ordinal may
         still enforce its slice; the running gateway takes the Lease again, with its attempt

@@ -157,7 +157,7 @@ class QuotaPass(ReconcilerBase):
                     quota, qin, pool, state, reports, current_replicas, body
                 )
                 await self._label_pods(key, state)
-                await self._ensure_leases(quota, state, current_replicas)
+                await self._restore_deleted(quota, state, current_replicas)
                 rolling = await self._roll(
                     quota,
                     pool,

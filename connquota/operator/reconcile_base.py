@@ -120,7 +120,7 @@ class ReconcilerBase:
 
         async def _label_pods(self, key: str, state: QuotaState) -> None: ...
 
-        async def _ensure_leases(
+        async def _restore_deleted(
             self, quota: ExchangeConnectionQuota, state: QuotaState, current_replicas: int
         ) -> None: ...
 
