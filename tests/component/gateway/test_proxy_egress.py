@@ -242,9 +242,9 @@ async def test_start_up_and_a_mass_disconnect_through_http_and_socks5_proxies_st
         # Every attempt has one outcome: a tunnel opened, or the fault that ended it after
         # the CONNECT was sent (under load a tunnel may time out after the exchange counted it).
         st = await harness.status(gw)
-        return sum(st["proxies"][http_name]["attempts"].values()) == await gateway_attempts(
-            harness, gw, http_name
-        )
+        return sum(
+            proxy_state(st, http_name).get("attempts", {}).values()
+        ) == await gateway_attempts(harness, gw, http_name)
 
     await wait_for(outcomes_match, 15, "one outcome per attempt through the http proxy")
     st = await harness.status(gw)
@@ -413,7 +413,7 @@ async def test_a_proxy_that_fails_every_tunnel_has_each_one_counted_as_an_attemp
 
     async def refused_upstream():
         st = await harness.status(gw)
-        proxies = st["proxies"]["p0"] if st else {}
+        proxies = proxy_state(st, "p0")
         return st if proxies.get("attempts", {}).get("upstream-refused", 0) >= 8 else None
 
     st = await wait_for(refused_upstream, 30, "tunnels refused by the proxy, counted")
@@ -466,7 +466,7 @@ async def _all_refused(harness: Harness, gw) -> bool:
 
 async def _more_faults(harness: Harness, gw, before: int) -> bool:
     st = await harness.status(gw)
-    return bool(st) and st["proxies"]["p0"]["faults"].get("unreachable", 0) > before
+    return proxy_state(st, "p0").get("faults", {}).get("unreachable", 0) > before
 
 
 async def holds_for(invariant, duration_s: float, step_s: float = 0.2) -> None:
