@@ -47,6 +47,8 @@ class StreamWatch:
         self.longest_outage_s = 0.0
         self.duplicates = 0
         """Streams seen subscribed twice for longer than `OVERLAP_S` (each counted once)."""
+        self.episodes: list[tuple[str, float, float]] = []
+        """Every outage that ended: (stream, down since, back at), monotonic seconds."""
         self._down_since: dict[str, float] = {}
         self._twice_since: dict[str, float] = {}
         self._duplicated: set[str] = set()
@@ -68,6 +70,19 @@ class StreamWatch:
     def down_now(self) -> set[str]:
         """Planned streams not subscribed upstream at the last sample."""
         return set(self._down_since)
+
+    def back_at(self, stream: str, after: float) -> float | None:
+        """When `stream` was next subscribed upstream at or after `after` (monotonic): the end
+        of the outage that covers `after` or starts within `OVERLAP_S` of it (a fault's effect
+        reaches the exchange a moment later); `after` itself if there was none; None while
+        that outage lasts."""
+        for name, since, back in self.episodes:
+            if name == stream and back >= after and since <= after + OVERLAP_S:
+                return back
+        down = self._down_since.get(stream)
+        if down is not None and down <= after + OVERLAP_S:
+            return None
+        return after
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -91,9 +106,9 @@ class StreamWatch:
             if counts.get(stream, 0) == 0:
                 self._down_since.setdefault(stream, now)
             elif stream in self._down_since:
-                self.longest_outage_s = max(
-                    self.longest_outage_s, now - self._down_since.pop(stream)
-                )
+                since = self._down_since.pop(stream)
+                self.longest_outage_s = max(self.longest_outage_s, now - since)
+                self.episodes.append((stream, since, now))
             if counts.get(stream, 0) > 1:
                 since = self._twice_since.setdefault(stream, now)
                 if now - since > OVERLAP_S and stream not in self._duplicated:
