@@ -29,7 +29,7 @@ from connquota.gateway.credentials import CredentialError, load_credentials
 from connquota.gateway.egress import EgressPool
 from connquota.gateway.endpoints import EndpointBook
 from connquota.gateway.hub import StreamHub
-from connquota.gateway.limiter import INF, Limiter, WaitKind
+from connquota.gateway.limiter import INF, AttemptWait, Limiter, WaitKind
 from connquota.gateway.private_wire import (
     credential_fingerprint,
     wait_for_credential_change,
@@ -312,9 +312,48 @@ class UpstreamConnection:
             if self._stopping:
                 return SessionEnded("stopping", True)
 
+    def _spare_room(self) -> int:
+        """Connections the plan leaves this pod beyond those it holds on this address."""
+        plan = self.ctx.limiter.plan
+        if plan is None:
+            return 0
+        return sum(r.connections for r in plan.spare if r.address == self.address)
+
+    async def _wait_for_spare_room(self, old: Session) -> AttemptWait:
+        """Until the concurrent slice has room for the replacement, while the plan gives this
+        pod spare room on the address (another rotation or move of the pod holds it for a
+        moment) and `old` is younger than its maximum age less a connect timeout: rotations
+        due together then take the spare room one after the other, each make-before-break,
+        instead of all but the first closing first."""
+        max_age = self.max_age_s()
+        opened = old.opened_mono
+        latest = (
+            None
+            if max_age is None or opened is None
+            else opened + max_age - self.profile.connectTimeoutSeconds
+        )
+        while True:
+            wait = self.ctx.limiter.attempt_wait_reason(self.address, self.identities)
+            left = None if latest is None else latest - time.monotonic()
+            if (
+                wait.kind != WaitKind.CONCURRENT_SLICE
+                or self._spare_room() == 0
+                or left is None
+                or left <= 0
+                or old.ended.done()
+                or self._stopping
+            ):
+                return wait
+            await self.ctx.limiter.wait_for_change(min(left, 1.0))
+
     async def _rotate(self, old: Session) -> Session | None:
-        """Make-before-break when the slices leave room; else close first and reconnect."""
-        wait = self.ctx.limiter.attempt_wait_reason(self.address, self.identities)
+        """Make-before-break when the slices leave room (waiting for the pod's spare room while
+        another rotation holds it); else close first and reconnect."""
+        wait = await self._wait_for_spare_room(old)
+        if old.ended.done():
+            await old.close(clean=True)
+            self.current = None
+            return None
         if wait.seconds == INF or wait.kind == WaitKind.CONCURRENT_SLICE:
             # No room for a second connection (or none will come): close first.
             log.info("rotating break-before-make: %s", wait.text, extra=self.extra)

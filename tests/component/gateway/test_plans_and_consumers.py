@@ -10,7 +10,7 @@ from conftest import GW_IP, Consumer, base_plan, mock_attempts, shrunk, stream_n
 from prometheus_client.parser import text_string_to_metric_families
 
 from connquota.api.limits import LimitName, LimitScope
-from connquota.api.plan import ConnectionPlan
+from connquota.api.plan import ConnectionPlan, SpareRoom
 from connquota.testing.gateway_plans import bind_address, pod_plan
 
 
@@ -122,6 +122,58 @@ async def test_max_age_rotation_is_make_before_break_without_a_gap(harness):
         for code in (1000, 1001, 1006, 1008)
     ), "the exchange had to close a connection for its age"
     assert oldest_age >= 0.9 * max_age_profile_s / 20.0
+    harness.assert_no_violation()
+    await consumer.close()
+
+
+async def test_rotations_due_together_take_the_spare_room_in_turn_each_make_before_break(harness):
+    """Four connections opened together reach their maximum age together; the plan leaves the
+    pod one connection of spare room (5 of 5 concurrent: 4 held, 1 spare). Each rotation waits
+    for the spare room another one holds instead of closing first: every connection rotates
+    make-before-break, the exchange's trade ids show no gap, and never more than 5 are open."""
+    max_age_profile_s = 200.0  # 10 s at the test's time scale
+    limits = shrunk(
+        "binance-spot",
+        connectionAttempts=(10, 40.0),
+        concurrentConnections=(5, None),
+        maxConnectionAge=(max_age_profile_s, None),
+    )
+    await harness.start_mock("binance-spot", limits, rate_per_stream_hz=20.0)
+    profile = harness.gateway_profile().model_copy(update={"connectTimeoutSeconds": 0.1})
+    names = stream_names("binance-spot", 8)
+    conns = [
+        ConnectionPlan(id=f"c{i}", address="a0", streams=names[i * 2 : i * 2 + 2]) for i in range(4)
+    ]
+    plan = pod_plan(
+        profile,
+        conns,
+        addresses=[bind_address(0, harness.egress_check())],
+        margin_s=0.2,
+        concurrent_slice=5,
+    ).model_copy(update={"spare": [SpareRoom(address="a0", connections=1, attempts=1)]})
+    gw = harness.gateway(harness.write_plan(plan))
+    gw.start()
+    await harness.wait_live(gw, len(names), timeout_s=30)
+    consumer = Consumer(harness.http, gw.ws_url)
+    await consumer.connect(names)
+
+    async def rotated():
+        st = await harness.status(gw)
+        return all(c["sessionsOpened"] >= 2 for c in st["connections"])
+
+    await wait_for(rotated, 40, "every connection rotated", step_s=0.05)
+    async with harness.http.get(gw.base_url + "/metrics") as resp:
+        reconnects = {
+            sample.labels["reason"]: sample.value
+            for family in text_string_to_metric_families(await resp.text())
+            if family.name == "connquota_gateway_reconnects"
+            for sample in family.samples
+        }
+    assert reconnects.get("rotation", 0) >= 4, reconnects
+    assert "rotation-break-before-make" not in reconnects, reconnects
+    for stream, ids in consumer.trade_ids.items():
+        assert ids == list(range(ids[0], ids[0] + len(ids))), stream
+    harness.assert_peak_at_least(LimitName.CONCURRENT_CONNECTIONS, LimitScope.IP, 1.0)
     harness.assert_no_violation()
     await consumer.close()
 
