@@ -91,6 +91,21 @@ def pod_ready(pod: Obj) -> bool:
     return False
 
 
+def pod_node(pod: Obj) -> str:
+    """The node a pod is bound to (spec.nodeName, "" when not scheduled yet)."""
+    return str(_path(pod, "spec", "nodeName") or "")
+
+
+def node_unschedulable(node: Obj) -> bool:
+    """Whether a Node is cordoned (spec.unschedulable)."""
+    return bool(_path(node, "spec", "unschedulable"))
+
+
+def pod_holds_connections_label(pod: Obj) -> bool:
+    """Whether a gateway pod carries connquota.io/holds-connections=true."""
+    return labels(pod).get(names.LABEL_HOLDS_CONNECTIONS) == "true"
+
+
 def pod_template_hash(pod: Obj) -> str | None:
     """The connquota.io/template-hash annotation a gateway pod was created with."""
     return object_annotations(pod).get(names.ANNOTATION_TEMPLATE_HASH)

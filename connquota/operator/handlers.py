@@ -70,6 +70,14 @@ def gateway_statefulsets(body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]
     return {key: dict(body)} if key else None
 
 
+@kopf.index("", "v1", "nodes")
+def cordoned_nodes(name: str, body: kopf.Body, **_: Any) -> dict[str, bool] | None:
+    """The cordoned Nodes (`spec.unschedulable`), by name: their gateway pods are treated as
+    outdated, moved off make-before-break when room allows, and evicted (docs/operator.md,
+    "Evictions and node drains"). Only cordoned nodes are kept in memory."""
+    return {name: True} if accessors.node_unschedulable(body) else None
+
+
 def _values(index: kopf.Index[str, dict[str, Any]], key: str) -> list[dict[str, Any]]:
     try:
         return list(index[key])
@@ -102,12 +110,14 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: An
         kwargs["gateway_pods"],
         kwargs["gateway_statefulsets"],
     )
+    cordoned: kopf.Index[str, bool] = kwargs["cordoned_nodes"]
     sources = Sources(
         pools=lambda name: next(iter(_values(pools, name)), None),
         quotas_of_pool=lambda pool: _values(quotas, pool),
         leases_of_quota=lambda key: _values(leases, key),
         pods_of_quota=lambda key: _values(pods, key),
         statefulset_of_quota=lambda key: next(iter(_values(sets, key)), None),
+        node_cordoned=lambda node: bool(node) and node in cordoned,
     )
     memo["reconciler"] = Reconciler(api, config, sources)
     if config.metricsPort and not memo.get("metrics_started"):
@@ -253,3 +263,43 @@ async def statefulset_event(body: kopf.Body, type: str | None, memo: kopf.Memo, 
         meta = body.get("metadata") or {}
         reconciler.api.forget("StatefulSet", meta.get("namespace", ""), meta.get("name", ""))
     _gateway_event(body, memo)
+
+
+# --- nodes -----------------------------------------------------------------------------------
+
+
+@kopf.on.event("", "v1", "nodes")
+async def node_event(
+    body: kopf.Body, name: str, type: str | None, memo: kopf.Memo, **kwargs: Any
+) -> None:
+    """A Node cordoned or uncordoned (`spec.unschedulable` changed since the operator last saw
+    it, or first seen cordoned): reconcile the pools of the quotas with gateway pods on it, so
+    a `kubectl drain` is answered at once (their pods are moved off it). Other Node events
+    (status heartbeats) are ignored."""
+    reconciler: Reconciler | None = memo.get("reconciler")
+    if reconciler is None:
+        return
+    seen: dict[str, bool] = memo.setdefault("node_cordoned", {})
+    cordoned = type != "DELETED" and accessors.node_unschedulable(body)
+    before = seen.get(name, False)
+    if type == "DELETED":
+        seen.pop(name, None)
+    else:
+        seen[name] = cordoned
+    if cordoned == before:
+        return
+    pods: kopf.Index[str, dict[str, Any]] = kwargs["gateway_pods"]
+    quotas = sorted(
+        {key for key in pods for pod in _values(pods, key) if accessors.pod_node(pod) == name}
+    )
+    log.info(
+        "node %s %s: reconciling the quotas with gateway pods on it: %s",
+        name,
+        "cordoned" if cordoned else "uncordoned",
+        ", ".join(quotas) or "none",
+        extra={"node": name},
+    )
+    for key in quotas:
+        state = reconciler.quotas.get(key)
+        if state is not None and state.pool:
+            reconciler.request(state.pool)

@@ -45,6 +45,12 @@ LABEL_ORDINAL = "connquota.io/ordinal"
 LABEL_EGRESS = "connquota.io/egress"
 """podLabel egress: the value the CNI egress policy maps to a public address."""
 LABEL_POOL = "connquota.io/pool"
+LABEL_HOLDS_CONNECTIONS = "connquota.io/holds-connections"
+"""On a gateway pod (set by the operator, never on the template): "true" while its published
+plan gives it connections (or until it acknowledged letting them go). The quota's
+PodDisruptionBudget selects only these pods, with `maxUnavailable: 0`, so a node drain waits
+until the operator has moved a pod's connections (docs/operator.md, "Evictions and node
+drains")."""
 MANAGED_BY = "connquota-operator"
 
 # Annotations

@@ -156,7 +156,7 @@ class QuotaPass(ReconcilerBase):
                 current_replicas = await self._scale(
                     quota, qin, pool, state, reports, current_replicas, body
                 )
-                await self._label_pods(key, state)
+                await self._label_pods(key, state, reports, body)
                 await self._restore_deleted(quota, state, current_replicas)
                 rolling = await self._roll(
                     quota,

@@ -118,7 +118,13 @@ class ReconcilerBase:
             body: dict[str, Any],
         ) -> None: ...
 
-        async def _label_pods(self, key: str, state: QuotaState) -> None: ...
+        async def _label_pods(
+            self,
+            key: str,
+            state: QuotaState,
+            reports: Mapping[int, GatewayReport],
+            body: dict[str, Any],
+        ) -> None: ...
 
         async def _restore_deleted(
             self, quota: ExchangeConnectionQuota, state: QuotaState, current_replicas: int

@@ -148,6 +148,9 @@ class Sources:
     leases_of_quota: Callable[[str], list[dict[str, Any]]]
     pods_of_quota: Callable[[str], list[dict[str, Any]]]
     statefulset_of_quota: Callable[[str], dict[str, Any] | None]
+    node_cordoned: Callable[[str], bool] = field(default=lambda _node: False)
+    """Whether the named Node is cordoned (`spec.unschedulable`): its gateway pods are moved
+    off it (docs/operator.md, "Evictions and node drains")."""
 
 
 def strip_status(body: Mapping[str, Any]) -> dict[str, Any]:

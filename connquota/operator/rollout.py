@@ -72,6 +72,14 @@ class PodView:
     """Upstream connections with an open session (its report): a relayed stream counts as
     live in `streams_live`, so a connection still waiting for its attempt slice shows only
     here."""
+    cordoned: bool = False
+    """Its node is cordoned (`spec.unschedulable`, e.g. by `kubectl drain`): the pod is
+    outdated whatever its template, so it is drained (when room allows) and evicted; its
+    successor lands on another node."""
+
+    def outdated(self, template: str) -> bool:
+        """Whether the pod must be replaced: an older template, or a cordoned node."""
+        return self.template != template or self.cordoned
 
     @property
     def acked(self) -> bool:
@@ -163,13 +171,13 @@ def decide(fleet: FleetView, pods: Mapping[int, PodView]) -> RolloutDecision:
     missing = [o for o in ordinals if o not in pods]
     present = [pods[o] for o in ordinals if o in pods]
     outdated = sorted(
-        (p.ordinal for p in present if not p.terminating and p.template != fleet.template),
+        (p.ordinal for p in present if not p.terminating and p.outdated(fleet.template)),
         reverse=True,
     )
 
     def done(o: int) -> bool:
         pod = pods.get(o)
-        return _ready(pod) and pod is not None and pod.template == fleet.template
+        return _ready(pod) and pod is not None and not pod.outdated(fleet.template)
 
     # Replaced by this rollout, successor not yet Ready on the desired template.
     pending = sorted((o for o in fleet.replacing if o < total and not done(o)), reverse=True)
@@ -220,6 +228,19 @@ def decide(fleet: FleetView, pods: Mapping[int, PodView]) -> RolloutDecision:
     in_flight = sorted(unavailable - set(outdated), reverse=True)
     current = in_flight[0] if in_flight else outdated[0]
     return replace(base, current=current, waiting=blocked)
+
+
+def holds_connections(pod: PodView, *, evicting: bool = False) -> bool:
+    """Whether `pod` gets `connquota.io/holds-connections=true`, the label the quota's
+    PodDisruptionBudget (`maxUnavailable: 0`) selects: while its published plan gives it
+    connections, and after a plan without any until its own gateway acknowledged it (it closes
+    a connection that left its plan before reporting the generation enforced: the drained
+    step). Never on a pod being evicted or terminating (`evicting`: its break-before-make turn
+    came, there was no room to move its connections first), nor on a pod no plan was
+    published for."""
+    if evicting or pod.terminating or pod.generation_wanted <= 0:
+        return False
+    return pod.connections_planned > 0 or not pod.acked
 
 
 def _ready(pod: PodView | None) -> bool:
@@ -385,8 +406,8 @@ def advance_drain(
         view = pods.get(drain.ordinal)
         if view is None or uids.get(drain.ordinal) == drain.uid:
             return DrainStep(waiting=f"pod {name} to be replaced")
-        if view.template != template or not view.available:
-            why = view.waits_for() or f"pod {name} to run the new pod template"
+        if view.outdated(template) or not view.available:
+            why = view.waits_for() or f"pod {name} to run the new pod template off a cordoned node"
             return DrainStep(waiting=why)
         drain.phase = DrainPhase.RETURN
         return DrainStep(waiting=f"pod {name} to reopen its connections (copies serve them)")

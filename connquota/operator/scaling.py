@@ -13,6 +13,7 @@ from connquota.api.quota import ExchangeConnectionQuota
 from connquota.api.report import GatewayReport
 from connquota.operator import accessors, builders, names, planning, rollout
 from connquota.operator.crash import crash_point
+from connquota.operator.kube import KubeError
 from connquota.operator.planning import (
     QuotaInput,
 )
@@ -24,6 +25,13 @@ from connquota.operator.reconcile_state import (
 )
 
 log = logging.getLogger(__name__)
+
+
+def _why_replaced(pod: rollout.PodView, template: str) -> str:
+    """Why a pod is replaced, for Events: its node is cordoned, or its template is older."""
+    if pod.cordoned and pod.template == template:
+        return "off its cordoned node"
+    return "with the new pod template"
 
 
 class Scaling(ReconcilerBase):
@@ -121,14 +129,29 @@ class Scaling(ReconcilerBase):
         if await self.api.apply(sts) and current:
             await self._event(body, state, "ScaledDown", "quota deleted: gateway replicas -> 0")
 
-    async def _label_pods(self, key: str, state: QuotaState) -> None:
+    async def _label_pods(
+        self,
+        key: str,
+        state: QuotaState,
+        reports: Mapping[int, GatewayReport],
+        body: dict[str, Any],
+    ) -> None:
+        """The labels the operator keeps on each gateway pod: its egress address (podLabel
+        addresses differing per ordinal) and `connquota.io/holds-connections` while it holds
+        connections (`rollout.holds_connections`; the PodDisruptionBudget selects it)."""
         ns, _ = key.split("/", 1)
+        views, _ = self._pod_views(state, body, reports)
         for pod in self.sources.pods_of_quota(key):
             name = pod["metadata"]["name"]
-            ordinal_text = name.rsplit("-", 1)[-1]
-            if not ordinal_text.isdigit():
+            ordinal = accessors.pod_ordinal(pod)
+            if ordinal is None:
                 continue
-            plan = state.plans.published.get(int(ordinal_text))
+            view = views.get(ordinal)
+            if view is not None and not accessors.deleting(pod):
+                await self._set_holds_label(
+                    key, pod, rollout.holds_connections(view), view.cordoned
+                )
+            plan = state.plans.published.get(ordinal)
             if plan is None:
                 continue
             wanted = builders.pod_egress_label(plan)
@@ -137,6 +160,39 @@ class Scaling(ReconcilerBase):
                 await self.api.merge_patch(
                     "Pod", ns, name, {"metadata": {"labels": {names.LABEL_EGRESS: wanted}}}
                 )
+
+    async def _set_holds_label(
+        self, key: str, pod: Mapping[str, Any], holds: bool, cordoned: bool = False
+    ) -> None:
+        """Set or remove `connquota.io/holds-connections` on `pod` (skipped when it already
+        says so; with the pod's uid as precondition, so a successor of the same name is left
+        to the next pass)."""
+        if accessors.pod_holds_connections_label(pod) == holds:
+            return
+        ns = key.split("/", 1)[0]
+        name = pod["metadata"]["name"]
+        patch = {
+            "metadata": {
+                "uid": accessors.uid(pod),
+                "labels": {names.LABEL_HOLDS_CONNECTIONS: "true" if holds else None},
+            }
+        }
+        try:
+            await self.api.merge_patch("Pod", ns, name, patch)
+        except KubeError as exc:
+            if exc.status not in (404, 409):
+                raise
+            return  # gone, or another pod of that name now: the next pass sees it
+        log.info(
+            "quota %s: pod %s %s",
+            key,
+            name,
+            "holds connections: labelled, its evictions wait for them to move"
+            if holds
+            else "lets its connections go: label removed, it may be evicted"
+            + (" (its node is cordoned)" if cordoned else ""),
+            extra={"quota": key, "pod": name},
+        )
 
     async def _roll(
         self,
@@ -172,7 +228,7 @@ class Scaling(ReconcilerBase):
                 and uids[ordinal] != old_uid
                 and successor.ready
                 and not successor.terminating
-                and successor.template == template
+                and not successor.outdated(template)
             ):
                 del evicted[ordinal]  # replaced: its successor is Ready on the new template
         fleet = rollout.FleetView(
@@ -212,7 +268,8 @@ class Scaling(ReconcilerBase):
                     state,
                     "Draining",
                     f"moving the connections of {pods[first].name} to spare room on other "
-                    "pods before replacing it with the new pod template (make-before-break)",
+                    f"pods before replacing it {_why_replaced(pods[first], template)} "
+                    "(make-before-break)",
                 )
                 decision = rollout.RolloutDecision(
                     updated=decision.updated,
@@ -290,6 +347,7 @@ class Scaling(ReconcilerBase):
         names_evicted = []
         for ordinal in decision.replace:
             pod = pods[ordinal]
+            await self._release_for_eviction(key, uids[ordinal])
             outcome = await self.api.evict(ns, pod.name, uids[ordinal])
             log.info(
                 "quota %s: rollout: evict %s (template %s -> %s): %s",
@@ -321,7 +379,8 @@ class Scaling(ReconcilerBase):
                 body,
                 state,
                 "RollingOut",
-                f"replacing {', '.join(names_evicted)} with the new pod template "
+                f"replacing {', '.join(names_evicted)} "
+                f"{_why_replaced(pods[decision.replace[0]], template)} "
                 f"({decision.updated}/{decision.total} pods updated; break-before-make"
                 + (f": {why}" if why else "")
                 + ")",
@@ -349,6 +408,7 @@ class Scaling(ReconcilerBase):
         step = rollout.advance_drain(drain, state.plans.published, pods, uids, template, pod_prefix)
         waiting = step.waiting
         if step.evict:
+            await self._release_for_eviction(key, drain.uid)
             outcome = await self.api.evict(ns, name, drain.uid)
             log.info(
                 "quota %s: rollout: evict %s after its drain (make-before-break): %s",
@@ -367,7 +427,9 @@ class Scaling(ReconcilerBase):
                     body,
                     state,
                     "RollingOut",
-                    f"replacing {name} with the new pod template ({decision.updated}/"
+                    f"replacing {name} "
+                    f"{_why_replaced(pods[drain.ordinal], template) if drain.ordinal in pods else ''}"
+                    f" ({decision.updated}/"
                     f"{decision.total} pods updated; make-before-break: its connections were "
                     "moved to other pods first)",
                 )
@@ -387,6 +449,16 @@ class Scaling(ReconcilerBase):
             waiting=waiting,
             rolled_out=False,
         )
+
+    async def _release_for_eviction(self, key: str, uid: str) -> None:
+        """Remove `connquota.io/holds-connections` from the pod `uid` right before the
+        operator evicts it, so the PodDisruptionBudget (`maxUnavailable: 0` over the labelled
+        pods) lets the eviction through: after its drain (it let its connections go, the label
+        is normally gone already) or when its break-before-make turn comes (no room to move
+        them; `rollout.decide` keeps `gateway.maxUnavailable`)."""
+        for pod in self.sources.pods_of_quota(key):
+            if accessors.uid(pod) == uid:
+                await self._set_holds_label(key, pod, False)
 
     def _pod_views(
         self, state: QuotaState, body: dict[str, Any], reports: Mapping[int, GatewayReport]
@@ -429,6 +501,7 @@ class Scaling(ReconcilerBase):
                 streams_live=report.streams if report is not None else 0,
                 connections_planned=len(plan.connections) if plan else 0,
                 connections_live=report.connections if report is not None else 0,
+                cordoned=self.sources.node_cordoned(accessors.pod_node(pod)),
             )
             uids[ordinal] = uid
         return views, uids

@@ -402,13 +402,14 @@ def test_operator_with_only_the_charts_rights_reconciles_the_example_and_gateway
                 )
 
 
-def test_with_pod_label_egress_the_operator_may_label_only_gateway_pods_and_only_their_egress(
+def test_the_operator_may_label_only_gateway_pods_and_only_their_egress_and_holds_labels(
     control_plane: ControlPlane, namespace: str, tmp_path: Path
 ) -> None:
     """RBAC cannot name the Pods `patch` applies to; the chart's ValidatingAdmissionPolicy
-    confines the operator's ServiceAccount to the egress label of gateway pods."""
+    (rendered by default) confines the operator's ServiceAccount to the egress and
+    holds-connections labels of gateway pods."""
     release = f"plabel{uuid.uuid4().hex[:6]}"
-    docs = render(control_plane, release, namespace, "podLabelEgress=true")
+    docs = render(control_plane, release, namespace)
     kinds = (*RBAC_KINDS, "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding")
     objects = [d for d in docs if d["kind"] in kinds]
     assert {d["kind"] for d in objects} == set(kinds) - {"Role", "RoleBinding"}
@@ -460,12 +461,19 @@ def test_with_pod_label_egress_the_operator_may_label_only_gateway_pods_and_only
         refused = label("app", f"{names.LABEL_EGRESS}=lo-2")
         assert refused.startswith("422") and "gateway pods only" in refused, refused
         assert label("gw", f"{names.LABEL_EGRESS}=lo-2") == ""
+        assert label("gw", f"{names.LABEL_HOLDS_CONNECTIONS}=true") == ""
+        refused = label("app", f"{names.LABEL_HOLDS_CONNECTIONS}=true")
+        assert refused.startswith("422") and "gateway pods only" in refused, refused
         other_label = label("gw", "team=x")
         assert "only the connquota.io/egress label" in other_label, other_label
         got = control_plane.kubectl(
             "get", "pod", "gw", "-n", namespace, "-o", "jsonpath={.metadata.labels}"
         ).stdout
-        assert json.loads(got) == {names.LABEL_NAME: names.GATEWAY_APP, names.LABEL_EGRESS: "lo-2"}
+        assert json.loads(got) == {
+            names.LABEL_NAME: names.GATEWAY_APP,
+            names.LABEL_EGRESS: "lo-2",
+            names.LABEL_HOLDS_CONNECTIONS: "true",
+        }
     finally:
         for doc in objects:
             if "namespace" not in doc["metadata"]:

@@ -80,6 +80,11 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: [""]
   resources: [events]
   verbs: [create]
+# Nodes: kopf index and event handler (cordoned_nodes, node_event): a gateway pod on a cordoned
+# node is moved off it (its connections first, then evicted), so `kubectl drain` waits for that.
+- apiGroups: [""]
+  resources: [nodes]
+  verbs: [list, watch]
 {{- if gt (len .Values.watchNamespaces) 0 }}
 # kopf follows the watched namespaces being created and deleted.
 - apiGroups: [""]
@@ -144,12 +149,12 @@ namespace. */ -}}
 - apiGroups: [""]
   resources: [pods/eviction]
   verbs: [create]
-{{- if .Values.podLabelEgress }}
-# podLabel pools: the operator labels each gateway pod with its egress address.
+# Gateway pod labels: connquota.io/holds-connections (the pods the quota's PodDisruptionBudget
+# protects) and, for podLabel pools, connquota.io/egress. The ValidatingAdmissionPolicy
+# (gateway-pods-policy.yaml) lets the operator change only these labels, of gateway pods only.
 - apiGroups: [""]
   resources: [pods]
   verbs: [patch]
-{{- end }}
 # A quota's credential Secrets must exist: read as metadata only (PartialObjectMetadata), never
 # listed or watched. create: each quota's peer-token Secret (created once, never updated).
 - apiGroups: [""]

@@ -400,16 +400,27 @@ def template_hash(template: dict[str, Any]) -> str:
 
 
 def build_pod_disruption_budget(quota: ExchangeConnectionQuota) -> dict[str, Any]:
-    """At most `gateway.maxUnavailable` (default 1) gateway pods of `quota` voluntarily evicted
-    at a time (the operator's own rollouts evict through it too)."""
+    """The quota's single PodDisruptionBudget: it selects only the gateway pods labelled
+    `connquota.io/holds-connections=true` (the operator sets the label while a pod's published
+    plan gives it connections and removes it once the pod let them go, or when its
+    break-before-make turn comes), with `maxUnavailable: 0`. So a voluntary eviction (`kubectl
+    drain`) of a pod still holding connections is refused until the operator has moved them
+    (docs/operator.md, "Evictions and node drains"); a pod holding nothing is not selected and
+    goes at once. The operator's own rollouts keep `gateway.maxUnavailable` themselves
+    (`rollout.decide`). Not Ready pods may always be evicted (they serve nothing)."""
     _, quota_name, _ = quota_ids(quota)
     body = {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
         "metadata": object_meta(quota, names.statefulset_name(quota_name)),
         "spec": {
-            "maxUnavailable": quota.spec.gateway.maxUnavailable,
-            "selector": {"matchLabels": names.selector_labels(quota_name)},
+            "maxUnavailable": 0,
+            "selector": {
+                "matchLabels": {
+                    **names.selector_labels(quota_name),
+                    names.LABEL_HOLDS_CONNECTIONS: "true",
+                }
+            },
             "unhealthyPodEvictionPolicy": "AlwaysAllow",
         },
     }

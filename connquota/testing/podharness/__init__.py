@@ -4,7 +4,8 @@ No kubelet and no scheduler run in the test control plane. :class:`PodHarness` r
 fake Node, or several (Ready, each with a Lease in ``kube-node-lease`` that it keeps renewing
 so the node lifecycle controller never taints or evicts it), binds every pending Pod matching
 its label selector to the first of its Nodes that the Pod's ``nodeSelector`` and required node
-affinity admit, and runs the Pod's single container as a local subprocess:
+affinity admit and that is not cordoned (``spec.unschedulable``, unless the Pod tolerates it;
+with ``spread=True``, the one of those with the fewest Pods), and runs the Pod's single container as a local subprocess:
 
 * argv: the container's ``command`` + ``args`` (``$(VAR)`` references expanded as the kubelet
   does). A container without ``command`` uses ``image_commands[image]``; there is no image.
@@ -50,7 +51,8 @@ Where each concern lives (a package; everything public is re-exported here):
 
 * ``harness``: :class:`PodHarness`: construction, start/stop, queries for tests, the Pod watch
 * ``nodes``: the fake Nodes, their Ready status and Lease renewals
-* ``binding``: which node admits a Pod (nodeSelector, required node affinity), the Binding
+* ``binding``: which node admits a Pod (nodeSelector, required node affinity, not cordoned),
+  the Binding
 * ``podips``: one loopback Pod IP per Pod, locked against other harnesses on the machine
 * ``runner``: one Pod's thread: start, restart with backoff, liveness restarts, refreshes
 * ``environment`` and ``volumes``: what the container sees: env, mounted files, tokens

@@ -1,5 +1,5 @@
-"""Scheduling: which harness node a Pod's nodeSelector and required node affinity admit,
-and the Binding that assigns it.
+"""Scheduling: which harness node a Pod's nodeSelector and required node affinity admit (never
+a cordoned one, unless the Pod tolerates it), and the Binding that assigns it.
 """
 
 from __future__ import annotations
@@ -43,6 +43,21 @@ def expression_holds(expr: Mapping[str, Any], value: str | None, present: bool) 
     return False
 
 
+UNSCHEDULABLE_TAINT = "node.kubernetes.io/unschedulable"
+"""The taint the scheduler reads a cordoned node's `spec.unschedulable` as."""
+
+
+def _tolerates_unschedulable(toleration: Mapping[str, Any]) -> bool:
+    key = toleration.get("key") or ""
+    effect = toleration.get("effect") or ""
+    operator = toleration.get("operator") or "Equal"
+    if effect not in ("", "NoSchedule"):
+        return False
+    if not key:
+        return operator == "Exists"
+    return key == UNSCHEDULABLE_TAINT
+
+
 class Scheduler(HarnessFields):
     """Plays the scheduler for the harness's Pods."""
 
@@ -61,11 +76,44 @@ class Scheduler(HarnessFields):
             return True
         return any(term_matches(term, labels, node_name) for term in terms)
 
+    def _schedulable(self, pod: Mapping[str, Any], node_name: str) -> bool:
+        """Whether the node takes new Pods: not cordoned (`spec.unschedulable`, as `kubectl
+        cordon` and `kubectl drain` set it), unless the Pod tolerates the
+        `node.kubernetes.io/unschedulable` taint the scheduler reads it as (DaemonSet pods)."""
+        try:
+            node = self.core.read_node(node_name)
+        except ApiException as err:
+            self.errors.append(f"read node {node_name}: {err.status} {err.reason}")
+            return False
+        if not (node.spec is not None and node.spec.unschedulable):
+            return True
+        return any(
+            _tolerates_unschedulable(toleration)
+            for toleration in pod["spec"].get("tolerations") or []
+        )
+
+    def _pods_on(self, node_name: str) -> int:
+        """Pods bound to the node and not terminating or finished (for `spread`)."""
+        items = self.core.list_pod_for_all_namespaces(
+            field_selector=f"spec.nodeName={node_name}"
+        ).items
+        return sum(
+            1
+            for p in items
+            if p.metadata is not None
+            and p.metadata.deletion_timestamp is None
+            and (p.status is None or p.status.phase not in ("Succeeded", "Failed"))
+        )
+
     def _choose_node(self, pod: Mapping[str, Any]) -> str | None:
-        for node_name in self.node_names:
-            if self._fits(pod, node_name):
-                return node_name
-        return None
+        """The first harness node that admits the Pod and is not cordoned; with `spread`,
+        the one of those with the fewest Pods (ties: the first)."""
+        fitting = [n for n in self.node_names if self._fits(pod, n) and self._schedulable(pod, n)]
+        if not fitting:
+            return None
+        if not self.spread:
+            return fitting[0]
+        return min(fitting, key=lambda n: (self._pods_on(n), self.node_names.index(n)))
 
     def _bind(self, pod: dict[str, Any], node_name: str) -> None:
         meta = pod["metadata"]

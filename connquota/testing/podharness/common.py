@@ -65,6 +65,7 @@ class HarnessFields:
     coordination: client.CoordinationV1Api
     node_name: str
     node_names: list[str]
+    spread: bool
     node_labels: dict[str, str]
     _node_labels: dict[str, dict[str, str]]
     _node_status_at: float

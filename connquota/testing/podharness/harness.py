@@ -49,6 +49,7 @@ class PodHarness(NodeAgent, Scheduler, PodAddresses):
         namespace: str | None = None,
         node_name: str = DEFAULT_NODE_NAME,
         extra_node_names: Sequence[str] = (),
+        spread: bool = False,
         node_labels: Mapping[str, str] | None = None,
         work_dir: Path | None = None,
         api_host: str = "127.0.0.1",
@@ -74,6 +75,7 @@ class PodHarness(NodeAgent, Scheduler, PodAddresses):
         self.namespace = namespace
         self.node_name = node_name
         self.node_names = [node_name, *[n for n in extra_node_names if n != node_name]]
+        self.spread = spread
         self.node_labels = dict(node_labels or {})
         self._node_labels: dict[str, dict[str, str]] = {}
         self._own_work_dir = work_dir is None

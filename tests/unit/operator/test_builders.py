@@ -265,10 +265,17 @@ def test_services_headless_publishes_not_ready_addresses(quota) -> None:
     assert headless["spec"]["selector"] == client["spec"]["selector"] == names.selector_labels("md")
 
 
-def test_pdb_allows_one_voluntary_disruption(quota) -> None:
+def test_pdb_refuses_evicting_pods_that_hold_connections_and_selects_only_those(quota) -> None:
     pdb = builders.build_pod_disruption_budget(quota)
-    assert pdb["spec"]["maxUnavailable"] == 1
-    assert pdb["spec"]["selector"]["matchLabels"] == names.selector_labels("md")
+    assert pdb["spec"]["maxUnavailable"] == 0
+    assert pdb["spec"]["selector"]["matchLabels"] == {
+        **names.selector_labels("md"),
+        names.LABEL_HOLDS_CONNECTIONS: "true",
+    }
+    assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+    # The label is the operator's, per pod: never on the template (a successor starts without).
+    sts = builders.build_statefulset(quota, 2, [])
+    assert names.LABEL_HOLDS_CONNECTIONS not in sts["spec"]["template"]["metadata"]["labels"]
 
 
 def test_role_names_only_its_own_plan_configmaps_and_leases(quota) -> None:

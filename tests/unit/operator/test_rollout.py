@@ -19,6 +19,7 @@ from connquota.operator.rollout import (
     PodView,
     RolloutDecision,
     decide,
+    holds_connections,
     own_report,
     pod_recovery_s,
 )
@@ -230,10 +231,77 @@ def test_the_template_hash_ignores_placement_only_parts_and_follows_everything_e
     assert hash_of(builders.build_statefulset(quota, 2, [], addresses)) == hash_of(pool)
 
 
-def test_pdb_follows_max_unavailable() -> None:
-    assert builders.build_pod_disruption_budget(make_quota())["spec"]["maxUnavailable"] == 1
+def test_pdb_is_zero_whatever_max_unavailable_the_rollout_keeps_it_itself() -> None:
+    assert builders.build_pod_disruption_budget(make_quota())["spec"]["maxUnavailable"] == 0
     quota = make_quota(gateway={"maxUnavailable": 2})
-    assert builders.build_pod_disruption_budget(quota)["spec"]["maxUnavailable"] == 2
+    assert builders.build_pod_disruption_budget(quota)["spec"]["maxUnavailable"] == 0
+    # The operator's own rollout still replaces up to maxUnavailable pods at once.
+    assert decide(fleet(4, max_unavailable=2), pods(*(pod(o) for o in range(4)))).replace == (3, 2)
+
+
+# --- evictions and node drains: a pod on a cordoned node is outdated ----------------------------
+
+
+def test_a_pod_on_a_cordoned_node_is_outdated_even_on_the_desired_template() -> None:
+    views = pods(pod(0, NEW), pod(1, NEW, cordoned=True), pod(2, NEW))
+    decision = decide(fleet(), views)
+    assert decision.outdated == (1,)
+    assert decision.replace == (1,)
+    assert decision.updated == 2 and not decision.rolled_out
+    # Uncordoned (or its successor on another node): nothing to replace.
+    assert decide(fleet(), pods(pod(0, NEW), pod(1, NEW), pod(2, NEW))) == RolloutDecision(
+        updated=3, total=3
+    )
+
+
+def test_a_cordoned_pod_waits_for_the_plan_to_settle_and_for_the_budget() -> None:
+    views = pods(pod(0, NEW), pod(1, NEW, cordoned=True), pod(2, NEW, ready=False))
+    # Pod 2 is down (not outdated): with maxUnavailable 1 the cordoned pod waits.
+    decision = decide(fleet(), views)
+    assert decision.replace == () and decision.waiting == "pod md-gw-2 to become Ready"
+    settled = pods(pod(0, NEW), pod(1, NEW, cordoned=True), pod(2, NEW))
+    assert decide(fleet(plan_settled=False), settled).waiting == "the plan transition to finish"
+    # Not Ready on a cordoned node: it serves nothing, replaced at once.
+    broken = pods(pod(0, NEW), pod(1, NEW, cordoned=True, ready=False), pod(2, NEW))
+    assert decide(fleet(plan_settled=False), broken).replace == (1,)
+
+
+def test_a_successor_on_a_cordoned_node_is_not_done() -> None:
+    # Replaced by the rollout, its successor came back on a cordoned node: still outdated.
+    views = pods(pod(0, NEW), pod(1, NEW, cordoned=True), pod(2, NEW))
+    decision = decide(fleet(replacing=frozenset({1})), views)
+    assert decision.replace == (1,) and not decision.rolled_out
+
+
+@pytest.mark.parametrize(
+    ("changes", "evicting", "holds"),
+    [
+        # Its published plan gives it connections: labelled (the PDB refuses its eviction).
+        ({"connections_planned": 1}, False, True),
+        # Not Ready, not acknowledged yet: it is given connections, it holds them soon.
+        ({"connections_planned": 1, "ready": False, "generation_acked": None}, False, True),
+        # The drained step: no connection in its plan, not acknowledged yet: still holds.
+        ({"connections_planned": 0, "generation_wanted": 4}, False, True),
+        # The drained step acknowledged (it closed them): label removed, it may be evicted.
+        ({"connections_planned": 0, "generation_wanted": 4, "generation_acked": 4}, False, False),
+        # An empty plan acknowledged from the start (a pod above what the plan uses).
+        ({"connections_planned": 0}, False, False),
+        # No plan published for its ordinal: it holds nothing.
+        (
+            {"connections_planned": 0, "generation_wanted": 0, "generation_acked": None},
+            False,
+            False,
+        ),
+        # Its break-before-make turn (no room to move them first): removed before eviction.
+        ({"connections_planned": 1}, True, False),
+        # Terminating (evicted, or deleted by someone): never labelled again.
+        ({"connections_planned": 1, "terminating": True}, False, False),
+    ],
+)
+def test_holds_connections_label_decision(
+    changes: dict[str, object], evicting: bool, holds: bool
+) -> None:
+    assert holds_connections(pod(0, NEW, **changes), evicting=evicting) is holds
 
 
 def test_status_shows_rollout_progress_and_the_rolled_out_condition() -> None:
