@@ -10,6 +10,7 @@ Marked `chaos`: `make chaos` runs them (CI runs the tier after the soak tier).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -25,12 +26,14 @@ from cluster.conftest import wait_for
 from cluster.operator.conftest import OperatorProcess, custom_object
 from cluster.operator.fleet import (
     GROUP,
+    TIME_SCALE,
     VERSION,
     MockThread,
     get_quota,
     pod_ips,
     pool_body,
     quota_body,
+    shrunk_limits,
     streams_by_pod,
     wait_ready,
 )
@@ -102,25 +105,33 @@ class Fleet:
         )
 
 
-@pytest.fixture
-def fleet(
+@contextlib.contextmanager
+def _running_fleet(
     api_client: Any,
     namespace: str,
-    pod_harness: PodHarness,
-    operator_process: OperatorProcess,
-    mock_exchange: MockThread,
-    ip_echo: ThreadedIpEcho,
+    operator: OperatorProcess,
+    mock: MockThread,
+    echo_url: str,
+    connections_per_pod: int = 2,
 ) -> Iterator[Fleet]:
+    """The quota of `STREAMS` on a fresh pool, Ready; deleted (and waited gone) afterwards."""
     objects = custom_object(api_client)
     pool = f"p-{uuid.uuid4().hex[:8]}"
     objects.create_cluster_custom_object(
-        GROUP, VERSION, "exchangeegresspools", pool_body(pool, echo_url=ip_echo.url)
+        GROUP, VERSION, "exchangeegresspools", pool_body(pool, echo_url=echo_url)
     )
-    body = quota_body(namespace, QUOTA, pool, mock_exchange.quota_exchange(f"{pool}.test"), STREAMS)
+    body = quota_body(
+        namespace,
+        QUOTA,
+        pool,
+        mock.quota_exchange(f"{pool}.test"),
+        STREAMS,
+        connections_per_pod=connections_per_pod,
+    )
     objects.create_namespaced_custom_object(
         GROUP, VERSION, namespace, "exchangeconnectionquotas", body
     )
-    f = Fleet(api_client, namespace, operator_process, mock_exchange)
+    f = Fleet(api_client, namespace, operator, mock)
     f.ready()
     try:
         yield f
@@ -130,6 +141,21 @@ def fleet(
         )
         wait_for(lambda: get_quota(api_client, namespace, QUOTA) is None, 120, "deletion")
         objects.delete_cluster_custom_object(GROUP, VERSION, "exchangeegresspools", pool)
+
+
+@pytest.fixture
+def fleet(
+    api_client: Any,
+    namespace: str,
+    pod_harness: PodHarness,
+    operator_process: OperatorProcess,
+    mock_exchange: MockThread,
+    ip_echo: ThreadedIpEcho,
+) -> Iterator[Fleet]:
+    with _running_fleet(
+        api_client, namespace, operator_process, mock_exchange, ip_echo.url
+    ) as running:
+        yield running
 
 
 def _sigkill_and_replace(harness: PodHarness, core: Any, namespace: str, pod: str) -> None:
@@ -317,3 +343,92 @@ def _statefulset_exists(apps: Any, ns: str, name: str) -> bool:
             return False
         raise
     return sts.metadata.deletion_timestamp is None
+
+
+AGE_S = 600.0
+"""Scenario 10's maximum connection age in profile seconds (the exchange's 24 h compressed:
+30 s of wall time at the fleet tests' time scale)."""
+
+
+@pytest.fixture
+def aging_fleet(
+    api_client: Any,
+    namespace: str,
+    pod_harness: PodHarness,
+    operator_process: OperatorProcess,
+    ip_echo: ThreadedIpEcho,
+) -> Iterator[Fleet]:
+    """The fleet (one pod of 4 connections) on an exchange whose connections live `AGE_S`, with
+    room for the fifth connection a make-before-break rotation holds for a moment (5 per IP:
+    the plan gives the pod 4 connections and 1 of spare room)."""
+    mock = MockThread(
+        shrunk_limits(
+            concurrentConnections=(5, None),
+            connectionAttempts=(6, 2 * TIME_SCALE),
+            streamsPerConnection=(2, None),
+            maxConnectionAge=(AGE_S, None),
+        )
+    )
+    try:
+        with _running_fleet(
+            api_client, namespace, operator_process, mock, ip_echo.url, connections_per_pod=4
+        ) as f:
+            yield f
+    finally:
+        mock.stop()
+
+
+def test_every_connection_reaches_its_maximum_age_and_rotates_with_no_gap(
+    aging_fleet: Fleet,
+) -> None:
+    """Scenario 10: a compressed day. Every connection reaches the exchange's maximum age twice
+    and is rotated make-before-break (the new session subscribed before the old one closes):
+    no stream down at the exchange, no consumer gap, the exchange never closes a connection
+    for its age, 0 violations."""
+    fleet = aging_fleet
+    age_wall_s = AGE_S / TIME_SCALE
+    consumer = fleet.consumer()
+    seen: set[str] = set()
+
+    def rotated_twice() -> bool:
+        seen.update(fleet.mock.open_connections())
+        return len(seen) >= 3 * 4
+
+    try:
+        with StreamWatch(fleet.mock.open_streams, STREAMS) as watch:
+            fleet.all_up(watch, 30, "before")
+            wait_for(lambda: consumer.frames > 0, 30, "the consumer's first frames")
+            wait_for(rotated_twice, 3 * age_wall_s + 30, "every connection rotated twice", 0.2)
+            frames_before = consumer.frames
+            wait_for(lambda: consumer.frames > frames_before, 10, "frames after the rotations")
+    finally:
+        consumer.stop()
+    fleet.mock.assert_no_violation()
+    assert consumer.errors == [], consumer.errors
+    assert consumer.gaps == 0
+    assert watch.max_down == 0, watch.episodes
+    assert watch.duplicates == 0
+    assert _server_closes(fleet.mock) == 0, "the exchange closed a connection (its age?)"
+    peak = fleet.mock.peak_fraction(LimitName.CONCURRENT_CONNECTIONS, LimitScope.IP)
+    assert peak >= 0.9, peak
+    row = fleet.row("10. compressed day: every connection rotated at its maximum age", watch, 0, 0)
+    row.tightestLimit = "concurrentConnections per IP (5: 4 planned, 1 rotating)"
+    row.notes = (
+        f"max age {age_wall_s:.0f} s wall (24 h compressed); {len(seen)} connections seen, "
+        f"each rotated twice make-before-break; {consumer.frames} frames to the consumer"
+    )
+    record_row(row)
+
+
+def _server_closes(mock: MockThread) -> float:
+    """Connections the exchange itself closed (for age, heartbeats or a violation)."""
+
+    def read() -> float:
+        return sum(
+            sample.value
+            for family in mock.mock.metrics.registry.collect()
+            for sample in family.samples
+            if sample.name == "mockexchange_server_closes_total"
+        )
+
+    return mock.sync(read)
