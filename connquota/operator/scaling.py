@@ -148,9 +148,7 @@ class Scaling(ReconcilerBase):
                 continue
             view = views.get(ordinal)
             if view is not None and not accessors.deleting(pod):
-                await self._set_holds_label(
-                    key, pod, rollout.holds_connections(view), view.cordoned
-                )
+                await self._set_holds_label(key, pod, rollout.holds_connections(view), view)
             plan = state.plans.published.get(ordinal)
             if plan is None:
                 continue
@@ -162,7 +160,11 @@ class Scaling(ReconcilerBase):
                 )
 
     async def _set_holds_label(
-        self, key: str, pod: Mapping[str, Any], holds: bool, cordoned: bool = False
+        self,
+        key: str,
+        pod: Mapping[str, Any],
+        holds: bool,
+        view: rollout.PodView | None = None,
     ) -> None:
         """Set or remove `connquota.io/holds-connections` on `pod` (skipped when it already
         says so; with the pod's uid as precondition, so a successor of the same name is left
@@ -183,16 +185,21 @@ class Scaling(ReconcilerBase):
             if exc.status not in (404, 409):
                 raise
             return  # gone, or another pod of that name now: the next pass sees it
-        log.info(
-            "quota %s: pod %s %s",
-            key,
-            name,
-            "holds connections: labelled, its evictions wait for them to move"
-            if holds
-            else "lets its connections go: label removed, it may be evicted"
-            + (" (its node is cordoned)" if cordoned else ""),
-            extra={"quota": key, "pod": name},
-        )
+        if holds:
+            what = "holds connections: labelled, its evictions wait for them to move"
+        elif view is None:
+            what = "is evicted by the operator: label removed first"
+        else:
+            what = "holds no connection: label removed, it may be evicted"
+        if view is not None:
+            what += (
+                f" (plan generation {view.generation_wanted} with "
+                f"{view.connections_planned} connections, enforced "
+                f"{view.generation_acked if view.generation_acked is not None else 'not yet'}"
+                + ("; its node is cordoned" if view.cordoned else "")
+                + ")"
+            )
+        log.info("quota %s: pod %s %s", key, name, what, extra={"quota": key, "pod": name})
 
     async def _roll(
         self,
