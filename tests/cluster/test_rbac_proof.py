@@ -264,7 +264,12 @@ def test_operator_with_only_the_charts_rights_reconciles_the_example_and_gateway
         assert can_i(control_plane, operator_kubeconfig, "list", "secrets", "-n", ns) == "no"
         assert can_i(control_plane, operator_kubeconfig, "delete", "statefulsets", "-n", ns) == "no"
         assert can_i(control_plane, operator_kubeconfig, "update", "configmaps", "-n", ns) == "no"
-        assert can_i(control_plane, operator_kubeconfig, "patch", "pods", "-n", ns) == "no"
+        # Pods: patched for their labels only (holds-connections, egress; the chart's
+        # ValidatingAdmissionPolicy confines it), evicted, never deleted. Nodes: only watched.
+        assert can_i(control_plane, operator_kubeconfig, "patch", "pods", "-n", ns) == "yes"
+        assert can_i(control_plane, operator_kubeconfig, "delete", "pods", "-n", ns) == "no"
+        assert can_i(control_plane, operator_kubeconfig, "watch", "nodes") == "yes"
+        assert can_i(control_plane, operator_kubeconfig, "patch", "nodes") == "no"
         if scope == "watchNamespaces":
             assert (
                 can_i(control_plane, operator_kubeconfig, "get", "secrets", "-n", "kube-system")
