@@ -10,7 +10,11 @@ Which template a pod runs: every pod template carries `connquota.io/template-has
 (`builders.template_hash`), a digest of the template without what the operator changes for
 placement only (the per-address egress label and the node affinity of `bind` addresses): a
 rebalance that moves connections between addresses changes those, and must not replace pods
-(I3). A pod is *outdated* when its annotation differs from the desired template's.
+(I3). A pod is *outdated* when its annotation differs from the desired template's, or when
+its node is cordoned (`spec.unschedulable`, as `kubectl drain` sets it): it is then moved off
+that node by the same steps. The quota's PodDisruptionBudget (`maxUnavailable: 0`) selects only
+the pods `holds_connections` labels, so a node drain's evictions wait until the operator has
+moved a pod's connections (docs/operator.md, "Evictions and node drains").
 
 The rules (docs/operator.md, "Rollouts"):
 
