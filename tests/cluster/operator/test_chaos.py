@@ -543,3 +543,99 @@ def test_pool_addresses_removed_added_and_reserved_raised_at_full_use(
         )
         wait_for(lambda: get_quota(api_client, namespace, QUOTA) is None, 120, "deletion")
         objects.delete_cluster_custom_object(*pools, pool)
+
+
+def _patch_share(objects: Any, ns: str, name: str, fraction: float) -> None:
+    objects.patch_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        ns,
+        "exchangeconnectionquotas",
+        name,
+        {"spec": {"shares": [{"address": "*", "fraction": fraction}]}},
+    )
+
+
+def test_two_quotas_grow_and_shrink_against_each_other(
+    api_client: Any,
+    namespace: str,
+    pod_harness: PodHarness,
+    operator_process: OperatorProcess,
+    mock_exchange: MockThread,
+    ip_echo: ThreadedIpEcho,
+) -> None:
+    """Scenario 9: two quotas of 8 streams each on one address (4 connections) swap their
+    share requests six times, 3/4 and 1/4 of every budget, then the other way round. Every
+    growth waits for the other quota's acknowledged shrink, so the exchange never sees more
+    than 4 connections; each swap settles with every planned stream live and the address at
+    100%."""
+    objects = custom_object(api_client)
+    pool = f"p-{uuid.uuid4().hex[:8]}"
+    exchange = mock_exchange.quota_exchange(f"{pool}.test")
+    objects.create_cluster_custom_object(
+        GROUP, VERSION, "exchangeegresspools", pool_body(pool, echo_url=ip_echo.url)
+    )
+    names = {
+        "md": [f"a{i}usdt@trade" for i in range(8)],
+        "mx": [f"b{i}usdt@trade" for i in range(8)],
+    }
+    for name, streams in names.items():
+        body = quota_body(namespace, name, pool, exchange, streams)
+        body["spec"]["shares"] = [{"address": "*", "fraction": 0.5}]
+        objects.create_namespaced_custom_object(
+            GROUP, VERSION, namespace, "exchangeconnectionquotas", body
+        )
+    fleet = Fleet(api_client, namespace, operator_process, mock_exchange)
+
+    def counts(name: str) -> dict[str, int]:
+        quota = get_quota(api_client, namespace, name) or {}
+        return (quota.get("status") or {}).get("streams") or {}
+
+    last: dict[str, Any] = {}
+
+    def settled(big: str) -> bool:
+        mine = counts(big)
+        other = counts("mx" if big == "md" else "md")
+        last.update(mine=mine, other=other, open=fleet.mock.open_by_ip())
+        return (
+            sum(fleet.mock.open_by_ip().values()) == 4
+            and mine.get("planned") == 6
+            and other.get("planned") == 2
+            and all(c.get("live") == c.get("planned") for c in (mine, other))
+        )
+
+    notes = []
+    all_streams = names["md"] + names["mx"]
+    try:
+        wait_for(lambda: all(counts(n).get("live") == 4 for n in names), 120, "both quotas live")
+        with StreamWatch(fleet.mock.open_streams, all_streams) as watch:
+            for swap in range(6):
+                big, small = ("md", "mx") if swap % 2 == 0 else ("mx", "md")
+                started = time.monotonic()
+                _patch_share(objects, namespace, small, 0.25)
+                _patch_share(objects, namespace, big, 0.75)
+                try:
+                    wait_for(lambda b=big: settled(b), 120, f"swap {swap}: {big} grown", 0.3)
+                except AssertionError as exc:
+                    raise AssertionError(f"{exc}: {last}\n{fleet.log()[-5000:]}") from None
+                notes.append(f"{time.monotonic() - started:.1f}")
+                fleet.mock.assert_no_violation()
+        peak = fleet.mock.peak_fraction(LimitName.CONCURRENT_CONNECTIONS, LimitScope.IP)
+        assert peak >= 0.9, peak
+        assert watch.duplicates == 0
+        row = fleet.row("9. two quotas on one pool grow and shrink against each other", watch, 0, 0)
+        row.notes = (
+            "6 swaps of share requests (3/4 and 1/4 of every budget), each settled in "
+            + ", ".join(notes)
+            + " s; 8 of the 16 streams are beyond the two shares at any time (unserved, in "
+            "status), and a growing quota's streams wait for the other's acknowledged shrink"
+        )
+        record_row(row)
+    finally:
+        for name in names:
+            objects.delete_namespaced_custom_object(
+                GROUP, VERSION, namespace, "exchangeconnectionquotas", name
+            )
+        for name in names:
+            wait_for(lambda n=name: get_quota(api_client, namespace, n) is None, 120, "deletion")
+        objects.delete_cluster_custom_object(GROUP, VERSION, "exchangeegresspools", pool)
