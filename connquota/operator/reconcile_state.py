@@ -108,6 +108,10 @@ class RolloutMemory:
     """ordinal -> why the pod being replaced could not be drained first (for status)."""
     scale_drain: rollout.ScaleDrain | None = None
     """The scale-down being drained make-before-break (in memory only, as `drain`)."""
+    holds_labels: dict[str, bool] = field(default_factory=dict)
+    """pod uid -> the `connquota.io/holds-connections` value last written, until the pod
+    index shows it (so a pass reading the index before the watch event does not write it
+    again)."""
 
 
 @dataclass

@@ -239,12 +239,18 @@ def holds_connections(pod: PodView, *, evicting: bool = False) -> bool:
     PodDisruptionBudget (`maxUnavailable: 0`) selects: while its published plan gives it
     connections, and after a plan without any until its own gateway acknowledged it (it closes
     a connection that left its plan before reporting the generation enforced: the drained
-    step). Never on a pod being evicted or terminating (`evicting`: its break-before-make turn
-    came, there was no room to move its connections first), nor on a pod no plan was
-    published for."""
+    step), as long as its own gateway reports an older generation. A pod whose own gateway has
+    enforced no plan yet (no report, or generation 0) and whose plan gives it nothing (a successor started on the drained
+    step) holds nothing: it opens connections only from the plans it reads. Never on a pod
+    being evicted or terminating (`evicting`: its break-before-make turn came, there was no
+    room to move its connections first), nor on a pod no plan was published for."""
     if evicting or pod.terminating or pod.generation_wanted <= 0:
         return False
-    return pod.connections_planned > 0 or not pod.acked
+    if pod.connections_planned > 0:
+        return True
+    # An own report of an older generation than the published one (0: none enforced yet, so
+    # none of its connections opened).
+    return bool(pod.generation_acked) and not pod.acked
 
 
 def _ready(pod: PodView | None) -> bool:

@@ -140,7 +140,10 @@ class Scaling(ReconcilerBase):
         addresses differing per ordinal) and `connquota.io/holds-connections` while it holds
         connections (`rollout.holds_connections`; the PodDisruptionBudget selects it)."""
         ns, _ = key.split("/", 1)
-        views, _ = self._pod_views(state, body, reports)
+        views, uids = self._pod_views(state, body, reports)
+        written = state.rollout.holds_labels
+        for gone in set(written) - set(uids.values()):
+            del written[gone]
         for pod in self.sources.pods_of_quota(key):
             name = pod["metadata"]["name"]
             ordinal = accessors.pod_ordinal(pod)
@@ -148,7 +151,7 @@ class Scaling(ReconcilerBase):
                 continue
             view = views.get(ordinal)
             if view is not None and not accessors.deleting(pod):
-                await self._set_holds_label(key, pod, rollout.holds_connections(view), view)
+                await self._set_holds_label(state, pod, rollout.holds_connections(view), view)
             plan = state.plans.published.get(ordinal)
             if plan is None:
                 continue
@@ -161,15 +164,21 @@ class Scaling(ReconcilerBase):
 
     async def _set_holds_label(
         self,
-        key: str,
+        state: QuotaState,
         pod: Mapping[str, Any],
         holds: bool,
         view: rollout.PodView | None = None,
     ) -> None:
         """Set or remove `connquota.io/holds-connections` on `pod` (skipped when it already
-        says so; with the pod's uid as precondition, so a successor of the same name is left
-        to the next pass)."""
-        if accessors.pod_holds_connections_label(pod) == holds:
+        says so, or was just written so; with the pod's uid as precondition, so a successor of
+        the same name is left to the next pass)."""
+        key = state.key
+        uid = accessors.uid(pod)
+        written = state.rollout.holds_labels
+        have = accessors.pod_holds_connections_label(pod)
+        if written.get(uid) == have:
+            del written[uid]  # the index shows what was written
+        if written.get(uid, have) == holds:
             return
         ns = key.split("/", 1)[0]
         name = pod["metadata"]["name"]
@@ -184,7 +193,9 @@ class Scaling(ReconcilerBase):
         except KubeError as exc:
             if exc.status not in (404, 409):
                 raise
+            written.pop(uid, None)
             return  # gone, or another pod of that name now: the next pass sees it
+        written[uid] = holds
         if holds:
             what = "holds connections: labelled, its evictions wait for them to move"
         elif view is None:
@@ -354,16 +365,17 @@ class Scaling(ReconcilerBase):
         names_evicted = []
         for ordinal in decision.replace:
             pod = pods[ordinal]
-            await self._release_for_eviction(key, uids[ordinal])
+            await self._release_for_eviction(state, uids[ordinal])
             outcome = await self.api.evict(ns, pod.name, uids[ordinal])
             log.info(
-                "quota %s: rollout: evict %s (template %s -> %s): %s",
+                "quota %s: rollout: evict %s (template %s -> %s%s): %s",
                 key,
                 pod.name,
                 pod.template,
                 template,
+                "; its node is cordoned" if pod.cordoned else "",
                 outcome,
-                extra={"quota": key},
+                extra={"quota": key, "pod": pod.name},
             )
             if outcome == "refused":
                 decision = rollout.RolloutDecision(
@@ -415,7 +427,7 @@ class Scaling(ReconcilerBase):
         step = rollout.advance_drain(drain, state.plans.published, pods, uids, template, pod_prefix)
         waiting = step.waiting
         if step.evict:
-            await self._release_for_eviction(key, drain.uid)
+            await self._release_for_eviction(state, drain.uid)
             outcome = await self.api.evict(ns, name, drain.uid)
             log.info(
                 "quota %s: rollout: evict %s after its drain (make-before-break): %s",
@@ -457,15 +469,15 @@ class Scaling(ReconcilerBase):
             rolled_out=False,
         )
 
-    async def _release_for_eviction(self, key: str, uid: str) -> None:
+    async def _release_for_eviction(self, state: QuotaState, uid: str) -> None:
         """Remove `connquota.io/holds-connections` from the pod `uid` right before the
         operator evicts it, so the PodDisruptionBudget (`maxUnavailable: 0` over the labelled
         pods) lets the eviction through: after its drain (it let its connections go, the label
         is normally gone already) or when its break-before-make turn comes (no room to move
         them; `rollout.decide` keeps `gateway.maxUnavailable`)."""
-        for pod in self.sources.pods_of_quota(key):
+        for pod in self.sources.pods_of_quota(state.key):
             if accessors.uid(pod) == uid:
-                await self._set_holds_label(key, pod, False)
+                await self._set_holds_label(state, pod, False)
 
     def _pod_views(
         self, state: QuotaState, body: dict[str, Any], reports: Mapping[int, GatewayReport]

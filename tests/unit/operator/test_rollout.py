@@ -282,6 +282,14 @@ def test_a_successor_on_a_cordoned_node_is_not_done() -> None:
         ({"connections_planned": 1, "ready": False, "generation_acked": None}, False, True),
         # The drained step: no connection in its plan, not acknowledged yet: still holds.
         ({"connections_planned": 0, "generation_wanted": 4}, False, True),
+        # A successor started on the drained step, no report of its own yet: it holds nothing.
+        (
+            {"connections_planned": 0, "generation_wanted": 4, "generation_acked": None},
+            False,
+            False,
+        ),
+        # The same with its first report (generation 0: no plan enforced yet).
+        ({"connections_planned": 0, "generation_wanted": 4, "generation_acked": 0}, False, False),
         # The drained step acknowledged (it closed them): label removed, it may be evicted.
         ({"connections_planned": 0, "generation_wanted": 4, "generation_acked": 4}, False, False),
         # An empty plan acknowledged from the start (a pod above what the plan uses).
