@@ -8,6 +8,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -574,6 +575,55 @@ def test_pods_are_bound_to_the_harness_node_their_selector_and_affinity_admit(
             "GET", f"http://{core.read_namespaced_pod('free', namespace).status.pod_ip}:{PORT}/env"
         )
         assert env[0] == 200
+
+
+def test_pods_are_never_bound_to_a_cordoned_node_and_spread_picks_the_least_loaded(
+    api_client: Any, core: client.CoreV1Api, control_plane: Any, namespace: str
+) -> None:
+    label = "connquota.io/test-cordon"
+    suffix = uuid.uuid4().hex[:6]
+    first, second = f"cordon-a-{suffix}", f"cordon-b-{suffix}"
+    harness = PodHarness(
+        api_client,
+        f"{label}=true",
+        node_name=first,
+        extra_node_names=[second],
+        spread=True,
+        api_port=control_plane.apiserver_port,
+    )
+    with harness:
+        # Spread: the second pod goes to the node with fewer pods.
+        core.create_namespaced_pod(namespace, pod_manifest("one", harness_label=label))
+        assert wait_ready(core, namespace, "one").spec.node_name == first
+        core.create_namespaced_pod(namespace, pod_manifest("two", harness_label=label))
+        assert wait_ready(core, namespace, "two").spec.node_name == second
+        # Cordoned (as kubectl cordon and kubectl drain do): no new pod lands there, even
+        # when it has fewer pods.
+        control_plane.kubectl("cordon", second)
+        core.delete_namespaced_pod("two", namespace)
+        wait_gone(core, namespace, "two")
+        core.create_namespaced_pod(namespace, pod_manifest("three", harness_label=label))
+        assert wait_ready(core, namespace, "three").spec.node_name == first
+        # A pod tolerating the unschedulable taint (a DaemonSet's) may still go there.
+        tolerant = pod_manifest("tolerant", harness_label=label)
+        tolerant["spec"]["tolerations"] = [
+            {
+                "key": "node.kubernetes.io/unschedulable",
+                "operator": "Exists",
+                "effect": "NoSchedule",
+            }
+        ]
+        core.create_namespaced_pod(namespace, tolerant)
+        assert wait_ready(core, namespace, "tolerant").spec.node_name == second
+        # Both cordoned: the pod stays Pending and the harness says why.
+        control_plane.kubectl("cordon", first)
+        core.create_namespaced_pod(namespace, pod_manifest("nowhere", harness_label=label))
+        wait_for(
+            lambda: any("nowhere: no harness node fits" in e for e in harness.errors),
+            10,
+            "the pod with every node cordoned to be reported",
+        )
+        assert core.read_namespaced_pod("nowhere", namespace).spec.node_name is None
 
 
 def test_a_missing_secret_holds_the_container_until_the_secret_exists(
