@@ -82,8 +82,12 @@ def add_admin_routes(app: web.Application, mx: MockExchange) -> None:
         status = int(body.get("status", 429))
         if status not in (429, 418, 403, 503):
             raise web.HTTPBadRequest(text="status must be 429, 418, 403 or 503")
+        ip = body.get("ip")
         mx.refuse_next_handshakes(
-            int(body.get("count", 1)), status, float(body.get("retryAfterSeconds", 1))
+            int(body.get("count", 1)),
+            status,
+            float(body.get("retryAfterSeconds", 1)),
+            None if ip is None else str(ip),
         )
         return web.json_response({"queued": int(body.get("count", 1)), "status": status})
 

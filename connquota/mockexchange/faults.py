@@ -16,10 +16,11 @@ class Faults(MockState):
     """Faults on demand (a part of `MockExchange`)."""
 
     def refuse_next_handshakes(
-        self, count: int, status: int = 429, retry_after_s: float = 1.0
+        self, count: int, status: int = 429, retry_after_s: float = 1.0, ip: str | None = None
     ) -> None:
-        """Answer the next ``count`` WebSocket handshakes with ``status`` (429 or 418)."""
-        self._forced.extend([(status, retry_after_s)] * count)
+        """Answer the next ``count`` WebSocket handshakes (from ``ip`` only, if given) with
+        ``status`` (429 or 418) and Retry-After."""
+        self._forced.extend([(status, retry_after_s, ip)] * count)
 
     async def disconnect(
         self, ip: str | None = None, abrupt: bool = False, code: int = 1001

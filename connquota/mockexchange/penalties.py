@@ -96,8 +96,11 @@ class Penalties(MockState):
 
     def _refuse_handshake(self, conn: Conn) -> web.Response | None:
         now = time.monotonic()
-        if self._forced:
-            status, retry_s = self._forced.pop(0)
+        forced = next(
+            (i for i, (_, _, ip) in enumerate(self._forced) if ip is None or ip == conn.ip), None
+        )
+        if forced is not None:
+            status, retry_s, _ = self._forced.pop(forced)
             return self._http_refusal(status, retry_s, "fault injected by the admin API")
         ban = self.ledger.active_bans(now).get(conn.ip)
         if ban is not None:

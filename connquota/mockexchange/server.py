@@ -98,7 +98,7 @@ class MockExchange(
         self._ids = itertools.count(1)
         self._attempts: dict[str, SortedLog] = {}
         self._ip_messages: dict[str, SlidingLog] = {}
-        self._forced: list[tuple[int, float]] = []
+        self._forced: list[tuple[int, float, str | None]] = []
         self._frame_cache: dict[tuple[str, int, str], str] = {}
         self.books = MockBooks()
         self._tasks: list[asyncio.Task[None]] = []

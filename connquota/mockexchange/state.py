@@ -46,7 +46,7 @@ class MockState:
     _ids: itertools.count[int]
     _attempts: dict[str, SortedLog]
     _ip_messages: dict[str, SlidingLog]
-    _forced: list[tuple[int, float]]
+    _forced: list[tuple[int, float, str | None]]
     _frame_cache: dict[tuple[str, int, str], str]
     _tasks: list[asyncio.Task[None]]
     _socket_tasks: set[asyncio.Task[None]]

@@ -262,6 +262,35 @@ def without_addresses(shares: QuotaShares, down: Mapping[str, str]) -> QuotaShar
     )
 
 
+REPLAN_QUARANTINE_S = 20.0
+"""A quarantine that the quota's own gateways reported and that ends within this many seconds
+is waited out by those gateways, not planned around (see `planned_quarantines`)."""
+
+
+def planned_quarantines(
+    domain_quarantines: Iterable[Quarantine],
+    own_reports: Iterable[GatewayReport],
+    wall_now: float,
+) -> list[Quarantine]:
+    """The quarantines a quota's plan goes around: every one of its limit domain, except those
+    its own gateways reported that end within `REPLAN_QUARANTINE_S`.
+
+    Those gateways already make no attempt on the key until it ends (the one that got the
+    429 or 418 tells its peers directly), so I1 holds without a plan change; planning around a
+    few seconds of Retry-After would only move connections away and back, each move gated on
+    acknowledgements and rate windows, and keep the streams down far longer than the
+    quarantine. Other quotas of the domain get a zero share on the key as before: their
+    gateways know of the quarantine only through their plans.
+    """
+    own = {
+        (q.scope, q.key, q.until)
+        for report in own_reports
+        for q in report.quarantines
+        if q.until - wall_now < REPLAN_QUARANTINE_S
+    }
+    return [q for q in domain_quarantines if (q.scope, q.key, q.until) not in own]
+
+
 def quarantined(shares: QuotaShares, quarantines: Iterable[Quarantine]) -> QuotaShares:
     """`shares` with nothing on a quarantined address, account or API key.
 

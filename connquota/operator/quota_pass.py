@@ -101,7 +101,9 @@ class QuotaPass(ReconcilerBase):
                 own = shares.quotas.get(key) if shares is not None else None
                 if own is None:
                     raise planning.QuotaProblem("ImpossibleQuota", f"no share computed for {key}")
-                own = planning.quarantined(own, quarantines)
+                own = planning.quarantined(
+                    own, planning.planned_quarantines(quarantines, reports.values(), self.wall())
+                )
                 own = planning.without_addresses(own, round_.proxy_down)
                 notes: list[tuple[str, str]] = []
                 target = self._target(state, qin, streams, pool, own, published, notes)

@@ -88,9 +88,30 @@ class MockThread(ThreadedMockExchange[MockExchange]):
         """A mass disconnect: the exchange drops every connection at once."""
         return self.call(self.mock.disconnect(abrupt=False, code=1001))
 
-    def refuse_next_handshakes(self, count: int, status: int, retry_after_s: float) -> None:
-        """Answer the next `count` handshakes with `status` and Retry-After (wall seconds)."""
-        self.sync(lambda: self.mock.refuse_next_handshakes(count, status, retry_after_s))
+    def refuse_next_handshakes(
+        self, count: int, status: int, retry_after_s: float, ip: str | None = None
+    ) -> None:
+        """Answer the next `count` handshakes (from `ip` only, if given) with `status` and
+        Retry-After (wall seconds)."""
+        self.sync(lambda: self.mock.refuse_next_handshakes(count, status, retry_after_s, ip))
+
+    def ban(self, ip: str, seconds: float) -> None:
+        """Ban `ip` for `seconds` of wall time: its handshakes get 418 with Retry-After."""
+        self.sync(lambda: self.mock.ledger.ban(ip, time.monotonic(), seconds, "chaos"))
+
+    def refusals(self) -> dict[str, int]:
+        """Handshakes the exchange refused, by HTTP status."""
+
+        def read() -> dict[str, int]:
+            return {
+                sample.labels["status"]: int(sample.value)
+                for family in self.mock.metrics.registry.collect()
+                if family.name == "mockexchange_handshake_refusals"
+                for sample in family.samples
+                if sample.name == "mockexchange_handshake_refusals_total"
+            }
+
+        return self.sync(read)
 
     def assert_no_violation(self) -> None:
         """The referee recorded no violation of any limit."""

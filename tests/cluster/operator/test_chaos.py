@@ -639,3 +639,116 @@ def test_two_quotas_grow_and_shrink_against_each_other(
         for name in names:
             wait_for(lambda n=name: get_quota(api_client, namespace, n) is None, 120, "deletion")
         objects.delete_cluster_custom_object(GROUP, VERSION, "exchangeegresspools", pool)
+
+
+@contextlib.contextmanager
+def _wide_fleet(
+    api_client: Any,
+    namespace: str,
+    operator: OperatorProcess,
+    mock: MockThread,
+    echo_url: str,
+) -> Iterator[tuple[Fleet, list[dict[str, Any]]]]:
+    """`WIDE_STREAMS` on two addresses at 100% of their concurrent limit (8 connections on 2
+    pods); yields the fleet and the pool's addresses."""
+    objects = custom_object(api_client)
+    pool = f"p-{uuid.uuid4().hex[:8]}"
+    body = pool_body(pool, addresses=2, echo_url=echo_url)
+    objects.create_cluster_custom_object(GROUP, VERSION, "exchangeegresspools", body)
+    quota = quota_body(
+        namespace,
+        QUOTA,
+        pool,
+        mock.quota_exchange(f"{pool}.test"),
+        WIDE_STREAMS,
+        connections_per_pod=4,
+    )
+    objects.create_namespaced_custom_object(
+        GROUP, VERSION, namespace, "exchangeconnectionquotas", quota
+    )
+    try:
+        yield Fleet(api_client, namespace, operator, mock), body["spec"]["addresses"]
+    finally:
+        objects.delete_namespaced_custom_object(
+            GROUP, VERSION, namespace, "exchangeconnectionquotas", QUOTA
+        )
+        wait_for(lambda: get_quota(api_client, namespace, QUOTA) is None, 120, "deletion")
+        objects.delete_cluster_custom_object(GROUP, VERSION, "exchangeegresspools", pool)
+
+
+def _quarantined(fleet: Fleet) -> set[str]:
+    """Addresses the quota's status shows quarantined."""
+    quota = get_quota(fleet.api, fleet.ns, QUOTA) or {}
+    return {
+        a["key"]
+        for a in (quota.get("status") or {}).get("addresses") or []
+        if a.get("quarantinedUntil")
+    }
+
+
+def test_a_429_storm_on_one_address_and_a_418_ban_on_another_at_once(
+    api_client: Any,
+    namespace: str,
+    pod_harness: PodHarness,
+    operator_process: OperatorProcess,
+    mock_exchange: MockThread,
+    ip_echo: ThreadedIpEcho,
+) -> None:
+    """Scenario 8: 16 streams on two addresses at 100%. The exchange drops every connection;
+    the first address's next 8 handshakes get 429 (Retry-After 2 s) while the second address
+    is banned (418) for 30 s. The gateways honour each Retry-After, quarantine the banned
+    address at once (its other connections and the peer pod do not knock again: at most one
+    418 per pod), the operator shows the quarantine in status; the first address's streams
+    come back after the storm, the second's after the ban is lifted. 0 violations."""
+    ban_s = 30.0
+    with _wide_fleet(api_client, namespace, operator_process, mock_exchange, ip_echo.url) as (
+        fleet,
+        addresses,
+    ):
+        ips = [a["publicAddress"] for a in addresses]
+        fleet.ready()
+        bound = fleet.bound_s()
+        with StreamWatch(fleet.mock.open_streams, WIDE_STREAMS) as watch:
+            fleet.all_up(watch, 60, "before")
+            assert fleet.mock.open_by_ip() == {ips[0]: 4, ips[1]: 4}
+            fleet.mock.refuse_next_handshakes(8, 429, 2.0, ip=ips[0])
+            fleet.mock.ban(ips[1], ban_s)
+            banned_at = time.monotonic()
+            assert fleet.mock.disconnect_all() == 8
+            wait_for(
+                lambda: addresses[1]["name"] in _quarantined(fleet),
+                15,
+                f"{addresses[1]['name']} quarantined in status\n{fleet.log()}",
+                0.3,
+            )
+            wait_for(
+                lambda: fleet.mock.open_by_ip().get(ips[0]) == 4,
+                bound + 30,
+                f"{ips[0]} back after its 429 storm\n{fleet.log()}",
+                0.2,
+            )
+            storm_s = time.monotonic() - banned_at
+            assert ips[1] not in fleet.mock.open_by_ip()
+            back_s = fleet.all_up(watch, ban_s + bound + 30, "after the ban was lifted")
+            ban_back_s = time.monotonic() - banned_at
+        refusals = fleet.mock.refusals()
+        fleet.mock.assert_no_violation()
+        assert ban_back_s >= ban_s - 1  # nothing reopened on the banned address before the ban
+        assert ban_back_s <= ban_s + bound + 5, (ban_back_s, bound)
+        assert refusals.get("429", 0) == 8, refusals
+        # The 8 refusals come in rounds of attempts (4 connections on the address, in slices
+        # of 3 per pod), each round's attempts held for the attempt hold before the next.
+        assert storm_s <= 2 * bound + 5, (storm_s, bound)
+        assert refusals.get("418", 0) <= 2, refusals  # one per pod using the address at most
+        assert watch.duplicates == 0
+        peak = fleet.mock.peak_fraction(LimitName.CONCURRENT_CONNECTIONS, LimitScope.IP)
+        row = fleet.row(
+            "8. a 429 storm on one address and a 418 ban on another", watch, ban_s + bound, 0
+        )
+        row.peakPercent = 100 * peak
+        row.notes = (
+            f"first address back {storm_s:.1f} s after the drop (8 handshakes answered 429), "
+            f"second {ban_back_s:.1f} s after its {ban_s:.0f} s ban began "
+            f"({refusals.get('418', 0)} handshakes answered 418); {back_s:.1f} s waited"
+        )
+        record_row(row)

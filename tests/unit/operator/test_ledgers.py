@@ -189,3 +189,29 @@ def test_the_operator_writes_the_certificate_on_the_lease_it_creates() -> None:
     lease = builders.build_lease(quota, 0, cert)
     assert parse_certificate(lease["metadata"]["annotations"][FRESH_ANNOTATION]) == cert
     assert lease["spec"] == {}
+
+
+def test_a_short_quarantine_its_own_gateways_reported_is_waited_out_not_planned_around() -> None:
+    """The reporting quota's gateways hold off a few seconds of Retry-After by themselves; other
+    quotas of the domain, and long quarantines, are planned around."""
+    from connquota.api.plan import QuotaRef
+    from connquota.api.report import GatewayReport
+
+    now = 1_000.0
+    short = Quarantine(scope=LimitScope.IP, key="a0", statusCode=429, until=now + 2)
+    long = Quarantine(scope=LimitScope.IP, key="a1", statusCode=418, until=now + 600)
+    other = Quarantine(scope=LimitScope.IP, key="a2", statusCode=429, until=now + 2)
+    report = GatewayReport(
+        quota=QuotaRef(namespace="trading", name="md"),
+        pod="md-gw-0",
+        ordinal=0,
+        bootId="b",
+        planGeneration=1,
+        quarantines=[short, long],
+    )
+    domain = [short, long, other]
+    assert planning.planned_quarantines(domain, [report], now) == [long, other]
+    assert planning.planned_quarantines(domain, [], now) == domain
+    # Once the short one has less time left than the threshold it stays waited out; a long one
+    # reported by the quota itself is still planned around.
+    assert long in planning.planned_quarantines(domain, [report], now + 590 - 20)
