@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field
 
@@ -298,6 +298,16 @@ class GatewaySpec(ApiModel):
         "writes them): the gateways also serve their consumer endpoints over TLS (wss://, "
         "https://) on port 8443 (`wss` on the client Service); renewals are picked up without "
         "a restart.",
+    )
+    consumerQueueFrames: Annotated[int, Field(ge=100, le=1_000_000)] = Field(
+        default=10_000,
+        description="Frames each consumer connection may have queued in a gateway before the "
+        "slow-consumer policy applies.",
+    )
+    slowConsumer: Literal["close", "drop"] = Field(
+        default="close",
+        description="A consumer whose queue is full: `close` (code 1008, `too slow`) or `drop` "
+        "(it loses its oldest frames). Either way it never delays other consumers.",
     )
     podOverrides: PodOverrides | None = Field(default=None, description="Extra pod settings.")
     maxUnavailable: Annotated[int, Field(ge=1, le=MAX_REPLICAS)] = Field(

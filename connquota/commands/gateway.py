@@ -76,8 +76,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--stale-after", type=float, default=None, help="seconds (default: profile)"
     )
     parser.add_argument("--report-interval", type=float, default=2.0, help="seconds")
-    parser.add_argument("--consumer-queue", type=int, default=10_000, help="frames per consumer")
-    parser.add_argument("--slow-consumer", choices=["close", "drop"], default="close")
+    parser.add_argument(
+        "--consumer-queue",
+        type=int,
+        default=int(env("CONNQUOTA_CONSUMER_QUEUE", "10000")),
+        help="frames queued per consumer (default $CONNQUOTA_CONSUMER_QUEUE, else 10000)",
+    )
+    parser.add_argument(
+        "--slow-consumer",
+        choices=["close", "drop"],
+        default=env("CONNQUOTA_SLOW_CONSUMER", "close"),
+        help="a consumer whose queue is full: closed with 1008, or loses its oldest frames "
+        "(default $CONNQUOTA_SLOW_CONSUMER, else close)",
+    )
     parser.add_argument("--log-level", default=env("CONNQUOTA_LOG_LEVEL", "info"))
     parser.add_argument("--log-format", choices=["json", "text"], default="json")
 

@@ -65,8 +65,18 @@ def gateway_command() -> list[str]:
     return ["connquota", "gateway", "--in-cluster"]
 
 
+DEFAULT_CONSUMER_QUEUE = 10_000
+DEFAULT_SLOW_CONSUMER = "close"
+"""The gateway's own defaults (`--consumer-queue`, `--slow-consumer`)."""
+
+
 def gateway_env(
-    quota_name: str, consumer_auth: bool, consumer_tls: bool = False, last_values: bool = False
+    quota_name: str,
+    consumer_auth: bool,
+    consumer_tls: bool = False,
+    last_values: bool = False,
+    consumer_queue: int = DEFAULT_CONSUMER_QUEUE,
+    slow_consumer: str = DEFAULT_SLOW_CONSUMER,
 ) -> list[dict[str, Any]]:
     """Environment of the gateway container: identity from the downward API, paths. No secrets."""
     env: list[dict[str, Any]] = [
@@ -85,6 +95,12 @@ def gateway_env(
         env.append({"name": "CONNQUOTA_CONSUMER_TOKEN_FILE", "value": f"{CONSUMER_AUTH_DIR}/token"})
     if last_values:
         env.append({"name": "CONNQUOTA_LAST_VALUE_CACHE", "value": "true"})
+    # Only when not the gateway's defaults: an existing fleet's pod template (and so its
+    # rollout hash) stays as it was.
+    if consumer_queue != DEFAULT_CONSUMER_QUEUE:
+        env.append({"name": "CONNQUOTA_CONSUMER_QUEUE", "value": str(consumer_queue)})
+    if slow_consumer != DEFAULT_SLOW_CONSUMER:
+        env.append({"name": "CONNQUOTA_SLOW_CONSUMER", "value": slow_consumer})
     if consumer_tls:
         env += [
             {"name": "CONNQUOTA_TLS_CERT_FILE", "value": f"{CONSUMER_TLS_DIR}/tls.crt"},
@@ -221,6 +237,8 @@ def _container(quota: ExchangeConnectionQuota, mounts: list[dict[str, Any]]) -> 
             gw.consumerAuthSecretRef is not None,
             gw.consumerTLSSecretRef is not None,
             gw.lastValueCache,
+            gw.consumerQueueFrames,
+            gw.slowConsumer,
         ),
         "ports": [{"name": GATEWAY_PORT_NAME, "containerPort": GATEWAY_PORT, "protocol": "TCP"}]
         + (

@@ -300,3 +300,20 @@ def test_role_binding_binds_the_gateway_service_account(quota) -> None:
     assert rb["subjects"] == [{"kind": "ServiceAccount", "name": "md-gw", "namespace": "trading"}]
     sa = builders.build_service_account(quota)
     assert sa["metadata"]["name"] == "md-gw"
+
+
+def test_consumer_queue_and_slow_consumer_policy_reach_the_gateway_only_when_set() -> None:
+    """Defaults add nothing to the pod template (an existing fleet is not rolled out); a
+    quota's own values become the gateway's environment and change the template."""
+
+    def env_of(quota: ExchangeConnectionQuota) -> dict[str, str]:
+        sts = builders.build_statefulset(quota, 1, [])
+        container = sts["spec"]["template"]["spec"]["containers"][0]
+        return {e["name"]: e.get("value", "") for e in container["env"]}
+
+    default = env_of(make_quota())
+    assert "CONNQUOTA_CONSUMER_QUEUE" not in default
+    assert "CONNQUOTA_SLOW_CONSUMER" not in default
+    tuned = env_of(make_quota(gateway={"consumerQueueFrames": 500, "slowConsumer": "drop"}))
+    assert tuned["CONNQUOTA_CONSUMER_QUEUE"] == "500"
+    assert tuned["CONNQUOTA_SLOW_CONSUMER"] == "drop"
