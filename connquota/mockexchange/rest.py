@@ -3,7 +3,8 @@ WebSocket (market lists, server time), served in the exchange's own shapes.
 
 OKX (`/api/v5/public/instruments`, `/api/v5/public/time`) and Bybit (`/v5/market/instruments-info`,
 `/v5/market/time`): spot instruments in their documented shapes and envelopes (the functions
-below cite the pages).
+below cite the pages); order-book snapshots (`/api/v5/market/books`, `/v5/market/orderbook`)
+read the book the mock's book stream pushes, numbered as its pushes (OKX `seqId`, Bybit `u`/`seq`).
 
 Binance spot (https://developers.binance.com/docs/binance-spot-api-docs/rest-api/general-endpoints):
 `GET /api/v3/ping` -> `{}`, `GET /api/v3/time` -> `{"serverTime": ms}`,
@@ -34,7 +35,8 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from connquota.api.limits import Dialect
-from connquota.exchanges.dialects import binance, kraken
+from connquota.exchanges.dialects import binance, bybit, kraken, okx
+from connquota.mockexchange.books import MockBook
 
 if TYPE_CHECKING:
     from connquota.mockexchange.server import MockExchange
@@ -360,8 +362,112 @@ def _okx_routes(app: web.Application, mx: MockExchange) -> None:
         now = str(int(time.time() * 1000))
         return web.json_response({"code": "0", "msg": "", "data": [{"ts": now}]})
 
+    async def books(request: web.Request) -> web.Response:
+        return _okx_books(request, mx)
+
     app.router.add_get("/api/v5/public/instruments", instruments)
     app.router.add_get("/api/v5/public/time", server_time)
+    app.router.add_get("/api/v5/market/books", books)
+
+
+OKX_BOOKS_SZ = (1, 400)
+"""``GET /api/v5/market/books``: default and maximum ``sz`` (levels per side)."""
+
+
+def _started(mx: MockExchange, stream: str, depth: int, okx_levels: bool) -> MockBook:
+    """The mock's book of ``stream``, started (at the stream's last event, or the feed's
+    first sequence when nobody subscribed yet) if no push started it: a later subscriber's
+    snapshot and updates continue from it."""
+    book = mx.books.book(stream, depth, okx_levels)
+    if book.seq is None:
+        feed = mx.feeds.feeds.get(stream)
+        book.advance(feed.last_sent if feed is not None else mx.feeds.first_seq)
+    return book
+
+
+def _okx_books(request: web.Request, mx: MockExchange) -> web.Response:
+    """``GET /api/v5/market/books?instId=..&sz=..`` (https://www.okx.com/docs-v5/en/#order-book-
+    trading-market-data-get-order-book): the book of the ``books`` channel of ``instId`` now, its
+    ``seqId`` the last event that channel pushed (the next update's ``prevSeqId``), levels
+    ``[price, size, "0", orders]``, at most ``sz`` per side."""
+
+    def error(code: str, msg: str) -> web.Response:
+        return web.json_response({"code": code, "msg": msg, "data": []})
+
+    inst_id = request.query.get("instId", "")
+    if not inst_id:
+        return error("50014", "Parameter instId can not be empty.")
+    if okx_instrument(inst_id) is None:
+        return error("51001", "Instrument ID does not exist.")
+    try:
+        size = int(request.query.get("sz", OKX_BOOKS_SZ[0]))
+    except ValueError:
+        return error("51000", "Parameter sz error")
+    if size < 1:
+        return error("51000", "Parameter sz error")
+    size = min(size, OKX_BOOKS_SZ[1])
+    stream = okx.stream_name(inst_id, "books")
+    book = _started(mx, stream, okx.BOOK_DEPTHS["books"], okx_levels=True)
+    item = {"asks": book.book.sorted_asks(size), "bids": book.book.sorted_bids(size),
+            "ts": str(int(time.time() * 1000)), "seqId": book.seq}  # fmt: skip
+    return web.json_response({"code": "0", "msg": "", "data": [item]})
+
+
+BYBIT_BOOK_LIMITS = {"spot": (1, 200), "linear": (25, 500), "inverse": (25, 500),
+                     "option": (1, 25)}  # fmt: skip
+"""``GET /v5/market/orderbook``: default and maximum ``limit`` per category."""
+BYBIT_STREAM_DEPTHS = {"spot": (1, 50, 200), "linear": (1, 50, 200, 500),
+                       "inverse": (1, 50, 200, 500), "option": (25, 100)}  # fmt: skip
+"""``orderbook.<depth>.<symbol>`` depths per category, shallowest first."""
+
+
+def bybit_book_stream(mx: MockExchange, category: str, symbol: str, limit: int) -> str:
+    """The stream whose book a REST ``limit`` reads: the shallowest ``orderbook.<depth>`` at
+    least ``limit`` deep that some push started, else the shallowest at least that deep (the
+    deepest when none is): the mock keeps one book per stream."""
+    depths = BYBIT_STREAM_DEPTHS[category]
+    deep_enough = [d for d in depths if d >= limit] or [depths[-1]]
+    names = [bybit.stream_name(symbol, f"orderbook.{d}") for d in deep_enough]
+    for name in names:
+        book = mx.books.books.get(name)
+        if book is not None and book.seq is not None:
+            return name
+    return names[0]
+
+
+def _bybit_orderbook(request: web.Request, mx: MockExchange) -> web.Response:
+    """``GET /v5/market/orderbook?category=..&symbol=..&limit=..``
+    (https://bybit-exchange.github.io/docs/v5/market/orderbook): the book of one
+    ``orderbook.<depth>`` stream (`bybit_book_stream`) now, ``u`` and ``seq`` its last push's
+    (the stream's later deltas carry greater ``u``), at most ``limit`` levels per side."""
+    now = int(time.time() * 1000)
+
+    def error(msg: str) -> web.Response:
+        return web.json_response(
+            {"retCode": 10001, "retMsg": msg, "result": {}, "retExtInfo": {}, "time": now}
+        )
+
+    category = request.query.get("category", "")
+    if category not in BYBIT_BOOK_LIMITS:
+        return error("params error: category")
+    symbol = request.query.get("symbol", "")
+    if not symbol or split_symbol(symbol) is None:
+        return error("params error: symbol invalid")
+    default, most = BYBIT_BOOK_LIMITS[category]
+    try:
+        limit = int(request.query.get("limit", default))
+    except ValueError:
+        return error("params error: limit")
+    if not 1 <= limit <= most:
+        return error("params error: limit")
+    stream = bybit_book_stream(mx, category, symbol, limit)
+    depth = bybit.orderbook_depth(stream) or limit
+    book = _started(mx, stream, depth, okx_levels=False)
+    result = {"s": symbol, "b": book.book.sorted_bids(limit), "a": book.book.sorted_asks(limit),
+              "ts": now, "u": book.seq, "seq": book.seq, "cts": now}  # fmt: skip
+    return web.json_response(
+        {"retCode": 0, "retMsg": "OK", "result": result, "retExtInfo": {}, "time": now}
+    )
 
 
 def bybit_instrument(symbol: str) -> dict[str, Any] | None:
@@ -410,7 +516,11 @@ def _bybit_routes(app: web.Application, mx: MockExchange) -> None:
         now = time.time()
         return envelope({"timeSecond": str(int(now)), "timeNano": str(int(now * 1e9))})
 
+    async def orderbook(request: web.Request) -> web.Response:
+        return _bybit_orderbook(request, mx)
+
     app.router.add_get("/v5/market/instruments-info", instruments)
+    app.router.add_get("/v5/market/orderbook", orderbook)
     app.router.add_get("/v5/market/time", server_time)
 
 
