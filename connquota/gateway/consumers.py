@@ -136,7 +136,7 @@ async def _handle_request(
         return
     try:
         req = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deeply
         await ws.send_str(error_frame("bad_json", "the request is not JSON"))
         return
     if not isinstance(req, dict):

@@ -1,9 +1,11 @@
 """Where the pod's plan comes from: a file (standalone) or its plan ConfigMap (in cluster).
 
 Both sources yield every new PodPlan with a newer generation. A plan whose `formatVersion`
-this gateway does not understand (or that does not parse) is logged and yielded as a
-`PlanError` (so status and report can say why), never applied: the gateway keeps enforcing its
-last good plan.
+this gateway does not understand (or that does not parse, does not validate, is for another
+ordinal or another quota than the plans before it, or has a lower generation than the plan in
+force) is logged and yielded as a `PlanError` (so status and report can say why), never
+applied: the gateway keeps enforcing its last good plan. The same generation again (the
+operator rewriting a deleted ConfigMap) is no error.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from connquota.api.plan import FORMAT_VERSION, PodPlan, QuotaPlan
+from connquota.api.plan import FORMAT_VERSION, PodPlan, QuotaPlan, QuotaRef
 
 log = logging.getLogger(__name__)
 
@@ -28,12 +30,19 @@ class PlanError(ValueError):
     """A plan this gateway cannot enforce (the last good plan stays in force)."""
 
 
-def parse_plan(text: str, ordinal: int) -> PodPlan:
-    """The PodPlan of `ordinal` in `text` (a PodPlan or a QuotaPlan, JSON)."""
+def parse_plan(text: str | bytes, ordinal: int) -> PodPlan:
+    """The PodPlan of `ordinal` in `text` (a PodPlan or a QuotaPlan, JSON; bytes: UTF-8)."""
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise PlanError(f"plan is not UTF-8: {exc.reason} at byte {exc.start}") from None
     try:
         doc = json.loads(text)
     except ValueError as exc:
         raise PlanError(f"plan is not JSON: {exc}") from None
+    except RecursionError:
+        raise PlanError("plan is not JSON: nested too deeply") from None
     if not isinstance(doc, dict):
         raise PlanError("plan is not a JSON object")
     version = doc.get("formatVersion")
@@ -59,12 +68,21 @@ class NewerPlans:
 
     def __init__(self) -> None:
         self.generation: int | None = None
+        self.quota: QuotaRef | None = None
+        """The quota of the first good plan: every later plan must be for the same quota."""
         self.last_error = ""
 
-    def accept(self, text: str, ordinal: int) -> PodPlan | None:
+    def accept(self, text: str | bytes, ordinal: int) -> PodPlan | None:
         """The plan in `text` if it is valid and newer; None (and `last_error`) otherwise."""
         try:
             plan = parse_plan(text, ordinal)
+            if self.quota is not None and plan.quota != self.quota:
+                raise PlanError(f"plan is for quota {plan.quota}, this gateway serves {self.quota}")
+            if self.generation is not None and plan.generation < self.generation:
+                raise PlanError(
+                    f"plan generation {plan.generation} is older than generation "
+                    f"{self.generation} in force (generations only grow)"
+                )
         except PlanError as exc:
             if str(exc) != self.last_error:
                 log.error("ignoring plan: %s; keeping the last good plan", exc)
@@ -74,6 +92,7 @@ class NewerPlans:
         if self.generation is not None and plan.generation <= self.generation:
             return None
         self.generation = plan.generation
+        self.quota = plan.quota
         return plan
 
 
@@ -90,7 +109,7 @@ async def watch_plan_file(
             sig = (st.st_mtime_ns, st.st_size)
             if sig != last_sig:
                 last_sig = sig
-                text = await asyncio.to_thread(path.read_text)
+                text = await asyncio.to_thread(path.read_bytes)  # parse_plan decodes it
                 plan = newer.accept(text, ordinal)
                 if plan is not None:
                     yield plan
