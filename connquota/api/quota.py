@@ -309,6 +309,13 @@ class GatewaySpec(ApiModel):
         description="A consumer whose queue is full: `close` (code 1008, `too slow`) or `drop` "
         "(it loses its oldest frames). Either way it never delays other consumers.",
     )
+    consumerSendBufferBytes: Annotated[int, Field(ge=4096, le=16 * 1024 * 1024)] | None = Field(
+        default=None,
+        description="The kernel send buffer of every consumer connection (SO_SNDBUF). Unset: "
+        "the kernel's autotuning, which lets a consumer that stopped reading hold megabytes "
+        "before its queue (and the slow-consumer policy) sees it; a small value bounds that "
+        "memory and finds stalled consumers within seconds.",
+    )
     podOverrides: PodOverrides | None = Field(default=None, description="Extra pod settings.")
     maxUnavailable: Annotated[int, Field(ge=1, le=MAX_REPLICAS)] = Field(
         default=1,

@@ -89,6 +89,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a consumer whose queue is full: closed with 1008, or loses its oldest frames "
         "(default $CONNQUOTA_SLOW_CONSUMER, else close)",
     )
+    parser.add_argument(
+        "--consumer-send-buffer",
+        type=int,
+        default=int(env("CONNQUOTA_CONSUMER_SEND_BUFFER", "0")),
+        help="SO_SNDBUF in bytes of every accepted connection (0: the kernel's autotuning; "
+        "default $CONNQUOTA_CONSUMER_SEND_BUFFER, else 0)",
+    )
     parser.add_argument("--log-level", default=env("CONNQUOTA_LOG_LEVEL", "info"))
     parser.add_argument("--log-format", choices=["json", "text"], default="json")
 
@@ -147,6 +154,7 @@ def run(args: argparse.Namespace) -> int:
         report_interval_s=args.report_interval,
         consumer_queue_frames=args.consumer_queue,
         slow_consumer_policy=args.slow_consumer,
+        consumer_send_buffer_bytes=args.consumer_send_buffer,
         upstream=UpstreamSettings(
             backoff_base_s=args.backoff_base,
             backoff_cap_s=args.backoff_cap,

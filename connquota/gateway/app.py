@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import signal
+import socket
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -82,6 +83,9 @@ class GatewaySettings:
     max_loop_lag_s: float = 5.0
     consumer_queue_frames: int = 10_000
     slow_consumer_policy: str = "close"
+    consumer_send_buffer_bytes: int = 0
+    """SO_SNDBUF of every accepted connection (set on the listeners, which accepted sockets
+    inherit); 0 leaves the kernel's autotuning (up to net.ipv4.tcp_wmem's maximum)."""
     upstream: UpstreamSettings = field(default_factory=UpstreamSettings)
 
 
@@ -355,6 +359,7 @@ class Gateway:
         server = getattr(site, "_server", None)
         if server is not None and server.sockets:
             self.http_port = server.sockets[0].getsockname()[1]
+            self._bound_send_buffers(server.sockets)
         log.info("serving on %s:%s", self.settings.host, self.http_port)
         tasks = [
             asyncio.create_task(self._lag_monitor(), name="lag"),
@@ -377,6 +382,17 @@ class Gateway:
         await self.shutdown(tasks, runner)
         return code
 
+    def _bound_send_buffers(self, listeners: Any) -> None:
+        """Give every connection accepted from now on a fixed send buffer (Linux copies the
+        listener's SO_SNDBUF to each accepted socket): a consumer that stops reading then
+        holds at most that much kernel memory, and its frames back up into its own queue, where
+        the slow-consumer policy sees them, within seconds instead of megabytes later."""
+        size = self.settings.consumer_send_buffer_bytes
+        if size <= 0:
+            return
+        for sock in listeners:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
+
     async def _serve_tls(self, runner: web.AppRunner, files: TlsFiles) -> asyncio.Task[None]:
         """The TLS listener; returns the task that reloads its certificate when it changes."""
         context = await asyncio.to_thread(server_context, files)
@@ -387,6 +403,7 @@ class Gateway:
         server = getattr(site, "_server", None)
         if server is not None and server.sockets:
             self.https_port = server.sockets[0].getsockname()[1]
+            self._bound_send_buffers(server.sockets)
         log.info("serving TLS on %s:%s", self.settings.host, self.https_port)
         return asyncio.create_task(keep_loaded(context), name="tls")
 

@@ -24,6 +24,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from connquota.gateway.wsframe import text_frame
+
 SAMPLE_S = 0.05
 """How often the watch samples the referee."""
 OVERLAP_S = 5.0
@@ -162,6 +164,142 @@ class SeqConsumer:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=10)
+
+
+class ConsumerFlood:
+    """A consumer flood (scenario 12), in a thread with its own event loop: `readers`
+    `/v1/ws` consumers that each read 2 streams and count `seq` gaps, and `idle` consumers
+    that subscribe to every stream and then never read (a 4 KiB receive buffer, so the
+    gateway's queue for them fills within seconds). All connect at once, spread over `urls`.
+    """
+
+    def __init__(self, urls: list[str], streams: list[str], readers: int, idle: int) -> None:
+        self.urls, self.streams = urls, streams
+        self.readers, self.idle = readers, idle
+        self.acked = 0
+        """Readers whose subscription was acknowledged."""
+        self.idle_open = 0
+        """Idle consumers whose handshake and subscribe went through."""
+        self.frames = 0
+        self.gaps = 0
+        self.reader_errors: list[str] = []
+        self.last: dict[tuple[int, str], int] = {}
+        self.frames_since: dict[int, int] = {}
+        """Per reader: frames since `mark()`."""
+        self._stop: Any = None
+        self._loop: Any = None
+        self._thread = threading.Thread(target=self._run, name="consumer-flood", daemon=True)
+        self._thread.start()
+
+    def mark(self) -> None:
+        """Start counting each reader's frames afresh (e.g. after an upstream disconnect)."""
+        self.frames_since = {i: 0 for i in range(self.readers)}
+
+    def readers_fed_since_mark(self) -> int:
+        return sum(1 for n in self.frames_since.values() if n > 0)
+
+    def stop(self) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        import asyncio
+
+        asyncio.run(self._main())
+
+    async def _main(self) -> None:
+        import asyncio
+
+        import aiohttp
+
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        connector = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(connector=connector) as http:
+            tasks = [asyncio.create_task(self._reader(http, i)) for i in range(self.readers)]
+            tasks += [asyncio.create_task(self._idle(i)) for i in range(self.idle)]
+            await self._stop.wait()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _reader(self, http: Any, i: int) -> None:
+        import aiohttp
+
+        picked = [self.streams[i % len(self.streams)], self.streams[(i + 1) % len(self.streams)]]
+        try:
+            async with http.ws_connect(
+                self.urls[i % len(self.urls)], timeout=aiohttp.ClientWSTimeout(ws_close=5)
+            ) as ws:
+                await ws.send_str(json.dumps({"op": "subscribe", "streams": picked, "id": 1}))
+                async for msg in ws:
+                    if msg.type != aiohttp.WSMsgType.TEXT:
+                        break
+                    doc = json.loads(msg.data)
+                    if doc.get("op") == "subscribed":
+                        self.acked += 1
+                    elif "seq" in doc:
+                        key = (i, doc["stream"])
+                        last = self.last.get(key)
+                        if last is not None and doc["seq"] != last + 1:
+                            self.gaps += 1
+                        self.last[key] = doc["seq"]
+                        self.frames += 1
+                        if i in self.frames_since:
+                            self.frames_since[i] += 1
+                if not self._stop.is_set():
+                    self.reader_errors.append(f"reader {i} closed: {ws.close_code}")
+        except Exception as exc:  # reported: the scenario asserts there are none
+            if not self._stop.is_set():
+                self.reader_errors.append(f"reader {i}: {type(exc).__name__}: {exc}")
+
+    async def _idle(self, i: int) -> None:
+        import asyncio
+        import base64
+        import socket
+        from urllib.parse import urlsplit
+
+        url = urlsplit(self.urls[i % len(self.urls)])
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        try:
+            await asyncio.wait_for(loop.sock_connect(sock, (url.hostname, url.port)), 30)
+            key = base64.b64encode(os.urandom(16)).decode()
+            request = (
+                f"GET {url.path} HTTP/1.1\r\nHost: {url.netloc}\r\nUpgrade: websocket\r\n"
+                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                "Sec-WebSocket-Version: 13\r\n\r\n"
+            )
+            await loop.sock_sendall(sock, request.encode())
+            head = b""
+            while b"\r\n\r\n" not in head:
+                chunk = await asyncio.wait_for(loop.sock_recv(sock, 1), 30)
+                if not chunk:
+                    return
+                head += chunk
+            if not head.startswith(b"HTTP/1.1 101"):
+                return
+            body = json.dumps({"op": "subscribe", "streams": self.streams, "id": 1}).encode()
+            await loop.sock_sendall(sock, masked_text_frame(body))
+            self.idle_open += 1
+            await self._stop.wait()  # never reads again
+        except (OSError, TimeoutError):
+            return
+        finally:
+            sock.close()
+
+
+def masked_text_frame(payload: bytes) -> bytes:
+    """One client-to-server WebSocket text frame: the gateway's own frame with the mask bit
+    set and the payload masked (RFC 6455 requires it of clients)."""
+    frame = text_frame(payload)
+    head = bytearray(frame[: len(frame) - len(payload)])
+    head[1] |= 0x80
+    mask = os.urandom(4)
+    return bytes(head) + mask + bytes(b ^ mask[j % 4] for j, b in enumerate(payload))
 
 
 class ChaosRow(BaseModel):

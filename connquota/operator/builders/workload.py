@@ -77,6 +77,7 @@ def gateway_env(
     last_values: bool = False,
     consumer_queue: int = DEFAULT_CONSUMER_QUEUE,
     slow_consumer: str = DEFAULT_SLOW_CONSUMER,
+    send_buffer: int | None = None,
 ) -> list[dict[str, Any]]:
     """Environment of the gateway container: identity from the downward API, paths. No secrets."""
     env: list[dict[str, Any]] = [
@@ -101,6 +102,8 @@ def gateway_env(
         env.append({"name": "CONNQUOTA_CONSUMER_QUEUE", "value": str(consumer_queue)})
     if slow_consumer != DEFAULT_SLOW_CONSUMER:
         env.append({"name": "CONNQUOTA_SLOW_CONSUMER", "value": slow_consumer})
+    if send_buffer is not None:
+        env.append({"name": "CONNQUOTA_CONSUMER_SEND_BUFFER", "value": str(send_buffer)})
     if consumer_tls:
         env += [
             {"name": "CONNQUOTA_TLS_CERT_FILE", "value": f"{CONSUMER_TLS_DIR}/tls.crt"},
@@ -239,6 +242,7 @@ def _container(quota: ExchangeConnectionQuota, mounts: list[dict[str, Any]]) -> 
             gw.lastValueCache,
             gw.consumerQueueFrames,
             gw.slowConsumer,
+            gw.consumerSendBufferBytes,
         ),
         "ports": [{"name": GATEWAY_PORT_NAME, "containerPort": GATEWAY_PORT, "protocol": "TCP"}]
         + (

@@ -38,7 +38,13 @@ from cluster.operator.fleet import (
     wait_ready,
 )
 from connquota.api.limits import LimitName, LimitScope
-from connquota.testing.chaos import ChaosRow, SeqConsumer, StreamWatch, record_row
+from connquota.testing.chaos import (
+    ChaosRow,
+    ConsumerFlood,
+    SeqConsumer,
+    StreamWatch,
+    record_row,
+)
 from connquota.testing.ipecho import ThreadedIpEcho
 from connquota.testing.podharness import PodHarness
 
@@ -113,6 +119,7 @@ def _running_fleet(
     mock: MockThread,
     echo_url: str,
     connections_per_pod: int = 2,
+    gateway: dict[str, Any] | None = None,
 ) -> Iterator[Fleet]:
     """The quota of `STREAMS` on a fresh pool, Ready; deleted (and waited gone) afterwards."""
     objects = custom_object(api_client)
@@ -127,6 +134,7 @@ def _running_fleet(
         mock.quota_exchange(f"{pool}.test"),
         STREAMS,
         connections_per_pod=connections_per_pod,
+        gateway=gateway,
     )
     objects.create_namespaced_custom_object(
         GROUP, VERSION, namespace, "exchangeconnectionquotas", body
@@ -752,3 +760,111 @@ def test_a_429_storm_on_one_address_and_a_418_ban_on_another_at_once(
             f"({refusals.get('418', 0)} handshakes answered 418); {back_s:.1f} s waited"
         )
         record_row(row)
+
+
+def _slow_consumers_closed(ips: dict[int, str]) -> int:
+    """Consumers the gateways closed for being too slow, summed over the pods' /metrics."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    total = 0.0
+    for ip in ips.values():
+        with urllib.request.urlopen(f"http://{ip}:8080/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+        total += sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "connquota_gateway_slow_consumers_total"
+        )
+    return int(total)
+
+
+@pytest.fixture
+def flood_fleet(
+    api_client: Any,
+    namespace: str,
+    pod_harness: PodHarness,
+    operator_process: OperatorProcess,
+    mock_exchange: MockThread,
+    ip_echo: ThreadedIpEcho,
+) -> Iterator[Fleet]:
+    """The fleet with a short consumer queue (100 frames, slow consumers closed) and 16 KiB
+    socket send buffers (a stalled consumer reaches its queue within seconds)."""
+    with _running_fleet(
+        api_client,
+        namespace,
+        operator_process,
+        mock_exchange,
+        ip_echo.url,
+        gateway={
+            "consumerQueueFrames": 100,
+            "slowConsumer": "close",
+            "consumerSendBufferBytes": 16384,
+        },
+    ) as running:
+        yield running
+
+
+def test_a_consumer_flood_half_of_it_never_reading_during_a_mass_disconnect(
+    flood_fleet: Fleet,
+) -> None:
+    """Scenario 12: 1,000 consumers connect and subscribe at once, spread over the pods; 500
+    never read. The exchange drops every upstream connection meanwhile. The slow ones are
+    closed by the gateways (queue of 100 frames, policy close); the 500 readers see no `seq`
+    gap, none is closed, and every one gets frames again after the reconnect; upstream, every
+    stream is back within the recovery bound, 0 violations."""
+    fleet = flood_fleet
+    ips = pod_ips(fleet.api, fleet.ns, QUOTA)
+    urls = [f"ws://{ip}:8080/v1/ws" for ip in ips.values()]
+    bound = fleet.bound_s()
+    flood = ConsumerFlood(urls, STREAMS, readers=500, idle=500)
+    try:
+        with StreamWatch(fleet.mock.open_streams, STREAMS) as watch:
+            fleet.all_up(watch, 30, "before")
+            wait_for(
+                lambda: flood.acked == 500 and flood.idle_open == 500,
+                90,
+                "1,000 consumers connected and subscribed",
+                0.2,
+            )
+            flood.mark()
+            assert fleet.mock.disconnect_all() == 4
+            wait_for(lambda: bool(watch.down_now()), 10, "the drop seen at the exchange")
+            back_s = fleet.all_up(watch, bound + 30, "after the drop, with the flood")
+            wait_for(
+                lambda: flood.readers_fed_since_mark() == 500,
+                60,
+                "every reader fed again after the reconnect",
+                0.2,
+            )
+            try:
+                wait_for(
+                    lambda: _slow_consumers_closed(ips) >= 500,
+                    90,
+                    "every idle consumer closed as too slow",
+                    0.5,
+                )
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}: {_slow_consumers_closed(ips)} closed") from None
+            closed = _slow_consumers_closed(ips)
+    finally:
+        flood.stop()
+    fleet.mock.assert_no_violation()
+    assert flood.reader_errors == [], flood.reader_errors[:5]
+    assert flood.gaps == 0
+    assert closed == 500, closed  # the idle ones, and no reader
+    assert back_s <= bound + 5, (back_s, bound)
+    assert watch.duplicates == 0
+    row = fleet.row(
+        "12. 1,000 consumers at once, half never reading, during a mass disconnect",
+        watch,
+        bound,
+        flood.gaps,
+    )
+    row.notes = (
+        f"{closed} idle consumers closed as too slow (queue 100 frames); 500 readers got "
+        f"{flood.frames} frames, none closed; streams back {back_s:.1f} s after the drop"
+    )
+    record_row(row)

@@ -314,6 +314,16 @@ def test_consumer_queue_and_slow_consumer_policy_reach_the_gateway_only_when_set
     default = env_of(make_quota())
     assert "CONNQUOTA_CONSUMER_QUEUE" not in default
     assert "CONNQUOTA_SLOW_CONSUMER" not in default
-    tuned = env_of(make_quota(gateway={"consumerQueueFrames": 500, "slowConsumer": "drop"}))
+    assert "CONNQUOTA_CONSUMER_SEND_BUFFER" not in default
+    tuned = env_of(
+        make_quota(
+            gateway={
+                "consumerQueueFrames": 500,
+                "slowConsumer": "drop",
+                "consumerSendBufferBytes": 65536,
+            }
+        )
+    )
     assert tuned["CONNQUOTA_CONSUMER_QUEUE"] == "500"
     assert tuned["CONNQUOTA_SLOW_CONSUMER"] == "drop"
+    assert tuned["CONNQUOTA_CONSUMER_SEND_BUFFER"] == "65536"
