@@ -868,3 +868,106 @@ def test_a_consumer_flood_half_of_it_never_reading_during_a_mass_disconnect(
         f"{flood.frames} frames, none closed; streams back {back_s:.1f} s after the drop"
     )
     record_row(row)
+
+
+SCALE_STREAMS = [f"z{i}usdt@trade" for i in range(80)]
+"""Scenario 1's streams at 20 pods: 40 connections of 2, the concurrent limit of 10 addresses."""
+
+
+def test_scale_from_1_to_20_pods_and_back_while_consumers_read(
+    api_client: Any,
+    namespace: str,
+    pod_harness: PodHarness,
+    operator_process: OperatorProcess,
+    mock_exchange: MockThread,
+    ip_echo: ThreadedIpEcho,
+) -> None:
+    """Scenario 1: a quota of 4 streams (1 pod) grows to 80 streams (20 pods, 10 addresses at
+    their whole concurrent limit) and shrinks back to 4 (1 pod), while a consumer on pod 0
+    reads the first 4 streams. Each step waits for the fleet to acknowledge it. The consumer
+    sees no gap, no stream is served twice upstream beyond a make-before-break overlap, and the
+    exchange sees 0 violations."""
+    objects = custom_object(api_client)
+    pool = f"p-{uuid.uuid4().hex[:8]}"
+    objects.create_cluster_custom_object(
+        GROUP, VERSION, "exchangeegresspools", pool_body(pool, addresses=10, echo_url=ip_echo.url)
+    )
+    quota = quota_body(
+        namespace,
+        QUOTA,
+        pool,
+        mock_exchange.quota_exchange(f"{pool}.test"),
+        SCALE_STREAMS[:4],
+        max_replicas=20,
+    )
+    objects.create_namespaced_custom_object(
+        GROUP, VERSION, namespace, "exchangeconnectionquotas", quota
+    )
+    fleet = Fleet(api_client, namespace, operator_process, mock_exchange)
+    kept = SCALE_STREAMS[:4]
+    consumer: SeqConsumer | None = None
+    notes = []
+    try:
+        fleet.ready()
+        with StreamWatch(fleet.mock.open_streams, kept) as watch:
+            fleet.all_up(watch, 30, "one pod")
+            consumer = SeqConsumer(
+                f"ws://{pod_ips(fleet.api, fleet.ns, QUOTA)[0]}:8080/v1/ws", kept
+            )
+            wait_for(lambda: consumer.frames > 0, 30, "the consumer's first frames")
+            for streams, pods in ((SCALE_STREAMS, 20), (kept, 1)):
+                started = time.monotonic()
+                _patch_stream_list(objects, namespace, QUOTA, streams)
+                wait_for(
+                    lambda s=len(streams), p=pods: _settled(fleet, s, p),
+                    240,
+                    f"{pods} pods serving {len(streams)} streams\n{fleet.log()[-3000:]}",
+                    0.5,
+                )
+                notes.append(f"to {pods} pods in {time.monotonic() - started:.1f} s")
+                fleet.mock.assert_no_violation()
+            frames_before = consumer.frames
+            wait_for(lambda: consumer.frames > frames_before, 10, "frames after scaling back")
+    finally:
+        if consumer is not None:
+            consumer.stop()
+        objects.delete_namespaced_custom_object(
+            GROUP, VERSION, namespace, "exchangeconnectionquotas", QUOTA
+        )
+        wait_for(lambda: get_quota(api_client, namespace, QUOTA) is None, 180, "deletion")
+        objects.delete_cluster_custom_object(GROUP, VERSION, "exchangeegresspools", pool)
+    assert consumer.errors == [], consumer.errors
+    assert consumer.gaps == 0
+    assert watch.duplicates == 0
+    assert watch.max_down == 0, watch.episodes
+    peak = fleet.mock.peak_fraction(LimitName.CONCURRENT_CONNECTIONS, LimitScope.IP)
+    assert peak >= 0.9, peak
+    row = fleet.row("1. scale 1 -> 20 -> 1 pods while consumers read", watch, 0, consumer.gaps)
+    row.notes = (
+        "; ".join(notes) + f"; the consumer's 4 streams never down, {consumer.frames} frames"
+    )
+    record_row(row)
+
+
+def _patch_stream_list(objects: Any, ns: str, name: str, streams: list[str]) -> None:
+    objects.patch_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        ns,
+        "exchangeconnectionquotas",
+        name,
+        {"spec": {"streams": [{"name": s} for s in streams]}},
+    )
+
+
+def _settled(fleet: Fleet, streams: int, pods: int) -> bool:
+    """Every declared stream live, the StatefulSet at `pods` replicas, all pods Ready."""
+    counts = _stream_counts(fleet)
+    if counts.get("desired") != streams or counts.get("live") != streams:
+        return False
+    sts = fleet.apps.read_namespaced_stateful_set(f"{QUOTA}-gw", fleet.ns)
+    return (
+        sts.spec.replicas == pods
+        and (sts.status.ready_replicas or 0) == pods
+        and len(pod_ips(fleet.api, fleet.ns, QUOTA)) == pods
+    )
