@@ -17,8 +17,13 @@ from __future__ import annotations
 import random
 import zlib
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
+from connquota.exchanges.dialects.base import MarketPrices
 from connquota.exchanges.orderbook import L2Book, Level
+
+if TYPE_CHECKING:
+    from connquota.mockexchange.feeds import FeedBook
 
 MAX_LEVELS = 40
 """Levels per side of a mock book (real books are deeper; 40 keeps every step cheap)."""
@@ -157,6 +162,46 @@ class MockBooks:
     def __init__(self) -> None:
         self.books: dict[str, MockBook] = {}
         self.binance_books: dict[str, BinanceBook] = {}
+        self.last_trades: dict[str, str] = {}
+        """Instrument -> the price of the latest trade the mock pushed for it (OKX, Bybit)."""
+        self._prices: dict[str, tuple[int, MarketPrices]] = {}
+        """Trade or ticker stream -> (seq, prices) of its latest event."""
+
+    def started(self, stream: str, depth: int, okx_levels: bool, feeds: FeedBook) -> MockBook:
+        """The book of ``stream``, started if no push started it yet (at the stream's last
+        event, or the feeds' first sequence when nobody subscribed): a REST snapshot or a
+        ticker reads it, a later subscriber's snapshot and updates continue from it."""
+        book = self.book(stream, depth, okx_levels)
+        if book.seq is None:
+            feed = feeds.feeds.get(stream)
+            book.advance(feed.last_sent if feed is not None else feeds.first_seq)
+        return book
+
+    def prices(
+        self, stream: str, seq: int, instrument: str, book: MockBook, trade: bool
+    ) -> MarketPrices:
+        """Prices of event ``seq`` of trade or ticker ``stream`` of ``instrument`` from
+        ``book`` (the same for every connection that asks again for ``seq``): the best bid and
+        ask; a trade takes the best ask (a buy, even ``seq``) or the best bid (a sell) and
+        becomes the instrument's last price; a ticker's last is the latest trade's price while
+        it lies within the best bid and ask, else the nearer of them (the best bid when nothing
+        traded yet)."""
+        cached = self._prices.get(stream)
+        if cached is not None and cached[0] == seq:
+            return cached[1]
+        bid, ask = book.top_bids()[0], book.top_asks()[0]
+        if trade:
+            last = ask[0] if seq % 2 == 0 else bid[0]
+            self.last_trades[instrument] = last
+        else:
+            last = self.last_trades.get(instrument, bid[0])
+            if float(last) < float(bid[0]):
+                last = bid[0]
+            elif float(last) > float(ask[0]):
+                last = ask[0]
+        prices = MarketPrices(list(bid), list(ask), last)
+        self._prices[stream] = (seq, prices)
+        return prices
 
     def book(self, stream: str, depth: int, okx_levels: bool) -> MockBook:
         """The book of ``stream`` (created, not yet started, the first time)."""

@@ -375,14 +375,7 @@ OKX_BOOKS_SZ = (1, 400)
 
 
 def _started(mx: MockExchange, stream: str, depth: int, okx_levels: bool) -> MockBook:
-    """The mock's book of ``stream``, started (at the stream's last event, or the feed's
-    first sequence when nobody subscribed yet) if no push started it: a later subscriber's
-    snapshot and updates continue from it."""
-    book = mx.books.book(stream, depth, okx_levels)
-    if book.seq is None:
-        feed = mx.feeds.feeds.get(stream)
-        book.advance(feed.last_sent if feed is not None else mx.feeds.first_seq)
-    return book
+    return mx.books.started(stream, depth, okx_levels, mx.feeds)
 
 
 def _okx_books(request: web.Request, mx: MockExchange) -> web.Response:

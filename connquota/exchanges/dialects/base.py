@@ -278,3 +278,13 @@ def valid_request_id(value: Any, max_len: int) -> bool:
     if isinstance(value, str):
         return 0 < len(value) <= max_len and value.replace("-", "").replace("_", "").isalnum()
     return False
+
+
+@dataclass(frozen=True)
+class MarketPrices:
+    """Prices the mock reads from its book for a trade or ticker push: the best bid and ask
+    (``[price, size, ...]``) and the last trade's price."""
+
+    bid: list[str]
+    ask: list[str]
+    last: str

@@ -26,6 +26,7 @@ from connquota.exchanges.dialects.base import (
     InvalidRequest,
     LoginRequest,
     LoginResult,
+    MarketPrices,
     OtherRequest,
     PingRequest,
     Pong,
@@ -340,15 +341,26 @@ def build_orderbook(
                   "cts": event_time_ms})  # fmt: skip
 
 
-def build_data(stream: str, seq: int, event_time_ms: int, category: str = "spot") -> str:
+def build_data(
+    stream: str,
+    seq: int,
+    event_time_ms: int,
+    category: str = "spot",
+    prices: MarketPrices | None = None,
+) -> str:
     """One push: publicTrade ``seq``; orderbook ``u`` and ``seq``; tickers ``cs``; kline
-    ``seq``; all = seq. ``category`` (spot, linear, inverse, option) shapes ``tickers``."""
+    ``seq``; all = seq. ``category`` (spot, linear, inverse, option) shapes ``tickers``;
+    ``prices`` (from the mock's book) price trades and tickers, without: fixed prices."""
     parsed = parse_stream(stream)
     symbol = parsed.symbol
     channel = parsed.channel
     if channel == "publicTrade":
         item = {"T": event_time_ms, "s": symbol, "S": "Buy", "v": "0.001", "p": "16578.50",
                 "L": "PlusTick", "i": str(uuid.UUID(int=seq)), "BT": False, "seq": seq}  # fmt: skip
+        if prices is not None:  # a buy takes the best ask, a sell the best bid
+            buy = prices.last == prices.ask[0]
+            item.update(p=prices.last, S="Buy" if buy else "Sell",
+                        L="PlusTick" if buy else "MinusTick")  # fmt: skip
         return dumps({"topic": stream, "type": "snapshot", "ts": event_time_ms, "data": [item]})
     if channel.startswith("orderbook"):
         book = {"s": symbol, "b": [["16493.50", "0.006"]], "a": [["16611.00", "0.029"]],
@@ -356,7 +368,7 @@ def build_data(stream: str, seq: int, event_time_ms: int, category: str = "spot"
         return dumps({"topic": stream, "type": "delta", "ts": event_time_ms, "data": book,
                       "cts": event_time_ms})  # fmt: skip
     if channel == "tickers":
-        ticker = ticker_item(symbol, seq, linear=category != "spot")
+        ticker = ticker_item(symbol, seq, linear=category != "spot", prices=prices)
         return dumps({"topic": stream, "type": "snapshot", "ts": event_time_ms, "cs": seq,
                       "data": ticker})  # fmt: skip
     if channel.startswith("kline"):
@@ -392,23 +404,34 @@ def kline_item(interval: str, seq: int, event_time_ms: int) -> dict[str, Any]:
             "timestamp": event_time_ms, "seq": seq}  # fmt: skip
 
 
-def ticker_item(symbol: str, seq: int, linear: bool) -> dict[str, Any]:
+def ticker_item(
+    symbol: str, seq: int, linear: bool, prices: MarketPrices | None = None
+) -> dict[str, Any]:
     """A ``tickers`` item with the documented spot fields; ``linear`` adds the derivative ones
-    (mark/index price, open interest, funding, best bid/ask); ``cs`` is the mock's sequence."""
-    last = 42000 + (seq % 200) / 10
+    (mark/index price, open interest, funding, best bid/ask); ``cs`` is the mock's sequence.
+    ``prices``: best bid/ask and last from the mock's book and trades; without, fixed prices
+    around 42000. low24h <= every price <= high24h."""
+    if prices is None:
+        fixed = 42000 + (seq % 200) / 10
+        prices = MarketPrices([f"{fixed - 0.1:.1f}", "1.5"], [f"{fixed + 0.1:.1f}", "2.0"],
+                              f"{fixed:.1f}")  # fmt: skip
+    last = float(prices.last)
+    prev = last * 0.98
+    high, low = float(prices.ask[0]) * 1.01, min(prev, float(prices.bid[0])) * 0.99
     item: dict[str, Any] = {
-        "symbol": symbol, "lastPrice": f"{last:.1f}", "highPrice24h": "42100",
-        "lowPrice24h": "41400", "prevPrice24h": "41500", "volume24h": "1234.5",
-        "turnover24h": f"{1234.5 * last:.2f}", "price24hPcnt": f"{(last - 41500) / 41500:.4f}",
-        "usdIndexPrice": f"{last:.1f}", "cs": seq}  # fmt: skip
+        "symbol": symbol, "lastPrice": prices.last, "highPrice24h": f"{high:.2f}",
+        "lowPrice24h": f"{low:.2f}", "prevPrice24h": f"{prev:.2f}", "volume24h": "1234.5",
+        "turnover24h": f"{1234.5 * last:.2f}", "price24hPcnt": f"{(last - prev) / prev:.4f}",
+        "usdIndexPrice": prices.last, "cs": seq}  # fmt: skip
     if linear:
         del item["usdIndexPrice"]
         item.update({
-            "tickDirection": "PlusTick", "prevPrice1h": "41900", "markPrice": f"{last:.1f}",
-            "indexPrice": f"{last - 0.5:.1f}", "openInterest": "5000",
+            "tickDirection": "PlusTick", "prevPrice1h": f"{last * 0.998:.2f}",
+            "markPrice": prices.last, "indexPrice": f"{last - 0.5:.2f}", "openInterest": "5000",
             "openInterestValue": f"{5000 * last:.2f}", "fundingRate": "0.0001",
-            "nextFundingTime": "1673280000000", "bid1Price": f"{last - 0.1:.1f}",
-            "bid1Size": "1.5", "ask1Price": f"{last + 0.1:.1f}", "ask1Size": "2.0"})  # fmt: skip
+            "nextFundingTime": "1673280000000", "bid1Price": prices.bid[0],
+            "bid1Size": prices.bid[1], "ask1Price": prices.ask[0],
+            "ask1Size": prices.ask[1]})  # fmt: skip
     return item
 
 

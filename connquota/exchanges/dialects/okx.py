@@ -27,6 +27,7 @@ from connquota.exchanges.dialects.base import (
     InvalidRequest,
     LoginRequest,
     LoginResult,
+    MarketPrices,
     Notice,
     PingRequest,
     Pong,
@@ -457,9 +458,12 @@ def build_book(
     return dumps(body)
 
 
-def build_data(stream: str, seq: int, event_time_ms: int) -> str:
+def build_data(
+    stream: str, seq: int, event_time_ms: int, prices: MarketPrices | None = None
+) -> str:
     """One push: trades carry ``tradeId``/``seqId`` = seq; books carry ``prevSeqId``/``seqId``
-    (a one-level update without a book behind it: the mock sends `build_book` frames)."""
+    (a one-level update without a book behind it: the mock sends `build_book` frames).
+    ``prices`` (from the mock's book) price trades and tickers; without, fixed prices."""
     arg = stream_to_arg(stream)
     inst = arg.get("instId", "")
     channel = arg["channel"]
@@ -471,11 +475,14 @@ def build_data(stream: str, seq: int, event_time_ms: int) -> str:
     if channel in ("trades", "trades-all"):
         item = {"instId": inst, "tradeId": str(seq), "px": "42219.9", "sz": "0.12060306",
                 "side": "buy", "ts": ts, "count": "1", "source": "0", "seqId": seq}  # fmt: skip
+        if prices is not None:  # a buy takes the best ask, a sell the best bid
+            item["px"] = prices.last
+            item["side"] = "buy" if prices.last == prices.ask[0] else "sell"
         return dumps({"arg": arg, "data": [item]})
     if _is_candle(channel):
         return dumps({"arg": arg, "data": [candle_row(channel, seq, event_time_ms)]})
     if channel == "tickers":
-        return dumps({"arg": arg, "data": [ticker_item(inst, seq, event_time_ms)]})
+        return dumps({"arg": arg, "data": [ticker_item(inst, seq, event_time_ms, prices)]})
     if channel == "orders":
         return dumps({"arg": arg, "data": [order_item(inst or "BTC-USDT", seq, event_time_ms)]})
     if channel == "account":
@@ -504,16 +511,26 @@ def order_item(inst: str, seq: int, event_time_ms: int) -> dict[str, Any]:
             "uTime": ts, "cTime": str(event_time_ms - 1_000), "seqId": seq}  # fmt: skip
 
 
-def ticker_item(inst: str, seq: int, event_time_ms: int) -> dict[str, Any]:
+def ticker_item(
+    inst: str, seq: int, event_time_ms: int, prices: MarketPrices | None = None
+) -> dict[str, Any]:
     """A `tickers` item with every documented field (last, lastSz, best bid/ask with sizes,
     the 24 h open/high/low/volumes and the UTC+0/UTC+8 day opens) plus the mock's ``seqId``;
-    bid < last < ask and low24h <= every price <= high24h."""
-    last = 42000 + (seq % 200) / 10
+    bid <= last <= ask and low24h <= every price <= high24h. ``prices``: best bid/ask and last
+    from the mock's book and trades; without, fixed prices around 42000."""
     inst_type = "SWAP" if inst.endswith("-SWAP") else "SPOT"
-    return {"instType": inst_type, "instId": inst, "last": f"{last:.1f}", "lastSz": "0.1",
-            "askPx": f"{last + 0.1:.1f}", "askSz": "11", "bidPx": f"{last - 0.1:.1f}",
-            "bidSz": "5", "open24h": "41500", "high24h": "42100", "low24h": "41400",
-            "volCcy24h": "2222", "vol24h": "0.0529", "sodUtc0": "41800", "sodUtc8": "41700",
+    if prices is None:
+        last = 42000 + (seq % 200) / 10
+        prices = MarketPrices([f"{last - 0.1:.1f}", "5"], [f"{last + 0.1:.1f}", "11"],
+                              f"{last:.1f}")  # fmt: skip
+    last = float(prices.last)
+    open_ = last * 0.98
+    high, low = float(prices.ask[0]) * 1.01, min(open_, float(prices.bid[0])) * 0.99
+    return {"instType": inst_type, "instId": inst, "last": prices.last, "lastSz": "0.1",
+            "askPx": prices.ask[0], "askSz": prices.ask[1], "bidPx": prices.bid[0],
+            "bidSz": prices.bid[1], "open24h": f"{open_:.1f}", "high24h": f"{high:.1f}",
+            "low24h": f"{low:.1f}", "volCcy24h": f"{52.9 * last:.1f}", "vol24h": "52.9",
+            "sodUtc0": f"{open_ * 1.002:.1f}", "sodUtc8": f"{open_ * 1.001:.1f}",
             "ts": str(event_time_ms), "seqId": seq}  # fmt: skip
 
 

@@ -10,11 +10,13 @@ from connquota.exchanges.dialects import bybit
 from connquota.exchanges.dialects.base import (
     InvalidRequest,
     LoginRequest,
+    MarketPrices,
     OtherRequest,
     PingRequest,
     RequestId,
     SubscribeRequest,
 )
+from connquota.mockexchange.rest import BYBIT_STREAM_DEPTHS, bybit_book_stream
 from connquota.mockexchange.sessions.base import DialectSession, wall_ms
 
 NOT_AUTHORIZED = "Request not authorized"
@@ -136,12 +138,26 @@ class BybitSession(DialectSession):
             return bybit.build_private_data(topic, seq, event_time_ms)
         depth = bybit.orderbook_depth(stream)
         if depth is None:
-            return bybit.build_data(stream, seq, event_time_ms, self.category)
+            prices = self._prices(stream, seq)
+            return bybit.build_data(stream, seq, event_time_ms, self.category, prices)
         book = self.mx.books.book(stream, depth, okx_levels=False)
         book.advance(seq)
         return bybit.build_orderbook(
             stream, "delta", book.changed_bids, book.changed_asks, event_time_ms, seq, seq
         )
+
+    def _prices(self, stream: str, seq: int) -> MarketPrices | None:
+        """publicTrade and tickers are priced from the symbol's ``orderbook.<depth>`` book
+        that REST ``/v5/market/orderbook`` reads for 50 levels; other topics: None."""
+        parsed = bybit.parse_stream(stream)
+        if parsed.channel not in ("publicTrade", "tickers") or not parsed.symbol:
+            return None
+        category = self.category if self.category in BYBIT_STREAM_DEPTHS else "spot"
+        book_stream = bybit_book_stream(self.mx, category, parsed.symbol, 50)
+        depth = bybit.orderbook_depth(book_stream) or 50
+        book = self.mx.books.started(book_stream, depth, False, self.mx.feeds)
+        trade = parsed.channel == "publicTrade"
+        return self.mx.books.prices(stream, seq, parsed.symbol, book, trade=trade)
 
     def opens_with_snapshot(self, stream: str) -> bool:
         return bybit.orderbook_depth(stream) is not None

@@ -10,11 +10,15 @@ from connquota.exchanges.dialects import okx
 from connquota.exchanges.dialects.base import (
     InvalidRequest,
     LoginRequest,
+    MarketPrices,
     PingRequest,
     SubscribeRequest,
     dumps,
 )
 from connquota.mockexchange.sessions.base import DialectSession
+
+PRICED_CHANNELS = frozenset({"trades", "trades-all", "tickers"})
+"""Channels whose prices come from the mock's book."""
 
 
 class OkxSession(DialectSession):
@@ -141,7 +145,7 @@ class OkxSession(DialectSession):
         channel = stream.partition(":")[0]
         depth = okx.BOOK_DEPTHS.get(channel)
         if depth is None:
-            return okx.build_data(stream, seq, event_time_ms)
+            return okx.build_data(stream, seq, event_time_ms, self._prices(stream, seq))
         book = self.mx.books.book(stream, depth, okx_levels=True)
         book.advance(seq)
         if channel in okx.INCREMENTAL_BOOKS:
@@ -150,6 +154,16 @@ class OkxSession(DialectSession):
                 "update", seq - 1, book.okx_checksum(),
             )  # fmt: skip
         return okx.build_book(stream, book.top_bids(), book.top_asks(), event_time_ms, seq)
+
+    def _prices(self, stream: str, seq: int) -> MarketPrices | None:
+        """Trades and tickers are priced from the instrument's ``books`` book (the one REST
+        ``/api/v5/market/books`` reads); other channels: None."""
+        channel, _, inst = stream.partition(":")
+        if channel not in PRICED_CHANNELS or not inst:
+            return None
+        book_stream = okx.stream_name(inst, "books")
+        book = self.mx.books.started(book_stream, okx.BOOK_DEPTHS["books"], True, self.mx.feeds)
+        return self.mx.books.prices(stream, seq, inst, book, trade=channel != "tickers")
 
     def opens_with_snapshot(self, stream: str) -> bool:
         return stream.partition(":")[0] in okx.INCREMENTAL_BOOKS

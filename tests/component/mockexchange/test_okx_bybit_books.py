@@ -198,3 +198,67 @@ async def test_ccxt_pro_watch_order_book_holds_the_mocks_book(start_mock, dialec
     finally:
         await exchange.close()
     assert len(ob["bids"]) > 10 and ob["bids"][0][0] < ob["asks"][0][0]
+
+
+def _clamped(last: str | None, bid: str, ask: str) -> str:
+    """The ticker's last the mock documents: the latest trade's price within the best bid and
+    ask, else the nearer of them (the best bid when nothing traded)."""
+    if last is None or float(last) < float(bid):
+        return bid
+    return ask if float(last) > float(ask) else last
+
+
+@pytest.mark.parametrize("dialect", ["okx", "bybit"])
+async def test_tickers_and_trades_are_priced_from_the_book(start_mock, dialect) -> None:
+    """One connection subscribes to the book, the trades and the tickers of an instrument: every
+    ticker's best bid/ask (with sizes) is the book's as last pushed, every trade is at the best
+    ask (buy) or bid (sell), and the ticker's last is the latest trade's price."""
+    mx = await start_mock(dialect, rate_per_stream_hz=40)
+    if dialect == "okx":
+        url = mx.url + "/ws/v5/public"
+        args: list[Any] = [{"channel": c, "instId": "ETH-USDT"}
+                           for c in ("books", "trades", "tickers")]  # fmt: skip
+    else:
+        url = mx.url + "/v5/public/spot"
+        args = ["orderbook.50.ETHUSDT", "publicTrade.ETHUSDT", "tickers.ETHUSDT"]
+    book = L2Book()
+    last: str | None = None
+    tickers = trades = 0
+    async with client_from("127.0.0.153" if dialect == "okx" else "127.0.0.154") as client:
+        ws = await client.ws_connect(url)
+        await ws.send_str(json.dumps({"op": "subscribe", "args": args}))
+        while tickers < 30 or trades < 30:
+            frame = (await _pushes(ws, 1))[0]
+            if dialect == "okx":
+                channel, item = frame["arg"]["channel"], frame["data"][0]
+                if channel == "books":
+                    book.apply(item["bids"], item["asks"])
+                    continue
+                bid, ask = book.sorted_bids(1)[0], book.sorted_asks(1)[0]
+                if channel == "trades":
+                    assert item["px"] == (ask[0] if item["side"] == "buy" else bid[0])
+                    last, trades = item["px"], trades + 1
+                    continue
+                assert [item["bidPx"], item["bidSz"]] == bid[:2]
+                assert [item["askPx"], item["askSz"]] == ask[:2]
+                assert item["last"] == _clamped(last, bid[0], ask[0])
+                assert float(item["low24h"]) <= float(item["bidPx"])
+                assert float(item["askPx"]) <= float(item["high24h"])
+                tickers += 1
+                continue
+            topic, data = frame["topic"], frame["data"]
+            if topic.startswith("orderbook"):
+                book.apply(data["b"], data["a"])
+                continue
+            bid, ask = book.sorted_bids(1)[0], book.sorted_asks(1)[0]
+            if topic.startswith("publicTrade"):
+                trade = data[0]
+                assert trade["p"] == (ask[0] if trade["S"] == "Buy" else bid[0])
+                last, trades = trade["p"], trades + 1
+                continue
+            assert data["lastPrice"] == _clamped(last, bid[0], ask[0])
+            assert float(data["lowPrice24h"]) <= float(bid[0])
+            assert float(ask[0]) <= float(data["highPrice24h"])
+            tickers += 1
+        await ws.close()
+    assert last is not None
