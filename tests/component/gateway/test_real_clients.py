@@ -23,8 +23,10 @@ from client_libs import bounded_in_daemon_thread, pybit_client
 from conftest import GW_IP, shrunk
 from cryptofeed import FeedHandler
 from cryptofeed.connection import RestEndpoint, Routes, WebsocketEndpoint
-from cryptofeed.defines import TRADES
+from cryptofeed.defines import CANDLES, SPOT, TICKER, TRADES
+from cryptofeed.exchanges import OKX as CryptofeedOKX
 from cryptofeed.exchanges import Binance as CryptofeedBinance
+from cryptofeed.exchanges import Bybit as CryptofeedBybit
 from okx.websocket.WsPublicAsync import WsPublicAsync
 
 from connquota.api.plan import ConnectionPlan
@@ -303,4 +305,87 @@ async def test_cryptofeed_binance_trades_over_wss_through_the_gateway(
         await handler.stop_async()
     assert got[0].symbol == "BTC-USDT" and got[0].exchange == "BINANCE" and got[0].price > 0
     assert _upstream(harness) == sorted(streams)
+    harness.assert_no_violation()
+
+
+async def _run_cryptofeed(feed_class: type, channel: str, symbol: str) -> Any:
+    """The first ``channel`` callback of a cryptofeed feed of ``symbol`` (its market list read
+    out of the loop: cryptofeed reads it with a blocking HTTP call)."""
+    got: list[Any] = []
+    arrived = asyncio.Event()
+
+    async def on_event(event: Any, _receipt: float) -> None:
+        got.append(event)
+        arrived.set()
+
+    feed = await asyncio.to_thread(
+        feed_class, symbols=[symbol], channels=[channel], callbacks={channel: on_event}
+    )
+    handler = FeedHandler(config={"log": {"disabled": True}})
+    handler.add_feed(feed)
+    handler.run(start_loop=False, install_signal_handlers=False)
+    try:
+        await asyncio.wait_for(arrived.wait(), WATCH_S)
+    finally:
+        await handler.stop_async()
+    return got[0]
+
+
+async def test_cryptofeed_okx_ticker_over_wss_through_the_gateway(harness, tmp_path, monkeypatch):
+    """cryptofeed's OKX feed reads the instruments over REST from the mock (spot only there)
+    and its TICKER channel (``tickers``) from the gateway's TLS listener."""
+    streams = ["tickers:BTC-USDT"]
+    _, tls_port, ca = await _tls_gateway(harness, tmp_path, "okx", streams)
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca))
+    rest = harness.mock.http_url
+
+    class GatewayOKX(CryptofeedOKX):
+        websocket_endpoints = [
+            WebsocketEndpoint(
+                f"wss://127.0.0.1:{tls_port}/ws/v5/public",
+                channel_filter=(CryptofeedOKX.websocket_channels[TICKER],),
+                options={"compression": None},
+            )
+        ]
+        # cryptofeed's own routes (the mock lists spot instruments only)
+        rest_endpoints = [RestEndpoint(rest, routes=CryptofeedOKX.rest_endpoints[0].routes)]
+
+    ticker = await _run_cryptofeed(GatewayOKX, TICKER, "BTC-USDT")
+    assert ticker.symbol == "BTC-USDT" and ticker.exchange == "OKX"
+    assert 0 < ticker.bid < ticker.ask
+    assert ticker.raw["instId"] == "BTC-USDT" and float(ticker.raw["last"]) > 0
+    assert _upstream(harness) == streams
+    harness.assert_no_violation()
+
+
+async def test_cryptofeed_bybit_candles_over_wss_through_the_gateway(
+    harness, tmp_path, monkeypatch
+):
+    """cryptofeed's Bybit feed reads spot instruments over REST from the mock and its CANDLES
+    channel (``kline.1.<symbol>`` for 1m, closed bars only) from the gateway's TLS listener."""
+    streams = ["kline.1.BTCUSDT"]
+    _, tls_port, ca = await _tls_gateway(harness, tmp_path, "bybit", streams)
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca))
+    rest = harness.mock.http_url
+
+    class GatewayBybit(CryptofeedBybit):
+        websocket_endpoints = [
+            WebsocketEndpoint(
+                f"wss://127.0.0.1:{tls_port}/v5/public/spot",
+                instrument_filter=("TYPE", (SPOT,)),
+                channel_filter=(CryptofeedBybit.websocket_channels[CANDLES],),
+                options={"compression": None},
+            )
+        ]
+        rest_endpoints = [RestEndpoint(rest, routes=CryptofeedBybit.rest_endpoints[0].routes)]
+
+    candle = await _run_cryptofeed(GatewayBybit, CANDLES, "BTC-USDT")
+    assert candle.symbol == "BTC-USDT" and candle.exchange == "BYBIT"
+    # cryptofeed's Bybit parser passes `confirm` where its Candle takes `trades` (and None as
+    # `closed`): the bar's confirm is read from the raw entry it keeps
+    assert candle.interval == "1m" and candle.raw["confirm"] is True
+    assert candle.stop - candle.start == 59_999  # Bybit's start/end in ms, kept as sent
+    assert candle.low <= min(candle.open, candle.close) <= max(candle.open, candle.close)
+    assert max(candle.open, candle.close) <= candle.high and candle.volume > 0
+    assert _upstream(harness) == streams
     harness.assert_no_violation()
