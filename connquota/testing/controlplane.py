@@ -358,6 +358,33 @@ class ControlPlane:
                 return proc.tail(lines)
         return ""
 
+    def stop_components(self, *names: str) -> None:
+        """Stop some of the processes (e.g. ``kube-apiserver``, ``etcd``), newest first; their
+        data stays, so `start_components` brings them back as they were."""
+        for proc in reversed(self._procs):
+            if proc.name in names:
+                _stop_proc(proc)
+
+    def start_components(self, *names: str, timeout_s: float = 90.0) -> None:
+        """Start stopped processes again with their own arguments, in the order they first
+        started, and wait until etcd and the API server are healthy again."""
+        deadline = time.monotonic() + timeout_s
+        for i, proc in enumerate(self._procs):
+            if proc.name in names and proc.popen.poll() is not None:
+                argv = [str(a) for a in proc.popen.args]  # type: ignore[union-attr]
+                fresh = _spawn(proc.name, argv, self.data_dir, [])
+                self._procs[i] = fresh
+        admin_ctx = _ssl_context(self.ca_file, self.pki["admin.crt"], self.pki["admin.key"])
+
+        def healthy() -> bool | tuple[int, str]:
+            status, body = _get(f"{self.etcd_url}/health", None)
+            if status != 200:
+                return (status, body[-300:])
+            status, body = _get(f"{self.server}/readyz", admin_ctx)
+            return True if status == 200 else (status, body[-300:])
+
+        _wait_until("etcd and kube-apiserver back", healthy, deadline, self._procs)
+
     def stop(self) -> None:
         """Stop exactly the processes this control plane started, newest first; delete its data."""
         for proc in reversed(self._procs):
@@ -444,7 +471,7 @@ def start_control_plane(
 def _spawn(name: str, argv: list[str], data_dir: Path, procs: list[_Proc]) -> _Proc:
     log = data_dir / "logs" / f"{name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    with log.open("wb") as out:
+    with log.open("ab") as out:  # a restarted component appends to its log
         popen = subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,

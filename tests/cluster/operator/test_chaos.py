@@ -45,6 +45,7 @@ from connquota.testing.chaos import (
     StreamWatch,
     record_row,
 )
+from connquota.testing.controlplane import ControlPlane
 from connquota.testing.ipecho import ThreadedIpEcho
 from connquota.testing.podharness import PodHarness
 
@@ -971,3 +972,69 @@ def _settled(fleet: Fleet, streams: int, pods: int) -> bool:
         and (sts.status.ready_replicas or 0) == pods
         and len(pod_ips(fleet.api, fleet.ns, QUOTA)) == pods
     )
+
+
+API_DOWN_S = 25.0
+"""Scenario 4: how long the API server and etcd stay down (longer than the Lease duration)."""
+
+
+def test_the_api_server_and_etcd_restarted_mid_reconcile_for_longer_than_the_lease(
+    fleet: Fleet, control_plane: ControlPlane
+) -> None:
+    """Scenario 4: the quota drops 2 of its 8 streams and, while the operator publishes that,
+    the API server and etcd go down for 25 s, longer than the gateways' Lease (15 s). Unable
+    to renew, every gateway closes its connections when its Lease would lapse, and makes no
+    attempt until it holds its Lease again; with the API server back the operator finishes the
+    reconcile, and every stream is back within a Lease duration plus the recovery bound.
+    0 violations."""
+    bound = LEASE_S + fleet.bound_s()
+    objects = custom_object(fleet.api)
+    remaining = STREAMS[:6]
+    with StreamWatch(fleet.mock.open_streams, remaining) as watch:
+        fleet.all_up(watch, 30, "before")
+        accepted_before = sum(fleet.mock.accepted_by_ip().values())
+        _patch_stream_list(objects, fleet.ns, QUOTA, remaining)
+        down_at = time.monotonic()
+        control_plane.stop_components("kube-apiserver", "etcd")
+        try:
+            wait_for(
+                lambda: not fleet.mock.open_connections(),
+                LEASE_S + 5,
+                "every connection closed by its gateway at the end of its Lease",
+                0.1,
+            )
+            closed_s = time.monotonic() - down_at
+            accepted_closed = sum(fleet.mock.accepted_by_ip().values())
+            left = API_DOWN_S - (time.monotonic() - down_at)
+            if left > 0:
+                wait_for(lambda: time.monotonic() - down_at >= API_DOWN_S, left + 5, "the outage")
+            assert sum(fleet.mock.accepted_by_ip().values()) == accepted_closed, (
+                "a gateway connected without its Lease"
+            )
+        finally:
+            control_plane.start_components("kube-apiserver", "etcd")
+            if not control_plane.is_running().get("kube-controller-manager", True):
+                control_plane.start_components("kube-controller-manager")
+        up_at = time.monotonic()
+        back_s = fleet.all_up(watch, bound + 30, "after the API server came back")
+        fleet.ready(180)
+    assert closed_s <= LEASE_S + 3, closed_s
+    assert back_s <= bound + 5, (back_s, bound)
+    fleet.mock.assert_no_violation()
+    assert watch.duplicates == 0
+    plans = streams_by_pod(fleet.core, fleet.ns, QUOTA)
+    assert sorted(s for streams in plans.values() for s in streams) == sorted(remaining)
+    row = fleet.row(
+        "4. API server and etcd down 25 s mid-reconcile (longer than the Lease)",
+        watch,
+        bound,
+        0,
+    )
+    row.longestOutageSeconds = back_s
+    row.notes = (
+        f"every connection closed {closed_s:.1f} s after the API went down (Lease {LEASE_S:.0f} "
+        f"s from the last renewal); {accepted_closed - accepted_before} handshakes while it was "
+        f"down; streams back {back_s:.1f} s after the API server ({up_at - down_at:.0f} s "
+        "down), the reconcile (2 streams dropped) finished"
+    )
+    record_row(row)
