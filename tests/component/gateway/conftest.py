@@ -195,6 +195,8 @@ class Consumer:
         self.url = url
         self.frames: dict[str, list[int]] = {}
         self.trade_ids: dict[str, list[int]] = {}
+        self.data: dict[str, list[Any]] = {}
+        """Every frame's ``data`` (the exchange's payload) per stream."""
         self.errors: list[dict] = []
         self.replies: list[dict] = []
         self.close_code: int | None = None
@@ -216,6 +218,7 @@ class Consumer:
             if "stream" in doc:
                 self.frames.setdefault(doc["stream"], []).append(doc["seq"])
                 data = doc.get("data")
+                self.data.setdefault(doc["stream"], []).append(data)
                 if isinstance(data, dict) and isinstance(data.get("t"), int):
                     self.trade_ids.setdefault(doc["stream"], []).append(data["t"])
             elif "error" in doc:

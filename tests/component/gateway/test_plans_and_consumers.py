@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 import aiohttp
+import pytest
 from conftest import GW_IP, Consumer, base_plan, mock_attempts, shrunk, stream_names, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -77,16 +79,41 @@ async def test_a_plan_change_reopens_nothing_it_keeps_and_paces_new_subscribes(h
     await consumer.close()
 
 
-async def test_max_age_rotation_is_make_before_break_without_a_gap(harness):
+def _trade_id(profile: str, data: Any) -> int:
+    """The exchange's own id of one trade push: Binance spot ``t``, USD-M aggTrade ``a``, OKX
+    ``tradeId``, Bybit ``seq``."""
+    if profile == "binance-spot":
+        return int(data["t"])
+    if profile == "binance-usdm":
+        return int(data["a"])
+    if profile == "okx":
+        return int(data["data"][0]["tradeId"])
+    return int(data["data"][0]["seq"])
+
+
+ROTATION_STREAMS = {
+    "binance-spot": stream_names("binance-spot", 8),
+    "binance-usdm": stream_names("binance-usdm", 8),  # aggTrade on the /market route
+    "okx": [f"trades:R{i}-USDT" for i in range(8)],
+    "bybit": stream_names("bybit", 8),  # publicTrade
+}
+
+
+@pytest.mark.parametrize("profile_name", list(ROTATION_STREAMS))
+async def test_max_age_rotation_is_make_before_break_without_a_gap(harness, profile_name):
+    """Every connection reaches the profile's maximum connection age (24 h, shrunk to 100 s,
+    5 s at the test's time scale) and is replaced make-before-break: the consumer sees no
+    gap in the gateway's seq nor in the exchange's own trade ids, the exchange closes nothing
+    for its age and counts 0 violations."""
     max_age_profile_s = 100.0  # 5 s at the test's time scale
     limits = shrunk(
-        "binance-spot",
+        profile_name,
         connectionAttempts=(10, 40.0),
         maxConnectionAge=(max_age_profile_s, None),
     )
-    await harness.start_mock("binance-spot", limits, rate_per_stream_hz=20.0)
+    await harness.start_mock(profile_name, limits, rate_per_stream_hz=20.0)
     profile = harness.gateway_profile().model_copy(update={"connectTimeoutSeconds": 0.1})
-    names = stream_names("binance-spot", 8)
+    names = ROTATION_STREAMS[profile_name]
     conns = [
         ConnectionPlan(id=f"c{i}", address="a0", streams=names[i * 2 : i * 2 + 2]) for i in range(4)
     ]
@@ -113,9 +140,10 @@ async def test_max_age_rotation_is_make_before_break_without_a_gap(harness):
     for stream, seqs in consumer.frames.items():
         assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), stream
     # The exchange's own trade ids: no gap and no duplicate across the switch.
-    assert set(consumer.trade_ids) == set(names)
-    for stream, ids in consumer.trade_ids.items():
-        assert ids == list(range(ids[0], ids[0] + len(ids))), stream
+    assert set(consumer.data) == set(names)
+    for stream, payloads in consumer.data.items():
+        ids = [_trade_id(profile_name, data) for data in payloads]
+        assert len(ids) > 20 and ids == list(range(ids[0], ids[0] + len(ids))), stream
     closes = mock.metrics.registry.get_sample_value
     assert not any(
         (closes("mockexchange_server_closes_total", {"code": str(code)}) or 0)
