@@ -409,9 +409,10 @@ def _okx_books(request: web.Request, mx: MockExchange) -> web.Response:
 BYBIT_BOOK_LIMITS = {"spot": (1, 200), "linear": (25, 500), "inverse": (25, 500),
                      "option": (1, 25)}  # fmt: skip
 """``GET /v5/market/orderbook``: default and maximum ``limit`` per category."""
-BYBIT_STREAM_DEPTHS = {"spot": (1, 50, 200), "linear": (1, 50, 200, 500),
-                       "inverse": (1, 50, 200, 500), "option": (25, 100)}  # fmt: skip
-"""``orderbook.<depth>.<symbol>`` depths per category, shallowest first."""
+BYBIT_STREAM_DEPTHS = {"spot": (1, 50, 200, 1000), "linear": (1, 50, 200, 1000),
+                       "inverse": (1, 50, 200, 1000), "option": (25, 100)}  # fmt: skip
+"""``orderbook.<depth>.<symbol>`` depths per category, shallowest first (Bybit's orderbook
+stream page: spot, linear and inverse 1/50/200/1000, option 25/100)."""
 
 
 def bybit_book_stream(mx: MockExchange, category: str, symbol: str, limit: int) -> str:
