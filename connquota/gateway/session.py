@@ -530,7 +530,10 @@ class Session:
                     if fast is not None:
                         hit = fast(msg.data)
                         if hit is not None:  # a data frame: no event object needed
-                            hub.publish(hit[0], None, self, hit[1], hit[2])
+                            if hit[0] in self.wanted or hit[0] in self.acked:
+                                hub.publish(hit[0], None, self, hit[1], hit[2])
+                            else:  # a stream this session never subscribed: dropped
+                                stats[("dropped", "unsubscribed")] += 1
                             continue
                     ev = self.fmt.parse_server_message(msg.data)
                     if conn_seq is not None:
@@ -539,6 +542,10 @@ class Session:
                         stream = ev.stream
                         if resolve is not None:
                             stream = resolve(stream, self.wanted)
+                        if stream not in self.wanted and stream not in self.acked:
+                            # a stream this session never subscribed: it would count as live
+                            stats[("dropped", "unsubscribed")] += 1
+                            continue
                         if cont is not None and not self._continuous(stream, ev.payload, cont):
                             continue
                         hub.publish(stream, ev.payload, self, ev.seq, ev.raw)
