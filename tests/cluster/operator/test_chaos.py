@@ -17,6 +17,7 @@ import signal
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -112,6 +113,63 @@ class Fleet:
         )
 
 
+@dataclass
+class PoolSetup:
+    """The pool a scenario's quotas share."""
+
+    name: str
+    domain: str
+    addresses: list[dict[str, Any]]
+
+
+@contextlib.contextmanager
+def _quotas_on_pool(
+    api_client: Any,
+    namespace: str,
+    operator: OperatorProcess,
+    mock: MockThread,
+    echo_url: str,
+    streams_of: dict[str, list[str]],
+    *,
+    addresses: int = 1,
+    connections_per_pod: int = 2,
+    max_replicas: int = 3,
+    gateway: dict[str, Any] | None = None,
+    spec: dict[str, Any] | None = None,
+) -> Iterator[tuple[Fleet, PoolSetup]]:
+    """A fresh pool of `addresses` loopback addresses and one quota per `streams_of` entry
+    (name -> streams; `spec`: more spec fields of each) on the mock; every quota deleted (and
+    waited gone) and the pool deleted afterwards."""
+    objects = custom_object(api_client)
+    name = f"p-{uuid.uuid4().hex[:8]}"
+    body = pool_body(name, addresses=addresses, echo_url=echo_url)
+    setup = PoolSetup(name, f"{name}.test", body["spec"]["addresses"])
+    objects.create_cluster_custom_object(GROUP, VERSION, "exchangeegresspools", body)
+    quotas = (GROUP, VERSION, namespace, "exchangeconnectionquotas")
+    try:
+        for quota, streams in streams_of.items():
+            doc = quota_body(
+                namespace,
+                quota,
+                name,
+                mock.quota_exchange(setup.domain),
+                streams,
+                max_replicas=max_replicas,
+                connections_per_pod=connections_per_pod,
+                gateway=gateway,
+            )
+            doc["spec"].update(spec or {})
+            objects.create_namespaced_custom_object(*quotas, doc)
+        yield Fleet(api_client, namespace, operator, mock), setup
+    finally:
+        for quota in streams_of:
+            with contextlib.suppress(client.ApiException):
+                objects.delete_namespaced_custom_object(*quotas, quota)
+        for quota in streams_of:
+            wait_for(lambda q=quota: get_quota(api_client, namespace, q) is None, 180, "deletion")
+        objects.delete_cluster_custom_object(GROUP, VERSION, "exchangeegresspools", name)
+
+
 @contextlib.contextmanager
 def _running_fleet(
     api_client: Any,
@@ -122,34 +180,19 @@ def _running_fleet(
     connections_per_pod: int = 2,
     gateway: dict[str, Any] | None = None,
 ) -> Iterator[Fleet]:
-    """The quota of `STREAMS` on a fresh pool, Ready; deleted (and waited gone) afterwards."""
-    objects = custom_object(api_client)
-    pool = f"p-{uuid.uuid4().hex[:8]}"
-    objects.create_cluster_custom_object(
-        GROUP, VERSION, "exchangeegresspools", pool_body(pool, echo_url=echo_url)
-    )
-    body = quota_body(
+    """The quota of `STREAMS` on a fresh pool, Ready."""
+    with _quotas_on_pool(
+        api_client,
         namespace,
-        QUOTA,
-        pool,
-        mock.quota_exchange(f"{pool}.test"),
-        STREAMS,
+        operator,
+        mock,
+        echo_url,
+        {QUOTA: STREAMS},
         connections_per_pod=connections_per_pod,
         gateway=gateway,
-    )
-    objects.create_namespaced_custom_object(
-        GROUP, VERSION, namespace, "exchangeconnectionquotas", body
-    )
-    f = Fleet(api_client, namespace, operator, mock)
-    f.ready()
-    try:
+    ) as (f, _):
+        f.ready()
         yield f
-    finally:
-        objects.delete_namespaced_custom_object(
-            GROUP, VERSION, namespace, "exchangeconnectionquotas", QUOTA
-        )
-        wait_for(lambda: get_quota(api_client, namespace, QUOTA) is None, 120, "deletion")
-        objects.delete_cluster_custom_object(GROUP, VERSION, "exchangeegresspools", pool)
 
 
 @pytest.fixture
@@ -465,35 +508,23 @@ def test_pool_addresses_removed_added_and_reserved_raised_at_full_use(
     never squeezed onto the other address beyond its limit); it is added back (all served
     again); then the pool reserves half the domain while at 100% (the fleet shrinks to half of
     every address and reports the rest unserved). 0 violations throughout."""
-    objects = custom_object(api_client)
-    pool = f"p-{uuid.uuid4().hex[:8]}"
-    domain = f"{pool}.test"
     pools = (GROUP, VERSION, "exchangeegresspools")
-    body = pool_body(pool, addresses=2, echo_url=ip_echo.url)
-    objects.create_cluster_custom_object(*pools, body)
-    quota = quota_body(
-        namespace,
-        QUOTA,
-        pool,
-        mock_exchange.quota_exchange(domain),
-        WIDE_STREAMS,
-        connections_per_pod=4,
-    )
-    objects.create_namespaced_custom_object(
-        GROUP, VERSION, namespace, "exchangeconnectionquotas", quota
-    )
-    fleet = Fleet(api_client, namespace, operator_process, mock_exchange)
-    addresses = body["spec"]["addresses"]
-    ips = [a["publicAddress"] for a in addresses]
-
-    def set_pool(spec: dict[str, Any]) -> None:
-        objects.patch_cluster_custom_object(*pools, pool, {"spec": spec})
-
-    def open_by_ip() -> dict[str, int]:
-        return fleet.mock.open_by_ip()
-
     notes = []
-    try:
+    with _wide_fleet(api_client, namespace, operator_process, mock_exchange, ip_echo.url) as (
+        fleet,
+        setup,
+    ):
+        addresses, domain = setup.addresses, setup.domain
+        ips = [a["publicAddress"] for a in addresses]
+
+        def set_pool(spec: dict[str, Any]) -> None:
+            custom_object(api_client).patch_cluster_custom_object(
+                *pools, setup.name, {"spec": spec}
+            )
+
+        def open_by_ip() -> dict[str, int]:
+            return fleet.mock.open_by_ip()
+
         fleet.ready()
         with StreamWatch(fleet.mock.open_streams, WIDE_STREAMS) as watch:
             fleet.all_up(watch, 60, "before")
@@ -546,12 +577,6 @@ def test_pool_addresses_removed_added_and_reserved_raised_at_full_use(
         row.longestOutageSeconds = back_s
         row.notes = "; ".join(notes) + "; the streams down are those the smaller pool cannot hold"
         record_row(row)
-    finally:
-        objects.delete_namespaced_custom_object(
-            GROUP, VERSION, namespace, "exchangeconnectionquotas", QUOTA
-        )
-        wait_for(lambda: get_quota(api_client, namespace, QUOTA) is None, 120, "deletion")
-        objects.delete_cluster_custom_object(*pools, pool)
 
 
 def _patch_share(objects: Any, ns: str, name: str, fraction: float) -> None:
@@ -578,23 +603,26 @@ def test_two_quotas_grow_and_shrink_against_each_other(
     growth waits for the other quota's acknowledged shrink, so the exchange never sees more
     than 4 connections; each swap settles with every planned stream live and the address at
     100%."""
-    objects = custom_object(api_client)
-    pool = f"p-{uuid.uuid4().hex[:8]}"
-    exchange = mock_exchange.quota_exchange(f"{pool}.test")
-    objects.create_cluster_custom_object(
-        GROUP, VERSION, "exchangeegresspools", pool_body(pool, echo_url=ip_echo.url)
-    )
     names = {
         "md": [f"a{i}usdt@trade" for i in range(8)],
         "mx": [f"b{i}usdt@trade" for i in range(8)],
     }
-    for name, streams in names.items():
-        body = quota_body(namespace, name, pool, exchange, streams)
-        body["spec"]["shares"] = [{"address": "*", "fraction": 0.5}]
-        objects.create_namespaced_custom_object(
-            GROUP, VERSION, namespace, "exchangeconnectionquotas", body
-        )
-    fleet = Fleet(api_client, namespace, operator_process, mock_exchange)
+    with _quotas_on_pool(
+        api_client,
+        namespace,
+        operator_process,
+        mock_exchange,
+        ip_echo.url,
+        names,
+        spec={"shares": [{"address": "*", "fraction": 0.5}]},
+    ) as (fleet, _):
+        _swap_shares(fleet, names)
+
+
+def _swap_shares(fleet: Fleet, names: dict[str, list[str]]) -> None:
+    """Scenario 9's six swaps, on the two quotas `names` (each at half of every budget)."""
+    api_client, namespace = fleet.api, fleet.ns
+    objects = custom_object(api_client)
 
     def counts(name: str) -> dict[str, int]:
         quota = get_quota(api_client, namespace, name) or {}
@@ -615,39 +643,30 @@ def test_two_quotas_grow_and_shrink_against_each_other(
 
     notes = []
     all_streams = names["md"] + names["mx"]
-    try:
-        wait_for(lambda: all(counts(n).get("live") == 4 for n in names), 120, "both quotas live")
-        with StreamWatch(fleet.mock.open_streams, all_streams) as watch:
-            for swap in range(6):
-                big, small = ("md", "mx") if swap % 2 == 0 else ("mx", "md")
-                started = time.monotonic()
-                _patch_share(objects, namespace, small, 0.25)
-                _patch_share(objects, namespace, big, 0.75)
-                try:
-                    wait_for(lambda b=big: settled(b), 120, f"swap {swap}: {big} grown", 0.3)
-                except AssertionError as exc:
-                    raise AssertionError(f"{exc}: {last}\n{fleet.log()[-5000:]}") from None
-                notes.append(f"{time.monotonic() - started:.1f}")
-                fleet.mock.assert_no_violation()
-        peak = fleet.mock.peak_fraction(LimitName.CONCURRENT_CONNECTIONS, LimitScope.IP)
-        assert peak >= 0.9, peak
-        assert watch.duplicates == 0
-        row = fleet.row("9. two quotas on one pool grow and shrink against each other", watch, 0, 0)
-        row.notes = (
-            "6 swaps of share requests (3/4 and 1/4 of every budget), each settled in "
-            + ", ".join(notes)
-            + " s; 8 of the 16 streams are beyond the two shares at any time (unserved, in "
-            "status), and a growing quota's streams wait for the other's acknowledged shrink"
-        )
-        record_row(row)
-    finally:
-        for name in names:
-            objects.delete_namespaced_custom_object(
-                GROUP, VERSION, namespace, "exchangeconnectionquotas", name
-            )
-        for name in names:
-            wait_for(lambda n=name: get_quota(api_client, namespace, n) is None, 120, "deletion")
-        objects.delete_cluster_custom_object(GROUP, VERSION, "exchangeegresspools", pool)
+    wait_for(lambda: all(counts(n).get("live") == 4 for n in names), 120, "both quotas live")
+    with StreamWatch(fleet.mock.open_streams, all_streams) as watch:
+        for swap in range(6):
+            big, small = ("md", "mx") if swap % 2 == 0 else ("mx", "md")
+            started = time.monotonic()
+            _patch_share(objects, namespace, small, 0.25)
+            _patch_share(objects, namespace, big, 0.75)
+            try:
+                wait_for(lambda b=big: settled(b), 120, f"swap {swap}: {big} grown", 0.3)
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}: {last}\n{fleet.log()[-5000:]}") from None
+            notes.append(f"{time.monotonic() - started:.1f}")
+            fleet.mock.assert_no_violation()
+    peak = fleet.mock.peak_fraction(LimitName.CONCURRENT_CONNECTIONS, LimitScope.IP)
+    assert peak >= 0.9, peak
+    assert watch.duplicates == 0
+    row = fleet.row("9. two quotas on one pool grow and shrink against each other", watch, 0, 0)
+    row.notes = (
+        "6 swaps of share requests (3/4 and 1/4 of every budget), each settled in "
+        + ", ".join(notes)
+        + " s; 8 of the 16 streams are beyond the two shares at any time (unserved, in "
+        "status), and a growing quota's streams wait for the other's acknowledged shrink"
+    )
+    record_row(row)
 
 
 @contextlib.contextmanager
@@ -657,32 +676,20 @@ def _wide_fleet(
     operator: OperatorProcess,
     mock: MockThread,
     echo_url: str,
-) -> Iterator[tuple[Fleet, list[dict[str, Any]]]]:
+) -> Iterator[tuple[Fleet, PoolSetup]]:
     """`WIDE_STREAMS` on two addresses at 100% of their concurrent limit (8 connections on 2
-    pods); yields the fleet and the pool's addresses."""
-    objects = custom_object(api_client)
-    pool = f"p-{uuid.uuid4().hex[:8]}"
-    body = pool_body(pool, addresses=2, echo_url=echo_url)
-    objects.create_cluster_custom_object(GROUP, VERSION, "exchangeegresspools", body)
-    quota = quota_body(
+    pods)."""
+    with _quotas_on_pool(
+        api_client,
         namespace,
-        QUOTA,
-        pool,
-        mock.quota_exchange(f"{pool}.test"),
-        WIDE_STREAMS,
+        operator,
+        mock,
+        echo_url,
+        {QUOTA: WIDE_STREAMS},
+        addresses=2,
         connections_per_pod=4,
-    )
-    objects.create_namespaced_custom_object(
-        GROUP, VERSION, namespace, "exchangeconnectionquotas", quota
-    )
-    try:
-        yield Fleet(api_client, namespace, operator, mock), body["spec"]["addresses"]
-    finally:
-        objects.delete_namespaced_custom_object(
-            GROUP, VERSION, namespace, "exchangeconnectionquotas", QUOTA
-        )
-        wait_for(lambda: get_quota(api_client, namespace, QUOTA) is None, 120, "deletion")
-        objects.delete_cluster_custom_object(GROUP, VERSION, "exchangeegresspools", pool)
+    ) as got:
+        yield got
 
 
 def _quarantined(fleet: Fleet) -> set[str]:
@@ -712,8 +719,9 @@ def test_a_429_storm_on_one_address_and_a_418_ban_on_another_at_once(
     ban_s = 30.0
     with _wide_fleet(api_client, namespace, operator_process, mock_exchange, ip_echo.url) as (
         fleet,
-        addresses,
+        setup,
     ):
+        addresses = setup.addresses
         ips = [a["publicAddress"] for a in addresses]
         fleet.ready()
         bound = fleet.bound_s()
@@ -889,32 +897,28 @@ def test_scale_from_1_to_20_pods_and_back_while_consumers_read(
     sees no gap, no stream is served twice upstream beyond a make-before-break overlap, and the
     exchange sees 0 violations."""
     objects = custom_object(api_client)
-    pool = f"p-{uuid.uuid4().hex[:8]}"
-    objects.create_cluster_custom_object(
-        GROUP, VERSION, "exchangeegresspools", pool_body(pool, addresses=10, echo_url=ip_echo.url)
-    )
-    quota = quota_body(
-        namespace,
-        QUOTA,
-        pool,
-        mock_exchange.quota_exchange(f"{pool}.test"),
-        SCALE_STREAMS[:4],
-        max_replicas=20,
-    )
-    objects.create_namespaced_custom_object(
-        GROUP, VERSION, namespace, "exchangeconnectionquotas", quota
-    )
-    fleet = Fleet(api_client, namespace, operator_process, mock_exchange)
     kept = SCALE_STREAMS[:4]
-    consumer: SeqConsumer | None = None
     notes = []
-    try:
+    with (
+        _quotas_on_pool(
+            api_client,
+            namespace,
+            operator_process,
+            mock_exchange,
+            ip_echo.url,
+            {QUOTA: kept},
+            addresses=10,
+            max_replicas=20,
+        ) as (fleet, _),
+        contextlib.ExitStack() as stack,
+    ):
         fleet.ready()
         with StreamWatch(fleet.mock.open_streams, kept) as watch:
             fleet.all_up(watch, 30, "one pod")
             consumer = SeqConsumer(
                 f"ws://{pod_ips(fleet.api, fleet.ns, QUOTA)[0]}:8080/v1/ws", kept
             )
+            stack.callback(consumer.stop)
             wait_for(lambda: consumer.frames > 0, 30, "the consumer's first frames")
             for streams, pods in ((SCALE_STREAMS, 20), (kept, 1)):
                 started = time.monotonic()
@@ -929,14 +933,6 @@ def test_scale_from_1_to_20_pods_and_back_while_consumers_read(
                 fleet.mock.assert_no_violation()
             frames_before = consumer.frames
             wait_for(lambda: consumer.frames > frames_before, 10, "frames after scaling back")
-    finally:
-        if consumer is not None:
-            consumer.stop()
-        objects.delete_namespaced_custom_object(
-            GROUP, VERSION, namespace, "exchangeconnectionquotas", QUOTA
-        )
-        wait_for(lambda: get_quota(api_client, namespace, QUOTA) is None, 180, "deletion")
-        objects.delete_cluster_custom_object(GROUP, VERSION, "exchangeegresspools", pool)
     assert consumer.errors == [], consumer.errors
     assert consumer.gaps == 0
     assert watch.duplicates == 0
