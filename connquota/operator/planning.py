@@ -275,8 +275,10 @@ def planned_quarantines(
     """The quarantines a quota's plan goes around: every one of its limit domain, except those
     its own gateways reported that end within `REPLAN_QUARANTINE_S`.
 
-    Those gateways already make no attempt on the key until it ends (the one that got the
-    429 or 418 tells its peers directly), so I1 holds without a plan change; planning around a
+    The gateway that got the 429 or 418 makes no attempt on the key until it ends; another pod
+    of the quota is not told directly (not built): it gets at most one refused handshake of
+    its own per Retry-After and quarantines itself. Slices never grow from a throttle, so I1
+    holds without a plan change; planning around a
     few seconds of Retry-After would only move connections away and back, each move gated on
     acknowledgements and rate windows, and keep the streams down far longer than the
     quarantine. Other quotas of the domain get a zero share on the key as before: their
