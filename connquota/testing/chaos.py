@@ -123,20 +123,29 @@ class StreamWatch:
 
 
 class SeqConsumer:
-    """A `/v1/ws` consumer of `streams` on one gateway pod, in a thread: each stream's `seq`
-    gaps (a jump of more than one) and the notices it received."""
+    """A `/v1/ws` consumer of `streams` on one gateway pod, in a thread: each stream's gateway
+    `seq` and exchange trade id (`t`, where the data has one), the gaps in `seq` (a jump of
+    more than one: the gap detector), relay notices, and error frames or a lost socket in
+    `errors`."""
 
     def __init__(self, url: str, streams: list[str]) -> None:
         self.url = url
         self.streams = streams
-        self.last: dict[str, int] = {}
+        self.seqs: dict[str, list[int]] = {s: [] for s in streams}
+        self.trade_ids: dict[str, list[int]] = {s: [] for s in streams}
         self.frames = 0
         self.gaps = 0
         self.notices: list[dict[str, Any]] = []
-        self.errors: list[str] = []
+        self.errors: list[Any] = []
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="seq-consumer", daemon=True)
         self._thread.start()
+
+    @classmethod
+    def on_pod(cls, ip: str, streams: list[str]) -> SeqConsumer:
+        """The consumer of the gateway pod at `ip` (its consumer port)."""
+        return cls(f"ws://{ip}:8080/v1/ws", streams)
 
     def _run(self) -> None:
         from websockets.sync.client import connect
@@ -149,21 +158,45 @@ class SeqConsumer:
                         doc = json.loads(ws.recv(timeout=0.5))
                     except TimeoutError:
                         continue
-                    if "seq" in doc:
-                        stream, seq = doc["stream"], doc["seq"]
-                        last = self.last.get(stream)
-                        if last is not None and seq != last + 1:
-                            self.gaps += 1
-                        self.last[stream] = seq
-                        self.frames += 1
-                    elif "notice" in doc:
-                        self.notices.append(doc)
+                    with self._lock:
+                        self._take(doc)
         except Exception as exc:  # the pod went away: reported, the scenario decides
             self.errors.append(f"{type(exc).__name__}: {exc}")
+
+    def _take(self, doc: dict[str, Any]) -> None:
+        if "seq" in doc:
+            seqs = self.seqs.setdefault(doc["stream"], [])
+            if seqs and doc["seq"] != seqs[-1] + 1:
+                self.gaps += 1
+            seqs.append(doc["seq"])
+            data = doc.get("data")
+            if isinstance(data, dict) and "t" in data:
+                self.trade_ids.setdefault(doc["stream"], []).append(data["t"])
+            self.frames += 1
+        elif "notice" in doc:
+            self.notices.append(doc)
+        elif "error" in doc:
+            self.errors.append(doc)
+
+    def counts(self) -> dict[str, int]:
+        """Frames received per stream so far."""
+        with self._lock:
+            return {s: len(v) for s, v in self.seqs.items()}
+
+    def all_grew(self, since: dict[str, int], by: int) -> bool:
+        """Every stream got at least `by` frames more than `since` counted."""
+        now = self.counts()
+        return all(now.get(s, 0) >= since.get(s, 0) + by for s in self.streams)
+
+    def noticed(self, kind: str) -> set[str]:
+        """Streams a relay notice of `kind` (relay_lost, relay_restored) named."""
+        with self._lock:
+            return {n["stream"] for n in self.notices if n["notice"] == kind}
 
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=10)
+        assert not self._thread.is_alive(), "the consumer thread did not stop"
 
 
 class ConsumerFlood:

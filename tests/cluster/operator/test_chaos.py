@@ -93,7 +93,7 @@ class Fleet:
 
     def consumer(self) -> SeqConsumer:
         ips = pod_ips(self.api, self.ns, QUOTA)
-        return SeqConsumer(f"ws://{ips[min(ips)]}:8080/v1/ws", STREAMS)
+        return SeqConsumer.on_pod(ips[min(ips)], STREAMS)
 
     def row(
         self, scenario: str, watch: StreamWatch, bound_s: float, gaps: int, notes: str = ""
@@ -915,9 +915,7 @@ def test_scale_from_1_to_20_pods_and_back_while_consumers_read(
         fleet.ready()
         with StreamWatch(fleet.mock.open_streams, kept) as watch:
             fleet.all_up(watch, 30, "one pod")
-            consumer = SeqConsumer(
-                f"ws://{pod_ips(fleet.api, fleet.ns, QUOTA)[0]}:8080/v1/ws", kept
-            )
+            consumer = SeqConsumer.on_pod(pod_ips(fleet.api, fleet.ns, QUOTA)[0], kept)
             stack.callback(consumer.stop)
             wait_for(lambda: consumer.frames > 0, 30, "the consumer's first frames")
             for streams, pods in ((SCALE_STREAMS, 20), (kept, 1)):

@@ -13,7 +13,6 @@ consecutive exchange trade ids through the replacement of pods 2 and 1; no limit
 from __future__ import annotations
 
 import itertools
-import json
 import threading
 import time
 import uuid
@@ -40,6 +39,7 @@ from cluster.operator.fleet import (
     wait_ready,
 )
 from connquota.api.limits import LimitName, LimitScope
+from connquota.testing.chaos import SeqConsumer
 from connquota.testing.controlplane import ControlPlane
 from connquota.testing.podharness import PodHarness
 
@@ -99,59 +99,6 @@ class StreamsDown:
         return max((len(s) for s in self.samples), default=-1)
 
 
-class Consumer:
-    """A `/v1/ws` consumer on one pod, in a thread: gateway seq and exchange trade id per
-    stream, and relay notices."""
-
-    def __init__(self, ip: str, streams: list[str]) -> None:
-        self.url = f"ws://{ip}:8080/v1/ws"
-        self.streams = streams
-        self.seqs: dict[str, list[int]] = {s: [] for s in streams}
-        self.trade_ids: dict[str, list[int]] = {s: [] for s in streams}
-        self.notices: list[dict[str, Any]] = []
-        self.errors: list[Any] = []
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._run, name="consumer", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        from websockets.sync.client import connect
-
-        try:
-            with connect(self.url, open_timeout=5) as ws:
-                ws.send(json.dumps({"op": "subscribe", "streams": self.streams, "id": 1}))
-                while not self._stop.is_set():
-                    try:
-                        doc = json.loads(ws.recv(timeout=0.5))
-                    except TimeoutError:
-                        continue
-                    with self._lock:
-                        if "seq" in doc:
-                            self.seqs[doc["stream"]].append(doc["seq"])
-                            if "t" in doc["data"]:
-                                self.trade_ids[doc["stream"]].append(doc["data"]["t"])
-                        elif "notice" in doc:
-                            self.notices.append(doc)
-                        elif "error" in doc:
-                            self.errors.append(doc)
-        except Exception as exc:  # the test expects the socket to stay up
-            self.errors.append(repr(exc))
-
-    def counts(self) -> dict[str, int]:
-        with self._lock:
-            return {s: len(v) for s, v in self.seqs.items()}
-
-    def all_grew(self, since: dict[str, int], by: int) -> bool:
-        now = self.counts()
-        return all(now[s] >= since[s] + by for s in self.streams)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(10)
-        assert not self._thread.is_alive()
-
-
 def _consecutive(values: list[int]) -> bool:
     return all(b == a + 1 for a, b in itertools.pairwise(values))
 
@@ -197,7 +144,7 @@ def test_a_rollout_moves_each_pods_connections_first_no_stream_down_consecutive_
     ips = pod_ips(api_client, namespace, "md")
 
     down = StreamsDown(mock, STREAMS).start()
-    consumer = Consumer(ips[0], STREAMS)
+    consumer = SeqConsumer.on_pod(ips[0], STREAMS)
     seen: list[dict[str, Any]] = []
     try:
         wait_for(lambda: consumer.all_grew(dict.fromkeys(STREAMS, 0), 3), 30, "every stream")

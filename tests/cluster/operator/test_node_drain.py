@@ -38,7 +38,7 @@ from cluster.operator.fleet import (
     streams_by_pod,
     wait_ready,
 )
-from cluster.operator.test_drain import STREAMS, Consumer, StreamsDown, _consecutive
+from cluster.operator.test_drain import STREAMS, StreamsDown, _consecutive
 from connquota.api.common import ObjectMeta
 from connquota.api.limits import LimitName, LimitScope
 from connquota.api.pool import (
@@ -50,6 +50,7 @@ from connquota.api.pool import (
     ExchangeEgressPoolSpec,
 )
 from connquota.operator import names
+from connquota.testing.chaos import SeqConsumer
 from connquota.testing.controlplane import ControlPlane
 from connquota.testing.podharness import PodHarness
 
@@ -269,7 +270,7 @@ def test_a_node_drain_moves_the_pods_connections_first_no_stream_down_consecutiv
     held = streams_by_pod(core, namespace, "md")
 
     down = StreamsDown(mock, STREAMS).start()
-    consumer = Consumer(pods[reader].status.pod_ip, STREAMS)
+    consumer = SeqConsumer.on_pod(pods[reader].status.pod_ip, STREAMS)
     try:
         wait_for(lambda: consumer.all_grew(dict.fromkeys(STREAMS, 0), 3), 30, "every stream")
         result, elapsed = _drain(control_plane, node)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import threading
 import uuid
 from typing import Any
 
@@ -35,6 +34,7 @@ from cluster.operator.fleet import (
     streams_by_pod,
     wait_ready,
 )
+from connquota.testing.chaos import SeqConsumer
 from connquota.testing.podharness import PodHarness
 from connquota.testing.service_proxy import ServiceProxy
 
@@ -43,63 +43,6 @@ pytestmark = [pytest.mark.cluster, pytest.mark.timeout(420)]
 SYMBOLS = ("btcusdt", "ethusdt", "bnbusdt")
 STREAMS = [f"{s}@{kind}" for s in SYMBOLS for kind in ("trade", "miniTicker")]
 WATCH_S = 20.0
-
-
-class Consumer:
-    """A `/v1/ws` consumer on one pod, in a thread: gateway seq and exchange trade id per
-    stream, and the relay notices, for as long as the test runs."""
-
-    def __init__(self, ip: str, streams: list[str]) -> None:
-        self.url = f"ws://{ip}:8080/v1/ws"
-        self.streams = streams
-        self.seqs: dict[str, list[int]] = {s: [] for s in streams}
-        self.trade_ids: dict[str, list[int]] = {s: [] for s in streams}
-        self.notices: list[dict[str, Any]] = []
-        self.errors: list[Any] = []
-        self._stop = threading.Event()
-        self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._run, name="consumer", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        from websockets.sync.client import connect
-
-        try:
-            with connect(self.url, open_timeout=5) as ws:
-                ws.send(json.dumps({"op": "subscribe", "streams": self.streams, "id": 1}))
-                while not self._stop.is_set():
-                    try:
-                        doc = json.loads(ws.recv(timeout=0.5))
-                    except TimeoutError:
-                        continue
-                    with self._lock:
-                        if "seq" in doc:
-                            self.seqs[doc["stream"]].append(doc["seq"])
-                            if "t" in doc["data"]:
-                                self.trade_ids[doc["stream"]].append(doc["data"]["t"])
-                        elif "notice" in doc:
-                            self.notices.append(doc)
-                        elif "error" in doc:
-                            self.errors.append(doc)
-        except Exception as exc:  # reported by the test, which expects the socket to stay up
-            self.errors.append(repr(exc))
-
-    def counts(self) -> dict[str, int]:
-        with self._lock:
-            return {s: len(v) for s, v in self.seqs.items()}
-
-    def noticed(self, kind: str) -> set[str]:
-        with self._lock:
-            return {n["stream"] for n in self.notices if n["notice"] == kind}
-
-    def all_grew(self, since: dict[str, int], by: int) -> bool:
-        now = self.counts()
-        return all(now[s] >= since[s] + by for s in self.streams)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(10)
-        assert not self._thread.is_alive()
 
 
 def _linked_peers(ip: str) -> set[str]:
@@ -210,7 +153,7 @@ def test_a_three_pod_fleet_serves_every_stream_through_any_pod_through_a_deletio
     mock_exchange.assert_no_violation()
 
     # A consumer on pod 0 through a pod deletion and a scale-down.
-    consumer = Consumer(ips[0], STREAMS)
+    consumer = SeqConsumer.on_pod(ips[0], STREAMS)
     try:
         wait_for(lambda: consumer.all_grew(dict.fromkeys(STREAMS, 0), 3), 30, "every stream")
         # Pod 2 deleted: its streams pause with a relay_lost notice and resume, with

@@ -36,8 +36,9 @@ from cluster.operator.fleet import (
     streams_by_pod,
     wait_ready,
 )
-from cluster.operator.test_drain import STREAMS, Consumer, StreamsDown, _consecutive, _uids
+from cluster.operator.test_drain import STREAMS, StreamsDown, _consecutive, _uids
 from connquota.api.limits import LimitName, LimitScope
+from connquota.testing.chaos import SeqConsumer
 from connquota.testing.podharness import PodHarness
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(420)]
@@ -115,7 +116,7 @@ def test_scaling_three_pods_to_one_moves_the_leaving_connections_first_no_stream
     ips = pod_ips(api_client, namespace, "md")
 
     down = TimedStreamsDown(mock, STREAMS).start()
-    consumer = Consumer(ips[0], STREAMS)
+    consumer = SeqConsumer.on_pod(ips[0], STREAMS)
     try:
         wait_for(lambda: consumer.all_grew(dict.fromkeys(STREAMS, 0), 3), 30, "every stream")
         started = time.monotonic()
