@@ -24,6 +24,7 @@ from cluster.operator.conftest import (
     operator_requests,
 )
 from connquota.api.plan import PodPlan
+from connquota.operator import names
 from connquota.testing.resources import loopback_pool as _pool
 
 pytestmark = pytest.mark.cluster
@@ -303,8 +304,29 @@ def test_an_unchanged_quota_causes_zero_writes_across_reconciles(
         )
 
     wait_for(settled, 60, "the quota's first status")
-    # One more reconcile of the pool after the first status, so the measurement starts from a
-    # state the operator has already seen.
+
+    def labelled() -> bool:
+        """Every pod the StatefulSet made carries the holds-connections label its published
+        plan calls for: the operator's one write for a pod it sees for the first time (the
+        controller manager may create the pods after the first status)."""
+        sts = client.AppsV1Api(api_client).read_namespaced_stateful_set("md-gw", namespace)
+        pods = core.list_namespaced_pod(namespace).items
+        if len(pods) != (sts.spec.replicas or 0):
+            return False
+        for pod in pods:
+            ordinal = int(pod.metadata.name.rsplit("-", 1)[1])
+            holds = (pod.metadata.labels or {}).get(names.LABEL_HOLDS_CONNECTIONS) == "true"
+            try:
+                planned = bool(_plan(core, namespace, ordinal).connections)
+            except client.ApiException:
+                return False  # its plan is not published yet
+            if holds != planned:
+                return False
+        return True
+
+    wait_for(labelled, 60, "the gateway pods and their holds-connections labels")
+    # One more reconcile of the pool after that, so the measurement starts from a state the
+    # operator has already seen.
     done = operator_process.metric(metric)
     _touch_pool(objects, pool_name, "settle")
     wait_for(lambda: operator_process.metric(metric) > done, 30, "a reconcile")
