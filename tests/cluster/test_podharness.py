@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
 import time
 import urllib.error
@@ -661,3 +662,78 @@ def test_a_command_that_does_not_exist_is_reported_not_run(
 
     wait_for(lambda: reason() == "RunContainerError", 15, "RunContainerError")
     assert not is_ready(core.read_namespaced_pod("nocommand", namespace))
+
+
+def _node_lost(core: client.CoreV1Api, name: str) -> bool:
+    """Ready Unknown/False and tainted unreachable or not-ready by the node lifecycle
+    controller."""
+    node = core.read_node(name)
+    ready = next((c for c in node.status.conditions or [] if c.type == "Ready"), None)
+    taints = {t.key for t in node.spec.taints or []}
+    return (ready is None or ready.status != "True") and bool(
+        taints & {"node.kubernetes.io/unreachable", "node.kubernetes.io/not-ready"}
+    )
+
+
+def test_a_lost_node_keeps_its_processes_running_cut_from_the_api_until_healed(
+    api_client: Any, core: client.CoreV1Api, control_plane: Any, namespace: str
+) -> None:
+    """lose_node: the node lifecycle controller marks the node lost and taints it; its pod's
+    process keeps running but reaches the API server no more (its node's relay is cut), a
+    graceful delete stays Terminating, and the pod's successor on the other node starts while
+    the old process still runs. heal_node: the node is Ready again and the old process, whose
+    Pod is gone, is killed as an orphan."""
+    label = "connquota.io/test-lost-node"
+    suffix = uuid.uuid4().hex[:6]
+    first, second = f"lost-a-{suffix}", f"lost-b-{suffix}"
+    harness = PodHarness(
+        api_client,
+        f"{label}=true",
+        node_name=first,
+        extra_node_names=[second],
+        api_port=control_plane.apiserver_port,
+        lease_renew_interval_s=2.0,
+        node_status_interval_s=20.0,
+        partitionable=True,
+    )
+    with harness:
+        core.create_namespaced_pod(namespace, pod_manifest("victim", harness_label=label))
+        pod = wait_ready(core, namespace, "victim")
+        assert pod.spec.node_name == first
+        _, env = http("GET", f"http://{pod.status.pod_ip}:{PORT}/env")
+        relay_port = int(env["KUBERNETES_SERVICE_PORT"])
+        assert relay_port == harness.api_address(first)[1] != control_plane.apiserver_port
+        old = harness.processes(namespace, "victim")[-1]
+
+        harness.lose_node(first)
+        lost_at = time.monotonic()
+        with pytest.raises(OSError):  # the node's path to the API server is gone
+            socket.create_connection(("127.0.0.1", relay_port), timeout=2).close()
+        wait_for(lambda: _node_lost(core, first), NODE_MONITOR_GRACE_S * 4, "the node lost")
+        assert time.monotonic() - lost_at >= NODE_MONITOR_GRACE_S - 1
+        core.delete_namespaced_pod("victim", namespace)  # graceful: stays Terminating
+        until = time.monotonic() + 3  # an assertion over a window: nothing may happen in it
+        while time.monotonic() < until:
+            pod = core.read_namespaced_pod("victim", namespace)
+            assert pod.metadata.deletion_timestamp is not None
+            assert old.exited_at is None
+            time.sleep(0.5)
+        assert http("GET", f"http://{pod.status.pod_ip}:{PORT}/env")[0] == 200
+        # Force-deleted: a successor of the same name runs on the other node meanwhile.
+        core.delete_namespaced_pod(
+            "victim",
+            namespace,
+            body=client.V1DeleteOptions(
+                grace_period_seconds=0, preconditions=client.V1Preconditions(uid=old.uid)
+            ),
+        )
+        core.create_namespaced_pod(namespace, pod_manifest("victim", harness_label=label))
+        successor = wait_ready(core, namespace, "victim")
+        assert successor.spec.node_name == second
+        assert old.exited_at is None, "the lost node's process was stopped"
+
+        harness.heal_node(first)
+        wait_for(lambda: old.exited_at is not None, 30, "the orphan killed")
+        assert old.orphan_killed_at is not None
+        wait_for(lambda: not _node_lost(core, first), 30, "the node Ready again")
+        assert harness.processes(namespace, "victim")[-1].exited_at is None  # successor runs

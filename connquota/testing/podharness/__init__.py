@@ -54,6 +54,9 @@ Where each concern lives (a package; everything public is re-exported here):
 * ``binding``: which node admits a Pod (nodeSelector, required node affinity, not cordoned),
   the Binding
 * ``podips``: one loopback Pod IP per Pod, locked against other harnesses on the machine
+* ``relay``: a node's path to the API server (``partitionable=True``), which
+  :meth:`PodHarness.lose_node` cuts while the node's processes keep running (a node lost:
+  no Lease, status or kubelet work; :meth:`PodHarness.heal_node` kills the orphans)
 * ``runner``: one Pod's thread: start, restart with backoff, liveness restarts, refreshes
 * ``environment`` and ``volumes``: what the container sees: env, mounted files, tokens
 * ``probes``: readiness and liveness probes; ``status``: the Pod status the harness reports

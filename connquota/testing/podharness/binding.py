@@ -58,6 +58,21 @@ def _tolerates_unschedulable(toleration: Mapping[str, Any]) -> bool:
     return key == UNSCHEDULABLE_TAINT
 
 
+def tolerates(toleration: Mapping[str, Any], taint: Mapping[str, Any]) -> bool:
+    """Whether one toleration tolerates one taint (key, value, effect), as the scheduler reads
+    them."""
+    effect = toleration.get("effect") or ""
+    if effect and effect != taint.get("effect"):
+        return False
+    key = toleration.get("key") or ""
+    operator = toleration.get("operator") or "Equal"
+    if not key:
+        return operator == "Exists"
+    if key != taint.get("key"):
+        return False
+    return operator == "Exists" or (toleration.get("value") or "") == (taint.get("value") or "")
+
+
 class Scheduler(HarnessFields):
     """Plays the scheduler for the harness's Pods."""
 
@@ -77,14 +92,23 @@ class Scheduler(HarnessFields):
         return any(term_matches(term, labels, node_name) for term in terms)
 
     def _schedulable(self, pod: Mapping[str, Any], node_name: str) -> bool:
-        """Whether the node takes new Pods: not cordoned (`spec.unschedulable`, as `kubectl
-        cordon` and `kubectl drain` set it), unless the Pod tolerates the
-        `node.kubernetes.io/unschedulable` taint the scheduler reads it as (DaemonSet pods)."""
+        """Whether the node takes new Pods: no NoSchedule/NoExecute taint the Pod does not
+        tolerate (the node lifecycle controller's `node.kubernetes.io/unreachable` on a lost
+        node), and not cordoned (`spec.unschedulable`, as `kubectl cordon` and `kubectl drain`
+        set it), unless the Pod tolerates the `node.kubernetes.io/unschedulable` taint the
+        scheduler reads it as (DaemonSet pods)."""
         try:
             node = self.core.read_node(node_name)
         except ApiException as err:
             self.errors.append(f"read node {node_name}: {err.status} {err.reason}")
             return False
+        tolerations = pod["spec"].get("tolerations") or []
+        for taint in (node.spec.taints if node.spec is not None else None) or []:
+            wire = {"key": taint.key, "value": taint.value, "effect": taint.effect}
+            if taint.effect in ("NoSchedule", "NoExecute") and not any(
+                tolerates(t, wire) for t in tolerations
+            ):
+                return False  # e.g. node.kubernetes.io/unreachable on a lost node
         if not (node.spec is not None and node.spec.unschedulable):
             return True
         return any(

@@ -52,6 +52,9 @@ class ProcessRecord:
     returncode: int | None = None
     signals: list[tuple[str, float]] = field(default_factory=list)  # (name, monotonic) sent
     restart_count: int = 0
+    orphan_killed_at: float | None = None
+    """time.monotonic() it was killed as an orphan: its Pod was deleted while its node was
+    lost, and the node came back (``PodHarness.heal_node``)."""
 
 
 class PodConfigError(RuntimeError):
@@ -80,3 +83,4 @@ class HarnessFields:
     pod_ip_prefix: str | None
     fixed_pod_ip: str
     _ip_locks: dict[str, int]
+    lost_nodes: set[str]

@@ -84,12 +84,13 @@ class PodSources(RunnerState):
     def _build_env(self, pod: dict[str, Any], container: Mapping[str, Any]) -> dict[str, str]:
         h = self.harness
         ns = self.namespace
+        api_host, api_port = h.api_address(pod["spec"].get("nodeName") or h.node_name)
         env: dict[str, str] = {
             "PATH": h.path_env,
             "HOSTNAME": self.name,
-            "KUBERNETES_SERVICE_HOST": h.api_host,
-            "KUBERNETES_SERVICE_PORT": str(h.api_port),
-            "KUBERNETES_SERVICE_PORT_HTTPS": str(h.api_port),
+            "KUBERNETES_SERVICE_HOST": api_host,
+            "KUBERNETES_SERVICE_PORT": str(api_port),
+            "KUBERNETES_SERVICE_PORT_HTTPS": str(api_port),
             POD_ROOT_ENV: str(self.root),
         }
         for src in container.get("envFrom") or []:

@@ -29,6 +29,7 @@ from connquota.testing.podharness.common import (
 )
 from connquota.testing.podharness.nodes import NodeAgent
 from connquota.testing.podharness.podips import PodAddresses
+from connquota.testing.podharness.relay import ApiRelay
 from connquota.testing.podharness.runner import PodRunner
 
 
@@ -38,7 +39,9 @@ class PodHarness(NodeAgent, Scheduler, PodAddresses):
     Use as a context manager, or call :meth:`start` and :meth:`stop`. ``api_client`` is a
     ``kubernetes.client.ApiClient`` with rights to nodes, leases, pods, pods/binding,
     pods/status, secrets, configmaps and serviceaccounts/token (cluster admin in tests).
-    ``api_host``/``api_port`` are what Pods get as ``KUBERNETES_SERVICE_HOST``/``_PORT``.
+    ``api_host``/``api_port`` are what Pods get as ``KUBERNETES_SERVICE_HOST``/``_PORT``;
+    with ``partitionable=True`` each node's Pods reach them through a relay of that node
+    instead, which :meth:`lose_node` cuts (see ``relay``).
     """
 
     def __init__(
@@ -67,6 +70,7 @@ class PodHarness(NodeAgent, Scheduler, PodAddresses):
         volume_refresh_s: float | None = 2.0,
         tick_s: float = 0.2,
         watch_timeout_s: int = 20,
+        partitionable: bool = False,
     ) -> None:
         self.api = api_client
         self.core = client.CoreV1Api(api_client)
@@ -107,11 +111,18 @@ class PodHarness(NodeAgent, Scheduler, PodAddresses):
         self._threads: list[threading.Thread] = []
         self.errors: list[str] = []
         self._watch_resp: Any = None
+        self.partitionable = partitionable
+        self._relays: dict[str, ApiRelay] = {}
+        self.lost_nodes: set[str] = set()
+        """Nodes lost now (:meth:`lose_node`): no Lease, status or kubelet work, no API."""
 
     # --- lifecycle
     def start(self) -> PodHarness:
         """Register the Node and its Lease, then start binding and running Pods."""
         self.work_dir.mkdir(parents=True, exist_ok=True)
+        if self.partitionable:
+            for node_name in self.node_names:
+                self._relays[node_name] = ApiRelay(self.api_host, self.api_port).start()
         self._register_nodes()
         for target, name in ((self._lease_loop, "lease"), (self._pod_loop, "pods")):
             thread = threading.Thread(target=target, name=f"harness-{name}", daemon=True)
@@ -135,6 +146,8 @@ class PodHarness(NodeAgent, Scheduler, PodAddresses):
             runner.thread.join(max(0.0, deadline - time.monotonic()))
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
+        for relay in self._relays.values():
+            relay.stop()
         if delete_node:
             for node_name in self.node_names:
                 with contextlib.suppress(ApiException):
@@ -149,6 +162,44 @@ class PodHarness(NodeAgent, Scheduler, PodAddresses):
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    # --- node loss
+    def api_address(self, node_name: str) -> tuple[str, int]:
+        """(host, port) the Pods of the node reach the API server at."""
+        relay = self._relays.get(node_name)
+        return (relay.host, relay.port) if relay else (self.api_host, self.api_port)
+
+    def node_lost(self, node_name: str) -> bool:
+        """Whether the node is lost now (:meth:`lose_node`)."""
+        return node_name in self.lost_nodes
+
+    def lose_node(self, node_name: str) -> None:
+        """Lose the node: its Lease and status are no longer renewed (the node lifecycle
+        controller marks it NotReady/Unknown and taints it after its grace period), its Pods
+        get no kubelet work (no status, probes, volume refresh, restart or final delete: a
+        deleted Pod stays Terminating), and its processes are cut from the API server (its
+        relay closed) while they keep running, exchange connections included.
+
+        Needs ``partitionable=True``."""
+        if node_name not in self._relays:
+            raise ValueError(f"{node_name}: not a node of a partitionable harness")
+        self.lost_nodes.add(node_name)
+        self._relays[node_name].cut()
+
+    def heal_node(self, node_name: str) -> None:
+        """The node is back: its relay listens again, its Lease and Ready status are posted at
+        once, and its kubelet work resumes: a process whose Pod (UID) no longer exists is killed
+        (kubelet orphan cleanup; ``ProcessRecord.orphan_killed_at``), a Terminating Pod's
+        deletion finishes."""
+        if node_name not in self.lost_nodes:
+            return
+        self._relays[node_name].restore()
+        self.lost_nodes.discard(node_name)
+        self._heal_node_status(node_name)
+        with self._lock:
+            runners = [r for r in self._all_runners if r.node == node_name]
+        for runner in runners:
+            runner.wake.set()
 
     # --- queries for tests
     def processes(self, namespace: str, name: str) -> list[ProcessRecord]:
@@ -194,7 +245,10 @@ class PodHarness(NodeAgent, Scheduler, PodAddresses):
                 if other is runner:
                     return None  # only runners created earlier count
                 same = (other.namespace, other.name) == (runner.namespace, runner.name)
-                if same and not other.finished.is_set():
+                # A predecessor on a lost node does not hold back a successor on another node
+                # (that node's kubelet knows nothing of it): both may run at once (split brain).
+                elsewhere = other.node != runner.node and other.node in self.lost_nodes
+                if same and not other.finished.is_set() and not elsewhere:
                     return other
         return None
 

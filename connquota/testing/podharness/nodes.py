@@ -146,12 +146,26 @@ class NodeAgent(HarnessFields):
             _content_type=MERGE_PATCH,
         )
 
+    def _heal_node_status(self, node_name: str) -> None:
+        """Renew the Lease and post a Ready status at once (a healed node's kubelet)."""
+        status = self._node_status(node_name)
+        now = kube_time()
+        for cond in status["conditions"]:
+            cond["lastTransitionTime"] = now
+        try:
+            self._renew_lease(node_name)
+            self.core.patch_node_status(node_name, {"status": status}, _content_type=MERGE_PATCH)
+        except Exception as err:  # the lease loop renews again
+            self.errors.append(f"heal of {node_name}: {err}")
+
     def _lease_loop(self) -> None:
         next_renew = time.monotonic() + self.lease_renew_interval_s
         while not self._stopping.wait(max(0.0, next_renew - time.monotonic())):
             next_renew = time.monotonic() + self.lease_renew_interval_s
             status_due = time.monotonic() - self._node_status_at >= self.node_status_interval_s
             for node_name in self.node_names:
+                if node_name in self.lost_nodes:
+                    continue  # lost: no Lease renewal, no status
                 try:
                     self._renew_lease(node_name)
                     self.lease_renewals += 1

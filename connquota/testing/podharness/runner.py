@@ -78,9 +78,19 @@ class PodRunner(VolumeWriter, Deletion, StatusReporter):
                 return
         self.pod_ip = h._allocate_ip()
         self.root.mkdir(parents=True, exist_ok=True)
+        was_lost = False
         while not h._stopping.is_set():
+            if h.node_lost(self.node):
+                # A lost node's kubelet does nothing (the process keeps running, untouched).
+                was_lost = True
+                self.wake.wait(h.tick_s)
+                self.wake.clear()
+                continue
             pod, gone = self.snapshot()
             if gone or pod["metadata"].get("deletionTimestamp"):
+                if gone and was_lost and self.record is not None and self.popen is not None:
+                    self.record.orphan_killed_at = time.monotonic()
+                    log.info("harness: %s/%s: orphan killed", self.namespace, self.name)
                 self._finish_deletion(pod, gone)
                 return
             now = time.monotonic()

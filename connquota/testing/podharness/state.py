@@ -26,6 +26,7 @@ class RunnerState:
         self.namespace: str = meta["namespace"]
         self.name: str = meta["name"]
         self.uid: str = meta["uid"]
+        self.node: str = pod["spec"].get("nodeName") or harness.node_name
         self._pod = pod
         self._gone = False  # the Pod object is no longer in the API
         self._lock = threading.Lock()
