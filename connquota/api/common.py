@@ -61,6 +61,7 @@ class ConditionType(StrEnum):
     CAPACITY_EXCEEDED = "CapacityExceeded"
     RATE_LIMITED = "RateLimited"
     EGRESS_UNVERIFIED = "EgressUnverified"
+    BUDGET_REDUCED = "BudgetReduced"
     ROLLED_OUT = "RolledOut"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, ClassVar
 
@@ -321,8 +322,44 @@ class PoolBudgetStatus(ApiModel):
     domain: DomainName = Field(description="Limit domain.")
     limit: Annotated[str, Field(max_length=64)] = Field(description="Limit name.")
     budget: Annotated[float, Field(ge=0)] = Field(description="Headroom x limit minus reserve.")
+    effectiveBudget: Annotated[float, Field(ge=0)] | None = Field(
+        default=None,
+        description="What the shares are divided from while adaptive budgets lowered the "
+        "budget after unexplained throttling (absent: the budget).",
+    )
     holders: Annotated[list[ShareHolder], Field(max_length=1000)] = Field(
         default_factory=list, description="Quotas holding a share."
+    )
+
+
+class AdaptiveBudgetStatus(ApiModel):
+    """A budget the operator lowered after the exchange throttled it although the fleet kept
+    inside it (the state of the adaptive budgets, read back after a restart)."""
+
+    domain: DomainName = Field(description="Limit domain.")
+    scope: Annotated[str, Field(max_length=16)] = Field(description="ip or account.")
+    key: Annotated[str, Field(max_length=128)] = Field(
+        description="Public address (ip) or account id."
+    )
+    address: Annotated[str, Field(max_length=63)] | None = Field(
+        default=None, description="Address name (ip scope)."
+    )
+    limit: Annotated[str, Field(max_length=64)] = Field(description="Limit name.")
+    budget: Annotated[float, Field(ge=0)] = Field(description="The configured budget.")
+    effectiveBudget: Annotated[int, Field(ge=1)] = Field(description="The lowered budget.")
+    cuts: Annotated[int, Field(ge=0)] = Field(
+        default=0, description="Cuts since the budget was last at its configured value."
+    )
+    lastThrottle: Annotated[str, Field(max_length=256)] = Field(
+        default="", description="The newest unexplained throttle: status and pod."
+    )
+    lastThrottleAt: datetime = Field(description="When it came.")
+    changedAt: datetime = Field(description="The last cut or raise.")
+    inForceSince: datetime | None = Field(
+        default=None, description="When the last cut took effect (every pod acknowledged it)."
+    )
+    nextRaiseAt: datetime | None = Field(
+        default=None, description="When the next raise is due (absent: not in force yet)."
     )
 
 
@@ -334,12 +371,16 @@ class ExchangeEgressPoolStatus(ApiModel):
     )
     conditions: Annotated[list[Condition], Field(max_length=16)] = Field(
         default_factory=list,
-        description="Standard conditions (Ready, Degraded), one per type.",
+        description="Standard conditions (Ready, Stalled, EgressVerified, BudgetReduced), one per type.",
         json_schema_extra=list_map("type"),
     )
     quotas: Annotated[int, Field(ge=0)] = Field(default=0, description="Quotas using the pool.")
     budgets: Annotated[list[PoolBudgetStatus], Field(max_length=4096)] = Field(
         default_factory=list, description="Per address and domain: budget, shares and use."
+    )
+    adaptiveBudgets: Annotated[list[AdaptiveBudgetStatus], Field(max_length=4096)] = Field(
+        default_factory=list,
+        description="Budgets lowered after unexplained throttling (empty: none).",
     )
 
 
@@ -355,6 +396,7 @@ class ExchangeEgressPool(ApiModel):
 
 __all__ = [
     "UNCONFIGURED_EGRESS_CHECK",
+    "AdaptiveBudgetStatus",
     "DomainReservation",
     "EgressAddress",
     "EgressCheck",

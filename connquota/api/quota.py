@@ -483,6 +483,11 @@ class LimitUse(ApiModel):
     share: Annotated[float, Field(ge=0)] = Field(description="This quota's part of the budget.")
     used: Annotated[float, Field(ge=0)] = Field(default=0, description="Use gateways report.")
     budget: Annotated[float, Field(ge=0)] = Field(description="The whole budget of the pool.")
+    effectiveBudget: Annotated[float, Field(ge=0)] | None = Field(
+        default=None,
+        description="What the shares are divided from while adaptive budgets lowered the "
+        "budget after unexplained throttling (absent: the budget).",
+    )
     slices: Annotated[float, Field(ge=0)] = Field(
         default=0,
         description="The sum of this quota's pod slices in its newest plan (headroom applied; "
@@ -568,7 +573,7 @@ class ExchangeConnectionQuotaStatus(ApiModel):
     conditions: Annotated[list[Condition], Field(max_length=16)] = Field(
         default_factory=list,
         description="Ready, Reconciling, Stalled, Degraded, CapacityExceeded, RateLimited, "
-        "EgressUnverified, RolledOut (one per type).",
+        "EgressUnverified, CredentialRefused, BudgetReduced, RolledOut (one per type).",
         json_schema_extra=list_map("type"),
     )
     replicas: Annotated[int, Field(ge=0)] = Field(default=0, description="Gateway pods planned.")

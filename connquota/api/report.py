@@ -37,6 +37,26 @@ class Quarantine(ApiModel):
     until: float = Field(description="Wall-clock time (epoch seconds) the quarantine ends.")
 
 
+class ThrottleEvent(ApiModel):
+    """One 429/418 the exchange answered this pod (the operator's adaptive budgets read them)."""
+
+    scope: LimitScope
+    key: str = Field(description="Address name or account id.")
+    statusCode: int = Field(description="HTTP status (429, 418).")
+    at: float = Field(description="Wall-clock time (epoch seconds) of the answer.")
+    onSession: bool = Field(default=False, description="Inside a session (else on the handshake).")
+    cause: str | None = Field(
+        default=None, description="The limit the exchange named, when it named one."
+    )
+    liveOnKey: Annotated[int, Field(ge=0)] = Field(
+        default=0, description="The pod's open connections on the key then."
+    )
+    attemptsOnKey: Annotated[int, Field(ge=0)] = Field(
+        default=0, description="The pod's attempts still counted on the key then."
+    )
+    planGeneration: Annotated[int, Field(ge=0)] = 0
+
+
 class EgressCheckState(StrEnum):
     """The outcome of a gateway's egress check of one address."""
 
@@ -105,5 +125,10 @@ class GatewayReport(ApiModel):
         default_factory=dict,
         description="Open upstream connections per key: 'ip/<address name>' and "
         "'account/<account id>'.",
+    )
+    throttles: Annotated[list[ThrottleEvent], Field(max_length=16)] | None = Field(
+        default=None,
+        description="The pod's newest 429/418 answers (absent when none: an operator older "
+        "than this field reads reports without it; upgrade the operator first).",
     )
     message: str = ""

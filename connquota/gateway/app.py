@@ -178,6 +178,7 @@ class Gateway:
             streams=self.fleet.live_streams(),
             attempts=self.limiter.attempt_windows(),
             quarantines=self.limiter.quarantines(),
+            throttles=self.limiter.throttles(),
             egressChecks=self.egress.results(),
             liveConnections=self.fleet.live_connections_by_key(),
             message=self.message,

@@ -28,7 +28,7 @@ from connquota.api import timing
 from connquota.api.lease_record import CLOCK_SKEW_S
 from connquota.api.limits import LimitName, LimitScope
 from connquota.api.plan import CONNECTION_SCOPE_KEY, Identities, PodPlan, Slice
-from connquota.api.report import AttemptWindow, Quarantine
+from connquota.api.report import AttemptWindow, Quarantine, ThrottleEvent
 from connquota.gateway.attempt_log import AttemptLogFile, AttemptRecord, LoadedAttempts
 from connquota.gateway.clock import Clock
 from connquota.gateway.message_gate import MessageGate, MessageKind
@@ -46,6 +46,14 @@ log = logging.getLogger(__name__)
 
 
 RESERVE_RETRY_S = 0.5
+
+THROTTLE_HOLD_S = 10.0
+"""How long after a throttle the pod keeps its live count on the key where it was, unless a
+new plan generation arrives first (the operator's cut, or its answer that none is due)."""
+THROTTLE_REPORTED = 16
+"""The newest throttles the report carries."""
+THROTTLE_REPORT_S = 120.0
+"""How long a throttle stays on the report."""
 """How soon an attempt retries after its reservation could not be written to the Lease."""
 
 SHARED_MESSAGE_LIMITS = {
@@ -133,6 +141,10 @@ class Limiter:
         self._slots: dict[tuple[LimitScope, str], ConcurrentSlots] = {}
         self._shared_msgs: dict[tuple[LimitScope, str], SlidingLog] = {}
         self._quarantines: dict[tuple[LimitScope, str], QuarantineEntry] = {}
+        self._throttles: list[ThrottleEvent] = []
+        self._clamps: dict[tuple[LimitScope, str], tuple[int, float]] = {}
+        """(scope, key) -> (live count, until monotonic): after a throttle no attempt takes the
+        pod's live count on the key above what it was, until a new plan or THROTTLE_HOLD_S."""
         self._attempts_allowed = False
         self._attempts_block_reason = "no lease yet"
         self._changed = asyncio.Event()
@@ -226,6 +238,8 @@ class Limiter:
 
     def configure(self, plan: PodPlan) -> None:
         """Enforce `plan`'s slices from now on (logs and live slots are kept)."""
+        if self.plan is None or plan.generation != self.plan.generation:
+            self._clamps.clear()
         self.plan = plan
         for scope_key, slots in self._slots.items():
             slots.capacity = self._concurrent_capacity(*scope_key)
@@ -354,6 +368,19 @@ class Limiter:
                     worst = AttemptWait(
                         wait, WaitKind.ATTEMPT_SLICE, f"attempt slice on {scope} {key} used up"
                     )
+            clamp = self._clamps.get((scope, key))
+            if clamp is not None:
+                if clamp[1] <= now:
+                    del self._clamps[(scope, key)]
+                elif (
+                    self._slots_for(scope, key).used(now) >= clamp[0]
+                    and clamp[1] - now > worst.seconds
+                ):
+                    worst = AttemptWait(
+                        clamp[1] - now,
+                        WaitKind.QUARANTINED,
+                        f"{scope} {key} throttled: no growth until a new plan",
+                    )
             wait = self._slots_for(scope, key).wait_s(now)
             if wait > worst.seconds:
                 worst = AttemptWait(
@@ -467,6 +494,42 @@ class Limiter:
             extra={"scope": str(scope), "key": key, "status_code": status_code},
         )
         self._notify()
+
+    def record_throttle(
+        self,
+        scope: LimitScope,
+        key: str,
+        status_code: int,
+        on_session: bool,
+        cause: LimitName | None = None,
+    ) -> None:
+        """Remember a 429/418 for the report (the operator's adaptive budgets), and hold the
+        pod's live count on `key` where it is until a new plan or THROTTLE_HOLD_S."""
+        now = self.clock.monotonic()
+        live = self._slots_for(scope, key).used(now)
+        sliding = self._attempt_logs.get((scope, key))
+        self._throttles.append(
+            ThrottleEvent(
+                scope=scope,
+                key=key,
+                statusCode=status_code,
+                at=round(self.clock.wall(), 3),
+                onSession=on_session,
+                cause=cause.value if cause is not None else None,
+                liveOnKey=live,
+                attemptsOnKey=sliding.live(now) if sliding is not None else 0,
+                planGeneration=self.plan.generation if self.plan is not None else 0,
+            )
+        )
+        del self._throttles[:-THROTTLE_REPORTED]
+        self._clamps[(scope, key)] = (live, now + THROTTLE_HOLD_S)
+        self._notify()
+
+    def throttles(self) -> list[ThrottleEvent] | None:
+        """The newest throttles of the last THROTTLE_REPORT_S, for the report (None: none)."""
+        oldest = self.clock.wall() - THROTTLE_REPORT_S
+        kept = [t for t in self._throttles if t.at >= oldest]
+        return kept or None
 
     def quarantines(self) -> list[Quarantine]:
         """The quarantines still in force, for the report."""

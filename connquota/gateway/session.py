@@ -150,7 +150,9 @@ class Session:
         except aiohttp.WSServerHandshakeError as exc:
             self._release(clean=True)
             if exc.status in RATE_LIMIT_STATUSES:
-                self._quarantine(exc.status, exc.headers, f"handshake answered {exc.status}")
+                self._quarantine(
+                    exc.status, exc.headers, f"handshake answered {exc.status}", on_session=False
+                )
                 raise SessionEnded(f"rate-limited-{exc.status}", True) from None
             if chooser is not None and exc.status >= 500:
                 chooser.failed(url, f"handshake answered {exc.status}")
@@ -194,7 +196,7 @@ class Session:
         if self.slot is not None:
             self.slot.release(clean=clean)
 
-    def _quarantine(self, status: int, headers: Any, reason: str) -> None:
+    def _quarantine(self, status: int, headers: Any, reason: str, on_session: bool = True) -> None:
         limiter = self.ctx.limiter
         settings = self.ctx.settings
         retry = retry_after_s(headers, time.time())
@@ -208,8 +210,10 @@ class Session:
                 retry = wait
         self.ctx.stats[("rate_limited", str(status))] += 1
         limiter.quarantine(LimitScope.IP, self.conn.address, status, retry, reason)
+        limiter.record_throttle(LimitScope.IP, self.conn.address, status, on_session)
         for scope, key in self.conn.identities if status == 418 else ():
             limiter.quarantine(scope, key, status, retry, reason)
+            limiter.record_throttle(scope, key, status, on_session)
 
     async def start(self, streams: set[str]) -> None:
         """Log in if private, then run reader, heartbeats, watchdog and subscriptions."""

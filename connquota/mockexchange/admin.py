@@ -13,6 +13,7 @@ POST /admin/faults/ban                 {"ip": str, "seconds": float (profile s)}
 POST /admin/faults/stall               {"stream": str, "seconds": float (wall-clock)}
 POST /admin/faults/silence             {"connId"?: str, "ip"?: str, "seconds"?: float (wall-clock)}
 POST /admin/faults/malformed           {"connId"?: str, "ip"?: str, "count"?: int}
+POST /admin/limits                     {"limits": [Limit, ...]} enforce these instead of the profile's
 POST /admin/rate                       {"ratePerStreamHz"?: float, "privateRateHz"?: float}
 """
 
@@ -22,6 +23,9 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+from pydantic import ValidationError
+
+from connquota.api.limits import Limit
 
 if TYPE_CHECKING:
     from connquota.mockexchange.server import MockExchange
@@ -118,6 +122,15 @@ def add_admin_routes(app: web.Application, mx: MockExchange) -> None:
         count = mx.send_malformed(body.get("connId"), body.get("ip"), int(body.get("count", 1)))
         return web.json_response({"connections": count})
 
+    async def limits(request: web.Request) -> web.Response:
+        body = await _body(request)
+        try:
+            new = [Limit.model_validate(raw) for raw in body.get("limits") or []]
+        except ValidationError as exc:
+            raise web.HTTPBadRequest(text=f"limits: {exc}") from None
+        mx.set_limits(new)
+        return web.json_response({"limits": [lim.to_wire() for lim in mx.profile.limits]})
+
     async def rate(request: web.Request) -> web.Response:
         body = await _body(request)
         if "ratePerStreamHz" in body:
@@ -142,3 +155,4 @@ def add_admin_routes(app: web.Application, mx: MockExchange) -> None:
     app.router.add_post("/admin/faults/silence", silence)
     app.router.add_post("/admin/faults/malformed", malformed)
     app.router.add_post("/admin/rate", rate)
+    app.router.add_post("/admin/limits", limits)

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import time
 
+from connquota.api.limits import Limit
 from connquota.mockexchange.state import MockState
 
 log = logging.getLogger("connquota.mockexchange.server")
@@ -21,6 +22,16 @@ class Faults(MockState):
         """Answer the next ``count`` WebSocket handshakes (from ``ip`` only, if given) with
         ``status`` (429 or 418) and Retry-After."""
         self._forced.extend([(status, retry_after_s, ip)] * count)
+
+    def set_limits(self, limits: list[Limit]) -> None:
+        """Enforce `limits` from now on instead of the profile's limits of the same kind and
+        scope (an exchange whose real limit differs from its published one); connections
+        already open stay open."""
+        self.profile = self.profile.with_overrides(limits)
+        log.warning(
+            "limits set: %s",
+            ", ".join(f"{lim.name.value}/{lim.scope.value}={lim.value:g}" for lim in limits),
+        )
 
     async def disconnect(
         self, ip: str | None = None, abrupt: bool = False, code: int = 1001

@@ -36,8 +36,24 @@ TRANSITION_WAITS = Counter(
     "connquota_operator_transition_waits_total",
     "Reconciles that held back a slice change until acknowledgements or a window passed.",
 )
+PODS_FORCE_DELETED = Counter(
+    "connquota_operator_pods_force_deleted_total",
+    "Gateway pods force-deleted (reason node-lost: Terminating on a lost node, Lease lapsed).",
+    ["reason"],
+)
 QUOTAS = Gauge("connquota_operator_quotas", "Quotas the operator knows of.")
 LAST_PROGRESS = Gauge(
     "connquota_operator_last_progress_timestamp_seconds",
     "Wall-clock time of the last successful reconcile or watch event.",
+)
+ADAPTIVE_THROTTLES = Counter(
+    "connquota_operator_throttles_total",
+    "429/418 answers the gateways reported, by the adaptive budgets' verdict (unexplained: a "
+    "budget was cut; coalesced: the previous cut had not taken effect; stale; unknown-limit).",
+    ["verdict"],
+)
+ADAPTIVE_CHANGES = Counter(
+    "connquota_operator_budget_changes_total",
+    "Adaptive budget cuts (down) and raises (up).",
+    ["direction"],
 )

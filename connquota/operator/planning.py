@@ -30,12 +30,22 @@ from connquota.api.quota import ExchangeConnectionQuota
 from connquota.api.report import GatewayReport, Quarantine
 from connquota.exchanges import ProfileError, effective_profile
 from connquota.operator.status import Problem
-from connquota.planner.budgets import BudgetKey
+from connquota.planner.adaptive import (
+    AdaptiveRule,
+    AdaptiveState,
+    AdaptiveStep,
+    Throttle,
+    adaptive_step,
+    effective_value,
+    next_raise_at,
+)
+from connquota.planner.adaptive import next_change_s as adaptive_next_change_s
+from connquota.planner.budgets import Budget, BudgetKey, pool_budgets
 from connquota.planner.endpoints import split_by_endpoint, with_refused
 from connquota.planner.errors import PlanningError
 from connquota.planner.incremental import PlanIndex, plan_quota_indexed
 from connquota.planner.inputs import DesiredStream, QuotaInput
-from connquota.planner.ledger import HoldKey, QuotaLedger
+from connquota.planner.ledger import HoldKey, QuotaLedger, pool_holds
 from connquota.planner.plan import PlanRequest
 from connquota.planner.shares import PoolShares, QuotaShares, divide_budgets
 from connquota.planner.streams import expand_streams, source_key
@@ -100,10 +110,15 @@ def desired_streams(
         raise QuotaProblem("InvalidStreams", str(exc)) from None
 
 
-def divide(pool: ExchangeEgressPoolSpec, inputs: list[QuotaInput]) -> PoolShares:
-    """Every budget of the pool divided among `inputs` (the planner's `divide_budgets`)."""
+def divide(
+    pool: ExchangeEgressPoolSpec,
+    inputs: list[QuotaInput],
+    adaptive: Mapping[BudgetKey, AdaptiveState] | None = None,
+) -> PoolShares:
+    """Every budget of the pool divided among `inputs` (the planner's `divide_budgets`), from
+    the effective budgets where `adaptive` lowered some."""
     try:
-        return divide_budgets(pool, inputs)
+        return divide_budgets(pool, inputs, adaptive)
     except PlanningError as exc:
         raise QuotaProblem("ImpossibleQuota", str(exc)) from None
 
@@ -262,6 +277,16 @@ def without_addresses(shares: QuotaShares, down: Mapping[str, str]) -> QuotaShar
     )
 
 
+def without_lost_nodes(shares: QuotaShares, down: Mapping[str, str]) -> QuotaShares:
+    """`shares` with nothing on the bind addresses in `down` (address -> why: its node is lost,
+    `node_loss.NodeOutages`), as `without_addresses` does for proxy outages."""
+    return _without(
+        shares,
+        {LimitScope.IP: set(down)},
+        (f"address {a}: {why}" for a, why in sorted(down.items())),
+    )
+
+
 REPLAN_QUARANTINE_S = 20.0
 """A quarantine that the quota's own gateways reported and that ends within this many seconds
 is waited out by those gateways, not planned around (see `planned_quarantines`)."""
@@ -397,24 +422,36 @@ from connquota.planner.ledger import (  # noqa: E402
 from connquota.planner.transitions import budget_table  # noqa: E402
 
 __all__ = [
+    "AdaptiveRule",
+    "AdaptiveState",
+    "AdaptiveStep",
+    "Budget",
     "BudgetKey",
     "DesiredStream",
     "DrainSteps",
     "HoldKey",
     "LedgerSlice",
     "NoRoom",
+    "PlanningError",
     "PoolShares",
     "QuotaInput",
     "QuotaLedger",
     "QuotaProblem",
     "QuotaShares",
+    "Throttle",
+    "adaptive_next_change_s",
+    "adaptive_step",
     "budget_table",
     "certifies",
     "drain_leaving",
     "drain_steps",
+    "effective_value",
     "expire",
     "forgettable",
     "ledger_slices",
+    "next_raise_at",
+    "pool_budgets",
+    "pool_holds",
     "rate_holders",
     "rebase_clock",
     "record_ack",

@@ -13,13 +13,13 @@ from connquota.api.pool import ExchangeEgressPool
 from connquota.api.quota import ExchangeConnectionQuota
 from connquota.api.report import GatewayReport, Quarantine
 from connquota.operator import names, planning, status_metrics, usage
+from connquota.operator.adaptive_budgets import AdaptivePass
 from connquota.operator.kube import KubeError
 from connquota.operator.planning import (
     DesiredStream,
     QuotaInput,
 )
 from connquota.operator.quota_pass import QuotaRound
-from connquota.operator.reconcile_base import ReconcilerBase
 from connquota.operator.reconcile_state import (
     NO_SHARE,
     QuotaState,
@@ -38,7 +38,7 @@ from connquota.operator.status_writer import write_failure
 log = logging.getLogger(__name__)
 
 
-class PoolPass(ReconcilerBase):
+class PoolPass(AdaptivePass):
     """One pass over a pool (a part of `Reconciler`)."""
 
     async def reconcile_pool(self, pool_name: str) -> float | None:
@@ -116,9 +116,16 @@ class PoolPass(ReconcilerBase):
             retry.append(self.config.errorBackoffsSeconds[-1])
         shares = None
         pool_problem: Problem | None = None
+        # Budgets the exchange throttled although the fleet kept inside them: lowered.
+        adaptive, adaptive_wait = await self._adaptive_budgets(
+            pool, pool_body, [i for i, _ in inputs.values()], reports_of,
+            {k: self._domain(k, inputs) for k in reports_of},
+        )  # fmt: skip
+        if adaptive_wait is not None:
+            retry.append(adaptive_wait)
         if not frozen and inputs:
             try:
-                shares = planning.divide(pool.spec, [i for i, _ in inputs.values()])
+                shares = planning.divide(pool.spec, [i for i, _ in inputs.values()], adaptive)
             except planning.QuotaProblem as exc:
                 frozen = True
                 pool_problem = exc.problem
@@ -199,6 +206,7 @@ class PoolPass(ReconcilerBase):
                 quotas=admitted,
                 budgets=usage.pool_budgets(shares, pool.spec, reports_of),
                 problem=pool_problem,
+                adaptive=self._adaptive_status(pool, shares, adaptive),
                 reports={
                     i: r for i, r in enumerate(r for rs in reports_of.values() for r in rs.values())
                 },

@@ -81,6 +81,30 @@ class OperatorConfig(BaseModel):
         description="Added to every rate window before a slice moves (the gateways use the "
         "same margin: connquota.api.timing.WINDOW_MARGIN_S).",
     )
+    adaptiveBudgets: bool = Field(
+        default=True,
+        description="Lower a budget the exchange throttles although the fleet kept inside it "
+        "(an unexplained 429/418), and raise it back slowly after a clean period.",
+    )
+    adaptiveDecreaseFactor: float = Field(
+        default=0.75,
+        gt=0,
+        lt=1,
+        description="Each unexplained throttle cuts the effective budget E to "
+        "max(1, min(floor(factor x E), E - 1)).",
+    )
+    adaptiveIncreaseFraction: float = Field(
+        default=0.05,
+        gt=0,
+        le=1,
+        description="Each raise adds max(1, ceil(fraction x configured budget)) to E.",
+    )
+    adaptiveCleanSeconds: float = Field(
+        default=600,
+        gt=0,
+        description="A raise comes this long after the last cut took effect and after the last "
+        "unexplained throttle (one step per period).",
+    )
     livenessHost: str = Field(default="0.0.0.0", description="Liveness endpoint address.")
     livenessPort: int = Field(default=8081, ge=0, le=65535, description="0: no endpoint.")
     livenessMaxAgeSeconds: float = Field(

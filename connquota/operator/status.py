@@ -228,6 +228,11 @@ def quota_status(
         put(ConditionType.RATE_LIMITED, True, "Quarantined", f"the exchange rate-limited {keys}")
     else:
         drop(ConditionType.RATE_LIMITED)
+    reduced = reduced_budgets(obs)
+    if reduced:
+        put(ConditionType.BUDGET_REDUCED, True, "UnexplainedThrottling", reduced)
+    else:
+        drop(ConditionType.BUDGET_REDUCED)
     unverified = egress_problems(obs.reports, {EgressCheckState.UNVERIFIED})
     if unverified:
         put(
@@ -392,6 +397,29 @@ def _canonical(value: Any) -> Any:
     return value
 
 
+def reduced_budgets(obs: QuotaObservation) -> str | None:
+    """The BudgetReduced message of a quota: the budgets it draws from that adaptive budgets
+    lowered (None: none)."""
+    parts = [
+        f"{scope} {entry['key']} {use['limit']} {use['effectiveBudget']:g} of {use['budget']:g}"
+        for scope, entries in (
+            ("address", obs.addresses),
+            ("account", obs.accounts),
+            ("API key", obs.api_keys),
+        )
+        for entry in entries
+        for use in entry.get("limits") or []
+        if use.get("effectiveBudget") is not None
+    ]
+    if not parts:
+        return None
+    return (
+        "the exchange throttled budgets the fleet kept inside, lowered: "
+        + ", ".join(parts)
+        + " (raised back after clean periods; the pool's status.adaptiveBudgets says when)"
+    )
+
+
 def pool_status(
     previous: Mapping[str, Any] | None,
     *,
@@ -400,6 +428,7 @@ def pool_status(
     budgets: list[dict[str, Any]],
     problem: Problem | None,
     reports: Mapping[int, GatewayReport] | None = None,
+    adaptive: tuple[list[dict[str, Any]], str | None] = ([], None),
     now: dt.datetime,
 ) -> dict[str, Any]:
     """The status of a pool: its budgets, who holds which share, and its egress checks.
@@ -456,7 +485,13 @@ def pool_status(
             )
     else:
         conditions = drop_condition(conditions, "EgressVerified")
-    order = ["Ready", "Stalled", "EgressVerified"]
+    if adaptive[1] is not None:
+        conditions = set_condition(
+            conditions, "BudgetReduced", True, "UnexplainedThrottling", adaptive[1], generation, now
+        )
+    else:
+        conditions = drop_condition(conditions, "BudgetReduced")
+    order = ["Ready", "Stalled", "EgressVerified", "BudgetReduced"]
     conditions.sort(key=lambda c: order.index(c["type"]) if c["type"] in order else len(order))
     return validated(
         ExchangeEgressPoolStatus,
@@ -465,5 +500,6 @@ def pool_status(
             "conditions": conditions,
             "quotas": quotas,
             "budgets": budgets,
+            **({"adaptiveBudgets": adaptive[0]} if adaptive[0] else {}),
         },
     )

@@ -14,7 +14,7 @@ from connquota.api.limits import SHARED_SCOPES, LimitName, LimitScope
 from connquota.api.plan import QuotaPlan
 from connquota.api.pool import ExchangeEgressPoolSpec
 from connquota.api.report import GatewayReport, Quarantine
-from connquota.operator.planning import BudgetKey, PoolShares, QuotaShares
+from connquota.operator.planning import Budget, BudgetKey, PoolShares, QuotaShares
 
 
 def reported_use(
@@ -56,6 +56,13 @@ def _egress(reports: Iterable[GatewayReport], address: str) -> str | None:
     return None
 
 
+def _effective(configured: Budget | None, effective: Budget | None) -> dict[str, Any]:
+    """`effectiveBudget` when adaptive budgets lowered the budget (else nothing)."""
+    if configured is None or effective is None or effective.value == configured.value:
+        return {}
+    return {"effectiveBudget": effective.value}
+
+
 def quota_scope_use(
     shares: PoolShares | None,
     key: str,
@@ -77,13 +84,16 @@ def quota_scope_use(
     for scope in SHARED_SCOPES:
         for (name, limit), units in sorted(own.table(scope).items()):
             budget_key = public.get(name, name) if scope == LimitScope.IP else name
-            budget = shares.budgets.get(BudgetKey(own.domain, scope, budget_key, limit))
+            bkey = BudgetKey(own.domain, scope, budget_key, limit)
+            budget = shares.configured_budget(bkey)
+            effective = shares.budgets.get(bkey)
             out[scope].setdefault(name, []).append(
                 {
                     "limit": limit.value,
                     "share": units,
                     "used": reported_use(pods, scope, name, limit),
                     "budget": budget.value if budget is not None else units,
+                    **_effective(budget, effective),
                     "slices": _slices(plan, scope, name, limit),
                 }
             )
@@ -135,7 +145,8 @@ def pool_budgets(
                 "publicAddress": bkey.key,
                 "domain": bkey.domain,
                 "limit": bkey.limit.value,
-                "budget": budget.value,
+                "budget": (shares.configured_budget(bkey) or budget).value,
+                **_effective(shares.configured_budget(bkey), budget),
                 "holders": holders[:1000],
             }
         )

@@ -17,12 +17,13 @@ For one budget (a limit of a domain on one address, one account or one API key),
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 
 from connquota.api.limits import LimitName, LimitScope
 from connquota.api.pool import ExchangeEgressPoolSpec
+from connquota.planner.adaptive import AdaptiveState, effective_budgets
 from connquota.planner.arithmetic import exact
 from connquota.planner.budgets import Budget, BudgetKey, PooledLimit, pool_budgets
 from connquota.planner.errors import ShareRequestError
@@ -68,7 +69,14 @@ class PoolShares:
     """All budgets of a pool and every quota's shares of them."""
 
     budgets: dict[BudgetKey, Budget]
+    """The budgets divided: effective ones where adaptive budgets lowered them."""
     quotas: dict[str, QuotaShares]
+    configured: dict[BudgetKey, Budget] = field(default_factory=dict)
+    """The configured budgets (only when some differ from `budgets`)."""
+
+    def configured_budget(self, key: BudgetKey) -> Budget | None:
+        """The configured budget (before any adaptive cut)."""
+        return self.configured.get(key) or self.budgets.get(key)
 
 
 def _allowance(pool: ExchangeEgressPoolSpec, namespace: str) -> tuple[bool, Fraction | None]:
@@ -181,8 +189,13 @@ def _units(
     return units
 
 
-def divide_budgets(pool: ExchangeEgressPoolSpec, quotas: Sequence[QuotaInput]) -> PoolShares:
-    """Compute every budget of the pool and divide each among the quotas using it."""
+def divide_budgets(
+    pool: ExchangeEgressPoolSpec,
+    quotas: Sequence[QuotaInput],
+    adaptive: Mapping[BudgetKey, AdaptiveState] | None = None,
+) -> PoolShares:
+    """Compute every budget of the pool and divide each among the quotas using it (the
+    effective budgets where `adaptive` lowered some)."""
     quotas = sorted(quotas, key=lambda q: q.key)
     names = {a.name for a in pool.addresses}
     for q in quotas:
@@ -192,7 +205,8 @@ def divide_budgets(pool: ExchangeEgressPoolSpec, quotas: Sequence[QuotaInput]) -
                     f"quota {q.key} asks for a share of address {r.address!r}, which pool "
                     f"has not (addresses: {', '.join(sorted(names))}); fix spec.shares"
                 )
-    budgets = pool_budgets(pool, quotas)
+    configured = pool_budgets(pool, quotas)
+    budgets = effective_budgets(configured, adaptive) if adaptive else configured
     result: dict[str, QuotaShares] = {}
     reasons: dict[str, list[str]] = {q.key: [] for q in quotas}
     for q in quotas:
@@ -254,4 +268,5 @@ def divide_budgets(pool: ExchangeEgressPoolSpec, quotas: Sequence[QuotaInput]) -
                         shares.bursts[(scope, name, b.key.limit)] = bursts.get(q.key, 0)
     for key, qs in result.items():
         qs.reasons = sorted(set(reasons[key]))
-    return PoolShares(budgets=budgets, quotas=result)
+    lowered = {k: b for k, b in configured.items() if budgets[k] is not b}
+    return PoolShares(budgets=budgets, quotas=result, configured=lowered)

@@ -88,6 +88,12 @@ class MockThread(ThreadedMockExchange[MockExchange]):
         """A mass disconnect: the exchange drops every connection at once."""
         return self.call(self.mock.disconnect(abrupt=False, code=1001))
 
+    def set_limits(self, **values: tuple[float, float | None]) -> None:
+        """The exchange enforces other values from now on: name=(value, window in profile
+        seconds), as `shrunk_limits` (its real limit below or back at the published one)."""
+        limits = profile_limits(self.mock.profile.name, **values)
+        self.sync(lambda: self.mock.set_limits(limits))
+
     def refuse_next_handshakes(
         self, count: int, status: int, retry_after_s: float, ip: str | None = None
     ) -> None:
