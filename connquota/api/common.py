@@ -62,6 +62,7 @@ class ConditionType(StrEnum):
     RATE_LIMITED = "RateLimited"
     EGRESS_UNVERIFIED = "EgressUnverified"
     BUDGET_REDUCED = "BudgetReduced"
+    CREDENTIAL_REFUSED = "CredentialRefused"
     ROLLED_OUT = "RolledOut"
 
 

@@ -126,6 +126,11 @@ class GatewayReport(ApiModel):
         description="Open upstream connections per key: 'ip/<address name>' and "
         "'account/<account id>'.",
     )
+    authRefused: dict[str, Annotated[str, Field(max_length=256)]] = Field(
+        default_factory=dict,
+        description="Credentials the exchange refuses now (credential name -> the exchange's "
+        "error code and message, never a key): their connections wait for the Secret to change.",
+    )
     throttles: Annotated[list[ThrottleEvent], Field(max_length=16)] | None = Field(
         default=None,
         description="The pod's newest 429/418 answers (absent when none: an operator older "

@@ -181,6 +181,11 @@ class Gateway:
             throttles=self.limiter.throttles(),
             egressChecks=self.egress.results(),
             liveConnections=self.fleet.live_connections_by_key(),
+            authRefused={
+                c.credential: (c.auth_error or "refused")[:256]
+                for c in self.fleet.connections.values()
+                if c.credential and c.state == ConnectionState.AUTH_REFUSED
+            },
             message=self.message,
         )
 

@@ -7,11 +7,11 @@ Flux look at; `Stalled` means "a human must fix the spec", `Reconciling` means "
 
 They follow the kstatus convention (what Flux's health checks read): `Ready` is always
 present, True or False; the abnormal-true conditions (`Reconciling`, `Stalled`, `Degraded`,
-`CapacityExceeded`, `RateLimited`, `EgressUnverified`) are present only while they hold and
-are removed, not set False, when they no longer apply; and `Reconciling` and `Stalled` are
-never both True (a stalled quota is not converging: it waits for a human). Every status is
-validated by the pydantic status models before it is written, so a misspelled field fails
-here instead of being pruned silently by the API server.
+`CapacityExceeded`, `RateLimited`, `EgressUnverified`, `CredentialRefused`) are present only
+while they hold and are removed, not set False, when they no longer apply; and `Reconciling`
+and `Stalled` are never both True (a stalled quota is not converging: it waits for a human).
+Every status is validated by the pydantic status models before it is written, so a misspelled
+field fails here instead of being pruned silently by the API server.
 """
 
 from __future__ import annotations
@@ -243,6 +243,17 @@ def quota_status(
         )
     else:
         drop(ConditionType.EGRESS_UNVERIFIED)
+    refused = credential_refusals(obs.reports)
+    if refused:
+        put(
+            ConditionType.CREDENTIAL_REFUSED,
+            True,
+            "ExchangeRefusedKey",
+            "the exchange refuses " + "; ".join(refused) + ": its private streams wait for "
+            "the Secret to change (rotate the key in the Secret)",
+        )
+    else:
+        drop(ConditionType.CREDENTIAL_REFUSED)
 
     if obs.rolled_out is None:
         drop(ConditionType.ROLLED_OUT)
@@ -309,6 +320,15 @@ def quota_status(
     if obs.rollout is not None:
         status["rollout"] = dict(obs.rollout)
     return validated(ExchangeConnectionQuotaStatus, status)
+
+
+def credential_refusals(reports: Mapping[int, GatewayReport]) -> list[str]:
+    """'credential main (code -2015: Invalid API-key ...)' per credential a pod reports refused."""
+    refused: dict[str, str] = {}
+    for _, report in sorted(reports.items()):
+        for name, error in report.authRefused.items():
+            refused.setdefault(name, error)
+    return [f"credential {name} ({error})" for name, error in sorted(refused.items())]
 
 
 def rollout_message(rollout: Mapping[str, Any] | None) -> str:

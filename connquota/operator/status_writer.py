@@ -160,6 +160,11 @@ CONDITION_EVENTS: dict[str, tuple[str, str, str]] = {
     ),
     "Degraded": ("Degraded", "Recovered", "the gateways serve the plan again"),
     "EgressUnverified": ("EgressUnverified", "EgressVerified", "every address is verified"),
+    "CredentialRefused": (
+        "CredentialRefused",
+        "CredentialAccepted",
+        "the exchange accepts every credential again",
+    ),
 }
 """Condition type -> (Warning reason when it turns True, Normal reason when it clears, message
 when it clears). RateLimited has its own Event per quarantine (the quota pass)."""

@@ -280,3 +280,26 @@ def test_refused_writes_get_the_api_servers_reason_and_transient_errors_none() -
     assert write_failure(hook)[0] == "AdmissionDenied"
     for status in (0, 409, 429, 503):
         assert write_failure(KubeError("x", status)) is None
+
+
+def test_a_credential_the_exchange_refuses_sets_credential_refused_naming_it_and_the_error() -> (
+    None
+):
+    refused = _report(1).model_copy(
+        update={"authRefused": {"main": "code -2015: Invalid API-key, IP, or permissions"}}
+    )
+    obs = QuotaObservation(
+        generation=1,
+        plan=_plan(),
+        replicas=2,
+        ready_replicas=2,
+        desired_streams=2,
+        reports={0: _report(0), 1: refused},
+    )
+    status = quota_status(None, obs, T0)
+    cond = _cond(status, "CredentialRefused")
+    assert (cond["status"], cond["reason"]) == ("True", "ExchangeRefusedKey")
+    assert "credential main (code -2015: Invalid API-key" in cond["message"]
+    # the rotated key works again: the condition is removed, not set False
+    obs.reports = {0: _report(0), 1: _report(1)}
+    assert "CredentialRefused" not in _types(quota_status(status, obs, T0))
