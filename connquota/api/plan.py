@@ -86,6 +86,7 @@ class PlanCredential(ApiModel):
             apiKeyKey=ref.apiKeyKey,
             apiSecretKey=ref.apiSecretKey,
             passphraseKey=ref.passphraseKey,
+            deribitAuth=c.deribitAuth,
         )
 
     def identity(self, scope: LimitScope) -> str:
@@ -99,6 +100,9 @@ class PlanCredential(ApiModel):
     apiKeyKey: str = "apiKey"
     apiSecretKey: str = "apiSecret"
     passphraseKey: str | None = None
+    deribitAuth: str | None = Field(
+        default=None, description="Deribit's public/auth grant (absent: clientCredentials)."
+    )
 
 
 def identities_of(credential: PlanCredential | None) -> Identities:

@@ -155,6 +155,12 @@ class Credential(ApiModel):
         "the account shares one per-key budget). Two credentials with the same keyId share "
         "one per-key budget.",
     )
+    deribitAuth: Literal["clientCredentials", "clientSignature"] | None = Field(
+        default=None,
+        description="Deribit's public/auth grant: clientCredentials sends the secret, "
+        "clientSignature an HMAC-SHA256 signature of a timestamp and nonce made with it (the "
+        "secret never leaves the pod). Absent: clientCredentials. Other exchanges ignore it.",
+    )
 
     def identity(self, scope: LimitScope) -> str:
         """What the exchange counts this credential by in `scope` (account or apiKey)."""

@@ -28,7 +28,8 @@ def read_credentials(cred: PlanCredential) -> ApiCredentials:
         return value
 
     passphrase = read(cred.passphraseKey) if cred.passphraseKey else None
-    return ApiCredentials(read(cred.apiKeyKey), read(cred.apiSecretKey), passphrase)
+    signed = cred.deribitAuth == "clientSignature"
+    return ApiCredentials(read(cred.apiKeyKey), read(cred.apiSecretKey), passphrase, signed)
 
 
 async def load_credentials(cred: PlanCredential) -> ApiCredentials:

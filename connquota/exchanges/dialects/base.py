@@ -35,6 +35,9 @@ class ApiCredentials:
     api_key: str
     secret: str = field(repr=False)
     passphrase: str | None = field(default=None, repr=False)
+    signed_auth: bool = False
+    """Deribit: log in with ``client_signature`` (an HMAC of the secret) rather than sending
+    the secret itself (``client_credentials``); the other dialects always sign."""
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,11 @@ Notifications have no ``id``: ``{"jsonrpc":"2.0","method":"subscription","params
 the previous message's ``change_id`` when nothing was missed).
 
 Private side (same socket): ``public/auth`` with ``grant_type`` ``client_credentials``
-(``client_id`` / ``client_secret``) answers ``access_token``, ``expires_in`` (seconds) and
-``refresh_token``; ``public/auth`` with ``grant_type`` ``refresh_token`` renews them before expiry.
+(``client_id`` / ``client_secret``), or ``client_signature`` (``client_id``, ``timestamp`` in ms,
+``nonce``, ``data`` and ``signature`` = lowercase hex HMAC-SHA256 of the secret over
+``timestamp + "\n" + nonce + "\n" + data``, valid 60 s: the secret never leaves the client)
+answers ``access_token``, ``expires_in`` (seconds) and ``refresh_token``; ``public/auth`` with
+``grant_type`` ``refresh_token`` renews them before expiry.
 User channels (``user.orders.<instrument>.<interval>``, ``user.orders.<kind>.<currency>.
 <interval>``, ``user.trades.`` likewise, ``user.portfolio.<currency>``) are subscribed with
 ``private/subscribe`` (same shape as ``public/subscribe``).
@@ -29,7 +32,10 @@ Source: exchange-dialects.md section 7 (https://docs.deribit.com/).
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
+import secrets
 from datetime import UTC, datetime
 from typing import Any
 
@@ -254,12 +260,35 @@ def build_private_unsubscribe(streams: list[str], request_id: RequestId) -> str:
     return build_request("private/unsubscribe", {"channels": list(streams)}, request_id)
 
 
-def build_login(credentials: ApiCredentials, now_ms: int, request_id: RequestId) -> str:
-    """``public/auth`` with ``grant_type`` ``client_credentials``: the API key is the
-    ``client_id``, its secret the ``client_secret`` (``now_ms`` unused: nothing is signed)."""
-    params = {"grant_type": "client_credentials", "client_id": credentials.api_key,
-              "client_secret": credentials.secret}  # fmt: skip
+def build_login(
+    credentials: ApiCredentials, now_ms: int, request_id: RequestId, nonce: str | None = None
+) -> str:
+    """``public/auth``: the API key is the ``client_id``; with ``grant_type``
+    ``client_credentials`` its secret is the ``client_secret`` (``now_ms`` unused), or, when
+    ``credentials.signed_auth``, ``client_signature`` signs ``now_ms`` and ``nonce`` (random
+    when not given) with it (`client_signature`)."""
+    if credentials.signed_auth:
+        nonce = nonce if nonce is not None else secrets.token_hex(4)
+        params: dict[str, Any] = {
+            "grant_type": "client_signature", "client_id": credentials.api_key,
+            "timestamp": now_ms, "nonce": nonce, "data": "",
+            "signature": client_signature(credentials.secret, now_ms, nonce, ""),
+        }  # fmt: skip
+    else:
+        params = {"grant_type": "client_credentials", "client_id": credentials.api_key,
+                  "client_secret": credentials.secret}  # fmt: skip
     return build_request("public/auth", params, request_id)
+
+
+SIGNATURE_VALIDITY_S = 60.0
+"""How long a ``client_signature`` timestamp is valid ("60 seconds since generation")."""
+
+
+def client_signature(secret: str, timestamp_ms: int, nonce: str, data: str = "") -> str:
+    """``HEX_STRING(HMAC-SHA256(ClientSecret, Timestamp + "\n" + Nonce + "\n" + Data))``,
+    lowercase (exchange-dialects.md 7.6)."""
+    text = f"{timestamp_ms}\n{nonce}\n{data}"
+    return hmac.new(secret.encode(), text.encode(), hashlib.sha256).hexdigest()
 
 
 def build_refresh(refresh_token: str, request_id: RequestId) -> str:

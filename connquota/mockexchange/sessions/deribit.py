@@ -191,14 +191,23 @@ class DeribitSession(DialectSession):
     # -- authentication ----------------------------------------------------------------------
 
     def _on_auth(self, rid: RequestId, params: dict[str, Any], us_in: int) -> None:
-        """``client_credentials`` logs the connection in (sessions per API key enforced);
+        """``client_credentials`` or ``client_signature`` (`_signature_refusal`) logs the
+        connection in (sessions per API key enforced);
         ``refresh_token`` renews the tokens of this connection's login."""
         grant = params.get("grant_type")
-        if grant == "client_credentials":
+        if grant in ("client_credentials", "client_signature"):
             account = self.mx.settings.account_for_key(str(params.get("client_id", "")))
-            secret = str(params.get("client_secret", ""))
-            if account is None or not hmac.compare_digest(secret, account.secret):
-                self.send(deribit.build_error(rid, *deribit.INVALID_CREDENTIALS, None, us_in))
+            if grant == "client_signature":
+                refusal = _signature_refusal(params, account.secret if account else None)
+            else:
+                secret = str(params.get("client_secret", ""))
+                known = account is not None and hmac.compare_digest(secret, account.secret)
+                refusal = None if known else deribit.INVALID_CREDENTIALS
+            self.mx.__dict__.setdefault("deribit_grants", []).append(grant)
+            if refusal is not None or account is None:
+                self.send(
+                    deribit.build_error(rid, *(refusal or deribit.INVALID_CREDENTIALS), None, us_in)
+                )
                 return
             refused = self.conn.account is None and (
                 self.mx.login(self.conn, account, "error 10066 reply") is not None
@@ -363,3 +372,24 @@ class DeribitSession(DialectSession):
             self.send(deribit.build_error(None, *deribit.TOO_MANY_REQUESTS))
             self._terminate()
         return True
+
+
+def _signature_refusal(params: dict[str, Any], secret: str | None) -> tuple[int, str] | None:
+    """Why a ``client_signature`` login is refused (None: accepted): an unknown key or a
+    signature that is not the HMAC of its secret is 13004; a timestamp more than 60 s from
+    the wall clock (either way, unscaled: it is a clock check, not a rate) is 13004 too
+    (Deribit documents the 60 s validity, not the code)."""
+    timestamp, nonce = params.get("timestamp"), params.get("nonce")
+    data, signature = params.get("data", ""), params.get("signature")
+    if not isinstance(timestamp, int) or isinstance(timestamp, bool):
+        return deribit.INVALID_PARAMS
+    if not all(isinstance(v, str) for v in (nonce, data, signature)):
+        return deribit.INVALID_PARAMS
+    if secret is None:
+        return deribit.INVALID_CREDENTIALS
+    want = deribit.client_signature(secret, timestamp, str(nonce), str(data))
+    if not hmac.compare_digest(want, str(signature)):
+        return deribit.INVALID_CREDENTIALS
+    if abs(time.time() * 1000 - timestamp) > deribit.SIGNATURE_VALIDITY_S * 1000:
+        return deribit.INVALID_CREDENTIALS
+    return None

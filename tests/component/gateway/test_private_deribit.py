@@ -250,3 +250,42 @@ async def test_sessions_are_held_per_key_and_credits_are_shared_by_the_sub_accou
 
 async def _true(value: bool) -> bool:
     return value
+
+
+def signing(cred: PlanCredential) -> PlanCredential:
+    """`cred` with `deribitAuth: clientSignature`, as the operator plans it."""
+    return cred.model_copy(update={"deribitAuth": "clientSignature"})
+
+
+async def test_a_client_signature_credential_logs_in_without_sending_its_secret(harness, tmp_path):
+    """`deribitAuth: clientSignature` on the credential: the gateway logs in with
+    `client_signature` (HMAC-SHA256 of timestamp, nonce and data, exchange-dialects.md 7.6),
+    user channels reach a consumer and the token is renewed."""
+    cred = signing(credential(tmp_path, "d", "fo7WAPRm4P", SECRET, "sub"))
+    mock, gw = await start(harness, tmp_path, [(cred, USER_STREAMS)], [])
+    await harness.wait_live(gw, len(USER_STREAMS), timeout_s=30)
+    consumer = PrivateConsumer(harness.http, gw.ws_url)
+    await consumer.connect(USER_STREAMS)
+
+    async def renewed_with_frames():
+        renewals = getattr(mock, "deribit_refreshes", [])
+        return len(renewals) >= 1 and all(consumer.count(s) >= 10 for s in USER_STREAMS)
+
+    await wait_for(renewed_with_frames, 30, "a token renewal and frames on every user stream")
+    consumer.close()
+    assert set(mock.deribit_grants) == {"client_signature"}  # type: ignore[attr-defined]
+    assert getattr(mock, "deribit_expired", []) == []
+    harness.assert_no_violation()
+    await assert_no_secret_anywhere(harness, gw, [SECRET])
+
+
+async def test_a_wrong_secrets_client_signature_is_refused_and_reported(harness, tmp_path):
+    cred = signing(credential(tmp_path, "d", "fo7WAPRm4P", WRONG, "sub"))
+    mock, gw = await start(harness, tmp_path, [(cred, USER_STREAMS)], [])
+    conn = await wait_for(refused_probe(harness, gw), 20, "the connection reported as refused")
+    assert "code 13004: invalid_credentials" in conn["status"], conn
+    assert set(mock.deribit_grants) == {"client_signature"}  # type: ignore[attr-defined]
+    write_secret(tmp_path, cred.name, {"apiSecret": SECRET})
+    await harness.wait_live(gw, len(USER_STREAMS), timeout_s=20)
+    harness.assert_no_violation()
+    await assert_no_secret_anywhere(harness, gw, [SECRET, WRONG])

@@ -97,3 +97,44 @@ async def test_sessions_per_api_key_are_enforced(start_mock) -> None:
         await second.close()
     (violation,) = mx.violations()
     assert violation.to_json()["scope"] == "apiKey"
+
+
+async def test_client_signature_logs_in_and_a_wrong_or_stale_signature_is_refused(
+    start_mock,
+) -> None:
+    """`client_signature` (exchange-dialects.md 7.6): the HMAC of the key's secret over
+    timestamp, nonce and data logs in; another secret's signature, a timestamp over the
+    documented 60 s old and an unknown key get 13004; a timestamp that is no integer -32602."""
+    import dataclasses
+    import time
+
+    mx = await start_mock("deribit", private_rate_hz=50.0, accounts=(ACCOUNT,))
+    signed = dataclasses.replace(CREDS, signed_auth=True)
+    now = int(time.time() * 1000)
+    async with client_from("127.0.0.64") as client:
+        ws = await client.ws_connect(mx.url + PATH)
+        refusals = [
+            deribit.build_login(dataclasses.replace(signed, secret="nope"), now, 1),
+            deribit.build_login(signed, now - 61_000, 2),
+            deribit.build_login(dataclasses.replace(signed, api_key="unknown"), now, 3),
+        ]
+        for rid, frame in enumerate(refusals, 1):
+            assert json.loads(frame)["params"]["grant_type"] == "client_signature"
+            await ws.send_str(frame)
+            assert (await receive_until(ws, _answer(rid)))[-1]["error"]["code"] == 13004, rid
+        bad = json.loads(deribit.build_login(signed, now, 4))
+        bad["params"]["timestamp"] = str(now)
+        await ws.send_str(json.dumps(bad))
+        assert (await receive_until(ws, _answer(4)))[-1]["error"]["code"] == -32602
+        await ws.send_str(deribit.build_login(signed, now, 5))
+        result = (await receive_until(ws, _answer(5)))[-1]["result"]
+        assert result["token_type"] == "bearer"
+        channel = "user.orders.any.any.raw"
+        await ws.send_str(deribit.build_private_subscribe([channel], 6))
+        assert (await receive_until(ws, _answer(6)))[-1]["result"] == [channel]
+        pushes = await receive_until(
+            ws, lambda m: isinstance(m, dict) and m.get("params", {}).get("channel") == channel
+        )
+        assert pushes
+        await ws.close()
+    assert mx.violations() == []

@@ -9,6 +9,7 @@ import pytest
 from connquota.exchanges.dialects import deribit
 from connquota.exchanges.dialects.base import (
     Ack,
+    ApiCredentials,
     Data,
     Error,
     InvalidRequest,
@@ -90,6 +91,37 @@ def test_requests_have_the_documented_shape() -> None:
     )
     assert isinstance(deribit.parse_client_message(SET_HEARTBEAT), OtherRequest)
     assert isinstance(deribit.parse_client_message(deribit.build_ping(3)), PingRequest)
+
+
+# 7.6 (https://docs.deribit.com/articles/authentication): the test vector and its request
+CLIENT_SIGNATURE_AUTH = """{
+  "jsonrpc": "2.0",
+  "id": 9929,
+  "method": "public/auth",
+  "params": {
+    "grant_type": "client_signature",
+    "client_id": "AMANDA",
+    "timestamp": 1576074319000,
+    "nonce": "1iqt2wls",
+    "data": "",
+    "signature": "56590594f97921b09b18f166befe0d1319b198bbcdad7ca73382de2f88fe9aa1"
+  }
+}"""
+
+
+def test_client_signature_matches_the_documented_test_vector() -> None:
+    assert deribit.client_signature("AMANDASECRECT", 1576074319000, "1iqt2wls", "") == (
+        "56590594f97921b09b18f166befe0d1319b198bbcdad7ca73382de2f88fe9aa1"
+    )
+    signed = ApiCredentials("AMANDA", "AMANDASECRECT", signed_auth=True)
+    built = deribit.build_login(signed, 1576074319000, 9929, nonce="1iqt2wls")
+    assert json.loads(built) == json.loads(CLIENT_SIGNATURE_AUTH)
+    assert "AMANDASECRECT" not in built
+    # a fresh random nonce when none is given; the secret is sent only by client_credentials
+    a, b = (json.loads(deribit.build_login(signed, 1, 1))["params"] for _ in range(2))
+    assert a["nonce"] != b["nonce"] and a["signature"] != b["signature"]
+    plain = json.loads(deribit.build_login(ApiCredentials("AMANDA", "AMANDASECRECT"), 1, 1))
+    assert plain["params"]["grant_type"] == "client_credentials"
 
 
 def test_server_messages_are_classified() -> None:
