@@ -70,8 +70,11 @@ PUBLIC_CHANNELS = frozenset({"market_trades", "ticker", "ticker_batch", "level2"
 PRODUCTLESS_CHANNELS = frozenset({"heartbeats", "status"})
 """Channels subscribed without products (connquota uses ``heartbeats``)."""
 PRIVATE_CHANNELS = frozenset({"user", "futures_balance_summary"})
-"""JWT-authenticated channels (connquota speaks ``user``)."""
+"""JWT-authenticated channels (connquota speaks both)."""
 USER = "user"
+FUTURES_BALANCE = "futures_balance_summary"
+"""The user's futures (FCM) balances: "Authenticated. [...] No products required." Its stream
+string is the channel alone (no ``:<product>``), its subscribe carries no ``product_ids``."""
 JWT_LIFETIME_S = 120
 """``exp`` - ``nbf`` of a JWT: "Your JWT expires after 2 minutes"."""
 JWT_ISSUER = "cdp"
@@ -104,7 +107,10 @@ def stream_name(symbol: str, channel: str) -> str:
 
 
 def parse_stream(stream: str) -> StreamName:
-    """``market_trades:BTC-USD`` -> symbol ``BTC-USD``, channel ``market_trades``."""
+    """``market_trades:BTC-USD`` -> symbol ``BTC-USD``, channel ``market_trades``;
+    ``futures_balance_summary`` (no products) -> symbol ``""``."""
+    if stream == FUTURES_BALANCE:
+        return StreamName(symbol="", channel=FUTURES_BALANCE)
     channel, sep, product = stream.partition(":")
     if not sep or channel not in PUBLIC_CHANNELS | PRIVATE_CHANNELS or not product:
         raise WireFormatError(f"not a Coinbase stream string: {stream!r}")
@@ -172,6 +178,8 @@ def _request(kind: str, streams: list[str]) -> str:
     channel = parts[0].channel
     if any(p.channel != channel for p in parts):
         raise WireFormatError("one Coinbase subscribe message carries one channel")
+    if channel == FUTURES_BALANCE:
+        return dumps({"type": kind, "channel": channel})
     return dumps({"type": kind, "product_ids": [p.symbol for p in parts], "channel": channel})
 
 
@@ -284,6 +292,9 @@ def _ack_streams(events: Any) -> tuple[str, ...]:
         if not isinstance(subs, dict):
             continue
         for channel, products in subs.items():
+            if channel == FUTURES_BALANCE and isinstance(products, list):
+                out.append(FUTURES_BALANCE)
+                continue
             if channel in PRODUCTLESS_CHANNELS or not isinstance(products, list):
                 continue
             out += [f"{channel}:{p}" for p in products if isinstance(p, str)]
@@ -339,6 +350,10 @@ def parse_server_message(text: str, default_stream: str | None = None) -> Server
         if not isinstance(product, str):
             return Unknown(text)
         return Data(f"{USER}:{product}", None, parse_time_ms(obj.get("timestamp")), obj, text)
+    if channel == FUTURES_BALANCE and events and isinstance(events[0], dict):
+        if not isinstance(events[0].get("fcm_balance_summary"), dict):
+            return Unknown(text)
+        return Data(FUTURES_BALANCE, None, parse_time_ms(obj.get("timestamp")), obj, text)
     if channel not in PUBLIC_CHANNELS or not events or not isinstance(events[0], dict):
         return Unknown(text)
     product = _product_of(channel, events[0])
@@ -449,6 +464,8 @@ def parse_client_message(text: str) -> ClientRequest:
         return InvalidRequest(None, kind, AUTH_FAILURE, build_error(AUTH_FAILURE))
     if channel in PRODUCTLESS_CHANNELS:
         return OtherRequest(None, kind, channel)
+    if channel == FUTURES_BALANCE:  # products, if any, are not needed and not read
+        return SubscribeRequest(None, (FUTURES_BALANCE,), unsubscribe=kind == "unsubscribe")
     if channel not in PUBLIC_CHANNELS | {USER}:
         reason = f"channel {channel} is not valid"
         return InvalidRequest(None, kind, FAILED, build_error(FAILED, reason))
@@ -555,3 +572,31 @@ def build_user(stream: str, seq: int, event_time_ms: int, kind: str = "update") 
              "cancel_reason": "", "reject_reason": "", "product_type": "SPOT",
              "time_in_force": "GOOD_UNTIL_CANCELLED"}  # fmt: skip
     return _envelope(USER, [{"type": kind, "orders": [order]}], rfc3339(event_time_ms))
+
+
+def build_futures_balance_summary(seq: int, event_time_ms: int, kind: str = "update") -> str:
+    """One ``futures_balance_summary`` message: an event with the account's
+    ``fcm_balance_summary`` (the fields of the REST balance summary, as strings, with the
+    intraday and overnight margin window measures)."""
+    usd = 10000 + (seq % 500)
+    hold = (seq % 7) * 10
+
+    def window(kind_: str, level: str) -> dict[str, str]:
+        return {"margin_window_type": kind_, "margin_level": level,
+                "initial_margin": f"{hold * 2}", "maintenance_margin": f"{hold}",
+                "liquidation_buffer_percentage": "1000", "total_hold": f"{hold}",
+                "futures_buying_power": f"{usd - hold}"}  # fmt: skip
+
+    summary = {"futures_buying_power": f"{usd - hold}", "total_usd_balance": f"{usd * 2}",
+               "cbi_usd_balance": f"{usd}", "cfm_usd_balance": f"{usd}",
+               "total_open_orders_hold_amount": f"{hold}", "unrealized_pnl": "0",
+               "daily_realized_pnl": "0", "initial_margin": f"{hold * 2}",
+               "available_margin": f"{usd - hold * 2}", "liquidation_threshold": f"{hold}",
+               "liquidation_buffer_amount": f"{usd - hold}",
+               "liquidation_buffer_percentage": "1000",
+               "intraday_margin_window_measure": window("FCM_MARGIN_WINDOW_TYPE_INTRADAY",
+                                                        "MARGIN_LEVEL_TYPE_BASE"),
+               "overnight_margin_window_measure": window("FCM_MARGIN_WINDOW_TYPE_OVERNIGHT",
+                                                         "MARGIN_LEVEL_TYPE_BASE")}  # fmt: skip
+    event = {"type": kind, "fcm_balance_summary": summary}
+    return _envelope(FUTURES_BALANCE, [event], rfc3339(event_time_ms))

@@ -60,14 +60,18 @@ class CoinbaseSession(DialectSession):
         subs: dict[str, list[str]] = {}
         for stream in sorted(self.conn.streams):
             name = coinbase.parse_stream(stream.split("@", 1)[0])
-            subs.setdefault(name.channel, []).append(name.symbol)
+            products = subs.setdefault(name.channel, [])
+            if name.symbol:  # futures_balance_summary has none: listed with []
+                products.append(name.symbol)
         if self.heartbeats:
             subs[coinbase.HEARTBEATS] = [coinbase.HEARTBEATS]
         return coinbase.build_subscriptions(subs)
 
     async def on_text(self, text: str) -> None:
         request = coinbase.parse_client_message(text)
-        if isinstance(request, SubscribeRequest) and request.streams[0].startswith("user:"):
+        if isinstance(request, SubscribeRequest) and (
+            request.streams[0].startswith("user:") or request.streams[0] == coinbase.FUTURES_BALANCE
+        ):
             self._on_user(request, text)
             return
         if isinstance(request, InvalidRequest):
@@ -112,8 +116,9 @@ class CoinbaseSession(DialectSession):
     # -- the user channel --------------------------------------------------------------------
 
     def _on_user(self, request: SubscribeRequest, text: str) -> None:
-        """A ``user`` subscribe or unsubscribe: its JWT must verify (one JWT, one message);
-        the products' orders are the account's own feeds ``user:<product>@<account>``."""
+        """A ``user`` or ``futures_balance_summary`` subscribe or unsubscribe: its JWT must
+        verify (one JWT, one message); the products' orders are the account's own feeds
+        ``user:<product>@<account>``, its balances ``futures_balance_summary@<account>``."""
         doc = json.loads(text)
         account = self._verify_jwt(doc.get("jwt"))
         if account is None:
@@ -191,18 +196,24 @@ class CoinbaseSession(DialectSession):
             return ""
 
     def frame(self, stream: str, seq: int, event_time_ms: int) -> str:
-        if "@" in stream:  # an account's user channel
-            return coinbase.build_user(stream.split("@", 1)[0], seq, event_time_ms)
+        if "@" in stream:  # an account's user channel or futures balances
+            return self._account_frame(stream.split("@", 1)[0], seq, event_time_ms, "update")
         if self._channel(stream) == "level2":
             return self._level2(stream, seq, event_time_ms, snapshot=False)
         return coinbase.build_data(stream, seq, event_time_ms)
+
+    @staticmethod
+    def _account_frame(stream: str, seq: int, event_time_ms: int, kind: str) -> str:
+        if stream == coinbase.FUTURES_BALANCE:
+            return coinbase.build_futures_balance_summary(seq, event_time_ms, kind)
+        return coinbase.build_user(stream, seq, event_time_ms, kind)
 
     def opens_with_snapshot(self, stream: str) -> bool:
         return True  # every channel's first message is a ``snapshot`` event
 
     def snapshot_frame(self, stream: str, seq: int, event_time_ms: int) -> str:
         if "@" in stream:
-            return coinbase.build_user(stream.split("@", 1)[0], seq, event_time_ms, "snapshot")
+            return self._account_frame(stream.split("@", 1)[0], seq, event_time_ms, "snapshot")
         if self._channel(stream) == "level2":
             return self._level2(stream, seq, event_time_ms, snapshot=True)
         return coinbase.build_data(stream, seq, event_time_ms, kind="snapshot")

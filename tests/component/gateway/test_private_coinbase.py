@@ -41,12 +41,14 @@ def credential(tmp_path: Path, private_pem: str) -> PlanCredential:
     return cred.model_copy(update={"accountId": "acct-cb"})
 
 
-async def start(harness, tmp_path: Path, account: TestAccount, private_pem: str):
+async def start(
+    harness, tmp_path: Path, account: TestAccount, private_pem: str, streams: list[str] = STREAMS
+):
     mock = await harness.start_mock(
         "coinbase", shrunk("coinbase", connectionAttempts=(10, 20.0)), settings=settings([account])
     )
     cred = credential(tmp_path, private_pem)
-    gw = harness.gateway(harness.write_plan(private_plan(harness, [(cred, STREAMS)])))
+    gw = harness.gateway(harness.write_plan(private_plan(harness, [(cred, streams)])))
     gw.start()
     return mock, gw, cred
 
@@ -148,3 +150,33 @@ async def test_a_key_revoked_mid_session_ends_the_session_and_is_reported(harnes
         assert (await refused()) is not None
     assert mock_attempts(mock) == attempts
     harness.assert_no_violation()
+
+
+async def test_futures_balance_summary_reaches_consumers_beside_user_orders(harness, tmp_path):
+    """`futures_balance_summary` ("Authenticated. Sends updates on all of a user's futures
+    (FCM) balances [...] No products required."): the stream is the channel alone, its
+    subscribe a JWT-signed message without product_ids, its messages the account's
+    `fcm_balance_summary`, consecutive on the gateway's seq beside the `user` orders."""
+    streams = ["user:BTC-USD", coinbase.FUTURES_BALANCE]
+    account, private_pem = asymmetric_account(KEY_NAME, "acct-cb", kind="ec")
+    mock, gw, _ = await start(harness, tmp_path, account, private_pem, streams)
+    await harness.wait_live(gw, len(streams), timeout_s=30)
+    consumer = PrivateConsumer(harness.http, gw.ws_url)
+    await consumer.connect(streams)
+
+    async def counted() -> bool:
+        return all(consumer.count(s) >= 10 for s in streams)
+
+    await wait_for(counted, 20, f"messages on {streams}")
+    consumer.close()
+    (conn,) = [c for c in mock.websockets(GW_IP) if c.account is not None]
+    assert conn.streams == {f"{s}@acct-cb" for s in streams}
+    seqs = consumer.seqs[coinbase.FUTURES_BALANCE]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), seqs[:20]
+    payload = consumer.payloads[coinbase.FUTURES_BALANCE][-1]
+    assert payload["channel"] == coinbase.FUTURES_BALANCE
+    summary = payload["events"][0]["fcm_balance_summary"]
+    assert {"futures_buying_power", "total_usd_balance", "cfm_usd_balance", "available_margin",
+            "intraday_margin_window_measure", "overnight_margin_window_measure"} <= set(summary)  # fmt: skip
+    harness.assert_no_violation()
+    await assert_no_secret_anywhere(harness, gw, [private_pem])

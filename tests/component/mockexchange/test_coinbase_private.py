@@ -76,3 +76,36 @@ async def test_user_channel_jwts_are_verified_one_per_message(start_mock) -> Non
         assert not ws.closed
         await ws.close()
     assert mx.violations() == []
+
+
+async def test_futures_balance_summary_needs_a_jwt_and_sends_the_accounts_balances(
+    start_mock,
+) -> None:
+    account, pem = asymmetric_account(KEY, "acct-cb", kind="ec")
+    mx = await start_mock("coinbase", private_rate_hz=50.0, accounts=(account,))
+    fbs = coinbase.FUTURES_BALANCE
+    now = int(time.time())
+    async with client_from("127.0.0.65") as client:
+        ws = await client.ws_connect(mx.url + "/")
+        await ws.send_str(json.dumps({"type": "subscribe", "channel": fbs}))  # no jwt
+        reply = (await receive_until(ws, _is_frame("subscriptions")))[-1]
+        assert reply == {"type": "error", "message": "authentication failure"}
+        await ws.send_str(coinbase.build_authenticated("subscribe", [fbs], _signed(pem, now, "e")))
+        subs = (await receive_until(ws, _is_frame("subscriptions")))[-1]
+        assert subs["events"][0]["subscriptions"] == {fbs: []}
+        pushes = await receive_until(
+            ws,
+            lambda m: isinstance(m, dict) and m.get("channel") == fbs and len(m["events"]) == 1
+            and m["events"][0]["type"] == "update",
+        )  # fmt: skip
+        mine = [m for m in pushes if isinstance(m, dict) and m.get("channel") == fbs]
+        assert mine[0]["events"][0]["type"] == "snapshot"
+        assert [m["sequence_num"] for m in mine] == sorted(m["sequence_num"] for m in mine)
+        assert "fcm_balance_summary" in mine[-1]["events"][0]
+        await ws.send_str(
+            coinbase.build_authenticated("unsubscribe", [fbs], _signed(pem, now, "f"))
+        )
+        subs = (await receive_until(ws, _is_frame("subscriptions")))[-1]
+        assert subs["events"][0]["subscriptions"] == {}
+        await ws.close()
+    assert mx.violations() == []

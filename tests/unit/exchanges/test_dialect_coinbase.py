@@ -144,3 +144,27 @@ def test_the_mock_side_reads_requests_and_builds_complete_payloads():
     assert coinbase.levels_of(book) == ([["1.00", "2"]], [])
     parsed = coinbase.parse_server_message(json.dumps(book))
     assert isinstance(parsed, Data) and parsed.stream == "level2:BTC-USD"
+
+
+def test_futures_balance_summary_is_a_productless_private_channel():
+    """ "Authenticated. Sends updates on all of a user's futures (FCM) balances, including
+    subsequent updates. No products required." (the channel's AsyncAPI page)."""
+    fbs = coinbase.FUTURES_BALANCE
+    assert (coinbase.parse_stream(fbs).symbol, coinbase.parse_stream(fbs).channel) == ("", fbs)
+    assert coinbase.subscribe_group(fbs) == fbs
+    signed = json.loads(coinbase.build_authenticated("subscribe", [fbs], "JWT"))
+    assert signed == {"type": "subscribe", "channel": fbs, "jwt": "JWT"}
+    # the mock's side: no JWT is an authentication failure; with one a subscribe of the channel
+    refused = coinbase.parse_client_message(json.dumps({"type": "subscribe", "channel": fbs}))
+    assert isinstance(refused, InvalidRequest) and refused.msg == coinbase.AUTH_FAILURE
+    request = coinbase.parse_client_message(json.dumps(signed))
+    assert request == SubscribeRequest(None, (fbs,))
+    # the subscriptions ack lists it without products; its messages parse as its data
+    ack = coinbase.parse_server_message(coinbase.build_subscriptions({fbs: [], "user": ["A-B"]}))
+    assert isinstance(ack, Ack) and set(ack.streams) == {fbs, "user:A-B"}
+    text = coinbase.stamp(coinbase.build_futures_balance_summary(3, 1_700_000_000_000), 5)
+    ev = coinbase.parse_server_message(text)
+    assert isinstance(ev, Data) and ev.stream == fbs and coinbase.sequence_of(ev) == 5
+    summary = json.loads(text)["events"][0]["fcm_balance_summary"]
+    assert all(isinstance(v, str) for k, v in summary.items() if not k.endswith("_measure"))
+    assert summary["intraday_margin_window_measure"]["margin_window_type"].startswith("FCM_")
