@@ -74,8 +74,10 @@ def test_plan_configmap_holds_the_pod_plan_and_no_secret(quota) -> None:
             "apiKeyKey": "apiKey",
             "apiSecretKey": "apiSecret",
             "passphraseKey": None,
+            "deribitAuth": None,
         }
     ]
+    assert "deribitAuth" not in cm["data"]["plan.json"]  # absent: plans of today unchanged
     assert list(cm["data"]) == ["plan.json"]
     assert "binaryData" not in cm
 
