@@ -224,6 +224,17 @@ class AlternateEndpoint(ApiModel):
         default=EndpointDomain.UNKNOWN,
         description="shared, separate or unknown; unknown is planned as shared.",
     )
+    domain: (
+        Annotated[
+            str, Field(min_length=1, max_length=253, pattern=r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+        ]
+        | None
+    ) = Field(
+        default=None,
+        description="The limit domain of a `separate` endpoint: a quota whose endpoint is this "
+        "one is planned with this domain's budgets (default: the endpoint's host). Ignored "
+        "unless limitDomain is separate.",
+    )
     source: Annotated[str, Field(max_length=2048)] = Field(
         default="", description="Where the exchange documents the endpoint."
     )
@@ -259,9 +270,11 @@ class ExchangeProfile(ApiModel):
         default_factory=list,
         description="Other endpoints of the same public data, in order of preference: the "
         "gateway fails over to the next one when `endpoint` is unreachable or answers 5xx "
-        "(never on 429/418), and comes back when it recovers. Every one is planned within "
-        "the primary's limit domain (`limitDomain: separate` is recorded, not yet planned as "
-        "a budget of its own). Public connections only; private ones use `privateEndpoint`.",
+        "(never on 429/418), and comes back when it recovers. Shared and unknown ones are "
+        "planned within the primary's limit domain; a `separate` one is never failed over to "
+        "(its budgets are not the primary's): a quota whose endpoint is that one is planned "
+        "with its own domain's budgets. Public connections only; private ones use "
+        "`privateEndpoint`.",
     )
     limits: Annotated[list[Limit], Field(min_length=1, max_length=32)] = Field(
         description="Every limit of the profile, each with scope, shape and confidence."

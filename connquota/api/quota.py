@@ -8,7 +8,14 @@ from pydantic import Field
 
 from connquota.api.base import ApiModel
 from connquota.api.common import Condition, DnsLabel, Fraction, LocalObjectRef, ObjectMeta
-from connquota.api.limits import Dialect, Heartbeat, Limit, LimitName, LimitScope
+from connquota.api.limits import (
+    AlternateEndpoint,
+    Dialect,
+    Heartbeat,
+    Limit,
+    LimitName,
+    LimitScope,
+)
 from connquota.api.rules import Rule, atomic_unique, list_map, list_set
 
 # Supported maximums. Kubernetes stores objects up to about 1.5 MiB; explicit stream names are
@@ -101,6 +108,13 @@ class CustomProfile(ApiModel):
     )
     heartbeat: Heartbeat | None = Field(
         default=None, description="Keep-alive rules; default: the dialect's."
+    )
+    alternateEndpoints: Annotated[list[AlternateEndpoint], Field(max_length=8)] | None = Field(
+        default=None,
+        description="Other endpoints of the same data, as a built-in profile lists them: "
+        "shared or unknown ones are failed over to within this domain's budgets; a separate "
+        "one (published as its own limit domain) gives a quota whose endpoint is that one its "
+        "own budgets (its `domain`).",
     )
     deadConnectionTimeoutSeconds: Annotated[float, Field(gt=0, le=3600)] = Field(
         default=60.0,

@@ -13,6 +13,7 @@ import argparse
 import json
 import sys
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 if TYPE_CHECKING:
     from connquota.api.limits import ExchangeProfile
@@ -70,9 +71,10 @@ def render_endpoints(profiles: list[ExchangeProfile]) -> str:
     for profile in profiles:
         rows.append((profile.name, profile.endpoint, "primary", profile.domain))
         for alt in profile.alternateEndpoints:
-            domain = {"separate": "separate (published)", "shared": profile.domain}.get(
-                str(alt.limitDomain), f"{profile.domain} (assumed: not published)"
-            )
+            domain = {
+                "separate": f"{alt.domain or urlsplit(alt.url).hostname} (separate, published)",
+                "shared": profile.domain,
+            }.get(str(alt.limitDomain), f"{profile.domain} (assumed: not published)")
             rows.append((profile.name, alt.url, "alternate", domain))
         if profile.privateEndpoint:
             rows.append((profile.name, profile.privateEndpoint, "private", profile.domain))

@@ -7,7 +7,9 @@ with the quota's endpoint override and limit overrides applied.
 
 from __future__ import annotations
 
-from connquota.api.limits import Dialect, ExchangeProfile, Heartbeat
+from urllib.parse import urlsplit
+
+from connquota.api.limits import Dialect, EndpointDomain, ExchangeProfile, Heartbeat
 from connquota.api.quota import CUSTOM_PROFILE, ExchangeConnectionQuotaSpec
 from connquota.exchanges.profiles import (
     binance_spot,
@@ -72,16 +74,34 @@ def effective_profile(spec: ExchangeConnectionQuotaSpec) -> ExchangeProfile:
             dialect=custom.dialect,
             limits=custom.limits,
             heartbeat=custom.heartbeat or default_heartbeat(custom.dialect),
+            alternateEndpoints=custom.alternateEndpoints or [],
             deadConnectionTimeoutSeconds=custom.deadConnectionTimeoutSeconds,
             notes="Declared by the quota (spec.custom).",
         )
     else:
         profile = get_profile(spec.exchange)
     if spec.endpoint:
+        domain = separate_domain(profile, spec.endpoint)
         profile = profile.with_endpoint(spec.endpoint)
+        if domain is not None:
+            profile = profile.model_copy(update={"domain": domain})
     if spec.limits:
         profile = profile.with_overrides(spec.limits)
     return profile
+
+
+def separate_domain(profile: ExchangeProfile, endpoint: str) -> str | None:
+    """The limit domain of `endpoint` when `profile` lists it (same scheme, host and port) as
+    an alternate endpoint published as a separate limit domain (its `domain`, or its host);
+    None otherwise: the endpoint is planned within the profile's own domain (shared, unknown,
+    or not listed: an override to a test or regional host keeps the profile's budgets)."""
+    wanted = urlsplit(endpoint)
+    for alt in profile.alternateEndpoints:
+        url = urlsplit(alt.url)
+        same = (url.scheme, url.hostname, url.port) == (wanted.scheme, wanted.hostname, wanted.port)
+        if same and alt.limitDomain == EndpointDomain.SEPARATE:
+            return alt.domain or url.hostname or None
+    return None
 
 
 __all__ = [
@@ -91,4 +111,5 @@ __all__ = [
     "default_heartbeat",
     "effective_profile",
     "get_profile",
+    "separate_domain",
 ]

@@ -5,8 +5,9 @@ An endpoint is *down* after an attempt there could not reach it (TCP refused or 
 name resolution failed, the connect timeout passed) or its handshake answered 5xx: it is
 skipped for a backoff that doubles with each failure in a row (5 s up to 60 s). A 429 or 418
 never marks an endpoint down: the exchange is throttling the address or the key, and every
-endpoint of the profile is planned within the same limit domain, so going elsewhere would only
-hide the throttle (the session quarantines the address instead).
+endpoint here is planned within the same limit domain, so going elsewhere would only hide the
+throttle (the session quarantines the address instead). A `separate` alternate is not here at
+all (`protocol.connect_urls`): its budgets are another domain's.
 
 Coming back: once the primary's backoff has passed, one connection on an alternate at a time
 is rotated (make-before-break, through the limiter like every rotation): its new session picks

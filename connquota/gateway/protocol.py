@@ -10,7 +10,7 @@ from __future__ import annotations
 from types import ModuleType
 from urllib.parse import urlsplit, urlunsplit
 
-from connquota.api.limits import Dialect, ExchangeProfile
+from connquota.api.limits import Dialect, EndpointDomain, ExchangeProfile
 from connquota.exchanges import dialects
 
 
@@ -30,13 +30,16 @@ def wire_format(dialect: Dialect) -> ModuleType:
 
 def connect_urls(profile: ExchangeProfile, private: bool = False) -> list[str]:
     """Every URL one upstream connection of `profile` may open, in order of preference: the
-    primary endpoint's, then each alternate endpoint's (public connections only)."""
+    primary endpoint's, then each alternate endpoint's within the primary's limit domain
+    (public connections only; a `separate` alternate has budgets of its own, not this plan's,
+    and is never failed over to)."""
     url = connect_url(profile, private)
     if private or not profile.alternateEndpoints:
         return [url]
     others = [
         connect_url(profile.model_copy(update={"endpoint": alt.url, "privateEndpoint": None}))
         for alt in profile.alternateEndpoints
+        if alt.limitDomain != EndpointDomain.SEPARATE
     ]
     return [url, *(u for u in dict.fromkeys(others) if u != url)]
 

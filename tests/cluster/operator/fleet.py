@@ -22,6 +22,7 @@ from connquota.api.pool import EgressCheck, EgressCheckMethod
 from connquota.demo.scaling import scaled_profile
 from connquota.exchanges import get_profile
 from connquota.mockexchange.server import MockExchange
+from connquota.mockexchange.settings import MockSettings
 from connquota.mockexchange.threaded import ThreadedMockExchange
 from connquota.testing.ipecho import ThreadedIpEcho
 from connquota.testing.resources import custom_exchange, loopback_pool
@@ -35,7 +36,14 @@ class MockThread(ThreadedMockExchange[MockExchange]):
     """A MockExchange served by its own event loop in a daemon thread, speaking the dialect of
     `profile` (a built-in profile's name)."""
 
-    def __init__(self, limits: list[Limit], profile: str = "binance-spot") -> None:
+    def __init__(
+        self,
+        limits: list[Limit],
+        profile: str = "binance-spot",
+        settings: MockSettings | None = None,
+    ) -> None:
+        """`settings`: the mock's knobs (its test accounts, the private feed's rate); the time
+        scale and the public data rate are the fleet tests' in any case."""
         super().__init__(
             MockExchange(
                 get_profile(profile),
@@ -44,6 +52,7 @@ class MockThread(ThreadedMockExchange[MockExchange]):
                 time_scale=TIME_SCALE,
                 rate_per_stream_hz=5.0,
                 limits=limits,
+                settings=settings,
             )
         )
 
@@ -87,6 +96,34 @@ class MockThread(ThreadedMockExchange[MockExchange]):
     def disconnect_all(self) -> int:
         """A mass disconnect: the exchange drops every connection at once."""
         return self.call(self.mock.disconnect(abrupt=False, code=1001))
+
+    def attempts(self) -> int:
+        """Connection attempts the exchange counted, from every IP."""
+
+        def read() -> int:
+            return sum(
+                int(sample.value)
+                for family in self.mock.metrics.registry.collect()
+                if family.name == "mockexchange_connection_attempts"
+                for sample in family.samples
+                if sample.name == "mockexchange_connection_attempts_total"
+            )
+
+        return self.sync(read)
+
+    def user_data_accounts(self) -> set[str]:
+        """Accounts whose private feed (Binance user data) an open session subscribes."""
+        return self.sync(
+            lambda: {
+                account
+                for c in self.mock.websockets()
+                for account in getattr(c.session, "user_subs", {})
+            }
+        )
+
+    def revoke_key(self, api_key: str) -> int:
+        """The exchange revokes `api_key`: its sessions are told; returns how many."""
+        return self.sync(lambda: self.mock.revoke_key(api_key))
 
     def set_limits(self, **values: tuple[float, float | None]) -> None:
         """The exchange enforces other values from now on: name=(value, window in profile
