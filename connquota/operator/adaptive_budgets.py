@@ -32,6 +32,7 @@ from connquota.operator.planning import (
     Throttle,
 )
 from connquota.operator.reconcile_base import ReconcilerBase
+from connquota.operator.reconcile_state import quota_key
 
 log = logging.getLogger(__name__)
 
@@ -259,8 +260,6 @@ class AdaptivePass(ReconcilerBase):
         fresh = [
             (t, d) for t, d in throttles_of(reports_of, domains, public) if t.ident not in seen
         ]
-        for t, _ in fresh:
-            seen[t.ident] = wall
         for ident in [i for i, at in seen.items() if at < wall - SEEN_KEEP_S * rule.clean_s]:
             del seen[ident]
         ledgers = [
@@ -271,9 +270,13 @@ class AdaptivePass(ReconcilerBase):
         raw_holds = planning.pool_holds(ledgers, round(self.monotonic(), 3))
         holds = {k: raw_holds.get((k.domain, k.scope.value, k.key, k.limit), 0) for k in budgets}
         step = planning.adaptive_step(book.states.get(name, {}), budgets, fresh, holds, wall, rule)
+        pending = [t for t, verdict in step.verdicts if verdict == "pending"]
+        for t, verdict in step.verdicts:
+            if verdict != "pending":
+                seen[t.ident] = wall
         book.states[name] = step.states
         await self._adaptive_report(pool, pool_body, step, budgets, domains)
-        return step.states, planning.adaptive_next_change_s(step.states, wall, rule)
+        return step.states, planning.adaptive_next_change_s(step.states, wall, rule, pending)
 
     async def _adaptive_report(
         self,
@@ -286,7 +289,8 @@ class AdaptivePass(ReconcilerBase):
         """Log, count and tell (Events on the pool and the quotas of the budget's domain)."""
         names = {a.publicAddress: a.name for a in pool.spec.addresses}
         for _, verdict in step.verdicts:
-            metrics.ADAPTIVE_THROTTLES.labels(verdict=verdict).inc()
+            if verdict != "pending":
+                metrics.ADAPTIVE_THROTTLES.labels(verdict=verdict).inc()
         changes: list[tuple[BudgetKey, str, str, bool]] = []
         for key, before, after, t in step.cuts:
             metrics.ADAPTIVE_CHANGES.labels(direction="down").inc()
@@ -321,15 +325,13 @@ class AdaptivePass(ReconcilerBase):
                 extra={"pool": pool.metadata.name, "reason": reason},
             )
             await self.api.post_event(pool_body, reason=reason, message=message, warning=warning)
+            bodies = {
+                quota_key(b): b for b in self.sources.quotas_of_pool(pool.metadata.name or "")
+            }
             for quota in sorted(q for q, d in domains.items() if d == key.domain):
-                body = next(
-                    (b for b in self.sources.quotas_of_pool(pool.metadata.name or "")
-                     if f"{b['metadata']['namespace']}/{b['metadata']['name']}" == quota),
-                    None,
-                )  # fmt: skip
                 state = self.quotas.get(quota)
-                if body is not None and state is not None:
-                    await self._event(body, state, reason, message, warning=warning)
+                if quota in bodies and state is not None:
+                    await self._event(bodies[quota], state, reason, message, warning=warning)
 
     @staticmethod
     def _where(key: BudgetKey, names: Mapping[str, str]) -> str:

@@ -15,12 +15,14 @@ Metric names (labels in braces; `namespace`, `quota` on every quota metric):
   account id), per limit (`pool`, `exchange`, `scope`, `key`, `limit`):
   `connquota_quota_limit_used` (what the gateways report), `connquota_quota_limit_slices` (the
   sum of the newest plan's pod slices), `connquota_quota_limit_share` (this quota's part of
-  the budget) and `connquota_quota_limit_budget` (the whole budget: headroom x exchange limit);
+  the budget), `connquota_quota_limit_budget` (the whole budget: headroom x exchange limit) and
+  `connquota_quota_limit_budget_effective` (what is divided: lower while adaptive budgets cut it);
   `connquota_quota_quarantined{scope,key}`: 1 while the exchange's 429/418 keeps it out of use;
 - `connquota_pool_condition{pool,condition}`, `connquota_pool_quotas{pool}`;
 - per address, limit domain and limit of a pool (`pool`, `address`, `domain`, `limit`):
-  `connquota_pool_budget`, `connquota_pool_budget_shared` (the sum of the quotas' shares) and
-  `connquota_pool_budget_used` (the sum of the use they report).
+  `connquota_pool_budget`, `connquota_pool_budget_effective` (what is divided: lower while
+  adaptive budgets cut it after unexplained throttling), `connquota_pool_budget_shared` (the sum
+  of the quotas' shares) and `connquota_pool_budget_used` (the sum of the use they report).
 
 Scrapes run on prometheus-client's HTTP thread: the recorded statuses are replaced whole
 (never mutated), and the collector copies the tables before it reads them.
@@ -136,6 +138,11 @@ class StatusCollector(Collector):
         budget = GaugeMetricFamily(
             Q + "limit_budget", "The whole budget (headroom x exchange limit)", labels=per_limit
         )
+        effective = GaugeMetricFamily(
+            Q + "limit_budget_effective",
+            "The budget divided (below limit_budget while adaptive budgets cut it)",
+            labels=per_limit,
+        )
         quarantined = GaugeMetricFamily(
             Q + "quarantined",
             "1 while the exchange keeps it out of use",
@@ -163,8 +170,11 @@ class StatusCollector(Collector):
                         slices.add_metric(labels, float(lim.get("slices") or 0))
                         share.add_metric(labels, float(lim.get("share") or 0))
                         budget.add_metric(labels, float(lim.get("budget") or 0))
+                        effective.add_metric(
+                            labels, float(lim.get("effectiveBudget", lim.get("budget")) or 0)
+                        )
         yield from (condition, streams, connections, replicas, generation)
-        yield from (used, slices, share, budget, quarantined)
+        yield from (used, slices, share, budget, effective, quarantined)
 
     def _pool_metrics(self, pools: list[tuple[str, Mapping[str, Any]]]) -> Iterator[Metric]:
         condition = GaugeMetricFamily(
@@ -176,6 +186,11 @@ class StatusCollector(Collector):
         per_budget = ["pool", "address", "domain", "limit"]
         budget = GaugeMetricFamily(
             PL + "budget", "Headroom x exchange limit minus reserve", labels=per_budget
+        )
+        effective = GaugeMetricFamily(
+            PL + "budget_effective",
+            "The budget divided (below budget while adaptive budgets cut it)",
+            labels=per_budget,
         )
         shared = GaugeMetricFamily(
             PL + "budget_shared", "Sum of the quotas' shares", labels=per_budget
@@ -190,9 +205,10 @@ class StatusCollector(Collector):
                 labels = [name, str(b.get("address")), str(b.get("domain")), str(b.get("limit"))]
                 holders = b.get("holders") or []
                 budget.add_metric(labels, float(b.get("budget") or 0))
+                effective.add_metric(labels, float(b.get("effectiveBudget", b.get("budget")) or 0))
                 shared.add_metric(labels, float(sum(h.get("share") or 0 for h in holders)))
                 used.add_metric(labels, float(sum(h.get("used") or 0 for h in holders)))
-        yield from (condition, quotas, budget, shared, used)
+        yield from (condition, quotas, budget, effective, shared, used)
 
 
 def register(registry: CollectorRegistry) -> StatusCollector:

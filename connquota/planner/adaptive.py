@@ -22,7 +22,7 @@ ordinary grow, granted only when the holds plus the grow fit E.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 from connquota.api.limits import LimitName, LimitScope
@@ -45,6 +45,10 @@ class AdaptiveRule:
     decrease: float = 0.75
     increase_fraction: float = 0.05
     clean_s: float = 600.0
+    settle_s: float = 3.0
+    """A throttle is judged this long after it came, once the other pods' reports show what
+    they held then (a report is at most a report interval old): a stale report from before a
+    mass disconnect would make a limit look at risk that was not."""
 
     def __post_init__(self) -> None:
         if not 0 < self.decrease < 1:
@@ -106,7 +110,7 @@ class AdaptiveStep:
     raises: list[tuple[BudgetKey, int, int]] = field(default_factory=list)
     """(budget, E before, E after; E after = B: restored)."""
     verdicts: list[tuple[Throttle, str]] = field(default_factory=list)
-    """unexplained | coalesced | stale | unknown-limit."""
+    """unexplained | coalesced | stale | unknown-limit | pending (judged later)."""
 
 
 def effective_value(configured: int, state: AdaptiveState | None) -> int:
@@ -238,6 +242,9 @@ def adaptive_step(
         ):
             out[key] = replace(cur, in_force_at=wall_now)
     for throttle, domain in sorted(throttles, key=lambda td: td[0].at):
+        if throttle.at > wall_now - rule.settle_s:
+            step.verdicts.append((throttle, "pending"))
+            continue
         if throttle.at < wall_now - rule.clean_s:
             step.verdicts.append((throttle, "stale"))
             continue
@@ -271,10 +278,14 @@ def adaptive_step(
 
 
 def next_change_s(
-    states: Mapping[BudgetKey, AdaptiveState], wall_now: float, rule: AdaptiveRule
+    states: Mapping[BudgetKey, AdaptiveState],
+    wall_now: float,
+    rule: AdaptiveRule,
+    pending: Iterable[Throttle] = (),
 ) -> float | None:
-    """Seconds until the pool should be looked at again for its adaptive budgets."""
-    waits = []
+    """Seconds until the pool should be looked at again for its adaptive budgets (a raise
+    due, a cut to see in force, a pending throttle to judge)."""
+    waits = [max(0.0, t.at + rule.settle_s - wall_now) + 0.2 for t in pending]
     for state in states.values():
         due = next_raise_at(state, rule)
         waits.append(1.0 if due is None else max(0.0, due - wall_now) + 0.5)

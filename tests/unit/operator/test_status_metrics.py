@@ -54,6 +54,7 @@ def test_a_recorded_quota_and_pool_render_as_their_status_says_and_end_when_forg
                     "domain": "okx",
                     "limit": "concurrentConnections",
                     "budget": 24,
+                    "effectiveBudget": 18,
                     "holders": [{"quota": "team-a/md", "share": 10, "used": 7}, {"share": 4}],
                 }
             ],
@@ -87,11 +88,14 @@ def test_a_recorded_quota_and_pool_render_as_their_status_says_and_end_when_forg
         assert q("connquota_quota_limit_slices", **labels) == 9.0
         assert q("connquota_quota_limit_share", **labels) == 10.0
         assert q("connquota_quota_limit_budget", **labels) == 24.0
+        # Not lowered by adaptive budgets: the effective budget is the budget.
+        assert q("connquota_quota_limit_budget_effective", **labels) == 24.0
     assert q("connquota_quota_quarantined", scope="ip", key="a0") == 1.0
     budget = frozenset(
         {("pool", "pool"), ("address", "a0"), ("domain", "okx"), ("limit", "concurrentConnections")}
     )
     assert got[("connquota_pool_budget", budget)] == 24.0
+    assert got[("connquota_pool_budget_effective", budget)] == 18.0
     assert got[("connquota_pool_budget_shared", budget)] == 14.0
     assert got[("connquota_pool_budget_used", budget)] == 7.0
     assert got[("connquota_pool_quotas", frozenset({("pool", "pool")}))] == 3.0

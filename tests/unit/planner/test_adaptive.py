@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from planner_factories import pool, profile, quota
@@ -16,6 +17,7 @@ from connquota.planner.adaptive import (
     cut_value,
     effective_budgets,
     effective_value,
+    next_change_s,
     next_raise_at,
     raise_due,
     throttle_targets,
@@ -94,7 +96,7 @@ def test_raises_come_only_after_the_clean_period_and_never_pass_b(
     due = next_raise_at(state, rule)
     assert due == 150.0 + rule.clean_s
     after = raise_due(state, bud, 150.0 + wait, rule)
-    if wait < rule.clean_s:
+    if 150.0 + wait < due:
         assert after is state
     else:
         assert after is None or state.effective < after.effective <= b - 1
@@ -161,7 +163,7 @@ def test_a_refused_handshake_at_full_concurrency_cuts_only_what_is_at_risk() -> 
 
 
 def test_a_step_cuts_once_coalesces_until_in_force_then_raises_back() -> None:
-    rule = AdaptiveRule(clean_s=15.0)
+    rule = AdaptiveRule(clean_s=15.0, settle_s=0.0)
     budgets = {CONC: budget(CONC, 4), ATTEMPTS: budget(ATTEMPTS, 6)}
     t1, t2 = throttle(10.0, concurrentConnections=4), throttle(11.0, concurrentConnections=4)
     step = adaptive_step({}, budgets, [(t1, DOMAIN), (t2, DOMAIN)], {CONC: 4}, 12.0, rule)
@@ -191,3 +193,14 @@ def test_stale_throttles_cut_nothing() -> None:
     budgets = {CONC: budget(CONC, 4)}
     step = adaptive_step({}, budgets, [(throttle(1.0), DOMAIN)], {}, 100.0, rule)
     assert step.states == {} and step.verdicts[0][1] == "stale"
+
+
+def test_a_throttle_is_judged_once_the_other_pods_reports_caught_up() -> None:
+    rule = AdaptiveRule(clean_s=15.0, settle_s=3.0)
+    budgets = {CONC: budget(CONC, 4)}
+    t = throttle(10.0, concurrentConnections=4)
+    step = adaptive_step({}, budgets, [(t, DOMAIN)], {}, 12.0, rule)
+    assert step.states == {} and step.verdicts == [(t, "pending")]
+    assert next_change_s(step.states, 12.0, rule, [t]) == pytest.approx(1.2)
+    step = adaptive_step({}, budgets, [(t, DOMAIN)], {}, 13.0, rule)
+    assert step.states[CONC].effective == 3
