@@ -97,19 +97,23 @@ class MockThread(ThreadedMockExchange[MockExchange]):
         """A mass disconnect: the exchange drops every connection at once."""
         return self.call(self.mock.disconnect(abrupt=False, code=1001))
 
-    def attempts(self) -> int:
-        """Connection attempts the exchange counted, from every IP."""
+    def counter_total(self, name: str) -> int:
+        """A counter of the mock's metrics (`mockexchange_<name>`), summed over its labels."""
 
         def read() -> int:
             return sum(
                 int(sample.value)
                 for family in self.mock.metrics.registry.collect()
-                if family.name == "mockexchange_connection_attempts"
+                if family.name == f"mockexchange_{name}"
                 for sample in family.samples
-                if sample.name == "mockexchange_connection_attempts_total"
+                if sample.name == f"mockexchange_{name}_total"
             )
 
         return self.sync(read)
+
+    def attempts(self) -> int:
+        """Connection attempts the exchange counted, from every IP."""
+        return self.counter_total("connection_attempts")
 
     def user_data_accounts(self) -> set[str]:
         """Accounts whose private feed (Binance user data) an open session subscribes."""
