@@ -184,6 +184,12 @@ def quota_status(
             why = "gateways have not acknowledged the plan yet"
         elif obs.ready_replicas < obs.replicas:
             why = f"{obs.ready_replicas}/{obs.replicas} gateway pods ready"
+        elif credential_refusals(obs.reports):
+            why = (
+                f"{live_streams}/{planned_streams} planned streams live upstream: the private "
+                "streams of a credential the exchange refuses wait for its Secret to change "
+                "(see CredentialRefused)"
+            )
         else:
             why = (
                 f"{live_streams}/{planned_streams} planned streams live upstream "

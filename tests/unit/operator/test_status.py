@@ -286,7 +286,10 @@ def test_a_credential_the_exchange_refuses_sets_credential_refused_naming_it_and
     None
 ):
     refused = _report(1).model_copy(
-        update={"authRefused": {"main": "code -2015: Invalid API-key, IP, or permissions"}}
+        update={
+            "authRefused": {"main": "code -2015: Invalid API-key, IP, or permissions"},
+            "streams": 0,
+        }
     )
     obs = QuotaObservation(
         generation=1,
@@ -300,6 +303,8 @@ def test_a_credential_the_exchange_refuses_sets_credential_refused_naming_it_and
     cond = _cond(status, "CredentialRefused")
     assert (cond["status"], cond["reason"]) == ("True", "ExchangeRefusedKey")
     assert "credential main (code -2015: Invalid API-key" in cond["message"]
+    # its private stream is not live: not Ready, and Reconciling says what it waits for
+    assert "wait for its Secret to change" in _cond(status, "Reconciling")["message"]
     # the rotated key works again: the condition is removed, not set False
     obs.reports = {0: _report(0), 1: _report(1)}
     assert "CredentialRefused" not in _types(quota_status(status, obs, T0))
