@@ -6,12 +6,13 @@ Registered on import (kopf's default registry). The reconciler lives in kopf's `
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from typing import Any
 
 import kopf
 
-from connquota.operator import accessors, metrics, names, status_metrics
+from connquota.operator import accessors, metrics, names, node_loss, status_metrics
 from connquota.operator.identity import with_user_agent
 from connquota.operator.kube import KubeApi, make_api_client
 from connquota.operator.reconcile import Reconciler, Sources, quota_key
@@ -71,11 +72,28 @@ def gateway_statefulsets(body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]
 
 
 @kopf.index("", "v1", "nodes")
-def cordoned_nodes(name: str, body: kopf.Body, **_: Any) -> dict[str, bool] | None:
+def cordoned_nodes(name: str, body: kopf.Body, **_: Any) -> dict[str, bool]:
     """The cordoned Nodes (`spec.unschedulable`), by name: their gateway pods are treated as
     outdated, moved off make-before-break when room allows, and evicted (docs/operator.md,
     "Evictions and node drains"). Only cordoned nodes are kept in memory."""
-    return {name: True} if accessors.node_unschedulable(body) else None
+    # {} (not None) for a node not cordoned: kopf keeps an object's previous values when its
+    # indexer returns None, so an uncordoned node would stay cordoned.
+    return {name: True} if accessors.node_unschedulable(body) else {}
+
+
+@kopf.index("", "v1", "nodes")
+def lost_nodes(name: str, body: kopf.Body, **_: Any) -> dict[str, dict[str, str]]:
+    """The lost Nodes (Ready Unknown/False and tainted unreachable or not-ready by the node
+    lifecycle controller), by name: their bind addresses are planned without and their gateway
+    pods replaced (docs/operator.md, "A node lost"). Only lost nodes are kept in memory."""
+    loss = node_loss.node_loss(body)
+    # {} (not None) for a node not lost: kopf keeps an object's previous values when its
+    # indexer returns None, so a node that came back would stay lost.
+    return {name: dataclasses.asdict(loss)} if loss is not None else {}
+
+
+def _lost(index: kopf.Index[str, dict[str, str]]) -> dict[str, node_loss.NodeLoss]:
+    return {name: node_loss.NodeLoss(**value) for name in index for value in list(index[name])[:1]}
 
 
 def _values(index: kopf.Index[str, dict[str, Any]], key: str) -> list[dict[str, Any]]:
@@ -111,6 +129,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: An
         kwargs["gateway_statefulsets"],
     )
     cordoned: kopf.Index[str, bool] = kwargs["cordoned_nodes"]
+    lost: kopf.Index[str, dict[str, str]] = kwargs["lost_nodes"]
     sources = Sources(
         pools=lambda name: next(iter(_values(pools, name)), None),
         quotas_of_pool=lambda pool: _values(quotas, pool),
@@ -118,6 +137,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **kwargs: An
         pods_of_quota=lambda key: _values(pods, key),
         statefulset_of_quota=lambda key: next(iter(_values(sets, key)), None),
         node_cordoned=lambda node: bool(node) and node in cordoned,
+        lost_nodes=lambda: _lost(lost),
     )
     memo["reconciler"] = Reconciler(api, config, sources)
     if config.metricsPort and not memo.get("metrics_started"):
@@ -273,20 +293,28 @@ async def node_event(
     body: kopf.Body, name: str, type: str | None, memo: kopf.Memo, **kwargs: Any
 ) -> None:
     """A Node cordoned or uncordoned (`spec.unschedulable` changed since the operator last saw
-    it, or first seen cordoned): reconcile the pools of the quotas with gateway pods on it, so
-    a `kubectl drain` is answered at once (their pods are moved off it). Other Node events
+    it, or first seen cordoned), lost or back (`node_loss.node_loss`): reconcile the pools of
+    the quotas with gateway pods on it, so a `kubectl drain` is answered at once (their pods
+    are moved off it) and a lost node's pods and addresses are dealt with. Other Node events
     (status heartbeats) are ignored."""
     reconciler: Reconciler | None = memo.get("reconciler")
     if reconciler is None:
         return
-    seen: dict[str, bool] = memo.setdefault("node_cordoned", {})
-    cordoned = type != "DELETED" and accessors.node_unschedulable(body)
-    before = seen.get(name, False)
-    if type == "DELETED":
+    seen: dict[str, tuple[bool, bool]] = memo.setdefault("node_cordoned", {})
+    deleted = type == "DELETED"
+    cordoned = not deleted and accessors.node_unschedulable(body)
+    lost = not deleted and node_loss.node_loss(body) is not None
+    before = seen.get(name, (False, False))
+    if deleted:
         seen.pop(name, None)
     else:
-        seen[name] = cordoned
-    if cordoned == before:
+        seen[name] = (cordoned, lost)
+    if (cordoned, lost) == before:
+        return
+    if lost != before[1]:
+        log.warning("node %s %s", name, "lost" if lost else "back", extra={"node": name})
+        for pool in sorted({s.pool for s in reconciler.quotas.values() if s.pool}):
+            reconciler.request(pool)  # its bind addresses may be any pool's
         return
     pods: kopf.Index[str, dict[str, Any]] = kwargs["gateway_pods"]
     quotas = sorted(

@@ -357,6 +357,27 @@ class KubeApi:
         self.forget(kind, namespace or "", name)
         return True
 
+    async def force_delete_pod(self, namespace: str, name: str, uid: str) -> bool:
+        """Delete the Pod `uid` at once (grace 0, UID precondition): for a Terminating pod on a
+        lost node, whose kubelet will never finish its deletion. False when it was gone (404)
+        or is another Pod of that name (409)."""
+        body = {
+            "apiVersion": "v1",
+            "kind": "DeleteOptions",
+            "gracePeriodSeconds": 0,
+            "preconditions": {"uid": uid},
+        }
+        try:
+            await asyncio.to_thread(
+                self._call, "DELETE", object_path("Pod", namespace, name), body=body
+            )
+        except KubeError as exc:
+            if exc.status in (404, 409):
+                return False
+            raise
+        metrics.OBJECT_WRITES.labels(kind="Pod/force-delete").inc()
+        return True
+
     async def evict(self, namespace: str, name: str, uid: str) -> str:
         """Evict a Pod through the Eviction API (so its PodDisruptionBudget decides), only if it
         is still the Pod `uid`. Sent once, never retried here (the caller decides again on its

@@ -147,6 +147,9 @@ class PoolPass(AdaptivePass):
             pool_name, (r for reports in reports_of.values() for r in reports.values()), wall
         )
         proxy_down = self.proxy_outages.down(pool_name, wall)
+        node_down = self.node_outages.observe(
+            pool_name, pool.spec.addresses, self.sources.lost_nodes(), wall
+        )
 
         # 2. Per quota: target, next safe step, publish, scale, status.
         generations = {
@@ -172,6 +175,7 @@ class PoolPass(AdaptivePass):
                         reports=reports_of[key],
                         quarantines=quarantines.get(domain or "", []),
                         proxy_down=proxy_down,
+                        node_down=node_down,
                     )
                 )
             except KubeError as exc:

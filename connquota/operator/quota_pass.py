@@ -58,6 +58,8 @@ class QuotaRound:
     """Quarantines reported by any gateway of the quota's limit domain on the pool."""
     proxy_down: dict[str, str] = field(default_factory=dict)
     """Proxy addresses of the pool planned without now (address -> the proxy's fault)."""
+    node_down: dict[str, str] = field(default_factory=dict)
+    """Bind addresses of the pool planned without now (address -> why: its node is lost)."""
 
 
 class QuotaPass(ReconcilerBase):
@@ -105,6 +107,7 @@ class QuotaPass(ReconcilerBase):
                     own, planning.planned_quarantines(quarantines, reports.values(), self.wall())
                 )
                 own = planning.without_addresses(own, round_.proxy_down)
+                own = planning.without_lost_nodes(own, round_.node_down)
                 notes: list[tuple[str, str]] = []
                 target = self._target(state, qin, streams, pool, own, published, notes)
                 for reason, message in notes:
@@ -242,6 +245,12 @@ class QuotaPass(ReconcilerBase):
         lapse = self.proxy_outages.next_change_s(pool.metadata.name or "", self.wall())
         if round_.proxy_down and lapse is not None:
             retry = min(retry or lapse, lapse)
+        lapse = self.node_outages.next_change_s(pool.metadata.name or "", self.wall())
+        if round_.node_down and lapse is not None:
+            retry = min(retry or lapse, lapse)
+        lost_wait = await self._lost_pods(body, state)
+        if lost_wait is not None:
+            retry = min(retry or lost_wait, lost_wait)
         return retry
 
     def _target(

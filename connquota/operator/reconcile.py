@@ -40,6 +40,7 @@ from __future__ import annotations
 from connquota.api.report import Quarantine
 from connquota.operator.finalizer import Finalizer
 from connquota.operator.ledger_sync import LedgerSync
+from connquota.operator.lost_pods import LostPods
 from connquota.operator.pool_pass import PoolPass
 from connquota.operator.publishing import Publishing
 from connquota.operator.quota_inputs import QuotaInputs
@@ -64,6 +65,7 @@ class Reconciler(
     QuotaPass,
     Publishing,
     Scaling,
+    LostPods,
     StatusWriter,
     Finalizer,
 ):

@@ -9,6 +9,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from connquota.operator.kube import KubeApi
+from connquota.operator.node_loss import LeaseSighting, NodeOutages
 from connquota.operator.proxy_outages import ProxyOutages
 from connquota.operator.reconcile_state import QuotaState, Sources
 from connquota.operator.settings import OperatorConfig
@@ -51,6 +52,10 @@ class ReconcilerBase:
         """(namespace, name) -> monotonic time a Secret was last seen to exist."""
         self.proxy_outages = ProxyOutages()
         """Proxy addresses planned without while their proxy is down."""
+        self.node_outages = NodeOutages()
+        """Bind addresses planned without while their node is lost."""
+        self.lease_sightings: dict[tuple[str, int], LeaseSighting] = {}
+        """(quota, ordinal) -> its gateway Lease's version and when it was first seen."""
         self.last_progress = monotonic()
 
     if TYPE_CHECKING:
@@ -152,6 +157,10 @@ class ReconcilerBase:
         ) -> None: ...
 
         async def _report_problem(self, body: dict[str, Any], problem: Problem) -> None: ...
+
+        async def _release_for_eviction(self, state: QuotaState, uid: str) -> None: ...
+
+        async def _lost_pods(self, body: dict[str, Any], state: QuotaState) -> float | None: ...
 
         async def _event(
             self,

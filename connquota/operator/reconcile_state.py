@@ -15,6 +15,7 @@ from connquota.api.plan import PodPlan, QuotaPlan, QuotaRef
 from connquota.api.pool import ExchangeEgressPool
 from connquota.api.report import GatewayReport
 from connquota.operator import accessors, planning, rollout
+from connquota.operator.node_loss import NodeLoss
 from connquota.operator.planning import (
     DesiredStream,
     QuotaInput,
@@ -155,6 +156,10 @@ class Sources:
     node_cordoned: Callable[[str], bool] = field(default=lambda _node: False)
     """Whether the named Node is cordoned (`spec.unschedulable`): its gateway pods are moved
     off it (docs/operator.md, "Evictions and node drains")."""
+    lost_nodes: Callable[[], dict[str, NodeLoss]] = field(default=lambda: {})
+    """The lost Nodes by name (NotReady/Unknown and tainted by the node lifecycle controller):
+    their bind addresses are planned without, their gateway pods force-deleted once safe
+    (`connquota.operator.node_loss`)."""
 
 
 def strip_status(body: Mapping[str, Any]) -> dict[str, Any]:

@@ -264,10 +264,11 @@ def test_operator_with_only_the_charts_rights_reconciles_the_example_and_gateway
         assert can_i(control_plane, operator_kubeconfig, "list", "secrets", "-n", ns) == "no"
         assert can_i(control_plane, operator_kubeconfig, "delete", "statefulsets", "-n", ns) == "no"
         assert can_i(control_plane, operator_kubeconfig, "update", "configmaps", "-n", ns) == "no"
-        # Pods: patched for their labels only (holds-connections, egress; the chart's
-        # ValidatingAdmissionPolicy confines it), evicted, never deleted. Nodes: only watched.
+        # Pods: patched for their labels only (holds-connections, egress), evicted, and
+        # deleted only when a Terminating gateway pod (on a lost node; the chart's
+        # ValidatingAdmissionPolicies confine both). Nodes: only watched.
         assert can_i(control_plane, operator_kubeconfig, "patch", "pods", "-n", ns) == "yes"
-        assert can_i(control_plane, operator_kubeconfig, "delete", "pods", "-n", ns) == "no"
+        assert can_i(control_plane, operator_kubeconfig, "delete", "pods", "-n", ns) == "yes"
         assert can_i(control_plane, operator_kubeconfig, "watch", "nodes") == "yes"
         assert can_i(control_plane, operator_kubeconfig, "patch", "nodes") == "no"
         if scope == "watchNamespaces":
@@ -480,6 +481,96 @@ def test_the_operator_may_label_only_gateway_pods_and_only_their_egress_and_hold
             names.LABEL_HOLDS_CONNECTIONS: "true",
         }
     finally:
+        for doc in objects:
+            if "namespace" not in doc["metadata"]:
+                control_plane.kubectl(
+                    "delete", doc["kind"].lower(), doc["metadata"]["name"], "--ignore-not-found",
+                    check=False,
+                )  # fmt: skip
+
+
+def test_the_operator_may_delete_only_terminating_gateway_pods(
+    control_plane: ControlPlane, namespace: str, tmp_path: Path
+) -> None:
+    """`delete pods` is for the force delete of a gateway pod on a lost node; the chart's
+    second ValidatingAdmissionPolicy lets the operator's token delete only gateway pods that
+    are already Terminating: never a non-gateway pod, never a gateway pod not Terminating."""
+    release = f"pdel{uuid.uuid4().hex[:6]}"
+    docs = render(control_plane, release, namespace)
+    kinds = (*RBAC_KINDS, "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding")
+    objects = [d for d in docs if d["kind"] in kinds]
+    policies = [d for d in objects if d["kind"] == "ValidatingAdmissionPolicy"]
+    assert any(
+        "DELETE" in rule["operations"]
+        for p in policies
+        for rule in p["spec"]["matchConstraints"]["resourceRules"]
+    ), policies
+    sa_name = next(d for d in docs if d["kind"] == "ServiceAccount")["metadata"]["name"]
+    control_plane.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(objects))
+    hold = "connquota.io/test-hold"
+    pods = {
+        "gw-live": ({names.LABEL_NAME: names.GATEWAY_APP}, False),
+        "gw-terminating": ({names.LABEL_NAME: names.GATEWAY_APP}, True),
+        "app-terminating": ({}, True),
+        "app-live": ({}, False),
+    }
+    try:
+        for name, (labels, _) in pods.items():
+            pod = {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                # The finalizer keeps a deleted pod Terminating (no kubelet finishes it here).
+                "metadata": {
+                    "name": name,
+                    "namespace": namespace,
+                    "labels": labels,
+                    "finalizers": [hold],
+                },
+                "spec": {"containers": [{"name": "c", "image": "example.invalid/none"}]},
+            }
+            control_plane.kubectl("apply", "-f", "-", input=json.dumps(pod))
+        for name, (_, terminating) in pods.items():
+            if terminating:
+                control_plane.kubectl("delete", "pod", name, "-n", namespace, "--wait=false")
+        op = token_kubeconfig(
+            control_plane, mint_token(control_plane, namespace, sa_name), tmp_path / "op"
+        )
+        assert can_i(control_plane, op, "delete", "pods", "-n", namespace) == "yes"
+        op_config = client.Configuration()
+        config.load_kube_config(config_file=str(op), client_configuration=op_config)
+        op_core = client.CoreV1Api(client.ApiClient(op_config))
+
+        def delete(pod: str, *dry_run: str) -> str:
+            """Force-delete as the operator does (grace 0); "" or the API server's refusal."""
+            try:
+                op_core.delete_namespaced_pod(
+                    pod,
+                    namespace,
+                    body=client.V1DeleteOptions(grace_period_seconds=0),
+                    dry_run="All" if dry_run else None,
+                )
+            except client.ApiException as exc:
+                return f"{exc.status} {exc.body}"
+            return ""
+
+        wait_for(
+            lambda: "gateway pods only" in delete("app-terminating", "dry-run"),
+            60,
+            "the gateway-pods-delete policy to refuse deleting a non-gateway pod",
+        )
+        refused = delete("app-terminating")
+        assert refused.startswith("422") and "gateway pods only" in refused, refused
+        refused = delete("app-live")
+        assert refused.startswith("422") and "gateway pods only" in refused, refused
+        refused = delete("gw-live")
+        assert refused.startswith("422") and "only a Terminating gateway pod" in refused, refused
+        assert delete("gw-terminating") == ""
+    finally:
+        for name in pods:
+            control_plane.kubectl(
+                "patch", "pod", name, "-n", namespace, "--type=json",
+                "-p", '[{"op": "remove", "path": "/metadata/finalizers"}]', check=False,
+            )  # fmt: skip
         for doc in objects:
             if "namespace" not in doc["metadata"]:
                 control_plane.kubectl(

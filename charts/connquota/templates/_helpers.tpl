@@ -145,10 +145,17 @@ namespace. */ -}}
   resources: [pods]
   verbs: [list, watch]
 # Rollouts of a new gateway pod template: the operator evicts outdated gateway pods one by one
-# through the Eviction API (so their PodDisruptionBudget decides), never deletes a pod.
+# through the Eviction API (so their PodDisruptionBudget decides); so are gateway pods on a lost
+# node (NotReady and tainted unreachable).
 - apiGroups: [""]
   resources: [pods/eviction]
   verbs: [create]
+# Force-delete a Terminating gateway pod on a lost node after its Lease lapsed (node_loss.py):
+# its kubelet will never finish the deletion. The second ValidatingAdmissionPolicy
+# (gateway-pods-policy.yaml) lets the operator delete only Terminating gateway pods.
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [delete]
 # Gateway pod labels: connquota.io/holds-connections (the pods the quota's PodDisruptionBudget
 # protects) and, for podLabel pools, connquota.io/egress. The ValidatingAdmissionPolicy
 # (gateway-pods-policy.yaml) lets the operator change only these labels, of gateway pods only.

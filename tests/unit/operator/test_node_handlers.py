@@ -44,7 +44,25 @@ PODS = {
 
 def test_the_index_keeps_only_cordoned_nodes() -> None:
     assert handlers.cordoned_nodes(name="n1", body=_node("n1", True)) == {"n1": True}
-    assert handlers.cordoned_nodes(name="n1", body=_node("n1", False)) is None
+    # {}, not None: kopf keeps an object's earlier values when its indexer returns None.
+    assert handlers.cordoned_nodes(name="n1", body=_node("n1", False)) == {}
+
+
+def test_the_index_keeps_only_lost_nodes() -> None:
+    lost = {
+        "metadata": {"name": "n1"},
+        "spec": {"taints": [{"key": "node.kubernetes.io/unreachable", "effect": "NoExecute"}]},
+        "status": {"conditions": [{"type": "Ready", "status": "Unknown"}]},
+    }
+    assert handlers.lost_nodes(name="n1", body=lost) == {
+        "n1": {
+            "node": "n1",
+            "ready": "Unknown",
+            "taint": "node.kubernetes.io/unreachable",
+            "since": "",
+        }
+    }
+    assert handlers.lost_nodes(name="n1", body=_node("n1", False)) == {}
 
 
 async def test_a_cordon_reconciles_the_pools_of_the_quotas_with_pods_on_the_node_once() -> None:
