@@ -130,9 +130,11 @@ def test_adaptive_budget_converges_to_a_lower_real_limit_without_a_ban(
             lowered_at = time.monotonic()
             assert mock.disconnect_all() == 4
             wait_for(
-                lambda: _limit_use(quota(), CONC).get("effectiveBudget") == 3
-                and _condition(quota(), "BudgetReduced") is not None
-                and _condition(pool(), "BudgetReduced") is not None,
+                lambda: (
+                    _limit_use(quota(), CONC).get("effectiveBudget") == 3
+                    and _condition(quota(), "BudgetReduced") is not None
+                    and _condition(pool(), "BudgetReduced") is not None
+                ),
                 bound + 30,
                 f"effectiveBudget 3 with BudgetReduced on quota and pool\n{fleet.log()}",
                 0.3,
@@ -154,9 +156,11 @@ def test_adaptive_budget_converges_to_a_lower_real_limit_without_a_ban(
             mock.set_limits(concurrentConnections=(4, None))
             restored_at = time.monotonic()
             wait_for(
-                lambda: "effectiveBudget" not in _limit_use(quota(), CONC)
-                and _condition(quota(), "BudgetReduced") is None
-                and _condition(pool(), "BudgetReduced") is None,
+                lambda: (
+                    "effectiveBudget" not in _limit_use(quota(), CONC)
+                    and _condition(quota(), "BudgetReduced") is None
+                    and _condition(pool(), "BudgetReduced") is None
+                ),
                 2 * CLEAN_S + bound + 60,
                 f"the budget restored\n{fleet.log()}",
                 0.5,
