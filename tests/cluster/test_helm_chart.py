@@ -149,10 +149,14 @@ def test_every_rbac_rule_is_in_the_documented_table_with_the_code_that_needs_it(
         f"granted, not documented: {sorted(rules - documented)}\n"
         f"documented, not granted: {sorted(documented - rules)}"
     )
-    never = {("", "secrets", "list"), ("", "secrets", "watch"), ("", "pods", "delete")}
+    never = {("", "secrets", "list"), ("", "secrets", "watch")}
     assert not rules & never
+    # The one delete: a Terminating gateway pod on a lost node (the chart's second
+    # ValidatingAdmissionPolicy allows no other pod; test_rbac_proof.py proves it).
     assert not any(
-        v in ("delete", "deletecollection", "escalate", "bind", "*") for _, _, v in rules
+        v in ("delete", "deletecollection", "escalate", "bind", "*")
+        for rule in rules - {("", "pods", "delete")}
+        for v in rule[2:]
     )
 
 
