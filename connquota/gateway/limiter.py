@@ -47,9 +47,14 @@ log = logging.getLogger(__name__)
 
 RESERVE_RETRY_S = 0.5
 
-THROTTLE_HOLD_S = 10.0
+THROTTLE_HOLD_S = 20.0
 """How long after a throttle the pod keeps its live count on the key where it was, unless a
-new plan generation arrives first (the operator's cut, or its answer that none is due)."""
+new plan generation arrives first (the operator's cut): long enough for the report, the
+operator's judgement (3 s after the throttle) and the new plan to arrive, so that a pod does
+not knock again (a second violation) before the cut reaches it."""
+THROTTLE_HOLD_EMPTY_S = 10.0
+"""The hold when the pod had no connection on the key: all of its streams there are down, so
+it tries again sooner (each try still waits for the exchange's Retry-After)."""
 THROTTLE_REPORTED = 16
 """The newest throttles the report carries."""
 THROTTLE_REPORT_S = 120.0
@@ -504,7 +509,8 @@ class Limiter:
         cause: LimitName | None = None,
     ) -> None:
         """Remember a 429/418 for the report (the operator's adaptive budgets), and hold the
-        pod's live count on `key` where it is until a new plan or THROTTLE_HOLD_S."""
+        pod's live count on `key` where it is until a new plan or THROTTLE_HOLD_S (with no
+        connection on the key, THROTTLE_HOLD_EMPTY_S)."""
         now = self.clock.monotonic()
         live = self._slots_for(scope, key).used(now)
         sliding = self._attempt_logs.get((scope, key))
@@ -522,7 +528,8 @@ class Limiter:
             )
         )
         del self._throttles[:-THROTTLE_REPORTED]
-        self._clamps[(scope, key)] = (live, now + THROTTLE_HOLD_S)
+        hold = THROTTLE_HOLD_S if live > 0 else THROTTLE_HOLD_EMPTY_S
+        self._clamps[(scope, key)] = (live, now + hold)
         self._notify()
 
     def throttles(self) -> list[ThrottleEvent] | None:
