@@ -8,8 +8,9 @@ Flux look at; `Stalled` means "a human must fix the spec", `Reconciling` means "
 They follow the kstatus convention (what Flux's health checks read): `Ready` is always
 present, True or False; the abnormal-true conditions (`Reconciling`, `Stalled`, `Degraded`,
 `CapacityExceeded`, `RateLimited`, `EgressUnverified`, `CredentialRefused`, `BudgetReduced`)
-are present only while they hold and are removed, not set False, when they no longer apply; and `Reconciling`
-and `Stalled` are never both True (a stalled quota is not converging: it waits for a human).
+are present only while they hold and are removed, not set False, when they no longer apply;
+and `Reconciling` and `Stalled` are never both True (a stalled quota is not converging: it
+waits for a human).
 Every status is validated by the pydantic status models before it is written, so a misspelled
 field fails here instead of being pruned silently by the API server.
 """
