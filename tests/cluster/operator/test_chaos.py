@@ -744,9 +744,10 @@ def test_a_429_storm_on_one_address_and_a_418_ban_on_another_at_once(
     """Scenario 8: 16 streams on two addresses at 100%. The exchange drops every connection;
     the first address's next 8 handshakes get 429 (Retry-After 2 s) while the second address
     is banned (418) for 30 s. The gateways honour each Retry-After, quarantine the banned
-    address at once (its other connections and the peer pod do not knock again: at most one
-    418 per pod), the operator shows the quarantine in status; the first address's streams
-    come back after the storm, the second's after the ban is lifted. 0 violations.
+    address at once (its other connections and the peer pod do not knock again: one 418 per
+    pod, and any handshake already in flight), the operator shows the quarantine in status;
+    the first address's streams come back after the storm, the second's after the ban is
+    lifted. 0 violations.
 
     The refusals are unexplained throttles (the fleet kept inside its plan), so adaptive
     budgets cut the budgets they may have hit (with the time-scaled clean period); every cut is
@@ -818,7 +819,10 @@ def test_a_429_storm_on_one_address_and_a_418_ban_on_another_at_once(
         assert ban_back_s >= ban_s - 1  # nothing reopened on the banned address before the ban
         assert ban_back_s <= ban_s + bound + 4 * ADAPTIVE_CLEAN_S + 5, (ban_back_s, bound)
         assert refusals.get("429", 0) == 8, refusals
-        assert refusals.get("418", 0) <= 2, refusals  # one per pod using the address at most
+        # One per pod using the address, plus a handshake already in flight when the first 418
+        # came back (a pod's reconnects overlap): never more than the connections planned on
+        # it. Without the quarantine every pod would knock again after each backoff for 30 s.
+        assert refusals.get("418", 0) <= 4, refusals
         assert seen, "the refusals cut no budget"
         assert all(e < b for e, b, _ in seen.values()), seen
         assert watch.duplicates == 0
