@@ -343,7 +343,7 @@ def test_a_lost_node_s_gateway_is_fenced_force_deleted_after_its_lease_lapsed_an
             consumerGaps=0,
             notes=(
                 f"the cut gateway closed its connections {closed_s:.1f} s after the loss "
-                f"(Lease {LEASE_S:.0f} s); node marked lost after {marked_s:.1f} s; "
+                f"(Lease {LEASE_S:.0f} s); node marked lost within {marked_s:.1f} s; "
                 f"force-deleted {deleted_s:.1f} s after the loss, "
                 f"{deleted_wall - last_renew:.1f} s after its last renewal (rule: "
                 f">= {needed:.1f} s); its address's streams reported unserved "
