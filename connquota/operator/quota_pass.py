@@ -232,6 +232,10 @@ class QuotaPass(ReconcilerBase):
             quarantines=quarantines,
             rollout=rolling[0] if rolling else None,
             rolled_out=rolling[1] if rolling else None,
+            unavailable={
+                **{a: f"its proxy is down: {why}" for a, why in round_.proxy_down.items()},
+                **round_.node_down,
+            },
             assumed_limits=[
                 f"{lim.name.value}/{lim.scope.value}"
                 for lim in (prepared[0].profile.limits if prepared else [])

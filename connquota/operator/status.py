@@ -69,6 +69,9 @@ class QuotaObservation:
     rolled_out: bool | None = None
     """No pod runs an older pod template and every pod the rollout replaced is Ready again
     (None: not looked at)."""
+    unavailable: Mapping[str, str] = field(default_factory=dict)
+    """Addresses of the pool planned without this pass (address -> why: its proxy is down,
+    its node is lost)."""
 
 
 def timestamp(now: dt.datetime) -> str:
@@ -131,6 +134,11 @@ def _acked(plan: QuotaPlan | None, reports: Mapping[int, GatewayReport], replica
         if report is None or report.planGeneration < pod.generation:
             return False
     return True
+
+
+def unavailable_addresses(down: Mapping[str, str]) -> list[str]:
+    """`address (why)` for each address a quota is planned without."""
+    return [f"address {a} ({why})" for a, why in sorted(down.items())]
 
 
 def quota_status(
@@ -215,6 +223,13 @@ def quota_status(
             "EgressCheckFailed",
             "no attempt leaves from " + "; ".join(blocked),
         )
+    elif obs.unavailable:
+        put(
+            ConditionType.DEGRADED,
+            True,
+            "AddressesUnavailable",
+            "planned without " + "; ".join(unavailable_addresses(obs.unavailable)),
+        )
     else:
         drop(ConditionType.DEGRADED)
     if unserved:
@@ -224,7 +239,12 @@ def quota_status(
             "StreamsUnserved",
             f"{unserved} of {obs.desired_streams} streams are not served: status.unserved "
             "gives each one's reason (a limit that ran out, or an endpoint that does not "
-            "carry the stream)",
+            "carry the stream)"
+            + (
+                "; planned without " + "; ".join(unavailable_addresses(obs.unavailable))
+                if obs.unavailable
+                else ""
+            ),
         )
     else:
         drop(ConditionType.CAPACITY_EXCEEDED)

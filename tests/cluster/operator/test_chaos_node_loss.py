@@ -288,7 +288,13 @@ def test_a_lost_node_s_gateway_is_fenced_force_deleted_after_its_lease_lapsed_an
         def served_or_reported() -> bool:
             status = (get_quota(api_client, namespace, QUOTA) or {}).get("status") or {}
             unserved = {u["stream"] for u in status.get("unserved") or []}
-            return watch.samples > 0 and set(watch.down_now()) <= unserved
+            capacity = next(
+                (c for c in status.get("conditions") or [] if c["type"] == "CapacityExceeded"),
+                {},
+            )
+            # The unserved streams' condition names the address planned without, and why.
+            named = not unserved or f"its node {lost_node} is lost" in capacity.get("message", "")
+            return watch.samples > 0 and set(watch.down_now()) <= unserved and named
 
         wait_for(
             served_or_reported,

@@ -220,6 +220,30 @@ def test_unserved_streams_set_capacity_exceeded_and_quarantine_sets_rate_limited
     assert status["unserved"][0] == {"stream": "s0", "reason": "streams"}
 
 
+def test_addresses_planned_without_set_degraded_and_are_named_beside_unserved_streams() -> None:
+    """A lost node's bind address (or a proxy that is down) is planned without: the quota is
+    Degraded naming it and why, and CapacityExceeded says so beside the unserved count."""
+    obs = QuotaObservation(
+        generation=1,
+        plan=_plan(unserved=2),
+        replicas=2,
+        ready_replicas=2,
+        desired_streams=4,
+        reports={0: _report(0), 1: _report(1)},
+        unavailable={"a1": "its node n1 is lost", "p0": "its proxy is down: refused"},
+    )
+    status = quota_status(None, obs, T0)
+    degraded = _cond(status, "Degraded")
+    assert degraded["status"] == "True"
+    assert degraded["reason"] == "AddressesUnavailable"
+    assert "address a1 (its node n1 is lost)" in degraded["message"]
+    assert "address p0 (its proxy is down: refused)" in degraded["message"]
+    capacity = _cond(status, "CapacityExceeded")["message"]
+    assert "2 of 4" in capacity and "planned without address a1 (its node n1 is lost)" in capacity
+    healed = quota_status(status, QuotaObservation(**{**obs.__dict__, "unavailable": {}}), T1)
+    assert "Degraded" not in _types(healed)
+
+
 def test_last_transition_time_moves_only_when_the_status_changes() -> None:
     first = set_condition([], "Ready", False, "Progressing", "a", 1, T0)
     same = set_condition(first, "Ready", False, "Progressing", "b", 2, T1)
