@@ -24,6 +24,11 @@ from connquota.mockexchange.state import MockState
 
 log = logging.getLogger("connquota.mockexchange.server")
 
+HANDSHAKE_FLOOR_S = 2.0
+"""Wall seconds a TCP connection may always take to send its HTTP request, whatever the time
+scale: the handshake deadline is a network latency, not an exchange window, and scaled below a
+loaded machine's scheduling delays it would drop honest clients (10 s at x900 is 11 ms)."""
+
 CONTROL_PREFIXES = ("/admin", "/metrics", "/healthz")
 """HTTP paths that are the mock's own, not exchange connections (never counted as attempts)."""
 
@@ -56,8 +61,11 @@ class Accepting(MockState):
         loop = asyncio.get_running_loop()
         assert self._runner is not None and self._runner.server is not None
         server = self._runner.server
-        timeout_s = self.settings.scaled_s(
-            self.settings.handshake_timeout_s or self.profile.connectTimeoutSeconds
+        timeout_s = max(
+            HANDSHAKE_FLOOR_S,
+            self.settings.scaled_s(
+                self.settings.handshake_timeout_s or self.profile.connectTimeoutSeconds
+            ),
         )
         loop.call_later(timeout_s, self._handshake_deadline, conn)
         try:

@@ -66,7 +66,8 @@ class MockSettings:
     """Profile seconds between the max-age notice (serverShutdown, OKX 64008) and the close."""
     handshake_timeout_s: float | None = None
     """Profile seconds a TCP connection may stay without an HTTP request before it is dropped
-    (default: the profile's connectTimeoutSeconds)."""
+    (default: the profile's connectTimeoutSeconds); scaled, but never below 2 s of wall time
+    (`accept.HANDSHAKE_FLOOR_S`)."""
     outbox_max_frames: int = 20_000
     """Frames queued for one slow client before the mock drops it (OKX: close 4005)."""
     enforce_assumed: bool = True
