@@ -47,6 +47,9 @@ from connquota.gateway.upstream_policy import (
 
 log = logging.getLogger(__name__)
 
+SUPERVISOR_RESTART_S = 1.0
+"""Seconds before a connection loop that failed unexpectedly starts again."""
+
 
 @dataclass
 class UpstreamSettings:
@@ -130,7 +133,28 @@ class UpstreamConnection:
 
     def start(self) -> None:
         """Start holding the connection up."""
-        self._task = asyncio.create_task(self._run(), name=f"upstream-{self.id}")
+        self._task = asyncio.create_task(self._supervised(), name=f"upstream-{self.id}")
+
+    async def _supervised(self) -> None:
+        """Run `_run` until the connection is stopped: an unexpected error in it is logged with
+        its traceback, counted, and the loop starts again after `SUPERVISOR_RESTART_S` (the
+        session it held is closed first), so a bug never leaves a planned connection down for
+        good with its last state frozen in /status."""
+        while not self._stopping:
+            try:
+                await self._run()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a bug: keep the connection's loop alive
+                log.exception("connection loop failed: restarting it", extra=self.extra)
+                self.ctx.stats[("reconnect", "internal-error")] += 1
+                self.state, self.status = ConnectionState.BACKOFF, f"internal error: {exc!r}"[:200]
+                if self.current is not None:
+                    with contextlib.suppress(Exception):
+                        await self.current.close(clean=False)
+                    self.current = None
+                await asyncio.sleep(SUPERVISOR_RESTART_S)
 
     def update(self, plan: ConnectionPlan) -> None:
         """Apply a new plan for the same id: new streams now, leaving ones after a linger."""
