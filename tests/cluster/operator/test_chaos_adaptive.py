@@ -68,16 +68,8 @@ def _condition(obj: dict[str, Any], type_: str) -> dict[str, Any] | None:
 
 
 def _bans(mock: MockThread) -> int:
-    def read() -> int:
-        return sum(
-            int(sample.value)
-            for family in mock.mock.metrics.registry.collect()
-            if family.name == "mockexchange_bans"
-            for sample in family.samples
-            if sample.name == "mockexchange_bans_total"
-        )
-
-    return mock.sync(read)
+    """IP bans the mock imposed."""
+    return mock.counter_total("bans")
 
 
 def _most_in_memory(violations: list[dict[str, Any]]) -> int:
