@@ -74,6 +74,7 @@ class Harness:
     def __init__(self, tmp_path: Path) -> None:
         self.tmp_path = tmp_path
         self.mock: MockExchange | None = None
+        self.time_scale = TIME_SCALE
         self.gateways: list[GatewayProcess] = []
         self.http = aiohttp.ClientSession()
         self.echo = IpEchoServer()
@@ -83,10 +84,18 @@ class Harness:
         """The pool's check: GET the echo service through the address."""
         return EgressCheck(method=EgressCheckMethod.URL, url=self.echo.url, timeoutSeconds=3)
 
-    async def start_mock(self, profile_name: str, limits: list[Limit], **kw: Any) -> MockExchange:
-        """The mock exchange for `profile_name` with `limits` overriding the published ones."""
+    async def start_mock(
+        self,
+        profile_name: str,
+        limits: list[Limit],
+        time_scale: float = TIME_SCALE,
+        **kw: Any,
+    ) -> MockExchange:
+        """The mock exchange for `profile_name` with `limits` overriding the published ones;
+        `time_scale` for a test whose deadlines must leave a loaded machine room."""
+        self.time_scale = time_scale
         self.mock = MockExchange(
-            get_profile(profile_name), "127.0.0.1", 0, time_scale=TIME_SCALE, limits=limits, **kw
+            get_profile(profile_name), "127.0.0.1", 0, time_scale=time_scale, limits=limits, **kw
         )
         await self.mock.start()
         return self.mock
@@ -95,7 +104,7 @@ class Harness:
         """The mock's effective profile, durations scaled, endpoint pointing at the mock."""
         assert self.mock is not None
         endpoint = self.mock.url + _path_of(self.mock.profile.endpoint)
-        return scaled_profile(self.mock.profile, TIME_SCALE, endpoint)
+        return scaled_profile(self.mock.profile, self.time_scale, endpoint)
 
     def write_plan(self, plan: Any, name: str = "plan.json") -> Path:
         """Write a PodPlan/QuotaPlan atomically (the gateway watches the file)."""
