@@ -23,6 +23,7 @@ ALERTS = {
     "ConnquotaAddressBudgetHigh",
     "ConnquotaAccountBudgetHigh",
     "ConnquotaRateLimited",
+    "ConnquotaBudgetReduced",
     "ConnquotaCapacityExceeded",
     "ConnquotaQuotaNotReady",
     "ConnquotaGatewayLeaseNotRenewed",
