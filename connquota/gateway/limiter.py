@@ -9,7 +9,10 @@ exceed:
   ended uncleanly keeps its slot for the profile's dead-connection timeout;
 - messages per connection (with a heartbeat reserve subscribes may not eat), control messages
   per connection, messages per address and per account: sliding logs;
-- quarantines after a 429/418, and the Lease: no attempt while either forbids it.
+- quarantines after a 429/418, and the Lease: no attempt while either forbids it;
+- after a 429/418 on an address or account, one probe: a single handshake in flight there
+  until one succeeds, so a throttled exchange sees one request per retry, not one per
+  waiting connection (Binance turns repeated 429s into a 418 ban).
 
 The attempt log is written to the state file before each attempt returns (see
 `attempt_log`). With no valid record at start, every attempt slice is treated as just used.
@@ -79,6 +82,8 @@ class WaitKind(StrEnum):
     """No valid attempt record: the whole slice counts as just used."""
     ATTEMPT_SLICE = "attempt slice"
     CONCURRENT_SLICE = "concurrent slice"
+    PROBING = "probing"
+    """After a 429/418: another handshake on the key is in flight; wait for its outcome."""
 
 
 @dataclass(frozen=True)
@@ -111,6 +116,10 @@ class ConnectionSlot:
     identities: Identities
     limiter: Limiter
     released: bool = False
+
+    def connected(self) -> None:
+        """The handshake succeeded: a probe after a throttle lets the others go."""
+        self.limiter._probe_ended(self.conn_id, succeeded=True)
 
     def release(self, clean: bool) -> None:
         """Give the slots back; an unclean end keeps them for the dead-connection timeout."""
@@ -146,6 +155,9 @@ class Limiter:
         self._slots: dict[tuple[LimitScope, str], ConcurrentSlots] = {}
         self._shared_msgs: dict[tuple[LimitScope, str], SlidingLog] = {}
         self._quarantines: dict[tuple[LimitScope, str], QuarantineEntry] = {}
+        self._probes: dict[tuple[LimitScope, str], tuple[str, float] | None] = {}
+        """(scope, key) throttled and not yet answered by a successful handshake -> the probe
+        in flight (slot id, monotonic start) or None (the next attempt is the probe)."""
         self._throttles: list[ThrottleEvent] = []
         self._clamps: dict[tuple[LimitScope, str], tuple[int, float]] = {}
         """(scope, key) -> (live count, until monotonic): after a throttle no attempt takes the
@@ -373,6 +385,13 @@ class Limiter:
                     worst = AttemptWait(
                         wait, WaitKind.ATTEMPT_SLICE, f"attempt slice on {scope} {key} used up"
                     )
+            probe = self._probe_in_flight(scope, key, now)
+            if probe is not None and probe > worst.seconds:
+                worst = AttemptWait(
+                    probe,
+                    WaitKind.PROBING,
+                    f"{scope} {key} throttled: one handshake at a time until one succeeds",
+                )
             clamp = self._clamps.get((scope, key))
             if clamp is not None:
                 if clamp[1] <= now:
@@ -414,6 +433,8 @@ class Limiter:
     ) -> ConnectionSlot:
         now, wall = self.clock.monotonic(), self.clock.wall()
         for scope, key in self._scopes(address, identities):
+            if (scope, key) in self._probes:
+                self._probes[(scope, key)] = (conn_id, now)
             rule = self._attempt_rule(scope, key)
             if rule is not None:
                 expiry = self._log_for(scope, key).record(now, rule.hold_s)
@@ -468,7 +489,35 @@ class Limiter:
         await self._persist()
         return slot
 
+    def _probe_in_flight(self, scope: LimitScope, key: str, now: float) -> float | None:
+        """Seconds the probe on (scope, key) may still take (None: no probe in flight). A
+        probe whose outcome never came is given up after twice the connect timeout."""
+        probe = self._probes.get((scope, key))
+        if probe is None:
+            return None
+        bound = 2 * (self.plan.profile.connectTimeoutSeconds if self.plan else 10.0)
+        left = probe[1] + bound - now
+        if left <= 0:
+            self._probes[(scope, key)] = None
+            return None
+        return left
+
+    def _probe_ended(self, conn_id: str, succeeded: bool) -> None:
+        """The probe `conn_id` connected (the keys are trusted again) or failed (the next
+        attempt probes)."""
+        changed = False
+        for scope_key, probe in list(self._probes.items()):
+            if probe is not None and probe[0] == conn_id:
+                changed = True
+                if succeeded:
+                    del self._probes[scope_key]
+                else:
+                    self._probes[scope_key] = None
+        if changed:
+            self._notify()
+
     def _release(self, slot: ConnectionSlot, clean: bool) -> None:
+        self._probe_ended(slot.conn_id, succeeded=False)
         now = self.clock.monotonic()
         dead_s = 0.0
         if not clean and self.plan is not None:
@@ -483,6 +532,7 @@ class Limiter:
         """Refuse attempts on `key` for `retry_after_s` seconds (after a 429/418)."""
         now = self.clock.monotonic()
         until = now + retry_after_s
+        self._probes.setdefault((scope, key), None)
         current = self._quarantines.get((scope, key))
         if current is not None and current.until_mono_s >= until:
             return

@@ -182,6 +182,8 @@ class Session:
         finally:
             if gate is not None:
                 TUNNEL_GATE.reset(gate)
+        if self.slot is not None:
+            self.slot.connected()
         if chooser is not None:
             chooser.opened(url)
             if url != urls[0]:

@@ -179,6 +179,39 @@ async def test_quarantined_address_gets_no_attempt_until_retry_after():
     assert clock.monotonic() - t0 >= 120
 
 
+async def test_after_a_throttle_one_handshake_probes_and_the_others_wait_for_its_outcome():
+    """A 429 storm answered by every waiting connection at once is how Binance's 418 bans
+    start: after a throttle one handshake goes, the others wait until it connected."""
+    plan = pod_plan(small_profile(attempts=100), connections(3, 1))
+    limiter, clock = limiter_with(plan)
+    limiter.quarantine(LimitScope.IP, "a0", 429, 5, "handshake answered 429")
+    clock.advance(5)
+    probe = await limiter.acquire_attempt("c0", "a0")
+    wait = limiter.attempt_wait_reason("a0")
+    assert wait.kind == WaitKind.PROBING and wait.seconds > 0, wait
+    assert "one handshake at a time" in wait.text
+    task = asyncio.create_task(limiter.acquire_attempt("c1", "a0"))
+    await wait_until(lambda: limiter.waiting_kind.get("c1") == WaitKind.PROBING)
+    probe.connected()
+    await asyncio.wait_for(task, 1)
+    assert limiter.attempt_wait_reason("a0").kind == WaitKind.NONE, "trusted again"
+
+
+async def test_a_failed_probe_hands_the_probe_on_and_a_silent_one_is_given_up():
+    plan = pod_plan(small_profile(attempts=100, connect_timeout_s=1.0), connections(3, 1))
+    limiter, clock = limiter_with(plan)
+    limiter.quarantine(LimitScope.IP, "a0", 429, 5, "handshake answered 429")
+    clock.advance(5)
+    first = await limiter.acquire_attempt("c0", "a0")
+    first.release(clean=True)  # refused or unreachable: the next attempt probes
+    second = await limiter.acquire_attempt("c1", "a0")
+    assert limiter.attempt_wait_reason("a0").kind == WaitKind.PROBING
+    t0 = clock.monotonic()
+    await limiter.acquire_attempt("c2", "a0")  # `second` never reports: given up
+    assert clock.monotonic() - t0 >= 2 * 1.0 - 1e-9
+    assert not second.released
+
+
 async def test_no_attempt_without_the_lease():
     profile = small_profile()
     plan = pod_plan(profile, connections(1, 1))
