@@ -67,13 +67,29 @@ def authorized(request: web.Request, token: str | None) -> bool:
     return hmac.compare_digest(given.encode(), token.encode())
 
 
-def refusal(request: web.Request, gw: Gateway) -> web.Response | None:
+def count_refused(gw: Gateway, endpoint: str, reason: str) -> None:
+    """Count a consumer request the gateway refused (metric `consumer_requests_refused_total`):
+    `endpoint` is `v1` or `native`, `reason` a short code (never the request's content)."""
+    gw.ctx.stats[("consumer_refused", endpoint, reason)] += 1
+
+
+def refusal(request: web.Request, gw: Gateway, endpoint: str = "v1") -> web.Response | None:
     """The answer to a consumer the gateway does not take now (wrong token, shutting down)."""
     if not authorized(request, gw.consumer_token):
+        count_refused(gw, endpoint, "unauthorized")
         return web.json_response({"error": "missing or wrong bearer token"}, status=401)
     if gw.draining:
+        count_refused(gw, endpoint, "shutting_down")
         return web.json_response({"error": "gateway is shutting down"}, status=503)
     return None
+
+
+async def _refuse(
+    gw: Gateway, ws: web.WebSocketResponse, code: str, msg: str, request_id: Any = None
+) -> None:
+    """Answer a /v1/ws request with an error frame, counted by its code."""
+    count_refused(gw, "v1", code)
+    await ws.send_str(error_frame(code, msg, request_id))
 
 
 async def consumer_ws(request: web.Request) -> web.StreamResponse:
@@ -90,7 +106,7 @@ async def consumer_ws(request: web.Request) -> web.StreamResponse:
         await _handle_request(gw, ws, consumer, text)
 
     async def on_binary() -> None:
-        await ws.send_str(error_frame("binary", "send JSON text frames"))
+        await _refuse(gw, ws, "binary", "send JSON text frames")
 
     await serve(gw, request, ws, consumer, on_text, on_binary)
     return ws
@@ -130,32 +146,28 @@ async def _handle_request(
     gw: Gateway, ws: web.WebSocketResponse, consumer: Consumer, text: str
 ) -> None:
     if len(text) > MAX_REQUEST_BYTES:
-        await ws.send_str(
-            error_frame("too_large", f"requests are at most {MAX_REQUEST_BYTES} bytes")
-        )
+        await _refuse(gw, ws, "too_large", f"requests are at most {MAX_REQUEST_BYTES} bytes")
         return
     try:
         req = json.loads(text)
     except (ValueError, RecursionError):  # RecursionError: nested too deeply
-        await ws.send_str(error_frame("bad_json", "the request is not JSON"))
+        await _refuse(gw, ws, "bad_json", "the request is not JSON")
         return
     if not isinstance(req, dict):
-        await ws.send_str(error_frame("bad_request", "the request must be a JSON object"))
+        await _refuse(gw, ws, "bad_request", "the request must be a JSON object")
         return
     request_id = req.get("id")
     op = req.get("op")
     streams = req.get("streams")
     if op not in ("subscribe", "unsubscribe"):
-        await ws.send_str(error_frame("unknown_op", f"unknown op {str(op)[:40]!r}", request_id))
+        await _refuse(gw, ws, "unknown_op", f"unknown op {str(op)[:40]!r}", request_id)
         return
     if (
         not isinstance(streams, list)
         or not all(isinstance(s, str) for s in streams)
         or len(streams) > MAX_STREAMS_PER_REQUEST
     ):
-        await ws.send_str(
-            error_frame("bad_request", "streams must be a list of stream names", request_id)
-        )
+        await _refuse(gw, ws, "bad_request", "streams must be a list of stream names", request_id)
         return
     if op == "subscribe":
         accepted, unknown = gw.hub.subscribe(consumer, streams)
@@ -165,15 +177,17 @@ async def _handle_request(
         await ws.send_str(json.dumps(reply, separators=(",", ":")))
         if req.get("lastValue") is True:
             if gw.hub.last_values is None:
-                await ws.send_str(error_frame("last_value_off", LAST_VALUE_OFF, request_id))
+                await _refuse(gw, ws, "last_value_off", LAST_VALUE_OFF, request_id)
             else:
                 gw.hub.replay_last(consumer, accepted)
         if unknown:
             shown = ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else "")
-            await ws.send_str(
-                error_frame(
-                    "unknown_stream", f"{len(unknown)} streams not served here: {shown}", request_id
-                )
+            await _refuse(
+                gw,
+                ws,
+                "unknown_stream",
+                f"{len(unknown)} streams not served here: {shown}",
+                request_id,
             )
     else:
         done = gw.hub.unsubscribe(consumer, streams)

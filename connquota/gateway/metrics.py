@@ -12,7 +12,8 @@ Metric names (all prefixed `connquota_gateway_`):
 - `limiter_waits_total{reason}`: times a caller had to wait for a slice;
 - `streams{state}` (desired, live), `connections_planned`, `plan_generation`;
 - `consumers`, `consumer_frames_out_total`, `consumer_frames_dropped_total`,
-  `slow_consumers_total`;
+  `slow_consumers_total`, `consumer_requests_refused_total{endpoint,reason}` (every error
+  answer to a consumer: /v1/ws codes, native-protocol refusals, refused connections);
 - `event_loop_lag_seconds`, `last_upstream_data_age_seconds`;
 - `egress_check{address,state}`: 1 for each address's last egress check state (verified,
   mismatch, failed, unverified; see docs/egress.md), `egress_check_requests_total`: requests
@@ -118,8 +119,16 @@ class GatewayCollector(Collector):
             "Frames from the exchange not delivered: error answers, unrecognised or binary frames",
             labels=["reason"],
         )
+        refused = CounterMetricFamily(
+            P + "consumer_requests_refused",
+            "Consumer requests and connections refused (bad JSON, unknown op or stream, too many "
+            "requests or streams, a bad URL, a missing token), by endpoint (v1, native)",
+            labels=["endpoint", "reason"],
+        )
         for stat, n in stats.items():
-            if stat[0] == "reconnect":
+            if stat[0] == "consumer_refused":
+                refused.add_metric([stat[1], stat[2]], n)
+            elif stat[0] == "reconnect":
                 reconnects.add_metric([stat[1]], n)
             elif stat[0] == "rate_limited":
                 limited.add_metric([stat[1]], n)
@@ -128,6 +137,7 @@ class GatewayCollector(Collector):
         yield reconnects
         yield limited
         yield dropped
+        yield refused
         mismatches = CounterMetricFamily(
             P + "book_checksum_mismatches",
             "Order-book checksums that disagreed with the merged book (the replay is dropped)",

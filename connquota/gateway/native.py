@@ -64,7 +64,7 @@ from connquota.exchanges.dialects.base import (
     SubscribeRequest,
     WireFormatError,
 )
-from connquota.gateway.consumers import refusal, serve
+from connquota.gateway.consumers import count_refused, refusal, serve
 from connquota.gateway.hub import FMT_COMBINED, FMT_PAYLOAD, Consumer
 
 if TYPE_CHECKING:
@@ -108,8 +108,10 @@ class NativeSession:
         """The frames answering one client text frame."""
         request = self.wire.parse_client_message(text)
         if self._too_frequent() and not isinstance(request, PingRequest):
+            count_refused(self.gw, "native", "too_many_requests")
             return [self.too_many(request)]
         if isinstance(request, InvalidRequest):
+            count_refused(self.gw, "native", "invalid_request")
             return [request.reply.replace("{conn_id}", self.conn_id)]
         return self.handle(request)
 
@@ -134,10 +136,16 @@ class NativeSession:
     def unknown(self, streams: list[str]) -> list[str]:
         """The streams of `streams` this pod does not serve."""
         servable = self.gw.hub.servable
-        return [s for s in streams if not servable(s)]
+        unknown = [s for s in streams if not servable(s)]
+        if unknown:
+            count_refused(self.gw, "native", "unknown_stream")
+        return unknown
 
     def over_cap(self, streams: list[str]) -> bool:
-        return len(self.consumer.streams | set(streams)) > MAX_STREAMS
+        over = len(self.consumer.streams | set(streams)) > MAX_STREAMS
+        if over:
+            count_refused(self.gw, "native", "too_many_streams")
+        return over
 
     def subscribe(self, streams: list[str]) -> None:
         self.gw.hub.subscribe(self.consumer, streams)
@@ -424,15 +432,18 @@ async def native_ws(request: web.Request) -> web.StreamResponse:
             request.path, request.query_string
         )
     except WireFormatError as exc:
+        count_refused(gw, "native", "bad_url")
         return _text_error(404, str(exc))
     # OKX's /business carries public channels (candles, trades-all) beside private ones.
     if (endpoint.private and endpoint.kind != "business") or endpoint.kind == "api":
+        count_refused(gw, "native", "not_served")
         return _text_error(404, f"{request.path}: {NOT_SERVED}")
-    refused = refusal(request, gw)
+    refused = refusal(request, gw, "native")
     if refused is not None:
         return refused
     bad = session_type.handshake_error(endpoint, gw.hub.servable)
     if bad is not None:
+        count_refused(gw, "native", "bad_url")
         return _text_error(400, bad)
     ws = web.WebSocketResponse(
         max_msg_size=MAX_REQUEST_BYTES, heartbeat=PING_INTERVAL_S, compress=False
@@ -448,6 +459,7 @@ async def native_ws(request: web.Request) -> web.StreamResponse:
             await ws.send_str(frame)
 
     async def on_binary() -> None:
+        count_refused(gw, "native", "binary")
         await ws.send_str(json.dumps({"error": "send text frames"}))
 
     await serve(gw, request, ws, consumer, on_text, on_binary)

@@ -272,6 +272,20 @@ def base_plan(harness: Harness, profile: str, conns: int = 12, per_conn: int = 2
 GW_IP = "127.0.0.2"
 
 
+async def gateway_metric(harness: Harness, gw: GatewayProcess, name: str) -> dict[str, float]:
+    """Samples of ``connquota_gateway_<name>`` from the gateway's /metrics, by their label
+    text (``{endpoint="v1",reason="bad_json"}``; ``""`` for an unlabelled sample)."""
+    async with harness.http.get(gw.base_url + "/metrics") as resp:
+        text = await resp.text()
+    out: dict[str, float] = {}
+    prefix = "connquota_gateway_" + name
+    for line in text.splitlines():
+        if line.startswith(prefix):
+            key, _, value = line.rpartition(" ")
+            out[key[len(prefix) :]] = float(value)
+    return out
+
+
 def mock_attempts(mock: MockExchange, ip: str = GW_IP) -> float:
     """Attempts the referee counted from `ip`."""
     value = mock.metrics.registry.get_sample_value(

@@ -8,12 +8,13 @@ The cases (`CASES`, per endpoint) are listed in docs/reliability.md ("Bad input"
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 import pytest
-from conftest import Consumer, base_plan, shrunk, wait_for
+from conftest import Consumer, base_plan, gateway_metric, shrunk, wait_for
 
 FLOOD = 2000
 """Subscribes sent back to back in the flood case (thousands per second)."""
@@ -208,6 +209,16 @@ async def test_hostile_consumer_frames_get_clear_answers_and_cost_others_nothing
         st = await harness.status(gw)
         assert st is not None and gw.alive(), f"gateway down after {path}"
     print(f"{profile}: {cases} hostile consumer cases")
+    # every refusal was counted, by endpoint and reason (never the request's content)
+    refused = await gateway_metric(harness, gw, "consumer_requests_refused_total")
+    reasons = {
+        (endpoint, reason)
+        for labels in refused
+        for endpoint, reason in [re.findall(r'"([^"]*)"', labels)]
+    }
+    v1 = {"bad_json", "bad_request", "unknown_op", "unknown_stream", "binary"}
+    native = {"invalid_request", "unknown_stream", "binary", "too_many_requests"}
+    assert {("v1", r) for r in v1} | {("native", r) for r in native} <= reasons, refused
     # the well-behaved consumer keeps getting consecutive seq on every stream
     seen = {s: len(q) for s, q in observer.frames.items()}
     await wait_for(

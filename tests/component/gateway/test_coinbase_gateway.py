@@ -12,7 +12,7 @@ from typing import Any
 
 import aiohttp
 import ccxt.pro as ccxtpro
-from conftest import GW_IP, shrunk, wait_for
+from conftest import GW_IP, gateway_metric, shrunk, wait_for
 
 from connquota.api.limits import LimitName, LimitScope
 from connquota.api.plan import ConnectionPlan
@@ -76,19 +76,6 @@ async def _read(ws: aiohttp.ClientWebSocketResponse, reader: Reader, done) -> No
         reader.take(msg.data)
 
 
-async def _metric(harness, gw, name: str) -> dict[str, float]:
-    """Samples of ``connquota_gateway_<name>`` by their label text."""
-    async with harness.http.get(gw.base_url + "/metrics") as resp:
-        text = await resp.text()
-    out: dict[str, float] = {}
-    prefix = "connquota_gateway_" + name
-    for line in text.splitlines():
-        if line.startswith(prefix):
-            key, _, value = line.rpartition(" ")
-            out[key[len(prefix) :]] = float(value)
-    return out
-
-
 def _market(base: str, quote: str) -> dict:
     """A ccxt market entry (the mock serves no Coinbase REST: markets are set on the client)."""
     return {
@@ -129,7 +116,7 @@ async def test_every_channel_reaches_consumers_with_consecutive_seq(harness):
         await ws.send_str(json.dumps({"op": "subscribe", "streams": ["level2:BTC-USD"]}))
         await _read(ws, late, lambda: len(late.seqs.get("level2:BTC-USD", [])) >= 30)
     assert coinbase.is_snapshot(late.payloads["level2:BTC-USD"][0])
-    dropped = await _metric(harness, gw, "exchange_frames_dropped_total")
+    dropped = await gateway_metric(harness, gw, "exchange_frames_dropped_total")
     assert dropped.get('{reason="sequence-gap"}', 0) == 0, "sequence_num consecutive"
     harness.assert_no_violation()
 
@@ -169,14 +156,14 @@ async def test_a_sequence_num_gap_is_detected_and_counted(harness):
     session.skip_sequence(3)  # the exchange lost three messages of this connection
 
     async def counted():
-        found = await _metric(harness, gw, "exchange_frames_dropped_total")
+        found = await gateway_metric(harness, gw, "exchange_frames_dropped_total")
         return found.get('{reason="sequence-gap"}', 0) >= 3
 
     await wait_for(counted, 10, "the gateway to count the sequence_num gap")
     assert "3 messages lost or out of order" in harness.logs()
     st = await harness.status(gw)
     assert st["streams"]["live"] == 1, "the session goes on"
-    assert await _metric(harness, gw, "reconnects_total") == {}
+    assert await gateway_metric(harness, gw, "reconnects_total") == {}
     harness.assert_no_violation()
 
 
@@ -193,7 +180,7 @@ async def test_refused_products_error_and_broken_frames_are_counted_and_dropped(
         conn.send_later("[1, 2, 3]")
 
     async def counted():
-        found = await _metric(harness, gw, "exchange_frames_dropped_total")
+        found = await gateway_metric(harness, gw, "exchange_frames_dropped_total")
         # the refused product's error and the injected error; 3 broken JSON frames, trades
         # without a product and a JSON array
         return (
@@ -208,8 +195,8 @@ async def test_refused_products_error_and_broken_frames_are_counted_and_dropped(
         await _read(ws, reader, lambda: all(len(reader.seqs.get(s, [])) >= 20 for s in live))
     for stream, seqs in reader.seqs.items():
         assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), f"gap in {stream}"
-    assert await _metric(harness, gw, "reconnects_total") == {}, "no session ended"
-    dropped = await _metric(harness, gw, "exchange_frames_dropped_total")
+    assert await gateway_metric(harness, gw, "reconnects_total") == {}, "no session ended"
+    dropped = await gateway_metric(harness, gw, "exchange_frames_dropped_total")
     assert dropped.get('{reason="sequence-gap"}', 0) == 0, "error frames carry no sequence_num"
     st = await harness.status(gw)
     assert st["streams"]["live"] == 2
@@ -311,6 +298,6 @@ async def test_max_age_rotation_is_make_before_break_without_a_gap_in_trade_ids(
         (closes("mockexchange_server_closes_total", {"code": str(code)}) or 0)
         for code in (1000, 1001, 1006, 1008)
     ), "the exchange had to close a connection for its age"
-    dropped = await _metric(harness, gw, "exchange_frames_dropped_total")
+    dropped = await gateway_metric(harness, gw, "exchange_frames_dropped_total")
     assert dropped.get('{reason="sequence-gap"}', 0) == 0, "each connection numbers its own"
     harness.assert_no_violation()

@@ -13,7 +13,7 @@ from typing import Any
 
 import aiohttp
 import ccxt.pro as ccxtpro
-from conftest import GW_IP, shrunk, wait_for
+from conftest import GW_IP, gateway_metric, shrunk, wait_for
 
 from connquota.api.plan import ConnectionPlan
 from connquota.exchanges.dialects import deribit
@@ -67,19 +67,6 @@ async def _read(ws: aiohttp.ClientWebSocketResponse, reader: Reader, done) -> No
         reader.take(msg.data)
 
 
-async def _metric(harness, gw, name: str) -> dict[str, float]:
-    """Samples of ``connquota_gateway_<name>`` by their label text."""
-    async with harness.http.get(gw.base_url + "/metrics") as resp:
-        text = await resp.text()
-    out: dict[str, float] = {}
-    prefix = "connquota_gateway_" + name
-    for line in text.splitlines():
-        if line.startswith(prefix):
-            key, _, value = line.rpartition(" ")
-            out[key[len(prefix) :]] = float(value)
-    return out
-
-
 async def test_every_channel_reaches_consumers_with_consecutive_seq_and_heartbeats(harness):
     gw = await _gateway(harness, [STREAMS[:4], STREAMS[4:]])
     await harness.wait_live(gw, len(STREAMS), timeout_s=30)
@@ -111,12 +98,12 @@ async def test_every_channel_reaches_consumers_with_consecutive_seq_and_heartbea
 
     async def heartbeats_answered():
         heartbeat_on = [c for c in harness.mock.websockets(GW_IP) if c.session.heartbeat_s]
-        sent = await _metric(harness, gw, "messages_out_total")
+        sent = await gateway_metric(harness, gw, "messages_out_total")
         # 2 set_heartbeat + at least 2 public/test answers per connection
         return len(heartbeat_on) == 2 and sent.get('{kind="heartbeat"}', 0) >= 6
 
     await wait_for(heartbeats_answered, 20, "several test_requests answered")
-    assert await _metric(harness, gw, "reconnects_total") == {}, "no session ended"
+    assert await gateway_metric(harness, gw, "reconnects_total") == {}, "no session ended"
     harness.assert_no_violation()
 
 
@@ -126,7 +113,7 @@ async def test_a_book_change_id_gap_is_detected_dropped_and_resubscribed(harness
     mock = harness.mock
 
     async def flowing():
-        return (await _metric(harness, gw, "messages_in_total")).get("", 0) >= 5
+        return (await gateway_metric(harness, gw, "messages_in_total")).get("", 0) >= 5
 
     await wait_for(flowing, 10, "the book's first messages at the gateway")
     # A change whose prev_change_id is not the last change_id: messages were missed.
@@ -136,7 +123,7 @@ async def test_a_book_change_id_gap_is_detected_dropped_and_resubscribed(harness
         conn.send_later(bogus)
 
     async def detected():
-        found = await _metric(harness, gw, "exchange_frames_dropped_total")
+        found = await gateway_metric(harness, gw, "exchange_frames_dropped_total")
         return found.get('{reason="book-gap"}', 0) >= 1
 
     await wait_for(detected, 10, "the gateway to count the gap")
@@ -153,7 +140,7 @@ async def test_a_book_change_id_gap_is_detected_dropped_and_resubscribed(harness
     assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
     st = await harness.status(gw)
     assert st["streams"]["live"] == 1, "the session goes on"
-    assert await _metric(harness, gw, "reconnects_total") == {}
+    assert await gateway_metric(harness, gw, "reconnects_total") == {}
     harness.assert_no_violation()
 
 
@@ -169,7 +156,7 @@ async def test_left_out_channels_errors_and_broken_frames_are_counted_and_droppe
         conn.send_later("[1, 2, 3]")
 
     async def counted():
-        found = await _metric(harness, gw, "exchange_frames_dropped_total")
+        found = await gateway_metric(harness, gw, "exchange_frames_dropped_total")
         # the raw channel left out of the result and the error object; 3 broken JSON frames,
         # a notification without a channel and a JSON array
         return (
@@ -186,7 +173,7 @@ async def test_left_out_channels_errors_and_broken_frames_are_counted_and_droppe
         )
     for stream, seqs in reader.seqs.items():
         assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), f"gap in {stream}"
-    assert await _metric(harness, gw, "reconnects_total") == {}, "no session ended"
+    assert await gateway_metric(harness, gw, "reconnects_total") == {}, "no session ended"
     st = await harness.status(gw)
     assert st["streams"]["live"] == 2
     harness.assert_no_violation()
@@ -277,7 +264,7 @@ async def test_max_age_rotation_is_make_before_break_without_a_gap_in_trade_seq(
         for prev, message in itertools.pairwise(reader.data[stream]):
             if message["type"] == "change":
                 assert message["prev_change_id"] == prev["change_id"], stream
-    assert await _metric(harness, gw, "exchange_frames_dropped_total") in ({}, {
+    assert await gateway_metric(harness, gw, "exchange_frames_dropped_total") in ({}, {
         '{reason="book-gap"}': 0.0})  # fmt: skip
     closes = harness.mock.metrics.registry.get_sample_value
     assert not any(

@@ -11,7 +11,7 @@ from typing import Any
 
 import aiohttp
 import ccxt.pro as ccxtpro
-from conftest import GW_IP, TIME_SCALE, shrunk, wait_for
+from conftest import GW_IP, TIME_SCALE, gateway_metric, shrunk, wait_for
 
 from connquota.api.plan import ConnectionPlan
 from connquota.exchanges.dialects import kraken
@@ -85,19 +85,6 @@ async def _read(ws: aiohttp.ClientWebSocketResponse, reader: Reader, done) -> No
         reader.take(msg.data)
 
 
-async def _metric(harness, gw, name: str) -> dict[str, float]:
-    """Samples of ``connquota_gateway_<name>`` by their label text."""
-    async with harness.http.get(gw.base_url + "/metrics") as resp:
-        text = await resp.text()
-    out: dict[str, float] = {}
-    prefix = "connquota_gateway_" + name
-    for line in text.splitlines():
-        if line.startswith(prefix):
-            key, _, value = line.rpartition(" ")
-            out[key[len(prefix) :]] = float(value)
-    return out
-
-
 async def test_every_channel_reaches_consumers_with_consecutive_seq_and_books_verify(harness):
     # Two connections, several channels each: one subscribe request per channel and parameter.
     gw = await _gateway(harness, [STREAMS[:4], STREAMS[4:]])
@@ -124,7 +111,7 @@ async def test_every_channel_reaches_consumers_with_consecutive_seq_and_books_ve
         await _read(ws, late, lambda: late.checked.get("book.25:BTC/USD", 0) >= 30)
     assert late.payloads["book.25:BTC/USD"][0]["type"] == "snapshot"
     assert late.bad_checksums == []
-    assert await _metric(harness, gw, "book_checksum_mismatches_total") == {"": 0.0}
+    assert await gateway_metric(harness, gw, "book_checksum_mismatches_total") == {"": 0.0}
     harness.assert_no_violation()
 
 
@@ -134,7 +121,7 @@ async def test_a_corrupted_book_is_detected_by_its_checksum(harness):
     mock = harness.mock
 
     async def snapshot_in():  # the book's snapshot and a few updates reached the gateway
-        return (await _metric(harness, gw, "messages_in_total")).get("", 0) >= 5
+        return (await gateway_metric(harness, gw, "messages_in_total")).get("", 0) >= 5
 
     await wait_for(snapshot_in, 10, "the book's first messages at the gateway")
     # An update whose checksum is not that of the book it leaves: the gateway's merged book
@@ -144,7 +131,7 @@ async def test_a_corrupted_book_is_detected_by_its_checksum(harness):
         conn.send_later(bogus)
 
     async def detected():
-        found = await _metric(harness, gw, "book_checksum_mismatches_total")
+        found = await gateway_metric(harness, gw, "book_checksum_mismatches_total")
         return found.get("", 0) >= 1
 
     await wait_for(detected, 10, "the gateway to count the checksum mismatch")
@@ -166,7 +153,7 @@ async def test_refused_symbols_error_and_broken_frames_are_counted_and_dropped(h
         conn.send_later("[1, 2, 3]")
 
     async def counted():
-        found = await _metric(harness, gw, "exchange_frames_dropped_total")
+        found = await gateway_metric(harness, gw, "exchange_frames_dropped_total")
         # the refused symbol's error ack and the message-rate error; 3 broken JSON frames, a
         # trade without a symbol and a JSON array
         return (
@@ -183,7 +170,7 @@ async def test_refused_symbols_error_and_broken_frames_are_counted_and_dropped(h
         )
     for stream, seqs in reader.seqs.items():
         assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), f"gap in {stream}"
-    assert await _metric(harness, gw, "reconnects_total") == {}, "no session ended"
+    assert await gateway_metric(harness, gw, "reconnects_total") == {}, "no session ended"
     st = await harness.status(gw)
     assert st["streams"]["live"] == 2
     harness.assert_no_violation()
@@ -293,5 +280,5 @@ async def test_a_connection_without_a_subscription_pings_when_quiet_and_stays_op
     # 4 pings take about 5 s, each well inside the mock's 2.5 s idle deadline
     await wait_for(pinged, 20, "pings on the quiet connection")
     assert {c.conn_id for c in mock.websockets(GW_IP)} == opened, "nothing was reopened"
-    assert await _metric(harness, gw, "reconnects_total") == {}
+    assert await gateway_metric(harness, gw, "reconnects_total") == {}
     harness.assert_no_violation()
