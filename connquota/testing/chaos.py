@@ -133,6 +133,8 @@ class SeqConsumer:
         self.streams = streams
         self.seqs: dict[str, list[int]] = {s: [] for s in streams}
         self.trade_ids: dict[str, list[int]] = {s: [] for s in streams}
+        self.trade_times: dict[str, list[float]] = {s: [] for s in streams}
+        """Monotonic receive time of each entry of `trade_ids` (to place a break in time)."""
         self.frames = 0
         self.gaps = 0
         self.notices: list[dict[str, Any]] = []
@@ -172,11 +174,23 @@ class SeqConsumer:
             data = doc.get("data")
             if isinstance(data, dict) and "t" in data:
                 self.trade_ids.setdefault(doc["stream"], []).append(data["t"])
+                self.trade_times.setdefault(doc["stream"], []).append(time.monotonic())
             self.frames += 1
         elif "notice" in doc:
             self.notices.append(doc)
         elif "error" in doc:
             self.errors.append(doc)
+
+    def trade_id_breaks(self, stream: str) -> list[tuple[int, int, float]]:
+        """Where `stream`'s exchange trade ids are not consecutive: (previous id, next id,
+        monotonic receive time of the next), for a failure message that says when."""
+        with self._lock:
+            ids, times = self.trade_ids.get(stream, []), self.trade_times.get(stream, [])
+            return [
+                (ids[i - 1], ids[i], times[i])
+                for i in range(1, len(ids))
+                if ids[i] != ids[i - 1] + 1
+            ]
 
     def counts(self) -> dict[str, int]:
         """Frames received per stream so far."""

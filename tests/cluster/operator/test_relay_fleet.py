@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import time
 import uuid
 from typing import Any
 
@@ -159,6 +160,7 @@ def test_a_three_pod_fleet_serves_every_stream_through_any_pod_through_a_deletio
         # Pod 2 deleted: its streams pause with a relay_lost notice and resume, with
         # relay_restored, from its replacement (a new pod, a new Pod IP).
         lost = set(held[2])
+        marks = {"deleted": time.monotonic()}
         core.delete_namespaced_pod("md-gw-2", namespace)
         wait_for(lambda: consumer.noticed("relay_lost") >= lost, 60, "relay_lost notices")
         wait_for(
@@ -173,6 +175,7 @@ def test_a_three_pod_fleet_serves_every_stream_through_any_pod_through_a_deletio
 
         # Scale-down: one pod of three connections, so pod 0 takes every connection (one at
         # a time, each opened before the old one closes) and the StatefulSet shrinks to 1.
+        marks["scale-down"] = time.monotonic()
         objects.patch_namespaced_custom_object(
             GROUP,
             VERSION,
@@ -202,7 +205,11 @@ def test_a_three_pod_fleet_serves_every_stream_through_any_pod_through_a_deletio
         if stream.endswith("@trade"):
             # The exchange's trade ids: no duplicate ever; no gap but while its pod was gone.
             check = _increasing if stream in lost else _consecutive
-            assert ids and check(ids), (stream, ids)
+            breaks = [
+                (a, b, {k: round(t - v, 2) for k, v in marks.items()})
+                for a, b, t in consumer.trade_id_breaks(stream)
+            ]
+            assert ids and check(ids), (stream, stream in lost, len(ids), breaks, held)
     upstream = sorted(s for v in mock_exchange.open_streams().values() for s in v)
     assert upstream == sorted(STREAMS), upstream
     mock_exchange.assert_no_violation()
