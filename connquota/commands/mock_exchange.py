@@ -1,8 +1,9 @@
 """Run the limit-enforcing mock exchange for one profile.
 
-It speaks the profile's dialect (binance, okx, bybit) on ws:// (or wss:// with --tls), counts
-every TCP connection at accept against the per-IP limits, enforces every limit of the profile
-(override any with --limit), punishes as the exchange documents (HTTP 429 / 418 with
+It speaks the profile's dialect (binance, okx, bybit, coinbase, kraken, deribit) on ws:// (or
+wss:// with --tls), counts every TCP connection at accept against the per-IP limits, enforces
+every limit of the profile, assumed ones too (override any with --limit; --no-enforce-assumed
+to try a client library whose bursts the real exchange tolerates), punishes as the exchange documents (HTTP 429 / 418 with
 Retry-After, error messages, close codes), and records violations and peak use. Like a real exchange it serves no "what is my IP"
 path (--whoami adds GET /whoami as a test convenience); /admin/ is the JSON admin API (stats, violations, peaks, reset,
 faults); /metrics is Prometheus. --time-scale 60 makes a 5-minute window last 5 s (every
